@@ -1,0 +1,103 @@
+/*
+ * meshtls/tls.h - mTLS server and client contexts.
+ *
+ * The contexts returned are ordinary OpenSSL SSL_CTX objects, configured and
+ * verified, that the caller owns (SSL_CTX_free) and may share between threads.
+ * Secure by default: TLS 1.3 only, a client certificate required and verified
+ * by servers, the server's name or SPIFFE ID verified by clients, no
+ * renegotiation, no compression.
+ */
+#ifndef MESHTLS_TLS_H
+#define MESHTLS_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "meshtls/err.h"
+#include "meshtls/export.h"
+#include "meshtls/identity.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Lowest TLS version accepted. */
+enum meshtls_tls_min {
+    MESHTLS_TLS_MIN_1_3 = 0, /**< default */
+    MESHTLS_TLS_MIN_1_2 = 1, /**< opt-in, for peers that cannot do 1.3 */
+};
+
+/**
+ * What a context is built from.  Caller-owned, borrowed for the duration of
+ * the call only; zero-initialise, then set fields.  Zero means the default.
+ */
+struct meshtls_tls_opts {
+    const char *cert_file;   /**< our certificate chain, PEM, leaf first (required) */
+    const char *key_file;    /**< our private key, PEM, mode 0600 or stricter (required) */
+    const char *ca_file;     /**< trust bundle, PEM, one or more CAs (required) */
+    const char *crl_file;    /**< CRLs, PEM; if set, every cert of the peer's chain is checked */
+    int min_version;         /**< enum meshtls_tls_min */
+    int insecure_no_client_cert; /**< server: do not require a client certificate */
+    const char *server_name; /**< client: DNS name (or IP) the server certificate must carry; SNI */
+    const char *verify_spiffe_id;    /**< client: exact SPIFFE ID the server must present */
+    const char *verify_trust_domain; /**< client: trust domain of the server's SPIFFE ID */
+    int expiry_warn_days;    /**< warn when our certificate has fewer days left (default 30) */
+};
+
+/**
+ * Build a server context: loads and checks cert/key/CA/CRL files (key
+ * permissions, key matches certificate, our certificate not expired),
+ * requires and verifies client certificates.
+ * @param out new SSL_CTX, caller frees with SSL_CTX_free().
+ * @return 0 or a MESHTLS_E* code with `err` naming the file or field.
+ */
+MESHTLS_API int meshtls_tls_server_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **out,
+                                           struct meshtls_err *err);
+
+/**
+ * Build a client context: presents our certificate, verifies the server
+ * chain against the bundle, and its name (`server_name`) and/or SPIFFE ID
+ * (`verify_spiffe_id` or `verify_trust_domain`).  At least one of the three
+ * is required; a context that would accept any server is refused.
+ * Use meshtls_tls_client_ssl_new() to create connections from it so SNI and
+ * name checks are applied.
+ */
+MESHTLS_API int meshtls_tls_client_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **out,
+                                           struct meshtls_err *err);
+
+/**
+ * Create an SSL for a client connection from `ctx` (borrowed): sets SNI and
+ * the expected host name configured on the context.
+ * @param out new SSL, caller frees with SSL_free().
+ */
+MESHTLS_API int meshtls_tls_client_ssl_new(SSL_CTX *ctx, SSL **out, struct meshtls_err *err);
+
+/**
+ * The identity of the peer of an established connection `ssl` (borrowed).
+ * @return 0, or MESHTLS_ENOENT if the peer sent no certificate.
+ */
+MESHTLS_API int meshtls_tls_peer_identity(SSL *ssl, struct meshtls_identity **out,
+                                          struct meshtls_err *err);
+
+/**
+ * After a failed handshake, a sentence on why peer verification failed
+ * (e.g. "certificate has expired (depth 0, CN=api)"), or "" if it did not.
+ * Writes at most `cap` bytes to `buf`.
+ */
+MESHTLS_API void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap);
+
+/**
+ * Development mode (003's development()): an ephemeral in-memory CA and a
+ * leaf for `service` (SANs: service name, localhost, 127.0.0.1, ::1, and
+ * spiffe://dev.local/svc/<service>), valid 1 day, and contexts built from
+ * them.  Logs a loud warning: development only.
+ * @param server_out, client_out  new contexts (either may be NULL).
+ * @param ca_pem_out optional: the CA certificate as PEM, caller frees.
+ */
+MESHTLS_API int meshtls_tls_dev_ctx_new(const char *service, SSL_CTX **server_out,
+                                        SSL_CTX **client_out, char **ca_pem_out,
+                                        struct meshtls_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

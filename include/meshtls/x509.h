@@ -1,0 +1,109 @@
+/*
+ * meshtls/x509.h - reading PEM files: certificate chains, private keys,
+ * CA bundles and CRLs; checking expiry and verifying chains.
+ *
+ * Ownership uses OpenSSL's vocabulary: every `**out` hands the caller a new
+ * reference that the caller frees (sk_X509_pop_free(.., X509_free),
+ * EVP_PKEY_free, ...).  Out-parameters are written only on success.
+ */
+#ifndef MESHTLS_X509_H
+#define MESHTLS_X509_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "meshtls/err.h"
+#include "meshtls/export.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Upper bound on any PEM/DER file meshtls reads (bounded input). */
+#define MESHTLS_PEM_FILE_MAX (4u * 1024u * 1024u)
+
+/**
+ * Read every certificate in the PEM file `path`, in file order (a chain file
+ * starts with the leaf).  Fails with MESHTLS_EPARSE on malformed PEM or a
+ * file holding no certificate, MESHTLS_ENOENT if it is missing.
+ */
+MESHTLS_API int meshtls_pem_read_certs(const char *path, STACK_OF(X509) **out,
+                                       struct meshtls_err *err);
+
+/** Same as meshtls_pem_read_certs() on an in-memory buffer; `what` names it in errors. */
+MESHTLS_API int meshtls_pem_parse_certs(const char *buf, size_t len, const char *what,
+                                        STACK_OF(X509) **out, struct meshtls_err *err);
+
+/**
+ * Check that the key file `path` is not readable or writable by group or
+ * others (and is a regular file).
+ * @return 0, MESHTLS_EPERM naming the file and the `chmod 600` fix, or MESHTLS_ENOENT.
+ */
+MESHTLS_API int meshtls_key_file_check(const char *path, struct meshtls_err *err);
+
+/**
+ * Read a private key (PKCS#8, traditional EC/RSA) from `path` after
+ * meshtls_key_file_check().  Encrypted keys are refused (EPARSE).
+ */
+MESHTLS_API int meshtls_pem_read_key(const char *path, EVP_PKEY **out, struct meshtls_err *err);
+
+/** Read every CRL in the PEM file `path` (at least one). */
+MESHTLS_API int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) **out,
+                                      struct meshtls_err *err);
+
+/**
+ * Check `key` matches the public key of `cert`; `cert_path` names the
+ * certificate in the error message.
+ * @return 0 or MESHTLS_EKEYMISMATCH.
+ */
+MESHTLS_API int meshtls_key_matches_cert(EVP_PKEY *key, X509 *cert, const char *cert_path,
+                                         struct meshtls_err *err);
+
+/**
+ * Expiry check (003's validate_cert_expiration): `cert` borrowed, `now` in
+ * Unix seconds (0 means the current time), `warn_days` the warning window.
+ * @param days_left optional; set to whole days left (negative if expired).
+ * @return 0 if valid for more than `warn_days`, MESHTLS_EEXPIRING if valid
+ *         but expiring within the window, MESHTLS_EEXPIRED if expired or not
+ *         yet valid.  `err` says which, naming `what`.
+ */
+MESHTLS_API int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days,
+                                          int64_t now, int *days_left, struct meshtls_err *err);
+
+/**
+ * Verify `chain` (leaf first, then intermediates; borrowed) against the CA
+ * certificates in `anchors` (borrowed; several CAs allowed, for CA rotation),
+ * with the CRLs in `crls` (borrowed, may be NULL: no revocation check; if
+ * given, every certificate of the chain is checked).  `purpose` is
+ * X509_PURPOSE_SSL_CLIENT, X509_PURPOSE_SSL_SERVER or 0 for none.
+ * @return 0, MESHTLS_EEXPIRED, MESHTLS_EREVOKED or MESHTLS_EUNTRUSTED with
+ *         `err` naming the failing certificate and depth.
+ */
+MESHTLS_API int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,
+                                     STACK_OF(X509_CRL) *crls, int purpose,
+                                     struct meshtls_err *err);
+
+/**
+ * Write `len` bytes to `path` atomically: a temporary file in the same
+ * directory, created with `mode`, fsync'd, then renamed over `path`.  On any
+ * failure nothing is left behind and `path` is unchanged.
+ * @param exclusive if non-zero, fail with MESHTLS_EEXIST when `path` exists.
+ */
+MESHTLS_API int meshtls_write_file_atomic(const char *path, const void *data, size_t len,
+                                          mode_t mode, int exclusive, struct meshtls_err *err);
+
+/**
+ * Read a whole file of at most `max` bytes into a new NUL-terminated buffer.
+ * @param out caller frees with free().
+ */
+MESHTLS_API int meshtls_read_file(const char *path, size_t max, char **out, size_t *len,
+                                  struct meshtls_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

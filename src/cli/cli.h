@@ -1,0 +1,23 @@
+/*
+ * cli.h - the `meshtls` subcommands.  Each takes the arguments after its own
+ * name (argv[0] is the subcommand name) and returns the process exit status.
+ * The cli only parses arguments and wires library/CA calls; it prints errors
+ * as "meshtls <cmd>: <message>" on stderr.
+ */
+#ifndef MESHTLS_CLI_H
+#define MESHTLS_CLI_H
+
+struct meshtls_err;
+
+int cmd_ca(int argc, char **argv);     /* cmd_ca.c     - meshtls ca ...   */
+int cmd_cert(int argc, char **argv);   /* cmd_cert.c   - meshtls cert ... */
+int cmd_dev(int argc, char **argv);    /* cmd_dev.c    - meshtls dev ...  */
+int cmd_config(int argc, char **argv); /* cmd_config.c - meshtls config ... */
+
+/** Print "meshtls <what>: <err->msg>" (or the code's name) to stderr. */
+void cli_print_err(const char *what, const struct meshtls_err *err, int code);
+
+/** Exit status for a MESHTLS_E* code (2 usage/input, 1 otherwise). */
+int cli_exit_code(int code);
+
+#endif

@@ -1,0 +1,72 @@
+/*
+ * main.c - `meshtls`: dispatch to subcommands.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "meshtls/meshtls.h"
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"ca", cmd_ca, "the certificate authority: init, register, issue, rotate, revoke, crl, list"},
+    {"cert", cmd_cert, "inspect, check expiry of, and verify certificate files"},
+    {"dev", cmd_dev, "make a throwaway PKI and certificates for local development"},
+    {"config", cmd_config, "show the effective TLS configuration (flags > env > YAML file)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: meshtls <command> [options]\n"
+               "\n"
+               "meshtls %s - zero-trust mutual TLS for service-to-service authentication.\n"
+               "\n"
+               "commands:\n",
+            MESHTLS_VERSION);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-8s %s\n", "version", "print the version");
+    fprintf(f, "\nRun 'meshtls <command> --help' for the options of a command.\n"
+               "Documentation: README.md, docs/PKI.md, docs/CONFIG.md.\n");
+}
+
+void cli_print_err(const char *what, const struct meshtls_err *err, int code)
+{
+    if (err && err->code != 0 && err->msg[0])
+        fprintf(stderr, "meshtls %s: %s\n", what, err->msg);
+    else
+        fprintf(stderr, "meshtls %s: %s\n", what, meshtls_strerror(code));
+}
+
+int cli_exit_code(int code)
+{
+    return code == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("meshtls %s\n", MESHTLS_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "meshtls: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}
