@@ -1,0 +1,65 @@
+"""Shared fixtures for meshtls integration tests.
+
+Every test spawns the real `meshtls` binary (MESHTLS_BIN, set by ctest) and
+real peers (openssl, curl, psql, redis-cli, Python's ssl).  Loopback only,
+port 0 or free ports, every wait bounded.
+"""
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SOURCE_DIR = Path(os.environ.get("MESHTLS_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BUILD_DIR = Path(os.environ.get("MESHTLS_BUILD_DIR", SOURCE_DIR / "build"))
+MESHTLS = os.environ.get("MESHTLS_BIN", str(BUILD_DIR / "meshtls"))
+
+
+def run(*args, check=False, env=None, timeout=60, input=None):
+    """Run `meshtls ARGS...`; returns CompletedProcess with text stdout/stderr."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    p = subprocess.run([MESHTLS, *map(str, args)], capture_output=True, text=True,
+                       env=full_env, timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError(f"meshtls {' '.join(map(str, args))} exited {p.returncode}\n"
+                             f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, host="127.0.0.1", timeout=15.0, proc=None):
+    """Wait until something accepts on host:port (bounded); fail if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def snapshot(path):
+    """Map of relative path -> (mode, bytes) for every file below `path`."""
+    out = {}
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(path))] = (p.stat().st_mode, p.read_bytes())
+    return out
+
+
+@pytest.fixture
+def meshtls():
+    return run
