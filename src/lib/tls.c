@@ -1,0 +1,431 @@
+/*
+ * tls.c - mTLS server and client SSL_CTXs.
+ *
+ * Files are read and checked first (permissions, key/cert match, expiry),
+ * each failure naming the file; then one builder turns the in-memory
+ * objects into a context, so file-based and development contexts share
+ * every TLS setting.  The expectations a client checks on the server
+ * (host name, SPIFFE ID, trust domain) hang off the SSL_CTX as ex_data and
+ * die with it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "meshtls/log.h"
+#include "meshtls/tls.h"
+#include "meshtls/x509.h"
+#include "x509gen.h"
+
+/* TLS 1.3 suites: AES-GCM first (AES-NI), ChaCha20 for machines without it. */
+static const char TLS13_SUITES[] =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+/* TLS 1.2 (opt-in): forward-secret AEAD suites only. */
+static const char TLS12_CIPHERS[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+static const char GROUPS[] = "X25519:P-256:P-384";
+static const unsigned char SID_CTX[] = "meshtls";
+
+/* What a client expects of the server; owned by the SSL_CTX (ex_data). */
+struct client_expect {
+    char *server_name;  /* DNS name or IP, also sent as SNI (if a name) */
+    char *spiffe_id;    /* exact SPIFFE ID, or NULL */
+    char *trust_domain; /* trust domain of the SPIFFE ID, or NULL */
+};
+
+static int expect_idx = -1;
+
+static void expect_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                        void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    struct client_expect *e = ptr;
+    if (!e)
+        return;
+    free(e->server_name);
+    free(e->spiffe_id);
+    free(e->trust_domain);
+    free(e);
+}
+
+static int expect_index(void)
+{
+    /* CRYPTO_get_ex_new_index is thread-safe; a lost race wastes one index. */
+    if (expect_idx < 0)
+        expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
+    return expect_idx;
+}
+
+/* Our own identity, as loaded objects.  Borrowed by build_ctx(). */
+struct material {
+    X509 *leaf;
+    STACK_OF(X509) *chain;   /* intermediates, may be NULL */
+    EVP_PKEY *key;
+    STACK_OF(X509) *anchors; /* trusted CAs */
+    STACK_OF(X509_CRL) *crls; /* may be NULL */
+};
+
+/* Build a context for `server` (1) or client (0) from `m`. */
+static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct material *m,
+                     SSL_CTX **out, struct meshtls_err *err)
+{
+    int rc;
+    SSL_CTX *ctx = NULL;
+
+    ERR_clear_error();
+    ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!ctx)
+        return meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot create a TLS context");
+
+    int min = o->min_version == MESHTLS_TLS_MIN_1_2 ? TLS1_2_VERSION : TLS1_3_VERSION;
+    SSL_CTX_set_min_proto_version(ctx, min);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (!SSL_CTX_set_ciphersuites(ctx, TLS13_SUITES) ||
+        !SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) || !SSL_CTX_set1_groups_list(ctx, GROUPS)) {
+        rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot set TLS ciphers");
+        goto out;
+    }
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+
+    /* Our certificate chain and key. */
+    if (SSL_CTX_use_certificate(ctx, m->leaf) != 1 || SSL_CTX_use_PrivateKey(ctx, m->key) != 1) {
+        rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot use certificate %s",
+                                 o->cert_file ? o->cert_file : "(in memory)");
+        goto out;
+    }
+    for (int i = 0; m->chain && i < sk_X509_num(m->chain); i++)
+        if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(m->chain, i)) != 1) {
+            rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot add chain certificate");
+            goto out;
+        }
+
+    /* Trust: the bundle (several CAs allowed, for CA rotation), CRLs. */
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    for (int i = 0; i < sk_X509_num(m->anchors); i++) {
+        X509 *ca = sk_X509_value(m->anchors, i);
+        if (X509_STORE_add_cert(store, ca) != 1 || (server && SSL_CTX_add_client_CA(ctx, ca) != 1)) {
+            rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot add CA certificate from %s",
+                                     o->ca_file ? o->ca_file : "(in memory)");
+            goto out;
+        }
+    }
+    if (m->crls) {
+        for (int i = 0; i < sk_X509_CRL_num(m->crls); i++)
+            if (X509_STORE_add_crl(store, sk_X509_CRL_value(m->crls, i)) != 1) {
+                rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot add CRL from %s", o->crl_file);
+                goto out;
+            }
+        /* Whole chain: a revoked intermediate is as bad as a revoked leaf. */
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_X509_STRICT);
+    X509_STORE_set_purpose(store, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
+    SSL_CTX_set_verify_depth(ctx, 4);
+
+    if (server) {
+        int mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+        if (o->insecure_no_client_cert) {
+            mode = SSL_VERIFY_NONE;
+            meshtls_log(MESHTLS_LOG_WARN, "TLS server: client certificates are NOT required "
+                                          "(insecure-no-client-cert): this is not mutual TLS");
+        }
+        SSL_CTX_set_verify(ctx, mode, NULL);
+        SSL_CTX_set_session_id_context(ctx, SID_CTX, sizeof(SID_CTX) - 1);
+    }
+    *out = ctx;
+    ctx = NULL;
+    rc = 0;
+out:
+    SSL_CTX_free(ctx);
+    return rc;
+}
+
+static void material_free(struct material *m)
+{
+    X509_free(m->leaf);
+    sk_X509_pop_free(m->chain, X509_free);
+    EVP_PKEY_free(m->key);
+    sk_X509_pop_free(m->anchors, X509_free);
+    sk_X509_CRL_pop_free(m->crls, X509_CRL_free);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Read and check the files named in `o` into `m`. */
+static int load_material(const char *role, const struct meshtls_tls_opts *o, struct material *m,
+                         struct meshtls_err *err)
+{
+    int rc;
+    STACK_OF(X509) *certs = NULL;
+
+    if (!o->cert_file || !*o->cert_file)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no certificate file given "
+                               "(--cert / cert_file)", role);
+    if (!o->key_file || !*o->key_file)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no private key file given "
+                               "(--key / key_file)", role);
+    if (!o->ca_file || !*o->ca_file)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no CA bundle given "
+                               "(--cacert / ca_file): mutual TLS needs one to verify peers", role);
+
+    if ((rc = meshtls_pem_read_certs(o->cert_file, &certs, err)) != 0)
+        goto out;
+    m->leaf = sk_X509_shift(certs);
+    m->chain = certs;
+    certs = NULL;
+    if ((rc = meshtls_pem_read_key(o->key_file, &m->key, err)) != 0)
+        goto out;
+    if ((rc = meshtls_key_matches_cert(m->key, m->leaf, o->cert_file, err)) != 0) {
+        meshtls_err_set(err, rc, "the private key %s does not match the certificate %s; use the "
+                        "key issued with this certificate", o->key_file, o->cert_file);
+        goto out;
+    }
+    int warn = o->expiry_warn_days > 0 ? o->expiry_warn_days : 30, days = 0;
+    struct meshtls_err e2 = MESHTLS_ERR_INIT;
+    rc = meshtls_cert_check_expiry(m->leaf, o->cert_file, warn, 0, &days, &e2);
+    if (rc == MESHTLS_EEXPIRING) {
+        meshtls_log(MESHTLS_LOG_WARN, "%s", e2.msg);
+        rc = 0;
+    } else if (rc != 0) {
+        meshtls_err_set(err, rc, "%s", e2.msg);
+        goto out;
+    }
+    if ((rc = meshtls_pem_read_certs(o->ca_file, &m->anchors, err)) != 0)
+        goto out;
+    if (o->crl_file && *o->crl_file && (rc = meshtls_pem_read_crls(o->crl_file, &m->crls, err)) != 0)
+        goto out;
+    rc = 0;
+out:
+    sk_X509_pop_free(certs, X509_free);
+    if (rc)
+        material_free(m);
+    return rc;
+}
+
+int meshtls_tls_server_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **out,
+                               struct meshtls_err *err)
+{
+    struct material m = {0};
+    int rc = load_material("server", opts, &m, err);
+    if (rc == 0)
+        rc = build_ctx(1, opts, &m, out, err);
+    material_free(&m);
+    return rc;
+}
+
+/* Attach the client's expectations of the server to `ctx`. */
+static int set_expect(SSL_CTX *ctx, const char *name, const char *spiffe, const char *td,
+                      struct meshtls_err *err)
+{
+    int idx = expect_index();
+    struct client_expect *e = calloc(1, sizeof(*e));
+    if (!e || idx < 0)
+        goto nomem;
+    if ((name && !(e->server_name = strdup(name))) || (spiffe && !(e->spiffe_id = strdup(spiffe))) ||
+        (td && !(e->trust_domain = strdup(td))))
+        goto nomem;
+    if (!SSL_CTX_set_ex_data(ctx, idx, e))
+        goto nomem;
+    return 0;
+nomem:
+    expect_free(NULL, e, NULL, 0, 0, NULL);
+    return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+}
+
+/*
+ * Verify callback of client contexts: OpenSSL has checked the chain; at
+ * depth 0 we add the SPIFFE ID / trust domain check.  Only records the
+ * failure (as X509_V_ERR_APPLICATION_VERIFICATION); messages come later.
+ */
+static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    if (!ok || X509_STORE_CTX_get_error_depth(sctx) != 0)
+        return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct client_expect *e = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), expect_idx) : NULL;
+    if (!e || (!e->spiffe_id && !e->trust_domain))
+        return ok;
+    struct meshtls_identity *id = NULL;
+    int match = 0;
+    if (meshtls_identity_from_x509(X509_STORE_CTX_get_current_cert(sctx), &id, NULL) == 0 &&
+        id->spiffe_id) {
+        match = 1;
+        if (e->spiffe_id && strcmp(e->spiffe_id, id->spiffe_id) != 0)
+            match = 0;
+        if (e->trust_domain && strcmp(e->trust_domain, id->spiffe.trust_domain) != 0)
+            match = 0;
+    }
+    meshtls_identity_free(id);
+    if (!match)
+        X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return match;
+}
+
+int meshtls_tls_client_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **out,
+                               struct meshtls_err *err)
+{
+    int rc;
+    struct material m = {0};
+    SSL_CTX *ctx = NULL;
+    const char *name = opts->server_name && *opts->server_name ? opts->server_name : NULL;
+    const char *sid = opts->verify_spiffe_id && *opts->verify_spiffe_id ? opts->verify_spiffe_id
+                                                                         : NULL;
+    const char *td = opts->verify_trust_domain && *opts->verify_trust_domain
+                         ? opts->verify_trust_domain : NULL;
+
+    if (!name && !sid && !td)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "TLS client: give the server's expected identity: a server name "
+                               "(--server-name / GRPC_SERVER_DOMAIN), a SPIFFE ID "
+                               "(--verify-spiffe-id) or a trust domain (--verify-trust-domain)");
+    struct meshtls_spiffe_id parsed;
+    if (sid && (rc = meshtls_spiffe_parse(sid, strlen(sid), &parsed, err)) != 0)
+        return rc;
+    if (td && (rc = meshtls_trust_domain_validate(td, err)) != 0)
+        return rc;
+    if ((rc = load_material("client", opts, &m, err)) != 0)
+        return rc;
+    if ((rc = build_ctx(0, opts, &m, &ctx, err)) != 0)
+        goto out;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, client_verify_cb);
+    if ((rc = set_expect(ctx, name, sid, td, err)) != 0)
+        goto out;
+    *out = ctx;
+    ctx = NULL;
+out:
+    SSL_CTX_free(ctx);
+    material_free(&m);
+    return rc;
+}
+
+int meshtls_tls_client_ssl_new(SSL_CTX *ctx, SSL **out, struct meshtls_err *err)
+{
+    ERR_clear_error();
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot create a TLS connection");
+    struct client_expect *e = expect_idx >= 0 ? SSL_CTX_get_ex_data(ctx, expect_idx) : NULL;
+    if (e && e->server_name) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        int is_ip = X509_VERIFY_PARAM_set1_ip_asc(vp, e->server_name) == 1;
+        if ((!is_ip && (SSL_set_tlsext_host_name(ssl, e->server_name) != 1 ||
+                        SSL_set1_host(ssl, e->server_name) != 1))) {
+            SSL_free(ssl);
+            return meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot set server name '%s'",
+                                       e->server_name);
+        }
+    }
+    *out = ssl;
+    return 0;
+}
+
+int meshtls_tls_peer_identity(SSL *ssl, struct meshtls_identity **out, struct meshtls_err *err)
+{
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    if (!peer)
+        return meshtls_err_set(err, MESHTLS_ENOENT, "the peer sent no certificate");
+    int rc = meshtls_identity_from_x509(peer, out, err);
+    X509_free(peer);
+    return rc;
+}
+
+void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
+{
+    long v = SSL_get_verify_result(ssl);
+    if (cap == 0)
+        return;
+    buf[0] = '\0';
+    if (v == X509_V_OK) {
+        if (SSL_is_server(ssl) && SSL_get0_peer_certificate(ssl) == NULL &&
+            SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+            snprintf(buf, cap, "the client sent no certificate");
+        return;
+    }
+    if (v == X509_V_ERR_APPLICATION_VERIFICATION) {
+        struct client_expect *e =
+            expect_idx >= 0 ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), expect_idx) : NULL;
+        snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s",
+                 e && e->spiffe_id ? e->spiffe_id : "trust domain ",
+                 e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "");
+        return;
+    }
+    snprintf(buf, cap, "%s", X509_verify_cert_error_string(v));
+}
+
+/* ---- development mode ------------------------------------------------- */
+
+int meshtls_tls_dev_ctx_new(const char *service, SSL_CTX **server_out, SSL_CTX **client_out,
+                            char **ca_pem_out, struct meshtls_err *err)
+{
+    int rc;
+    EVP_PKEY *ca_key = NULL, *leaf_key = NULL;
+    X509 *ca = NULL, *leaf = NULL;
+    SSL_CTX *srv = NULL, *cli = NULL;
+    char *ca_pem = NULL;
+    struct material m = {0};
+    char uri[MESHTLS_SPIFFE_ID_MAX + 1];
+
+    if (!service || !*service)
+        service = "dev";
+    snprintf(uri, sizeof(uri), "spiffe://dev.local/svc/%s", service);
+    struct meshtls_spiffe_id sid;
+    if ((rc = meshtls_spiffe_parse(uri, strlen(uri), &sid, err)) != 0)
+        return rc;
+
+    meshtls_log(MESHTLS_LOG_WARN,
+                "DEVELOPMENT MODE: using an ephemeral in-memory CA and certificate for '%s'. "
+                "Anyone can make such a certificate: NEVER use this in production.", service);
+    const char *dns[] = {service, "localhost"};
+    const char *ips[] = {"127.0.0.1", "::1"};
+    struct mt_cert_spec ca_spec = {.cn = "meshtls development CA (ephemeral)", .o = "meshtls dev",
+                                   .is_ca = 1, .pathlen = 0, .days = 1};
+    struct mt_cert_spec leaf_spec = {.cn = service, .o = "meshtls dev", .days = 1,
+                                     .dns = dns, .n_dns = 2, .ips = ips, .n_ips = 2, .uri = uri,
+                                     .eku_server = 1, .eku_client = 1};
+    if ((rc = mt_key_generate(MT_KEY_EC_P256, &ca_key, err)) ||
+        (rc = mt_cert_sign(&ca_spec, ca_key, NULL, ca_key, &ca, err)) ||
+        (rc = mt_key_generate(MT_KEY_EC_P256, &leaf_key, err)) ||
+        (rc = mt_cert_sign(&leaf_spec, leaf_key, ca, ca_key, &leaf, err)))
+        goto out;
+    m.leaf = leaf;
+    m.key = leaf_key;
+    m.anchors = sk_X509_new_null();
+    if (!m.anchors || !sk_X509_push(m.anchors, ca)) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        goto out;
+    }
+    struct meshtls_tls_opts o = {.server_name = "localhost"};
+    if (server_out && (rc = build_ctx(1, &o, &m, &srv, err)) != 0)
+        goto out;
+    if (client_out) {
+        if ((rc = build_ctx(0, &o, &m, &cli, err)) != 0)
+            goto out;
+        SSL_CTX_set_verify(cli, SSL_VERIFY_PEER, client_verify_cb);
+        if ((rc = set_expect(cli, "localhost", NULL, NULL, err)) != 0)
+            goto out;
+    }
+    if (ca_pem_out && (rc = mt_cert_to_pem(ca, &ca_pem, NULL, err)) != 0)
+        goto out;
+    if (server_out)
+        *server_out = srv, srv = NULL;
+    if (client_out)
+        *client_out = cli, cli = NULL;
+    if (ca_pem_out)
+        *ca_pem_out = ca_pem, ca_pem = NULL;
+    rc = 0;
+out:
+    sk_X509_free(m.anchors); /* holds `ca`, freed below */
+    SSL_CTX_free(srv);
+    SSL_CTX_free(cli);
+    free(ca_pem);
+    X509_free(ca);
+    X509_free(leaf);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(leaf_key);
+    return rc;
+}
