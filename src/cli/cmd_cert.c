@@ -1,12 +1,333 @@
-/* cmd_cert.c - placeholder until the subcommand lands. */
+/*
+ * cmd_cert.c - `meshtls cert inspect|check|verify`: look at certificate
+ * files without a CA directory.
+ *
+ * Exit codes of `check` follow monitoring conventions: 0 fine, 1 expiring or
+ * expired, 2 unreadable.  `verify` exits 0 trusted, 1 not trusted, 2 unreadable.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/x509v3.h>
 
 #include "cli.h"
+#include "meshtls/meshtls.h"
+
+static void cert_usage(FILE *f)
+{
+    fputs("usage: meshtls cert <subcommand> [options] FILE\n"
+          "\n"
+          "  inspect FILE [--json]          show the identity of every certificate in FILE:\n"
+          "                                 subject, issuer, serial, validity, days left,\n"
+          "                                 DNS/IP/URI SANs and the SPIFFE ID\n"
+          "  check FILE --min-days N        exit 0 if the first certificate is valid for at\n"
+          "                                 least N more days, 1 if it expires sooner or has\n"
+          "                                 expired, 2 if the file cannot be read\n"
+          "  verify --ca FILE [--crl FILE] [--purpose client|server] FILE\n"
+          "                                 verify the chain in FILE (leaf first) against the\n"
+          "                                 CA bundle, and against the CRLs if given; exit 0\n"
+          "                                 trusted, 1 not trusted, 2 unreadable\n",
+          f);
+}
+
+static void fmt_time(int64_t t, char *buf, size_t cap)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_list(FILE *f, const char *key, char **v, size_t n)
+{
+    fprintf(f, ",\"%s\":[", key);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            fputc(',', f);
+        json_str(f, v[i]);
+    }
+    fputc(']', f);
+}
+
+static void print_identity_json(FILE *f, const struct meshtls_identity *id)
+{
+    char nb[32], na[32];
+    fmt_time(id->not_before, nb, sizeof(nb));
+    fmt_time(id->not_after, na, sizeof(na));
+    fputs("{\"subject\":", f);
+    json_str(f, id->subject);
+    fputs(",\"issuer\":", f);
+    json_str(f, id->issuer);
+    fputs(",\"cn\":", f);
+    json_str(f, id->cn);
+    fputs(",\"o\":", f);
+    json_str(f, id->o);
+    fputs(",\"ou\":", f);
+    json_str(f, id->ou);
+    fputs(",\"serial\":", f);
+    json_str(f, id->serial);
+    fprintf(f, ",\"not_before\":\"%s\",\"not_after\":\"%s\",\"days_left\":%lld,\"is_ca\":%s", nb,
+            na, (long long)meshtls_identity_days_left(id, 0), id->is_ca ? "true" : "false");
+    fputs(",\"key_type\":", f);
+    json_str(f, id->key_type);
+    json_list(f, "dns", id->dns, id->n_dns);
+    json_list(f, "ip", id->ips, id->n_ips);
+    json_list(f, "uri", id->uris, id->n_uris);
+    fputs(",\"spiffe_id\":", f);
+    if (id->spiffe_id)
+        json_str(f, id->spiffe_id);
+    else
+        fputs("null", f);
+    fputc('}', f);
+}
+
+static void print_list(const char *label, char **v, size_t n)
+{
+    printf("  %-12s", label);
+    if (n == 0)
+        printf(" -");
+    for (size_t i = 0; i < n; i++)
+        printf(" %s%s", v[i], i + 1 < n ? "," : "");
+    putchar('\n');
+}
+
+static void print_identity_text(const struct meshtls_identity *id)
+{
+    char nb[32], na[32];
+    fmt_time(id->not_before, nb, sizeof(nb));
+    fmt_time(id->not_after, na, sizeof(na));
+    int64_t days = meshtls_identity_days_left(id, 0);
+    printf("  %-12s %s\n  %-12s %s\n  %-12s %s\n", "subject", id->subject, "issuer", id->issuer,
+           "serial", id->serial);
+    printf("  %-12s %s\n  %-12s %s\n  %-12s %s (%lld days %s)\n", "key", id->key_type,
+           "not before", nb, "not after", na, (long long)(days < 0 ? -days : days),
+           days < 0 ? "ago: EXPIRED" : "left");
+    printf("  %-12s %s\n", "CA", id->is_ca ? "yes" : "no");
+    print_list("DNS SANs", id->dns, id->n_dns);
+    print_list("IP SANs", id->ips, id->n_ips);
+    print_list("URI SANs", id->uris, id->n_uris);
+    printf("  %-12s %s\n", "SPIFFE ID",
+           id->spiffe_id ? id->spiffe_id
+           : id->n_uris > 1 ? "(none: more than one URI SAN)"
+                            : "(none)");
+}
+
+static int cert_inspect(int argc, char **argv)
+{
+    int json = 0, c, rc = 0;
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+        if (c == 'j')
+            json = 1;
+        else if (c == 'h') {
+            cert_usage(stdout);
+            return 0;
+        } else
+            return 2;
+    }
+    if (optind != argc - 1) {
+        cert_usage(stderr);
+        return 2;
+    }
+    const char *path = argv[optind];
+    STACK_OF(X509) *certs = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    if ((rc = meshtls_pem_read_certs(path, &certs, &err)) != 0) {
+        cli_print_err("cert inspect", &err, rc);
+        return 2;
+    }
+    if (json)
+        fputc('[', stdout);
+    for (int i = 0; i < sk_X509_num(certs); i++) {
+        struct meshtls_identity *id = NULL;
+        if ((rc = meshtls_identity_from_x509(sk_X509_value(certs, i), &id, &err)) != 0) {
+            cli_print_err("cert inspect", &err, rc);
+            break;
+        }
+        if (json) {
+            if (i)
+                fputc(',', stdout);
+            print_identity_json(stdout, id);
+        } else {
+            printf("%s[%d] %s\n", i ? "\n" : "", i,
+                   i == 0 ? (id->is_ca ? "CA certificate" : "leaf certificate")
+                          : "chain certificate");
+            print_identity_text(id);
+        }
+        meshtls_identity_free(id);
+    }
+    if (json)
+        fputs("]\n", stdout);
+    sk_X509_pop_free(certs, X509_free);
+    return rc ? 2 : 0;
+}
+
+/* Parse a non-negative decimal int; @return 0 or -1. */
+static int parse_days(const char *s, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0 || v > 100000)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int cert_check(int argc, char **argv)
+{
+    int c, min_days = -1;
+    static const struct option opts[] = {{"min-days", required_argument, NULL, 'm'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        if (c == 'm') {
+            if (parse_days(optarg, &min_days) != 0) {
+                fprintf(stderr, "meshtls cert check: --min-days '%s' is not a number of days "
+                                "(0-100000)\n", optarg);
+                return 2;
+            }
+        } else if (c == 'h') {
+            cert_usage(stdout);
+            return 0;
+        } else
+            return 2;
+    }
+    if (optind != argc - 1 || min_days < 0) {
+        fprintf(stderr, "meshtls cert check: usage: meshtls cert check FILE --min-days N\n");
+        return 2;
+    }
+    const char *path = argv[optind];
+    STACK_OF(X509) *certs = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    int rc = meshtls_pem_read_certs(path, &certs, &err);
+    if (rc != 0) {
+        cli_print_err("cert check", &err, rc);
+        fprintf(stderr, "meshtls cert check: UNKNOWN: %s cannot be read\n", path);
+        return 2;
+    }
+    int days = 0;
+    rc = meshtls_cert_check_expiry(sk_X509_value(certs, 0), path, min_days, 0, &days, &err);
+    sk_X509_pop_free(certs, X509_free);
+    if (rc == 0) {
+        printf("OK: %s is valid for %d more days (at least %d required)\n", path, days, min_days);
+        return 0;
+    }
+    if (rc == MESHTLS_EEXPIRING) {
+        printf("EXPIRING: %s expires in %d days, fewer than the %d required; rotate it\n", path,
+               days, min_days);
+        return 1;
+    }
+    if (rc == MESHTLS_EEXPIRED) {
+        printf("EXPIRED: %s\n", err.msg);
+        return 1;
+    }
+    cli_print_err("cert check", &err, rc);
+    return 2;
+}
+
+static int cert_verify(int argc, char **argv)
+{
+    int c, rc, purpose = 0, status = 2;
+    const char *ca = NULL, *crl = NULL;
+    static const struct option opts[] = {{"ca", required_argument, NULL, 'c'},
+                                         {"cacert", required_argument, NULL, 'c'},
+                                         {"crl", required_argument, NULL, 'r'},
+                                         {"purpose", required_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:r:p:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': ca = optarg; break;
+        case 'r': crl = optarg; break;
+        case 'p':
+            if (!strcmp(optarg, "client"))
+                purpose = X509_PURPOSE_SSL_CLIENT;
+            else if (!strcmp(optarg, "server"))
+                purpose = X509_PURPOSE_SSL_SERVER;
+            else {
+                fprintf(stderr, "meshtls cert verify: --purpose must be client or server\n");
+                return 2;
+            }
+            break;
+        case 'h': cert_usage(stdout); return 0;
+        default: return 2;
+        }
+    }
+    if (optind != argc - 1 || !ca) {
+        fprintf(stderr, "meshtls cert verify: usage: meshtls cert verify --ca FILE [--crl FILE] "
+                        "FILE\n");
+        return 2;
+    }
+    const char *path = argv[optind];
+    STACK_OF(X509) *chain = NULL, *anchors = NULL;
+    STACK_OF(X509_CRL) *crls = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    if ((rc = meshtls_pem_read_certs(path, &chain, &err)) != 0 ||
+        (rc = meshtls_pem_read_certs(ca, &anchors, &err)) != 0 ||
+        (crl && (rc = meshtls_pem_read_crls(crl, &crls, &err)) != 0)) {
+        cli_print_err("cert verify", &err, rc);
+        goto out;
+    }
+    rc = meshtls_verify_chain(chain, anchors, crls, purpose, &err);
+    if (rc == 0) {
+        struct meshtls_identity *id = NULL;
+        if (meshtls_identity_from_x509(sk_X509_value(chain, 0), &id, NULL) == 0) {
+            printf("OK: %s is trusted by %s%s (CN=%s%s%s)\n", path, ca,
+                   crl ? " and not revoked" : "", id->cn, id->spiffe_id ? ", " : "",
+                   id->spiffe_id ? id->spiffe_id : "");
+            meshtls_identity_free(id);
+        }
+        status = 0;
+    } else {
+        printf("NOT TRUSTED: %s: %s\n", path, err.msg);
+        status = 1;
+    }
+out:
+    sk_X509_pop_free(chain, X509_free);
+    sk_X509_pop_free(anchors, X509_free);
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    return status;
+}
 
 int cmd_cert(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "meshtls cert: not built yet\n");
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        cert_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "inspect"))
+        return cert_inspect(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "check"))
+        return cert_check(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "verify"))
+        return cert_verify(argc - 1, argv + 1);
+    fprintf(stderr, "meshtls cert: unknown subcommand '%s'\n", argv[1]);
+    cert_usage(stderr);
     return 2;
 }

@@ -124,7 +124,6 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
         /* Whole chain: a revoked intermediate is as bad as a revoked leaf. */
         X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     }
-    X509_STORE_set_flags(store, X509_V_FLAG_X509_STRICT);
     X509_STORE_set_purpose(store, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
     SSL_CTX_set_verify_depth(ctx, 4);
 

@@ -342,7 +342,7 @@ int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,
             rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
             goto out;
         }
-    unsigned long flags = X509_V_FLAG_X509_STRICT;
+    unsigned long flags = 0;
     if (crls) {
         for (int i = 0; i < sk_X509_CRL_num(crls); i++)
             X509_STORE_add_crl(store, sk_X509_CRL_value(crls, i));
