@@ -29,7 +29,7 @@ struct meshtls_identity {
     char *cn;            /**< subject commonName (first) */
     char *o;             /**< subject organizationName (first) */
     char *ou;            /**< subject organizationalUnitName (first) */
-    char *serial;        /**< serial number, lower-case hex, no leading zeros */
+    char *serial;        /**< serial number, lower-case hex, even length (openssl x509 -serial, lower case) */
     int64_t not_before;  /**< Unix seconds */
     int64_t not_after;   /**< Unix seconds */
     char **dns;          /**< DNS SANs */
