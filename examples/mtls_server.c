@@ -2,7 +2,6 @@
  * mtls_server.c - an mTLS server using libmeshtls, in a few dozen lines.
  *
  *   mtls_server --cert F --key F --cacert F [--crl F] [--port N]
- *   mtls_server --dev CA_OUT [--port N]   (ephemeral development CA, written to CA_OUT)
  *
  * Prints "listening on 127.0.0.1:PORT" once ready.  For each client it
  * completes the mutual TLS handshake (a client certificate is required and
@@ -52,10 +51,9 @@ int main(int argc, char **argv)
 {
     struct meshtls_tls_opts o = {0};
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    const char *dev_ca_out = NULL;
     int port = 0, c, rc;
     static const struct option lo[] = {{"cert", 1, 0, 'c'}, {"key", 1, 0, 'k'},
-        {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'}, {"port", 1, 0, 'p'}, {"dev", 1, 0, 'd'},
+        {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'}, {"port", 1, 0, 'p'},
         {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -64,21 +62,11 @@ int main(int argc, char **argv)
         case 'a': o.ca_file = optarg; break;
         case 'r': o.crl_file = optarg; break;
         case 'p': port = (int)strtol(optarg, NULL, 10); break;
-        case 'd': dev_ca_out = optarg; break;
         default: return 2;
         }
     }
     SSL_CTX *ctx = NULL;
-    if (dev_ca_out) {
-        char *ca_pem = NULL;
-        rc = meshtls_tls_dev_ctx_new("example", &ctx, NULL, &ca_pem, &err);
-        if (rc == 0)
-            rc = meshtls_write_file_atomic(dev_ca_out, ca_pem, strlen(ca_pem), 0644, 0, &err);
-        free(ca_pem);
-    } else {
-        rc = meshtls_tls_server_ctx_new(&o, &ctx, &err);
-    }
-    if (rc != 0) {
+    if ((rc = meshtls_tls_server_ctx_new(&o, &ctx, &err)) != 0) {
         fprintf(stderr, "mtls_server: %s\n", err.msg);
         return 1;
     }
