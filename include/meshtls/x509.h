@@ -75,6 +75,16 @@ MESHTLS_API int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn
                                           int64_t now, int *days_left, struct meshtls_err *err);
 
 /**
+ * 003's validate_cert_expiration(): read the first certificate of the PEM
+ * file `path` and check it as meshtls_cert_check_expiry() does with the
+ * current time; when it expires within `warn_days`, log a warning and
+ * return 0.
+ * @return 0 (valid, possibly with a warning), MESHTLS_EEXPIRED, or a read error.
+ */
+MESHTLS_API int meshtls_validate_cert_expiration(const char *path, int warn_days,
+                                                 struct meshtls_err *err);
+
+/**
  * Verify `chain` (leaf first, then intermediates; borrowed) against the CA
  * certificates in `anchors` (borrowed; several CAs allowed, for CA rotation),
  * with the CRLs in `crls` (borrowed, may be NULL: no revocation check; if

@@ -20,6 +20,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "meshtls/log.h"
 #include "meshtls/x509.h"
 
 int meshtls_read_file(const char *path, size_t max, char **out, size_t *len,
@@ -312,6 +313,24 @@ int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days, int64
                                "certificate %s (CN=%s) expires in %d days (warning threshold %d); "
                                "rotate it (meshtls ca rotate)", what, name, days, warn_days);
     return 0;
+}
+
+int meshtls_validate_cert_expiration(const char *path, int warn_days, struct meshtls_err *err)
+{
+    STACK_OF(X509) *certs = NULL;
+    struct meshtls_err e2 = MESHTLS_ERR_INIT;
+    int rc = meshtls_pem_read_certs(path, &certs, err);
+    if (rc != 0)
+        return rc;
+    rc = meshtls_cert_check_expiry(sk_X509_value(certs, 0), path, warn_days, 0, NULL, &e2);
+    sk_X509_pop_free(certs, X509_free);
+    if (rc == MESHTLS_EEXPIRING) {
+        meshtls_log(MESHTLS_LOG_WARN, "%s", e2.msg);
+        return 0;
+    }
+    if (rc != 0)
+        meshtls_err_set(err, rc, "%s", e2.msg);
+    return rc;
 }
 
 int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,

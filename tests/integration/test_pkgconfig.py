@@ -1,0 +1,33 @@
+"""libmeshtls installs as a normal library: `cmake --install` puts the
+headers, the shared and static libraries and meshtls.pc in a prefix, and a
+program compiled with `pkg-config --cflags --libs meshtls` builds and runs."""
+import os
+import subprocess
+
+from conftest import BUILD_DIR, SOURCE_DIR
+
+
+def test_install_and_build_with_pkg_config(tmp_path):
+    prefix = tmp_path / "prefix"
+    subprocess.run(["cmake", "--install", str(BUILD_DIR), "--prefix", str(prefix)], check=True,
+                   capture_output=True, timeout=120)
+    pcdir = next(prefix.rglob("meshtls.pc")).parent
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pcdir))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "meshtls"], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert any(f.startswith("-I") for f in flags) and "-lmeshtls" in flags
+    src = tmp_path / "prog.c"
+    src.write_text('#include <meshtls/meshtls.h>\n#include <stdio.h>\n#include <string.h>\n'
+                   'int main(void) {\n'
+                   '  struct meshtls_spiffe_id id; struct meshtls_err e = MESHTLS_ERR_INIT;\n'
+                   '  const char *s = "spiffe://example.org/svc/api";\n'
+                   '  if (meshtls_spiffe_parse(s, strlen(s), &id, &e)) return 1;\n'
+                   '  printf("%s %s\\n", id.trust_domain, id.path);\n'
+                   '  return meshtls_spiffe_parse("x", 1, &id, &e) == MESHTLS_EINVAL ? 0 : 1;\n'
+                   '}\n')
+    exe = tmp_path / "prog"
+    subprocess.run(["cc", "-std=c17", "-Wall", "-Werror", str(src), "-o", str(exe), *flags,
+                    f"-Wl,-rpath,{prefix}/lib", f"-Wl,-rpath,{pcdir.parent}"],
+                   check=True, capture_output=True, timeout=120)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30)
+    assert out.stdout == "example.org /svc/api\n"
