@@ -26,7 +26,9 @@ def test_install_and_build_with_pkg_config(tmp_path):
                    '  return meshtls_spiffe_parse("x", 1, &id, &e) == MESHTLS_EINVAL ? 0 : 1;\n'
                    '}\n')
     exe = tmp_path / "prog"
-    subprocess.run(["cc", "-std=c17", "-Wall", "-Werror", str(src), "-o", str(exe), *flags,
+    cache = (BUILD_DIR / "CMakeCache.txt").read_text()
+    san = ["-fsanitize=address,undefined"] if "MESHTLS_SANITIZE:BOOL=ON" in cache else []
+    subprocess.run(["cc", "-std=c17", "-Wall", "-Werror", *san, str(src), "-o", str(exe), *flags,
                     f"-Wl,-rpath,{prefix}/lib", f"-Wl,-rpath,{pcdir.parent}"],
                    check=True, capture_output=True, timeout=120)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30)
