@@ -6,6 +6,7 @@
 #include "meshtls/err.h"
 #include "meshtls/identity.h"
 #include "meshtls/log.h"
+#include "meshtls/policy.h"
 #include "meshtls/spiffe.h"
 #include "meshtls/tls.h"
 #include "meshtls/x509.h"

@@ -1,0 +1,84 @@
+/*
+ * meshtls/policy.h - who may call: identity allow-lists.
+ *
+ * A policy is built once (from flags or a policy file), then only read:
+ * meshtls_policy_check() is a pure function of (policy, peer identity,
+ * local service) -> allow/deny + the rule that decided + a reason, so it can
+ * be unit-tested, fuzzed and logged as an audit event.  A policy may be
+ * shared by any number of threads once built.
+ *
+ * Rules (ghostunnel-compatible, any match allows):
+ *   allow-all              any verified certificate
+ *   cn NAME                subject CN equals NAME
+ *   ou NAME                one subject OU equals NAME
+ *   dns NAME               one DNS SAN equals NAME
+ *   uri PATTERN            the SPIFFE ID / URI SAN matches PATTERN ("*" = one path
+ *                          segment, a final "**" = one or more)
+ *   trust-domain TD        the SPIFFE ID is in trust domain TD
+ * A rule may be restricted to one local service (policy files), so that
+ * "orders may call billing" does not let orders call everything.
+ */
+#ifndef MESHTLS_POLICY_H
+#define MESHTLS_POLICY_H
+
+#include <stddef.h>
+
+#include "meshtls/err.h"
+#include "meshtls/export.h"
+#include "meshtls/identity.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum meshtls_rule_kind {
+    MESHTLS_RULE_ALLOW_ALL = 1,
+    MESHTLS_RULE_CN,
+    MESHTLS_RULE_OU,
+    MESHTLS_RULE_DNS,
+    MESHTLS_RULE_URI,
+    MESHTLS_RULE_TRUST_DOMAIN,
+};
+
+struct meshtls_policy;
+
+/** A decision.  Plain value; `rule` and `reason` are NUL-terminated. */
+struct meshtls_decision {
+    int allow;        /**< 1 allow, 0 deny */
+    char rule[300];   /**< the rule that allowed (e.g. "cn orders"), or "" */
+    char reason[300]; /**< why, in words */
+};
+
+/** New empty policy (denies everything). @param out caller frees with meshtls_policy_free(). */
+MESHTLS_API int meshtls_policy_new(struct meshtls_policy **out);
+/** Free `p`; NULL is fine. */
+MESHTLS_API void meshtls_policy_free(struct meshtls_policy *p);
+
+/**
+ * Add a rule.  `value` (copied) is validated: URIs must be SPIFFE IDs or
+ * patterns of them, trust domains must be valid.  `service` (copied, may be
+ * NULL = any local service) restricts the rule to one local service.
+ * @return 0 or MESHTLS_EINVAL naming the value.
+ */
+MESHTLS_API int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind,
+                                   const char *value, const char *service,
+                                   struct meshtls_err *err);
+
+/** Parse "allow-all|cn|ou|dns|uri|trust-domain"; @return kind or 0. */
+MESHTLS_API int meshtls_rule_kind_parse(const char *s);
+
+/** Number of rules in `p`. */
+MESHTLS_API size_t meshtls_policy_size(const struct meshtls_policy *p);
+
+/**
+ * Decide whether `peer` (borrowed) may call the local `service` (may be NULL).
+ * Pure: no I/O, no allocation, no global state.
+ */
+MESHTLS_API void meshtls_policy_check(const struct meshtls_policy *p,
+                                      const struct meshtls_identity *peer, const char *service,
+                                      struct meshtls_decision *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

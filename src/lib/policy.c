@@ -1,0 +1,193 @@
+/*
+ * policy.c - identity allow-lists (see meshtls/policy.h).
+ *
+ * Rules live in one array, checked in order; the first match allows.  With
+ * no match the decision says what the peer presented, so a denied caller
+ * can be recognised in the audit log.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "meshtls/policy.h"
+#include "meshtls/spiffe.h"
+
+#define MAX_RULES 4096
+#define MAX_VALUE 2048
+
+struct rule {
+    enum meshtls_rule_kind kind;
+    char *value;   /* owned */
+    char *service; /* owned; NULL = any local service */
+};
+
+struct meshtls_policy {
+    struct rule *rules;
+    size_t n, cap;
+};
+
+static const char *const kind_names[] = {
+    [MESHTLS_RULE_ALLOW_ALL] = "allow-all", [MESHTLS_RULE_CN] = "cn",
+    [MESHTLS_RULE_OU] = "ou",               [MESHTLS_RULE_DNS] = "dns",
+    [MESHTLS_RULE_URI] = "uri",             [MESHTLS_RULE_TRUST_DOMAIN] = "trust-domain",
+};
+
+int meshtls_rule_kind_parse(const char *s)
+{
+    for (int k = MESHTLS_RULE_ALLOW_ALL; k <= MESHTLS_RULE_TRUST_DOMAIN; k++)
+        if (s && !strcmp(s, kind_names[k]))
+            return k;
+    return 0;
+}
+
+int meshtls_policy_new(struct meshtls_policy **out)
+{
+    struct meshtls_policy *p = calloc(1, sizeof(*p));
+    if (!p)
+        return MESHTLS_ENOMEM;
+    *out = p;
+    return 0;
+}
+
+void meshtls_policy_free(struct meshtls_policy *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->rules[i].value);
+        free(p->rules[i].service);
+    }
+    free(p->rules);
+    free(p);
+}
+
+size_t meshtls_policy_size(const struct meshtls_policy *p)
+{
+    return p ? p->n : 0;
+}
+
+/* A URI rule: a SPIFFE ID, where a segment may be "*" or a final "**". */
+static int check_uri_pattern(const char *v, struct meshtls_err *err)
+{
+    char probe[MESHTLS_SPIFFE_ID_MAX + 1];
+    size_t n = strlen(v), j = 0;
+    if (n > MESHTLS_SPIFFE_ID_MAX)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-uri: longer than %d bytes",
+                               MESHTLS_SPIFFE_ID_MAX);
+    /* Replace each wildcard segment by a letter, then validate as an ID. */
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '*' && (i == 0 || v[i - 1] == '/')) {
+            size_t w = (i + 1 < n && v[i + 1] == '*') ? 2 : 1;
+            if (i + w < n && v[i + w] != '/')
+                return meshtls_err_set(err, MESHTLS_EINVAL,
+                                       "--allow-uri '%s': '*' must be a whole path segment", v);
+            if (w == 2 && i + w != n)
+                return meshtls_err_set(err, MESHTLS_EINVAL,
+                                       "--allow-uri '%s': '**' may only be the last segment", v);
+            probe[j++] = 'x';
+            i += w - 1;
+        } else {
+            probe[j++] = v[i];
+        }
+    }
+    struct meshtls_spiffe_id id;
+    struct meshtls_err e2 = MESHTLS_ERR_INIT;
+    if (meshtls_spiffe_parse(probe, j, &id, &e2) != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-uri '%s': %s", v, e2.msg);
+    return 0;
+}
+
+int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind, const char *value,
+                       const char *service, struct meshtls_err *err)
+{
+    if (kind < MESHTLS_RULE_ALLOW_ALL || kind > MESHTLS_RULE_TRUST_DOMAIN)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "unknown rule kind %d", (int)kind);
+    if (kind != MESHTLS_RULE_ALLOW_ALL) {
+        if (!value || !*value)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-%s needs a value",
+                                   kind_names[kind]);
+        if (strlen(value) > MAX_VALUE)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-%s: value too long",
+                                   kind_names[kind]);
+    }
+    int rc = 0;
+    if (kind == MESHTLS_RULE_URI)
+        rc = check_uri_pattern(value, err);
+    else if (kind == MESHTLS_RULE_TRUST_DOMAIN)
+        rc = meshtls_trust_domain_validate(value, err);
+    if (rc)
+        return rc;
+    if (p->n >= MAX_RULES)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "more than %d policy rules", MAX_RULES);
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 8;
+        struct rule *r = realloc(p->rules, cap * sizeof(*r));
+        if (!r)
+            return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        p->rules = r;
+        p->cap = cap;
+    }
+    struct rule *r = &p->rules[p->n];
+    r->kind = kind;
+    r->value = strdup(kind == MESHTLS_RULE_ALLOW_ALL ? "" : value);
+    r->service = service ? strdup(service) : NULL;
+    if (!r->value || (service && !r->service)) {
+        free(r->value);
+        free(r->service);
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    }
+    p->n++;
+    return 0;
+}
+
+static int in_list(char **v, size_t n, const char *want)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v[i], want))
+            return 1;
+    return 0;
+}
+
+static int rule_matches(const struct rule *r, const struct meshtls_identity *id)
+{
+    switch (r->kind) {
+    case MESHTLS_RULE_ALLOW_ALL: return 1;
+    case MESHTLS_RULE_CN: return !strcmp(id->cn, r->value);
+    case MESHTLS_RULE_OU: return !strcmp(id->ou, r->value); /* first OU */
+    case MESHTLS_RULE_DNS: return in_list(id->dns, id->n_dns, r->value);
+    case MESHTLS_RULE_URI:
+        for (size_t i = 0; i < id->n_uris; i++)
+            if (meshtls_spiffe_match(r->value, id->uris[i]))
+                return 1;
+        return 0;
+    case MESHTLS_RULE_TRUST_DOMAIN:
+        return id->spiffe_id && !strcmp(id->spiffe.trust_domain, r->value);
+    }
+    return 0;
+}
+
+void meshtls_policy_check(const struct meshtls_policy *p, const struct meshtls_identity *peer,
+                          const char *service, struct meshtls_decision *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!peer) {
+        snprintf(out->reason, sizeof(out->reason), "no client certificate");
+        return;
+    }
+    for (size_t i = 0; p && i < p->n; i++) {
+        const struct rule *r = &p->rules[i];
+        if (r->service && (!service || strcmp(r->service, service) != 0))
+            continue;
+        if (rule_matches(r, peer)) {
+            out->allow = 1;
+            snprintf(out->rule, sizeof(out->rule), "%s%s%.256s%s%.32s", kind_names[r->kind],
+                     r->value[0] ? " " : "", r->value, r->service ? " -> " : "",
+                     r->service ? r->service : "");
+            snprintf(out->reason, sizeof(out->reason), "matched rule %zu", i + 1);
+            return;
+        }
+    }
+    snprintf(out->reason, sizeof(out->reason), "no rule allows %.200s (CN=%.64s)%s%.32s",
+             peer->spiffe_id ? peer->spiffe_id : "a certificate without SPIFFE ID", peer->cn,
+             service ? " to call " : "", service ? service : "");
+}

@@ -1,0 +1,131 @@
+/*
+ * test_policy.c - identity policy as a table: rules, a peer identity, the
+ * local service, and the expected decision.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "meshtls/policy.h"
+
+static char *dns_api[] = {"api.internal", "api"};
+static char *uri_orders[] = {"spiffe://acme.org/svc/orders"};
+static char *uri_two[] = {"spiffe://acme.org/a", "spiffe://other.org/b"};
+
+/* A peer as the identity parser would produce it. */
+static struct meshtls_identity peer(const char *cn, const char *ou, char **dns, size_t n_dns,
+                                    char **uris, size_t n_uris, const char *td)
+{
+    struct meshtls_identity id;
+    memset(&id, 0, sizeof(id));
+    id.cn = (char *)cn;
+    id.ou = (char *)ou;
+    id.dns = dns;
+    id.n_dns = n_dns;
+    id.uris = uris;
+    id.n_uris = n_uris;
+    if (td) {
+        id.spiffe_id = uris[0];
+        snprintf(id.spiffe.trust_domain, sizeof(id.spiffe.trust_domain), "%s", td);
+    }
+    return id;
+}
+
+struct rule_in {
+    int kind;
+    const char *value, *service;
+};
+
+struct pcase {
+    const char *name;
+    struct rule_in rules[3];
+    int which_peer; /* 0 orders (SPIFFE), 1 api (DNS, OU), 2 two URIs */
+    const char *service;
+    int allow;
+    const char *rule_has;
+};
+
+static const struct pcase cases[] = {
+    {"empty policy denies", {{0}}, 0, NULL, 0, ""},
+    {"allow-all", {{MESHTLS_RULE_ALLOW_ALL, NULL, NULL}}, 0, NULL, 1, "allow-all"},
+    {"cn match", {{MESHTLS_RULE_CN, "orders", NULL}}, 0, NULL, 1, "cn orders"},
+    {"cn mismatch", {{MESHTLS_RULE_CN, "billing", NULL}}, 0, NULL, 0, ""},
+    {"ou match", {{MESHTLS_RULE_OU, "payments", NULL}}, 1, NULL, 1, "ou payments"},
+    {"dns match second SAN", {{MESHTLS_RULE_DNS, "api", NULL}}, 1, NULL, 1, "dns api"},
+    {"dns is exact", {{MESHTLS_RULE_DNS, "api.internal.evil", NULL}}, 1, NULL, 0, ""},
+    {"uri exact", {{MESHTLS_RULE_URI, "spiffe://acme.org/svc/orders", NULL}}, 0, NULL, 1, "uri"},
+    {"uri wildcard", {{MESHTLS_RULE_URI, "spiffe://acme.org/svc/*", NULL}}, 0, NULL, 1, "svc/*"},
+    {"uri wildcard one segment", {{MESHTLS_RULE_URI, "spiffe://acme.org/*", NULL}}, 0, NULL, 0, ""},
+    {"uri double star", {{MESHTLS_RULE_URI, "spiffe://acme.org/**", NULL}}, 0, NULL, 1, "**"},
+    {"trust domain", {{MESHTLS_RULE_TRUST_DOMAIN, "acme.org", NULL}}, 0, NULL, 1, "trust-domain"},
+    {"trust domain other", {{MESHTLS_RULE_TRUST_DOMAIN, "other.org", NULL}}, 0, NULL, 0, ""},
+    {"no spiffe id: trust domain never matches",
+     {{MESHTLS_RULE_TRUST_DOMAIN, "acme.org", NULL}}, 2, NULL, 0, ""},
+    {"uri rule sees every URI SAN", {{MESHTLS_RULE_URI, "spiffe://other.org/b", NULL}}, 2, NULL,
+     1, "other.org"},
+    {"service-scoped rule applies to its service",
+     {{MESHTLS_RULE_CN, "orders", "billing"}}, 0, "billing", 1, "-> billing"},
+    {"service-scoped rule ignored for another service",
+     {{MESHTLS_RULE_CN, "orders", "billing"}}, 0, "inventory", 0, ""},
+    {"second rule matches",
+     {{MESHTLS_RULE_CN, "x", NULL}, {MESHTLS_RULE_URI, "spiffe://acme.org/svc/orders", NULL}},
+     0, NULL, 1, "uri"},
+};
+
+TEST(decisions)
+{
+    struct meshtls_identity peers[3] = {
+        peer("orders", "", NULL, 0, uri_orders, 1, "acme.org"),
+        peer("api", "payments", dns_api, 2, NULL, 0, NULL),
+        peer("two", "", NULL, 0, uri_two, 2, NULL),
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct pcase *c = &cases[i];
+        struct meshtls_policy *p = NULL;
+        CHECK_INT_EQ(meshtls_policy_new(&p), 0);
+        for (int r = 0; r < 3 && c->rules[r].kind; r++)
+            CHECK_INT_EQ(meshtls_policy_add(p, c->rules[r].kind, c->rules[r].value,
+                                            c->rules[r].service, NULL), 0);
+        struct meshtls_decision d;
+        meshtls_policy_check(p, &peers[c->which_peer], c->service, &d);
+        if (d.allow != c->allow || !strstr(d.rule, c->rule_has))
+            fprintf(stderr, "  case '%s': allow=%d rule='%s' reason='%s'\n", c->name, d.allow,
+                    d.rule, d.reason);
+        CHECK_INT_EQ(d.allow, c->allow);
+        CHECK(strstr(d.rule, c->rule_has) != NULL);
+        if (!d.allow)
+            CHECK(strstr(d.reason, "no rule allows") != NULL);
+        meshtls_policy_free(p);
+    }
+}
+
+TEST(invalid_rules)
+{
+    struct meshtls_policy *p = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(meshtls_policy_new(&p), 0);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "http://x/y", NULL, &err),
+                 MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "--allow-uri 'http://x/y'") != NULL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "spiffe://td/a*", NULL, &err),
+                 MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "spiffe://td/**/x", NULL, &err),
+                 MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_TRUST_DOMAIN, "Acme.org", NULL, &err),
+                 MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_CN, "", NULL, &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_size(p), 0);
+    struct meshtls_decision d;
+    meshtls_policy_check(p, NULL, NULL, &d);
+    CHECK(!d.allow && strstr(d.reason, "no client certificate"));
+    CHECK_INT_EQ(meshtls_rule_kind_parse("trust-domain"), MESHTLS_RULE_TRUST_DOMAIN);
+    CHECK_INT_EQ(meshtls_rule_kind_parse("bogus"), 0);
+    meshtls_policy_free(p);
+}
+
+int main(void)
+{
+    RUN(decisions);
+    RUN(invalid_rules);
+    return check_summary();
+}
