@@ -17,6 +17,7 @@ static const struct command commands[] = {
     {"ca", cmd_ca, "the certificate authority: init, register, issue, rotate, revoke, crl, list"},
     {"cert", cmd_cert, "inspect, check expiry of, and verify certificate files"},
     {"dev", cmd_dev, "make a throwaway PKI and certificates for local development"},
+    {"proxy", cmd_proxy, "the mTLS sidecar: proxy server (mTLS in) and proxy client (mTLS out)"},
     {"config", cmd_config, "show the effective TLS configuration (flags > env > YAML file)"},
 };
 

@@ -1,0 +1,277 @@
+/*
+ * cmd_proxy.c - `meshtls proxy server|client`: flags into a struct
+ * px_config, then px_run().  Flag names follow ghostunnel.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "meshtls/meshtls.h"
+#include "proxy.h"
+
+static void proxy_usage(FILE *f)
+{
+    fputs(
+        "usage: meshtls proxy server --listen ADDR --target ADDR --cert F --key F --cacert F\n"
+        "                            (--allow-all | --allow-* ...) [options]\n"
+        "       meshtls proxy client --listen ADDR --target ADDR --cert F --key F --cacert F\n"
+        "                            (--server-name N | --verify-spiffe-id URI |\n"
+        "                             --verify-trust-domain TD) [options]\n"
+        "\n"
+        "server: accepts mutual TLS on --listen, checks the client's identity against the\n"
+        "        policy, and relays to the plaintext --target.\n"
+        "client: accepts plaintext on --listen (keep it on loopback) and relays over mutual\n"
+        "        TLS to --target, verifying the server's identity.\n"
+        "\n"
+        "TLS:\n"
+        "  --cert FILE                our certificate chain (PEM, leaf first)\n"
+        "  --key FILE                 our private key (PEM, mode 0600)\n"
+        "  --cacert FILE              CA bundle used to verify peers (several CAs allowed)\n"
+        "  --crl FILE                 CRLs; every certificate of the peer's chain is checked\n"
+        "  --tls-min-version 1.2|1.3  lowest TLS version accepted (default 1.3)\n"
+        "server policy (repeatable; any match allows; at least one is required):\n"
+        "  --allow-all                any client with a certificate the CA bundle verifies\n"
+        "  --allow-cn NAME            subject CN\n"
+        "  --allow-ou NAME            subject OU\n"
+        "  --allow-dns NAME           a DNS SAN\n"
+        "  --allow-uri URI            a URI SAN / SPIFFE ID; '*' matches one path segment,\n"
+        "                             a final '**' one or more\n"
+        "  --allow-trust-domain TD    any SPIFFE ID in trust domain TD\n"
+        "  --service NAME             this service's name, for logs\n"
+        "client verification (one at least):\n"
+        "  --server-name NAME         DNS name (or IP) the server certificate must carry; SNI\n"
+        "  --verify-spiffe-id URI     exact SPIFFE ID the server must present\n"
+        "  --verify-trust-domain TD   the server's SPIFFE ID must be in TD\n"
+        "engine:\n"
+        "  --workers N                worker threads (default: one per core)\n"
+        "  --max-conns N              simultaneous connections (default 10000)\n"
+        "  --handshake-timeout D      default 10s (D: 500ms, 10s, 5m, 1h)\n"
+        "  --connect-timeout D        connecting to the target, default 5s\n"
+        "  --idle-timeout D           default 5m\n"
+        "  --shutdown-timeout D       drain time after SIGTERM, default 30s\n"
+        "reload (a failed reload keeps the current certificate):\n"
+        "  SIGHUP                     rebuild the TLS context from the files\n"
+        "  --reload-interval D        also every D\n"
+        "  --no-watch                 do not reload when a TLS file changes (default: watch)\n"
+        "observability:\n"
+        "  --status ADDR              serve /healthz, /readyz, /metrics (e.g. 127.0.0.1:9100)\n"
+        "  --log-format text|json     default text\n"
+        "  --log-level debug|info|warn|error\n"
+        "\n"
+        "See docs/PROXY.md.\n",
+        f);
+}
+
+/* Parse a duration "500ms", "10s", "5m", "1h" or plain seconds. @return ms or -1. */
+static long parse_duration(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || v < 0 || v > 86400L * 365)
+        return -1;
+    if (!*end || !strcmp(end, "s"))
+        return v * 1000;
+    if (!strcmp(end, "ms"))
+        return v;
+    if (!strcmp(end, "m"))
+        return v * 60000;
+    if (!strcmp(end, "h"))
+        return v * 3600000;
+    return -1;
+}
+
+static long parse_count(const char *s, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return -1;
+    return v;
+}
+
+enum {
+    O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
+    O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
+    O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
+    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP
+};
+
+static const struct option popts[] = {
+    {"listen", 1, 0, O_LISTEN}, {"target", 1, 0, O_TARGET}, {"cert", 1, 0, O_CERT},
+    {"key", 1, 0, O_KEY}, {"cacert", 1, 0, O_CACERT}, {"crl", 1, 0, O_CRL},
+    {"tls-min-version", 1, 0, O_TLSMIN}, {"allow-all", 0, 0, O_ALLOW_ALL},
+    {"allow-cn", 1, 0, O_ALLOW_CN}, {"allow-ou", 1, 0, O_ALLOW_OU},
+    {"allow-dns", 1, 0, O_ALLOW_DNS}, {"allow-uri", 1, 0, O_ALLOW_URI},
+    {"allow-trust-domain", 1, 0, O_ALLOW_TD}, {"service", 1, 0, O_SERVICE},
+    {"server-name", 1, 0, O_SNAME}, {"verify-spiffe-id", 1, 0, O_VSPIFFE},
+    {"verify-trust-domain", 1, 0, O_VTD}, {"workers", 1, 0, O_WORKERS},
+    {"max-conns", 1, 0, O_MAXCONNS}, {"handshake-timeout", 1, 0, O_HS_TO},
+    {"connect-timeout", 1, 0, O_CONN_TO}, {"idle-timeout", 1, 0, O_IDLE_TO},
+    {"shutdown-timeout", 1, 0, O_SHUT_TO}, {"reload-interval", 1, 0, O_RELOAD},
+    {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
+    {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+
+static int bad(const char *flag, const char *val, const char *want)
+{
+    fprintf(stderr, "meshtls proxy: %s '%s': %s\n", flag, val, want);
+    return 2;
+}
+
+int cmd_proxy(int argc, char **argv)
+{
+    struct px_config c = {0};
+    struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    int rc, status = 1, opt;
+    long v;
+
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        proxy_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "server"))
+        c.mode = PX_MODE_SERVER;
+    else if (!strcmp(argv[1], "client"))
+        c.mode = PX_MODE_CLIENT;
+    else {
+        fprintf(stderr, "meshtls proxy: unknown mode '%s' (server or client)\n", argv[1]);
+        return 2;
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    c.workers = ncpu > 0 && ncpu < 256 ? (int)ncpu : 1;
+    c.max_conns = 10000;
+    c.handshake_timeout_ms = 10000;
+    c.connect_timeout_ms = 5000;
+    c.idle_timeout_ms = 300000;
+    c.shutdown_timeout_ms = 30000;
+    c.watch_files = 1;
+    if (meshtls_policy_new(&c.policy) != 0)
+        return 1;
+
+    argc--, argv++;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", popts, NULL)) != -1) {
+        int kind = 0;
+        switch (opt) {
+        case O_LISTEN: c.listen = optarg; break;
+        case O_TARGET: c.target = optarg; break;
+        case O_CERT: c.tls.cert_file = optarg; break;
+        case O_KEY: c.tls.key_file = optarg; break;
+        case O_CACERT: c.tls.ca_file = optarg; break;
+        case O_CRL: c.tls.crl_file = optarg; break;
+        case O_TLSMIN:
+            if (!strcmp(optarg, "1.2"))
+                c.tls.min_version = MESHTLS_TLS_MIN_1_2;
+            else if (strcmp(optarg, "1.3") != 0) {
+                status = bad("--tls-min-version", optarg, "expected 1.2 or 1.3");
+                goto out;
+            }
+            break;
+        case O_ALLOW_ALL: kind = MESHTLS_RULE_ALLOW_ALL; break;
+        case O_ALLOW_CN: kind = MESHTLS_RULE_CN; break;
+        case O_ALLOW_OU: kind = MESHTLS_RULE_OU; break;
+        case O_ALLOW_DNS: kind = MESHTLS_RULE_DNS; break;
+        case O_ALLOW_URI: kind = MESHTLS_RULE_URI; break;
+        case O_ALLOW_TD: kind = MESHTLS_RULE_TRUST_DOMAIN; break;
+        case O_SERVICE: c.service = optarg; break;
+        case O_SNAME: c.tls.server_name = optarg; break;
+        case O_VSPIFFE: c.tls.verify_spiffe_id = optarg; break;
+        case O_VTD: c.tls.verify_trust_domain = optarg; break;
+        case O_WORKERS:
+            if ((v = parse_count(optarg, 1, 256)) < 0) {
+                status = bad("--workers", optarg, "expected 1 to 256");
+                goto out;
+            }
+            c.workers = (int)v;
+            break;
+        case O_MAXCONNS:
+            if ((v = parse_count(optarg, 1, 1000000)) < 0) {
+                status = bad("--max-conns", optarg, "expected 1 to 1000000");
+                goto out;
+            }
+            c.max_conns = (int)v;
+            break;
+        case O_HS_TO:
+        case O_CONN_TO:
+        case O_IDLE_TO:
+        case O_SHUT_TO:
+        case O_RELOAD:
+            if ((v = parse_duration(optarg)) < 0 || (opt != O_RELOAD && v == 0)) {
+                status = bad(popts[opt - O_LISTEN].name, optarg,
+                             "expected a duration such as 500ms, 10s, 5m or 1h");
+                goto out;
+            }
+            if (opt == O_HS_TO)
+                c.handshake_timeout_ms = (int)v;
+            else if (opt == O_CONN_TO)
+                c.connect_timeout_ms = (int)v;
+            else if (opt == O_IDLE_TO)
+                c.idle_timeout_ms = (int)(v > 86400000 ? 86400000 : v);
+            else if (opt == O_SHUT_TO)
+                c.shutdown_timeout_ms = (int)(v > 3600000 ? 3600000 : v);
+            else
+                c.reload_interval_s = (int)(v / 1000 ? v / 1000 : 1);
+            break;
+        case O_NOWATCH: c.watch_files = 0; break;
+        case O_STATUS: c.status = optarg; break;
+        case O_LOGFMT:
+            if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
+                status = bad("--log-format", optarg, "expected text or json");
+                goto out;
+            }
+            meshtls_log_set_json(!strcmp(optarg, "json"));
+            break;
+        case O_LOGLEVEL:
+            if ((rc = meshtls_log_level_parse(optarg)) < 0) {
+                status = bad("--log-level", optarg, "expected debug, info, warn or error");
+                goto out;
+            }
+            meshtls_log_set_level(rc);
+            break;
+        case O_HELP: proxy_usage(stdout); status = 0; goto out;
+        default: status = 2; goto out;
+        }
+        if (kind && (rc = meshtls_policy_add(c.policy, kind, kind == MESHTLS_RULE_ALLOW_ALL ?
+                                             NULL : optarg, NULL, &err)) != 0) {
+            cli_print_err("proxy", &err, rc);
+            status = 2;
+            goto out;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "meshtls proxy: unexpected argument '%s'\n", argv[optind]);
+        status = 2;
+        goto out;
+    }
+    if (!c.listen || !c.target) {
+        fprintf(stderr, "meshtls proxy %s: --listen and --target are required\n",
+                c.mode == PX_MODE_SERVER ? "server" : "client");
+        status = 2;
+        goto out;
+    }
+    if (c.mode == PX_MODE_SERVER && meshtls_policy_size(c.policy) == 0) {
+        fprintf(stderr, "meshtls proxy server: no access policy: give --allow-all or at least "
+                        "one --allow-cn/-ou/-dns/-uri/-trust-domain (fail closed)\n");
+        status = 2;
+        goto out;
+    }
+    if ((rc = px_tls_build(&c, &tls.ctx, &tls.not_after, &err)) != 0) {
+        cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
+        goto out;
+    }
+    if ((rc = px_run(&c, &tls, &err)) != 0) {
+        cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
+        goto out;
+    }
+    status = 0;
+out:
+    SSL_CTX_free(tls.ctx);
+    meshtls_policy_free(c.policy);
+    return status;
+}

@@ -1,0 +1,827 @@
+/*
+ * engine.c - the proxy's event loops and connection state machine.
+ *
+ * Each worker thread owns an epoll set.  All workers watch the one
+ * listening socket with EPOLLEXCLUSIVE, so one of them wakes per new
+ * connection and accepts a batch.  Connection sockets are registered once,
+ * edge-triggered for both directions (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET):
+ * no epoll_ctl is needed as the connection changes state.  On any event
+ * the connection's step function makes all the progress it can; if it
+ * stops early for fairness it goes on the worker's ready list, so an edge
+ * is never lost.
+ *
+ * States (struct px_conn.state):
+ *   PX_HANDSHAKE   TLS handshake on the TLS end (server: client side;
+ *                  client mode: target side, after PX_CONNECT)
+ *   PX_CONNECT     non-blocking connect() to the target in progress
+ *   PX_RELAY       copying bytes both ways, with half-close
+ *   PX_CLOSED      waiting to be freed at the end of the loop iteration
+ *
+ * Closing is deferred: a handler marks the connection closed and puts it on
+ * the worker's free list; it is freed after the current batch of events,
+ * so a later event of the same batch never touches freed memory.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include "meshtls/log.h"
+#include "meshtls/x509.h"
+#include "proxy.h"
+
+#define PX_BUF 16384    /* per direction, allocated when relaying starts */
+#define PX_STEP_MAX 32  /* read/write rounds per event before yielding */
+#define PX_ACCEPT_MAX 64 /* accepts per wake-up */
+
+enum px_state { PX_HANDSHAKE = 1, PX_CONNECT, PX_RELAY, PX_CLOSED };
+
+struct px_conn;
+
+/* One side of a connection: `down` is the client, `up` the target. */
+struct px_end {
+    struct px_conn *c;
+    int fd;
+    SSL *ssl;   /* the TLS end has one */
+    int rd_eof; /* no more bytes will come from this end */
+    int wr_shut; /* we have shut down writing towards this end */
+    int is_down;
+};
+
+struct px_conn {
+    struct px_end down, up;
+    enum px_state state;
+    char *buf[2];      /* [0] down->up, [1] up->down; PX_BUF each */
+    size_t off[2], len[2];
+    unsigned long long bytes[2];
+    int64_t start_us, deadline_ms;
+    int on_ready;
+    struct px_conn *next, *prev; /* worker's list of live connections */
+    struct px_conn *ready_next;
+    struct px_conn *free_next;
+    char peer_addr[64];
+    char who[300];   /* peer identity for logs */
+    char serial[80];
+    char decision[340];
+    const char *why; /* closing reason */
+    char why_buf[300];
+};
+
+struct px_worker {
+    int id;
+    int epfd;
+    pthread_t th;
+    struct px_conn *conns;  /* live */
+    struct px_conn *ready;  /* to step again without an event */
+    struct px_conn *freeing; /* closed, free after the batch */
+    int listening;          /* listener in our epoll set */
+};
+
+static const struct px_config *cfg;
+static struct px_tls *g_tls;
+static int listen_fd = -1;
+static struct sockaddr_storage target_addr;
+static socklen_t target_len;
+static atomic_int stopping;      /* stop accepting, drain */
+static atomic_int max_logged;
+static struct px_worker *workers;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, socklen_t *len,
+               struct meshtls_err *err)
+{
+    char host[256];
+    const char *port, *h = hostport;
+    size_t hl;
+    if (!hostport || !*hostport)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "missing address (expected HOST:PORT)");
+    if (h[0] == '[') {
+        const char *rb = strchr(h, ']');
+        if (!rb || rb[1] != ':')
+            return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': expected [IPv6]:PORT",
+                                   hostport);
+        hl = (size_t)(rb - h - 1);
+        h++;
+        port = rb + 2;
+    } else {
+        const char *colon = strrchr(h, ':');
+        if (!colon)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': expected HOST:PORT",
+                                   hostport);
+        hl = (size_t)(colon - h);
+        port = colon + 1;
+    }
+    if (hl >= sizeof(host) || !*port)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': expected HOST:PORT", hostport);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = passive ? AI_PASSIVE : 0},
+                    *res = NULL;
+    int g = getaddrinfo(hl ? host : NULL, port, &hints, &res);
+    if (g != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': %s", hostport,
+                               gai_strerror(g));
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static void addr_str(const struct sockaddr *sa, char *buf, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const void *)sa;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        port = ntohs(s->sin_port);
+        snprintf(buf, cap, "%s:%d", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const void *)sa;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s->sin6_port);
+        snprintf(buf, cap, "[%s]:%d", ip, port);
+    } else {
+        snprintf(buf, cap, "?");
+    }
+}
+
+int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
+                 struct meshtls_err *err)
+{
+    SSL_CTX *ctx = NULL;
+    int rc = c->mode == PX_MODE_SERVER ? meshtls_tls_server_ctx_new(&c->tls, &ctx, err)
+                                       : meshtls_tls_client_ctx_new(&c->tls, &ctx, err);
+    if (rc)
+        return rc;
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    struct meshtls_identity *id = NULL;
+    *not_after = 0;
+    if (leaf && meshtls_identity_from_x509(leaf, &id, NULL) == 0) {
+        *not_after = id->not_after;
+        meshtls_identity_free(id);
+    }
+    *out = ctx;
+    return 0;
+}
+
+/* ---- connection I/O ---------------------------------------------------- */
+
+/* @return >0 bytes, 0 EOF, -1 would block, -2 error. */
+static ssize_t end_read(struct px_end *e, char *buf, size_t n)
+{
+    if (!e->ssl) {
+        ssize_t r = read(e->fd, buf, n);
+        if (r >= 0)
+            return r;
+        return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
+    }
+    size_t got = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(e->ssl, buf, n, &got) == 1)
+        return (ssize_t)got;
+    switch (SSL_get_error(e->ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: return -1;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && errno == 0)
+            return 0; /* EOF without close_notify: treat as end of stream */
+        /* fall through */
+    default: ERR_clear_error(); return -2;
+    }
+}
+
+/* @return >0 bytes, -1 would block, -2 error. */
+static ssize_t end_write(struct px_end *e, const char *buf, size_t n)
+{
+    if (!e->ssl) {
+        ssize_t w = send(e->fd, buf, n, MSG_NOSIGNAL);
+        if (w >= 0)
+            return w;
+        return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
+    }
+    size_t put = 0;
+    ERR_clear_error();
+    if (SSL_write_ex(e->ssl, buf, n, &put) == 1)
+        return (ssize_t)put;
+    int se = SSL_get_error(e->ssl, 0);
+    if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE)
+        return -1;
+    ERR_clear_error();
+    return -2;
+}
+
+static void end_shut_write(struct px_end *e)
+{
+    if (e->ssl) {
+        ERR_clear_error();
+        SSL_shutdown(e->ssl); /* sends close_notify; reading stays possible */
+        ERR_clear_error();
+    } else {
+        shutdown(e->fd, SHUT_WR);
+    }
+    e->wr_shut = 1;
+}
+
+/* ---- connection lifecycle ---------------------------------------------- */
+
+static void conn_close(struct px_worker *w, struct px_conn *c, const char *why)
+{
+    if (c->state == PX_CLOSED)
+        return;
+    if (why && !c->why)
+        c->why = why;
+    int64_t dur = now_us() - c->start_us;
+    meshtls_log(MESHTLS_LOG_INFO,
+                "close client=%s id=%s serial=%s decision=%s bytes_up=%llu bytes_down=%llu "
+                "duration_ms=%.1f reason=\"%s\"",
+                c->peer_addr, c->who[0] ? c->who : "-", c->serial[0] ? c->serial : "-",
+                c->decision[0] ? c->decision : "-", c->bytes[0], c->bytes[1], (double)dur / 1000.0,
+                c->why ? c->why : "done");
+    atomic_fetch_add(&px_metrics.bytes_up, c->bytes[0]);
+    atomic_fetch_add(&px_metrics.bytes_down, c->bytes[1]);
+    c->state = PX_CLOSED;
+    /* unlink from live list */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->free_next = w->freeing;
+    w->freeing = c;
+}
+
+static void conn_free(struct px_conn *c)
+{
+    if (c->down.ssl)
+        SSL_free(c->down.ssl);
+    if (c->up.ssl)
+        SSL_free(c->up.ssl);
+    if (c->down.fd >= 0)
+        close(c->down.fd); /* also leaves the epoll set */
+    if (c->up.fd >= 0)
+        close(c->up.fd);
+    free(c->buf[0]);
+    free(c->buf[1]);
+    free(c);
+    long long left = atomic_fetch_sub(&px_metrics.active, 1) - 1;
+    if (cfg && left < cfg->max_conns)
+        atomic_store(&max_logged, 0);
+}
+
+static int watch(struct px_worker *w, struct px_end *e)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = e};
+    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev);
+}
+
+/* Create an SSL for the TLS end from the current context. */
+static SSL *new_ssl(void)
+{
+    SSL *ssl = NULL;
+    pthread_mutex_lock(&g_tls->mu);
+    if (cfg->mode == PX_MODE_CLIENT)
+        meshtls_tls_client_ssl_new(g_tls->ctx, &ssl, NULL);
+    else
+        ssl = SSL_new(g_tls->ctx); /* takes its own reference on the context */
+    pthread_mutex_unlock(&g_tls->mu);
+    return ssl;
+}
+
+static void start_connect(struct px_worker *w, struct px_conn *c)
+{
+    int fd = socket(target_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        conn_close(w, c, "cannot create a socket for the target");
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->up.fd = fd;
+    if (connect(fd, (struct sockaddr *)&target_addr, target_len) != 0 && errno != EINPROGRESS) {
+        snprintf(c->why_buf, sizeof(c->why_buf), "cannot connect to target %s: %s", cfg->target,
+                 strerror(errno));
+        c->why = c->why_buf;
+        atomic_fetch_add(&px_metrics.backend_errors, 1);
+        conn_close(w, c, NULL);
+        return;
+    }
+    if (watch(w, &c->up) != 0) {
+        conn_close(w, c, "epoll_ctl failed");
+        return;
+    }
+    c->state = PX_CONNECT;
+    c->deadline_ms = now_ms() + cfg->connect_timeout_ms;
+}
+
+static int start_relay(struct px_worker *w, struct px_conn *c)
+{
+    c->buf[0] = malloc(PX_BUF);
+    c->buf[1] = malloc(PX_BUF);
+    if (!c->buf[0] || !c->buf[1]) {
+        conn_close(w, c, "out of memory");
+        return -1;
+    }
+    c->state = PX_RELAY;
+    c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
+    return 0;
+}
+
+/* Handshake finished on the TLS end: identity, policy, next state. */
+static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end *t)
+{
+    px_metrics_handshake((double)(now_us() - c->start_us) / 1e6);
+    atomic_fetch_add(&px_metrics.hs_ok, 1);
+    struct meshtls_identity *id = NULL;
+    if (meshtls_tls_peer_identity(t->ssl, &id, NULL) == 0) {
+        snprintf(c->who, sizeof(c->who), "%s", id->spiffe_id ? id->spiffe_id : id->subject);
+        snprintf(c->serial, sizeof(c->serial), "%s", id->serial);
+    }
+    if (cfg->mode == PX_MODE_SERVER) {
+        struct meshtls_decision d;
+        meshtls_policy_check(cfg->policy, id, cfg->service, &d);
+        snprintf(c->decision, sizeof(c->decision), "%s", d.allow ? "allow" : "deny");
+        meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
+                    "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
+                    d.allow ? "allow" : "deny", c->peer_addr, c->who, c->serial, d.rule,
+                    d.reason);
+        meshtls_identity_free(id);
+        if (!d.allow) {
+            atomic_fetch_add(&px_metrics.deny, 1);
+            end_shut_write(t); /* close_notify, then close: the client reads EOF */
+            conn_close(w, c, "denied by policy");
+            return;
+        }
+        atomic_fetch_add(&px_metrics.allow, 1);
+        start_connect(w, c); /* target connect starts as soon as policy allows */
+        return;
+    }
+    meshtls_identity_free(id);
+    start_relay(w, c);
+}
+
+static void step_handshake(struct px_worker *w, struct px_conn *c)
+{
+    struct px_end *t = cfg->mode == PX_MODE_SERVER ? &c->down : &c->up;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        handshake_done(w, c, t);
+        return;
+    }
+    int se = SSL_get_error(t->ssl, r);
+    if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE)
+        return;
+    char why[256];
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
+    long v = SSL_get_verify_result(t->ssl);
+    int no_cert = cfg->mode == PX_MODE_SERVER && v == X509_V_OK && strstr(why, "no certificate");
+    enum px_hs_error kind = px_metrics_classify(v, no_cert);
+    atomic_fetch_add(&px_metrics.hs_fail, 1);
+    atomic_fetch_add(&px_metrics.hs_err[kind], 1);
+    meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
+                        cfg->mode == PX_MODE_SERVER ? "client" : "target", why[0] ? ": " : "",
+                        why);
+    snprintf(c->why_buf, sizeof(c->why_buf), "%.290s", e.msg);
+    c->why = c->why_buf;
+    meshtls_log(MESHTLS_LOG_WARN, "client=%s %s", c->peer_addr, e.msg);
+    conn_close(w, c, NULL);
+}
+
+static void step_connect(struct px_worker *w, struct px_conn *c)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+        soerr = errno;
+    if (soerr == EINPROGRESS || soerr == EALREADY)
+        return;
+    if (soerr != 0) {
+        snprintf(c->why_buf, sizeof(c->why_buf), "cannot connect to target %s: %s", cfg->target,
+                 strerror(soerr));
+        c->why = c->why_buf;
+        atomic_fetch_add(&px_metrics.backend_errors, 1);
+        meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr,
+                    c->who[0] ? c->who : "-", c->why);
+        conn_close(w, c, NULL);
+        return;
+    }
+    /* Is it really connected?  A connect still in flight has no peer yet. */
+    struct sockaddr_storage ss;
+    socklen_t ssl_len = sizeof(ss);
+    if (getpeername(c->up.fd, (struct sockaddr *)&ss, &ssl_len) != 0)
+        return;
+    if (cfg->mode == PX_MODE_CLIENT) {
+        c->up.ssl = new_ssl();
+        if (!c->up.ssl || !SSL_set_fd(c->up.ssl, c->up.fd)) {
+            conn_close(w, c, "cannot create TLS connection");
+            return;
+        }
+        SSL_set_connect_state(c->up.ssl);
+        c->state = PX_HANDSHAKE;
+        c->deadline_ms = now_ms() + cfg->handshake_timeout_ms;
+        step_handshake(w, c);
+        return;
+    }
+    start_relay(w, c);
+}
+
+/* Copy bytes both ways.  @return 1 if it stopped early (call again). */
+static int step_relay(struct px_worker *w, struct px_conn *c)
+{
+    int progress = 1, rounds = 0;
+    while (progress && rounds++ < PX_STEP_MAX) {
+        progress = 0;
+        for (int dir = 0; dir < 2; dir++) {
+            struct px_end *src = dir == 0 ? &c->down : &c->up;
+            struct px_end *dst = dir == 0 ? &c->up : &c->down;
+            if (c->len[dir] == 0 && !src->rd_eof) {
+                ssize_t n = end_read(src, c->buf[dir], PX_BUF);
+                if (n > 0) {
+                    c->off[dir] = 0;
+                    c->len[dir] = (size_t)n;
+                    c->bytes[dir] += (unsigned long long)n;
+                    progress = 1;
+                } else if (n == 0) {
+                    src->rd_eof = 1;
+                    progress = 1;
+                } else if (n == -2) {
+                    conn_close(w, c, dir == 0 ? "client connection error"
+                                              : "target connection error");
+                    return 0;
+                }
+            }
+            if (c->len[dir] > 0) {
+                ssize_t n = end_write(dst, c->buf[dir] + c->off[dir], c->len[dir]);
+                if (n > 0) {
+                    c->off[dir] += (size_t)n;
+                    c->len[dir] -= (size_t)n;
+                    progress = 1;
+                } else if (n == -2) {
+                    conn_close(w, c, dir == 0 ? "target closed while sending"
+                                              : "client closed while receiving");
+                    return 0;
+                }
+            }
+            if (src->rd_eof && c->len[dir] == 0 && !dst->wr_shut) {
+                end_shut_write(dst); /* half-close follows the source */
+                progress = 1;
+            }
+        }
+        if (progress)
+            c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
+    }
+    if (c->down.rd_eof && c->up.rd_eof && !c->len[0] && !c->len[1]) {
+        conn_close(w, c, NULL);
+        return 0;
+    }
+    return progress; /* still progressing after PX_STEP_MAX rounds: yield */
+}
+
+static void conn_step(struct px_worker *w, struct px_conn *c)
+{
+    int again = 0;
+    switch (c->state) {
+    case PX_HANDSHAKE: step_handshake(w, c); break;
+    case PX_CONNECT: step_connect(w, c); break;
+    case PX_RELAY: again = step_relay(w, c); break;
+    case PX_CLOSED: return;
+    }
+    /* a state change may have more to do right away */
+    if (c->state == PX_RELAY && !again)
+        again = step_relay(w, c);
+    if (again && !c->on_ready && c->state != PX_CLOSED) {
+        c->on_ready = 1;
+        c->ready_next = w->ready;
+        w->ready = c;
+    }
+}
+
+static void accept_batch(struct px_worker *w)
+{
+    for (int i = 0; i < PX_ACCEPT_MAX; i++) {
+        if (atomic_load(&px_metrics.active) >= cfg->max_conns) {
+            if (!atomic_exchange(&max_logged, 1))
+                meshtls_log(MESHTLS_LOG_WARN,
+                            "max-conns %d reached: new connections wait in the backlog "
+                            "until one closes", cfg->max_conns);
+            epoll_ctl(w->epfd, EPOLL_CTL_DEL, listen_fd, NULL);
+            w->listening = 0;
+            return;
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return; /* EAGAIN: another worker took it, or the batch is done */
+        struct px_conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        atomic_fetch_add(&px_metrics.active, 1);
+        atomic_fetch_add(&px_metrics.conns_total, 1);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c->down = (struct px_end){.c = c, .fd = fd, .is_down = 1};
+        c->up = (struct px_end){.c = c, .fd = -1};
+        c->start_us = now_us();
+        addr_str((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        if (watch(w, &c->down) != 0) {
+            conn_close(w, c, "epoll_ctl failed");
+            continue;
+        }
+        if (cfg->mode == PX_MODE_SERVER) {
+            c->down.ssl = new_ssl();
+            if (!c->down.ssl || !SSL_set_fd(c->down.ssl, fd)) {
+                conn_close(w, c, "cannot create TLS connection");
+                continue;
+            }
+            SSL_set_accept_state(c->down.ssl);
+            c->state = PX_HANDSHAKE;
+            c->deadline_ms = now_ms() + cfg->handshake_timeout_ms;
+        } else {
+            start_connect(w, c);
+        }
+    }
+}
+
+static void sweep_timeouts(struct px_worker *w)
+{
+    int64_t now = now_ms();
+    for (struct px_conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->deadline_ms > now)
+            continue;
+        if (c->state == PX_HANDSHAKE) {
+            atomic_fetch_add(&px_metrics.hs_fail, 1);
+            atomic_fetch_add(&px_metrics.hs_err[PX_HSE_TIMEOUT], 1);
+            conn_close(w, c, "TLS handshake timeout");
+        } else if (c->state == PX_CONNECT) {
+            atomic_fetch_add(&px_metrics.backend_errors, 1);
+            conn_close(w, c, "timeout connecting to the target");
+        } else {
+            conn_close(w, c, "idle timeout");
+        }
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct px_worker *w = arg;
+    struct epoll_event evs[128];
+    int64_t last_sweep = now_ms();
+    for (;;) {
+        int stop = atomic_load(&stopping);
+        if (stop && w->listening) {
+            epoll_ctl(w->epfd, EPOLL_CTL_DEL, listen_fd, NULL);
+            w->listening = 0;
+        }
+        if (stop && !w->conns)
+            break;
+        if (!stop && !w->listening && atomic_load(&px_metrics.active) < cfg->max_conns) {
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = NULL};
+            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, listen_fd, &ev) == 0)
+                w->listening = 1;
+        }
+        int n = epoll_wait(w->epfd, evs, 128, w->ready ? 0 : 100);
+        for (int i = 0; i < n; i++) {
+            struct px_end *e = evs[i].data.ptr;
+            if (!e) {
+                if (!atomic_load(&stopping))
+                    accept_batch(w);
+                continue;
+            }
+            conn_step(w, e->c);
+        }
+        /* connections that yielded get another turn */
+        struct px_conn *r = w->ready;
+        w->ready = NULL;
+        while (r) {
+            struct px_conn *nx = r->ready_next;
+            r->on_ready = 0;
+            conn_step(w, r);
+            r = nx;
+        }
+        int64_t now = now_ms();
+        if (now - last_sweep >= 100) {
+            sweep_timeouts(w);
+            last_sweep = now;
+        }
+        while (w->freeing) {
+            struct px_conn *c = w->freeing;
+            w->freeing = c->free_next;
+            if (c->on_ready) { /* still on the ready list: unlink first */
+                struct px_conn **pp = &w->ready;
+                while (*pp && *pp != c)
+                    pp = &(*pp)->ready_next;
+                if (*pp)
+                    *pp = c->ready_next;
+            }
+            conn_free(c);
+        }
+    }
+    return NULL;
+}
+
+/* ---- reload ----------------------------------------------------------- */
+
+struct file_stamp {
+    const char *path;
+    struct timespec mtime;
+    ino_t ino;
+    off_t size;
+};
+
+static void stamp(struct file_stamp *s)
+{
+    struct stat st;
+    if (s->path && stat(s->path, &st) == 0) {
+        s->mtime = st.st_mtim;
+        s->ino = st.st_ino;
+        s->size = st.st_size;
+    }
+}
+
+static int stamp_changed(struct file_stamp *s)
+{
+    struct file_stamp old = *s;
+    stamp(s);
+    return s->path && (old.mtime.tv_sec != s->mtime.tv_sec ||
+                       old.mtime.tv_nsec != s->mtime.tv_nsec || old.ino != s->ino ||
+                       old.size != s->size);
+}
+
+static void reload(const char *why)
+{
+    SSL_CTX *ctx = NULL;
+    int64_t not_after = 0;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    if (px_tls_build(cfg, &ctx, &not_after, &e) != 0) {
+        atomic_fetch_add(&px_metrics.reload_fail, 1);
+        meshtls_log(MESHTLS_LOG_ERROR, "reload (%s) failed, keeping the current certificate: %s",
+                    why, e.msg);
+        return;
+    }
+    pthread_mutex_lock(&g_tls->mu);
+    SSL_CTX *old = g_tls->ctx;
+    g_tls->ctx = ctx;
+    g_tls->not_after = not_after;
+    g_tls->generation++;
+    pthread_mutex_unlock(&g_tls->mu);
+    SSL_CTX_free(old); /* open connections keep their own references */
+    atomic_fetch_add(&px_metrics.reload_ok, 1);
+    meshtls_log(MESHTLS_LOG_INFO, "reload (%s): new TLS context in service for new connections",
+                why);
+}
+
+int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *err)
+{
+    int rc = 0, one = 1;
+    struct sockaddr_storage la;
+    socklen_t ll;
+    pthread_t status_th;
+    int status_started = 0;
+    cfg = c;
+    g_tls = tls;
+
+    if ((rc = px_resolve(c->target, 0, &target_addr, &target_len, err)) != 0)
+        return meshtls_err_set(err, rc, "--target: %s", err ? err->msg : "");
+    if ((rc = px_resolve(c->listen, 1, &la, &ll, err)) != 0)
+        return meshtls_err_set(err, rc, "--listen: %s", err ? err->msg : "");
+    listen_fd = socket(la.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&la, ll) != 0 ||
+        listen(listen_fd, 4096) != 0)
+        return meshtls_err_set(err, MESHTLS_EIO, "--listen %s: %s", c->listen, strerror(errno));
+    ll = sizeof(la);
+    getsockname(listen_fd, (struct sockaddr *)&la, &ll);
+    char shown[80];
+    addr_str((struct sockaddr *)&la, shown, sizeof(shown));
+
+    if (c->status && (rc = px_status_start(c->status, tls, &status_th, err)) != 0) {
+        close(listen_fd);
+        return rc;
+    }
+    status_started = c->status != NULL;
+
+    /* Signals go to the main thread only. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    workers = calloc((size_t)c->workers, sizeof(*workers));
+    if (!workers)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    for (int i = 0; i < c->workers; i++) {
+        workers[i].id = i;
+        workers[i].epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (workers[i].epfd < 0 || pthread_create(&workers[i].th, NULL, worker_main, &workers[i]))
+            return meshtls_err_set(err, MESHTLS_EIO, "cannot start worker %d: %s", i,
+                                   strerror(errno));
+    }
+    atomic_store(&px_metrics.listening, 1);
+    meshtls_log(MESHTLS_LOG_INFO, "proxy %s listening on %s, target %s, %d worker(s)",
+                c->mode == PX_MODE_SERVER ? "server" : "client", shown, c->target, c->workers);
+    /* A machine-readable line for scripts and tests. */
+    printf("listening on %s\n", shown);
+    fflush(stdout);
+
+    struct file_stamp files[4] = {{.path = c->tls.cert_file}, {.path = c->tls.key_file},
+                                  {.path = c->tls.ca_file}, {.path = c->tls.crl_file}};
+    for (int i = 0; i < 4; i++)
+        stamp(&files[i]);
+    int64_t next_interval = c->reload_interval_s ? now_ms() + c->reload_interval_s * 1000LL : 0;
+    int64_t pending_change = 0;
+    for (;;) {
+        struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
+        int sig = sigtimedwait(&set, NULL, &to);
+        if (sig == SIGTERM || sig == SIGINT) {
+            meshtls_log(MESHTLS_LOG_INFO, "%s: no longer accepting; draining %lld connection(s) "
+                        "for up to %d ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                        (long long)atomic_load(&px_metrics.active), c->shutdown_timeout_ms);
+            break;
+        }
+        if (sig == SIGHUP)
+            reload("SIGHUP");
+        int64_t now = now_ms();
+        if (c->watch_files) {
+            int changed = 0;
+            for (int i = 0; i < 4; i++)
+                changed |= stamp_changed(&files[i]);
+            if (changed)
+                pending_change = now; /* let the writer finish: settle 500 ms */
+            else if (pending_change && now - pending_change >= 500) {
+                pending_change = 0;
+                reload("file change");
+            }
+        }
+        if (next_interval && now >= next_interval) {
+            reload("interval");
+            next_interval = now + c->reload_interval_s * 1000LL;
+        }
+    }
+
+    atomic_store(&stopping, 1);
+    atomic_store(&px_metrics.listening, 0);
+    int64_t deadline = now_ms() + c->shutdown_timeout_ms;
+    int drained = 0;
+    while (now_ms() < deadline) {
+        if (atomic_load(&px_metrics.active) == 0) {
+            drained = 1;
+            break;
+        }
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (drained) {
+        for (int i = 0; i < c->workers; i++)
+            pthread_join(workers[i].th, NULL);
+        meshtls_log(MESHTLS_LOG_INFO, "shutdown complete: all connections drained");
+    } else {
+        meshtls_log(MESHTLS_LOG_WARN, "shutdown timeout: closing %lld connection(s)",
+                    (long long)atomic_load(&px_metrics.active));
+    }
+    if (status_started)
+        px_status_stop();
+    close(listen_fd);
+    return 0;
+}

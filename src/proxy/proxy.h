@@ -1,0 +1,117 @@
+/*
+ * proxy.h - the data plane: `meshtls proxy server|client`.
+ *
+ * Threads: N workers, each with its own epoll loop, share one listening
+ * socket (EPOLLEXCLUSIVE); the main thread handles signals, reloads and the
+ * file watch; a status thread serves /healthz, /readyz and /metrics.
+ *
+ * Data flows one way: the configuration is validated into a struct
+ * px_config, the TLS context is built from it and published in a px_tls
+ * holder; each connection takes its own reference to the context it
+ * started with (SSL_new does), so a reload swaps one pointer and never
+ * touches open connections.
+ */
+#ifndef MESHTLS_PROXY_H
+#define MESHTLS_PROXY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <openssl/ssl.h>
+
+#include "meshtls/policy.h"
+#include "meshtls/tls.h"
+
+enum px_mode {
+    PX_MODE_SERVER = 1, /* mTLS in, plaintext (or --target-tls) out */
+    PX_MODE_CLIENT,     /* plaintext in, mTLS out */
+};
+
+/* Validated configuration; read-only once the proxy runs. */
+struct px_config {
+    enum px_mode mode;
+    const char *listen;          /* "host:port" */
+    const char *target;          /* "host:port" */
+    struct meshtls_tls_opts tls; /* our side's TLS (server: accept; client: dial) */
+    struct meshtls_policy *policy; /* server mode: who may call (owned) */
+    const char *service;         /* local service name for service-scoped rules */
+    const char *status;          /* status listener "host:port" or NULL */
+    int workers;                 /* worker threads */
+    int max_conns;               /* simultaneous client connections */
+    int handshake_timeout_ms;
+    int connect_timeout_ms;
+    int idle_timeout_ms;
+    int shutdown_timeout_ms;
+    int reload_interval_s;       /* 0 = off */
+    int watch_files;             /* reload when a TLS file changes */
+};
+
+/* The current TLS context, swapped whole on reload. */
+struct px_tls {
+    pthread_mutex_t mu;
+    SSL_CTX *ctx;        /* current; connections hold their own references */
+    int64_t not_after;   /* our certificate's expiry (Unix seconds) */
+    uint64_t generation; /* bumped on each successful reload */
+};
+
+/* Metric counters (Prometheus names in metrics.c). */
+enum px_hs_error {
+    PX_HSE_NO_CERT = 0,
+    PX_HSE_UNTRUSTED,
+    PX_HSE_EXPIRED,
+    PX_HSE_REVOKED,
+    PX_HSE_BAD_NAME,
+    PX_HSE_PROTOCOL,
+    PX_HSE_TIMEOUT,
+    PX_HSE_OTHER,
+    PX_HSE_N
+};
+
+#define PX_HIST_N 12
+struct px_metrics {
+    atomic_ullong hs_ok, hs_fail;
+    atomic_ullong hs_err[PX_HSE_N];
+    atomic_ullong hs_hist[PX_HIST_N]; /* cumulative buckets filled at export */
+    atomic_ullong hs_count, hs_sum_us;
+    atomic_ullong allow, deny;
+    atomic_ullong bytes_up, bytes_down; /* up: towards the target */
+    atomic_ullong reload_ok, reload_fail;
+    atomic_ullong conns_total, backend_errors;
+    atomic_llong active;
+    atomic_int listening;
+};
+
+extern struct px_metrics px_metrics;
+extern const double px_hist_bounds[PX_HIST_N];
+
+/* metrics.c */
+void px_metrics_handshake(double seconds);
+enum px_hs_error px_metrics_classify(long verify_result, int no_cert);
+/** Render the Prometheus text exposition into buf; @return bytes written. */
+size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls);
+
+/* engine.c */
+/**
+ * Run the proxy until SIGTERM/SIGINT: binds cfg->listen (and cfg->status),
+ * starts workers, handles reloads.  `tls` must hold a context already.
+ * @return 0 on a clean shutdown, or a MESHTLS_E* code with `err` set.
+ */
+int px_run(const struct px_config *cfg, struct px_tls *tls, struct meshtls_err *err);
+
+/** Build a context from cfg->tls for cfg->mode. */
+int px_tls_build(const struct px_config *cfg, SSL_CTX **out, int64_t *not_after,
+                 struct meshtls_err *err);
+
+/** Resolve "host:port" ("[v6]:port", ":port" = all interfaces). */
+int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, socklen_t *len,
+               struct meshtls_err *err);
+
+/* status.c */
+/** Start the status server thread on `addr`. */
+int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th,
+                    struct meshtls_err *err);
+void px_status_stop(void);
+
+#endif
