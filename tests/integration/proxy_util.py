@@ -1,0 +1,157 @@
+"""Helpers for proxy tests: start `meshtls proxy`, plaintext backends, and a
+PKI made with `meshtls ca`.  Every process started here is stopped by PID."""
+import http.server
+import os
+import re
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.request
+
+from conftest import MESHTLS, run
+
+
+def make_pki(d, td="test.local"):
+    """CA `d/ca` for `td`; services api (server side), web, evil; certs in d/certs.
+    A second CA `d/other` issues an intruder `web` into d/intruder."""
+    ca = d / "ca"
+    run("ca", "init", "--dir", ca, "--trust-domain", td, check=True)
+    run("ca", "register", "--dir", ca, "api", "--dns", "localhost", "--ip", "127.0.0.1",
+        check=True)
+    for svc in ("web", "evil"):
+        run("ca", "register", "--dir", ca, svc, check=True)
+    for svc in ("api", "web", "evil"):
+        run("ca", "issue", "--dir", ca, svc, "--out", d / "certs", check=True)
+    run("ca", "init", "--dir", d / "other", "--trust-domain", "other.local", check=True)
+    run("ca", "register", "--dir", d / "other", "web", check=True)
+    run("ca", "issue", "--dir", d / "other", "web", "--out", d / "intruder", check=True)
+    return d
+
+
+class Proxy:
+    """A running `meshtls proxy MODE ...`; .port, .status_port, .log()."""
+
+    def __init__(self, mode, *args, status=True, env=None):
+        argv = [MESHTLS, "proxy", mode, "--listen", "127.0.0.1:0", *map(str, args)]
+        if status:
+            argv += ["--status", "127.0.0.1:0"]
+        self.logfile = open(f"/tmp/meshtls-proxy-{os.getpid()}-{id(self)}.log", "w+")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
+                                     text=True, env=dict(os.environ, **(env or {})))
+        self.port = self.status_port = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (self.port is None or
+                                               (status and self.status_port is None)):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.match(r"(listening|status) on .*:(\d+)$", line.strip())
+            if m and m.group(1) == "listening":
+                self.port = int(m.group(2))
+            elif m:
+                self.status_port = int(m.group(2))
+        if self.port is None:
+            self.stop()
+            raise AssertionError(f"proxy did not start:\n{self.log()}")
+
+    def log(self):
+        self.logfile.flush()
+        self.logfile.seek(0)
+        return self.logfile.read()
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.server.connections += 1
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                break
+            self.request.sendall(data)
+        self.request.shutdown(socket.SHUT_WR)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """Plaintext echo backend that counts connections; echoes until EOF then half-closes."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.connections = 0
+        self.port = self.server_address[1]
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.server.connections += 1
+        body = f"backend saw {self.path}\n".encode()
+        headers = "".join(f"{k}: {v}\n" for k, v in self.headers.items()
+                          if k.lower().startswith("x-"))
+        body += headers.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+class HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Hello)
+        self.connections = 0
+        self.port = self.server_address[1]
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()

