@@ -205,6 +205,7 @@ static ssize_t end_read(struct px_end *e, char *buf, size_t n)
     }
     size_t got = 0;
     ERR_clear_error();
+    errno = 0;
     if (SSL_read_ex(e->ssl, buf, n, &got) == 1)
         return (ssize_t)got;
     switch (SSL_get_error(e->ssl, 0)) {
@@ -719,6 +720,15 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *er
     cfg = c;
     g_tls = tls;
 
+    /* Signals go to the main thread only: block them before any thread starts. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     if ((rc = px_resolve(c->target, 0, &target_addr, &target_len, err)) != 0)
         return meshtls_err_set(err, rc, "--target: %s", err ? err->msg : "");
     if ((rc = px_resolve(c->listen, 1, &la, &ll, err)) != 0)
@@ -738,15 +748,6 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *er
         return rc;
     }
     status_started = c->status != NULL;
-
-    /* Signals go to the main thread only. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     workers = calloc((size_t)c->workers, sizeof(*workers));
     if (!workers)
