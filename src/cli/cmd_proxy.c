@@ -42,6 +42,8 @@ static void proxy_usage(FILE *f)
         "                             a final '**' one or more\n"
         "  --allow-trust-domain TD    any SPIFFE ID in trust domain TD\n"
         "  --service NAME             this service's name, for logs\n"
+        "  --forward-identity proxy-v2  send the target a PROXY protocol v2 header with the\n"
+        "                             client address, TLS version, cipher, CN and SPIFFE ID\n"
         "client verification (one at least):\n"
         "  --server-name NAME         DNS name (or IP) the server certificate must carry; SNI\n"
         "  --verify-spiffe-id URI     exact SPIFFE ID the server must present\n"
@@ -99,7 +101,7 @@ enum {
     O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
     O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
-    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP
+    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD
 };
 
 static const struct option popts[] = {
@@ -115,7 +117,8 @@ static const struct option popts[] = {
     {"connect-timeout", 1, 0, O_CONN_TO}, {"idle-timeout", 1, 0, O_IDLE_TO},
     {"shutdown-timeout", 1, 0, O_SHUT_TO}, {"reload-interval", 1, 0, O_RELOAD},
     {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
-    {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP},
+    {"forward-identity", 1, 0, O_FORWARD}, {0, 0, 0, 0}};
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -203,7 +206,9 @@ int cmd_proxy(int argc, char **argv)
         case O_SHUT_TO:
         case O_RELOAD:
             if ((v = parse_duration(optarg)) < 0 || (opt != O_RELOAD && v == 0)) {
-                status = bad(popts[opt - O_LISTEN].name, optarg,
+                char flag[40];
+                snprintf(flag, sizeof(flag), "--%s", popts[opt - O_LISTEN].name);
+                status = bad(flag, optarg,
                              "expected a duration such as 500ms, 10s, 5m or 1h");
                 goto out;
             }
@@ -219,6 +224,14 @@ int cmd_proxy(int argc, char **argv)
                 c.reload_interval_s = (int)(v / 1000 ? v / 1000 : 1);
             break;
         case O_NOWATCH: c.watch_files = 0; break;
+        case O_FORWARD:
+            if (strcmp(optarg, "proxy-v2") != 0) {
+                status = bad("--forward-identity", optarg,
+                             "expected proxy-v2 (http-headers is not available yet)");
+                goto out;
+            }
+            c.forward_pp2 = 1;
+            break;
         case O_STATUS: c.status = optarg; break;
         case O_LOGFMT:
             if (strcmp(optarg, "json") && strcmp(optarg, "text")) {

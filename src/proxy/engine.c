@@ -42,6 +42,7 @@
 #include "meshtls/log.h"
 #include "meshtls/x509.h"
 #include "proxy.h"
+#include "proxyv2.h"
 
 #define PX_BUF 16384    /* per direction, allocated when relaying starts */
 #define PX_STEP_MAX 32  /* read/write rounds per event before yielding */
@@ -72,6 +73,7 @@ struct px_conn {
     struct px_conn *next, *prev; /* worker's list of live connections */
     struct px_conn *ready_next;
     struct px_conn *free_next;
+    struct sockaddr_storage peer_sa; /* client address, for PROXY v2 */
     char peer_addr[64];
     char who[300];   /* peer identity for logs */
     char serial[80];
@@ -344,6 +346,29 @@ static void start_connect(struct px_worker *w, struct px_conn *c)
     c->deadline_ms = now_ms() + cfg->connect_timeout_ms;
 }
 
+/* Queue a PROXY v2 header announcing the client and its identity. */
+static void queue_pp2(struct px_conn *c)
+{
+    struct sockaddr_storage local;
+    socklen_t ll = sizeof(local);
+    if (getsockname(c->down.fd, (struct sockaddr *)&local, &ll) != 0)
+        local = c->peer_sa;
+    struct meshtls_identity *id = NULL;
+    meshtls_tls_peer_identity(c->down.ssl, &id, NULL);
+    struct px_pp2_tls t = {
+        .version = SSL_get_version(c->down.ssl),
+        .cipher = SSL_get_cipher_name(c->down.ssl),
+        .sni = SSL_get_servername(c->down.ssl, TLSEXT_NAMETYPE_host_name),
+        .cn = id ? id->cn : NULL,
+        .spiffe_id = id ? id->spiffe_id : NULL,
+    };
+    size_t n = px_pp2_build((unsigned char *)c->buf[0], PX_BUF, (struct sockaddr *)&c->peer_sa,
+                            (struct sockaddr *)&local, &t);
+    meshtls_identity_free(id);
+    c->off[0] = 0;
+    c->len[0] = n;
+}
+
 static int start_relay(struct px_worker *w, struct px_conn *c)
 {
     c->buf[0] = malloc(PX_BUF);
@@ -352,6 +377,8 @@ static int start_relay(struct px_worker *w, struct px_conn *c)
         conn_close(w, c, "out of memory");
         return -1;
     }
+    if (cfg->mode == PX_MODE_SERVER && cfg->forward_pp2)
+        queue_pp2(c);
     c->state = PX_RELAY;
     c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
     return 0;
@@ -557,6 +584,7 @@ static void accept_batch(struct px_worker *w)
         c->down = (struct px_end){.c = c, .fd = fd, .is_down = 1};
         c->up = (struct px_end){.c = c, .fd = -1};
         c->start_us = now_us();
+        c->peer_sa = ss;
         addr_str((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
         c->next = w->conns;
         if (w->conns)

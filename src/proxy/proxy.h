@@ -46,6 +46,7 @@ struct px_config {
     int shutdown_timeout_ms;
     int reload_interval_s;       /* 0 = off */
     int watch_files;             /* reload when a TLS file changes */
+    int forward_pp2;             /* server: send a PROXY v2 header with the identity */
 };
 
 /* The current TLS context, swapped whole on reload. */

@@ -323,3 +323,68 @@ def test_startup_errors_fail_closed(pki, tmp_path):
             "--cert", c / "web.crt", "--key", c / "web.key", "--cacert", c / "ca.crt")
     assert r.returncode == 1 and "server name" in r.stderr
     assert run("proxy", "--help").returncode == 0
+
+
+def _pp2_backend():
+    """A backend that parses a PROXY v2 header and answers with what it says."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    result = {}
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            head = b""
+            while len(head) < 16:
+                head += conn.recv(16 - len(head))
+            assert head[:12] == b"\r\n\r\n\x00\r\nQUIT\n"
+            result["cmd"] = head[12]
+            result["fam"] = head[13]
+            body_len = int.from_bytes(head[14:16], "big")
+            body = b""
+            while len(body) < body_len:
+                body += conn.recv(body_len - len(body))
+            result["src"] = socket.inet_ntoa(body[0:4])
+            result["src_port"] = int.from_bytes(body[8:10], "big")
+            tlvs, i = {}, 12
+            while i < len(body):
+                t, ln = body[i], int.from_bytes(body[i + 1:i + 3], "big")
+                tlvs[t] = body[i + 3:i + 3 + ln]
+                i += 3 + ln
+            ssl_tlv = tlvs.get(0x20, b"")
+            result["client_flags"] = ssl_tlv[0] if ssl_tlv else None
+            result["verify"] = int.from_bytes(ssl_tlv[1:5], "big") if ssl_tlv else None
+            sub, j = {}, 5
+            while j < len(ssl_tlv):
+                t, ln = ssl_tlv[j], int.from_bytes(ssl_tlv[j + 1:j + 3], "big")
+                sub[t] = ssl_tlv[j + 3:j + 3 + ln].decode()
+                j += 3 + ln
+            result["version"] = sub.get(0x21)
+            result["cn"] = sub.get(0x22)
+            result["spiffe"] = tlvs.get(0xE0, b"").decode()
+            result["authority"] = tlvs.get(0x02, b"").decode()
+            data = conn.recv(100)
+            conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t, result
+
+
+def test_forward_identity_proxy_v2(pki, procs):
+    srv, t, result = _pp2_backend()
+    try:
+        p = server_proxy(pki, procs, srv.getsockname()[1], "--allow-all",
+                         "--forward-identity", "proxy-v2")
+        assert roundtrip(tls_client(pki), p.port) == b"ping\n"
+        t.join(10)
+    finally:
+        srv.close()
+    assert result["cmd"] == 0x21 and result["fam"] == 0x11
+    assert result["src"] == "127.0.0.1" and result["src_port"] > 0
+    assert result["client_flags"] == 0x03 and result["verify"] == 0
+    assert result["version"] == "TLSv1.3"
+    assert result["cn"] == "web"
+    assert result["spiffe"] == "spiffe://test.local/svc/web"
+    assert result["authority"] == "localhost"
