@@ -33,6 +33,8 @@ static void proxy_usage(FILE *f)
         "  --cacert FILE              CA bundle used to verify peers (several CAs allowed)\n"
         "  --crl FILE                 CRLs; every certificate of the peer's chain is checked\n"
         "  --tls-min-version 1.2|1.3  lowest TLS version accepted (default 1.3)\n"
+        "  --alpn LIST                ALPN protocols, e.g. h2,http/1.1 (gRPC needs h2): the\n"
+        "                             client offers them, the server picks the first it shares\n"
         "server policy (repeatable; any match allows; at least one is required):\n"
         "  --allow-all                any client with a certificate the CA bundle verifies\n"
         "  --allow-cn NAME            subject CN\n"
@@ -101,7 +103,7 @@ enum {
     O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
     O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
-    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD
+    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN
 };
 
 static const struct option popts[] = {
@@ -118,7 +120,7 @@ static const struct option popts[] = {
     {"shutdown-timeout", 1, 0, O_SHUT_TO}, {"reload-interval", 1, 0, O_RELOAD},
     {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
     {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP},
-    {"forward-identity", 1, 0, O_FORWARD}, {0, 0, 0, 0}};
+    {"forward-identity", 1, 0, O_FORWARD}, {"alpn", 1, 0, O_ALPN}, {0, 0, 0, 0}};
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -224,6 +226,7 @@ int cmd_proxy(int argc, char **argv)
                 c.reload_interval_s = (int)(v / 1000 ? v / 1000 : 1);
             break;
         case O_NOWATCH: c.watch_files = 0; break;
+        case O_ALPN: c.alpn = optarg; break;
         case O_FORWARD:
             if (strcmp(optarg, "proxy-v2") != 0) {
                 status = bad("--forward-identity", optarg,

@@ -174,6 +174,40 @@ static void addr_str(const struct sockaddr *sa, char *buf, size_t cap)
     }
 }
 
+/* ALPN list in wire format (length-prefixed), built once from cfg->alpn. */
+static unsigned char alpn_wire[256];
+static unsigned alpn_len;
+
+static int alpn_parse(const char *list, struct meshtls_err *err)
+{
+    alpn_len = 0;
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == 0 || n > 64 || alpn_len + 1 + n > sizeof(alpn_wire))
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "--alpn '%s': expected a comma-separated list such as "
+                                   "h2,http/1.1", list);
+        alpn_wire[alpn_len++] = (unsigned char)n;
+        memcpy(alpn_wire + alpn_len, p, n);
+        alpn_len += (unsigned)n;
+        p += n + (comma ? 1 : 0);
+    }
+    return 0;
+}
+
+/* Server: pick the first of the client's protocols that we also list. */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl, (void)arg;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, alpn_wire, alpn_len, in, inlen) ==
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_OK;
+    return SSL_TLSEXT_ERR_NOACK; /* no overlap: continue without ALPN */
+}
+
 int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err)
 {
@@ -183,6 +217,16 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     if (rc)
         return rc;
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (c->alpn) {
+        if ((rc = alpn_parse(c->alpn, err)) != 0) {
+            SSL_CTX_free(ctx);
+            return rc;
+        }
+        if (c->mode == PX_MODE_SERVER)
+            SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+        else
+            SSL_CTX_set_alpn_protos(ctx, alpn_wire, alpn_len);
+    }
     X509 *leaf = SSL_CTX_get0_certificate(ctx);
     struct meshtls_identity *id = NULL;
     *not_after = 0;

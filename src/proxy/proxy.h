@@ -47,6 +47,7 @@ struct px_config {
     int reload_interval_s;       /* 0 = off */
     int watch_files;             /* reload when a TLS file changes */
     int forward_pp2;             /* server: send a PROXY v2 header with the identity */
+    const char *alpn;            /* "h2,http/1.1": client offers, server selects; NULL = none */
 };
 
 /* The current TLS context, swapped whole on reload. */
