@@ -78,6 +78,32 @@ MESHTLS_API void meshtls_policy_check(const struct meshtls_policy *p,
                                       const struct meshtls_identity *peer, const char *service,
                                       struct meshtls_decision *out);
 
+/**
+ * Add the rules of a policy file (YAML) to `p`:
+ *
+ *     allow:                      # rules for any local service
+ *       - trust-domain: example.org
+ *     services:                   # rules for one local service each
+ *       billing:
+ *         allow:
+ *           - uri: spiffe://example.org/svc/orders
+ *           - cn: legacy-batch
+ *       inventory:
+ *         allow:
+ *           - allow-all: true
+ *
+ * Every rule is validated at load; an error names `path`, the line and the
+ * field.  Unknown keys, aliases, tags and several documents are refused.
+ * `path` names the source in messages; the _buffer variant parses `len`
+ * bytes of `buf`.
+ * @return 0 or MESHTLS_EINVAL / MESHTLS_EPARSE / an I/O error; on error `p`
+ *         may hold some of the rules: discard it.
+ */
+MESHTLS_API int meshtls_policy_load_file(struct meshtls_policy *p, const char *path,
+                                         struct meshtls_err *err);
+MESHTLS_API int meshtls_policy_load_buffer(struct meshtls_policy *p, const char *buf, size_t len,
+                                           const char *path, struct meshtls_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -43,7 +43,9 @@ static void proxy_usage(FILE *f)
         "  --allow-uri URI            a URI SAN / SPIFFE ID; '*' matches one path segment,\n"
         "                             a final '**' one or more\n"
         "  --allow-trust-domain TD    any SPIFFE ID in trust domain TD\n"
-        "  --service NAME             this service's name, for logs\n"
+        "  --policy FILE              YAML allow-lists per local service (docs/PROXY.md)\n"
+        "  --service NAME             the local service this proxy fronts: selects the\n"
+        "                             policy file's rules for it\n"
         "  --forward-identity proxy-v2  send the target a PROXY protocol v2 header with the\n"
         "                             client address, TLS version, cipher, CN and SPIFFE ID\n"
         "client verification (one at least):\n"
@@ -103,7 +105,7 @@ enum {
     O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
     O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
-    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN
+    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY
 };
 
 static const struct option popts[] = {
@@ -120,7 +122,8 @@ static const struct option popts[] = {
     {"shutdown-timeout", 1, 0, O_SHUT_TO}, {"reload-interval", 1, 0, O_RELOAD},
     {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
     {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP},
-    {"forward-identity", 1, 0, O_FORWARD}, {"alpn", 1, 0, O_ALPN}, {0, 0, 0, 0}};
+    {"forward-identity", 1, 0, O_FORWARD}, {"alpn", 1, 0, O_ALPN},
+    {"policy", 1, 0, O_POLICY}, {0, 0, 0, 0}};
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -227,6 +230,13 @@ int cmd_proxy(int argc, char **argv)
             break;
         case O_NOWATCH: c.watch_files = 0; break;
         case O_ALPN: c.alpn = optarg; break;
+        case O_POLICY:
+            if ((rc = meshtls_policy_load_file(c.policy, optarg, &err)) != 0) {
+                cli_print_err("proxy", &err, rc);
+                status = 2;
+                goto out;
+            }
+            break;
         case O_FORWARD:
             if (strcmp(optarg, "proxy-v2") != 0) {
                 status = bad("--forward-identity", optarg,

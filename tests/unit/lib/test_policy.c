@@ -123,8 +123,65 @@ TEST(invalid_rules)
     meshtls_policy_free(p);
 }
 
+struct file_case {
+    const char *yaml;
+    int rc;
+    const char *errhas;   /* substring of the message ("" = success) */
+    const char *service;  /* then check: does peer orders reach this service? */
+    int allow;
+};
+
+static const struct file_case file_cases[] = {
+    {"allow:\n  - uri: spiffe://acme.org/svc/orders\n", 0, "", "any", 1},
+    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "billing", 1},
+    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "inventory", 0},
+    {"allow:\n  - allow-all: true\n", 0, "", "x", 1},
+    {"allow:\n  - trust-domain: other.org\n", 0, "", "x", 0},
+    {"", MESHTLS_EPARSE, "p.yaml:1: expected a YAML document", NULL, 0},
+    {"allow: []\n", MESHTLS_EINVAL, "no rules", NULL, 0},
+    {"alow:\n  - cn: x\n", MESHTLS_EINVAL, "p.yaml:1: unknown key 'alow'", NULL, 0},
+    {"allow:\n  - cn: a\n  - color: red\n", MESHTLS_EINVAL, "p.yaml:3: unknown rule 'color'",
+     NULL, 0},
+    {"allow:\n  - uri: http://x/y\n", MESHTLS_EINVAL, "p.yaml:2: --allow-uri", NULL, 0},
+    {"allow:\n  - trust-domain: Bad.Org\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0},
+    {"allow:\n  - allow-all: yes please\n", MESHTLS_EINVAL, "takes the value true", NULL, 0},
+    {"allow:\n  - cn: a\n    ou: b\n", MESHTLS_EPARSE, "one key per rule", NULL, 0},
+    {"allow: &a\n  - cn: a\nservices:\n  x:\n    allow: *a\n", MESHTLS_EPARSE, "aliases",
+     NULL, 0},
+    {"allow:\n  - cn: [unclosed\n", MESHTLS_EPARSE, "p.yaml:2: expected a value", NULL, 0},
+    {"allow:\n  - cn: \"unterminated\n", MESHTLS_EPARSE, "YAML syntax error", NULL, 0},
+    {"services:\n  billing:\n    deny:\n      - cn: x\n", MESHTLS_EINVAL,
+     "p.yaml:3: unknown key under service 'billing'", NULL, 0},
+    {"allow:\n  - cn: a\n---\nallow:\n  - cn: b\n", MESHTLS_EPARSE, "single YAML document",
+     NULL, 0},
+    {"- cn: a\n", MESHTLS_EPARSE, "p.yaml:1: expected a mapping", NULL, 0},
+};
+
+TEST(policy_files)
+{
+    struct meshtls_identity orders = peer("orders", "", NULL, 0, uri_orders, 1, "acme.org");
+    for (size_t i = 0; i < sizeof(file_cases) / sizeof(file_cases[0]); i++) {
+        const struct file_case *c = &file_cases[i];
+        struct meshtls_policy *p = NULL;
+        struct meshtls_err err = MESHTLS_ERR_INIT;
+        CHECK_INT_EQ(meshtls_policy_new(&p), 0);
+        int rc = meshtls_policy_load_buffer(p, c->yaml, strlen(c->yaml), "p.yaml", &err);
+        if (rc != c->rc || !strstr(err.msg, c->errhas))
+            fprintf(stderr, "  file case %zu: rc=%d msg='%s'\n", i, rc, err.msg);
+        CHECK_INT_EQ(rc, c->rc);
+        CHECK(strstr(err.msg, c->errhas) != NULL);
+        if (rc == 0 && c->service) {
+            struct meshtls_decision d;
+            meshtls_policy_check(p, &orders, c->service, &d);
+            CHECK_INT_EQ(d.allow, c->allow);
+        }
+        meshtls_policy_free(p);
+    }
+}
+
 int main(void)
 {
+    RUN(policy_files);
     RUN(decisions);
     RUN(invalid_rules);
     return check_summary();
