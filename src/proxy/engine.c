@@ -82,8 +82,12 @@ struct px_conn {
     char why_buf[300];
 };
 
+#define PX_POOL_MAX 256 /* spare buffers kept per worker */
+
 struct px_worker {
     int id;
+    char *pool[PX_POOL_MAX]; /* free PX_BUF buffers: no malloc per read, none held when idle */
+    int pool_n;
     int epfd;
     pthread_t th;
     struct px_conn *conns;  /* live */
@@ -91,6 +95,21 @@ struct px_worker {
     struct px_conn *freeing; /* closed, free after the batch */
     int listening;          /* listener in our epoll set */
 };
+
+static char *pool_get(struct px_worker *w)
+{
+    return w->pool_n ? w->pool[--w->pool_n] : malloc(PX_BUF);
+}
+
+static void pool_put(struct px_worker *w, char *b)
+{
+    if (!b)
+        return;
+    if (w->pool_n < PX_POOL_MAX)
+        w->pool[w->pool_n++] = b;
+    else
+        free(b);
+}
 
 static const struct px_config *cfg;
 static struct px_tls *g_tls;
@@ -327,7 +346,7 @@ static void conn_close(struct px_worker *w, struct px_conn *c, const char *why)
     w->freeing = c;
 }
 
-static void conn_free(struct px_conn *c)
+static void conn_free(struct px_worker *w, struct px_conn *c)
 {
     if (c->down.ssl)
         SSL_free(c->down.ssl);
@@ -337,8 +356,8 @@ static void conn_free(struct px_conn *c)
         close(c->down.fd); /* also leaves the epoll set */
     if (c->up.fd >= 0)
         close(c->up.fd);
-    free(c->buf[0]);
-    free(c->buf[1]);
+    pool_put(w, c->buf[0]);
+    pool_put(w, c->buf[1]);
     free(c);
     long long left = atomic_fetch_sub(&px_metrics.active, 1) - 1;
     if (cfg && left < cfg->max_conns)
@@ -415,14 +434,13 @@ static void queue_pp2(struct px_conn *c)
 
 static int start_relay(struct px_worker *w, struct px_conn *c)
 {
-    c->buf[0] = malloc(PX_BUF);
-    c->buf[1] = malloc(PX_BUF);
-    if (!c->buf[0] || !c->buf[1]) {
-        conn_close(w, c, "out of memory");
-        return -1;
-    }
-    if (cfg->mode == PX_MODE_SERVER && cfg->forward_pp2)
+    if (cfg->mode == PX_MODE_SERVER && cfg->forward_pp2) {
+        if (!(c->buf[0] = pool_get(w))) {
+            conn_close(w, c, "out of memory");
+            return -1;
+        }
         queue_pp2(c);
+    }
     c->state = PX_RELAY;
     c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
     return 0;
@@ -538,6 +556,10 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
             struct px_end *src = dir == 0 ? &c->down : &c->up;
             struct px_end *dst = dir == 0 ? &c->up : &c->down;
             if (c->len[dir] == 0 && !src->rd_eof) {
+                if (!c->buf[dir] && !(c->buf[dir] = pool_get(w))) {
+                    conn_close(w, c, "out of memory");
+                    return 0;
+                }
                 ssize_t n = end_read(src, c->buf[dir], PX_BUF);
                 if (n > 0) {
                     c->off[dir] = 0;
@@ -573,6 +595,12 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
         if (progress)
             c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
     }
+    /* Nothing in flight: give the buffers back, an idle connection holds none. */
+    for (int dir = 0; dir < 2; dir++)
+        if (c->len[dir] == 0 && c->buf[dir]) {
+            pool_put(w, c->buf[dir]);
+            c->buf[dir] = NULL;
+        }
     if (c->down.rd_eof && c->up.rd_eof && !c->len[0] && !c->len[1]) {
         conn_close(w, c, NULL);
         return 0;
@@ -725,7 +753,7 @@ static void *worker_main(void *arg)
                 if (*pp)
                     *pp = c->ready_next;
             }
-            conn_free(c);
+            conn_free(w, c);
         }
     }
     return NULL;
