@@ -118,6 +118,7 @@ static struct sockaddr_storage target_addr;
 static socklen_t target_len;
 static atomic_int stopping;      /* stop accepting, drain */
 static atomic_int max_logged;
+static _Atomic int64_t max_logged_ms;
 static struct px_worker *workers;
 
 static int64_t now_ms(void)
@@ -631,7 +632,10 @@ static void accept_batch(struct px_worker *w)
 {
     for (int i = 0; i < PX_ACCEPT_MAX; i++) {
         if (atomic_load(&px_metrics.active) >= cfg->max_conns) {
-            if (!atomic_exchange(&max_logged, 1))
+            int64_t t = now_ms(), last = atomic_load(&max_logged_ms);
+            /* once per episode, and at most once a minute under churn */
+            if (!atomic_exchange(&max_logged, 1) && (last == 0 || t - last >= 60000) &&
+                atomic_compare_exchange_strong(&max_logged_ms, &last, t))
                 meshtls_log(MESHTLS_LOG_WARN,
                             "max-conns %d reached: new connections wait in the backlog "
                             "until one closes", cfg->max_conns);

@@ -31,6 +31,9 @@ def make_pki(d, td="test.local"):
     return d
 
 
+_SIGTERM = signal.SIGTERM
+
+
 class Proxy:
     """A running `meshtls proxy MODE ...`; .port, .status_port, .log()."""
 
@@ -76,7 +79,7 @@ class Proxy:
     def signal(self, sig):
         self.proc.send_signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
+    def stop(self, sig=_SIGTERM, timeout=10):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
