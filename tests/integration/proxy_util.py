@@ -7,6 +7,7 @@ import signal
 import socket
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -41,7 +42,7 @@ class Proxy:
         argv = [MESHTLS, "proxy", mode, "--listen", "127.0.0.1:0", *map(str, args)]
         if status:
             argv += ["--status", "127.0.0.1:0"]
-        self.logfile = open(f"/tmp/meshtls-proxy-{os.getpid()}-{id(self)}.log", "w+")
+        self.logfile = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
                                      text=True, env=dict(os.environ, **(env or {})))
         self.port = self.status_port = None
@@ -87,6 +88,10 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        log = self.log()
+        # In the ASan+UBSan build a memory error must fail the test that caused it.
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+            assert bad not in log, f"sanitizer report in proxy log:\n{log[-4000:]}"
         return self.proc.returncode
 
 
