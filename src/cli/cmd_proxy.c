@@ -33,6 +33,12 @@ static void proxy_usage(FILE *f)
         "  --cacert FILE              CA bundle used to verify peers (several CAs allowed)\n"
         "  --crl FILE                 CRLs; every certificate of the peer's chain is checked\n"
         "  --tls-min-version 1.2|1.3  lowest TLS version accepted (default 1.3)\n"
+        "  --target-tls               server: re-encrypt to the target with mutual TLS;\n"
+        "    --target-cert F --target-key F --target-cacert F   (default: --cert/--key/--cacert)\n"
+        "    --target-server-name N | --target-verify-spiffe-id URI   the target's identity\n"
+        "  --target-tls               server: re-encrypt to the target with mutual TLS;\n"
+        "    --target-cert F --target-key F --target-cacert F  (default: --cert/--key/--cacert)\n"
+        "    --target-server-name N | --target-verify-spiffe-id URI  the target's identity\n"
         "  --alpn LIST                ALPN protocols, e.g. h2,http/1.1 (gRPC needs h2): the\n"
         "                             client offers them, the server picks the first it shares\n"
         "server policy (repeatable; any match allows; at least one is required):\n"
@@ -105,7 +111,8 @@ enum {
     O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
     O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
-    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY
+    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
+    O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE
 };
 
 static const struct option popts[] = {
@@ -123,7 +130,10 @@ static const struct option popts[] = {
     {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
     {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP},
     {"forward-identity", 1, 0, O_FORWARD}, {"alpn", 1, 0, O_ALPN},
-    {"policy", 1, 0, O_POLICY}, {0, 0, 0, 0}};
+    {"policy", 1, 0, O_POLICY}, {"target-tls", 0, 0, O_TTLS}, {"target-cert", 1, 0, O_TCERT},
+    {"target-key", 1, 0, O_TKEY}, {"target-cacert", 1, 0, O_TCACERT},
+    {"target-server-name", 1, 0, O_TNAME}, {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
+    {0, 0, 0, 0}};
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -135,6 +145,7 @@ int cmd_proxy(int argc, char **argv)
 {
     struct px_config c = {0};
     struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc, status = 1, opt;
     long v;
@@ -230,6 +241,12 @@ int cmd_proxy(int argc, char **argv)
             break;
         case O_NOWATCH: c.watch_files = 0; break;
         case O_ALPN: c.alpn = optarg; break;
+        case O_TTLS: c.target_tls = 1; break;
+        case O_TCERT: c.target_opts.cert_file = optarg; break;
+        case O_TKEY: c.target_opts.key_file = optarg; break;
+        case O_TCACERT: c.target_opts.ca_file = optarg; break;
+        case O_TNAME: c.target_opts.server_name = optarg; break;
+        case O_TSPIFFE: c.target_opts.verify_spiffe_id = optarg; break;
         case O_POLICY:
             if ((rc = meshtls_policy_load_file(c.policy, optarg, &err)) != 0) {
                 cli_print_err("proxy", &err, rc);
@@ -291,13 +308,34 @@ int cmd_proxy(int argc, char **argv)
         cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
         goto out;
     }
-    if ((rc = px_run(&c, &tls, &err)) != 0) {
+    if (c.target_tls) {
+        if (c.mode != PX_MODE_SERVER) {
+            fprintf(stderr, "meshtls proxy client: --target-tls is for server mode (the client "
+                            "always speaks mTLS to its target)\n");
+            status = 2;
+            goto out;
+        }
+        /* default to our own identity and bundle towards the target */
+        if (!c.target_opts.cert_file)
+            c.target_opts.cert_file = c.tls.cert_file;
+        if (!c.target_opts.key_file)
+            c.target_opts.key_file = c.tls.key_file;
+        if (!c.target_opts.ca_file)
+            c.target_opts.ca_file = c.tls.ca_file;
+        c.target_opts.min_version = c.tls.min_version;
+        if ((rc = px_target_tls_build(&c, &target_tls.ctx, &err)) != 0) {
+            cli_print_err("proxy server: --target-tls", &err, rc);
+            goto out;
+        }
+    }
+    if ((rc = px_run(&c, &tls, &target_tls, &err)) != 0) {
         cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
         goto out;
     }
     status = 0;
 out:
     SSL_CTX_free(tls.ctx);
+    SSL_CTX_free(target_tls.ctx);
     meshtls_policy_free(c.policy);
     return status;
 }

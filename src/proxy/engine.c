@@ -64,6 +64,7 @@ struct px_end {
 
 struct px_conn {
     struct px_end down, up;
+    struct px_end *hs;  /* the end whose TLS handshake runs in PX_HANDSHAKE */
     enum px_state state;
     char *buf[2];      /* [0] down->up, [1] up->down; PX_BUF each */
     size_t off[2], len[2];
@@ -113,6 +114,7 @@ static void pool_put(struct px_worker *w, char *b)
 
 static const struct px_config *cfg;
 static struct px_tls *g_tls;
+static struct px_tls *g_target_tls; /* --target-tls: client context towards the target */
 static int listen_fd = -1;
 static struct sockaddr_storage target_addr;
 static socklen_t target_len;
@@ -258,6 +260,15 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     return 0;
 }
 
+int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls_err *err)
+{
+    int rc = meshtls_tls_client_ctx_new(&c->target_opts, out, err);
+    if (rc == 0)
+        SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return rc;
+}
+
 /* ---- connection I/O ---------------------------------------------------- */
 
 /* @return >0 bytes, 0 EOF, -1 would block, -2 error. */
@@ -371,16 +382,16 @@ static int watch(struct px_worker *w, struct px_end *e)
     return epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev);
 }
 
-/* Create an SSL for the TLS end from the current context. */
-static SSL *new_ssl(void)
+/* Create an SSL from the current context of `h`; `client` for outgoing TLS. */
+static SSL *new_ssl(struct px_tls *h, int client)
 {
     SSL *ssl = NULL;
-    pthread_mutex_lock(&g_tls->mu);
-    if (cfg->mode == PX_MODE_CLIENT)
-        meshtls_tls_client_ssl_new(g_tls->ctx, &ssl, NULL);
+    pthread_mutex_lock(&h->mu);
+    if (client)
+        meshtls_tls_client_ssl_new(h->ctx, &ssl, NULL);
     else
-        ssl = SSL_new(g_tls->ctx); /* takes its own reference on the context */
-    pthread_mutex_unlock(&g_tls->mu);
+        ssl = SSL_new(h->ctx); /* takes its own reference on the context */
+    pthread_mutex_unlock(&h->mu);
     return ssl;
 }
 
@@ -450,6 +461,10 @@ static int start_relay(struct px_worker *w, struct px_conn *c)
 /* Handshake finished on the TLS end: identity, policy, next state. */
 static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end *t)
 {
+    if (!t->is_down && cfg->mode == PX_MODE_SERVER) { /* --target-tls leg done */
+        start_relay(w, c);
+        return;
+    }
     px_metrics_handshake((double)(now_us() - c->start_us) / 1e6);
     atomic_fetch_add(&px_metrics.hs_ok, 1);
     struct meshtls_identity *id = NULL;
@@ -482,7 +497,7 @@ static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end
 
 static void step_handshake(struct px_worker *w, struct px_conn *c)
 {
-    struct px_end *t = cfg->mode == PX_MODE_SERVER ? &c->down : &c->up;
+    struct px_end *t = c->hs;
     ERR_clear_error();
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
@@ -496,13 +511,12 @@ static void step_handshake(struct px_worker *w, struct px_conn *c)
     struct meshtls_err e = MESHTLS_ERR_INIT;
     meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
     long v = SSL_get_verify_result(t->ssl);
-    int no_cert = cfg->mode == PX_MODE_SERVER && v == X509_V_OK && strstr(why, "no certificate");
+    int no_cert = t->is_down && v == X509_V_OK && strstr(why, "no certificate");
     enum px_hs_error kind = px_metrics_classify(v, no_cert);
     atomic_fetch_add(&px_metrics.hs_fail, 1);
     atomic_fetch_add(&px_metrics.hs_err[kind], 1);
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
-                        cfg->mode == PX_MODE_SERVER ? "client" : "target", why[0] ? ": " : "",
-                        why);
+                        t->is_down ? "client" : "target", why[0] ? ": " : "", why);
     snprintf(c->why_buf, sizeof(c->why_buf), "%.290s", e.msg);
     c->why = c->why_buf;
     meshtls_log(MESHTLS_LOG_WARN, "client=%s %s", c->peer_addr, e.msg);
@@ -532,8 +546,9 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
     socklen_t ssl_len = sizeof(ss);
     if (getpeername(c->up.fd, (struct sockaddr *)&ss, &ssl_len) != 0)
         return;
-    if (cfg->mode == PX_MODE_CLIENT) {
-        c->up.ssl = new_ssl();
+    if (cfg->mode == PX_MODE_CLIENT || cfg->target_tls) {
+        c->up.ssl = cfg->mode == PX_MODE_CLIENT ? new_ssl(g_tls, 1) : new_ssl(g_target_tls, 1);
+        c->hs = &c->up;
         if (!c->up.ssl || !SSL_set_fd(c->up.ssl, c->up.fd)) {
             conn_close(w, c, "cannot create TLS connection");
             return;
@@ -671,7 +686,8 @@ static void accept_batch(struct px_worker *w)
             continue;
         }
         if (cfg->mode == PX_MODE_SERVER) {
-            c->down.ssl = new_ssl();
+            c->down.ssl = new_ssl(g_tls, 0);
+            c->hs = &c->down;
             if (!c->down.ssl || !SSL_set_fd(c->down.ssl, fd)) {
                 conn_close(w, c, "cannot create TLS connection");
                 continue;
@@ -791,30 +807,40 @@ static int stamp_changed(struct file_stamp *s)
                        old.size != s->size);
 }
 
+static void swap_ctx(struct px_tls *h, SSL_CTX *ctx, int64_t not_after)
+{
+    pthread_mutex_lock(&h->mu);
+    SSL_CTX *old = h->ctx;
+    h->ctx = ctx;
+    h->not_after = not_after;
+    h->generation++;
+    pthread_mutex_unlock(&h->mu);
+    SSL_CTX_free(old); /* open connections keep their own references */
+}
+
 static void reload(const char *why)
 {
-    SSL_CTX *ctx = NULL;
+    SSL_CTX *ctx = NULL, *tctx = NULL;
     int64_t not_after = 0;
     struct meshtls_err e = MESHTLS_ERR_INIT;
-    if (px_tls_build(cfg, &ctx, &not_after, &e) != 0) {
+    if (px_tls_build(cfg, &ctx, &not_after, &e) != 0 ||
+        (cfg->target_tls && px_target_tls_build(cfg, &tctx, &e) != 0)) {
+        SSL_CTX_free(ctx);
         atomic_fetch_add(&px_metrics.reload_fail, 1);
         meshtls_log(MESHTLS_LOG_ERROR, "reload (%s) failed, keeping the current certificate: %s",
                     why, e.msg);
         return;
     }
-    pthread_mutex_lock(&g_tls->mu);
-    SSL_CTX *old = g_tls->ctx;
-    g_tls->ctx = ctx;
-    g_tls->not_after = not_after;
-    g_tls->generation++;
-    pthread_mutex_unlock(&g_tls->mu);
-    SSL_CTX_free(old); /* open connections keep their own references */
+    if (tctx)
+        swap_ctx(g_target_tls, tctx, 0);
+    swap_ctx(g_tls, ctx, not_after);
     atomic_fetch_add(&px_metrics.reload_ok, 1);
     meshtls_log(MESHTLS_LOG_INFO, "reload (%s): new TLS context in service for new connections",
                 why);
 }
 
-int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *err)
+int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_tls,
+           struct meshtls_err *err)
 {
     int rc = 0, one = 1;
     struct sockaddr_storage la;
@@ -823,6 +849,7 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *er
     int status_started = 0;
     cfg = c;
     g_tls = tls;
+    g_target_tls = target_tls;
 
     /* Signals go to the main thread only: block them before any thread starts. */
     sigset_t set;
@@ -870,9 +897,11 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *er
     printf("listening on %s\n", shown);
     fflush(stdout);
 
-    struct file_stamp files[4] = {{.path = c->tls.cert_file}, {.path = c->tls.key_file},
-                                  {.path = c->tls.ca_file}, {.path = c->tls.crl_file}};
-    for (int i = 0; i < 4; i++)
+    struct file_stamp files[8] = {{.path = c->tls.cert_file},   {.path = c->tls.key_file},
+                                  {.path = c->tls.ca_file},     {.path = c->tls.crl_file},
+                                  {.path = c->target_opts.cert_file}, {.path = c->target_opts.key_file},
+                                  {.path = c->target_opts.ca_file},  {.path = c->target_opts.crl_file}};
+    for (int i = 0; i < 8; i++)
         stamp(&files[i]);
     int64_t next_interval = c->reload_interval_s ? now_ms() + c->reload_interval_s * 1000LL : 0;
     int64_t pending_change = 0;
@@ -890,7 +919,7 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct meshtls_err *er
         int64_t now = now_ms();
         if (c->watch_files) {
             int changed = 0;
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < 8; i++)
                 changed |= stamp_changed(&files[i]);
             if (changed)
                 pending_change = now; /* let the writer finish: settle 500 ms */

@@ -48,6 +48,8 @@ struct px_config {
     int watch_files;             /* reload when a TLS file changes */
     int forward_pp2;             /* server: send a PROXY v2 header with the identity */
     const char *alpn;            /* "h2,http/1.1": client offers, server selects; NULL = none */
+    int target_tls;              /* server: re-encrypt to the target with mTLS */
+    struct meshtls_tls_opts target_opts; /* server: TLS towards the target (--target-*) */
 };
 
 /* The current TLS context, swapped whole on reload. */
@@ -100,11 +102,14 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls);
  * starts workers, handles reloads.  `tls` must hold a context already.
  * @return 0 on a clean shutdown, or a MESHTLS_E* code with `err` set.
  */
-int px_run(const struct px_config *cfg, struct px_tls *tls, struct meshtls_err *err);
+int px_run(const struct px_config *cfg, struct px_tls *tls, struct px_tls *target_tls,
+           struct meshtls_err *err);
 
 /** Build a context from cfg->tls for cfg->mode. */
 int px_tls_build(const struct px_config *cfg, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err);
+/** Build the client context towards the target (--target-tls). */
+int px_target_tls_build(const struct px_config *cfg, SSL_CTX **out, struct meshtls_err *err);
 
 /** Resolve "host:port" ("[v6]:port", ":port" = all interfaces). */
 int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, socklen_t *len,

@@ -403,3 +403,17 @@ def test_forward_identity_proxy_v2(pki, procs):
     assert result["cn"] == "web"
     assert result["spiffe"] == "spiffe://test.local/svc/web"
     assert result["authority"] == "localhost"
+
+
+def test_target_tls_reencrypts(pki, procs, echo):
+    """client --mTLS--> proxy A --mTLS (A's identity)--> proxy B --> echo."""
+    b = server_proxy(pki, procs, echo.port, "--allow-uri", "spiffe://test.local/svc/api")
+    a = server_proxy(pki, procs, b.port, "--allow-cn", "web", "--target-tls",
+                     "--target-verify-spiffe-id", "spiffe://test.local/svc/api")
+    assert roundtrip(tls_client(pki), a.port) == b"ping\n"
+    wait_for(lambda: "id=spiffe://test.local/svc/api" in b.log(), what="B saw A's identity")
+    # A expecting another identity from its target refuses to relay
+    a2 = server_proxy(pki, procs, b.port, "--allow-all", "--target-tls",
+                      "--target-server-name", "db.internal")
+    assert refused(tls_client(pki), a2.port)
+    wait_for(lambda: "TLS handshake with target failed" in a2.log(), what="A2 log")
