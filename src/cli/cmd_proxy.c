@@ -54,6 +54,9 @@ static void proxy_usage(FILE *f)
         "                             policy file's rules for it\n"
         "  --forward-identity proxy-v2  send the target a PROXY protocol v2 header with the\n"
         "                             client address, TLS version, cipher, CN and SPIFFE ID\n"
+        "  --forward-identity http-headers  HTTP/1.1 targets: set X-Client-Cert-Subject,\n"
+        "                             X-Client-Cert-Serial and X-Forwarded-Client-Cert on every\n"
+        "                             request, removing any the client sent\n"
         "client verification (one at least):\n"
         "  --server-name NAME         DNS name (or IP) the server certificate must carry; SNI\n"
         "  --verify-spiffe-id URI     exact SPIFFE ID the server must present\n"
@@ -255,12 +258,14 @@ int cmd_proxy(int argc, char **argv)
             }
             break;
         case O_FORWARD:
-            if (strcmp(optarg, "proxy-v2") != 0) {
-                status = bad("--forward-identity", optarg,
-                             "expected proxy-v2 (http-headers is not available yet)");
+            if (!strcmp(optarg, "proxy-v2"))
+                c.forward_pp2 = 1;
+            else if (!strcmp(optarg, "http-headers"))
+                c.forward_http = 1;
+            else {
+                status = bad("--forward-identity", optarg, "expected proxy-v2 or http-headers");
                 goto out;
             }
-            c.forward_pp2 = 1;
             break;
         case O_STATUS: c.status = optarg; break;
         case O_LOGFMT:

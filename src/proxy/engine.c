@@ -42,6 +42,7 @@
 #include "meshtls/log.h"
 #include "meshtls/x509.h"
 #include "proxy.h"
+#include "http1.h"
 #include "proxyv2.h"
 
 #define PX_BUF 16384    /* per direction, allocated when relaying starts */
@@ -67,6 +68,10 @@ struct px_conn {
     struct px_end *hs;  /* the end whose TLS handshake runs in PX_HANDSHAKE */
     enum px_state state;
     char *buf[2];      /* [0] down->up, [1] up->down; PX_BUF each */
+    struct px_h1 *h1;  /* --forward-identity http-headers: request filter (down->up) */
+    char *inject;      /* the identity headers for each request */
+    char *raw;         /* unfiltered client bytes waiting for the filter */
+    size_t raw_off, raw_len;
     size_t off[2], len[2];
     unsigned long long bytes[2];
     int64_t start_us, deadline_ms;
@@ -370,6 +375,9 @@ static void conn_free(struct px_worker *w, struct px_conn *c)
         close(c->up.fd);
     pool_put(w, c->buf[0]);
     pool_put(w, c->buf[1]);
+    free(c->h1);
+    free(c->inject);
+    free(c->raw);
     free(c);
     long long left = atomic_fetch_sub(&px_metrics.active, 1) - 1;
     if (cfg && left < cfg->max_conns)
@@ -444,8 +452,58 @@ static void queue_pp2(struct px_conn *c)
     c->len[0] = n;
 }
 
+/* Copy `s` into a header value: no control characters, quotes escaped if `q`. */
+static size_t hval(char *out, size_t cap, const char *s, int q)
+{
+    size_t n = 0;
+    for (; s && *s && n + 3 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f)
+            ch = '?';
+        if (q && (ch == '"' || ch == '\\'))
+            out[n++] = '\\';
+        out[n++] = (char)ch;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* Build the identity headers (X-Client-Cert-*, Envoy-style XFCC) for `c`. */
+static int build_inject(struct px_conn *c)
+{
+    struct meshtls_identity *id = NULL;
+    char subj[600], qsubj[1200], uri[600], hash[65] = "";
+    unsigned char md[32];
+    unsigned int mdl = 0;
+    X509 *peer = SSL_get0_peer_certificate(c->down.ssl);
+    if (!peer || meshtls_identity_from_x509(peer, &id, NULL) != 0)
+        return -1;
+    if (X509_digest(peer, EVP_sha256(), md, &mdl) == 1)
+        for (unsigned i = 0; i < mdl && i < 32; i++)
+            snprintf(hash + 2 * i, 3, "%02x", md[i]);
+    hval(subj, sizeof(subj), id->subject, 0);
+    hval(qsubj, sizeof(qsubj), id->subject, 1);
+    hval(uri, sizeof(uri), id->spiffe_id ? id->spiffe_id : "", 0);
+    c->inject = malloc(4096);
+    if (c->inject)
+        snprintf(c->inject, 4096,
+                 "X-Client-Cert-Subject: %s\r\nX-Client-Cert-Serial: %s\r\n"
+                 "X-Forwarded-Client-Cert: Hash=%s;Subject=\"%s\"%s%s\r\n",
+                 subj, id->serial, hash, qsubj, uri[0] ? ";URI=" : "", uri);
+    meshtls_identity_free(id);
+    return c->inject ? 0 : -1;
+}
+
 static int start_relay(struct px_worker *w, struct px_conn *c)
 {
+    if (cfg->mode == PX_MODE_SERVER && cfg->forward_http) {
+        c->h1 = calloc(1, sizeof(*c->h1));
+        c->raw = malloc(PX_BUF);
+        if (!c->h1 || !c->raw || build_inject(c) != 0) {
+            conn_close(w, c, "out of memory");
+            return -1;
+        }
+    }
     if (cfg->mode == PX_MODE_SERVER && cfg->forward_pp2) {
         if (!(c->buf[0] = pool_get(w))) {
             conn_close(w, c, "out of memory");
@@ -571,7 +629,45 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
         for (int dir = 0; dir < 2; dir++) {
             struct px_end *src = dir == 0 ? &c->down : &c->up;
             struct px_end *dst = dir == 0 ? &c->up : &c->down;
-            if (c->len[dir] == 0 && !src->rd_eof) {
+            if (dir == 0 && c->h1 && c->len[0] == 0) {
+                /* HTTP/1.1 identity forwarding: raw bytes -> filter -> buf[0] */
+                if (c->raw_len == 0 && !src->rd_eof) {
+                    ssize_t n = end_read(src, c->raw, PX_BUF);
+                    if (n > 0) {
+                        c->raw_off = 0;
+                        c->raw_len = (size_t)n;
+                        c->bytes[0] += (unsigned long long)n;
+                        progress = 1;
+                    } else if (n == 0) {
+                        src->rd_eof = 1;
+                        progress = 1;
+                    } else if (n == -2) {
+                        conn_close(w, c, "client connection error");
+                        return 0;
+                    }
+                }
+                if (c->raw_len || c->h1->pending) {
+                    if (!c->buf[0] && !(c->buf[0] = pool_get(w))) {
+                        conn_close(w, c, "out of memory");
+                        return 0;
+                    }
+                    size_t used = 0, made = 0;
+                    int hr = px_h1_feed(c->h1, c->raw + c->raw_off, c->raw_len, &used,
+                                        c->buf[0], PX_BUF, &made, c->inject);
+                    c->raw_off += used;
+                    c->raw_len -= used;
+                    c->off[0] = 0;
+                    c->len[0] = made;
+                    if (hr != 0) {
+                        conn_close(w, c, hr == PX_H1_E_TOO_BIG
+                                             ? "HTTP request head too large (16 KiB)"
+                                             : "malformed HTTP/1.1 request");
+                        return 0;
+                    }
+                    if (used || made)
+                        progress = 1;
+                }
+            } else if (c->len[dir] == 0 && !src->rd_eof) {
                 if (!c->buf[dir] && !(c->buf[dir] = pool_get(w))) {
                     conn_close(w, c, "out of memory");
                     return 0;
@@ -603,7 +699,8 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                     return 0;
                 }
             }
-            if (src->rd_eof && c->len[dir] == 0 && !dst->wr_shut) {
+            if (src->rd_eof && c->len[dir] == 0 && !dst->wr_shut &&
+                !(dir == 0 && c->h1 && (c->raw_len || c->h1->pending))) {
                 end_shut_write(dst); /* half-close follows the source */
                 progress = 1;
             }

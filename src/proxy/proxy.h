@@ -47,6 +47,7 @@ struct px_config {
     int reload_interval_s;       /* 0 = off */
     int watch_files;             /* reload when a TLS file changes */
     int forward_pp2;             /* server: send a PROXY v2 header with the identity */
+    int forward_http;            /* server: set X-Client-Cert-* / XFCC on HTTP/1.1 requests */
     const char *alpn;            /* "h2,http/1.1": client offers, server selects; NULL = none */
     int target_tls;              /* server: re-encrypt to the target with mTLS */
     struct meshtls_tls_opts target_opts; /* server: TLS towards the target (--target-*) */

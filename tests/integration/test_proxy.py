@@ -417,3 +417,34 @@ def test_target_tls_reencrypts(pki, procs, echo):
                       "--target-server-name", "db.internal")
     assert refused(tls_client(pki), a2.port)
     wait_for(lambda: "TLS handshake with target failed" in a2.log(), what="A2 log")
+
+
+def test_forward_identity_http_headers(pki, procs, http):
+    p = server_proxy(pki, procs, http.port, "--allow-all", "--forward-identity", "http-headers")
+    c = pki / "certs"
+    # two requests on one keep-alive connection; the client tries to forge the headers
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cert", c / "web.crt", "--key",
+                        c / "web.key", "--cacert", c / "ca.crt",
+                        "-H", "X-Client-Cert-Subject: CN=admin",
+                        "-H", "X-Forwarded-Client-Cert: By=forged",
+                        f"https://localhost:{p.port}/one", f"https://localhost:{p.port}/two"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr + p.log()
+    assert r.stdout.count("backend saw /") == 2
+    assert r.stdout.count("X-Client-Cert-Subject: CN=web") == 2
+    assert "CN=admin" not in r.stdout and "forged" not in r.stdout
+    assert "X-Client-Cert-Serial: " in r.stdout
+    assert 'X-Forwarded-Client-Cert: Hash=' in r.stdout
+    assert "URI=spiffe://test.local/svc/web" in r.stdout
+    # a malformed request is refused, not relayed
+    before = http.connections
+    ctx = tls_client(pki)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx")
+            try:
+                assert s.recv(100) == b""
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+    wait_for(lambda: "malformed HTTP/1.1 request" in p.log(), what="log")
+    assert http.connections == before
