@@ -163,3 +163,41 @@ class HttpServer(http.server.ThreadingHTTPServer):
     def close(self):
         self.shutdown()
         self.server_close()
+
+
+def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False):
+    """A client certificate signed by pki's intermediate CA (so the chain is
+    trusted) but expired, or with EKU serverAuth only: things `meshtls ca`
+    refuses to make.  Writes out/NAME.crt (leaf + intermediate) and NAME.key."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca = pki / "ca"
+    ikey = serialization.load_pem_private_key((ca / "intermediate.key").read_bytes(), None)
+    icert = x509.load_pem_x509_certificate((ca / "intermediate.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.utcnow()
+    nb, na = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) if expired \
+        else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30))
+    eku = [ExtendedKeyUsageOID.SERVER_AUTH] if eku_server_only else \
+        [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(icert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(nb).not_valid_after(na)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://test.local/svc/{name}")]), False)
+            .add_extension(x509.ExtendedKeyUsage(eku), False)
+            .sign(ikey, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
+                                      icert.public_bytes(serialization.Encoding.PEM))
+    kf = out / f"{name}.key"
+    kf.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    kf.chmod(0o600)
+    return out

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import run
-from proxy_util import EchoServer, HttpServer, Proxy, make_pki, wait_for
+from proxy_util import EchoServer, HttpServer, Proxy, forge_client_cert, make_pki, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -448,3 +448,19 @@ def test_forward_identity_http_headers(pki, procs, http):
                 pass
     wait_for(lambda: "malformed HTTP/1.1 request" in p.log(), what="log")
     assert http.connections == before
+
+
+@pytest.mark.parametrize("kind,reason", [("expired", "expired"), ("eku", "untrusted")])
+def test_expired_and_wrong_eku_clients_refused(pki, procs, echo, tmp_path, kind, reason):
+    forged = forge_client_cert(pki, tmp_path / kind, expired=kind == "expired",
+                               eku_server_only=kind == "eku")
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
+    assert refused(ctx, p.port)
+    wait_for(lambda: p.metrics()[f'meshtls_tls_handshake_errors_total{{reason="{reason}"}}'] == 1,
+             what=f"{reason} metric")
+    assert echo.connections == 0
+    want = "certificate has expired" if kind == "expired" else "unsuitable certificate purpose"
+    assert want in p.log()
