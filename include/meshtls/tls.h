@@ -41,7 +41,42 @@ struct meshtls_tls_opts {
     const char *verify_spiffe_id;    /**< client: exact SPIFFE ID the server must present */
     const char *verify_trust_domain; /**< client: trust domain of the server's SPIFFE ID */
     int expiry_warn_days;    /**< warn when our certificate has fewer days left (default 30) */
+    struct meshtls_session_cache *session_cache; /**< server: stateful resumption through this
+                                                      cache (borrowed; the context takes its own
+                                                      reference); NULL = OpenSSL's stateless
+                                                      tickets */
+    int num_tickets;         /**< server: session tickets per handshake; 0 = default (1 with a
+                                  session cache, OpenSSL's 2 otherwise); -1 = none */
+    int partial_chain;       /**< accept a chain ending at any certificate in the bundle (e.g.
+                                  the intermediate), not only at a root; opt-in: the root's
+                                  validity and constraints are then not checked */
 };
+
+/**
+ * A server-side TLS session cache, shared by any number of server contexts
+ * and threads, and kept apart from them: rebuilding a context to rotate our
+ * own certificate keeps every session, so clients resume instead of paying a
+ * full handshake.  Each session is stamped with the *trust* it was verified
+ * under (a digest of the CA bundle and CRL contents): a context with other
+ * trust never resumes it, so a session never outlives the trust it was
+ * verified under.  A session is also never resumed after the client
+ * certificate's notAfter.  Refcounted: each context using it holds a
+ * reference.
+ */
+struct meshtls_session_cache;
+
+/**
+ * @param max_entries bound on cached sessions (oldest evicted first), >= 1
+ * @param lifetime_s  session lifetime in seconds, >= 1
+ * @param out         new cache with one reference; release with
+ *                    meshtls_session_cache_free()
+ */
+MESHTLS_API int meshtls_session_cache_new(size_t max_entries, int lifetime_s,
+                                          struct meshtls_session_cache **out);
+/** Drop one reference; frees the cache with the last.  NULL is fine. */
+MESHTLS_API void meshtls_session_cache_free(struct meshtls_session_cache *c);
+/** Sessions currently cached (for metrics and tests). */
+MESHTLS_API size_t meshtls_session_cache_size(struct meshtls_session_cache *c);
 
 /**
  * Build a server context: loads and checks cert/key/CA/CRL files (key

@@ -39,6 +39,15 @@ static void proxy_usage(FILE *f)
         "  --target-tls               server: re-encrypt to the target with mutual TLS;\n"
         "    --target-cert F --target-key F --target-cacert F  (default: --cert/--key/--cacert)\n"
         "    --target-server-name N | --target-verify-spiffe-id URI  the target's identity\n"
+        "  --session-cache-size N     server: sessions kept for resumption, shared by all\n"
+        "                             workers and kept across certificate reloads; a change\n"
+        "                             of CA bundle or CRL invalidates them (default 20000;\n"
+        "                             0 = OpenSSL's stateless tickets instead)\n"
+        "  --session-lifetime D       default 5m\n"
+        "  --tickets N                session tickets sent per handshake (default 1 with the\n"
+        "                             cache; 0 = none, no resumption)\n"
+        "  --partial-chain            accept chains ending at any CA in --cacert (e.g. an\n"
+        "                             intermediate); the root is then not checked\n"
         "  --alpn LIST                ALPN protocols, e.g. h2,http/1.1 (gRPC needs h2): the\n"
         "                             client offers them, the server picks the first it shares\n"
         "server policy (repeatable; any match allows; at least one is required):\n"
@@ -115,7 +124,8 @@ enum {
     O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
     O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
-    O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE
+    O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE, O_SCACHE, O_SLIFE, O_TICKETS,
+    O_PARTIAL
 };
 
 static const struct option popts[] = {
@@ -136,7 +146,8 @@ static const struct option popts[] = {
     {"policy", 1, 0, O_POLICY}, {"target-tls", 0, 0, O_TTLS}, {"target-cert", 1, 0, O_TCERT},
     {"target-key", 1, 0, O_TKEY}, {"target-cacert", 1, 0, O_TCACERT},
     {"target-server-name", 1, 0, O_TNAME}, {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
-    {0, 0, 0, 0}};
+    {"session-cache-size", 1, 0, O_SCACHE}, {"session-lifetime", 1, 0, O_SLIFE},
+    {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL}, {0, 0, 0, 0}};
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -149,6 +160,8 @@ int cmd_proxy(int argc, char **argv)
     struct px_config c = {0};
     struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    size_t cache_size = 20000;
+    int cache_life = 300;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc, status = 1, opt;
     long v;
@@ -245,6 +258,28 @@ int cmd_proxy(int argc, char **argv)
         case O_NOWATCH: c.watch_files = 0; break;
         case O_ALPN: c.alpn = optarg; break;
         case O_TTLS: c.target_tls = 1; break;
+        case O_SCACHE:
+            if ((v = parse_count(optarg, 0, 10000000)) < 0) {
+                status = bad("--session-cache-size", optarg, "expected 0 to 10000000");
+                goto out;
+            }
+            cache_size = (size_t)v;
+            break;
+        case O_SLIFE:
+            if ((v = parse_duration(optarg)) < 1000 || v > 86400000L) {
+                status = bad("--session-lifetime", optarg, "expected 1s to 24h");
+                goto out;
+            }
+            cache_life = (int)(v / 1000);
+            break;
+        case O_TICKETS:
+            if ((v = parse_count(optarg, 0, 10)) < 0) {
+                status = bad("--tickets", optarg, "expected 0 to 10");
+                goto out;
+            }
+            c.tls.num_tickets = v == 0 ? -1 : (int)v;
+            break;
+        case O_PARTIAL: c.tls.partial_chain = 1; break;
         case O_TCERT: c.target_opts.cert_file = optarg; break;
         case O_TKEY: c.target_opts.key_file = optarg; break;
         case O_TCACERT: c.target_opts.ca_file = optarg; break;
@@ -309,6 +344,11 @@ int cmd_proxy(int argc, char **argv)
         status = 2;
         goto out;
     }
+    if (c.mode == PX_MODE_SERVER && cache_size > 0 &&
+        meshtls_session_cache_new(cache_size, cache_life, &c.tls.session_cache) != 0) {
+        fprintf(stderr, "meshtls proxy server: cannot create the session cache\n");
+        goto out;
+    }
     if ((rc = px_tls_build(&c, &tls.ctx, &tls.not_after, &err)) != 0) {
         cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
         goto out;
@@ -341,6 +381,7 @@ int cmd_proxy(int argc, char **argv)
 out:
     SSL_CTX_free(tls.ctx);
     SSL_CTX_free(target_tls.ctx);
+    meshtls_session_cache_free(c.tls.session_cache);
     meshtls_policy_free(c.policy);
     return status;
 }

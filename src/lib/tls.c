@@ -18,6 +18,7 @@
 #include "meshtls/log.h"
 #include "meshtls/tls.h"
 #include "meshtls/x509.h"
+#include "session_cache.h"
 #include "x509gen.h"
 
 /* TLS 1.3 suites: AES-GCM first (AES-NI), ChaCha20 for machines without it. */
@@ -59,6 +60,73 @@ static int expect_index(void)
     if (expect_idx < 0)
         expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
     return expect_idx;
+}
+
+/* What a server context needs for stateful resumption; owned by the SSL_CTX. */
+struct server_info {
+    unsigned char trust[32];             /* SHA-256 over the CA bundle and CRLs (DER) */
+    struct meshtls_session_cache *cache; /* one reference */
+};
+
+static int server_idx = -1;
+
+static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                             void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    struct server_info *si = ptr;
+    if (si) {
+        meshtls_session_cache_free(si->cache);
+        free(si);
+    }
+}
+
+static struct server_info *server_info_of(SSL_CTX *ctx)
+{
+    return server_idx >= 0 ? SSL_CTX_get_ex_data(ctx, server_idx) : NULL;
+}
+
+static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct server_info *si = server_info_of(SSL_get_SSL_CTX(ssl));
+    return si ? mt_session_cache_add(si->cache, sess, si->trust) : 0;
+}
+
+static SSL_SESSION *sess_get_cb(SSL *ssl, const unsigned char *id, int len, int *copy)
+{
+    struct server_info *si = server_info_of(SSL_get_SSL_CTX(ssl));
+    *copy = 0; /* the cache hands us a reference of our own */
+    return si && len > 0 ? mt_session_cache_get(si->cache, id, (unsigned)len, si->trust) : NULL;
+}
+
+static void sess_remove_cb(SSL_CTX *ctx, SSL_SESSION *sess)
+{
+    struct server_info *si = server_info_of(ctx);
+    if (si)
+        mt_session_cache_remove(si->cache, sess);
+}
+
+/* Digest of everything that decides trust: the anchors and the CRLs. */
+static int trust_digest(STACK_OF(X509) *anchors, STACK_OF(X509_CRL) *crls, unsigned char out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    for (int i = 0; ok && i < sk_X509_num(anchors); i++) {
+        unsigned char *der = NULL;
+        int n = i2d_X509(sk_X509_value(anchors, i), &der);
+        ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
+        OPENSSL_free(der);
+    }
+    for (int i = 0; ok && crls && i < sk_X509_CRL_num(crls); i++) {
+        unsigned char *der = NULL;
+        int n = i2d_X509_CRL(sk_X509_CRL_value(crls, i), &der);
+        ok = n > 0 && EVP_DigestUpdate(md, "crl", 3) && EVP_DigestUpdate(md, der, (size_t)n);
+        OPENSSL_free(der);
+    }
+    unsigned int len = 0;
+    ok = ok && EVP_DigestFinal_ex(md, out, &len) && len == 32;
+    EVP_MD_CTX_free(md);
+    return ok ? 0 : -1;
 }
 
 /* Our own identity, as loaded objects.  Borrowed by build_ctx(). */
@@ -125,6 +193,8 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
         X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     }
     X509_STORE_set_purpose(store, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
+    if (o->partial_chain)
+        X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
     SSL_CTX_set_verify_depth(ctx, 4);
 
     if (server) {
@@ -136,6 +206,33 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
         }
         SSL_CTX_set_verify(ctx, mode, NULL);
         SSL_CTX_set_session_id_context(ctx, SID_CTX, sizeof(SID_CTX) - 1);
+        if (o->session_cache) {
+            /* Stateful resumption: TLS 1.3 "tickets" become session IDs looked up in the
+             * shared cache, which outlives this context. */
+            if (server_idx < 0)
+                server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
+            struct server_info *si = calloc(1, sizeof(*si));
+            if (!si || server_idx < 0 || trust_digest(m->anchors, m->crls, si->trust) != 0 ||
+                !SSL_CTX_set_ex_data(ctx, server_idx, si)) {
+                free(si);
+                rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot set up the session cache");
+                goto out;
+            }
+            mt_session_cache_up_ref(o->session_cache);
+            si->cache = o->session_cache;
+            SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+            SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER |
+                                                    SSL_SESS_CACHE_NO_INTERNAL);
+            SSL_CTX_sess_set_new_cb(ctx, sess_new_cb);
+            SSL_CTX_sess_set_get_cb(ctx, sess_get_cb);
+            SSL_CTX_sess_set_remove_cb(ctx, sess_remove_cb);
+        }
+        if (o->num_tickets < 0)
+            SSL_CTX_set_num_tickets(ctx, 0);
+        else if (o->num_tickets > 0)
+            SSL_CTX_set_num_tickets(ctx, (size_t)o->num_tickets);
+        else if (o->session_cache)
+            SSL_CTX_set_num_tickets(ctx, 1);
     }
     *out = ctx;
     ctx = NULL;

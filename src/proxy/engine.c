@@ -244,6 +244,9 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     if (rc)
         return rc;
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* A peer closing TCP without close_notify ends its stream like a FIN would; without this
+     * OpenSSL 3 reports a fatal error and evicts the session from the cache. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (c->alpn) {
         if ((rc = alpn_parse(c->alpn, err)) != 0) {
             SSL_CTX_free(ctx);
@@ -268,9 +271,11 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
 int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls_err *err)
 {
     int rc = meshtls_tls_client_ctx_new(&c->target_opts, out, err);
-    if (rc == 0)
+    if (rc == 0) {
         SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE |
                                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_options(*out, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
     return rc;
 }
 

@@ -147,3 +147,91 @@ def test_revoked_client_refused_via_crl_reload(pki, echo, tmp_path):
                  what="revoked metric")
     finally:
         p.stop()
+
+
+def resume(ctx, port, session=None):
+    """One echo over a connection resuming `session`; returns (reused, new session)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"hi")
+            assert s.recv(10) == b"hi"
+            return s.session_reused, s.session
+
+
+def test_session_cache_survives_rotation_not_trust_change(pki, echo, tmp_path):
+    ca = tmp_path / "ca"
+    shutil.copytree(pki / "ca", ca)
+    live = tmp_path / "live"
+    run("ca", "issue", "--dir", ca, "api", "--out", live, check=True)
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", live / "api.crt",
+              "--key", live / "api.key", "--cacert", live / "ca.crt", "--allow-all",
+              "--no-watch")
+    try:
+        ctx = client_ctx(pki)
+        reused, sess = resume(ctx, p.port)
+        assert not reused
+        reused, _ = resume(ctx, p.port, sess)
+        assert reused, "second connection should resume"
+
+        def reload_and_wait():
+            before = p.metrics()['meshtls_reloads_total{result="success"}']
+            p.signal(signal.SIGHUP)
+            wait_for(lambda: p.metrics()['meshtls_reloads_total{result="success"}'] > before,
+                     what="reload")
+
+        # our own certificate rotates: sessions survive
+        run("ca", "issue", "--dir", ca, "api", "--out", live, check=True)
+        reload_and_wait()
+        reused, _ = resume(ctx, p.port, sess)
+        assert reused, "rotation of the proxy's certificate must not force full handshakes"
+
+        # trust changes (another CA joins the bundle): no session outlives it
+        (live / "ca.crt").write_bytes((pki / "certs" / "ca.crt").read_bytes() +
+                                      (pki / "intruder" / "ca.crt").read_bytes())
+        reload_and_wait()
+        reused, sess2 = resume(ctx, p.port, sess)
+        assert not reused, "a session must not outlive the trust it was verified under"
+        reused, _ = resume(ctx, p.port, sess2)
+        assert reused
+    finally:
+        p.stop()
+
+
+def test_crl_change_invalidates_sessions_and_revoked_cannot_resume(pki, echo, tmp_path):
+    ca = tmp_path / "ca"
+    shutil.copytree(pki / "ca", ca)
+    fresh = tmp_path / "fresh"
+    run("ca", "issue", "--dir", ca, "web", "--out", fresh, check=True)
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", ca, "--out", crl, check=True)
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--crl", crl, "--allow-all", "--no-watch")
+    try:
+        ctx = client_ctx(pki, "web", fresh)
+        _, sess = resume(ctx, p.port)
+        assert resume(ctx, p.port, sess)[0]
+        run("ca", "revoke", "--dir", ca, "--serial", serial_of(fresh / "web.crt"), check=True)
+        run("ca", "crl", "--dir", ca, "--out", crl, check=True)
+        before = p.metrics()['meshtls_reloads_total{result="success"}']
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.metrics()['meshtls_reloads_total{result="success"}'] > before,
+                 what="reload")
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, AssertionError)):
+            resume(ctx, p.port, sess)  # neither resumed nor accepted in full
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("flags,resumes", [(["--session-cache-size", "0"], True),
+                                           (["--tickets", "0"], False)])
+def test_ticket_settings(pki, echo, flags, resumes):
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--allow-all", *flags)
+    try:
+        ctx = client_ctx(pki)
+        _, sess = resume(ctx, p.port)
+        assert resume(ctx, p.port, sess)[0] == resumes
+    finally:
+        p.stop()
