@@ -1,4 +1,0 @@
-/* placeholder */
-#include "ca.h"
-int ca_placeholder(void);
-int ca_placeholder(void) { return 0; }
