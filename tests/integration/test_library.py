@@ -145,7 +145,8 @@ def test_openssl_s_client_and_curl(pki, server):
     s = server()
     c = pki / "certs"
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}", "-quiet",
-                        "-cert", c / "web.crt", "-key", c / "web.key", "-CAfile", c / "ca.crt",
+                        "-cert", c / "web.crt", "-cert_chain", c / "web.crt", "-key",
+                        c / "web.key", "-CAfile", c / "ca.crt",
                         "-verify_return_error", "-verify_hostname", "localhost"],
                        input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=30)
     assert "hello spiffe://test.local/svc/web" in r.stdout, r.stderr

@@ -67,7 +67,7 @@ def test_alpn_h2_is_negotiated(pki, procs, grpc_backend):
     srv, _ = chain(pki, procs, grpc_backend)
     c = pki / "certs"
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{srv.port}", "-alpn",
-                        "h2", "-cert", c / "web.crt", "-key", c / "web.key", "-CAfile",
+                        "h2", "-cert", c / "web.crt", "-cert_chain", c / "web.crt", "-key", c / "web.key", "-CAfile",
                         c / "ca.crt"], input="", capture_output=True, text=True, timeout=30)
     assert "ALPN protocol: h2" in r.stdout
 
