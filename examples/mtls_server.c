@@ -1,7 +1,11 @@
 /*
  * mtls_server.c - an mTLS server using libmeshtls, in a few dozen lines.
  *
- *   mtls_server --cert F --key F --cacert F [--crl F] [--port N]
+ *   mtls_server [--cert F --key F --cacert F --crl F] [--config FILE] [--port N]
+ *
+ * Settings come from the flags, then the environment (MESHTLS_SERVER_*, or
+ * the GRPC_SERVER_CERT_PATH / GRPC_SERVER_KEY_PATH / GRPC_CLIENT_CA_CERT_PATH
+ * names of Kubernetes deployments), then the YAML --config file.
  *
  * Prints "listening on 127.0.0.1:PORT" once ready.  For each client it
  * completes the mutual TLS handshake (a client certificate is required and
@@ -49,27 +53,35 @@ static void serve(SSL *ssl)
 
 int main(int argc, char **argv)
 {
-    struct meshtls_tls_opts o = {0};
+    struct meshtls_tls_opts o;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    int port = 0, c, rc;
+    struct meshtls_config *cfg = NULL;
+    const char *file = NULL;
+    int port = 0, c, rc = meshtls_config_new(&cfg);
     static const struct option lo[] = {{"cert", 1, 0, 'c'}, {"key", 1, 0, 'k'},
-        {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'}, {"port", 1, 0, 'p'},
+        {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'}, {"port", 1, 0, 'p'}, {"config", 1, 0, 'f'},
         {0, 0, 0, 0}};
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (c) {
-        case 'c': o.cert_file = optarg; break;
-        case 'k': o.key_file = optarg; break;
-        case 'a': o.ca_file = optarg; break;
-        case 'r': o.crl_file = optarg; break;
-        case 'p': port = (int)strtol(optarg, NULL, 10); break;
-        default: return 2;
-        }
+    static const char *const keys[] = {['c'] = "server.cert_file", ['k'] = "server.key_file",
+                                       ['a'] = "server.ca_file", ['r'] = "server.crl_file"};
+    while (rc == 0 && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (c == 'p')
+            port = (int)strtol(optarg, NULL, 10);
+        else if (c == 'f')
+            file = optarg;
+        else if (c == 'c' || c == 'k' || c == 'a' || c == 'r')
+            rc = meshtls_config_set(cfg, keys[c], optarg, NULL, &err);
+        else
+            return 2;
     }
     SSL_CTX *ctx = NULL;
-    if ((rc = meshtls_tls_server_ctx_new(&o, &ctx, &err)) != 0) {
+    if (rc || (file && (rc = meshtls_config_load_file(cfg, file, &err))) ||
+        (rc = meshtls_config_load_env(cfg, NULL, &err)) ||
+        (rc = meshtls_config_tls_opts(cfg, "server", &o, &err)) ||
+        (rc = meshtls_tls_server_ctx_new(&o, &ctx, &err)) != 0) {
         fprintf(stderr, "mtls_server: %s\n", err.msg);
         return 1;
     }
+    meshtls_config_free(cfg); /* the context holds everything it needs */
 
     signal(SIGPIPE, SIG_IGN);
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;

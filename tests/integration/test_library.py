@@ -281,3 +281,41 @@ def test_startup_errors_name_the_file(pki, tmp_path, case):
     assert r.returncode == 1
     for w in want:
         assert w in r.stderr, r.stderr
+
+
+def test_server_configured_by_grpc_env_and_yaml(pki, tmp_path):
+    """The example takes GRPC_* variables (as in Kubernetes) and a YAML peer_tls block."""
+    c = pki / "certs"
+    env = dict(os.environ, GRPC_SERVER_CERT_PATH=str(c / "api.crt"),
+               GRPC_SERVER_KEY_PATH=str(c / "api.key"), GRPC_CLIENT_CA_CERT_PATH=str(c / "ca.crt"),
+               GRPC_REQUIRE_CLIENT_CERT="true")
+    proc = subprocess.Popen([str(SERVER), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        r = client(pki, port, "--server-name", "localhost")
+        assert r.returncode == 0 and "hello spiffe://test.local/svc/web" in r.stdout
+    finally:
+        proc.kill()
+        proc.wait(5)
+    cfg = tmp_path / "app.yaml"
+    cfg.write_text(f"peer_tls:\n  cert_file: {c / 'api.crt'}\n  key_file: {c / 'api.key'}\n"
+                   f"  ca_file: {c / 'ca.crt'}\n")
+    proc = subprocess.Popen([str(SERVER), "--port", "0", "--config", cfg], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        assert client(pki, port, "--server-name", "localhost").returncode == 0
+    finally:
+        proc.kill()
+        proc.wait(5)
+    # a bad value names the variable
+    env["GRPC_REQUIRE_CLIENT_CERT"] = "sometimes"
+    r = subprocess.run([str(SERVER), "--port", "0"], capture_output=True, text=True, env=env,
+                       timeout=30)
+    assert r.returncode == 1 and "GRPC_REQUIRE_CLIENT_CERT" in r.stderr
+    # a missing value names the key, the variables and the flag
+    r = subprocess.run([str(SERVER), "--port", "0"], capture_output=True, text=True,
+                       env={"PATH": os.environ.get("PATH", "")}, timeout=30)
+    assert r.returncode == 1
+    assert "server.cert_file is not set" in r.stderr and "GRPC_SERVER_CERT_PATH" in r.stderr
