@@ -45,9 +45,10 @@ typedef void (*ca_report_fn)(const char *service, const char *old_serial,
 
 /**
  * Re-issue every active certificate expiring within `within_days` (of the
- * listed services, or all if n == 0).  *count = how many.
+ * listed services, or all if n == 0), each valid `days` (which must exceed
+ * the window, so that a second run finds nothing to do).  *count = how many.
  */
-int ca_rotate(const char *dir, int within_days, const char *const *services, size_t n,
+int ca_rotate(const char *dir, int within_days, int days, const char *const *services, size_t n,
               ca_report_fn report, void *arg, int *count, struct meshtls_err *err);
 
 /** Valid --reason values (RFC 5280 CRLReason names). */

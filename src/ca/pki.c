@@ -553,7 +553,7 @@ out:
 }
 
 /* Re-issue `old` (its service's current registration) within a transaction. */
-static int reissue(struct ca *ca, const struct ca_cert *old, char *serial_out,
+static int reissue(struct ca *ca, const struct ca_cert *old, int days, char *serial_out,
                    struct meshtls_err *err)
 {
     int rc;
@@ -571,9 +571,6 @@ static int reissue(struct ca *ca, const struct ca_cert *old, char *serial_out,
         rc = pub ? 0 : meshtls_err_set(err, MESHTLS_ESTORE, "stored public key of %s unreadable",
                                        old->serial);
     }
-    int days = (int)((old->not_after - old->not_before + 86399) / 86400);
-    if (days < 1 || days > CA_LEAF_DAYS_MAX)
-        days = CA_LEAF_DAYS_DEFAULT;
     if (!rc)
         rc = issue_locked(ca, &svc, pub, key, old->out_dir ? old->out_dir : ".", days,
                           serial_out, err);
@@ -584,7 +581,7 @@ static int reissue(struct ca *ca, const struct ca_cert *old, char *serial_out,
     return rc;
 }
 
-int ca_rotate(const char *dir, int within_days, const char *const *services, size_t n,
+int ca_rotate(const char *dir, int within_days, int days, const char *const *services, size_t n,
               ca_report_fn report, void *arg, int *count, struct meshtls_err *err)
 {
     int rc;
@@ -595,6 +592,11 @@ int ca_rotate(const char *dir, int within_days, const char *const *services, siz
     if (within_days < 0 || within_days > 3650)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--within-days %d: expected 0 to 3650",
                                within_days);
+    if (days <= within_days || days > CA_LEAF_DAYS_MAX)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--days %d must be longer than --within-days %d (and at most "
+                               "%d), or the new certificates would be due again at once",
+                               days, within_days, CA_LEAF_DAYS_MAX);
     if ((rc = ca_open(&ca, dir, 1, err)))
         return rc;
     for (size_t i = 0; i < n; i++) {
@@ -616,7 +618,7 @@ int ca_rotate(const char *dir, int within_days, const char *const *services, siz
         char serial[80];
         if ((rc = ca_store_begin(ca.store, err)))
             goto out;
-        if ((rc = reissue(&ca, &v[i], serial, err)) ||
+        if ((rc = reissue(&ca, &v[i], days, serial, err)) ||
             (rc = ca_store_audit(ca.store, "rotate", v[i].service, serial, v[i].serial, err)) ||
             (rc = ca_store_commit(ca.store, err))) {
             ca_store_rollback(ca.store);
@@ -705,7 +707,7 @@ int ca_revoke(const char *dir, const char *serial, const char *service, const ch
                              service ? service : want);
     char new_serial[80] = "";
     if (!rc && replace && last &&
-        !(rc = reissue(&ca, last, new_serial, err)) &&
+        !(rc = reissue(&ca, last, CA_LEAF_DAYS_DEFAULT, new_serial, err)) &&
         !(rc = ca_store_cert_set_status(ca.store, last->serial, "revoked", NULL, new_serial, err)))
         rc = ca_store_audit(ca.store, "replace", last->service, new_serial, last->serial, err);
     if (!rc)

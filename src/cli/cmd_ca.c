@@ -29,9 +29,9 @@ static const char USAGE[] =
     "        issue a leaf (CN=SERVICE, SPIFFE URI SAN + DNS/IP SANs, serverAuth+clientAuth):\n"
     "        OUTDIR/SERVICE.crt (leaf then intermediate), OUTDIR/SERVICE.key (0600),\n"
     "        OUTDIR/ca.crt; with --csr, sign the CSR (no key is written)\n"
-    "  rotate --dir DIR [--within-days 14] [SERVICE...]\n"
-    "        re-issue active certificates expiring within the window; the old ones stay\n"
-    "        valid until they expire (overlap)\n"
+    "  rotate --dir DIR [--within-days 14] [--days 90] [SERVICE...]\n"
+    "        re-issue active certificates expiring within the window, into the directory\n"
+    "        they were issued to; the old ones stay valid until they expire (overlap)\n"
     "  revoke --dir DIR (--serial HEX | SERVICE) [--reason R] [--replace]\n"
     "        R: unspecified keyCompromise caCompromise affiliationChanged superseded\n"
     "        cessationOfOperation; --replace issues the replacement in the same transaction\n"
@@ -274,7 +274,7 @@ int cmd_ca(int argc, char **argv)
     }
     if (!strcmp(sub, "rotate")) {
         int count = 0;
-        if ((rc = ca_rotate(dir, within, (const char *const *)pos, (size_t)npos, report,
+        if ((rc = ca_rotate(dir, within, days, (const char *const *)pos, (size_t)npos, report,
                             "rotated", &count, &err)))
             return fail(sub, &err, rc);
         if (count == 0)
