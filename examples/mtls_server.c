@@ -70,8 +70,10 @@ int main(int argc, char **argv)
             file = optarg;
         else if (c == 'c' || c == 'k' || c == 'a' || c == 'r')
             rc = meshtls_config_set(cfg, keys[c], optarg, NULL, &err);
-        else
+        else {
+            meshtls_config_free(cfg);
             return 2;
+        }
     }
     SSL_CTX *ctx = NULL;
     if (rc || (file && (rc = meshtls_config_load_file(cfg, file, &err))) ||
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
         (rc = meshtls_config_tls_opts(cfg, "server", &o, &err)) ||
         (rc = meshtls_tls_server_ctx_new(&o, &ctx, &err)) != 0) {
         fprintf(stderr, "mtls_server: %s\n", err.msg);
+        meshtls_config_free(cfg);
         return 1;
     }
     meshtls_config_free(cfg); /* the context holds everything it needs */
