@@ -95,6 +95,7 @@ int main(int argc, char **argv)
     if (bind(ls, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(ls, 64) != 0 ||
         getsockname(ls, (struct sockaddr *)&sa, &sl) != 0) {
         perror("mtls_server: listen");
+        SSL_CTX_free(ctx);
         return 1;
     }
     printf("listening on 127.0.0.1:%d\n", ntohs(sa.sin_port));
