@@ -14,6 +14,8 @@ import shutil
 import ssl
 import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -42,16 +44,33 @@ def pki(tmp_path_factory):
 
 
 class Server:
+    """The example server; its stderr goes to a temporary file read by log()."""
+
     def __init__(self, *args):
+        self.err = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([str(SERVER), "--port", "0", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
             self.stop()
-            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+            raise AssertionError(f"server did not start: {line!r} {self.log()}")
         self.port = int(line.rsplit(":", 1)[1])
 
-    def stop(self):
+    def log(self):
+        self.err.flush()
+        self.err.seek(0)
+        return self.err.read()
+
+    def wait_log(self, text, timeout=10.0):
+        """Wait (bounded) until the server has logged `text`; returns the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and text not in self.log():
+            time.sleep(0.05)
+        return self.log()
+
+    def stop(self, wait_for=None):
+        if wait_for:
+            self.wait_log(wait_for)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -59,7 +78,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        return self.proc.stderr.read()
+        return self.log()
 
 
 @pytest.fixture
@@ -122,7 +141,7 @@ def test_untrusted_ca_is_refused_both_ways(pki, server):
     s = server()
     r = client(pki, s.port, "--server-name", "localhost", who="intruder")
     assert r.returncode == 1
-    err = s.stop()
+    err = s.stop(wait_for="handshake failed")
     assert "handshake failed" in err
     assert "unable to get local issuer certificate" in err or "certificate verify failed" in err
 
@@ -166,7 +185,7 @@ def test_no_client_certificate_is_refused(pki, server):
             with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
                 tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 tls.recv(100) or (_ for _ in ()).throw(ssl.SSLError("closed"))
-    assert "the client sent no certificate" in s.stop()
+    assert "the client sent no certificate" in s.stop(wait_for="no certificate")
 
 
 def test_tls12_refused_by_default(pki, server):
@@ -224,7 +243,7 @@ def test_expired_client_is_refused(pki, server, tmp_path):
                 tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 if not tls.recv(100):
                     raise ssl.SSLError("closed")
-    assert "certificate has expired" in s.stop()
+    assert "certificate has expired" in s.stop(wait_for="certificate has expired")
 
 
 def test_expired_own_certificate_refuses_to_start(pki, tmp_path):
@@ -249,7 +268,7 @@ def test_revoked_client_is_refused_with_crl(pki, server, tmp_path):
     s = server("--crl", d / "crl.pem")
     r = client(pki, s.port, "--server-name", "localhost", who=d / "fresh")
     assert r.returncode == 1
-    assert "certificate revoked" in s.stop()
+    assert "certificate revoked" in s.stop(wait_for="certificate revoked")
     # the unrevoked web certificate still works against a CRL-checking server
     s2 = server("--crl", d / "crl.pem")
     assert client(pki, s2.port, "--server-name", "localhost").returncode == 0
