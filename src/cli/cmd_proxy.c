@@ -81,6 +81,10 @@ static void proxy_usage(FILE *f)
         "  SIGHUP                     rebuild the TLS context from the files\n"
         "  --reload-interval D        also every D\n"
         "  --no-watch                 do not reload when a TLS file changes (default: watch)\n"
+        "configuration (flags > environment > YAML file; docs/CONFIG.md):\n"
+        "  --config FILE              YAML with server:/client: TLS keys and a proxy: section\n"
+        "                             (listen, target, status, workers, max_conns, allow,\n"
+        "                             policy_file, ...); env MESHTLS_PROXY_*, GRPC_* too\n"
         "observability:\n"
         "  --status ADDR              serve /healthz, /readyz, /metrics (e.g. 127.0.0.1:9100)\n"
         "  --log-format text|json     default text\n"
@@ -125,7 +129,7 @@ enum {
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
     O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
     O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE, O_SCACHE, O_SLIFE, O_TICKETS,
-    O_PARTIAL
+    O_PARTIAL, O_CONFIG, O_MAX
 };
 
 static const struct option popts[] = {
@@ -147,7 +151,123 @@ static const struct option popts[] = {
     {"target-key", 1, 0, O_TKEY}, {"target-cacert", 1, 0, O_TCACERT},
     {"target-server-name", 1, 0, O_TNAME}, {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
     {"session-cache-size", 1, 0, O_SCACHE}, {"session-lifetime", 1, 0, O_SLIFE},
-    {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL}, {0, 0, 0, 0}};
+    {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL},
+    {"config", 1, 0, O_CONFIG}, {0, 0, 0, 0}};
+
+/* A value from the YAML file or the environment (not a default), or NULL. */
+static const char *cfg_val(const struct meshtls_config *cfg, const char *key, const char **src)
+{
+    const char *s = NULL, *v = meshtls_config_get(cfg, key, &s);
+    if (!v || !s || !strcmp(s, "default") || !strcmp(s, "unset"))
+        return NULL;
+    if (src)
+        *src = s;
+    return v;
+}
+
+/*
+ * Fill what the command line left unset from the configuration file and the
+ * environment (flags > environment > file).  @return 0, or 2 with a message
+ * naming the key and its source.
+ */
+static int apply_config(struct px_config *c, const unsigned char *seen,
+                        const struct meshtls_config *cfg, size_t *cache_size,
+                        struct meshtls_err *err)
+{
+    const char *role = c->mode == PX_MODE_SERVER ? "server" : "client", *v, *src = NULL;
+    char key[64];
+    long n;
+#define ROLEKEY(k) (snprintf(key, sizeof(key), "%s.%s", role, k), key)
+    struct {
+        int opt;
+        const char *key;
+        const char **field;
+        int role_key;
+    } strs[] = {
+        {O_LISTEN, "proxy.listen", &c->listen, 0},
+        {O_TARGET, "proxy.target", &c->target, 0},
+        {O_STATUS, "proxy.status", &c->status, 0},
+        {O_SERVICE, "proxy.service", &c->service, 0},
+        {O_ALPN, "proxy.alpn", &c->alpn, 0},
+        {O_CERT, "cert_file", &c->tls.cert_file, 1},
+        {O_KEY, "key_file", &c->tls.key_file, 1},
+        {O_CACERT, "ca_file", &c->tls.ca_file, 1},
+        {O_CRL, "crl_file", &c->tls.crl_file, 1},
+        {O_SNAME, "client.server_name", &c->tls.server_name, 0},
+        {O_VSPIFFE, "client.verify_spiffe_id", &c->tls.verify_spiffe_id, 0},
+        {O_VTD, "client.verify_trust_domain", &c->tls.verify_trust_domain, 0},
+    };
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        if (seen[strs[i].opt])
+            continue;
+        if (c->mode == PX_MODE_SERVER && strs[i].opt >= O_SNAME && strs[i].opt <= O_VTD)
+            continue;
+        if ((v = cfg_val(cfg, strs[i].role_key ? ROLEKEY(strs[i].key) : strs[i].key, NULL)))
+            *strs[i].field = v;
+    }
+    if (!seen[O_TLSMIN] && (v = cfg_val(cfg, ROLEKEY("min_tls_version"), NULL)))
+        c->tls.min_version = !strcmp(v, "1.2") ? MESHTLS_TLS_MIN_1_2 : MESHTLS_TLS_MIN_1_3;
+    if (!seen[O_WORKERS] && (v = cfg_val(cfg, "proxy.workers", NULL)))
+        c->workers = (int)strtol(v, NULL, 10);
+    if (!seen[O_MAXCONNS] && (v = cfg_val(cfg, "proxy.max_conns", NULL)))
+        c->max_conns = (int)strtol(v, NULL, 10);
+    if (!seen[O_SCACHE] && (v = cfg_val(cfg, "proxy.session_cache_size", NULL)))
+        *cache_size = (size_t)strtol(v, NULL, 10);
+    struct {
+        int opt;
+        const char *key;
+        int *ms;
+    } durs[] = {{O_HS_TO, "proxy.handshake_timeout", &c->handshake_timeout_ms},
+                {O_CONN_TO, "proxy.connect_timeout", &c->connect_timeout_ms},
+                {O_IDLE_TO, "proxy.idle_timeout", &c->idle_timeout_ms},
+                {O_SHUT_TO, "proxy.shutdown_timeout", &c->shutdown_timeout_ms}};
+    for (size_t i = 0; i < sizeof(durs) / sizeof(durs[0]); i++) {
+        if (seen[durs[i].opt] || !(v = cfg_val(cfg, durs[i].key, &src)))
+            continue;
+        if ((n = parse_duration(v)) <= 0 || n > 86400000L)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: '%s' for %s: expected a duration such as "
+                                   "500ms, 10s, 5m or 1h", src, v, durs[i].key);
+        *durs[i].ms = (int)n;
+    }
+    if (!seen[O_RELOAD] && (v = cfg_val(cfg, "proxy.reload_interval", &src))) {
+        if ((n = parse_duration(v)) < 1000)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: '%s' for proxy.reload_interval: expected a "
+                                   "duration of at least 1s", src, v);
+        c->reload_interval_s = (int)(n / 1000);
+    }
+    if (!seen[O_FORWARD] && (v = cfg_val(cfg, "proxy.forward_identity", NULL))) {
+        c->forward_pp2 = !strcmp(v, "proxy-v2");
+        c->forward_http = !strcmp(v, "http-headers");
+    }
+    if (!seen[O_POLICY] && (v = cfg_val(cfg, "proxy.policy_file", NULL))) {
+        int rc = meshtls_policy_load_file(c->policy, v, err);
+        if (rc)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s", err->msg);
+    }
+    /* proxy.allow: "uri=spiffe://td/svc/a,cn=orders,allow-all" (env or YAML) */
+    if ((v = cfg_val(cfg, "proxy.allow", &src))) {
+        char buf[4096];
+        snprintf(buf, sizeof(buf), "%s", v);
+        for (char *item = buf, *next; item && *item; item = next) {
+            next = strchr(item, ',');
+            if (next)
+                *next++ = '\0';
+            char *eq = strchr(item, '=');
+            if (eq)
+                *eq = '\0';
+            int kind = meshtls_rule_kind_parse(item);
+            struct meshtls_err e2 = MESHTLS_ERR_INIT;
+            if (!kind || meshtls_policy_add(c->policy, (enum meshtls_rule_kind)kind,
+                                            eq ? eq + 1 : NULL, NULL, &e2) != 0)
+                return meshtls_err_set(err, MESHTLS_EINVAL, "%s: proxy.allow item '%s%s%s': %s", src, item,
+                                       eq ? "=" : "", eq ? eq + 1 : "",
+                                       kind ? e2.msg : "expected KIND=VALUE with KIND uri, cn, "
+                                                       "ou, dns, trust-domain or allow-all");
+        }
+    }
+#undef ROLEKEY
+    return 0;
+}
 
 static int bad(const char *flag, const char *val, const char *want)
 {
@@ -162,6 +282,9 @@ int cmd_proxy(int argc, char **argv)
     struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     size_t cache_size = 20000;
     int cache_life = 300;
+    unsigned char seen[O_MAX] = {0};
+    const char *config_file = NULL;
+    struct meshtls_config *cfg = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc, status = 1, opt;
     long v;
@@ -193,7 +316,10 @@ int cmd_proxy(int argc, char **argv)
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", popts, NULL)) != -1) {
         int kind = 0;
+        if (opt > 0 && opt < O_MAX)
+            seen[opt] = 1;
         switch (opt) {
+        case O_CONFIG: config_file = optarg; break;
         case O_LISTEN: c.listen = optarg; break;
         case O_TARGET: c.target = optarg; break;
         case O_CERT: c.tls.cert_file = optarg; break;
@@ -332,6 +458,16 @@ int cmd_proxy(int argc, char **argv)
         status = 2;
         goto out;
     }
+    /* flags > environment > YAML file: fill what the flags left unset */
+    if (meshtls_config_new(&cfg) != 0)
+        goto out;
+    if ((config_file && (rc = meshtls_config_load_file(cfg, config_file, &err)) != 0) ||
+        (rc = meshtls_config_load_env(cfg, NULL, &err)) != 0 ||
+        apply_config(&c, seen, cfg, &cache_size, &err) != 0) {
+        cli_print_err("proxy", &err, rc);
+        status = 2;
+        goto out;
+    }
     if (!c.listen || !c.target) {
         fprintf(stderr, "meshtls proxy %s: --listen and --target are required\n",
                 c.mode == PX_MODE_SERVER ? "server" : "client");
@@ -383,5 +519,6 @@ out:
     SSL_CTX_free(target_tls.ctx);
     meshtls_session_cache_free(c.tls.session_cache);
     meshtls_policy_free(c.policy);
+    meshtls_config_free(cfg);
     return status;
 }

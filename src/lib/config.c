@@ -70,6 +70,31 @@ static const struct key KEYS[] = {
     {"log.level", K_ENUM, "info", "MESHTLS_LOG_LEVEL", NULL, "--log-level",
      "debug|info|warn|error"},
     {"log.format", K_ENUM, "text", "MESHTLS_LOG_FORMAT", NULL, "--log-format", "text|json"},
+    /* meshtls proxy (docs/PROXY.md); durations are "500ms", "10s", "5m", "1h" */
+    {"proxy.listen", K_STR, NULL, "MESHTLS_PROXY_LISTEN", NULL, "--listen", NULL},
+    {"proxy.target", K_STR, NULL, "MESHTLS_PROXY_TARGET", NULL, "--target", NULL},
+    {"proxy.status", K_STR, NULL, "MESHTLS_PROXY_STATUS", NULL, "--status", NULL},
+    {"proxy.workers", K_INT, NULL, "MESHTLS_PROXY_WORKERS", NULL, "--workers", "1|256"},
+    {"proxy.max_conns", K_INT, "10000", "MESHTLS_PROXY_MAX_CONNS", NULL, "--max-conns",
+     "1|1000000"},
+    {"proxy.handshake_timeout", K_STR, "10s", "MESHTLS_PROXY_HANDSHAKE_TIMEOUT", NULL,
+     "--handshake-timeout", NULL},
+    {"proxy.connect_timeout", K_STR, "5s", "MESHTLS_PROXY_CONNECT_TIMEOUT", NULL,
+     "--connect-timeout", NULL},
+    {"proxy.idle_timeout", K_STR, "5m", "MESHTLS_PROXY_IDLE_TIMEOUT", NULL, "--idle-timeout",
+     NULL},
+    {"proxy.shutdown_timeout", K_STR, "30s", "MESHTLS_PROXY_SHUTDOWN_TIMEOUT", NULL,
+     "--shutdown-timeout", NULL},
+    {"proxy.reload_interval", K_STR, NULL, "MESHTLS_PROXY_RELOAD_INTERVAL", NULL,
+     "--reload-interval", NULL},
+    {"proxy.policy_file", K_PATH, NULL, "MESHTLS_PROXY_POLICY_FILE", NULL, "--policy", NULL},
+    {"proxy.service", K_STR, NULL, "MESHTLS_PROXY_SERVICE", NULL, "--service", NULL},
+    {"proxy.allow", K_STR, NULL, "MESHTLS_PROXY_ALLOW", NULL, "--allow-*", NULL},
+    {"proxy.forward_identity", K_ENUM, NULL, "MESHTLS_PROXY_FORWARD_IDENTITY", NULL,
+     "--forward-identity", "proxy-v2|http-headers"},
+    {"proxy.alpn", K_STR, NULL, "MESHTLS_PROXY_ALPN", NULL, "--alpn", NULL},
+    {"proxy.session_cache_size", K_INT, "20000", "MESHTLS_PROXY_SESSION_CACHE_SIZE", NULL,
+     "--session-cache-size", "0|10000000"},
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 
@@ -432,10 +457,10 @@ int meshtls_config_load_buffer(struct meshtls_config *cfg, const char *buf, size
                 break;
             const char *s = y.ev.type == YAML_SCALAR_EVENT ? yscalar(&y) : "";
             if (strcmp(s, "server") && strcmp(s, "client") && strcmp(s, "log") &&
-                strcmp(s, "peer_tls")) {
+                strcmp(s, "peer_tls") && strcmp(s, "proxy")) {
                 rc = meshtls_err_set(err, MESHTLS_EINVAL,
                                      "%s:%zu: unknown section '%.64s' (expected server, client, "
-                                     "log or peer_tls)", y.name, yline(&y), s);
+                                     "log, proxy or peer_tls)", y.name, yline(&y), s);
                 goto out;
             }
             char sec[16];

@@ -464,3 +464,32 @@ def test_expired_and_wrong_eku_clients_refused(pki, procs, echo, tmp_path, kind,
     assert echo.connections == 0
     want = "certificate has expired" if kind == "expired" else "unsuitable certificate purpose"
     assert want in p.log()
+
+
+def test_proxy_configured_by_env_and_yaml(pki, procs, echo, tmp_path):
+    """Every setting can come from the environment (GRPC_*, MESHTLS_PROXY_*) or the YAML
+    file; flags still win."""
+    c = pki / "certs"
+    env = {"GRPC_SERVER_CERT_PATH": str(c / "api.crt"), "GRPC_SERVER_KEY_PATH": str(c / "api.key"),
+           "GRPC_CLIENT_CA_CERT_PATH": str(c / "ca.crt"),
+           "MESHTLS_PROXY_TARGET": f"127.0.0.1:{echo.port}",
+           "MESHTLS_PROXY_ALLOW": "uri=spiffe://test.local/svc/web,cn=nobody"}
+    p = Proxy("server", env=env)  # --listen and --status come from the helper
+    procs.append(p)
+    assert roundtrip(tls_client(pki), p.port) == b"ping\n"
+    assert refused(tls_client(pki, "evil"), p.port)
+
+    yaml = tmp_path / "proxy.yaml"
+    yaml.write_text(f"server:\n  cert_file: {c / 'api.crt'}\n  key_file: {c / 'api.key'}\n"
+                    f"  ca_file: {c / 'ca.crt'}\nproxy:\n  target: 127.0.0.1:{echo.port}\n"
+                    "  allow: cn=evil\n  handshake_timeout: 2s\n")
+    p2 = Proxy("server", "--config", yaml, "--allow-cn", "web")  # flags add to the file
+    procs.append(p2)
+    assert roundtrip(tls_client(pki, "evil"), p2.port) == b"ping\n"
+    assert roundtrip(tls_client(pki, "web"), p2.port) == b"ping\n"
+
+    yaml.write_text("proxy:\n  handshake_timeout: soon\n")
+    r = run("proxy", "server", "--config", yaml, "--listen", "127.0.0.1:0")
+    assert r.returncode == 2 and f"{yaml}:2" in r.stderr and "proxy.handshake_timeout" in r.stderr
+    r = run("proxy", "server", "--listen", "127.0.0.1:0", env={"MESHTLS_PROXY_ALLOW": "color=red"})
+    assert r.returncode == 2 and "MESHTLS_PROXY_ALLOW" in r.stderr
