@@ -1,7 +1,10 @@
 """Real PostgreSQL and Redis servers for tests, on loopback and free ports,
 each stopped by PID.  PostgreSQL refuses to run as root: when the tests run
 as root (as in CI), it runs as the `postgres` system user (Debian's package
-creates it) in a data directory handed to that user."""
+creates it) in a data directory handed to that user.  That directory is made
+under /tmp with mode 0755 (pytest's tmp_path is 0700 and not traversable by
+another user) and removed by stop(); a server that fails to start is stopped
+and removed before the error is raised."""
 import os
 import pwd
 import shutil
@@ -16,22 +19,65 @@ from conftest import free_port, wait_port
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+def pg_skip_reason():
+    """Why PostgreSQL tests cannot run here, or None if they can."""
+    for tool in (PG_BIN / "initdb", PG_BIN / "postgres"):
+        if not tool.exists():
+            return f"{tool} missing: install postgresql-15 (scripts/install-deps.sh)"
+    if not shutil.which("psql"):
+        return "psql missing: install postgresql-client (scripts/install-deps.sh)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no `postgres` user to run the server as"
+        if not shutil.which("runuser"):
+            return "running as root and runuser (util-linux) is missing"
+    return None
+
+
+def redis_skip_reason():
+    for tool in ("redis-server", "redis-cli"):
+        if not shutil.which(tool):
+            return f"{tool} missing: install redis-server and redis-tools"
+    return None
+
+
 def _as_pg(cmd, **kw):
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
 
 
+def wait_log(read, text, timeout=10.0):
+    """Whether `text` shows up in read() within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while text not in read():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class Postgres:
     """A PostgreSQL with ssl=on and certificate authentication (hostssl ... cert)."""
 
     def __init__(self, server_crt, server_key, ca_crt, crl=None):
+        self.proc = self._logf = None
         self.base = Path(tempfile.mkdtemp(prefix="meshtls-pg-"))
+        try:
+            self._start(server_crt, server_key, ca_crt, crl)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, server_crt, server_key, ca_crt, crl):
         os.chmod(self.base, 0o755)
         self.data = self.base / "data"
         self.port = free_port()
-        uid = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
-        gid = pwd.getpwnam("postgres").pw_gid if os.geteuid() == 0 else os.getegid()
+        root = os.geteuid() == 0
+        uid = pwd.getpwnam("postgres").pw_uid if root else os.geteuid()
+        gid = pwd.getpwnam("postgres").pw_gid if root else os.getegid()
         tls = self.base / "tls"
         tls.mkdir()
         for src, name in ((server_crt, "server.crt"), (server_key, "server.key"),
@@ -40,7 +86,7 @@ class Postgres:
         self.crl = tls / "crl.pem"
         if crl:
             shutil.copy(crl, self.crl)
-        os.chmod(tls / "server.key", 0o600)
+        os.chmod(tls / "server.key", 0o600)  # PostgreSQL refuses a key others can read
         for p in [self.base, tls, *tls.iterdir()]:
             os.chown(p, uid, gid)
         r = _as_pg([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
@@ -54,14 +100,20 @@ class Postgres:
                     f"ssl_ca_file = '{tls}/ca.crt'\n"
                     + (f"ssl_crl_file = '{self.crl}'\n" if crl else "") +
                     "ssl_min_protocol_version = 'TLSv1.3'\nfsync = off\n")
+        # certificate authentication: the client certificate must chain to ca.crt
+        # and its CN is the database role
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "hostssl all all 127.0.0.1/32 cert clientcert=verify-full\n")
+        self._logf = open(self.base / "log", "w")
         self.proc = subprocess.Popen(
-            (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) +
+            (["runuser", "-u", "postgres", "--"] if root else []) +
             [str(PG_BIN / "postgres"), "-D", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=open(self.base / "log", "w"))
-        wait_port(self.port, proc=self.proc, timeout=30)
+            stdout=subprocess.DEVNULL, stderr=self._logf)
+        try:
+            wait_port(self.port, proc=self.proc, timeout=30)
+        except AssertionError as e:
+            raise AssertionError(f"PostgreSQL did not start: {e}\n{self.log()}") from None
 
     def sql(self, query):
         """Run SQL over the local socket as the superuser."""
@@ -72,21 +124,27 @@ class Postgres:
         """The postmaster's own PID (self.proc may be runuser, which forwards few signals)."""
         try:
             return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
+        except (AttributeError, OSError, ValueError):
             return None
 
     def reload_crl(self, crl):
-        shutil.copy(crl, self.crl)
+        """Install a new CRL and have the server re-read its SSL files (SIGHUP)."""
+        tmp = self.crl.with_suffix(".new")
+        shutil.copy(crl, tmp)
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
-            os.chown(self.crl, pw.pw_uid, pw.pw_gid)
-        os.kill(self.postmaster_pid(), signal.SIGHUP)  # re-reads its SSL files
+            os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        os.replace(tmp, self.crl)
+        os.kill(self.postmaster_pid(), signal.SIGHUP)
 
     def log(self):
-        return (self.base / "log").read_text()
+        try:
+            return (self.base / "log").read_text()
+        except OSError:
+            return ""
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             pid = self.postmaster_pid()
             if pid:
                 os.kill(pid, signal.SIGINT)  # fast shutdown
@@ -95,8 +153,17 @@ class Postgres:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                if pid:
+                    os.kill(pid, signal.SIGQUIT)  # immediate shutdown
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        if self._logf:
+            self._logf.close()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -112,30 +179,48 @@ class Redis:
     """A Redis with tls-port and tls-auth-clients yes (no plaintext port)."""
 
     def __init__(self, server_crt, server_key, ca_crt):
+        self.proc = None
         self.dir = Path(tempfile.mkdtemp(prefix="meshtls-redis-"))
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-             "--tls-cert-file", str(server_crt), "--tls-key-file", str(server_key),
-             "--tls-ca-cert-file", str(ca_crt), "--tls-auth-clients", "yes",
-             "--tls-protocols", "TLSv1.3", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=open(self.dir / "log", "w"), stderr=subprocess.STDOUT)
-        wait_port(self.port, proc=self.proc, timeout=30)
+        self._logf = open(self.dir / "log", "w")
+        try:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", "0", "--tls-port", str(self.port),
+                 "--bind", "127.0.0.1", "--tls-cert-file", str(server_crt),
+                 "--tls-key-file", str(server_key), "--tls-ca-cert-file", str(ca_crt),
+                 "--tls-auth-clients", "yes", "--tls-protocols", "TLSv1.3", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+                stdout=self._logf, stderr=subprocess.STDOUT)
+            wait_port(self.port, proc=self.proc, timeout=30)
+        except BaseException as e:
+            log = self.log()
+            self.stop()
+            if isinstance(e, AssertionError):
+                raise AssertionError(f"Redis did not start: {e}\n{log}") from None
+            raise
+
+    def log(self):
+        try:
+            return (self.dir / "log").read_text()
+        except OSError:
+            return ""
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        self._logf.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def redis_cli(port, crt, key, ca, *cmd, tls=True):
     args = ["redis-cli", "-h", "127.0.0.1", "-p", str(port)]
     if tls:
-        args += ["--tls", "--cert", str(crt), "--key", str(key), "--cacert", str(ca)]
+        args += ["--tls", "--cacert", str(ca)]
+        if crt:
+            args += ["--cert", str(crt), "--key", str(key)]
     return subprocess.run(args + list(cmd), capture_output=True, text=True, timeout=30)
