@@ -99,7 +99,9 @@ def server(pki):
         return s
     yield start
     for s in started:
-        s.stop()
+        log = s.stop()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+            assert bad not in log, log
 
 
 def _readline(stream, timeout):
