@@ -15,11 +15,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include <yaml.h>
-
 #include "meshtls/config.h"
 #include "meshtls/spiffe.h"
 #include "meshtls/x509.h"
+#include "yamlev.h"
 
 extern char **environ;
 
@@ -310,49 +309,16 @@ int meshtls_config_load_env(struct meshtls_config *cfg, char *const *envp,
 
 /* ---- YAML ---------------------------------------------------------------- */
 
+/* The parse state: the event walker plus the configuration being filled. */
 struct yp {
-    yaml_parser_t parser;
-    yaml_event_t ev;
-    int have;
-    const char *name;
+    struct mt_yaml y;
     struct meshtls_config *cfg;
-    struct meshtls_err *err;
 };
 
-static int ynext(struct yp *y)
-{
-    if (y->have)
-        yaml_event_delete(&y->ev);
-    y->have = 0;
-    if (!yaml_parser_parse(&y->parser, &y->ev))
-        return meshtls_err_set(y->err, MESHTLS_EPARSE, "%s:%zu: YAML syntax error: %s", y->name,
-                               y->parser.problem_mark.line + 1,
-                               y->parser.problem ? y->parser.problem : "unknown");
-    y->have = 1;
-    if (y->ev.type == YAML_ALIAS_EVENT)
-        return meshtls_err_set(y->err, MESHTLS_EPARSE, "%s:%zu: YAML aliases are not allowed",
-                               y->name, y->ev.start_mark.line + 1);
-    return 0;
-}
-
-static size_t yline(struct yp *y)
-{
-    return y->ev.start_mark.line + 1;
-}
-
-static const char *yscalar(struct yp *y)
-{
-    return (const char *)y->ev.data.scalar.value;
-}
-
-static int yexpect(struct yp *y, yaml_event_type_t t, const char *what)
-{
-    int rc = ynext(y);
-    if (!rc && y->ev.type != t)
-        rc = meshtls_err_set(y->err, MESHTLS_EPARSE, "%s:%zu: expected %s", y->name, yline(y),
-                             what);
-    return rc;
-}
+#define ynext(p) mt_yaml_next(&(p)->y)
+#define yline(p) mt_yaml_line(&(p)->y)
+#define yscalar(p) mt_yaml_scalar(&(p)->y)
+#define yexpect(p, t, what) mt_yaml_expect(&(p)->y, t, what)
 
 static const char *const PEER_KEYS[][3] = {
     /* peer_tls key, server key, client key */
@@ -372,27 +338,27 @@ static int ysection(struct yp *y, const char *section)
     for (;;) {
         if ((rc = ynext(y)))
             return rc;
-        if (y->ev.type == YAML_MAPPING_END_EVENT)
+        if (y->y.ev.type == YAML_MAPPING_END_EVENT)
             return 0;
-        if (y->ev.type != YAML_SCALAR_EVENT)
-            return meshtls_err_set(y->err, MESHTLS_EPARSE, "%s:%zu: expected a setting name",
-                                   y->name, yline(y));
+        if (y->y.ev.type != YAML_SCALAR_EVENT)
+            return meshtls_err_set(y->y.err, MESHTLS_EPARSE, "%s:%zu: expected a setting name",
+                                   y->y.name, yline(y));
         size_t line = yline(y);
         snprintf(key, sizeof(key), "%.60s", yscalar(y));
         if ((rc = ynext(y)))
             return rc;
-        if (y->ev.type != YAML_SCALAR_EVENT)
-            return meshtls_err_set(y->err, MESHTLS_EPARSE,
+        if (y->y.ev.type != YAML_SCALAR_EVENT)
+            return meshtls_err_set(y->y.err, MESHTLS_EPARSE,
                                    "%s:%zu: %s.%s must be a single value, not a list or mapping",
-                                   y->name, line, section, key);
+                                   y->y.name, line, section, key);
         const char *val = yscalar(y);
-        snprintf(label, sizeof(label), "%s:%zu", y->name, line);
+        snprintf(label, sizeof(label), "%s:%zu", y->y.name, line);
         if (!strcmp(section, "peer_tls")) {
             size_t i;
             for (i = 0; i < 4 && strcmp(PEER_KEYS[i][0], key); i++)
                 ;
             if (i == 4)
-                return meshtls_err_set(y->err, MESHTLS_EINVAL,
+                return meshtls_err_set(y->y.err, MESHTLS_EINVAL,
                                        "%s: unknown key 'peer_tls.%s' (expected cert_file, "
                                        "key_file, ca_file or server_name)", label, key);
             for (int r = 1; r <= 2; r++) {
@@ -402,7 +368,7 @@ static int ysection(struct yp *y, const char *section)
                 struct slot *s = &y->cfg->v[k][MESHTLS_SRC_FILE];
                 if (s->value && !s->from_peer)
                     continue; /* the role's own setting wins over peer_tls */
-                if ((rc = put(y->cfg, k, MESHTLS_SRC_FILE, val, label, 1, y->err)))
+                if ((rc = put(y->cfg, k, MESHTLS_SRC_FILE, val, label, 1, y->y.err)))
                     return rc;
             }
             continue;
@@ -410,10 +376,10 @@ static int ysection(struct yp *y, const char *section)
         snprintf(full, sizeof(full), "%s.%s", section, key);
         int k = key_index(full);
         if (k < 0)
-            return meshtls_err_set(y->err, MESHTLS_EINVAL,
+            return meshtls_err_set(y->y.err, MESHTLS_EINVAL,
                                    "%s: unknown key '%s' (see docs/CONFIG.md for the keys)",
                                    label, full);
-        if ((rc = put(y->cfg, k, MESHTLS_SRC_FILE, val, label, 0, y->err)))
+        if ((rc = put(y->cfg, k, MESHTLS_SRC_FILE, val, label, 0, y->y.err)))
             return rc;
     }
 }
@@ -421,46 +387,46 @@ static int ysection(struct yp *y, const char *section)
 int meshtls_config_load_buffer(struct meshtls_config *cfg, const char *buf, size_t len,
                                const char *name, struct meshtls_err *err)
 {
-    struct yp y = {.name = name ? name : "(config)", .cfg = cfg, .err = err};
+    struct yp y = {.cfg = cfg};
+    const char *label = name ? name : "(config)";
     int rc;
     if (len > CONFIG_FILE_MAX)
-        return meshtls_err_set(err, MESHTLS_EPARSE, "%s: larger than %d bytes", y.name,
+        return meshtls_err_set(err, MESHTLS_EPARSE, "%s: larger than %d bytes", label,
                                CONFIG_FILE_MAX);
-    if (!yaml_parser_initialize(&y.parser))
-        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
-    yaml_parser_set_input_string(&y.parser, (const unsigned char *)buf, len);
+    if ((rc = mt_yaml_open(&y.y, buf, len, label, err)) != 0)
+        return rc;
     if ((rc = yexpect(&y, YAML_STREAM_START_EVENT, "a YAML stream")))
         goto out;
     if ((rc = ynext(&y)))
         goto out;
-    if (y.ev.type == YAML_STREAM_END_EVENT)
+    if (y.y.ev.type == YAML_STREAM_END_EVENT)
         goto out; /* an empty file configures nothing */
-    if (y.ev.type != YAML_DOCUMENT_START_EVENT) {
-        rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s:%zu: expected a YAML document", y.name,
+    if (y.y.ev.type != YAML_DOCUMENT_START_EVENT) {
+        rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s:%zu: expected a YAML document", y.y.name,
                              yline(&y));
         goto out;
     }
     if ((rc = ynext(&y)))
         goto out;
-    if (y.ev.type == YAML_SCALAR_EVENT && y.ev.data.scalar.length == 0) {
+    if (y.y.ev.type == YAML_SCALAR_EVENT && y.y.ev.data.scalar.length == 0) {
         /* "---" alone */
-    } else if (y.ev.type != YAML_MAPPING_START_EVENT) {
+    } else if (y.y.ev.type != YAML_MAPPING_START_EVENT) {
         rc = meshtls_err_set(err, MESHTLS_EPARSE,
                              "%s:%zu: expected a mapping with server:, client:, log: or "
-                             "peer_tls:", y.name, yline(&y));
+                             "peer_tls:", y.y.name, yline(&y));
         goto out;
     } else {
         for (;;) {
             if ((rc = ynext(&y)))
                 goto out;
-            if (y.ev.type == YAML_MAPPING_END_EVENT)
+            if (y.y.ev.type == YAML_MAPPING_END_EVENT)
                 break;
-            const char *s = y.ev.type == YAML_SCALAR_EVENT ? yscalar(&y) : "";
+            const char *s = y.y.ev.type == YAML_SCALAR_EVENT ? yscalar(&y) : "";
             if (strcmp(s, "server") && strcmp(s, "client") && strcmp(s, "log") &&
                 strcmp(s, "peer_tls") && strcmp(s, "proxy")) {
                 rc = meshtls_err_set(err, MESHTLS_EINVAL,
                                      "%s:%zu: unknown section '%.64s' (expected server, client, "
-                                     "log, proxy or peer_tls)", y.name, yline(&y), s);
+                                     "log, proxy or peer_tls)", y.y.name, yline(&y), s);
                 goto out;
             }
             char sec[16];
@@ -473,9 +439,7 @@ int meshtls_config_load_buffer(struct meshtls_config *cfg, const char *buf, size
         (rc = yexpect(&y, YAML_STREAM_END_EVENT, "a single YAML document")))
         goto out;
 out:
-    if (y.have)
-        yaml_event_delete(&y.ev);
-    yaml_parser_delete(&y.parser);
+    mt_yaml_close(&y.y);
     return rc;
 }
 

@@ -8,60 +8,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <yaml.h>
-
 #include "meshtls/policy.h"
 #include "meshtls/x509.h"
+#include "yamlev.h"
 
 #define POLICY_FILE_MAX (1024 * 1024)
 #define NAME_MAX_LEN 255
 
+/* The parse state: the event walker plus where rules go. */
 struct pf {
-    yaml_parser_t parser;
-    yaml_event_t ev;
-    int have;           /* ev holds an event */
-    const char *path;
+    struct mt_yaml y;
     struct meshtls_policy *p;
-    struct meshtls_err *err;
 };
 
-static int next(struct pf *f)
-{
-    if (f->have)
-        yaml_event_delete(&f->ev);
-    f->have = 0;
-    if (!yaml_parser_parse(&f->parser, &f->ev))
-        return meshtls_err_set(f->err, MESHTLS_EPARSE, "%s:%zu: YAML syntax error: %s", f->path,
-                               f->parser.problem_mark.line + 1,
-                               f->parser.problem ? f->parser.problem : "unknown");
-    f->have = 1;
-    if (f->ev.type == YAML_ALIAS_EVENT)
-        return meshtls_err_set(f->err, MESHTLS_EPARSE,
-                               "%s:%zu: YAML aliases are not allowed in a policy file", f->path,
-                               f->ev.start_mark.line + 1);
-    return 0;
-}
-
-static size_t line(struct pf *f)
-{
-    return f->ev.start_mark.line + 1;
-}
-
-static int expect(struct pf *f, yaml_event_type_t t, const char *what)
-{
-    int rc = next(f);
-    if (rc)
-        return rc;
-    if (f->ev.type != t)
-        return meshtls_err_set(f->err, MESHTLS_EPARSE, "%s:%zu: expected %s", f->path, line(f),
-                               what);
-    return 0;
-}
-
-static const char *scalar(struct pf *f)
-{
-    return (const char *)f->ev.data.scalar.value;
-}
+#define next(f) mt_yaml_next(&(f)->y)
+#define line(f) mt_yaml_line(&(f)->y)
+#define scalar(f) mt_yaml_scalar(&(f)->y)
+#define expect(f, t, what) mt_yaml_expect(&(f)->y, t, what)
 
 /* allow: [ {kind: value}, ... ] for `service` (NULL = any). */
 static int parse_allow(struct pf *f, const char *service)
@@ -72,31 +35,31 @@ static int parse_allow(struct pf *f, const char *service)
     for (;;) {
         if ((rc = next(f)) != 0)
             return rc;
-        if (f->ev.type == YAML_SEQUENCE_END_EVENT)
+        if (f->y.ev.type == YAML_SEQUENCE_END_EVENT)
             return 0;
-        if (f->ev.type != YAML_MAPPING_START_EVENT)
-            return meshtls_err_set(f->err, MESHTLS_EPARSE,
+        if (f->y.ev.type != YAML_MAPPING_START_EVENT)
+            return meshtls_err_set(f->y.err, MESHTLS_EPARSE,
                                    "%s:%zu: each rule is a mapping such as '- uri: spiffe://...'",
-                                   f->path, line(f));
+                                   f->y.name, line(f));
         if ((rc = expect(f, YAML_SCALAR_EVENT, "a rule kind (uri, cn, ou, dns, trust-domain, "
                                                "allow-all)")) != 0)
             return rc;
         size_t l = line(f);
         int kind = meshtls_rule_kind_parse(scalar(f));
         if (!kind)
-            return meshtls_err_set(f->err, MESHTLS_EINVAL,
+            return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
                                    "%s:%zu: unknown rule '%.64s' (use uri, cn, ou, dns, "
-                                   "trust-domain or allow-all)", f->path, l, scalar(f));
+                                   "trust-domain or allow-all)", f->y.name, l, scalar(f));
         if ((rc = expect(f, YAML_SCALAR_EVENT, "a value for the rule")) != 0)
             return rc;
         const char *v = scalar(f);
         if (kind == MESHTLS_RULE_ALLOW_ALL && strcmp(v, "true") != 0)
-            return meshtls_err_set(f->err, MESHTLS_EINVAL,
-                                   "%s:%zu: allow-all takes the value true", f->path, l);
+            return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
+                                   "%s:%zu: allow-all takes the value true", f->y.name, l);
         struct meshtls_err e2 = MESHTLS_ERR_INIT;
         if ((rc = meshtls_policy_add(f->p, kind, kind == MESHTLS_RULE_ALLOW_ALL ? NULL : v,
                                      service, &e2)) != 0)
-            return meshtls_err_set(f->err, rc, "%s:%zu: %s", f->path, l, e2.msg);
+            return meshtls_err_set(f->y.err, rc, "%s:%zu: %s", f->y.name, l, e2.msg);
         if ((rc = expect(f, YAML_MAPPING_END_EVENT, "one key per rule (start a new '- ' item)")))
             return rc;
     }
@@ -111,24 +74,24 @@ static int parse_services(struct pf *f)
     for (;;) {
         if ((rc = next(f)) != 0)
             return rc;
-        if (f->ev.type == YAML_MAPPING_END_EVENT)
+        if (f->y.ev.type == YAML_MAPPING_END_EVENT)
             return 0;
-        if (f->ev.type != YAML_SCALAR_EVENT || !*scalar(f) ||
+        if (f->y.ev.type != YAML_SCALAR_EVENT || !*scalar(f) ||
             strlen(scalar(f)) > NAME_MAX_LEN)
-            return meshtls_err_set(f->err, MESHTLS_EPARSE, "%s:%zu: expected a service name",
-                                   f->path, line(f));
+            return meshtls_err_set(f->y.err, MESHTLS_EPARSE, "%s:%zu: expected a service name",
+                                   f->y.name, line(f));
         snprintf(name, sizeof(name), "%s", scalar(f));
         if ((rc = expect(f, YAML_MAPPING_START_EVENT, "a mapping with 'allow' under the service")))
             return rc;
         for (;;) {
             if ((rc = next(f)) != 0)
                 return rc;
-            if (f->ev.type == YAML_MAPPING_END_EVENT)
+            if (f->y.ev.type == YAML_MAPPING_END_EVENT)
                 break;
-            if (f->ev.type != YAML_SCALAR_EVENT || strcmp(scalar(f), "allow") != 0)
-                return meshtls_err_set(f->err, MESHTLS_EINVAL,
+            if (f->y.ev.type != YAML_SCALAR_EVENT || strcmp(scalar(f), "allow") != 0)
+                return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
                                        "%s:%zu: unknown key under service '%s' (expected allow)",
-                                       f->path, line(f), name);
+                                       f->y.name, line(f), name);
             if ((rc = parse_allow(f, name)) != 0)
                 return rc;
         }
@@ -138,14 +101,13 @@ static int parse_services(struct pf *f)
 int meshtls_policy_load_buffer(struct meshtls_policy *p, const char *buf, size_t len,
                                const char *path, struct meshtls_err *err)
 {
-    struct pf f = {.path = path ? path : "(policy)", .p = p, .err = err};
+    struct pf f = {.p = p};
     int rc;
     if (len > POLICY_FILE_MAX)
-        return meshtls_err_set(err, MESHTLS_EPARSE, "%s: larger than %d bytes", f.path,
-                               POLICY_FILE_MAX);
-    if (!yaml_parser_initialize(&f.parser))
-        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
-    yaml_parser_set_input_string(&f.parser, (const unsigned char *)buf, len);
+        return meshtls_err_set(err, MESHTLS_EPARSE, "%s: larger than %d bytes",
+                               path ? path : "(policy)", POLICY_FILE_MAX);
+    if ((rc = mt_yaml_open(&f.y, buf, len, path ? path : "(policy)", err)) != 0)
+        return rc;
     if ((rc = expect(&f, YAML_STREAM_START_EVENT, "a YAML stream")) ||
         (rc = expect(&f, YAML_DOCUMENT_START_EVENT, "a YAML document")) ||
         (rc = expect(&f, YAML_MAPPING_START_EVENT, "a mapping with 'allow' and/or 'services'")))
@@ -153,17 +115,17 @@ int meshtls_policy_load_buffer(struct meshtls_policy *p, const char *buf, size_t
     for (;;) {
         if ((rc = next(&f)) != 0)
             goto out;
-        if (f.ev.type == YAML_MAPPING_END_EVENT)
+        if (f.y.ev.type == YAML_MAPPING_END_EVENT)
             break;
-        if (f.ev.type == YAML_SCALAR_EVENT && !strcmp(scalar(&f), "allow"))
+        if (f.y.ev.type == YAML_SCALAR_EVENT && !strcmp(scalar(&f), "allow"))
             rc = parse_allow(&f, NULL);
-        else if (f.ev.type == YAML_SCALAR_EVENT && !strcmp(scalar(&f), "services"))
+        else if (f.y.ev.type == YAML_SCALAR_EVENT && !strcmp(scalar(&f), "services"))
             rc = parse_services(&f);
         else
             rc = meshtls_err_set(err, MESHTLS_EINVAL,
                                  "%s:%zu: unknown key '%.64s' (expected allow or services)",
-                                 f.path, line(&f),
-                                 f.ev.type == YAML_SCALAR_EVENT ? scalar(&f) : "?");
+                                 f.y.name, line(&f),
+                                 f.y.ev.type == YAML_SCALAR_EVENT ? scalar(&f) : "?");
         if (rc)
             goto out;
     }
@@ -172,11 +134,9 @@ int meshtls_policy_load_buffer(struct meshtls_policy *p, const char *buf, size_t
         goto out;
     if (meshtls_policy_size(p) == 0)
         rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s: no rules: the policy would deny everyone",
-                             f.path);
+                             f.y.name);
 out:
-    if (f.have)
-        yaml_event_delete(&f.ev);
-    yaml_parser_delete(&f.parser);
+    mt_yaml_close(&f.y);
     return rc;
 }
 
