@@ -437,6 +437,14 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
         return;
     buf[0] = '\0';
     if (v == X509_V_OK) {
+        /* An alert from the peer means the peer gave up (e.g. it did not trust us); the
+         * error queue still holds it, since callers drain it only after this. */
+        unsigned long e = ERR_peek_last_error();
+        if (e && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET) {
+            snprintf(buf, cap, "the peer aborted the handshake (%s)",
+                     ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "alert");
+            return;
+        }
         if (SSL_is_server(ssl) && SSL_get0_peer_certificate(ssl) == NULL &&
             SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
             snprintf(buf, cap, "the client sent no certificate");
