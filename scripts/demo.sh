@@ -34,6 +34,7 @@ SERVER=$(realpath "$SERVER")
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meshtls-demo.XXXXXX")
 SERVER_PID=
+EXTRA_PIDS=()
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -42,6 +43,10 @@ cleanup() {
         kill -9 "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
+    for pid in "${EXTRA_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -168,9 +173,86 @@ else
     fi
 fi
 
+# ---- the sidecar: meshtls proxy in front of an unmodified plaintext service ----------
+
+# start_bg NAME CMD...: start CMD in the background (output to NAME.out/.log), remember its PID
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$name.out" 2>"$name.log" &
+    EXTRA_PIDS+=($!)
+}
+# port_of FILE WORD: wait (bounded) for "WORD on HOST:PORT" in FILE, print PORT
+port_of() {
+    for _ in $(seq 100); do
+        local p
+        p=$(sed -n "s/^$2 on .*:\([0-9]*\)$/\1/p" "$1" 2>/dev/null | head -1)
+        [[ -n $p ]] && { echo "$p"; return 0; }
+        sleep 0.1
+    done
+    return 1
+}
+
+step "put billing's plaintext HTTP service behind meshtls proxy server"
+mkdir -p site && echo "billing ledger: 42 invoices" >site/index.html
+BACKEND_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_bg backend python3 -m http.server --bind 127.0.0.1 --directory site "$BACKEND_PORT"
+start_bg proxy-server "$MESHTLS" proxy server --listen 127.0.0.1:0 \
+    --target "127.0.0.1:$BACKEND_PORT" --cert billing/billing.crt --key billing/billing.key \
+    --cacert billing/ca.crt --allow-uri "spiffe://$TD/svc/orders" --status 127.0.0.1:0
+PS_PORT=$(port_of proxy-server.out listening) || die "proxy server did not start: $(cat proxy-server.log)"
+STATUS_PORT=$(port_of proxy-server.out status) || die "no status port: $(cat proxy-server.log)"
+printf '   %s$ meshtls proxy server --listen 127.0.0.1:%s --target 127.0.0.1:%s --cert billing/billing.crt --key billing/billing.key --cacert billing/ca.crt --allow-uri spiffe://%s/svc/orders --status 127.0.0.1:%s%s\n' \
+    "$D" "$PS_PORT" "$BACKEND_PORT" "$TD" "$STATUS_PORT" "$N"
+say "The service itself (a plain python http.server on 127.0.0.1:$BACKEND_PORT) knows" \
+    "nothing about TLS. The proxy accepts only mutual TLS and only from the identity" \
+    "spiffe://$TD/svc/orders, then forwards the bytes."
+
+step "orders calls through its own sidecar: meshtls proxy client"
+start_bg proxy-orders "$MESHTLS" proxy client --listen 127.0.0.1:0 --target "127.0.0.1:$PS_PORT" \
+    --cert orders/orders.crt --key orders/orders.key --cacert orders/ca.crt \
+    --verify-spiffe-id "spiffe://$TD/svc/billing"
+PC_PORT=$(port_of proxy-orders.out listening) || die "proxy client did not start: $(cat proxy-orders.log)"
+say "orders' application talks plain HTTP to 127.0.0.1:$PC_PORT; its sidecar dials billing" \
+    "with mutual TLS and insists that the other end is spiffe://$TD/svc/billing."
+if resp=$(show curl -sS --max-time 10 "http://127.0.0.1:$PC_PORT/") && [[ $resp == *"42 invoices"* ]]; then
+    echo "$resp"
+    ok "orders → proxy client → (mTLS) → proxy server → billing: allowed, the answer came back"
+else
+    bad "orders should have reached billing through the proxies"
+    sed 's/^/     /' proxy-server.log proxy-orders.log
+    FAILED=1
+fi
+
+step "reports, a trusted service but not on billing's allow-list, tries the same"
+show "$MESHTLS" ca register --dir "$WORK/ca" reports
+show "$MESHTLS" ca issue --dir "$WORK/ca" reports --out "$WORK/reports"
+start_bg proxy-reports "$MESHTLS" proxy client --listen 127.0.0.1:0 --target "127.0.0.1:$PS_PORT" \
+    --cert reports/reports.crt --key reports/reports.key --cacert reports/ca.crt \
+    --verify-spiffe-id "spiffe://$TD/svc/billing"
+PR_PORT=$(port_of proxy-reports.out listening) || die "proxy client did not start"
+if show curl -sS --max-time 10 "http://127.0.0.1:$PR_PORT/" >/dev/null 2>&1; then
+    bad "reports should have been denied"
+    FAILED=1
+else
+    for _ in $(seq 100); do grep -q "decision=deny" proxy-server.log && break; sleep 0.1; done
+    printf '   %sbilling'"'"'s proxy logged (audit):%s\n' "$D" "$N"
+    grep "decision=deny" proxy-server.log | head -1 | sed 's/^/     /'
+    ok "reports → billing: its certificate is valid, but the policy does not allow it; denied before any byte reached billing"
+fi
+
+step "the proxy's Prometheus metrics counted both decisions"
+show sh -c "curl -s http://127.0.0.1:$STATUS_PORT/metrics | grep -E '^meshtls_(policy_decisions_total|tls_handshakes_total|connections_active)'"
+if curl -s "http://127.0.0.1:$STATUS_PORT/metrics" | grep -q 'decision="deny"} 1'; then
+    ok "one allow, one deny, as seen at http://127.0.0.1:$STATUS_PORT/metrics (also /healthz, /readyz)"
+else
+    bad "the metrics should show one denial"
+    FAILED=1
+fi
+
 echo
 if [[ $FAILED -eq 0 ]]; then
-    printf '%s%sDemo passed:%s a trusted service got through with its identity, an untrusted one was refused.\n' "$B" "$G" "$N"
+    printf '%s%sDemo passed:%s a trusted service got through with its identity, an untrusted one was refused, and the sidecar let orders in and kept reports out.\n' "$B" "$G" "$N"
     say "Next: README.md for the CLI, docs/ for the PKI and configuration."
 else
     printf '%s%sDemo FAILED:%s see the messages above.\n' "$B" "$R" "$N"
