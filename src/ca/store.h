@@ -1,9 +1,22 @@
 /*
- * store.h - the CA's store: SQLite (one file, DIR/meshtls.db), numbered
- * migrations, every change inside one transaction, parameterized SQL only.
+ * store.h - the CA's store: services, certificates, metadata and the audit
+ * log, behind an ops table so that a second backend (PostgreSQL, for several
+ * CA servers sharing state) can be added without touching src/ca/pki.c.
  *
- * Errors follow meshtls/err.h; a locked or unreadable database is
- * MESHTLS_ESTORE with a message naming the file.
+ * Today there is one backend, SQLite (store_sqlite.c): one file,
+ * DIR/meshtls.db, numbered migrations, parameterized SQL only.
+ *
+ * Rules every backend follows:
+ *   - every change runs between begin() and commit(); begin() takes the
+ *     write lock at once (SQLite: BEGIN IMMEDIATE), so two CA commands never
+ *     interleave; a lock that is not released within ~2 s is MESHTLS_ESTORE
+ *     "store ... is locked by another process (...)";
+ *   - a missing store is MESHTLS_ENOENT, an unreadable or corrupt one
+ *     MESHTLS_ESTORE, both naming the file;
+ *   - strings passed in are borrowed for the duration of the call; strings
+ *     returned in structs are new allocations the caller owns.
+ *
+ * Errors follow meshtls/err.h.
  */
 #ifndef MESHTLS_CA_STORE_H
 #define MESHTLS_CA_STORE_H
@@ -13,79 +26,141 @@
 
 #include "meshtls/err.h"
 
-struct ca_store;
-
 /** A registered service.  Strings owned by the struct; free with ca_service_clear(). */
 struct ca_service {
-    char *name;
-    char *spiffe_id;
-    char **dns;
+    char *name;      /* [a-z0-9][a-z0-9._-]{0,62} */
+    char *spiffe_id; /* unique across services */
+    char **dns;      /* DNS SANs */
     size_t n_dns;
-    char **ips;
+    char **ips;      /* IP SANs, as given (v4 or v6 text) */
     size_t n_ips;
 };
 
 /** A certificate row.  Strings owned; free with ca_cert_clear(). */
 struct ca_cert {
-    char *serial;     /* lower-case hex */
-    char *service;
-    int64_t not_before, not_after;
-    char *status;     /* active | superseded | revoked */
-    char *out_dir;    /* where issue/rotate wrote the files */
-    char *cert_pem;   /* the leaf */
-    char *pubkey_pem; /* for re-signing CSR-issued certificates */
-    int key_held;     /* 1: we generated (and wrote) the key; 0: signed a CSR */
-    int64_t revoked_at;
-    char *reason;
+    char *serial;       /* lower-case hex, no leading zeros; unique */
+    char *service;      /* the service it was issued to */
+    int64_t not_before, not_after; /* Unix seconds */
+    char *status;       /* active | superseded | revoked ("expired" is computed) */
+    char *out_dir;      /* where issue/rotate wrote the files */
+    char *cert_pem;     /* the leaf */
+    char *pubkey_pem;   /* for re-signing CSR-issued certificates */
+    int key_held;       /* 1: we generated (and wrote) the key; 0: signed a CSR */
+    int64_t revoked_at; /* Unix seconds, 0 if not revoked */
+    char *reason;       /* RFC 5280 CRLReason name, NULL if not revoked */
+};
+
+struct ca_store;
+
+/**
+ * What a backend implements.  Each function has the meaning of the
+ * ca_store_* wrapper of the same name below.
+ */
+struct ca_store_ops {
+    const char *name; /* "sqlite" */
+    void (*close)(struct ca_store *s);
+    int (*begin)(struct ca_store *s, struct meshtls_err *err);
+    int (*commit)(struct ca_store *s, struct meshtls_err *err);
+    void (*rollback)(struct ca_store *s);
+    int (*meta_get)(struct ca_store *s, const char *key, char **out, struct meshtls_err *err);
+    int (*meta_set)(struct ca_store *s, const char *key, const char *value,
+                    struct meshtls_err *err);
+    int (*service_put)(struct ca_store *s, const struct ca_service *svc, int *updated,
+                       struct meshtls_err *err);
+    int (*service_get)(struct ca_store *s, const char *name, struct ca_service *out,
+                       struct meshtls_err *err);
+    int (*cert_insert)(struct ca_store *s, const struct ca_cert *c, struct meshtls_err *err);
+    int (*cert_set_status)(struct ca_store *s, const char *serial, const char *status,
+                           const char *reason, const char *replaced_by, struct meshtls_err *err);
+    int (*cert_get)(struct ca_store *s, const char *serial, struct ca_cert *out,
+                    struct meshtls_err *err);
+    int (*cert_list)(struct ca_store *s, const char *service, const char *status,
+                     struct ca_cert **out, size_t *n, struct meshtls_err *err);
+    int (*audit)(struct ca_store *s, const char *action, const char *service, const char *serial,
+                 const char *detail, struct meshtls_err *err);
 };
 
 /**
- * Open DIR/meshtls.db; `create` makes it (and applies migrations), else it
- * must exist.  @param out caller closes with ca_store_close().
+ * The part every backend shares; a backend's own struct starts with it
+ * (`struct ca_store_sqlite { struct ca_store base; sqlite3 *db; }`).
+ */
+struct ca_store {
+    const struct ca_store_ops *ops;
+    char path[4096]; /* what messages name: a file, or a database URL without password */
+};
+
+/**
+ * Open the store of the CA in `dir`.  `create` makes it (and applies the
+ * migrations); otherwise it must exist.  An existing store is migrated to
+ * the current schema; a store newer than this meshtls is refused.
+ * @param out on success, a new store the caller closes with ca_store_close().
  */
 int ca_store_open(const char *dir, int create, struct ca_store **out, struct meshtls_err *err);
+
+/** The SQLite backend: DIR/meshtls.db.  Same contract as ca_store_open(). */
+int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
+                         struct meshtls_err *err);
+
+/** Close and free `s` (NULL is fine); an open transaction is rolled back. */
 void ca_store_close(struct ca_store *s);
 
-/** BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+/** Start a write transaction (takes the lock now). */
 int ca_store_begin(struct ca_store *s, struct meshtls_err *err);
+/** Commit it; on failure the caller still calls ca_store_rollback(). */
 int ca_store_commit(struct ca_store *s, struct meshtls_err *err);
+/** Roll back; harmless without a transaction. */
 void ca_store_rollback(struct ca_store *s);
 
-/** meta key/value: trust_domain, key_type, crl_number.  *out: malloc'd. */
+/**
+ * Metadata: trust_domain, key_type, crl_number.
+ * @param out a new string the caller frees; MESHTLS_ESTORE if the key is absent.
+ */
 int ca_store_meta_get(struct ca_store *s, const char *key, char **out, struct meshtls_err *err);
+/** Insert or replace a metadata value (borrowed). */
 int ca_store_meta_set(struct ca_store *s, const char *key, const char *value,
                       struct meshtls_err *err);
 
-/** Insert or replace a service; *updated set to 1 if it existed. */
+/**
+ * Insert or update the service `svc` (borrowed).  *updated = 1 if it
+ * existed.  A SPIFFE ID already used by another service is MESHTLS_EEXIST.
+ */
 int ca_store_service_put(struct ca_store *s, const struct ca_service *svc, int *updated,
                          struct meshtls_err *err);
-/** Load a service; MESHTLS_ENOENT if unknown. */
+/** Load a service into *out (caller clears); MESHTLS_ENOENT naming it if unknown. */
 int ca_store_service_get(struct ca_store *s, const char *name, struct ca_service *out,
                          struct meshtls_err *err);
+/** Free the strings of `svc` and zero it. */
 void ca_service_clear(struct ca_service *svc);
 
+/** Record a new certificate (borrowed); a duplicate serial is MESHTLS_EEXIST. */
 int ca_store_cert_insert(struct ca_store *s, const struct ca_cert *c, struct meshtls_err *err);
-/** Set status (and revocation fields when status is "revoked"). */
+/**
+ * Set the status of `serial`; "revoked" also records the time and `reason`;
+ * `replaced_by` (optional) records the serial that replaced it.
+ */
 int ca_store_cert_set_status(struct ca_store *s, const char *serial, const char *status,
                              const char *reason, const char *replaced_by,
                              struct meshtls_err *err);
-/** Load one certificate; MESHTLS_ENOENT if none. */
+/** Load one certificate into *out (caller clears); MESHTLS_ENOENT if none. */
 int ca_store_cert_get(struct ca_store *s, const char *serial, struct ca_cert *out,
                       struct meshtls_err *err);
 /**
- * List certificates (optionally of one service, optionally only with one
- * status), oldest first.  *out: array of *n entries; free with ca_cert_list_free().
+ * List certificates (of one `service` or all if NULL, with one `status` or
+ * any if NULL), oldest first.
+ * @param out a new array of *n entries; free with ca_cert_list_free().
  */
 int ca_store_cert_list(struct ca_store *s, const char *service, const char *status,
                        struct ca_cert **out, size_t *n, struct meshtls_err *err);
+/** Free the strings of `c` and zero it. */
 void ca_cert_clear(struct ca_cert *c);
+/** Free an array from ca_store_cert_list() (NULL is fine). */
 void ca_cert_list_free(struct ca_cert *v, size_t n);
 
-/** Append an audit event (issue, rotate, revoke, register, init, crl). */
+/** Append an audit event (init, register, issue, rotate, revoke, replace, crl). */
 int ca_store_audit(struct ca_store *s, const char *action, const char *service,
                    const char *serial, const char *detail, struct meshtls_err *err);
 
-/** Path of the database file (for messages). */
+/** Path of the store (for messages); borrowed from `s`. */
 const char *ca_store_path(const struct ca_store *s);
 
 #endif
