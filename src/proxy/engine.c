@@ -60,6 +60,7 @@ struct px_end {
     SSL *ssl;   /* the TLS end has one */
     int rd_eof; /* no more bytes will come from this end */
     int wr_shut; /* we have shut down writing towards this end */
+    int shut_pending; /* close_notify queued in OpenSSL, not yet on the wire */
     int is_down;
 };
 
@@ -331,7 +332,9 @@ static void end_shut_write(struct px_end *e)
 {
     if (e->ssl) {
         ERR_clear_error();
-        SSL_shutdown(e->ssl); /* sends close_notify; reading stays possible */
+        int r = SSL_shutdown(e->ssl); /* sends close_notify; reading stays possible */
+        /* a full socket buffer: flush it from the relay loop when the socket drains */
+        e->shut_pending = r < 0 && SSL_get_error(e->ssl, r) == SSL_ERROR_WANT_WRITE;
         ERR_clear_error();
     } else {
         shutdown(e->fd, SHUT_WR);
@@ -634,6 +637,12 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
         for (int dir = 0; dir < 2; dir++) {
             struct px_end *src = dir == 0 ? &c->down : &c->up;
             struct px_end *dst = dir == 0 ? &c->up : &c->down;
+            if (dst->shut_pending) {
+                ERR_clear_error();
+                int r = SSL_shutdown(dst->ssl);
+                dst->shut_pending = r < 0 && SSL_get_error(dst->ssl, r) == SSL_ERROR_WANT_WRITE;
+                ERR_clear_error();
+            }
             if (dir == 0 && c->h1 && c->len[0] == 0) {
                 /* HTTP/1.1 identity forwarding: raw bytes -> filter -> buf[0] */
                 if (c->raw_len == 0 && !src->rd_eof) {
