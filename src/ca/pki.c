@@ -2,11 +2,17 @@
  * pki.c - CA operations (see ca.h).
  *
  * Consistency between the store and the files: each operation runs inside
- * one store transaction; files are written (temp + fsync + rename) before
- * COMMIT, and a failed write rolls the transaction back.  A crash between a
- * rename and the COMMIT can leave a certificate file the store does not know
- * about; it is valid but absent from the inventory, and the next issue or
- * rotate overwrites it.  A crash before the rename leaves nothing.
+ * one store transaction (BEGIN IMMEDIATE, so CA commands never interleave).
+ * Issue, rotate and revoke --replace stage the new files next to the old
+ * ones (stage.h: temp + fsync), then back up the old ones and rename the
+ * new ones in, then COMMIT; if anything fails, including COMMIT, the
+ * transaction rolls back and the old files are put back.  Only a crash (or
+ * power loss) between the renames and the COMMIT can leave a certificate
+ * file the store does not know about: it is valid but absent from the
+ * inventory, the service keeps working, and the next issue or rotate for
+ * that service overwrites it.  init writes every file exclusively and the
+ * store last: a store means a complete CA, and a failed init removes what
+ * it wrote.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,6 +32,7 @@
 #include "meshtls/identity.h"
 #include "meshtls/spiffe.h"
 #include "meshtls/x509.h"
+#include "stage.h"
 #include "store.h"
 
 /* A loaded CA: store plus signing material.  Everything owned. */
@@ -94,8 +101,11 @@ out:
     return rc;
 }
 
-static int write_pem_cert(const char *path, X509 *a, X509 *b, mode_t mode, int excl,
-                          struct meshtls_err *err)
+/*
+ * PEM of `a` followed by `b` (optional) in a new buffer.
+ * @param out caller frees; *len its length (no NUL counted).
+ */
+static int pem_certs(X509 *a, X509 *b, char **out, size_t *len, struct meshtls_err *err)
 {
     char *pa = NULL, *pb = NULL, *all = NULL;
     size_t la = 0, lb = 0;
@@ -104,18 +114,34 @@ static int write_pem_cert(const char *path, X509 *a, X509 *b, mode_t mode, int e
         rc = mt_cert_to_pem(b, &pb, &lb, err);
     if (!rc && !(all = malloc(la + lb + 1)))
         rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
-    if (!rc) {
-        memcpy(all, pa, la);
-        if (pb)
-            memcpy(all + la, pb, lb);
-        rc = meshtls_write_file_atomic(path, all, la + lb, mode, excl, err);
-    }
+    if (rc)
+        goto out;
+    memcpy(all, pa, la);
+    if (pb)
+        memcpy(all + la, pb, lb);
+    all[la + lb] = '\0';
+    *out = all;
+    *len = la + lb;
+out:
     free(pa);
     free(pb);
-    free(all);
     return rc;
 }
 
+/* Write `a` (+ `b`) to `path` atomically (exclusive: refuse an existing file). */
+static int write_pem_cert(const char *path, X509 *a, X509 *b, mode_t mode, int excl,
+                          struct meshtls_err *err)
+{
+    char *pem = NULL;
+    size_t len = 0;
+    int rc = pem_certs(a, b, &pem, &len, err);
+    if (!rc)
+        rc = meshtls_write_file_atomic(path, pem, len, mode, excl, err);
+    free(pem);
+    return rc;
+}
+
+/* Write the private key `k` to `path` atomically; the PEM is wiped from memory after. */
 static int write_pem_key(const char *path, EVP_PKEY *k, mode_t mode, int excl,
                          struct meshtls_err *err)
 {
@@ -124,6 +150,33 @@ static int write_pem_key(const char *path, EVP_PKEY *k, mode_t mode, int excl,
     int rc = mt_key_to_pem(k, &pem, &len, err);
     if (!rc)
         rc = meshtls_write_file_atomic(path, pem, len, mode, excl, err);
+    if (pem)
+        OPENSSL_cleanse(pem, len);
+    free(pem);
+    return rc;
+}
+
+/* Stage `a` (+ `b`) for `path` (see stage.h). */
+static int stage_cert(struct ca_stage *st, const char *path, X509 *a, X509 *b,
+                      struct meshtls_err *err)
+{
+    char *pem = NULL;
+    size_t len = 0;
+    int rc = pem_certs(a, b, &pem, &len, err);
+    if (!rc)
+        rc = ca_stage_add(st, path, pem, len, 0644, err);
+    free(pem);
+    return rc;
+}
+
+/* Stage the private key `k` for `path`, mode 0600. */
+static int stage_key(struct ca_stage *st, const char *path, EVP_PKEY *k, struct meshtls_err *err)
+{
+    char *pem = NULL;
+    size_t len = 0;
+    int rc = mt_key_to_pem(k, &pem, &len, err);
+    if (!rc)
+        rc = ca_stage_add(st, path, pem, len, 0600, err);
     if (pem)
         OPENSSL_cleanse(pem, len);
     free(pem);
@@ -425,10 +478,12 @@ static int check_csr(X509_REQ *req, const struct ca_service *svc, const char *pa
 /*
  * Within an open transaction: sign a leaf for `svc` over `pub` (we hold its
  * private key `key` if non-NULL), record it, supersede the service's other
- * active certificates, write the files.  `serial_out` gets the new serial.
+ * active certificates, and put the files in place through `stg` (the caller
+ * commits then calls ca_stage_done(), or ca_stage_undo() on any failure).
+ * `serial_out` (80 bytes) gets the new serial.
  */
 static int issue_locked(struct ca *ca, const struct ca_service *svc, EVP_PKEY *pub, EVP_PKEY *key,
-                        const char *out_dir, int days, char *serial_out,
+                        const char *out_dir, int days, struct ca_stage *stg, char *serial_out,
                         struct meshtls_err *err)
 {
     int rc;
@@ -472,18 +527,17 @@ static int issue_locked(struct ca *ca, const struct ca_service *svc, EVP_PKEY *p
     if ((rc = ca_store_cert_insert(ca->store, &row, err)))
         goto out;
 
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        rc = meshtls_err_set(err, MESHTLS_EIO, "cannot create %s: %s", out_dir, strerror(errno));
+    /* key first, chain second: a watcher that reloads on the .crt change sees both */
+    if ((rc = ca_stage_mkdir(stg, out_dir, 0755, err)))
         goto out;
-    }
     snprintf(p, sizeof(p), "%s/%s.key", out_dir, svc->name);
-    if (key && (rc = write_pem_key(p, key, 0600, 0, err)))
+    if (key && (rc = stage_key(stg, p, key, err)))
         goto out;
     snprintf(p, sizeof(p), "%s/%s.crt", out_dir, svc->name);
-    if ((rc = write_pem_cert(p, leaf, ca->inter, 0644, 0, err)))
+    if ((rc = stage_cert(stg, p, leaf, ca->inter, err)))
         goto out;
     snprintf(p, sizeof(p), "%s/ca.crt", out_dir);
-    if ((rc = write_pem_cert(p, ca->root, NULL, 0644, 0, err)))
+    if ((rc = stage_cert(stg, p, ca->root, NULL, err)) || (rc = ca_stage_apply(stg, err)))
         goto out;
     snprintf(serial_out, 80, "%s", serial);
 out:
@@ -539,11 +593,16 @@ int ca_issue(const char *dir, const char *service, const char *out_dir, int days
     if ((rc = ca_store_begin(ca.store, err)))
         goto out;
     EVP_PKEY *pub = req ? X509_REQ_get0_pubkey(req) : key;
-    if ((rc = issue_locked(&ca, &svc, pub, key, out_dir, days, serial_out, err)) ||
+    struct ca_stage stg = CA_STAGE_INIT;
+    if ((rc = issue_locked(&ca, &svc, pub, key, out_dir, days, &stg, serial_out, err)) ||
         (rc = ca_store_audit(ca.store, "issue", service, serial_out,
                              req ? "signed CSR" : out_dir, err)) ||
-        (rc = ca_store_commit(ca.store, err)))
+        (rc = ca_store_commit(ca.store, err))) {
         ca_store_rollback(ca.store);
+        ca_stage_undo(&stg);
+    } else {
+        ca_stage_done(&stg);
+    }
 out:
     ca_service_clear(&svc);
     EVP_PKEY_free(key);
@@ -552,9 +611,14 @@ out:
     return rc;
 }
 
-/* Re-issue `old` (its service's current registration) within a transaction. */
-static int reissue(struct ca *ca, const struct ca_cert *old, int days, char *serial_out,
-                   struct meshtls_err *err)
+/*
+ * Within a transaction: re-issue `old` under its service's current
+ * registration, into the directory it was issued to, through `stg` (see
+ * issue_locked()).  A new key if we held the old one; for a CSR-issued
+ * certificate the same public key is re-signed (the key is the service's).
+ */
+static int reissue(struct ca *ca, const struct ca_cert *old, int days, struct ca_stage *stg,
+                   char *serial_out, struct meshtls_err *err)
 {
     int rc;
     struct ca_service svc = {0};
@@ -572,7 +636,7 @@ static int reissue(struct ca *ca, const struct ca_cert *old, int days, char *ser
                                        old->serial);
     }
     if (!rc)
-        rc = issue_locked(ca, &svc, pub, key, old->out_dir ? old->out_dir : ".", days,
+        rc = issue_locked(ca, &svc, pub, key, old->out_dir ? old->out_dir : ".", days, stg,
                           serial_out, err);
     if (!old->key_held)
         EVP_PKEY_free(pub);
@@ -618,12 +682,15 @@ int ca_rotate(const char *dir, int within_days, int days, const char *const *ser
         char serial[80];
         if ((rc = ca_store_begin(ca.store, err)))
             goto out;
-        if ((rc = reissue(&ca, &v[i], days, serial, err)) ||
+        struct ca_stage stg = CA_STAGE_INIT;
+        if ((rc = reissue(&ca, &v[i], days, &stg, serial, err)) ||
             (rc = ca_store_audit(ca.store, "rotate", v[i].service, serial, v[i].serial, err)) ||
             (rc = ca_store_commit(ca.store, err))) {
             ca_store_rollback(ca.store);
+            ca_stage_undo(&stg);
             goto out;
         }
+        ca_stage_done(&stg);
         (*count)++;
         if (report)
             report(v[i].service, v[i].serial, serial, v[i].out_dir, arg);
@@ -706,15 +773,20 @@ int ca_revoke(const char *dir, const char *serial, const char *service, const ch
                              "service '%s' has no unexpired, unrevoked certificate to revoke",
                              service ? service : want);
     char new_serial[80] = "";
+    struct ca_stage stg = CA_STAGE_INIT;
     if (!rc && replace && last &&
-        !(rc = reissue(&ca, last, CA_LEAF_DAYS_DEFAULT, new_serial, err)) &&
+        !(rc = reissue(&ca, last, CA_LEAF_DAYS_DEFAULT, &stg, new_serial, err)) &&
         !(rc = ca_store_cert_set_status(ca.store, last->serial, "revoked", NULL, new_serial, err)))
         rc = ca_store_audit(ca.store, "replace", last->service, new_serial, last->serial, err);
     if (!rc)
         rc = ca_store_commit(ca.store, err);
-    if (rc)
+    if (rc) {
         ca_store_rollback(ca.store);
-    else if (report && replace && last)
+        ca_stage_undo(&stg);
+    } else {
+        ca_stage_done(&stg);
+    }
+    if (!rc && report && replace && last)
         report(last->service, last->serial, new_serial, last->out_dir, arg);
 out:
     ca_cert_list_free(v, nv);
