@@ -493,3 +493,17 @@ def test_proxy_configured_by_env_and_yaml(pki, procs, echo, tmp_path):
     assert r.returncode == 2 and f"{yaml}:2" in r.stderr and "proxy.handshake_timeout" in r.stderr
     r = run("proxy", "server", "--listen", "127.0.0.1:0", env={"MESHTLS_PROXY_ALLOW": "color=red"})
     assert r.returncode == 2 and "MESHTLS_PROXY_ALLOW" in r.stderr
+
+
+def test_tls12_only_as_opt_in(pki, procs, echo):
+    c = pki / "certs"
+    args = ["openssl", "s_client", "-tls1_2", "-connect", None, "-cert", c / "web.crt",
+            "-cert_chain", c / "web.crt", "-key", c / "web.key", "-CAfile", c / "ca.crt"]
+    default = server_proxy(pki, procs, echo.port, "--allow-all")
+    args[4] = f"127.0.0.1:{default.port}"
+    r = subprocess.run(args, input="", capture_output=True, text=True, timeout=30)
+    assert "New, TLSv1.2, Cipher is" not in r.stdout
+    opt_in = server_proxy(pki, procs, echo.port, "--allow-all", "--tls-min-version", "1.2")
+    args[4] = f"127.0.0.1:{opt_in.port}"
+    r = subprocess.run(args, input="", capture_output=True, text=True, timeout=30)
+    assert "New, TLSv1.2, Cipher is ECDHE-" in r.stdout, r.stdout + r.stderr  # forward secret
