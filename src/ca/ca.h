@@ -26,6 +26,9 @@
 int ca_init(const char *dir, const char *trust_domain, enum mt_key_type kt,
             struct meshtls_err *err);
 
+/** 1 if `name` is a valid service name ([a-z0-9][a-z0-9._-]{0,62}), else 0. */
+int ca_service_name_valid(const char *name);
+
 /** Register (or update, *updated = 1) a service.  `spiffe_id` NULL = spiffe://TD/svc/NAME. */
 int ca_register(const char *dir, const char *name, const char *const *dns, size_t n_dns,
                 const char *const *ips, size_t n_ips, const char *spiffe_id, int *updated,

@@ -343,6 +343,11 @@ static int valid_service_name(const char *s)
     return strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789._-") == n;
 }
 
+int ca_service_name_valid(const char *name)
+{
+    return valid_service_name(name);
+}
+
 static int valid_dns(const char *s)
 {
     size_t n = strlen(s);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ca.h"
 #include "cli.h"
@@ -18,7 +19,8 @@ static const char USAGE[] =
     "Make a throwaway PKI for development: a CA for trust domain dev.local in DIR/ca, and\n"
     "for each SERVICE a certificate (DNS SERVICE and localhost, IP 127.0.0.1 and ::1,\n"
     "SPIFFE ID spiffe://dev.local/svc/SERVICE) in DIR: SERVICE.crt, SERVICE.key, ca.crt.\n"
-    "DEVELOPMENT ONLY: the CA key sits next to the certificates.\n";
+    "Running it again reuses DIR/ca and re-issues (adding new services).\n"
+    "DEVELOPMENT ONLY: the CA keys sit next to the certificates.\n";
 
 int cmd_dev(int argc, char **argv)
 {
@@ -39,6 +41,12 @@ int cmd_dev(int argc, char **argv)
         fprintf(stderr, "meshtls dev: give --out DIR and at least one SERVICE\n\n%s", USAGE);
         return 2;
     }
+    for (int i = optind; i < argc; i++)
+        if (!ca_service_name_valid(argv[i])) {
+            fprintf(stderr, "meshtls dev: service name '%s': use 1-63 characters of a-z 0-9 . _ "
+                    "-, starting with a letter or digit\n", argv[i]);
+            return 1;
+        }
     char cadir[4096];
     snprintf(cadir, sizeof(cadir), "%s/ca", out);
     struct meshtls_err err = MESHTLS_ERR_INIT;
@@ -47,11 +55,16 @@ int cmd_dev(int argc, char **argv)
         fprintf(stderr, "meshtls dev: cannot create %s: %s\n", out, strerror(errno));
         return 1;
     }
-    if ((rc = ca_init(cadir, "dev.local", MT_KEY_EC_P256, &err))) {
+    char db[4200];
+    snprintf(db, sizeof(db), "%s/meshtls.db", cadir);
+    int reuse = access(db, F_OK) == 0;
+    if (!reuse && (rc = ca_init(cadir, "dev.local", MT_KEY_EC_P256, &err))) {
         cli_print_err("dev", &err, rc);
         return 1;
     }
-    printf("meshtls dev: DEVELOPMENT ONLY PKI (trust domain dev.local) in %s\n", out);
+    printf("meshtls dev: DEVELOPMENT ONLY PKI, never use it in production\n"
+           "  %s CA for trust domain dev.local in %s\n", reuse ? "reusing the" : "created a",
+           cadir);
     for (int i = optind; i < argc; i++) {
         const char *dns[] = {argv[i], "localhost"};
         const char *ips[] = {"127.0.0.1", "::1"};

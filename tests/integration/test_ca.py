@@ -157,15 +157,6 @@ def test_revoke_service(ca, tmp_path):
     assert "revoked 2" in r.stdout
 
 
-def test_dev(tmp_path):
-    r = run("dev", "--out", tmp_path / "dev", "api", "web", check=True)
-    assert "DEVELOPMENT ONLY" in r.stdout
-    api = inspect(tmp_path / "dev" / "api.crt")[0]
-    assert api["spiffe_id"] == "spiffe://dev.local/svc/api"
-    assert set(api["dns"]) == {"api", "localhost"} and set(api["ip"]) == {"127.0.0.1", "::1"}
-    assert (tmp_path / "dev" / "web.key").exists()
-
-
 def test_help_everywhere():
     for args in (["--help"], ["ca", "--help"], ["ca", "issue", "--help"], ["cert", "--help"],
                  ["dev", "--help"], ["config", "--help"], ["proxy", "--help"]):
