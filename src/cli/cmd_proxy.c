@@ -70,6 +70,9 @@ static void proxy_usage(FILE *f)
         "  --server-name NAME         DNS name (or IP) the server certificate must carry; SNI\n"
         "  --verify-spiffe-id URI     exact SPIFFE ID the server must present\n"
         "  --verify-trust-domain TD   the server's SPIFFE ID must be in TD\n"
+        "plaintext hops (loopback only unless you say so):\n"
+        "  --insecure-listen          client: allow a plaintext --listen off loopback\n"
+        "  --insecure-target          server: allow a plaintext --target off loopback\n"
         "engine:\n"
         "  --workers N                worker threads (default: one per core)\n"
         "  --max-conns N              simultaneous connections (default 10000)\n"
@@ -129,7 +132,7 @@ enum {
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
     O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
     O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE, O_SCACHE, O_SLIFE, O_TICKETS,
-    O_PARTIAL, O_CONFIG, O_MAX
+    O_PARTIAL, O_CONFIG, O_INS_LISTEN, O_INS_TARGET, O_MAX
 };
 
 static const struct option popts[] = {
@@ -152,7 +155,8 @@ static const struct option popts[] = {
     {"target-server-name", 1, 0, O_TNAME}, {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
     {"session-cache-size", 1, 0, O_SCACHE}, {"session-lifetime", 1, 0, O_SLIFE},
     {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL},
-    {"config", 1, 0, O_CONFIG}, {0, 0, 0, 0}};
+    {"config", 1, 0, O_CONFIG}, {"insecure-listen", 0, 0, O_INS_LISTEN},
+    {"insecure-target", 0, 0, O_INS_TARGET}, {0, 0, 0, 0}};
 
 /* A value from the YAML file or the environment (not a default), or NULL. */
 static const char *cfg_val(const struct meshtls_config *cfg, const char *key, const char **src)
@@ -320,6 +324,8 @@ int cmd_proxy(int argc, char **argv)
             seen[opt] = 1;
         switch (opt) {
         case O_CONFIG: config_file = optarg; break;
+        case O_INS_LISTEN: c.insecure_listen = 1; break;
+        case O_INS_TARGET: c.insecure_target = 1; break;
         case O_LISTEN: c.listen = optarg; break;
         case O_TARGET: c.target = optarg; break;
         case O_CERT: c.tls.cert_file = optarg; break;

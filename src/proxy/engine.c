@@ -950,6 +950,18 @@ static void reload(const char *why)
                 why);
 }
 
+/* Is `sa` a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)? */
+static int is_loopback(const struct sockaddr_storage *sa)
+{
+    if (sa->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
 int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_tls,
            struct meshtls_err *err)
 {
@@ -975,6 +987,19 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
         return meshtls_err_set(err, rc, "--target: %s", err ? err->msg : "");
     if ((rc = px_resolve(c->listen, 1, &la, &ll, err)) != 0)
         return meshtls_err_set(err, rc, "--listen: %s", err ? err->msg : "");
+    /* Plaintext only on loopback unless the operator says --insecure-… (ghostunnel's
+     * --unsafe-listen / --unsafe-target). */
+    if (c->mode == PX_MODE_CLIENT && !c->insecure_listen && !is_loopback(&la))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--listen %s is not a loopback address: the client side accepts "
+                               "plaintext, so anyone on that network could use its identity; "
+                               "listen on 127.0.0.1 or ::1, or add --insecure-listen", c->listen);
+    if (c->mode == PX_MODE_SERVER && !c->target_tls && !c->insecure_target &&
+        !is_loopback(&target_addr))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--target %s is not a loopback address: the bytes would leave "
+                               "this host in plaintext; use --target-tls, a loopback target, or "
+                               "add --insecure-target", c->target);
     listen_fd = socket(la.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&la, ll) != 0 ||

@@ -50,6 +50,8 @@ struct px_config {
     int forward_http;            /* server: set X-Client-Cert-* / XFCC on HTTP/1.1 requests */
     const char *alpn;            /* "h2,http/1.1": client offers, server selects; NULL = none */
     int target_tls;              /* server: re-encrypt to the target with mTLS */
+    int insecure_listen;         /* client: allow a plaintext listener off loopback */
+    int insecure_target;         /* server: allow a plaintext target off loopback */
     struct meshtls_tls_opts target_opts; /* server: TLS towards the target (--target-*) */
 };
 

@@ -507,3 +507,46 @@ def test_tls12_only_as_opt_in(pki, procs, echo):
     args[4] = f"127.0.0.1:{opt_in.port}"
     r = subprocess.run(args, input="", capture_output=True, text=True, timeout=30)
     assert "New, TLSv1.2, Cipher is ECDHE-" in r.stdout, r.stdout + r.stderr  # forward secret
+
+
+def test_plaintext_hops_stay_on_loopback(pki, procs):
+    c = pki / "certs"
+    tls = ["--cert", c / "api.crt", "--key", c / "api.key", "--cacert", c / "ca.crt"]
+    # server: a plaintext target off this host needs --insecure-target (or --target-tls)
+    r = run("proxy", "server", "--listen", "127.0.0.1:0", "--target", "192.0.2.1:80", *tls,
+            "--allow-all")
+    assert r.returncode == 1 and "--insecure-target" in r.stderr and "192.0.2.1:80" in r.stderr
+    p = Proxy("server", "--target", "192.0.2.1:80", *tls, "--allow-all", "--insecure-target")
+    procs.append(p)  # starts; no connection is ever made to the documentation address
+    # client: a plaintext listener off loopback needs --insecure-listen
+    r = run("proxy", "client", "--listen", "0.0.0.0:0", "--target", "127.0.0.1:1", *tls,
+            "--server-name", "localhost")
+    assert r.returncode == 1 and "--insecure-listen" in r.stderr
+
+
+def test_policy_file_per_service(pki, procs, echo, tmp_path):
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("services:\n  billing:\n    allow:\n      - uri: spiffe://test.local/svc/web\n"
+                   "  inventory:\n    allow:\n      - cn: evil\n")
+    billing = server_proxy(pki, procs, echo.port, "--policy", pol, "--service", "billing")
+    assert roundtrip(tls_client(pki, "web"), billing.port) == b"ping\n"
+    assert refused(tls_client(pki, "evil"), billing.port)
+    inventory = server_proxy(pki, procs, echo.port, "--policy", pol, "--service", "inventory")
+    assert refused(tls_client(pki, "web"), inventory.port)
+    assert roundtrip(tls_client(pki, "evil"), inventory.port) == b"ping\n"
+    wait_for(lambda: 'rule="cn evil -> inventory"' in inventory.log(), what="audit rule")
+    pol.write_text("services:\n  billing:\n    allow:\n      - color: red\n")
+    c = pki / "certs"
+    r = run("proxy", "server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
+            "--cert", c / "api.crt", "--key", c / "api.key", "--cacert", c / "ca.crt",
+            "--policy", pol)
+    assert r.returncode == 2 and f"{pol}:4: unknown rule 'color'" in r.stderr
+
+
+def test_json_logs(pki, procs, echo):
+    p = server_proxy(pki, procs, echo.port, "--allow-all", "--log-format", "json")
+    assert roundtrip(tls_client(pki), p.port) == b"ping\n"
+    wait_for(lambda: "bytes_up=" in p.log(), what="close line")
+    lines = [json.loads(line) for line in p.log().splitlines() if line.strip()]
+    assert all({"time", "level", "msg"} <= set(x) for x in lines)
+    assert any("decision=allow" in x["msg"] and x["level"] == "info" for x in lines)
