@@ -84,8 +84,11 @@ static int db_err(struct ca_store *s, struct meshtls_err *err, const char *what)
 
 static int exec(struct ca_store *s, const char *sql, struct meshtls_err *err)
 {
-    if (sqlite3_exec(DB(s), sql, NULL, NULL, NULL) != SQLITE_OK)
-        return db_err(s, err, "query failed");
+    if (sqlite3_exec(DB(s), sql, NULL, NULL, NULL) != SQLITE_OK) {
+        char what[48]; /* the statement's start: "BEGIN IMMEDIATE", "PRAGMA ..." */
+        snprintf(what, sizeof(what), "%.40s", sql);
+        return db_err(s, err, what);
+    }
     return 0;
 }
 
