@@ -197,6 +197,10 @@ step "put billing's plaintext HTTP service behind meshtls proxy server"
 mkdir -p site && echo "billing ledger: 42 invoices" >site/index.html
 BACKEND_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start_bg backend python3 -m http.server --bind 127.0.0.1 --directory site "$BACKEND_PORT"
+for _ in $(seq 100); do  # bounded wait until the backend accepts connections
+    (exec 3<>"/dev/tcp/127.0.0.1/$BACKEND_PORT") 2>/dev/null && break
+    sleep 0.1
+done
 start_bg proxy-server "$MESHTLS" proxy server --listen 127.0.0.1:0 \
     --target "127.0.0.1:$BACKEND_PORT" --cert billing/billing.crt --key billing/billing.key \
     --cacert billing/ca.crt --allow-uri "spiffe://$TD/svc/orders" --status 127.0.0.1:0
