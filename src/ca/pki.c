@@ -501,6 +501,17 @@ static int issue_locked(struct ca *ca, const struct ca_service *svc, EVP_PKEY *p
                                 .dns = (const char *const *)svc->dns, .n_dns = svc->n_dns,
                                 .ips = (const char *const *)svc->ips, .n_ips = svc->n_ips,
                                 .uri = svc->spiffe_id, .eku_server = 1, .eku_client = 1};
+    /* A leaf never outlives its issuer: cap it at the intermediate's notAfter. */
+    int left_days = 0, left_secs = 0;
+    if (!ASN1_TIME_diff(&left_days, &left_secs, NULL, X509_get0_notAfter(ca->inter)) ||
+        left_days < 1) {
+        rc = meshtls_err_set(err, MESHTLS_EEXPIRED,
+                             "the intermediate CA %s/intermediate.crt expires within a day; "
+                             "re-sign it with the offline root before issuing", ca->dir);
+        goto out;
+    }
+    if (spec.days > left_days)
+        spec.days = left_days;
     if ((rc = mt_cert_sign(&spec, pub, ca->inter, ca->inter_key, &leaf, err)))
         goto out;
     serial_hex(leaf, serial, sizeof(serial));

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ca.h"
 #include "cli.h"
@@ -269,6 +270,12 @@ int cmd_ca(int argc, char **argv)
                pos[0], s, days, out, pos[0]);
         if (!csr)
             printf("  %s/%s.key (private key, mode 0600)\n", out, pos[0]);
+        char kp[4200];
+        snprintf(kp, sizeof(kp), "%s/%s.key", out, pos[0]);
+        if (csr && access(kp, F_OK) == 0)
+            fprintf(stderr, "meshtls ca issue: warning: %s is left from an earlier certificate "
+                    "and does not match this one; use the key the CSR was made with, and "
+                    "remove %s\n", kp, kp);
         printf("  %s/ca.crt (trust bundle)\n", out);
         return 0;
     }
