@@ -43,8 +43,8 @@ int ca_issue(const char *dir, const char *service, const char *out_dir, int days
              const char *csr_path, char *serial_out, struct meshtls_err *err);
 
 /** Called for each certificate rotate/revoke --replace re-issued. */
-typedef void (*ca_report_fn)(const char *service, const char *old_serial,
-                             const char *new_serial, const char *out_dir, void *arg);
+typedef void (*ca_report_fn)(const char *service, const char *old_serial, const char *new_serial,
+                             const char *out_dir, void *arg);
 
 /**
  * Re-issue every active certificate expiring within `within_days` (of the

@@ -240,7 +240,7 @@ int ca_init(const char *dir, const char *td, enum mt_key_type kt, struct meshtls
     struct ca_store *store = NULL;
     char p[4096], cn[400];
     const char *files[] = {"root.crt", "root.key", "intermediate.crt", "intermediate.key",
-                           "ca.crt", "root.crl", "meshtls.db"};
+                           "ca.crt",   "root.crl", "meshtls.db"};
     int created[7] = {0}, made_dir = 0;
 
     if ((rc = meshtls_trust_domain_validate(td, err)))
@@ -250,7 +250,8 @@ int ca_init(const char *dir, const char *td, enum mt_key_type kt, struct meshtls
         if (access(p, F_OK) == 0)
             return meshtls_err_set(err, MESHTLS_EEXIST,
                                    "%s already exists: %s already holds a CA; refusing to "
-                                   "overwrite it (use another --dir)", p, dir);
+                                   "overwrite it (use another --dir)",
+                                   p, dir);
     }
     if (mkdir(dir, 0700) == 0)
         made_dir = 1;
@@ -258,13 +259,13 @@ int ca_init(const char *dir, const char *td, enum mt_key_type kt, struct meshtls
         return meshtls_err_set(err, MESHTLS_EIO, "cannot create %s: %s", dir, strerror(errno));
 
     snprintf(cn, sizeof(cn), "%s Root CA", td);
-    struct mt_cert_spec rs = {.cn = cn, .o = "meshtls", .is_ca = 1, .pathlen = 1,
-                              .days = CA_ROOT_DAYS};
+    struct mt_cert_spec rs = {
+        .cn = cn, .o = "meshtls", .is_ca = 1, .pathlen = 1, .days = CA_ROOT_DAYS};
     if ((rc = mt_key_generate(kt, &rk, err)) || (rc = mt_cert_sign(&rs, rk, NULL, rk, &root, err)))
         goto out;
     snprintf(cn, sizeof(cn), "%s Intermediate CA", td);
-    struct mt_cert_spec is = {.cn = cn, .o = "meshtls", .is_ca = 1, .pathlen = 0,
-                              .days = CA_INTERMEDIATE_DAYS};
+    struct mt_cert_spec is = {
+        .cn = cn, .o = "meshtls", .is_ca = 1, .pathlen = 0, .days = CA_INTERMEDIATE_DAYS};
     if ((rc = mt_key_generate(kt, &ik, err)) ||
         (rc = mt_cert_sign(&is, ik, root, rk, &inter, err)) ||
         (rc = sign_crl(root, rk, 1, CA_ROOT_CRL_DAYS, NULL, 0, &crl, err)))
@@ -370,7 +371,8 @@ int ca_register(const char *dir, const char *name, const char *const *dns, size_
     if (!valid_service_name(name))
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "service name '%s': use 1-63 characters of a-z 0-9 . _ -, "
-                               "starting with a letter or digit", name);
+                               "starting with a letter or digit",
+                               name);
     for (size_t i = 0; i < n_dns; i++)
         if (!valid_dns(dns[i]))
             return meshtls_err_set(err, MESHTLS_EINVAL, "--dns '%s' is not a valid DNS name",
@@ -378,8 +380,10 @@ int ca_register(const char *dir, const char *name, const char *const *dns, size_
     for (size_t i = 0; i < n_ips; i++) {
         unsigned char buf[16];
         if (inet_pton(AF_INET, ips[i], buf) != 1 && inet_pton(AF_INET6, ips[i], buf) != 1)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "--ip '%s' is not an IPv4 or IPv6 "
-                                   "address", ips[i]);
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "--ip '%s' is not an IPv4 or IPv6 "
+                                   "address",
+                                   ips[i]);
     }
     if ((rc = ca_open(&ca, dir, 0, err)))
         return rc;
@@ -393,15 +397,20 @@ int ca_register(const char *dir, const char *name, const char *const *dns, size_
         if (strcmp(id.trust_domain, ca.td) != 0) {
             rc = meshtls_err_set(err, MESHTLS_EINVAL,
                                  "--spiffe-id %s is in trust domain '%s', but this CA issues "
-                                 "for '%s'", spiffe_id, id.trust_domain, ca.td);
+                                 "for '%s'",
+                                 spiffe_id, id.trust_domain, ca.td);
             goto out;
         }
         snprintf(sid, sizeof(sid), "%s", spiffe_id);
     } else {
         snprintf(sid, sizeof(sid), "spiffe://%s/svc/%s", ca.td, name);
     }
-    struct ca_service svc = {.name = (char *)name, .spiffe_id = sid, .dns = (char **)dns,
-                             .n_dns = n_dns, .ips = (char **)ips, .n_ips = n_ips};
+    struct ca_service svc = {.name = (char *)name,
+                             .spiffe_id = sid,
+                             .dns = (char **)dns,
+                             .n_dns = n_dns,
+                             .ips = (char **)ips,
+                             .n_ips = n_ips};
     if ((rc = ca_store_begin(ca.store, err)))
         goto out;
     if ((rc = ca_store_service_put(ca.store, &svc, updated, err)) ||
@@ -435,8 +444,8 @@ static int check_csr(X509_REQ *req, const struct ca_service *svc, const char *pa
     if (subj && X509_NAME_get_text_by_NID(subj, NID_commonName, cn, sizeof(cn)) > 0 &&
         strcmp(cn, svc->name) != 0)
         return meshtls_err_set(err, MESHTLS_EDENIED,
-                               "CSR %s asks for CN '%s', but it is issued for service '%s'",
-                               path, cn, svc->name);
+                               "CSR %s asks for CN '%s', but it is issued for service '%s'", path,
+                               cn, svc->name);
     STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
     GENERAL_NAMES *gens = NULL;
     for (int i = 0; exts && i < sk_X509_EXTENSION_num(exts); i++) {
@@ -450,8 +459,9 @@ static int check_csr(X509_REQ *req, const struct ca_service *svc, const char *pa
         int ok = 0;
         if (g->type == GEN_DNS || g->type == GEN_URI) {
             ASN1_IA5STRING *s = g->type == GEN_DNS ? g->d.dNSName : g->d.uniformResourceIdentifier;
-            snprintf(val, sizeof(val), "%.*s", ASN1_STRING_length(s) > 500 ? 500 :
-                     ASN1_STRING_length(s), (const char *)ASN1_STRING_get0_data(s));
+            snprintf(val, sizeof(val), "%.*s",
+                     ASN1_STRING_length(s) > 500 ? 500 : ASN1_STRING_length(s),
+                     (const char *)ASN1_STRING_get0_data(s));
             if (g->type == GEN_URI)
                 ok = !strcmp(val, svc->spiffe_id);
             for (size_t j = 0; g->type == GEN_DNS && j < svc->n_dns; j++)
@@ -497,17 +507,24 @@ static int issue_locked(struct ca *ca, const struct ca_service *svc, EVP_PKEY *p
     struct ca_cert *old = NULL;
     size_t n_old = 0;
     char p[4096], serial[80];
-    struct mt_cert_spec spec = {.cn = svc->name, .o = ca->td, .days = days,
-                                .dns = (const char *const *)svc->dns, .n_dns = svc->n_dns,
-                                .ips = (const char *const *)svc->ips, .n_ips = svc->n_ips,
-                                .uri = svc->spiffe_id, .eku_server = 1, .eku_client = 1};
+    struct mt_cert_spec spec = {.cn = svc->name,
+                                .o = ca->td,
+                                .days = days,
+                                .dns = (const char *const *)svc->dns,
+                                .n_dns = svc->n_dns,
+                                .ips = (const char *const *)svc->ips,
+                                .n_ips = svc->n_ips,
+                                .uri = svc->spiffe_id,
+                                .eku_server = 1,
+                                .eku_client = 1};
     /* A leaf never outlives its issuer: cap it at the intermediate's notAfter. */
     int left_days = 0, left_secs = 0;
     if (!ASN1_TIME_diff(&left_days, &left_secs, NULL, X509_get0_notAfter(ca->inter)) ||
         left_days < 1) {
         rc = meshtls_err_set(err, MESHTLS_EEXPIRED,
                              "the intermediate CA %s/intermediate.crt expires within a day; "
-                             "re-sign it with the offline root before issuing", ca->dir);
+                             "re-sign it with the offline root before issuing",
+                             ca->dir);
         goto out;
     }
     if (spec.days > left_days)
@@ -535,10 +552,15 @@ static int issue_locked(struct ca *ca, const struct ca_service *svc, EVP_PKEY *p
     struct meshtls_identity *id = NULL;
     if ((rc = meshtls_identity_from_x509(leaf, &id, err)))
         goto out;
-    struct ca_cert row = {.serial = serial, .service = svc->name, .not_before = id->not_before,
-                          .not_after = id->not_after, .status = "active",
-                          .out_dir = (char *)out_dir, .cert_pem = cert_pem,
-                          .pubkey_pem = pub_pem, .key_held = key != NULL};
+    struct ca_cert row = {.serial = serial,
+                          .service = svc->name,
+                          .not_before = id->not_before,
+                          .not_after = id->not_after,
+                          .status = "active",
+                          .out_dir = (char *)out_dir,
+                          .cert_pem = cert_pem,
+                          .pubkey_pem = pub_pem,
+                          .key_held = key != NULL};
     meshtls_identity_free(id);
     if ((rc = ca_store_cert_insert(ca->store, &row, err)))
         goto out;
@@ -578,7 +600,8 @@ static int read_csr(const char *path, X509_REQ **out, struct meshtls_err *err)
     if (!r)
         return meshtls_err_set_ssl(err, MESHTLS_EPARSE,
                                    "CSR %s is not a PEM certificate request "
-                                   "(-----BEGIN CERTIFICATE REQUEST-----)", path);
+                                   "(-----BEGIN CERTIFICATE REQUEST-----)",
+                                   path);
     *out = r;
     return 0;
 }
@@ -611,8 +634,8 @@ int ca_issue(const char *dir, const char *service, const char *out_dir, int days
     EVP_PKEY *pub = req ? X509_REQ_get0_pubkey(req) : key;
     struct ca_stage stg = CA_STAGE_INIT;
     if ((rc = issue_locked(&ca, &svc, pub, key, out_dir, days, &stg, serial_out, err)) ||
-        (rc = ca_store_audit(ca.store, "issue", service, serial_out,
-                             req ? "signed CSR" : out_dir, err)) ||
+        (rc = ca_store_audit(ca.store, "issue", service, serial_out, req ? "signed CSR" : out_dir,
+                             err)) ||
         (rc = ca_store_commit(ca.store, err))) {
         ca_store_rollback(ca.store);
         ca_stage_undo(&stg);
@@ -648,8 +671,9 @@ static int reissue(struct ca *ca, const struct ca_cert *old, int days, struct ca
         BIO *b = BIO_new_mem_buf(old->pubkey_pem, -1);
         pub = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
         BIO_free(b);
-        rc = pub ? 0 : meshtls_err_set(err, MESHTLS_ESTORE, "stored public key of %s unreadable",
-                                       old->serial);
+        rc = pub ? 0
+                 : meshtls_err_set(err, MESHTLS_ESTORE, "stored public key of %s unreadable",
+                                   old->serial);
     }
     if (!rc)
         rc = issue_locked(ca, &svc, pub, key, old->out_dir ? old->out_dir : ".", days, stg,
@@ -717,9 +741,9 @@ out:
     return rc;
 }
 
-static const char *const REASONS[] = {"unspecified", "keyCompromise", "caCompromise",
-                                      "affiliationChanged", "superseded",
-                                      "cessationOfOperation"};
+static const char *const REASONS[] = {"unspecified",  "keyCompromise",
+                                      "caCompromise", "affiliationChanged",
+                                      "superseded",   "cessationOfOperation"};
 /* CRLReason codes in the same order: 0 1 2 3 4 5 */
 
 int ca_reason_parse(const char *s)
@@ -745,7 +769,8 @@ int ca_revoke(const char *dir, const char *serial, const char *service, const ch
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--reason '%s': expected unspecified, keyCompromise, "
                                "caCompromise, affiliationChanged, superseded or "
-                               "cessationOfOperation", reason);
+                               "cessationOfOperation",
+                               reason);
     if (serial && ca_serial_normalize(serial, want, sizeof(want)) != 0)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--serial '%s' is not a hex serial number",
                                serial);
@@ -853,8 +878,8 @@ static int sign_crl(X509 *issuer, EVP_PKEY *key, long number, int days, struct c
     }
     X509V3_CTX v3;
     X509V3_set_ctx(&v3, issuer, NULL, NULL, crl, 0);
-    X509_EXTENSION *akid = X509V3_EXT_conf_nid(NULL, &v3, NID_authority_key_identifier,
-                                               "keyid:always");
+    X509_EXTENSION *akid =
+        X509V3_EXT_conf_nid(NULL, &v3, NID_authority_key_identifier, "keyid:always");
     if (!(num = ASN1_INTEGER_new()) || !ASN1_INTEGER_set(num, number) ||
         !X509_CRL_add1_ext_i2d(crl, NID_crl_number, num, 0, 0) || !akid ||
         !X509_CRL_add_ext(crl, akid, -1)) {

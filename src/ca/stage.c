@@ -53,8 +53,8 @@ int ca_stage_add(struct ca_stage *st, const char *path, const void *data, size_t
     struct ca_stage_file *f = &st->f[st->n];
     memset(f, 0, sizeof(*f));
     if (snprintf(f->final, sizeof(f->final), "%s", path) >= (int)sizeof(f->final) ||
-        sibling(f->tmp, sizeof(f->tmp), path, "new") || sibling(f->bak, sizeof(f->bak), path,
-                                                                "prev"))
+        sibling(f->tmp, sizeof(f->tmp), path, "new") ||
+        sibling(f->bak, sizeof(f->bak), path, "prev"))
         return meshtls_err_set(err, MESHTLS_EINVAL, "path too long: %s", path);
     int rc = meshtls_write_file_atomic(f->tmp, data, len, mode, 0, err);
     if (rc)
@@ -79,8 +79,8 @@ int ca_stage_apply(struct ca_stage *st, struct meshtls_err *err)
         if (rename(f->tmp, f->final) == -1) {
             int e = errno;
             ca_stage_undo(st);
-            return meshtls_err_set(err, MESHTLS_EIO, "cannot rename %s to %s: %s", f->tmp,
-                                   f->final, strerror(e));
+            return meshtls_err_set(err, MESHTLS_EIO, "cannot rename %s to %s: %s", f->tmp, f->final,
+                                   strerror(e));
         }
         f->placed = 1;
     }

@@ -39,7 +39,10 @@ struct ca_stage {
     char made_dir[CA_STAGE_PATH]; /* a directory ca_stage_mkdir() created ("" if none) */
 };
 
-#define CA_STAGE_INIT {.n = 0}
+#define CA_STAGE_INIT                                                                              \
+    {                                                                                              \
+        .n = 0                                                                                     \
+    }
 
 /** Create `dir` with `mode` if missing; undo removes it again if this call made it. */
 int ca_stage_mkdir(struct ca_stage *st, const char *dir, mode_t mode, struct meshtls_err *err);

@@ -64,8 +64,7 @@ int ca_store_cert_insert(struct ca_store *s, const struct ca_cert *c, struct mes
 }
 
 int ca_store_cert_set_status(struct ca_store *s, const char *serial, const char *status,
-                             const char *reason, const char *replaced_by,
-                             struct meshtls_err *err)
+                             const char *reason, const char *replaced_by, struct meshtls_err *err)
 {
     return s->ops->cert_set_status(s, serial, status, reason, replaced_by, err);
 }
@@ -82,8 +81,8 @@ int ca_store_cert_list(struct ca_store *s, const char *service, const char *stat
     return s->ops->cert_list(s, service, status, out, n, err);
 }
 
-int ca_store_audit(struct ca_store *s, const char *action, const char *service,
-                   const char *serial, const char *detail, struct meshtls_err *err)
+int ca_store_audit(struct ca_store *s, const char *action, const char *service, const char *serial,
+                   const char *detail, struct meshtls_err *err)
 {
     return s->ops->audit(s, action, service, serial, detail, err);
 }

@@ -32,22 +32,22 @@ struct ca_service {
     char *spiffe_id; /* unique across services */
     char **dns;      /* DNS SANs */
     size_t n_dns;
-    char **ips;      /* IP SANs, as given (v4 or v6 text) */
+    char **ips; /* IP SANs, as given (v4 or v6 text) */
     size_t n_ips;
 };
 
 /** A certificate row.  Strings owned; free with ca_cert_clear(). */
 struct ca_cert {
-    char *serial;       /* lower-case hex, no leading zeros; unique */
-    char *service;      /* the service it was issued to */
+    char *serial;                  /* lower-case hex, no leading zeros; unique */
+    char *service;                 /* the service it was issued to */
     int64_t not_before, not_after; /* Unix seconds */
-    char *status;       /* active | superseded | revoked ("expired" is computed) */
-    char *out_dir;      /* where issue/rotate wrote the files */
-    char *cert_pem;     /* the leaf */
-    char *pubkey_pem;   /* for re-signing CSR-issued certificates */
-    int key_held;       /* 1: we generated (and wrote) the key; 0: signed a CSR */
-    int64_t revoked_at; /* Unix seconds, 0 if not revoked */
-    char *reason;       /* RFC 5280 CRLReason name, NULL if not revoked */
+    char *status;                  /* active | superseded | revoked ("expired" is computed) */
+    char *out_dir;                 /* where issue/rotate wrote the files */
+    char *cert_pem;                /* the leaf */
+    char *pubkey_pem;              /* for re-signing CSR-issued certificates */
+    int key_held;                  /* 1: we generated (and wrote) the key; 0: signed a CSR */
+    int64_t revoked_at;            /* Unix seconds, 0 if not revoked */
+    char *reason;                  /* RFC 5280 CRLReason name, NULL if not revoked */
 };
 
 struct ca_store;
@@ -139,8 +139,7 @@ int ca_store_cert_insert(struct ca_store *s, const struct ca_cert *c, struct mes
  * `replaced_by` (optional) records the serial that replaced it.
  */
 int ca_store_cert_set_status(struct ca_store *s, const char *serial, const char *status,
-                             const char *reason, const char *replaced_by,
-                             struct meshtls_err *err);
+                             const char *reason, const char *replaced_by, struct meshtls_err *err);
 /** Load one certificate into *out (caller clears); MESHTLS_ENOENT if none. */
 int ca_store_cert_get(struct ca_store *s, const char *serial, struct ca_cert *out,
                       struct meshtls_err *err);
@@ -157,8 +156,8 @@ void ca_cert_clear(struct ca_cert *c);
 void ca_cert_list_free(struct ca_cert *v, size_t n);
 
 /** Append an audit event (init, register, issue, rotate, revoke, replace, crl). */
-int ca_store_audit(struct ca_store *s, const char *action, const char *service,
-                   const char *serial, const char *detail, struct meshtls_err *err);
+int ca_store_audit(struct ca_store *s, const char *action, const char *service, const char *serial,
+                   const char *detail, struct meshtls_err *err);
 
 /** Path of the store (for messages); borrowed from `s`. */
 const char *ca_store_path(const struct ca_store *s);

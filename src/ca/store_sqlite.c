@@ -42,7 +42,7 @@ static const char *const MIGRATIONS[] = {
     "CREATE TABLE services ("
     "  name TEXT PRIMARY KEY,"
     "  spiffe_id TEXT NOT NULL UNIQUE,"
-    "  dns TEXT NOT NULL DEFAULT '',"  /* newline-separated */
+    "  dns TEXT NOT NULL DEFAULT ''," /* newline-separated */
     "  ips TEXT NOT NULL DEFAULT '',"
     "  created_at INTEGER NOT NULL,"
     "  updated_at INTEGER NOT NULL);"
@@ -77,7 +77,8 @@ static int db_err(struct ca_store *s, struct meshtls_err *err, const char *what)
     if (code == SQLITE_BUSY || code == SQLITE_LOCKED)
         return meshtls_err_set(err, MESHTLS_ESTORE,
                                "store %s is locked by another process (%s); wait for it to "
-                               "finish and retry", s->path, what);
+                               "finish and retry",
+                               s->path, what);
     return meshtls_err_set(err, MESHTLS_ESTORE, "store %s: %s: %s", s->path, what,
                            sqlite3_errmsg(DB(s)));
 }
@@ -101,12 +102,14 @@ static int migrate(struct ca_store *s, struct meshtls_err *err)
 {
     int rc;
     sqlite3_stmt *st = NULL;
-    if ((rc = exec(s, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                      "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)", err)))
+    if ((rc = exec(s,
+                   "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                   "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+                   err)))
         return rc;
     int have = 0;
-    if (sqlite3_prepare_v2(DB(s), "SELECT COALESCE(MAX(version),0) FROM schema_migrations", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(DB(s), "SELECT COALESCE(MAX(version),0) FROM schema_migrations", -1, &st,
+                           NULL) != SQLITE_OK)
         return db_err(s, err, "reading schema version");
     if (sqlite3_step(st) == SQLITE_ROW)
         have = sqlite3_column_int(st, 0);
@@ -114,7 +117,8 @@ static int migrate(struct ca_store *s, struct meshtls_err *err)
     if (have > N_MIGRATIONS)
         return meshtls_err_set(err, MESHTLS_ESTORE,
                                "store %s has schema version %d, newer than this meshtls (%d); "
-                               "upgrade meshtls", s->path, have, N_MIGRATIONS);
+                               "upgrade meshtls",
+                               s->path, have, N_MIGRATIONS);
     for (int v = have + 1; v <= N_MIGRATIONS; v++) {
         if ((rc = sq_begin(s, err)))
             return rc;
@@ -155,7 +159,8 @@ int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
     if (!create && stat(s->path, &st) != 0) {
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
                              "no CA in %s (no meshtls.db): run 'meshtls ca init --dir %s "
-                             "--trust-domain TD' first, or check --dir", dir, dir);
+                             "--trust-domain TD' first, or check --dir",
+                             dir, dir);
         goto fail;
     }
     if (!create && !S_ISREG(st.st_mode)) {
@@ -261,11 +266,13 @@ static int sq_meta_get(struct ca_store *s, const char *key, char **out, struct m
 }
 
 static int sq_meta_set(struct ca_store *s, const char *key, const char *value,
-                      struct meshtls_err *err)
+                       struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prep(s, "INSERT INTO meta(key, value) VALUES (?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", &st, err);
+    int rc = prep(s,
+                  "INSERT INTO meta(key, value) VALUES (?, ?) "
+                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                  &st, err);
     if (rc)
         return rc;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
@@ -325,7 +332,7 @@ static int split(const char *s, char ***out, size_t *n)
 }
 
 static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int *updated,
-                         struct meshtls_err *err)
+                          struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
     int rc;
@@ -337,10 +344,12 @@ static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int 
         rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
         goto out;
     }
-    if ((rc = prep(s, "INSERT INTO services(name, spiffe_id, dns, ips, created_at, updated_at) "
-                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                      "spiffe_id = excluded.spiffe_id, dns = excluded.dns, ips = excluded.ips, "
-                      "updated_at = excluded.updated_at", &st, err)))
+    if ((rc = prep(s,
+                   "INSERT INTO services(name, spiffe_id, dns, ips, created_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                   "spiffe_id = excluded.spiffe_id, dns = excluded.dns, ips = excluded.ips, "
+                   "updated_at = excluded.updated_at",
+                   &st, err)))
         goto out;
     sqlite3_bind_text(st, 1, svc->name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, svc->spiffe_id, -1, SQLITE_STATIC);
@@ -365,7 +374,7 @@ out:
 }
 
 static int sq_service_get(struct ca_store *s, const char *name, struct ca_service *out,
-                         struct meshtls_err *err)
+                          struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
     int rc = prep(s, "SELECT name, spiffe_id, dns, ips FROM services WHERE name = ?", &st, err);
@@ -386,7 +395,8 @@ static int sq_service_get(struct ca_store *s, const char *name, struct ca_servic
     } else if (r == SQLITE_DONE) {
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
                              "service '%s' is not registered; register it first with "
-                             "'meshtls ca register --dir DIR %s'", name, name);
+                             "'meshtls ca register --dir DIR %s'",
+                             name, name);
     } else {
         rc = db_err(s, err, "reading the service");
     }
@@ -397,9 +407,11 @@ static int sq_service_get(struct ca_store *s, const char *name, struct ca_servic
 static int sq_cert_insert(struct ca_store *s, const struct ca_cert *c, struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prep(s, "INSERT INTO certificates(serial, service, not_before, not_after, status, "
-                     "out_dir, cert_pem, pubkey_pem, key_held, issued_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", &st, err);
+    int rc = prep(s,
+                  "INSERT INTO certificates(serial, service, not_before, not_after, status, "
+                  "out_dir, cert_pem, pubkey_pem, key_held, issued_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  &st, err);
     if (rc)
         return rc;
     sqlite3_bind_text(st, 1, c->serial, -1, SQLITE_STATIC);
@@ -417,20 +429,19 @@ static int sq_cert_insert(struct ca_store *s, const struct ca_cert *c, struct me
     if (r == SQLITE_DONE)
         return 0;
     if (sqlite3_extended_errcode(DB(s)) == SQLITE_CONSTRAINT_PRIMARYKEY)
-        return meshtls_err_set(err, MESHTLS_EEXIST, "serial %s already issued (retry)",
-                               c->serial);
+        return meshtls_err_set(err, MESHTLS_EEXIST, "serial %s already issued (retry)", c->serial);
     return db_err(s, err, "recording the certificate");
 }
 
 static int sq_cert_set_status(struct ca_store *s, const char *serial, const char *status,
-                             const char *reason, const char *replaced_by,
-                             struct meshtls_err *err)
+                              const char *reason, const char *replaced_by, struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
     int revoke = !strcmp(status, "revoked");
-    int rc = prep(s, "UPDATE certificates SET status = ?1, reason = COALESCE(?2, reason), "
-                     "replaced_by = COALESCE(?3, replaced_by), "
-                     "revoked_at = CASE WHEN ?4 THEN ?5 ELSE revoked_at END WHERE serial = ?6",
+    int rc = prep(s,
+                  "UPDATE certificates SET status = ?1, reason = COALESCE(?2, reason), "
+                  "replaced_by = COALESCE(?3, replaced_by), "
+                  "revoked_at = CASE WHEN ?4 THEN ?5 ELSE revoked_at END WHERE serial = ?6",
                   &st, err);
     if (rc)
         return rc;
@@ -462,11 +473,11 @@ static int row_to_cert(sqlite3_stmt *st, struct ca_cert *c)
 }
 
 #define CERT_COLS                                                                                  \
-    "serial, service, not_before, not_after, status, out_dir, cert_pem, pubkey_pem, key_held, "   \
+    "serial, service, not_before, not_after, status, out_dir, cert_pem, pubkey_pem, key_held, "    \
     "COALESCE(revoked_at, 0), reason"
 
 static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *out,
-                      struct meshtls_err *err)
+                       struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
     int rc = prep(s, "SELECT " CERT_COLS " FROM certificates WHERE serial = ?", &st, err);
@@ -478,8 +489,8 @@ static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *o
         rc = row_to_cert(st, out) ? meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory") : 0;
     else if (r == SQLITE_DONE)
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
-                             "no certificate with serial %s in %s; see 'meshtls ca list'",
-                             serial, s->path);
+                             "no certificate with serial %s in %s; see 'meshtls ca list'", serial,
+                             s->path);
     else
         rc = db_err(s, err, "reading the certificate");
     if (rc && r == SQLITE_ROW)
@@ -489,11 +500,13 @@ static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *o
 }
 
 static int sq_cert_list(struct ca_store *s, const char *service, const char *status,
-                       struct ca_cert **out, size_t *n, struct meshtls_err *err)
+                        struct ca_cert **out, size_t *n, struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prep(s, "SELECT " CERT_COLS " FROM certificates WHERE (?1 IS NULL OR service = ?1) "
-                     "AND (?2 IS NULL OR status = ?2) ORDER BY issued_at, rowid", &st, err);
+    int rc = prep(s,
+                  "SELECT " CERT_COLS " FROM certificates WHERE (?1 IS NULL OR service = ?1) "
+                  "AND (?2 IS NULL OR status = ?2) ORDER BY issued_at, rowid",
+                  &st, err);
     if (rc)
         return rc;
     sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
@@ -531,12 +544,14 @@ static int sq_cert_list(struct ca_store *s, const char *service, const char *sta
     return 0;
 }
 
-static int sq_audit(struct ca_store *s, const char *action, const char *service,
-                   const char *serial, const char *detail, struct meshtls_err *err)
+static int sq_audit(struct ca_store *s, const char *action, const char *service, const char *serial,
+                    const char *detail, struct meshtls_err *err)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prep(s, "INSERT INTO audit(at, action, service, serial, detail) "
-                     "VALUES (?, ?, ?, ?, ?)", &st, err);
+    int rc = prep(s,
+                  "INSERT INTO audit(at, action, service, serial, detail) "
+                  "VALUES (?, ?, ?, ?, ?)",
+                  &st, err);
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, now_s());

@@ -75,16 +75,32 @@ static void report(const char *service, const char *old_serial, const char *new_
            new_serial, old_serial, out_dir ? out_dir : "?");
 }
 
-enum { O_DIR = 256, O_TD, O_KT, O_DNS, O_IP, O_SPIFFE, O_OUT, O_DAYS, O_CSR, O_WITHIN, O_SERIAL,
-       O_REASON, O_REPLACE, O_JSON, O_HELP };
+enum {
+    O_DIR = 256,
+    O_TD,
+    O_KT,
+    O_DNS,
+    O_IP,
+    O_SPIFFE,
+    O_OUT,
+    O_DAYS,
+    O_CSR,
+    O_WITHIN,
+    O_SERIAL,
+    O_REASON,
+    O_REPLACE,
+    O_JSON,
+    O_HELP
+};
 
-static const struct option copts[] = {
-    {"dir", 1, 0, O_DIR},         {"trust-domain", 1, 0, O_TD}, {"key-type", 1, 0, O_KT},
-    {"dns", 1, 0, O_DNS},         {"ip", 1, 0, O_IP},           {"spiffe-id", 1, 0, O_SPIFFE},
-    {"out", 1, 0, O_OUT},         {"days", 1, 0, O_DAYS},       {"csr", 1, 0, O_CSR},
-    {"within-days", 1, 0, O_WITHIN}, {"serial", 1, 0, O_SERIAL}, {"reason", 1, 0, O_REASON},
-    {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},       {"help", 0, 0, O_HELP},
-    {0, 0, 0, 0}};
+static const struct option copts[] = {{"dir", 1, 0, O_DIR},         {"trust-domain", 1, 0, O_TD},
+                                      {"key-type", 1, 0, O_KT},     {"dns", 1, 0, O_DNS},
+                                      {"ip", 1, 0, O_IP},           {"spiffe-id", 1, 0, O_SPIFFE},
+                                      {"out", 1, 0, O_OUT},         {"days", 1, 0, O_DAYS},
+                                      {"csr", 1, 0, O_CSR},         {"within-days", 1, 0, O_WITHIN},
+                                      {"serial", 1, 0, O_SERIAL},   {"reason", 1, 0, O_REASON},
+                                      {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},
+                                      {"help", 0, 0, O_HELP},       {0, 0, 0, 0}};
 
 static void json_str(const char *s)
 {
@@ -143,15 +159,14 @@ static int do_list(const char *dir, int json)
                 printf("null");
             putchar('}');
         } else {
-            printf("%-20s %-34s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, na, days,
-                   status, v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
+            printf("%-20s %-34s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, na, days, status,
+                   v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
         }
     }
     if (json)
         printf("]\n");
     else if (n == 0)
-        printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n",
-               dir);
+        printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n", dir);
     ca_cert_list_free(v, n);
     ca_store_close(s);
     return 0;
@@ -165,8 +180,8 @@ int cmd_ca(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    static const char *const subs[] = {"init", "register", "issue", "rotate",
-                                       "revoke", "crl", "list"};
+    static const char *const subs[] = {"init",   "register", "issue", "rotate",
+                                       "revoke", "crl",      "list"};
     int known = 0;
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
         known |= !strcmp(sub, subs[i]);
@@ -174,8 +189,8 @@ int cmd_ca(int argc, char **argv)
         fprintf(stderr, "meshtls ca: unknown subcommand '%s'\n\n%s", sub, USAGE);
         return 2;
     }
-    const char *dir = NULL, *td = NULL, *kt = "ec-p256", *spiffe = NULL, *out = NULL,
-               *csr = NULL, *serial = NULL, *reason = NULL;
+    const char *dir = NULL, *td = NULL, *kt = "ec-p256", *spiffe = NULL, *out = NULL, *csr = NULL,
+               *serial = NULL, *reason = NULL;
     const char *dns[MAX_SANS], *ips[MAX_SANS];
     size_t n_dns = 0, n_ips = 0;
     int days = CA_LEAF_DAYS_DEFAULT, within = 14, replace = 0, json = 0, opt;
@@ -273,9 +288,11 @@ int cmd_ca(int argc, char **argv)
         char kp[4200];
         snprintf(kp, sizeof(kp), "%s/%s.key", out, pos[0]);
         if (csr && access(kp, F_OK) == 0)
-            fprintf(stderr, "meshtls ca issue: warning: %s is left from an earlier certificate "
+            fprintf(stderr,
+                    "meshtls ca issue: warning: %s is left from an earlier certificate "
                     "and does not match this one; use the key the CSR was made with, and "
-                    "remove %s\n", kp, kp);
+                    "remove %s\n",
+                    kp, kp);
         printf("  %s/ca.crt (trust bundle)\n", out);
         return 0;
     }
@@ -299,7 +316,8 @@ int cmd_ca(int argc, char **argv)
                             "replacement for", &count, &err)))
             return fail(sub, &err, rc);
         printf("revoked %d certificate(s); publish a new CRL: meshtls ca crl --dir %s --out "
-               "FILE\n", count, dir);
+               "FILE\n",
+               count, dir);
         return 0;
     }
     if (!strcmp(sub, "crl")) {
@@ -308,8 +326,8 @@ int cmd_ca(int argc, char **argv)
         int n = 0;
         if ((rc = ca_crl(dir, out, &n, &err)))
             return fail(sub, &err, rc);
-        printf("wrote %s: %d revoked certificate(s), valid %d days, plus the root's CRL\n", out,
-               n, CA_CRL_DAYS);
+        printf("wrote %s: %d revoked certificate(s), valid %d days, plus the root's CRL\n", out, n,
+               CA_CRL_DAYS);
         return 0;
     }
     return do_list(dir, json);

@@ -43,8 +43,10 @@ int cmd_dev(int argc, char **argv)
     }
     for (int i = optind; i < argc; i++)
         if (!ca_service_name_valid(argv[i])) {
-            fprintf(stderr, "meshtls dev: service name '%s': use 1-63 characters of a-z 0-9 . _ "
-                    "-, starting with a letter or digit\n", argv[i]);
+            fprintf(stderr,
+                    "meshtls dev: service name '%s': use 1-63 characters of a-z 0-9 . _ "
+                    "-, starting with a letter or digit\n",
+                    argv[i]);
             return 1;
         }
     char cadir[4096];
@@ -63,8 +65,8 @@ int cmd_dev(int argc, char **argv)
         return 1;
     }
     printf("meshtls dev: DEVELOPMENT ONLY PKI, never use it in production\n"
-           "  %s CA for trust domain dev.local in %s\n", reuse ? "reusing the" : "created a",
-           cadir);
+           "  %s CA for trust domain dev.local in %s\n",
+           reuse ? "reusing the" : "created a", cadir);
     for (int i = optind; i < argc; i++) {
         const char *dns[] = {argv[i], "localhost"};
         const char *ips[] = {"127.0.0.1", "::1"};
@@ -76,10 +78,9 @@ int cmd_dev(int argc, char **argv)
             cli_print_err("dev", &err, rc);
             return 1;
         }
-        printf("  %-16s %s/%s.crt  %s/%s.key  (%s)\n", argv[i], out, argv[i], out, argv[i],
-               sid);
+        printf("  %-16s %s/%s.crt  %s/%s.key  (%s)\n", argv[i], out, argv[i], out, argv[i], sid);
     }
-    printf("  trust bundle     %s/ca.crt\n  CA               %s (meshtls ca ... --dir %s)\n",
-           out, cadir, cadir);
+    printf("  trust bundle     %s/ca.crt\n  CA               %s (meshtls ca ... --dir %s)\n", out,
+           cadir, cadir);
     return 0;
 }

@@ -68,7 +68,9 @@ int mt_key_type_of(EVP_PKEY *key, enum mt_key_type *out)
     switch (EVP_PKEY_get_base_id(key)) {
     case EVP_PKEY_ED25519: *out = MT_KEY_ED25519; return 0;
     case EVP_PKEY_RSA: *out = MT_KEY_RSA2048; return 0;
-    case EVP_PKEY_EC: *out = EVP_PKEY_get_bits(key) > 256 ? MT_KEY_EC_P384 : MT_KEY_EC_P256; return 0;
+    case EVP_PKEY_EC:
+        *out = EVP_PKEY_get_bits(key) > 256 ? MT_KEY_EC_P384 : MT_KEY_EC_P256;
+        return 0;
     default: return MESHTLS_EINVAL;
     }
 }
@@ -78,7 +80,7 @@ const EVP_MD *mt_sign_md(EVP_PKEY *key)
     if (EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519)
         return NULL;
     return EVP_PKEY_get_bits(key) > 256 && EVP_PKEY_get_base_id(key) == EVP_PKEY_EC ? EVP_sha384()
-                                                                                   : EVP_sha256();
+                                                                                    : EVP_sha256();
 }
 
 /* Add extension `nid` = `value` (OpenSSL config syntax) to `cert`. */
@@ -146,8 +148,8 @@ int mt_cert_sign(const struct mt_cert_spec *spec, EVP_PKEY *subject_key, X509 *i
                                                 (const unsigned char *)spec->o, -1, -1, 0)) ||
         (spec->ou && !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8,
                                                  (const unsigned char *)spec->ou, -1, -1, 0)) ||
-        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)spec->cn,
-                                    -1, -1, 0) ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)spec->cn, -1,
+                                    -1, 0) ||
         !X509_set_issuer_name(cert, issuer ? X509_get_subject_name(issuer) : name) ||
         !X509_set_pubkey(cert, subject_key)) {
         rc = meshtls_err_set_ssl(err, MESHTLS_EINVAL, "cannot set the subject '%s'", spec->cn);
@@ -204,7 +206,8 @@ int mt_cert_sign(const struct mt_cert_spec *spec, EVP_PKEY *subject_key, X509 *i
     if (bad) {
         rc = meshtls_err_set_ssl(err, MESHTLS_EINVAL,
                                  "cannot encode the extensions of '%s' (check the DNS names, IP "
-                                 "addresses and URI)", spec->cn);
+                                 "addresses and URI)",
+                                 spec->cn);
         goto out;
     }
     if (X509_sign(cert, issuer_key, mt_sign_md(issuer_key)) <= 0) {
@@ -244,7 +247,7 @@ int mt_cert_to_pem(X509 *cert, char **out, size_t *len, struct meshtls_err *err)
 {
     BIO *b = BIO_new(BIO_s_mem());
     int rc = b && PEM_write_bio_X509(b, cert) ? bio_to_buf(b, out, len, err)
-                                             : meshtls_err_set_ssl(err, MESHTLS_ETLS, "PEM");
+                                              : meshtls_err_set_ssl(err, MESHTLS_ETLS, "PEM");
     BIO_free(b);
     return rc;
 }

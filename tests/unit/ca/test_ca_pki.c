@@ -15,8 +15,12 @@
 
 static char *dns_reg[] = {"api.internal", "localhost"};
 static char *ip_reg[] = {"127.0.0.1", "::1"};
-static struct ca_service reg = {.name = "api", .spiffe_id = "spiffe://example.org/svc/api",
-                                .dns = dns_reg, .n_dns = 2, .ips = ip_reg, .n_ips = 2};
+static struct ca_service reg = {.name = "api",
+                                .spiffe_id = "spiffe://example.org/svc/api",
+                                .dns = dns_reg,
+                                .n_dns = 2,
+                                .ips = ip_reg,
+                                .n_ips = 2};
 
 /* A CSR with subject CN `cn` (NULL: empty subject) and SAN `san` (openssl syntax, or NULL). */
 static X509_REQ *make_csr(const char *cn, const char *san)
@@ -65,7 +69,8 @@ static const struct csr_case csr_cases[] = {
     {"api", "DNS:api.internal, DNS:*.internal", MESHTLS_EDENIED, "asks for *.internal"},
     {"api", "IP:10.0.0.1", MESHTLS_EDENIED, "asks for 10.0.0.1"},
     {"api", "IP:::2", MESHTLS_EDENIED, "asks for ::2"},
-    {"api", "URI:spiffe://example.org/svc/admin", MESHTLS_EDENIED, "spiffe://example.org/svc/admin"},
+    {"api", "URI:spiffe://example.org/svc/admin", MESHTLS_EDENIED,
+     "spiffe://example.org/svc/admin"},
     {"api", "URI:spiffe://evil.org/svc/api", MESHTLS_EDENIED, "evil.org"},
     {"api", "email:a@example.org", MESHTLS_EDENIED, "a SAN of type"},
 };
@@ -143,7 +148,8 @@ TEST(serial_normalize)
     CHECK(ca_serial_normalize("xyz", out, sizeof(out)) != 0);
     CHECK(ca_serial_normalize("12 34", out, sizeof(out)) != 0);
     CHECK(ca_serial_normalize("1111111111111111111111111111111111111111111111111111111111111111"
-                              "1", out, sizeof(out)) != 0);
+                              "1",
+                              out, sizeof(out)) != 0);
 }
 
 TEST(names)

@@ -36,8 +36,12 @@ static struct ca_store *fresh(void)
         return NULL;
     }
     char *dns[] = {"api.internal", "localhost"}, *ips[] = {"127.0.0.1"};
-    struct ca_service svc = {.name = "api", .spiffe_id = "spiffe://example.org/svc/api",
-                             .dns = dns, .n_dns = 2, .ips = ips, .n_ips = 1};
+    struct ca_service svc = {.name = "api",
+                             .spiffe_id = "spiffe://example.org/svc/api",
+                             .dns = dns,
+                             .n_dns = 2,
+                             .ips = ips,
+                             .n_ips = 1};
     int updated = -1;
     CHECK_INT_EQ(ca_store_service_put(s, &svc, &updated, &err), 0);
     CHECK_INT_EQ(updated, 0);
@@ -46,9 +50,15 @@ static struct ca_store *fresh(void)
 
 static struct ca_cert row(const char *serial, const char *status, int64_t not_after)
 {
-    struct ca_cert c = {.serial = (char *)serial, .service = "api", .not_before = 1000,
-                        .not_after = not_after, .status = (char *)status, .out_dir = "/out",
-                        .cert_pem = "PEM", .pubkey_pem = "PUB", .key_held = 1};
+    struct ca_cert c = {.serial = (char *)serial,
+                        .service = "api",
+                        .not_before = 1000,
+                        .not_after = not_after,
+                        .status = (char *)status,
+                        .out_dir = "/out",
+                        .cert_pem = "PEM",
+                        .pubkey_pem = "PUB",
+                        .key_held = 1};
     return c;
 }
 
@@ -76,8 +86,8 @@ TEST(migrations_recorded_and_idempotent)
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     CHECK(sqlite3_open(p, &db) == SQLITE_OK);
-    CHECK(sqlite3_prepare_v2(db, "SELECT COUNT(*), MAX(version) FROM schema_migrations", -1,
-                             &st, NULL) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(db, "SELECT COUNT(*), MAX(version) FROM schema_migrations", -1, &st,
+                             NULL) == SQLITE_OK);
     CHECK(sqlite3_step(st) == SQLITE_ROW);
     CHECK_INT_EQ(sqlite3_column_int(st, 0), sqlite3_column_int(st, 1));
     CHECK(sqlite3_column_int(st, 1) >= 1);
@@ -181,8 +191,7 @@ TEST(certificates_and_unique_serials)
     CHECK(ca_store_cert_insert(s, &orphan, &err) != 0);
 
     CHECK_INT_EQ(ca_store_cert_set_status(s, "0abc", "superseded", NULL, "0def", &err), 0);
-    CHECK_INT_EQ(ca_store_cert_set_status(s, "0def", "revoked", "keyCompromise", NULL, &err),
-                 0);
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "0def", "revoked", "keyCompromise", NULL, &err), 0);
     struct ca_cert got = {0};
     CHECK_INT_EQ(ca_store_cert_get(s, "0def", &got, &err), 0);
     CHECK_STR_EQ(got.status, "revoked");
