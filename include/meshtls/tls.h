@@ -47,6 +47,9 @@ struct meshtls_tls_opts {
                                                       tickets */
     int num_tickets;         /**< server: session tickets per handshake; 0 = default (1 with a
                                   session cache, OpenSSL's 2 otherwise); -1 = none */
+    struct meshtls_verify_cache *verify_cache; /**< server: skip re-verifying a chain verified
+                                                    before under the same trust (borrowed; the
+                                                    context takes a reference); NULL = off */
     int partial_chain;       /**< accept a chain ending at any certificate in the bundle (e.g.
                                   the intermediate), not only at a root; opt-in: the root's
                                   validity and constraints are then not checked */
@@ -77,6 +80,27 @@ MESHTLS_API int meshtls_session_cache_new(size_t max_entries, int lifetime_s,
 MESHTLS_API void meshtls_session_cache_free(struct meshtls_session_cache *c);
 /** Sessions currently cached (for metrics and tests). */
 MESHTLS_API size_t meshtls_session_cache_size(struct meshtls_session_cache *c);
+
+/**
+ * A cache of successful client-chain verifications, shared like the session
+ * cache.  Keyed by a SHA-256 of the exact chain the client presented plus a
+ * digest of the trust it was verified under (CA bundle, CRLs, verification
+ * flags): a new bundle or CRL never hits an old entry, and the cache is
+ * emptied when a context with other trust attaches.  Only successes are
+ * kept; an entry lives no longer than the earliest notAfter of the verified
+ * chain and the earliest nextUpdate of the CRLs, and not before the latest
+ * notBefore.  Identity policy is never cached: it runs on every connection.
+ */
+struct meshtls_verify_cache;
+
+/** @param out new cache (one reference) of at most `max_entries` chains. */
+MESHTLS_API int meshtls_verify_cache_new(size_t max_entries, struct meshtls_verify_cache **out);
+/** Drop one reference; NULL is fine. */
+MESHTLS_API void meshtls_verify_cache_free(struct meshtls_verify_cache *c);
+/** Hits and misses so far (for metrics and tests); either pointer may be NULL. */
+MESHTLS_API void meshtls_verify_cache_stats(struct meshtls_verify_cache *c,
+                                            unsigned long long *hits,
+                                            unsigned long long *misses);
 
 /**
  * Build a server context: loads and checks cert/key/CA/CRL files (key

@@ -46,6 +46,10 @@ static void proxy_usage(FILE *f)
         "  --session-lifetime D       default 5m\n"
         "  --tickets N                session tickets sent per handshake (default 1 with the\n"
         "                             cache; 0 = none, no resumption)\n"
+        "  --verify-cache-size N      server: remember up to N client chains verified under\n"
+        "                             the current CA bundle and CRL; validity is still\n"
+        "                             enforced, any CA/CRL change empties it, policy always\n"
+        "                             runs (default 10000; 0 = verify every chain in full)\n"
         "  --partial-chain            accept chains ending at any CA in --cacert (e.g. an\n"
         "                             intermediate); the root is then not checked\n"
         "  --alpn LIST                ALPN protocols, e.g. h2,http/1.1 (gRPC needs h2): the\n"
@@ -132,7 +136,7 @@ enum {
     O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
     O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
     O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE, O_SCACHE, O_SLIFE, O_TICKETS,
-    O_PARTIAL, O_CONFIG, O_INS_LISTEN, O_INS_TARGET, O_MAX
+    O_PARTIAL, O_CONFIG, O_INS_LISTEN, O_INS_TARGET, O_VCACHE, O_MAX
 };
 
 static const struct option popts[] = {
@@ -156,7 +160,8 @@ static const struct option popts[] = {
     {"session-cache-size", 1, 0, O_SCACHE}, {"session-lifetime", 1, 0, O_SLIFE},
     {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL},
     {"config", 1, 0, O_CONFIG}, {"insecure-listen", 0, 0, O_INS_LISTEN},
-    {"insecure-target", 0, 0, O_INS_TARGET}, {0, 0, 0, 0}};
+    {"insecure-target", 0, 0, O_INS_TARGET}, {"verify-cache-size", 1, 0, O_VCACHE},
+    {0, 0, 0, 0}};
 
 /* A value from the YAML file or the environment (not a default), or NULL. */
 static const char *cfg_val(const struct meshtls_config *cfg, const char *key, const char **src)
@@ -284,7 +289,7 @@ int cmd_proxy(int argc, char **argv)
     struct px_config c = {0};
     struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
-    size_t cache_size = 20000;
+    size_t cache_size = 20000, vcache_size = 10000;
     int cache_life = 300;
     unsigned char seen[O_MAX] = {0};
     const char *config_file = NULL;
@@ -412,6 +417,13 @@ int cmd_proxy(int argc, char **argv)
             c.tls.num_tickets = v == 0 ? -1 : (int)v;
             break;
         case O_PARTIAL: c.tls.partial_chain = 1; break;
+        case O_VCACHE:
+            if ((v = parse_count(optarg, 0, 10000000)) < 0) {
+                status = bad("--verify-cache-size", optarg, "expected 0 to 10000000");
+                goto out;
+            }
+            vcache_size = (size_t)v;
+            break;
         case O_TCERT: c.target_opts.cert_file = optarg; break;
         case O_TKEY: c.target_opts.key_file = optarg; break;
         case O_TCACERT: c.target_opts.ca_file = optarg; break;
@@ -491,6 +503,13 @@ int cmd_proxy(int argc, char **argv)
         fprintf(stderr, "meshtls proxy server: cannot create the session cache\n");
         goto out;
     }
+    if (c.mode == PX_MODE_SERVER && vcache_size > 0 &&
+        meshtls_verify_cache_new(vcache_size, &c.tls.verify_cache) != 0) {
+        fprintf(stderr, "meshtls proxy server: cannot create the verification cache\n");
+        goto out;
+    }
+    px_metrics_scache = c.tls.session_cache;
+    px_metrics_vcache = c.tls.verify_cache;
     if ((rc = px_tls_build(&c, &tls.ctx, &tls.not_after, &err)) != 0) {
         cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
         goto out;
@@ -524,6 +543,7 @@ out:
     SSL_CTX_free(tls.ctx);
     SSL_CTX_free(target_tls.ctx);
     meshtls_session_cache_free(c.tls.session_cache);
+    meshtls_verify_cache_free(c.tls.verify_cache);
     meshtls_policy_free(c.policy);
     meshtls_config_free(cfg);
     return status;

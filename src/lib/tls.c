@@ -9,7 +9,9 @@
  * die with it.
  */
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -19,6 +21,7 @@
 #include "meshtls/tls.h"
 #include "meshtls/x509.h"
 #include "session_cache.h"
+#include "verify_cache.h"
 #include "x509gen.h"
 
 /* TLS 1.3 suites: AES-GCM first (AES-NI), ChaCha20 for machines without it. */
@@ -64,8 +67,10 @@ static int expect_index(void)
 
 /* What a server context needs for stateful resumption; owned by the SSL_CTX. */
 struct server_info {
-    unsigned char trust[32];             /* SHA-256 over the CA bundle and CRLs (DER) */
-    struct meshtls_session_cache *cache; /* one reference */
+    unsigned char trust[32];             /* SHA-256 over the CA bundle, CRLs and flags */
+    struct meshtls_session_cache *cache; /* one reference, or NULL */
+    struct meshtls_verify_cache *vcache; /* one reference, or NULL */
+    int64_t crl_expires;                 /* earliest CRL nextUpdate (0: no CRL) */
 };
 
 static int server_idx = -1;
@@ -77,6 +82,7 @@ static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int id
     struct server_info *si = ptr;
     if (si) {
         meshtls_session_cache_free(si->cache);
+        meshtls_verify_cache_free(si->vcache);
         free(si);
     }
 }
@@ -89,28 +95,32 @@ static struct server_info *server_info_of(SSL_CTX *ctx)
 static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
 {
     struct server_info *si = server_info_of(SSL_get_SSL_CTX(ssl));
-    return si ? mt_session_cache_add(si->cache, sess, si->trust) : 0;
+    return si && si->cache ? mt_session_cache_add(si->cache, sess, si->trust) : 0;
 }
 
 static SSL_SESSION *sess_get_cb(SSL *ssl, const unsigned char *id, int len, int *copy)
 {
     struct server_info *si = server_info_of(SSL_get_SSL_CTX(ssl));
     *copy = 0; /* the cache hands us a reference of our own */
-    return si && len > 0 ? mt_session_cache_get(si->cache, id, (unsigned)len, si->trust) : NULL;
+    return si && si->cache && len > 0
+               ? mt_session_cache_get(si->cache, id, (unsigned)len, si->trust)
+               : NULL;
 }
 
 static void sess_remove_cb(SSL_CTX *ctx, SSL_SESSION *sess)
 {
     struct server_info *si = server_info_of(ctx);
-    if (si)
+    if (si && si->cache)
         mt_session_cache_remove(si->cache, sess);
 }
 
 /* Digest of everything that decides trust: the anchors and the CRLs. */
-static int trust_digest(STACK_OF(X509) *anchors, STACK_OF(X509_CRL) *crls, unsigned char out[32])
+static int trust_digest(STACK_OF(X509) *anchors, STACK_OF(X509_CRL) *crls, int flags,
+                        unsigned char out[32])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    unsigned char f = (unsigned char)flags;
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) && EVP_DigestUpdate(md, &f, 1);
     for (int i = 0; ok && i < sk_X509_num(anchors); i++) {
         unsigned char *der = NULL;
         int n = i2d_X509(sk_X509_value(anchors, i), &der);
@@ -127,6 +137,58 @@ static int trust_digest(STACK_OF(X509) *anchors, STACK_OF(X509_CRL) *crls, unsig
     ok = ok && EVP_DigestFinal_ex(md, out, &len) && len == 32;
     EVP_MD_CTX_free(md);
     return ok ? 0 : -1;
+}
+
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+    return t && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+/*
+ * Server-side chain verification through the verified-chain cache: the key
+ * is the trust digest plus the DER of every certificate the client sent, in
+ * order.  A hit within the entry's validity skips X509_verify_cert(); a miss
+ * runs it and remembers a success.
+ */
+static int cached_verify_cb(X509_STORE_CTX *sctx, void *arg)
+{
+    struct server_info *si = arg;
+    unsigned char key[32];
+    unsigned int klen = 0;
+    int64_t now = (int64_t)time(NULL);
+    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+    STACK_OF(X509) *untrusted = X509_STORE_CTX_get0_untrusted(sctx);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md && leaf && EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(md, si->trust, 32);
+    for (int i = -1; ok && i < (untrusted ? sk_X509_num(untrusted) : 0); i++) {
+        X509 *x = i < 0 ? leaf : sk_X509_value(untrusted, i);
+        unsigned char *der = NULL;
+        int n = i2d_X509(x, &der);
+        ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
+        OPENSSL_free(der);
+    }
+    ok = ok && EVP_DigestFinal_ex(md, key, &klen) && klen == 32;
+    EVP_MD_CTX_free(md);
+    if (ok && mt_verify_cache_hit(si->vcache, key, now)) {
+        X509_STORE_CTX_set_error(sctx, X509_V_OK);
+        return 1;
+    }
+    int rc = X509_verify_cert(sctx);
+    if (rc == 1 && ok) {
+        STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(sctx);
+        int64_t nb = 0, exp = si->crl_expires ? si->crl_expires : INT64_MAX;
+        for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+            X509 *x = sk_X509_value(chain, i);
+            int64_t b = asn1_unix(X509_get0_notBefore(x)), a = asn1_unix(X509_get0_notAfter(x));
+            nb = b > nb ? b : nb;
+            exp = a < exp ? a : exp;
+        }
+        if (exp > now)
+            mt_verify_cache_add(si->vcache, key, nb, exp);
+    }
+    return rc;
 }
 
 /* Our own identity, as loaded objects.  Borrowed by build_ctx(). */
@@ -206,26 +268,42 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
         }
         SSL_CTX_set_verify(ctx, mode, NULL);
         SSL_CTX_set_session_id_context(ctx, SID_CTX, sizeof(SID_CTX) - 1);
-        if (o->session_cache) {
-            /* Stateful resumption: TLS 1.3 "tickets" become session IDs looked up in the
-             * shared cache, which outlives this context. */
+        if (o->session_cache || o->verify_cache) {
+            /* State shared across contexts (so a reload keeps it), stamped with the trust
+             * it was built under. */
             if (server_idx < 0)
                 server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
             struct server_info *si = calloc(1, sizeof(*si));
-            if (!si || server_idx < 0 || trust_digest(m->anchors, m->crls, si->trust) != 0 ||
+            if (!si || server_idx < 0 ||
+                trust_digest(m->anchors, m->crls, o->partial_chain, si->trust) != 0 ||
                 !SSL_CTX_set_ex_data(ctx, server_idx, si)) {
                 free(si);
-                rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot set up the session cache");
+                rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot set up the TLS caches");
                 goto out;
             }
-            mt_session_cache_up_ref(o->session_cache);
-            si->cache = o->session_cache;
-            SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-            SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER |
-                                                    SSL_SESS_CACHE_NO_INTERNAL);
-            SSL_CTX_sess_set_new_cb(ctx, sess_new_cb);
-            SSL_CTX_sess_set_get_cb(ctx, sess_get_cb);
-            SSL_CTX_sess_set_remove_cb(ctx, sess_remove_cb);
+            for (int i = 0; m->crls && i < sk_X509_CRL_num(m->crls); i++) {
+                int64_t nu = asn1_unix(X509_CRL_get0_nextUpdate(sk_X509_CRL_value(m->crls, i)));
+                if (nu && (!si->crl_expires || nu < si->crl_expires))
+                    si->crl_expires = nu;
+            }
+            if (o->session_cache) {
+                /* Stateful resumption: TLS 1.3 "tickets" become session IDs looked up in
+                 * the shared cache, which outlives this context. */
+                mt_session_cache_up_ref(o->session_cache);
+                si->cache = o->session_cache;
+                SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+                SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER |
+                                                        SSL_SESS_CACHE_NO_INTERNAL);
+                SSL_CTX_sess_set_new_cb(ctx, sess_new_cb);
+                SSL_CTX_sess_set_get_cb(ctx, sess_get_cb);
+                SSL_CTX_sess_set_remove_cb(ctx, sess_remove_cb);
+            }
+            if (o->verify_cache) {
+                mt_verify_cache_up_ref(o->verify_cache);
+                si->vcache = o->verify_cache;
+                mt_verify_cache_attach(o->verify_cache, si->trust);
+                SSL_CTX_set_cert_verify_callback(ctx, cached_verify_cb, si);
+            }
         }
         if (o->num_tickets < 0)
             SSL_CTX_set_num_tickets(ctx, 0);

@@ -12,6 +12,8 @@
 #include "proxy.h"
 
 struct px_metrics px_metrics;
+struct meshtls_verify_cache *px_metrics_vcache;
+struct meshtls_session_cache *px_metrics_scache;
 
 const double px_hist_bounds[PX_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                           0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
@@ -143,5 +145,20 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         days, (long long)atomic_load(&m->active), LD(m->conns_total), LD(m->allow), LD(m->deny),
         LD(m->bytes_up), LD(m->bytes_down), LD(m->reload_ok), LD(m->reload_fail),
         LD(m->backend_errors));
+    if (px_metrics_vcache) {
+        unsigned long long h = 0, mi = 0;
+        meshtls_verify_cache_stats(px_metrics_vcache, &h, &mi);
+        put(buf, cap, &n,
+            "# HELP meshtls_verify_cache_lookups_total Client chains looked up in the "
+            "verified-chain cache.\n"
+            "# TYPE meshtls_verify_cache_lookups_total counter\n"
+            "meshtls_verify_cache_lookups_total{result=\"hit\"} %llu\n"
+            "meshtls_verify_cache_lookups_total{result=\"miss\"} %llu\n", h, mi);
+    }
+    if (px_metrics_scache)
+        put(buf, cap, &n,
+            "# HELP meshtls_session_cache_entries TLS sessions kept for resumption.\n"
+            "# TYPE meshtls_session_cache_entries gauge\n"
+            "meshtls_session_cache_entries %zu\n", meshtls_session_cache_size(px_metrics_scache));
     return n;
 }

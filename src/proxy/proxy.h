@@ -91,6 +91,9 @@ struct px_metrics {
 };
 
 extern struct px_metrics px_metrics;
+/* Caches whose counters /metrics reports (set by the command; may be NULL). */
+extern struct meshtls_verify_cache *px_metrics_vcache;
+extern struct meshtls_session_cache *px_metrics_scache;
 extern const double px_hist_bounds[PX_HIST_N];
 
 /* metrics.c */

@@ -33,6 +33,7 @@ def make_pki(d, td="test.local"):
 
 
 _SIGTERM = signal.SIGTERM
+OPTIMIZATIONS_OFF = os.environ.get("MESHTLS_TEST_OPTIMIZATIONS") == "off"
 
 
 class Proxy:
@@ -40,6 +41,9 @@ class Proxy:
 
     def __init__(self, mode, *args, status=True, env=None):
         argv = [MESHTLS, "proxy", mode, "--listen", "127.0.0.1:0", *map(str, args)]
+        if mode == "server" and OPTIMIZATIONS_OFF:
+            # the same tests again with every handshake optimization off (issue 5)
+            argv += ["--session-cache-size", "0", "--verify-cache-size", "0"]
         if status:
             argv += ["--status", "127.0.0.1:0"]
         self.logfile = tempfile.TemporaryFile("w+")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import run
-from proxy_util import EchoServer, Proxy, make_pki, wait_for
+from proxy_util import OPTIMIZATIONS_OFF, EchoServer, Proxy, make_pki, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +158,7 @@ def resume(ctx, port, session=None):
             return s.session_reused, s.session
 
 
+@pytest.mark.skipif(OPTIMIZATIONS_OFF, reason="needs the session cache")
 def test_session_cache_survives_rotation_not_trust_change(pki, echo, tmp_path):
     ca = tmp_path / "ca"
     shutil.copytree(pki / "ca", ca)
@@ -233,5 +234,46 @@ def test_ticket_settings(pki, echo, flags, resumes):
         ctx = client_ctx(pki)
         _, sess = resume(ctx, p.port)
         assert resume(ctx, p.port, sess)[0] == resumes
+    finally:
+        p.stop()
+
+
+@pytest.mark.skipif(OPTIMIZATIONS_OFF, reason="needs the verification cache")
+def test_verify_cache_hits_and_never_outlives_a_crl_change(pki, echo, tmp_path):
+    """A chain verified once is not verified again; a revoked certificate is refused
+    while its chain sits in the cache, because a new CRL empties it."""
+    ca = tmp_path / "ca"
+    shutil.copytree(pki / "ca", ca)
+    fresh = tmp_path / "fresh"
+    run("ca", "issue", "--dir", ca, "web", "--out", fresh, check=True)
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", ca, "--out", crl, check=True)
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--crl", crl, "--allow-all", "--no-watch",
+              "--session-cache-size", "0", "--tickets", "0")  # full handshakes only
+    try:
+        ctx = client_ctx(pki, "web", fresh)
+        for _ in range(3):
+            one_request(ctx, p.port)
+        m = p.metrics()
+        assert m['meshtls_verify_cache_lookups_total{result="miss"}'] == 1
+        assert m['meshtls_verify_cache_lookups_total{result="hit"}'] == 2
+        run("ca", "revoke", "--dir", ca, "--serial", serial_of(fresh / "web.crt"), check=True)
+        run("ca", "crl", "--dir", ca, "--out", crl, check=True)
+        before = m['meshtls_reloads_total{result="success"}']
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.metrics()['meshtls_reloads_total{result="success"}'] > before,
+                 what="reload")
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, AssertionError)):
+            one_request(ctx, p.port)
+        wait_for(lambda: p.metrics()['meshtls_tls_handshake_errors_total{reason="revoked"}'] == 1,
+                 what="revoked metric")
+        # an unrelated, valid client is verified afresh under the new CRL, then cached again
+        ok_ctx = client_ctx(pki)
+        one_request(ok_ctx, p.port)
+        one_request(ok_ctx, p.port)
+        m = p.metrics()
+        assert m['meshtls_verify_cache_lookups_total{result="hit"}'] == 3
     finally:
         p.stop()
