@@ -45,8 +45,8 @@ struct meshtls_policy;
 /** A decision.  Plain value; `rule` and `reason` are NUL-terminated. */
 struct meshtls_decision {
     int allow;        /**< 1 allow, 0 deny */
-    char rule[300];   /**< the rule that allowed (e.g. "cn orders"), or "" */
-    char reason[300]; /**< why, in words */
+    char rule[400];   /**< the rule that allowed (e.g. "cn orders"), or "" */
+    char reason[400]; /**< why, in words */
 };
 
 /** New empty policy (denies everything). @param out caller frees with meshtls_policy_free(). */
