@@ -1,16 +1,25 @@
 /*
- * meshtls/config.h - TLS configuration from command-line flags, environment
- * variables and a YAML file, in that order of precedence, over defaults.
+ * meshtls/config.h - settings from command-line flags, environment variables
+ * and a YAML file, in that order of precedence, over built-in defaults.
  *
- * Keys are dotted names ("server.cert_file"); each has a canonical
- * environment variable (MESHTLS_ + upper-cased name, '.' -> '_', e.g.
- * MESHTLS_SERVER_CERT_FILE) and possibly aliases (the GRPC_* names of
- * Kubernetes deployments).  Every value remembers where it came from.
- * docs/CONFIG.md lists every key.
+ * Every setting is a *key* with a dotted name ("server.cert_file") described
+ * by one row of a table (struct meshtls_config_keydef): its type, default,
+ * command-line flag and environment variables.  The canonical variable is
+ * MESHTLS_ + the name upper-cased with '.' -> '_' (MESHTLS_SERVER_CERT_FILE);
+ * a key may also have an alias (the GRPC_* names of Kubernetes deployments).
+ * The library registers the server.*, client.* and log.* keys; a consumer
+ * (the proxy) registers its own table with meshtls_config_add_keys().
  *
- * A struct meshtls_config is caller-owned (meshtls_config_new / _free); the
- * strings it returns stay valid until it is freed or the same key is set
- * again from the same source.
+ * A configuration keeps one value per key and per source, so the effective
+ * value is always flag > environment > file > default, whatever order the
+ * sources are loaded in, and every value remembers where it came from ("--cert",
+ * "GRPC_SERVER_CERT_PATH", "app.yaml:3", "default").
+ *
+ * Ownership: struct meshtls_config is opaque and caller-owned (_new/_free).
+ * Every string it returns is borrowed from it and stays valid until it is
+ * freed or the same key is set again from the same source.  Not thread-safe:
+ * build it in one thread, then read it from any.  docs/CONFIG.md lists every
+ * key.
  */
 #ifndef MESHTLS_CONFIG_H
 #define MESHTLS_CONFIG_H
@@ -25,7 +34,7 @@
 extern "C" {
 #endif
 
-/** Where a value came from; higher wins. */
+/** Where a value came from; a higher source wins. */
 enum meshtls_config_source {
     MESHTLS_SRC_DEFAULT = 0,
     MESHTLS_SRC_FILE = 1,
@@ -33,62 +42,153 @@ enum meshtls_config_source {
     MESHTLS_SRC_FLAG = 3,
 };
 
+/** The type of a key: how its text value is checked. */
+enum meshtls_config_type {
+    MESHTLS_CFG_STR = 1,      /**< any non-empty text */
+    MESHTLS_CFG_PATH,         /**< a file name (existence is checked when it is used) */
+    MESHTLS_CFG_BOOL,         /**< true/false, 1/0, yes/no, on/off (any case) */
+    MESHTLS_CFG_INT,          /**< a decimal integer in [min, max] */
+    MESHTLS_CFG_ENUM,         /**< one of `choices` ("a|b|c") */
+    MESHTLS_CFG_SPIFFE_ID,    /**< a SPIFFE ID (spiffe://td/path) */
+    MESHTLS_CFG_TRUST_DOMAIN, /**< a SPIFFE trust domain */
+    MESHTLS_CFG_DURATION, /**< N followed by ms, s, m or h (bare N = seconds); [min, max] in ms */
+};
+
+/**
+ * One key.  Tables of these are static data: meshtls_config_add_keys()
+ * borrows them for the life of the configuration.
+ */
+struct meshtls_config_keydef {
+    const char *name;      /**< "section.key": [a-z0-9_], exactly one '.' */
+    int type;              /**< enum meshtls_config_type */
+    const char *def;       /**< default, as text; NULL = no default (unset) */
+    const char *alias;     /**< a second environment variable (e.g. GRPC_*), or NULL */
+    const char *flag;      /**< command-line flag ("--cert"), or NULL */
+    const char *flag_sets; /**< non-NULL: the flag takes no argument and sets this value */
+    const char *choices;   /**< MESHTLS_CFG_ENUM: "a|b|c" */
+    long min, max;         /**< MESHTLS_CFG_INT / _DURATION (ms): inclusive range */
+    const char *help;      /**< one line for `meshtls config --keys` and the docs */
+};
+
 struct meshtls_config;
 
-/** @param out new empty configuration (defaults only); free with meshtls_config_free(). */
+/**
+ * Create an empty configuration (defaults only) that knows the library's
+ * keys (server.*, client.*, log.*, and for now proxy.*).
+ * @param out new configuration; free with meshtls_config_free().
+ * @return 0 or MESHTLS_ENOMEM.
+ */
 MESHTLS_API int meshtls_config_new(struct meshtls_config **out);
+
+/** Free `cfg` and every string it handed out (NULL is fine). */
 MESHTLS_API void meshtls_config_free(struct meshtls_config *cfg);
 
 /**
- * Load a YAML file (at most 1 MiB): mappings `server:`, `client:`, `log:` with
- * the keys of docs/CONFIG.md, and `peer_tls:` (cert_file, key_file, ca_file,
- * server_name) which fills both roles unless a role sets the key itself.
- * Errors name "FILE:LINE" and the key.
+ * Register more keys (a consumer's own section).  Call it before loading
+ * anything.  `defs` is borrowed and must outlive `cfg` (use a static table).
+ * @return 0; MESHTLS_EINVAL for a malformed row (bad name, default of the
+ * wrong type, empty range); MESHTLS_EEXIST if a name, variable or section
+ * "peer_tls" is taken; MESHTLS_ENOMEM.  On error no key of `defs` is added.
+ */
+MESHTLS_API int meshtls_config_add_keys(struct meshtls_config *cfg,
+                                        const struct meshtls_config_keydef *defs, size_t n,
+                                        struct meshtls_err *err);
+
+/**
+ * Load a YAML file of at most 1 MiB: one document whose top level maps
+ * section names (`server:`, `client:`, `log:`, any registered section) to
+ * mappings of key: scalar, plus `peer_tls:` (cert_file, key_file, ca_file,
+ * server_name), which fills both roles unless a role sets the key itself.
+ * Unknown sections or keys, a key given twice, lists or mappings where a value
+ * is expected, anchors, aliases, tags and several documents are errors that
+ * name "FILE:LINE" and the key.  An empty file configures nothing.
+ * @param path borrowed; it labels values and messages.
  */
 MESHTLS_API int meshtls_config_load_file(struct meshtls_config *cfg, const char *path,
                                          struct meshtls_err *err);
-/** Same, from `len` bytes of `buf`; `name` labels messages. */
-MESHTLS_API int meshtls_config_load_buffer(struct meshtls_config *cfg, const char *buf,
-                                           size_t len, const char *name,
-                                           struct meshtls_err *err);
 
 /**
- * Read MESHTLS_* and GRPC_* variables from `envp` ("NAME=value" strings,
- * NULL-terminated; NULL = the process environment).  A variable with an
- * invalid value is an error naming it.  When a MESHTLS_* variable and its
- * GRPC_* alias are both set, MESHTLS_* wins.
+ * Same as meshtls_config_load_file(), from `len` bytes of `buf` (borrowed,
+ * need not be NUL-terminated).  `name` (borrowed, may be NULL) labels
+ * values and messages in place of the file name.
+ */
+MESHTLS_API int meshtls_config_load_buffer(struct meshtls_config *cfg, const char *buf, size_t len,
+                                           const char *name, struct meshtls_err *err);
+
+/**
+ * Read every key's MESHTLS_* variable and alias from `envp` ("NAME=value"
+ * strings, NULL-terminated, borrowed; NULL = the process environment).  An
+ * invalid value is an error naming the variable and the key.  When a
+ * MESHTLS_* variable and its alias are both set, MESHTLS_* wins (and a debug
+ * line says so); if a name appears twice in `envp`, the first counts, as with
+ * getenv().  Unrelated variables are ignored.
  */
 MESHTLS_API int meshtls_config_load_env(struct meshtls_config *cfg, char *const *envp,
                                         struct meshtls_err *err);
 
 /**
- * Set `key` from a command-line flag; `flag` (e.g. "--cert") labels it.
- * The value is validated by the key's type.
+ * Set `key` from a command-line flag.  The value is checked by the key's
+ * type.  `flag` (borrowed, copied; NULL = the key's own flag) labels it.
+ * @return 0; MESHTLS_EINVAL for an unknown key or an invalid value.
  */
-MESHTLS_API int meshtls_config_set(struct meshtls_config *cfg, const char *key,
-                                   const char *value, const char *flag,
-                                   struct meshtls_err *err);
+MESHTLS_API int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *value,
+                                   const char *flag, struct meshtls_err *err);
 
 /**
- * The effective value of `key` (NULL if unset and without default).
- * @param source optional: where it came from ("--cert", "GRPC_SERVER_CERT_PATH",
- *               "app.yaml:3", "default").
+ * The effective value of `key`, or NULL if it is unset and has no default
+ * (or is not a key).
+ * @param source optional: where the value came from ("--cert",
+ *               "GRPC_SERVER_CERT_PATH", "app.yaml:3", "default", or "unset").
  */
 MESHTLS_API const char *meshtls_config_get(const struct meshtls_config *cfg, const char *key,
                                            const char **source);
 
-/** The i-th known key name, or NULL past the end (for listing). */
-MESHTLS_API const char *meshtls_config_key(size_t i);
-/** The environment variables of `key`, comma-separated ("" if none). */
-MESHTLS_API const char *meshtls_config_key_env(const char *key);
+/**
+ * The effective value of a boolean key.
+ * @return 0; MESHTLS_ENOENT if unset without default; MESHTLS_EINVAL if
+ * `key` is unknown or not a MESHTLS_CFG_BOOL key.  `*out` written on success.
+ */
+MESHTLS_API int meshtls_config_get_bool(const struct meshtls_config *cfg, const char *key, int *out,
+                                        struct meshtls_err *err);
 
 /**
- * Fill `out` for the server (`role` "server") or client ("client") role.
- * Strings in `out` are borrowed from `cfg`.  A missing required value is an
- * error naming the key, its environment variables and its flag.
+ * The effective value of an integer key, or of a duration key in ms.
+ * @return as meshtls_config_get_bool().
+ */
+MESHTLS_API int meshtls_config_get_int(const struct meshtls_config *cfg, const char *key, long *out,
+                                       struct meshtls_err *err);
+
+/** Number of known keys (built-in and registered). */
+MESHTLS_API size_t meshtls_config_key_count(const struct meshtls_config *cfg);
+
+/** The i-th key in registration order (borrowed), or NULL past the end. */
+MESHTLS_API const struct meshtls_config_keydef *meshtls_config_key(const struct meshtls_config *cfg,
+                                                                   size_t i);
+
+/**
+ * The environment variables of `key`, canonical first: "MESHTLS_SERVER_CERT_FILE,
+ * GRPC_SERVER_CERT_PATH" (borrowed from `cfg`), or NULL for an unknown key.
+ */
+MESHTLS_API const char *meshtls_config_key_env(const struct meshtls_config *cfg, const char *key);
+
+/**
+ * Fill `out` for the server (`role` "server") or client ("client") role and
+ * check that the required keys are set: cert_file, key_file, ca_file, and
+ * for a client one of server_name / verify_spiffe_id / verify_trust_domain.
+ * A missing key is an error naming the key, its environment variables and its
+ * flag.  Strings in `out` are borrowed from `cfg`; fields the configuration
+ * has no key for (caches, tickets) are zero.  `out` is written only on success.
  */
 MESHTLS_API int meshtls_config_tls_opts(const struct meshtls_config *cfg, const char *role,
                                         struct meshtls_tls_opts *out, struct meshtls_err *err);
+
+/** meshtls_config_tls_opts(cfg, "server", out, err). */
+MESHTLS_API int meshtls_config_server_opts(const struct meshtls_config *cfg,
+                                           struct meshtls_tls_opts *out, struct meshtls_err *err);
+
+/** meshtls_config_tls_opts(cfg, "client", out, err). */
+MESHTLS_API int meshtls_config_client_opts(const struct meshtls_config *cfg,
+                                           struct meshtls_tls_opts *out, struct meshtls_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,10 +1,14 @@
 /*
- * cmd_config.c - `meshtls config`: show the effective TLS configuration and
+ * cmd_config.c - `meshtls config`: show the effective configuration and
  * where each value came from (flag > environment > YAML file > default);
- * with --check, validate a role's settings and its files.
+ * with --check, validate a role's settings and build its TLS context.
+ *
+ * The flags are not written here: every key of the configuration table that
+ * has a flag is accepted, so a key added to the table is a flag here too.
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/ssl.h>
@@ -12,103 +16,258 @@
 #include "cli.h"
 #include "meshtls/meshtls.h"
 
-static const char USAGE[] =
-    "usage: meshtls config [--config FILE] [--role server|client] [--json] [--check]\n"
-    "                      [--cert F] [--key F] [--cacert F] [--crl F] [--server-name N]\n"
-    "                      [--verify-spiffe-id URI] [--verify-trust-domain TD]\n"
-    "                      [--tls-min-version 1.2|1.3]\n"
-    "\n"
-    "Print every configuration key with its effective value and its source. Precedence:\n"
-    "command-line flags, then environment (MESHTLS_*, GRPC_*), then the YAML file, then\n"
-    "defaults. Flags apply to --role (default server). --check also builds the role's TLS\n"
-    "context from the files and fails with the error that names what is wrong.\n"
-    "See docs/CONFIG.md.\n";
+enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_KEY = 1000 };
+
+static const char *const TYPE_NAMES[] = {"",     "text",      "path",         "bool",    "int",
+                                         "enum", "SPIFFE ID", "trust domain", "duration"};
+
+static const char *type_of(const struct meshtls_config_keydef *d)
+{
+    return d->type > 0 && (size_t)d->type < sizeof(TYPE_NAMES) / sizeof(TYPE_NAMES[0])
+               ? TYPE_NAMES[d->type]
+               : "?";
+}
+
+static void usage(FILE *f, const struct meshtls_config *cfg)
+{
+    fputs("usage: meshtls config [--config FILE] [--role server|client] [--json] [--check]\n"
+          "                      [--keys] [FLAG VALUE]...\n"
+          "\n"
+          "Print every configuration key with its effective value and its source. Precedence:\n"
+          "command-line flags, then environment (MESHTLS_*, GRPC_*), then the YAML file, then\n"
+          "defaults. --check also checks that the role's required keys are set and builds its\n"
+          "TLS context from the files; it fails (exit 1) with the error that names what is\n"
+          "wrong. --keys lists the keys themselves (type, default, variables, flag).\n"
+          "\n"
+          "  --config FILE   YAML configuration file\n"
+          "  --role ROLE     server (default) or client: the role flags such as --cert set\n"
+          "  --json          print a JSON object {key: {value, source}}\n"
+          "\n"
+          "Flags that set a key (server.X or client.X follows --role):\n",
+          f);
+    for (size_t i = 0; cfg && meshtls_config_key(cfg, i); i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i), *p = NULL;
+        for (size_t j = 0; j < i && d->flag; j++) /* print each flag once */
+            if ((p = meshtls_config_key(cfg, j))->flag && !strcmp(p->flag, d->flag))
+                break;
+            else
+                p = NULL;
+        if (d->flag && !p)
+            fprintf(f, "  %-22s %s%s\n", d->flag, d->flag_sets ? "" : "VALUE  ",
+                    !strncmp(d->name, "server.", 7) || !strncmp(d->name, "client.", 7) ? d->name + 7
+                                                                                       : d->name);
+    }
+    fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
+}
+
+/* Print `s` as a JSON string. */
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+/* The key flag `flag` sets for `role`: the role's own key, else any key with that flag. */
+static const char *flag_key(const struct meshtls_config *cfg, const char *flag, const char *role)
+{
+    const char *any = NULL;
+    size_t rl = strlen(role);
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
+        if (!d->flag || strcmp(d->flag, flag))
+            continue;
+        if (!strncmp(d->name, role, rl) && d->name[rl] == '.')
+            return d->name;
+        if (!any && strncmp(d->name, "server.", 7) && strncmp(d->name, "client.", 7))
+            any = d->name;
+    }
+    return any;
+}
+
+static void list_keys(const struct meshtls_config *cfg, int json)
+{
+    if (json)
+        putchar('[');
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
+        const char *env = meshtls_config_key_env(cfg, d->name);
+        if (!json) {
+            printf("%-28s %-10s %-8s %-40s %s\n", d->name, type_of(d), d->def ? d->def : "-", env,
+                   d->flag ? d->flag : "-");
+            continue;
+        }
+        printf("%s{\"key\":", i ? "," : "");
+        json_str(d->name);
+        printf(",\"type\":");
+        json_str(type_of(d));
+        printf(",\"default\":");
+        if (d->def)
+            json_str(d->def);
+        else
+            fputs("null", stdout);
+        printf(",\"env\":");
+        json_str(env);
+        printf(",\"flag\":");
+        if (d->flag)
+            json_str(d->flag);
+        else
+            fputs("null", stdout);
+        printf(",\"help\":");
+        json_str(d->help);
+        putchar('}');
+    }
+    if (json)
+        puts("]");
+}
+
+static void show(const struct meshtls_config *cfg, int json)
+{
+    if (json)
+        putchar('{');
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
+        const char *v = meshtls_config_get(cfg, k, &src);
+        if (!json) {
+            printf("%-28s %-40s %s\n", k, v ? v : "-", src);
+            continue;
+        }
+        printf("%s", i ? "," : "");
+        json_str(k);
+        printf(":{\"value\":");
+        if (v)
+            json_str(v);
+        else
+            fputs("null", stdout);
+        printf(",\"source\":");
+        json_str(src);
+        putchar('}');
+    }
+    if (json)
+        puts("}");
+}
 
 int cmd_config(int argc, char **argv)
 {
     const char *file = NULL, *role = "server";
-    int json = 0, check = 0, opt, rc;
+    int json = 0, check = 0, keys = 0, opt, rc = 0, status = 2;
+    size_t nopt = 0, nset = 0;
     struct meshtls_config *cfg = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    static const struct option o[] = {
-        {"config", 1, 0, 'f'}, {"role", 1, 0, 'r'}, {"json", 0, 0, 'j'}, {"check", 0, 0, 'c'},
-        {"cert", 1, 0, 1}, {"key", 1, 0, 2}, {"cacert", 1, 0, 3}, {"crl", 1, 0, 4},
-        {"server-name", 1, 0, 5}, {"verify-spiffe-id", 1, 0, 6},
-        {"verify-trust-domain", 1, 0, 7}, {"tls-min-version", 1, 0, 8}, {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
-    static const char *const keys[] = {NULL, "cert_file", "key_file", "ca_file", "crl_file",
-                                       "server_name", "verify_spiffe_id",
-                                       "verify_trust_domain", "min_tls_version"};
+    struct option *o = NULL;
     struct {
-        const char *key_suffix, *flag, *value;
-    } flags[16];
-    int nflags = 0;
+        size_t key; /* index of the first key with this flag */
+        const char *value;
+    } *sets = NULL;
+    static const struct option fixed[] = {{"config", 1, 0, O_CONFIG}, {"role", 1, 0, O_ROLE},
+                                          {"json", 0, 0, O_JSON},     {"check", 0, 0, O_CHECK},
+                                          {"keys", 0, 0, O_KEYS},     {"help", 0, 0, O_HELP}};
+    size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
+
+    if (meshtls_config_new(&cfg) != 0) {
+        fprintf(stderr, "meshtls config: out of memory\n");
+        status = 1;
+        goto out;
+    }
+    /* getopt table: our own options, then every distinct flag of the key table */
+    size_t nkeys = meshtls_config_key_count(cfg);
+    o = calloc(nfixed + nkeys + 1, sizeof(*o));
+    sets = calloc((size_t)argc + 1, sizeof(*sets));
+    if (!o || !sets) {
+        fprintf(stderr, "meshtls config: out of memory\n");
+        status = 1;
+        goto out;
+    }
+    memcpy(o, fixed, sizeof(fixed));
+    nopt = nfixed;
+    for (size_t i = 0; i < nkeys; i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
+        int dup = 0;
+        for (size_t j = nfixed; d->flag && j < nopt && !dup; j++)
+            dup = !strcmp(o[j].name, d->flag + 2);
+        if (!d->flag || dup)
+            continue;
+        o[nopt].name = d->flag + 2;
+        o[nopt].has_arg = d->flag_sets ? no_argument : required_argument;
+        o[nopt++].val = O_KEY + (int)i;
+    }
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", o, NULL)) != -1) {
-        if (opt == 'f')
-            file = optarg;
-        else if (opt == 'r')
-            role = optarg;
-        else if (opt == 'j')
-            json = 1;
-        else if (opt == 'c')
-            check = 1;
-        else if (opt == 'h') {
-            fputs(USAGE, stdout);
-            return 0;
-        } else if (opt >= 1 && opt <= 8 && nflags < 16) {
-            flags[nflags].key_suffix = keys[opt];
-            flags[nflags].flag = o[opt + 3].name;
-            flags[nflags++].value = optarg;
-        } else
-            return 2;
+        switch (opt) {
+        case O_CONFIG: file = optarg; break;
+        case O_ROLE: role = optarg; break;
+        case O_JSON: json = 1; break;
+        case O_CHECK: check = 1; break;
+        case O_KEYS: keys = 1; break;
+        case O_HELP:
+            usage(stdout, cfg);
+            status = 0;
+            goto out;
+        default:
+            if (opt < O_KEY || (size_t)(opt - O_KEY) >= nkeys) {
+                fputs("Try 'meshtls config --help'.\n", stderr);
+                goto out;
+            }
+            sets[nset].key = (size_t)(opt - O_KEY);
+            sets[nset++].value = optarg;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "meshtls config: unexpected argument '%s'\n", argv[optind]);
+        goto out;
     }
     if (strcmp(role, "server") && strcmp(role, "client")) {
         fprintf(stderr, "meshtls config: --role '%s': expected server or client\n", role);
-        return 2;
+        goto out;
     }
-    if (meshtls_config_new(&cfg) != 0)
-        return 1;
-    if (file && (rc = meshtls_config_load_file(cfg, file, &err)))
-        goto fail;
-    if ((rc = meshtls_config_load_env(cfg, NULL, &err)))
-        goto fail;
-    for (int i = 0; i < nflags; i++) {
-        char key[64], flag[40];
-        snprintf(key, sizeof(key), "%s.%s", role, flags[i].key_suffix);
-        snprintf(flag, sizeof(flag), "--%s", flags[i].flag);
-        if ((rc = meshtls_config_set(cfg, key, flags[i].value, flag, &err)))
-            goto fail;
+    if (keys) {
+        list_keys(cfg, json);
+        status = 0;
+        goto out;
     }
-    if (json)
-        putchar('{');
-    for (size_t i = 0; meshtls_config_key(i); i++) {
-        const char *k = meshtls_config_key(i), *src = NULL;
-        const char *v = meshtls_config_get(cfg, k, &src);
-        if (json)
-            printf("%s\"%s\":{\"value\":%s%s%s,\"source\":\"%s\"}", i ? "," : "", k,
-                   v ? "\"" : "", v ? v : "null", v ? "\"" : "", src);
-        else
-            printf("%-28s %-40s %s\n", k, v ? v : "-", src);
+    status = 1;
+    if ((file && (rc = meshtls_config_load_file(cfg, file, &err))) ||
+        (rc = meshtls_config_load_env(cfg, NULL, &err)))
+        goto out;
+    for (size_t i = 0; i < nset; i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, sets[i].key);
+        const char *key = flag_key(cfg, d->flag, role);
+        if (!key) {
+            fprintf(stderr, "meshtls config: %s sets no key of the %s role\n", d->flag, role);
+            status = 2;
+            goto out;
+        }
+        if ((rc = meshtls_config_set(cfg, key, d->flag_sets ? d->flag_sets : sets[i].value, d->flag,
+                                     &err)))
+            goto out;
     }
-    if (json)
-        printf("}\n");
+    show(cfg, json);
     if (check) {
         struct meshtls_tls_opts opts;
         SSL_CTX *ctx = NULL;
         if ((rc = meshtls_config_tls_opts(cfg, role, &opts, &err)))
-            goto fail;
+            goto out;
         rc = !strcmp(role, "server") ? meshtls_tls_server_ctx_new(&opts, &ctx, &err)
                                      : meshtls_tls_client_ctx_new(&opts, &ctx, &err);
         SSL_CTX_free(ctx);
         if (rc)
-            goto fail;
+            goto out;
         fprintf(stderr, "meshtls config: %s configuration OK\n", role);
     }
+    status = 0;
+out:
+    if (rc)
+        cli_print_err("config", &err, rc);
+    free(sets);
+    free(o);
     meshtls_config_free(cfg);
-    return 0;
-fail:
-    cli_print_err("config", &err, rc);
-    meshtls_config_free(cfg);
-    return 1;
+    return status;
 }
