@@ -216,11 +216,13 @@ def measure(name, argv, port, d):
     return out
 
 
-def version(cmd):
+def version(cmd, want=None):
+    """First line of `cmd`'s output (that mentions `want`, if given)."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError):
+        lines = (r.stdout + r.stderr).strip().splitlines()
+        return next((x for x in lines if not want or want in x), lines[0]).strip()
+    except (OSError, IndexError, StopIteration):
         return "?"
 
 
@@ -286,7 +288,7 @@ def report(res):
            f"P-256 leaf + intermediate, client certificate required; {SECONDS:g} s per "
            f"measurement. {version(['openssl', 'version'])}; {version(['haproxy', '-v'])}; "
            f"{version(['nginx', '-v'])}; "
-           f"{version([shutil.which('stunnel4') or 'stunnel', '-version'])}. "
+           f"{version([shutil.which('stunnel4') or 'stunnel', '-version'], 'stunnel ')}. "
            f"Idle connections actually opened: {opened}.")
     text = "\n".join(lines) + "\n\n" + env + "\n"
     print(text)
