@@ -53,9 +53,10 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
             else
                 p = NULL;
         if (d->flag && !p)
-            fprintf(f, "  %-22s %s%s\n", d->flag, d->flag_sets ? "" : "VALUE  ",
+            fprintf(f, "  %-26s %-6s %s%s%s\n", d->flag, d->flag_sets ? "" : "VALUE",
                     !strncmp(d->name, "server.", 7) || !strncmp(d->name, "client.", 7) ? d->name + 7
-                                                                                       : d->name);
+                                                                                       : d->name,
+                    d->flag_sets ? " = " : "", d->flag_sets ? d->flag_sets : "");
     }
     fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
 }

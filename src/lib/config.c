@@ -817,13 +817,13 @@ static int ysection(struct yp *y, const char *sec)
             return yerr(y, MESHTLS_EPARSE, "expected a setting name under %s:", sec);
         const char *key = mt_yaml_scalar(&y->y);
         snprintf(y->label, sizeof(y->label), "%s:%zu", y->y.name, mt_yaml_line(&y->y));
-        snprintf(full, sizeof(full), "%s.%.*s", sec, NAME_MAX_LEN, key);
+        snprintf(full, sizeof(full), "%.32s.%.*s", sec, NAME_MAX_LEN, key);
         struct kent *e = strlen(key) <= NAME_MAX_LEN ? find(y->cfg, full) : NULL;
         if (!e) {
             suggest(y->cfg, sec, key, hint, sizeof(hint));
-            return meshtls_err_set(y->y.err, MESHTLS_EINVAL,
-                                   "%s: unknown key '%s.%.64s'%s (docs/CONFIG.md lists the keys)",
-                                   y->label, sec, key, hint);
+            return meshtls_err_set(y->y.err, MESHTLS_EINVAL, "%s: unknown key '%s.%.64s'%s",
+                                   y->label, sec, key,
+                                   *hint ? hint : " (docs/CONFIG.md lists the keys)");
         }
         if ((rc = yvalue(y, e, e->d->name)) || (rc = ystage(y, e, 0)))
             return rc;
@@ -855,10 +855,11 @@ static int ytop(struct yp *y)
         const char *s = y->y.ev.type == YAML_SCALAR_EVENT ? mt_yaml_scalar(&y->y) : "";
         if (!*s || strlen(s) > NAME_MAX_LEN || !known_section(y->cfg, s)) {
             suggest(y->cfg, s, NULL, hint, sizeof(hint));
-            return meshtls_err_set(y->y.err, MESHTLS_EINVAL,
-                                   "%s:%zu: unknown section '%.64s'%s (expected server, client, "
-                                   "log, peer_tls or another section of docs/CONFIG.md)",
-                                   y->y.name, mt_yaml_line(&y->y), s, hint);
+            return meshtls_err_set(y->y.err, MESHTLS_EINVAL, "%s:%zu: unknown section '%.64s'%s",
+                                   y->y.name, mt_yaml_line(&y->y), s,
+                                   *hint ? hint
+                                         : " (expected server, client, log, peer_tls or another "
+                                           "section of docs/CONFIG.md)");
         }
         for (size_t i = 0; i < nsec; i++)
             if (!strcmp(secs[i], s))
