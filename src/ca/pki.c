@@ -272,26 +272,25 @@ int ca_init(const char *dir, const char *td, enum mt_key_type kt, struct meshtls
         goto out;
 
     /* files first (exclusive), the store last: a store means a complete CA */
-    path_of(p, sizeof(p), dir, "root.crt");
-    if ((rc = write_pem_cert(p, root, NULL, 0644, 1, err)))
-        goto out;
-    created[0] = 1;
-    path_of(p, sizeof(p), dir, "root.key");
-    if ((rc = write_pem_key(p, rk, 0400, 1, err)))
-        goto out;
-    created[1] = 1;
-    path_of(p, sizeof(p), dir, "intermediate.crt");
-    if ((rc = write_pem_cert(p, inter, NULL, 0644, 1, err)))
-        goto out;
-    created[2] = 1;
-    path_of(p, sizeof(p), dir, "intermediate.key");
-    if ((rc = write_pem_key(p, ik, 0600, 1, err)))
-        goto out;
-    created[3] = 1;
-    path_of(p, sizeof(p), dir, "ca.crt");
-    if ((rc = write_pem_cert(p, root, NULL, 0644, 1, err)))
-        goto out;
-    created[4] = 1;
+    /* files[0..4] in order: certificates and keys, each created exclusively */
+    struct {
+        X509 *cert;
+        EVP_PKEY *key;
+        mode_t mode;
+    } out_files[5] = {{root, NULL, 0644},
+                      {NULL, rk, 0400},
+                      {inter, NULL, 0644},
+                      {NULL, ik, 0600},
+                      {root, NULL, 0644}};
+    for (size_t i = 0; i < 5; i++) {
+        path_of(p, sizeof(p), dir, files[i]);
+        rc = out_files[i].cert
+                 ? write_pem_cert(p, out_files[i].cert, NULL, out_files[i].mode, 1, err)
+                 : write_pem_key(p, out_files[i].key, out_files[i].mode, 1, err);
+        if (rc)
+            goto out;
+        created[i] = 1;
+    }
     {
         BIO *b = BIO_new(BIO_s_mem());
         char *data = NULL;
