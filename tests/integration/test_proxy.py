@@ -550,3 +550,13 @@ def test_json_logs(pki, procs, echo):
     lines = [json.loads(line) for line in p.log().splitlines() if line.strip()]
     assert all({"time", "level", "msg"} <= set(x) for x in lines)
     assert any("decision=allow" in x["msg"] and x["level"] == "info" for x in lines)
+
+
+def test_curl_with_untrusted_certificate_refused(pki, procs, http):
+    p = server_proxy(pki, procs, http.port, "--allow-all")
+    i, c = pki / "intruder", pki / "certs"
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cert", i / "web.crt", "--key",
+                        i / "web.key", "--cacert", c / "ca.crt",
+                        f"https://localhost:{p.port}/"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "backend saw" not in r.stdout
+    assert http.connections == 0

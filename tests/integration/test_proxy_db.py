@@ -109,3 +109,22 @@ def test_psql_through_proxies(pki, procs, tmp_path):
         assert r.stdout.strip() == "42"
     finally:
         pg.stop()
+
+
+@needs
+def test_psql_untrusted_client_certificate(pki, procs):
+    db = pki / "db"
+    pg = Postgres(db / "db.crt", db / "db.key", db / "ca.crt")
+    try:
+        (pg.data / "pg_hba.conf").write_text("local all all trust\n"
+                                             "host all all 127.0.0.1/32 trust\n")
+        import os
+        os.kill(pg.postmaster_pid(), signal.SIGHUP)
+        srv, cli = chain(pki, procs, pg.port, certs="intruder")
+        conn = f"host=127.0.0.1 port={cli.port} dbname=postgres user=postgres sslmode=disable"
+        r = subprocess.run(["psql", conn, "-Atc", "select 1"], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode != 0
+        assert srv.metrics()['meshtls_tls_handshake_errors_total{reason="untrusted"}'] >= 1
+    finally:
+        pg.stop()
