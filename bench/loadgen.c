@@ -1,26 +1,45 @@
+#define _GNU_SOURCE
 /*
- * loadgen.c - mTLS load generator for bench/run.sh (OpenSSL, threads,
- * blocking sockets; loopback only; every loop bounded by time).
+ * loadgen.c - mTLS load generator for bench/run.sh.  OpenSSL only, loopback
+ * only; every mode is bounded by a duration AND a count.
  *
  *   loadgen MODE HOST:PORT CERT KEY CA [options]
- *     full    connections/s: connect, full mTLS handshake, 32-byte echo, close
- *     resume  the same, resuming the session of the thread's first connection
- *     rr      -c 64 persistent connections, 1 KiB request/response: rate, p50, p99
- *     bulk    one connection, -m MiB echoed through (both directions at once): MB/s
- *     idle    -n N connections opened, handshaken and held until stdin closes
- *   options: -t THREADS (full/resume, default 4)  -d SECONDS (default 5)
- *            -c CONNS (rr, default 64)  -m MIB (bulk, default 256)  -n N (idle)
  *
- * Prints one line of key=value pairs for run.sh.
+ *   full    full mTLS handshakes/s: -t connections at a time (one thread each)
+ *           connect, handshake with the client certificate, send 32 bytes,
+ *           read the echo, close; for -d seconds or -n connections
+ *   resume  the same, each connection resuming the TLS 1.3 session (PSK from
+ *           the newest ticket) of the thread's previous connection
+ *   rr      -c persistent connections (one epoll thread), -s byte messages
+ *           (default 1024): send, wait for the whole echo, send again; rate
+ *           and p50/p99/p999 latency over -d seconds
+ *   up      one connection sends -m MiB to the backend ("SINK n"), which
+ *           answers "OK" once all arrived: client->server MB/s
+ *   down    one connection asks the backend for -m MiB ("SRC n"): server->client
+ *   idle    open -k connections (-t threads opening), echo 8 bytes on each so
+ *           the backend leg exists too, print "open=N", then hold them until
+ *           stdin closes (or -d seconds, default 300)
+ *
+ *   options: -t THREADS (full/resume default 4, idle 2)  -d SECONDS (default 5)
+ *            -n MAXCONNS (full/resume, default 10000000)  -c CONNS (rr, 64)
+ *            -s BYTES (rr, 1024)  -m MIB (up/down, 256)  -k N (idle, 1000)
+ *
+ * Output: one line of key=value pairs (ops, secs, rate, fails, ...) on stdout.
+ * The backend is bench/echo.c.
  */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,26 +49,28 @@
 
 static struct sockaddr_in target;
 static SSL_CTX *ctx;
-static double duration = 5;
-static atomic_ullong ops, fails, reused;
-static volatile int stop_flag;
-
-/* TLS 1.3 tickets arrive after the handshake: keep the newest one per thread. */
-static __thread SSL_SESSION *tl_ticket;
-
-static int new_session(SSL *ssl, SSL_SESSION *sess)
-{
-    (void)ssl;
-    SSL_SESSION_free(tl_ticket);
-    tl_ticket = sess; /* we keep the reference */
-    return 1;
-}
+static double duration = 5, t_start;
+static unsigned long long max_ops = 10000000ULL;
+static atomic_ullong ops, fails, reused, started;
+static atomic_int stop_flag;
 
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int time_up(void) { return atomic_load(&stop_flag) || now() - t_start >= duration; }
+
+/* TLS 1.3 tickets arrive after the handshake: keep the newest one per thread. */
+static __thread SSL_SESSION *tl_ticket;
+static int new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    (void)ssl;
+    SSL_SESSION_free(tl_ticket);
+    tl_ticket = sess; /* the callback's reference is ours now */
+    return 1;
 }
 
 static SSL *dial(SSL_SESSION *sess)
@@ -60,11 +81,16 @@ static SSL *dial(SSL_SESSION *sess)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct timeval tv = {.tv_sec = 10};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     if (connect(fd, (struct sockaddr *)&target, sizeof(target)) != 0) {
         close(fd);
         return NULL;
     }
     SSL *ssl = SSL_new(ctx);
+    if (!ssl) {
+        close(fd);
+        return NULL;
+    }
     SSL_set_fd(ssl, fd);
     SSL_set_tlsext_host_name(ssl, "localhost");
     if (sess)
@@ -86,29 +112,41 @@ static void hangup(SSL *ssl)
     close(fd);
 }
 
-static int echo(SSL *ssl, const char *buf, int n)
+static int write_all(SSL *ssl, const char *p, size_t n)
 {
-    char in[65536];
-    if (SSL_write(ssl, buf, n) != n)
-        return -1;
-    int got = 0;
-    while (got < n) {
-        int r = SSL_read(ssl, in, n - got);
-        if (r <= 0)
+    while (n > 0) {
+        int w = SSL_write(ssl, p, n > (1u << 30) ? 1 << 30 : (int)n);
+        if (w <= 0)
             return -1;
-        got += r;
+        p += w, n -= (size_t)w;
     }
     return 0;
 }
 
+static int read_n(SSL *ssl, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        int r = SSL_read(ssl, buf + got, (int)(n - got));
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* ---- full / resume ------------------------------------------------------ */
+
+static int resume_mode;
+
 static void *conn_loop(void *arg)
 {
-    int resume = *(int *)arg;
-    char msg[32];
+    (void)arg;
+    char msg[32], in[32];
     memset(msg, 'x', sizeof(msg));
-    while (!stop_flag) {
-        SSL *ssl = dial(resume ? tl_ticket : NULL);
-        if (!ssl || echo(ssl, msg, sizeof(msg)) != 0) {
+    while (!time_up() && atomic_fetch_add(&started, 1) < max_ops) {
+        SSL *ssl = dial(resume_mode ? tl_ticket : NULL);
+        if (!ssl || write_all(ssl, msg, sizeof(msg)) || read_n(ssl, in, sizeof(in))) {
             atomic_fetch_add(&fails, 1);
             if (ssl)
                 hangup(ssl);
@@ -124,84 +162,245 @@ static void *conn_loop(void *arg)
     return NULL;
 }
 
-#define MAX_SAMPLES 400000
-struct rr_arg {
-    double *lat;
-    size_t n;
+/* ---- rr: persistent connections, one epoll thread ----------------------- */
+
+struct rrc {
+    SSL *ssl;
+    int fd;
+    size_t sent, got;
+    double t0;
 };
 
-static void *rr_loop(void *arg)
-{
-    struct rr_arg *a = arg;
-    char msg[1024];
-    memset(msg, 'r', sizeof(msg));
-    SSL *ssl = dial(NULL);
-    if (!ssl) {
-        atomic_fetch_add(&fails, 1);
-        return NULL;
-    }
-    while (!stop_flag) {
-        double t0 = now();
-        if (echo(ssl, msg, sizeof(msg)) != 0) {
-            atomic_fetch_add(&fails, 1);
-            break;
-        }
-        if (a->n < MAX_SAMPLES)
-            a->lat[a->n++] = now() - t0;
-        atomic_fetch_add(&ops, 1);
-    }
-    hangup(ssl);
-    return NULL;
-}
-
-static int cmp(const void *x, const void *y)
+static int cmp_dbl(const void *x, const void *y)
 {
     double a = *(const double *)x, b = *(const double *)y;
     return a < b ? -1 : a > b;
 }
 
-static size_t bulk_total;
-static void *bulk_reader(void *arg)
+static int run_rr(int conns, size_t msg_size)
 {
-    SSL *ssl = arg;
-    static char buf[65536];
-    size_t got = 0;
-    while (got < bulk_total) {
-        int r = SSL_read(ssl, buf, sizeof(buf));
-        if (r <= 0)
-            break;
-        got += (size_t)r;
+    struct rrc *v = calloc((size_t)conns, sizeof(*v));
+    char *msg = malloc(msg_size), *in = malloc(65536);
+    size_t cap = 4000000, ns = 0;
+    double *lat = malloc(sizeof(double) * cap);
+    if (!v || !msg || !in || !lat)
+        return 1;
+    memset(msg, 'r', msg_size);
+    int ep = epoll_create1(0), open_n = 0;
+    for (int i = 0; i < conns && now() - t_start < 60; i++) {
+        SSL *ssl = dial(NULL);
+        if (!ssl) {
+            atomic_fetch_add(&fails, 1);
+            continue;
+        }
+        int fd = SSL_get_fd(ssl);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        v[open_n] = (struct rrc){.ssl = ssl, .fd = fd};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = &v[open_n]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        open_n++;
     }
-    atomic_store(&ops, got);
+    t_start = now(); /* measure from the moment all connections are up */
+    for (int i = 0; i < open_n; i++) {
+        v[i].t0 = now();
+        int w = SSL_write(v[i].ssl, msg, (int)msg_size); /* 1 KiB fits any socket buffer */
+        if (w != (int)msg_size)
+            atomic_fetch_add(&fails, 1);
+    }
+    struct epoll_event evs[256];
+    while (!time_up() && ops < max_ops) {
+        int n = epoll_wait(ep, evs, 256, 100);
+        for (int i = 0; i < n; i++) {
+            struct rrc *c = evs[i].data.ptr;
+            for (;;) {
+                int r = SSL_read(c->ssl, in, 65536);
+                if (r <= 0) {
+                    int e = SSL_get_error(c->ssl, r);
+                    if (e != SSL_ERROR_WANT_READ) {
+                        atomic_fetch_add(&fails, 1);
+                        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                    }
+                    ERR_clear_error();
+                    break;
+                }
+                c->got += (size_t)r;
+                if (c->got >= msg_size) {
+                    double t = now();
+                    if (ns < cap)
+                        lat[ns++] = t - c->t0;
+                    atomic_fetch_add(&ops, 1);
+                    c->got = 0;
+                    c->t0 = t;
+                    if (time_up())
+                        break;
+                    if (SSL_write(c->ssl, msg, (int)msg_size) != (int)msg_size) {
+                        atomic_fetch_add(&fails, 1);
+                        ERR_clear_error();
+                    }
+                }
+            }
+        }
+    }
+    double secs = now() - t_start;
+    qsort(lat, ns, sizeof(double), cmp_dbl);
+    printf("ops=%llu secs=%.3f rate=%.1f p50_us=%.0f p99_us=%.0f p999_us=%.0f conns=%d "
+           "fails=%llu\n",
+           (unsigned long long)ops, secs, (double)ops / secs, ns ? lat[ns / 2] * 1e6 : 0,
+           ns ? lat[ns * 99 / 100] * 1e6 : 0, ns ? lat[ns * 999 / 1000] * 1e6 : 0, open_n,
+           (unsigned long long)fails);
+    for (int i = 0; i < open_n; i++)
+        hangup(v[i].ssl);
+    return 0;
+}
+
+/* ---- up / down ---------------------------------------------------------- */
+
+static int run_bulk(int up, unsigned long long bytes)
+{
+    SSL *ssl = dial(NULL);
+    if (!ssl) {
+        printf("bytes=0 secs=0 mbps=0 fails=1\n");
+        return 1;
+    }
+    static char buf[65536];
+    memset(buf, 'b', sizeof(buf));
+    char cmd[64];
+    int n = snprintf(cmd, sizeof(cmd), "%s %llu\n", up ? "SINK" : "SRC", bytes);
+    double t0 = now();
+    unsigned long long done = 0;
+    int bad = write_all(ssl, cmd, (size_t)n) != 0;
+    if (up) {
+        while (!bad && done < bytes && now() - t0 < duration) {
+            size_t k = bytes - done < sizeof(buf) ? (size_t)(bytes - done) : sizeof(buf);
+            if (write_all(ssl, buf, k))
+                bad = 1;
+            else
+                done += k;
+        }
+        char ok[3];
+        if (!bad && done == bytes && read_n(ssl, ok, 3) != 0)
+            bad = 1;
+    } else {
+        while (!bad && done < bytes && now() - t0 < duration) {
+            int r = SSL_read(ssl, buf, sizeof(buf));
+            if (r <= 0)
+                bad = 1;
+            else
+                done += (unsigned long long)r;
+        }
+    }
+    double secs = now() - t0;
+    printf("bytes=%llu secs=%.3f mbps=%.1f complete=%d fails=%d\n", done, secs,
+           (double)done / secs / 1e6, done == bytes, bad);
+    /* a cut-short download leaves the backend sending: closing is enough */
+    hangup(ssl);
+    return 0;
+}
+
+/* ---- idle --------------------------------------------------------------- */
+
+static SSL **idle_v;
+static int idle_k, idle_threads;
+static atomic_int idle_open;
+
+static void *idle_opener(void *arg)
+{
+    long id = (long)arg;
+    char msg[8] = "idle...", in[8];
+    for (int i = (int)id; i < idle_k && now() - t_start < 240; i += idle_threads) {
+        SSL *ssl = dial(NULL);
+        if (ssl && write_all(ssl, msg, sizeof(msg)) == 0 && read_n(ssl, in, sizeof(in)) == 0) {
+            idle_v[i] = ssl;
+            atomic_fetch_add(&idle_open, 1);
+        } else {
+            atomic_fetch_add(&fails, 1);
+            if (ssl)
+                hangup(ssl);
+        }
+    }
     return NULL;
+}
+
+static int run_idle(int k, int threads)
+{
+    idle_k = k, idle_threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    idle_v = calloc((size_t)k, sizeof(*idle_v));
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* keep the holder small */
+    pthread_t th[64];
+    for (long i = 0; i < idle_threads; i++)
+        pthread_create(&th[i], NULL, idle_opener, (void *)i);
+    for (int i = 0; i < idle_threads; i++)
+        pthread_join(th[i], NULL);
+    printf("open=%d secs=%.3f fails=%llu\n", atomic_load(&idle_open), now() - t_start,
+           (unsigned long long)fails);
+    fflush(stdout);
+    /* hold until run.sh closes our stdin, at most `duration` seconds */
+    double hold_start = now();
+    struct pollfd p = {.fd = 0, .events = POLLIN};
+    char c;
+    while (now() - hold_start < duration) {
+        if (poll(&p, 1, 200) > 0 && read(0, &c, 1) <= 0)
+            break;
+    }
+    for (int i = 0; i < k; i++)
+        if (idle_v[i]) {
+            close(SSL_get_fd(idle_v[i])); /* no close_notify: 9,000 of them take long */
+            SSL_free(idle_v[i]);
+        }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: loadgen full|resume|rr|bulk|idle HOST:PORT CERT KEY CA [opts]\n");
+        fprintf(stderr, "usage: loadgen full|resume|rr|up|down|idle HOST:PORT CERT KEY CA "
+                        "[-t N] [-d S] [-n N] [-c N] [-s B] [-m MIB] [-k N]\n");
         return 2;
     }
+    signal(SIGPIPE, SIG_IGN);
     const char *mode = argv[1];
-    int threads = 4, conns = 64, mib = 256, idle_n = 1000;
+    int threads = -1, conns = 64, mib = 256, idle_n = 1000, msg_size = 1024;
+    int dur_set = 0;
     for (int i = 6; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-t"))
-            threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-d"))
-            duration = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "-c"))
-            conns = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-m"))
-            mib = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-n"))
-            idle_n = atoi(argv[i + 1]);
+        const char *o = argv[i], *v = argv[i + 1];
+        if (!strcmp(o, "-t"))
+            threads = atoi(v);
+        else if (!strcmp(o, "-d"))
+            duration = atof(v), dur_set = 1;
+        else if (!strcmp(o, "-n"))
+            max_ops = strtoull(v, NULL, 10);
+        else if (!strcmp(o, "-c"))
+            conns = atoi(v);
+        else if (!strcmp(o, "-s"))
+            msg_size = atoi(v);
+        else if (!strcmp(o, "-m"))
+            mib = atoi(v);
+        else if (!strcmp(o, "-k"))
+            idle_n = atoi(v);
+        else {
+            fprintf(stderr, "loadgen: unknown option %s\n", o);
+            return 2;
+        }
+    }
+    if (msg_size < 1 || msg_size > 16384 || conns < 1 || conns > 4096 || mib < 1 ||
+        idle_n < 1 || duration <= 0) {
+        fprintf(stderr, "loadgen: option out of range\n");
+        return 2;
     }
     char host[64];
     const char *colon = strrchr(argv[2], ':');
+    if (!colon || colon - argv[2] >= (long)sizeof(host)) {
+        fprintf(stderr, "loadgen: HOST:PORT expected\n");
+        return 2;
+    }
     snprintf(host, sizeof(host), "%.*s", (int)(colon - argv[2]), argv[2]);
     target.sin_family = AF_INET;
     target.sin_port = htons((unsigned short)atoi(colon + 1));
-    inet_pton(AF_INET, host, &target.sin_addr);
+    if (inet_pton(AF_INET, host, &target.sin_addr) != 1 ||
+        (ntohl(target.sin_addr.s_addr) >> 24) != 127) {
+        fprintf(stderr, "loadgen: loopback IPv4 addresses only\n");
+        return 2;
+    }
 
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
@@ -215,83 +414,34 @@ int main(int argc, char **argv)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
     SSL_CTX_sess_set_new_cb(ctx, new_session);
 
-    double t0 = now();
+    t_start = now();
     if (!strcmp(mode, "full") || !strcmp(mode, "resume")) {
-        int resume = !strcmp(mode, "resume");
-        pthread_t th[256];
+        resume_mode = !strcmp(mode, "resume");
+        if (threads < 1)
+            threads = 4;
         if (threads > 256)
             threads = 256;
+        pthread_t th[256];
         for (int i = 0; i < threads; i++)
-            pthread_create(&th[i], NULL, conn_loop, &resume);
-        while (now() - t0 < duration)
-            usleep(20000);
-        stop_flag = 1;
+            pthread_create(&th[i], NULL, conn_loop, NULL);
         for (int i = 0; i < threads; i++)
             pthread_join(th[i], NULL);
-        double secs = now() - t0;
-        printf("ops=%llu secs=%.2f rate=%.1f reused=%llu fails=%llu\n",
+        double secs = now() - t_start;
+        printf("ops=%llu secs=%.3f rate=%.1f reused=%llu fails=%llu\n",
                (unsigned long long)ops, secs, (double)ops / secs, (unsigned long long)reused,
                (unsigned long long)fails);
     } else if (!strcmp(mode, "rr")) {
-        pthread_t th[1024];
-        struct rr_arg *a = calloc((size_t)conns, sizeof(*a));
-        if (conns > 1024)
-            conns = 1024;
-        for (int i = 0; i < conns; i++) {
-            a[i].lat = malloc(sizeof(double) * MAX_SAMPLES / 16);
-            pthread_create(&th[i], NULL, rr_loop, &a[i]);
-        }
-        while (now() - t0 < duration)
-            usleep(20000);
-        stop_flag = 1;
-        size_t total = 0;
-        for (int i = 0; i < conns; i++) {
-            pthread_join(th[i], NULL);
-            total += a[i].n;
-        }
-        double secs = now() - t0, *all = malloc(sizeof(double) * (total + 1));
-        size_t k = 0;
-        for (int i = 0; i < conns; i++)
-            for (size_t j = 0; j < a[i].n && j < MAX_SAMPLES / 16; j++)
-                all[k++] = a[i].lat[j];
-        qsort(all, k, sizeof(double), cmp);
-        printf("ops=%llu secs=%.2f rate=%.1f p50_us=%.0f p99_us=%.0f fails=%llu\n",
-               (unsigned long long)ops, secs, (double)ops / secs,
-               k ? all[k / 2] * 1e6 : 0, k ? all[k * 99 / 100] * 1e6 : 0,
-               (unsigned long long)fails);
-    } else if (!strcmp(mode, "bulk")) {
-        SSL *ssl = dial(NULL);
-        if (!ssl)
-            return 1;
-        bulk_total = (size_t)mib << 20;
-        pthread_t rd;
-        pthread_create(&rd, NULL, bulk_reader, ssl);
-        static char buf[16384];
-        memset(buf, 'b', sizeof(buf));
-        for (size_t sent = 0; sent < bulk_total && now() - t0 < 120; sent += sizeof(buf))
-            if (SSL_write(ssl, buf, sizeof(buf)) <= 0)
-                break;
-        pthread_join(rd, NULL);
-        double secs = now() - t0;
-        printf("bytes=%llu secs=%.2f mbps=%.1f\n", (unsigned long long)ops, secs,
-               (double)ops / secs / 1e6);
-        hangup(ssl);
+        return run_rr(conns, (size_t)msg_size);
+    } else if (!strcmp(mode, "up") || !strcmp(mode, "down")) {
+        if (!dur_set)
+            duration = 60;
+        return run_bulk(!strcmp(mode, "up"), (unsigned long long)mib << 20);
     } else if (!strcmp(mode, "idle")) {
-        SSL **v = calloc((size_t)idle_n, sizeof(*v));
-        int open_n = 0;
-        char msg[8] = "idle...";
-        for (int i = 0; i < idle_n && now() - t0 < 120; i++) {
-            v[i] = dial(NULL);
-            if (v[i] && echo(v[i], msg, sizeof(msg)) == 0)
-                open_n++;
-        }
-        printf("open=%d\n", open_n);
-        fflush(stdout);
-        char c;
-        while (read(0, &c, 1) > 0) /* hold until run.sh closes our stdin */
-            ;
+        if (!dur_set)
+            duration = 300;
+        return run_idle(idle_n, threads < 1 ? 2 : threads);
     } else {
-        fprintf(stderr, "unknown mode %s\n", mode);
+        fprintf(stderr, "loadgen: unknown mode %s\n", mode);
         return 2;
     }
     return 0;
