@@ -23,6 +23,7 @@
  *   options: -t THREADS (full/resume default 4, idle 2)  -d SECONDS (default 5)
  *            -n MAXCONNS (full/resume, default 10000000)  -c CONNS (rr, 64)
  *            -s BYTES (rr, 1024)  -m MIB (up/down, 256)  -k N (idle, 1000)
+ *            -C TLS13SUITES (default TLS_AES_128_GCM_SHA256, the same for every server)
  *
  * Output: one line of key=value pairs (ops, secs, rate, fails, ...) on stdout.
  * The backend is bench/echo.c.
@@ -45,6 +46,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/ssl.h>
 
 static struct sockaddr_in target;
@@ -53,6 +55,8 @@ static double duration = 5, t_start;
 static unsigned long long max_ops = 10000000ULL;
 static atomic_ullong ops, fails, reused, started;
 static atomic_int stop_flag;
+static char negotiated[96] = "none"; /* cipher/group of the first connection */
+static atomic_int have_negotiated;
 
 static double now(void)
 {
@@ -100,6 +104,11 @@ static SSL *dial(SSL_SESSION *sess)
         close(fd);
         ERR_clear_error();
         return NULL;
+    }
+    if (atomic_exchange(&have_negotiated, 1) == 0) {
+        int g = SSL_get_negotiated_group(ssl);
+        snprintf(negotiated, sizeof(negotiated), "%s/%s", SSL_get_cipher_name(ssl),
+                 g ? OBJ_nid2sn(g) : "?");
     }
     return ssl;
 }
@@ -244,10 +253,10 @@ static int run_rr(int conns, size_t msg_size)
     double secs = now() - t_start;
     qsort(lat, ns, sizeof(double), cmp_dbl);
     printf("ops=%llu secs=%.3f rate=%.1f p50_us=%.0f p99_us=%.0f p999_us=%.0f conns=%d "
-           "fails=%llu\n",
+           "fails=%llu tls=%s\n",
            (unsigned long long)ops, secs, (double)ops / secs, ns ? lat[ns / 2] * 1e6 : 0,
            ns ? lat[ns * 99 / 100] * 1e6 : 0, ns ? lat[ns * 999 / 1000] * 1e6 : 0, open_n,
-           (unsigned long long)fails);
+           (unsigned long long)fails, negotiated);
     for (int i = 0; i < open_n; i++)
         hangup(v[i].ssl);
     return 0;
@@ -290,8 +299,8 @@ static int run_bulk(int up, unsigned long long bytes)
         }
     }
     double secs = now() - t0;
-    printf("bytes=%llu secs=%.3f mbps=%.1f complete=%d fails=%d\n", done, secs,
-           (double)done / secs / 1e6, done == bytes, bad);
+    printf("bytes=%llu secs=%.3f mbps=%.1f complete=%d fails=%d tls=%s\n", done, secs,
+           (double)done / secs / 1e6, done == bytes, bad, negotiated);
     /* a cut-short download leaves the backend sending: closing is enough */
     hangup(ssl);
     return 0;
@@ -354,13 +363,14 @@ int main(int argc, char **argv)
 {
     if (argc < 6) {
         fprintf(stderr, "usage: loadgen full|resume|rr|up|down|idle HOST:PORT CERT KEY CA "
-                        "[-t N] [-d S] [-n N] [-c N] [-s B] [-m MIB] [-k N]\n");
+                        "[-t N] [-d S] [-n N] [-c N] [-s B] [-m MIB] [-k N] [-C SUITES]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     const char *mode = argv[1];
     int threads = -1, conns = 64, mib = 256, idle_n = 1000, msg_size = 1024;
     int dur_set = 0;
+    const char *suites = "TLS_AES_128_GCM_SHA256";
     for (int i = 6; i + 1 < argc; i += 2) {
         const char *o = argv[i], *v = argv[i + 1];
         if (!strcmp(o, "-t"))
@@ -377,6 +387,8 @@ int main(int argc, char **argv)
             mib = atoi(v);
         else if (!strcmp(o, "-k"))
             idle_n = atoi(v);
+        else if (!strcmp(o, "-C"))
+            suites = v;
         else {
             fprintf(stderr, "loadgen: unknown option %s\n", o);
             return 2;
@@ -404,6 +416,14 @@ int main(int argc, char **argv)
 
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    /* The same suite with every server (-C to change): AES-128-GCM, which meshtls prefers;
+     * some servers prefer their own order over the client's.  X25519 key exchange.  Printed
+     * as tls=CIPHER/GROUP. */
+    if (!SSL_CTX_set_ciphersuites(ctx, suites)) {
+        fprintf(stderr, "loadgen: bad -C %s\n", suites);
+        return 2;
+    }
+    SSL_CTX_set1_groups_list(ctx, "X25519:P-256");
     if (SSL_CTX_use_certificate_chain_file(ctx, argv[3]) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, argv[4], SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_load_verify_locations(ctx, argv[5], NULL) != 1) {
@@ -427,9 +447,9 @@ int main(int argc, char **argv)
         for (int i = 0; i < threads; i++)
             pthread_join(th[i], NULL);
         double secs = now() - t_start;
-        printf("ops=%llu secs=%.3f rate=%.1f reused=%llu fails=%llu\n",
+        printf("ops=%llu secs=%.3f rate=%.1f reused=%llu fails=%llu tls=%s\n",
                (unsigned long long)ops, secs, (double)ops / secs, (unsigned long long)reused,
-               (unsigned long long)fails);
+               (unsigned long long)fails, negotiated);
     } else if (!strcmp(mode, "rr")) {
         return run_rr(conns, (size_t)msg_size);
     } else if (!strcmp(mode, "up") || !strcmp(mode, "down")) {
