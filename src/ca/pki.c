@@ -183,9 +183,9 @@ static int stage_key(struct ca_stage *st, const char *path, EVP_PKEY *k, struct 
     return rc;
 }
 
-static int serial_hex(X509 *c, char *out, size_t cap)
+/* Write `bn` (taken: freed here, NULL allowed) as lower-case even-length hex. */
+static int bn_to_hex(BIGNUM *bn, char *out, size_t cap)
 {
-    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), NULL);
     char *hex = bn ? BN_bn2hex(bn) : NULL;
     BN_free(bn);
     if (!hex)
@@ -196,6 +196,11 @@ static int serial_hex(X509 *c, char *out, size_t cap)
     out[i] = '\0';
     OPENSSL_free(hex);
     return 0;
+}
+
+static int serial_hex(X509 *c, char *out, size_t cap)
+{
+    return bn_to_hex(ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), NULL), out, cap);
 }
 
 int ca_serial_normalize(const char *in, char *out, size_t cap)
@@ -214,16 +219,7 @@ int ca_serial_normalize(const char *in, char *out, size_t cap)
     clean[j] = '\0';
     if (!BN_hex2bn(&bn, clean))
         return -1;
-    char *hex = BN_bn2hex(bn);
-    BN_free(bn);
-    if (!hex)
-        return -1;
-    size_t i = 0;
-    for (; hex[i] && i + 1 < cap; i++)
-        out[i] = (char)((hex[i] >= 'A' && hex[i] <= 'F') ? hex[i] - 'A' + 'a' : hex[i]);
-    out[i] = '\0';
-    OPENSSL_free(hex);
-    return 0;
+    return bn_to_hex(bn, out, cap);
 }
 
 /* ---- init ---------------------------------------------------------------- */
