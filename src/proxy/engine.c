@@ -10,6 +10,15 @@
  * stops early for fairness it goes on the worker's ready list, so an edge
  * is never lost.
  *
+ * Each end remembers what the kernel last told it (rd_ready, wr_ready):
+ * an event sets the flag, and a read or write that proves the socket empty
+ * or full clears it (EAGAIN, OpenSSL's WANT_READ/WANT_WRITE, or a short
+ * read/write on a plain TCP socket).  The relay only calls read/write on an
+ * end whose flag is set, so a request costs one read per socket instead of
+ * a read plus EAGAIN probes on both sides.  A TLS read that needs to write
+ * (or a write that needs to read) clears the other flag and keeps its own,
+ * so the next event of either kind retries it.
+ *
  * States (struct px_conn.state):
  *   PX_HANDSHAKE   TLS handshake on the TLS end (server: client side;
  *                  client mode: target side, after PX_CONNECT)
@@ -62,6 +71,10 @@ struct px_end {
     int wr_shut; /* we have shut down writing towards this end */
     int shut_pending; /* close_notify queued in OpenSSL, not yet on the wire */
     int is_down;
+    int rd_ready; /* a read may make progress: set by events, cleared by EAGAIN/short read */
+    int wr_ready; /* a write may make progress: set by events, cleared by EAGAIN/short write */
+    int drained;  /* TLS end: OpenSSL's last read(2) since the last event came back short */
+    int rdhup;    /* the peer's FIN (or an error) arrived: read until EOF, no more edges come */
 };
 
 struct px_conn {
@@ -101,6 +114,7 @@ struct px_worker {
     struct px_conn *ready;  /* to step again without an event */
     struct px_conn *freeing; /* closed, free after the batch */
     int listening;          /* listener in our epoll set */
+    int64_t now_ms;         /* monotonic time of the last epoll_wait return */
 };
 
 static char *pool_get(struct px_worker *w)
@@ -286,23 +300,73 @@ int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls
 
 /* ---- connection I/O ---------------------------------------------------- */
 
+/* SSL_get_error() needs an empty error queue.  Every failure path below empties it, so it
+ * is almost always empty already: peeking is far cheaper than clearing all 16 slots. */
+static inline void clear_err(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+/* Called by the socket BIO around each of OpenSSL's read(2) calls on a TLS end: a read
+ * that returns fewer bytes than OpenSSL asked for (read-ahead asks for a whole buffer)
+ * emptied the socket's receive queue. */
+static long rbio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                    size_t *processed)
+{
+    (void)argp, (void)argi, (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
+        e->drained = ret <= 0 || (processed && *processed < len);
+    }
+    return ret;
+}
+
+/* Give `e` the TLS connection `ssl` over its socket.  @return 0, or -1 on failure. */
+static int tls_attach(struct px_end *e, SSL *ssl)
+{
+    if (!ssl)
+        return -1;
+    e->ssl = ssl;
+    if (!SSL_set_fd(ssl, e->fd))
+        return -1;
+    BIO *rb = SSL_get_rbio(ssl);
+    BIO_set_callback_arg(rb, (char *)e);
+    BIO_set_callback_ex(rb, rbio_cb);
+    return 0;
+}
+
 /* @return >0 bytes, 0 EOF, -1 would block, -2 error. */
 static ssize_t end_read(struct px_end *e, char *buf, size_t n)
 {
     if (!e->ssl) {
         ssize_t r = read(e->fd, buf, n);
-        if (r >= 0)
+        if (r > 0) {
+            /* a short read on a stream socket emptied its queue: the next byte is an edge.
+             * Not so after the FIN: its edge has passed, and the next read returns 0. */
+            if ((size_t)r < n && !e->rdhup)
+                e->rd_ready = 0;
             return r;
+        }
+        if (r == 0)
+            return 0;
+        if (errno == EAGAIN)
+            e->rd_ready = 0;
         return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
     }
     size_t got = 0;
-    ERR_clear_error();
+    clear_err();
     errno = 0;
-    if (SSL_read_ex(e->ssl, buf, n, &got) == 1)
+    if (SSL_read_ex(e->ssl, buf, n, &got) == 1) {
+        /* the socket came up short and OpenSSL holds nothing more: wait for the next edge
+         * rather than probe with a read(2) that would return EAGAIN */
+        if (e->drained && !e->rdhup && !SSL_has_pending(e->ssl))
+            e->rd_ready = 0;
         return (ssize_t)got;
+    }
     switch (SSL_get_error(e->ssl, 0)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE: return -1;
+    case SSL_ERROR_WANT_READ: e->rd_ready = 0; return -1;
+    case SSL_ERROR_WANT_WRITE: e->wr_ready = 0; return -1; /* retried on EPOLLOUT */
     case SSL_ERROR_ZERO_RETURN: return 0;
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0 && errno == 0)
@@ -317,17 +381,28 @@ static ssize_t end_write(struct px_end *e, const char *buf, size_t n)
 {
     if (!e->ssl) {
         ssize_t w = send(e->fd, buf, n, MSG_NOSIGNAL);
-        if (w >= 0)
+        if (w >= 0) {
+            if ((size_t)w < n)
+                e->wr_ready = 0; /* the send buffer is full: wait for EPOLLOUT */
             return w;
+        }
+        if (errno == EAGAIN)
+            e->wr_ready = 0;
         return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
     }
     size_t put = 0;
-    ERR_clear_error();
+    clear_err();
     if (SSL_write_ex(e->ssl, buf, n, &put) == 1)
         return (ssize_t)put;
     int se = SSL_get_error(e->ssl, 0);
-    if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE)
+    if (se == SSL_ERROR_WANT_WRITE) {
+        e->wr_ready = 0;
         return -1;
+    }
+    if (se == SSL_ERROR_WANT_READ) {
+        e->rd_ready = 0; /* retried on EPOLLIN */
+        return -1;
+    }
     ERR_clear_error();
     return -2;
 }
@@ -335,10 +410,12 @@ static ssize_t end_write(struct px_end *e, const char *buf, size_t n)
 static void end_shut_write(struct px_end *e)
 {
     if (e->ssl) {
-        ERR_clear_error();
+        clear_err();
         int r = SSL_shutdown(e->ssl); /* sends close_notify; reading stays possible */
         /* a full socket buffer: flush it from the relay loop when the socket drains */
         e->shut_pending = r < 0 && SSL_get_error(e->ssl, r) == SSL_ERROR_WANT_WRITE;
+        if (e->shut_pending)
+            e->wr_ready = 0;
         ERR_clear_error();
     } else {
         shutdown(e->fd, SHUT_WR);
@@ -438,7 +515,7 @@ static void start_connect(struct px_worker *w, struct px_conn *c)
         return;
     }
     c->state = PX_CONNECT;
-    c->deadline_ms = now_ms() + cfg->connect_timeout_ms;
+    c->deadline_ms = w->now_ms + cfg->connect_timeout_ms;
 }
 
 /* Queue a PROXY v2 header announcing the client and its identity. */
@@ -524,7 +601,10 @@ static int start_relay(struct px_worker *w, struct px_conn *c)
         queue_pp2(c);
     }
     c->state = PX_RELAY;
-    c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
+    c->deadline_ms = w->now_ms + cfg->idle_timeout_ms;
+    /* OpenSSL may already hold application data read with the handshake, and the target
+     * may have answered: start with both ends ready, the first EAGAIN clears them. */
+    c->down.rd_ready = c->down.wr_ready = c->up.rd_ready = c->up.wr_ready = 1;
     return 0;
 }
 
@@ -568,7 +648,7 @@ static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end
 static void step_handshake(struct px_worker *w, struct px_conn *c)
 {
     struct px_end *t = c->hs;
-    ERR_clear_error();
+    clear_err();
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
         handshake_done(w, c, t);
@@ -617,15 +697,15 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
     if (getpeername(c->up.fd, (struct sockaddr *)&ss, &ssl_len) != 0)
         return;
     if (cfg->mode == PX_MODE_CLIENT || cfg->target_tls) {
-        c->up.ssl = cfg->mode == PX_MODE_CLIENT ? new_ssl(g_tls, 1) : new_ssl(g_target_tls, 1);
         c->hs = &c->up;
-        if (!c->up.ssl || !SSL_set_fd(c->up.ssl, c->up.fd)) {
+        if (tls_attach(&c->up, cfg->mode == PX_MODE_CLIENT ? new_ssl(g_tls, 1)
+                                                           : new_ssl(g_target_tls, 1)) != 0) {
             conn_close(w, c, "cannot create TLS connection");
             return;
         }
         SSL_set_connect_state(c->up.ssl);
         c->state = PX_HANDSHAKE;
-        c->deadline_ms = now_ms() + cfg->handshake_timeout_ms;
+        c->deadline_ms = w->now_ms + cfg->handshake_timeout_ms;
         step_handshake(w, c);
         return;
     }
@@ -641,15 +721,17 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
         for (int dir = 0; dir < 2; dir++) {
             struct px_end *src = dir == 0 ? &c->down : &c->up;
             struct px_end *dst = dir == 0 ? &c->up : &c->down;
-            if (dst->shut_pending) {
-                ERR_clear_error();
+            if (dst->shut_pending && dst->wr_ready) {
+                clear_err();
                 int r = SSL_shutdown(dst->ssl);
                 dst->shut_pending = r < 0 && SSL_get_error(dst->ssl, r) == SSL_ERROR_WANT_WRITE;
+                if (dst->shut_pending)
+                    dst->wr_ready = 0;
                 ERR_clear_error();
             }
             if (dir == 0 && c->h1 && c->len[0] == 0) {
                 /* HTTP/1.1 identity forwarding: raw bytes -> filter -> buf[0] */
-                if (c->raw_len == 0 && !src->rd_eof) {
+                if (c->raw_len == 0 && !src->rd_eof && src->rd_ready) {
                     ssize_t n = end_read(src, c->raw, PX_BUF);
                     if (n > 0) {
                         c->raw_off = 0;
@@ -685,7 +767,7 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                     if (used || made)
                         progress = 1;
                 }
-            } else if (c->len[dir] == 0 && !src->rd_eof) {
+            } else if (c->len[dir] == 0 && !src->rd_eof && src->rd_ready) {
                 if (!c->buf[dir] && !(c->buf[dir] = pool_get(w))) {
                     conn_close(w, c, "out of memory");
                     return 0;
@@ -705,7 +787,7 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                     return 0;
                 }
             }
-            if (c->len[dir] > 0) {
+            if (c->len[dir] > 0 && dst->wr_ready) {
                 ssize_t n = end_write(dst, c->buf[dir] + c->off[dir], c->len[dir]);
                 if (n > 0) {
                     c->off[dir] += (size_t)n;
@@ -724,7 +806,7 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
             }
         }
         if (progress)
-            c->deadline_ms = now_ms() + cfg->idle_timeout_ms;
+            c->deadline_ms = w->now_ms + cfg->idle_timeout_ms;
     }
     /* Nothing in flight: give the buffers back, an idle connection holds none. */
     for (int dir = 0; dir < 2; dir++)
@@ -742,14 +824,15 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
 static void conn_step(struct px_worker *w, struct px_conn *c)
 {
     int again = 0;
+    enum px_state was = c->state;
     switch (c->state) {
     case PX_HANDSHAKE: step_handshake(w, c); break;
     case PX_CONNECT: step_connect(w, c); break;
     case PX_RELAY: again = step_relay(w, c); break;
     case PX_CLOSED: return;
     }
-    /* a state change may have more to do right away */
-    if (c->state == PX_RELAY && !again)
+    /* entering the relay may have bytes to move right away (buffered by OpenSSL) */
+    if (was != PX_RELAY && c->state == PX_RELAY)
         again = step_relay(w, c);
     if (again && !c->on_ready && c->state != PX_CLOSED) {
         c->on_ready = 1;
@@ -801,15 +884,14 @@ static void accept_batch(struct px_worker *w)
             continue;
         }
         if (cfg->mode == PX_MODE_SERVER) {
-            c->down.ssl = new_ssl(g_tls, 0);
             c->hs = &c->down;
-            if (!c->down.ssl || !SSL_set_fd(c->down.ssl, fd)) {
+            if (tls_attach(&c->down, new_ssl(g_tls, 0)) != 0) {
                 conn_close(w, c, "cannot create TLS connection");
                 continue;
             }
             SSL_set_accept_state(c->down.ssl);
             c->state = PX_HANDSHAKE;
-            c->deadline_ms = now_ms() + cfg->handshake_timeout_ms;
+            c->deadline_ms = w->now_ms + cfg->handshake_timeout_ms;
         } else {
             start_connect(w, c);
         }
@@ -841,6 +923,7 @@ static void *worker_main(void *arg)
     struct px_worker *w = arg;
     struct epoll_event evs[128];
     int64_t last_sweep = now_ms();
+    w->now_ms = last_sweep;
     for (;;) {
         int stop = atomic_load(&stopping);
         if (stop && w->listening) {
@@ -855,6 +938,7 @@ static void *worker_main(void *arg)
                 w->listening = 1;
         }
         int n = epoll_wait(w->epfd, evs, 128, w->ready ? 0 : 100);
+        w->now_ms = now_ms();
         for (int i = 0; i < n; i++) {
             struct px_end *e = evs[i].data.ptr;
             if (!e) {
@@ -862,6 +946,13 @@ static void *worker_main(void *arg)
                     accept_batch(w);
                 continue;
             }
+            uint32_t ev = evs[i].events;
+            if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                e->rd_ready = 1, e->drained = 0;
+            if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                e->rdhup = 1;
+            if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                e->wr_ready = 1;
             conn_step(w, e->c);
         }
         /* connections that yielded get another turn */
@@ -873,7 +964,7 @@ static void *worker_main(void *arg)
             conn_step(w, r);
             r = nx;
         }
-        int64_t now = now_ms();
+        int64_t now = w->now_ms;
         if (now - last_sweep >= 100) {
             sweep_timeouts(w);
             last_sweep = now;
