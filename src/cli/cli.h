@@ -21,4 +21,8 @@ void cli_print_err(const char *what, const struct meshtls_err *err, int code);
 /** Exit status for a MESHTLS_E* code (2 usage/input, 1 otherwise). */
 int cli_exit_code(int code);
 
+/** The allocator this build of the command runs on, e.g. "mimalloc 2.0.9" or "glibc malloc"
+ *  (the MESHTLS_MIMALLOC build option).  @return a static string; never NULL. */
+const char *cli_allocator(void);
+
 #endif

@@ -1,11 +1,35 @@
 /*
  * main.c - `meshtls`: dispatch to subcommands.
+ *
+ * The command is linked with mimalloc unless built with -DMESHTLS_MIMALLOC=OFF
+ * (CMakeLists.txt): the whole process, OpenSSL and the proxy engine included,
+ * then allocates through it (docs/PERFORMANCE.md).  libmeshtls itself never
+ * chooses the allocator of the program that links it.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#ifdef MESHTLS_WITH_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 #include "cli.h"
 #include "meshtls/meshtls.h"
+
+const char *cli_allocator(void)
+{
+#ifdef MESHTLS_WITH_MIMALLOC
+    static char name[32];
+    if (!name[0]) {
+        int v = mi_version(); /* e.g. 209 for 2.0.9 */
+        snprintf(name, sizeof(name), "mimalloc %d.%d.%d", v / 100, v / 10 % 10, v % 10);
+    }
+    return name;
+#else
+    return "glibc malloc";
+#endif
+}
 
 struct command {
     const char *name;
@@ -61,7 +85,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("meshtls %s\n", MESHTLS_VERSION);
+        printf("meshtls %s\n%s\nallocator: %s\n", MESHTLS_VERSION,
+               OpenSSL_version(OPENSSL_VERSION), cli_allocator());
         return 0;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
