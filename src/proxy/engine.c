@@ -315,10 +315,16 @@ static long rbio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, lo
                     size_t *processed)
 {
     (void)argp, (void)argi, (void)argl;
-    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
-        struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
-        e->drained = ret <= 0 || (processed && *processed < len);
+    struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
+    if (oper == BIO_CB_READ && e->drained && !e->rdhup) {
+        /* The socket was empty at the last read and no event has come since: answer
+         * "retry" (WANT_READ) without a read(2) that would only return EAGAIN. */
+        BIO_clear_retry_flags(b);
+        BIO_set_retry_read(b);
+        return -1;
     }
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN))
+        e->drained = ret <= 0 || (processed && *processed < len);
     return ret;
 }
 
@@ -675,6 +681,10 @@ static void step_handshake(struct px_worker *w, struct px_conn *c)
 
 static void step_connect(struct px_worker *w, struct px_conn *c)
 {
+    /* Only the target socket's own EPOLLOUT (connected) or EPOLLERR/EPOLLHUP (refused)
+     * ends the connect; an event from the client end leaves it in flight. */
+    if (!c->up.wr_ready)
+        return;
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
     if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
@@ -691,11 +701,6 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
         conn_close(w, c, NULL);
         return;
     }
-    /* Is it really connected?  A connect still in flight has no peer yet. */
-    struct sockaddr_storage ss;
-    socklen_t ssl_len = sizeof(ss);
-    if (getpeername(c->up.fd, (struct sockaddr *)&ss, &ssl_len) != 0)
-        return;
     if (cfg->mode == PX_MODE_CLIENT || cfg->target_tls) {
         c->hs = &c->up;
         if (tls_attach(&c->up, cfg->mode == PX_MODE_CLIENT ? new_ssl(g_tls, 1)
@@ -868,8 +873,6 @@ static void accept_batch(struct px_worker *w)
         }
         atomic_fetch_add(&px_metrics.active, 1);
         atomic_fetch_add(&px_metrics.conns_total, 1);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->down = (struct px_end){.c = c, .fd = fd, .is_down = 1};
         c->up = (struct px_end){.c = c, .fd = -1};
         c->start_us = now_us();
@@ -1097,6 +1100,8 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
                                "add --insecure-target", c->target);
     listen_fd = socket(la.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* accepted sockets inherit it: no setsockopt per connection */
+    setsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&la, ll) != 0 ||
         listen(listen_fd, 4096) != 0)
         return meshtls_err_set(err, MESHTLS_EIO, "--listen %s: %s", c->listen, strerror(errno));
