@@ -315,30 +315,39 @@ static long rbio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, lo
                     size_t *processed)
 {
     (void)argp, (void)argi, (void)argl;
-    struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
-    if (oper == BIO_CB_READ && e->drained && !e->rdhup) {
-        /* The socket was empty at the last read and no event has come since: answer
-         * "retry" (WANT_READ) without a read(2) that would only return EAGAIN. */
-        BIO_clear_retry_flags(b);
-        BIO_set_retry_read(b);
-        return -1;
-    }
-    if (oper == (BIO_CB_READ | BIO_CB_RETURN))
+    if (oper == BIO_CB_READ) {
+        struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
+        if (e->drained && !e->rdhup) {
+            /* The socket was empty at the last read and no event has come since: answer
+             * "retry" (WANT_READ) without a read(2) that would only return EAGAIN. */
+            BIO_clear_retry_flags(b);
+            BIO_set_retry_read(b);
+            return -1;
+        }
+    } else if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        struct px_end *e = (struct px_end *)BIO_get_callback_arg(b);
         e->drained = ret <= 0 || (processed && *processed < len);
+    }
     return ret;
 }
 
-/* Give `e` the TLS connection `ssl` over its socket.  @return 0, or -1 on failure. */
+/* Give `e` the TLS connection `ssl` over its socket.  Reading and writing get separate
+ * socket BIOs so that only reads (not OpenSSL's many write-side BIO_ctrl calls) pass
+ * through rbio_cb.  @return 0, or -1 on failure (`ssl` then belongs to `e` anyway). */
 static int tls_attach(struct px_end *e, SSL *ssl)
 {
     if (!ssl)
         return -1;
     e->ssl = ssl;
-    if (!SSL_set_fd(ssl, e->fd))
+    BIO *rb = BIO_new_socket(e->fd, BIO_NOCLOSE), *wb = BIO_new_socket(e->fd, BIO_NOCLOSE);
+    if (!rb || !wb) {
+        BIO_free(rb);
+        BIO_free(wb);
         return -1;
-    BIO *rb = SSL_get_rbio(ssl);
+    }
     BIO_set_callback_arg(rb, (char *)e);
     BIO_set_callback_ex(rb, rbio_cb);
+    SSL_set_bio(ssl, rb, wb); /* the SSL owns both from here */
     return 0;
 }
 
