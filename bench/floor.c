@@ -134,6 +134,11 @@ static int cmp_dbl(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* floor-mimalloc is this file linked with mimalloc, as the meshtls command is (bench/Makefile) */
+#ifndef FLOOR_ALLOC
+#define FLOOR_ALLOC ""
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc < 6) {
@@ -239,7 +244,7 @@ int main(int argc, char **argv)
         char rbuf[64] = "–";
         if (cf->resume && nr)
             snprintf(rbuf, sizeof(rbuf), "%.0f (%.0f..%.0f)", rs[nr / 2], rs[0], rs[nr - 1]);
-        printf("| %s | %.0f (%.0f..%.0f) | %s | %d × %d%s%s |\n", cf->name,
+        printf("| %s%s | %.0f (%.0f..%.0f) | %s | %d × %d%s%s |\n", cf->name, FLOOR_ALLOC,
                nr ? fs[nr / 2] : 0, nr ? fs[0] : 0, nr ? fs[nr - 1] : 0, rbuf, nr, n,
                bad ? " FAILURES" : "", notres ? " (some not resumed)" : "");
         fflush(stdout);
