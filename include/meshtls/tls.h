@@ -44,7 +44,10 @@ struct meshtls_tls_opts {
     struct meshtls_session_cache *session_cache; /**< server: stateful resumption through this
                                                       cache (borrowed; the context takes its own
                                                       reference); NULL = OpenSSL's stateless
-                                                      tickets */
+                                                      tickets.  A stored session keeps only the
+                                                      client's leaf: after the handshake
+                                                      SSL_get_peer_cert_chain() is empty (use
+                                                      SSL_get0_verified_chain() for the chain) */
     int num_tickets;         /**< server: session tickets per handshake; 0 = default (1 with a
                                   session cache, OpenSSL's 2 otherwise); -1 = none */
     struct meshtls_verify_cache *verify_cache; /**< server: skip re-verifying a chain verified

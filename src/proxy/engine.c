@@ -37,6 +37,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,13 +94,19 @@ struct px_conn {
     struct px_conn *next, *prev; /* worker's list of live connections */
     struct px_conn *ready_next;
     struct px_conn *free_next;
-    struct sockaddr_storage peer_sa; /* client address, for PROXY v2 */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer_sa;        /* client address, for PROXY v2 */
     char peer_addr[64];
-    char who[300];   /* peer identity for logs */
-    char serial[80];
-    char decision[340];
-    const char *why; /* closing reason */
-    char why_buf[300];
+    /* Text for the logs, allocated only when there is some: an idle connection keeps
+     * ~100 bytes here instead of a kilobyte of fixed buffers. */
+    char *who;            /* peer identity (SPIFFE ID or subject) */
+    char *serial;         /* peer certificate serial */
+    const char *decision; /* "allow" / "deny" (static) */
+    const char *why;      /* closing reason: static, or why_owned */
+    char *why_owned;
 };
 
 #define PX_POOL_MAX 256 /* spare buffers kept per worker */
@@ -440,6 +447,20 @@ static void end_shut_write(struct px_end *e)
 
 /* ---- connection lifecycle ---------------------------------------------- */
 
+/* The closing reason, formatted (kept to 300 bytes).  Out of memory leaves a fixed one. */
+__attribute__((format(printf, 2, 3))) static void set_why(struct px_conn *c, const char *fmt, ...)
+{
+    free(c->why_owned);
+    c->why_owned = malloc(300);
+    if (c->why_owned) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->why_owned, 300, fmt, ap);
+        va_end(ap);
+    }
+    c->why = c->why_owned ? c->why_owned : "error (out of memory formatting the reason)";
+}
+
 static void conn_close(struct px_worker *w, struct px_conn *c, const char *why)
 {
     if (c->state == PX_CLOSED)
@@ -450,8 +471,8 @@ static void conn_close(struct px_worker *w, struct px_conn *c, const char *why)
     meshtls_log(MESHTLS_LOG_INFO,
                 "close client=%s id=%s serial=%s decision=%s bytes_up=%llu bytes_down=%llu "
                 "duration_ms=%.1f reason=\"%s\"",
-                c->peer_addr, c->who[0] ? c->who : "-", c->serial[0] ? c->serial : "-",
-                c->decision[0] ? c->decision : "-", c->bytes[0], c->bytes[1], (double)dur / 1000.0,
+                c->peer_addr, c->who ? c->who : "-", c->serial ? c->serial : "-",
+                c->decision ? c->decision : "-", c->bytes[0], c->bytes[1], (double)dur / 1000.0,
                 c->why ? c->why : "done");
     atomic_fetch_add(&px_metrics.bytes_up, c->bytes[0]);
     atomic_fetch_add(&px_metrics.bytes_down, c->bytes[1]);
@@ -482,6 +503,9 @@ static void conn_free(struct px_worker *w, struct px_conn *c)
     free(c->h1);
     free(c->inject);
     free(c->raw);
+    free(c->who);
+    free(c->serial);
+    free(c->why_owned);
     free(c);
     long long left = atomic_fetch_sub(&px_metrics.active, 1) - 1;
     if (cfg && left < cfg->max_conns)
@@ -518,9 +542,7 @@ static void start_connect(struct px_worker *w, struct px_conn *c)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->up.fd = fd;
     if (connect(fd, (struct sockaddr *)&target_addr, target_len) != 0 && errno != EINPROGRESS) {
-        snprintf(c->why_buf, sizeof(c->why_buf), "cannot connect to target %s: %s", cfg->target,
-                 strerror(errno));
-        c->why = c->why_buf;
+        set_why(c, "cannot connect to target %s: %s", cfg->target, strerror(errno));
         atomic_fetch_add(&px_metrics.backend_errors, 1);
         conn_close(w, c, NULL);
         return;
@@ -539,7 +561,7 @@ static void queue_pp2(struct px_conn *c)
     struct sockaddr_storage local;
     socklen_t ll = sizeof(local);
     if (getsockname(c->down.fd, (struct sockaddr *)&local, &ll) != 0)
-        local = c->peer_sa;
+        memcpy(&local, &c->peer_sa, sizeof(c->peer_sa));
     struct meshtls_identity *id = NULL;
     meshtls_tls_peer_identity(c->down.ssl, &id, NULL);
     struct px_pp2_tls t = {
@@ -549,7 +571,7 @@ static void queue_pp2(struct px_conn *c)
         .cn = id ? id->cn : NULL,
         .spiffe_id = id ? id->spiffe_id : NULL,
     };
-    size_t n = px_pp2_build((unsigned char *)c->buf[0], PX_BUF, (struct sockaddr *)&c->peer_sa,
+    size_t n = px_pp2_build((unsigned char *)c->buf[0], PX_BUF, &c->peer_sa.sa,
                             (struct sockaddr *)&local, &t);
     meshtls_identity_free(id);
     c->off[0] = 0;
@@ -615,6 +637,16 @@ static int start_relay(struct px_worker *w, struct px_conn *c)
         }
         queue_pp2(c);
     }
+    /* Identity, policy, PROXY v2 and the identity headers are done with the peer's chain:
+     * free the verified copy OpenSSL keeps per connection (the session's own intermediates
+     * went when the session cache stored it, src/lib/tls.c).  The stack is this SSL's alone. */
+    for (int i = 0; i < 2; i++) {
+        SSL *ssl = i ? c->up.ssl : c->down.ssl;
+        STACK_OF(X509) *vc = ssl ? SSL_get0_verified_chain(ssl) : NULL;
+        X509 *x;
+        while (vc && (x = sk_X509_pop(vc)) != NULL)
+            X509_free(x);
+    }
     c->state = PX_RELAY;
     c->deadline_ms = w->now_ms + cfg->idle_timeout_ms;
     /* OpenSSL may already hold application data read with the handshake, and the target
@@ -634,16 +666,17 @@ static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end
     atomic_fetch_add(&px_metrics.hs_ok, 1);
     struct meshtls_identity *id = NULL;
     if (meshtls_tls_peer_identity(t->ssl, &id, NULL) == 0) {
-        snprintf(c->who, sizeof(c->who), "%s", id->spiffe_id ? id->spiffe_id : id->subject);
-        snprintf(c->serial, sizeof(c->serial), "%s", id->serial);
+        c->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+        c->serial = id->serial ? strdup(id->serial) : NULL;
     }
     if (cfg->mode == PX_MODE_SERVER) {
         struct meshtls_decision d;
         meshtls_policy_check(cfg->policy, id, cfg->service, &d);
-        snprintf(c->decision, sizeof(c->decision), "%s", d.allow ? "allow" : "deny");
+        c->decision = d.allow ? "allow" : "deny";
         meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
                     "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
-                    d.allow ? "allow" : "deny", c->peer_addr, c->who, c->serial, d.rule,
+                    c->decision, c->peer_addr, c->who ? c->who : "-",
+                    c->serial ? c->serial : "-", d.rule,
                     d.reason);
         meshtls_identity_free(id);
         if (!d.allow) {
@@ -682,8 +715,7 @@ static void step_handshake(struct px_worker *w, struct px_conn *c)
     atomic_fetch_add(&px_metrics.hs_err[kind], 1);
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
                         t->is_down ? "client" : "target", why[0] ? ": " : "", why);
-    snprintf(c->why_buf, sizeof(c->why_buf), "%.290s", e.msg);
-    c->why = c->why_buf;
+    set_why(c, "%s", e.msg);
     meshtls_log(MESHTLS_LOG_WARN, "client=%s %s", c->peer_addr, e.msg);
     conn_close(w, c, NULL);
 }
@@ -701,12 +733,10 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
     if (soerr == EINPROGRESS || soerr == EALREADY)
         return;
     if (soerr != 0) {
-        snprintf(c->why_buf, sizeof(c->why_buf), "cannot connect to target %s: %s", cfg->target,
-                 strerror(soerr));
-        c->why = c->why_buf;
+        set_why(c, "cannot connect to target %s: %s", cfg->target, strerror(soerr));
         atomic_fetch_add(&px_metrics.backend_errors, 1);
         meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr,
-                    c->who[0] ? c->who : "-", c->why);
+                    c->who ? c->who : "-", c->why);
         conn_close(w, c, NULL);
         return;
     }
@@ -885,7 +915,7 @@ static void accept_batch(struct px_worker *w)
         c->down = (struct px_end){.c = c, .fd = fd, .is_down = 1};
         c->up = (struct px_end){.c = c, .fd = -1};
         c->start_us = now_us();
-        c->peer_sa = ss;
+        memcpy(&c->peer_sa, &ss, sl < sizeof(c->peer_sa) ? sl : sizeof(c->peer_sa));
         addr_str((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
         c->next = w->conns;
         if (w->conns)
