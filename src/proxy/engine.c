@@ -488,6 +488,18 @@ static void conn_close(struct px_worker *w, struct px_conn *c, const char *why)
     w->freeing = c;
 }
 
+/* Close a connection whose TLS peer did nothing wrong (idle timeout, the target failed):
+ * send close_notify first, so the client reads a clean end of stream and OpenSSL keeps its
+ * session resumable (an SSL freed without close_notify has its session dropped). */
+static void conn_close_clean(struct px_worker *w, struct px_conn *c, const char *why)
+{
+    struct px_end *ends[2] = {&c->down, &c->up};
+    for (int i = 0; i < 2; i++)
+        if (ends[i]->ssl && !ends[i]->wr_shut && SSL_is_init_finished(ends[i]->ssl))
+            end_shut_write(ends[i]);
+    conn_close(w, c, why);
+}
+
 static void conn_free(struct px_worker *w, struct px_conn *c)
 {
     if (c->down.ssl)
@@ -535,7 +547,7 @@ static void start_connect(struct px_worker *w, struct px_conn *c)
 {
     int fd = socket(target_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        conn_close(w, c, "cannot create a socket for the target");
+        conn_close_clean(w, c, "cannot create a socket for the target");
         return;
     }
     int one = 1;
@@ -544,7 +556,7 @@ static void start_connect(struct px_worker *w, struct px_conn *c)
     if (connect(fd, (struct sockaddr *)&target_addr, target_len) != 0 && errno != EINPROGRESS) {
         set_why(c, "cannot connect to target %s: %s", cfg->target, strerror(errno));
         atomic_fetch_add(&px_metrics.backend_errors, 1);
-        conn_close(w, c, NULL);
+        conn_close_clean(w, c, NULL);
         return;
     }
     if (watch(w, &c->up) != 0) {
@@ -737,7 +749,7 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
         atomic_fetch_add(&px_metrics.backend_errors, 1);
         meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr,
                     c->who ? c->who : "-", c->why);
-        conn_close(w, c, NULL);
+        conn_close_clean(w, c, NULL);
         return;
     }
     if (cfg->mode == PX_MODE_CLIENT || cfg->target_tls) {
@@ -953,9 +965,9 @@ static void sweep_timeouts(struct px_worker *w)
             conn_close(w, c, "TLS handshake timeout");
         } else if (c->state == PX_CONNECT) {
             atomic_fetch_add(&px_metrics.backend_errors, 1);
-            conn_close(w, c, "timeout connecting to the target");
+            conn_close_clean(w, c, "timeout connecting to the target");
         } else {
-            conn_close(w, c, "idle timeout");
+            conn_close_clean(w, c, "idle timeout");
         }
     }
 }

@@ -644,3 +644,22 @@ def test_allocator_matches_the_build(pki, procs, echo):
     assert roundtrip(tls_client(pki), p.port) == b"ping\n"
     maps = open(f"/proc/{p.proc.pid}/maps").read()
     assert ("libmimalloc" in maps) == want_mi
+
+
+def test_idle_timeout_ends_with_close_notify_and_the_session_resumes(pki, procs, echo):
+    """An idle timeout is not the client's fault: the proxy says close_notify (a clean end of
+    stream, not a truncation) and the client's session stays resumable."""
+    p = server_proxy(pki, procs, echo.port, "--allow-all", "--idle-timeout", "1s")
+    ctx = tls_client(pki)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as s:
+            s.sendall(b"hello\n")
+            assert s.recv(100) == b"hello\n"
+            assert s.recv(100) == b""  # close_notify after ~1 s idle; a bare FIN would raise
+            session = s.session
+    wait_for(lambda: "idle timeout" in p.log(), what="idle timeout in the log")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"again\n")
+            assert s.recv(100) == b"again\n"
+            assert s.session_reused

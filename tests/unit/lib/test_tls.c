@@ -3,13 +3,17 @@
  * joined by a BIO pair complete a TLS 1.3 mutual handshake and see each
  * other's identities; option validation fails closed with named errors.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 
 #include "check.h"
 #include "meshtls/tls.h"
+#include "x509gen.h"
 
 /* Drive both handshakes until done or stuck (bounded). @return 1 if both done. */
 static int pump(SSL *c, SSL *s)
@@ -128,11 +132,152 @@ TEST(options_fail_closed)
     CHECK(ctx == NULL);
 }
 
+/* Write `pem` to DIR/name (mode 0600).  @return 1 on success. */
+static int put(const char *dir, const char *name, const char *pem1, const char *pem2)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return 0;
+    fputs(pem1, f);
+    if (pem2)
+        fputs(pem2, f);
+    fclose(f);
+    return chmod(path, 0600) == 0;
+}
+
+/* A leaf for `cn` under `ica`, written as DIR/cn.crt (leaf + intermediate) and DIR/cn.key. */
+static int make_leaf(const char *dir, const char *cn, const char *uri, X509 *ica, EVP_PKEY *ikey,
+                     const char *ica_pem)
+{
+    const char *dns[] = {"localhost"};
+    struct mt_cert_spec spec = {.cn = cn, .days = 1, .dns = dns, .n_dns = 1, .uri = uri,
+                                .eku_server = 1, .eku_client = 1};
+    EVP_PKEY *key = NULL;
+    X509 *leaf = NULL;
+    char *cpem = NULL, *kpem = NULL, name[64];
+    size_t n = 0;
+    int ok = mt_key_generate(MT_KEY_EC_P256, &key, NULL) == 0 &&
+             mt_cert_sign(&spec, key, ica, ikey, &leaf, NULL) == 0 &&
+             mt_cert_to_pem(leaf, &cpem, &n, NULL) == 0 && mt_key_to_pem(key, &kpem, &n, NULL) == 0;
+    snprintf(name, sizeof(name), "%s.crt", cn);
+    ok = ok && put(dir, name, cpem, ica_pem);
+    snprintf(name, sizeof(name), "%s.key", cn);
+    ok = ok && put(dir, name, kpem, NULL);
+    free(cpem);
+    free(kpem);
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    return ok;
+}
+
+/* root -> intermediate -> leaves "server" and "client" in a new temporary directory. */
+static int make_chain_pki(char *dir)
+{
+    struct mt_cert_spec rs = {.cn = "test root", .is_ca = 1, .pathlen = -1, .days = 2};
+    struct mt_cert_spec is = {.cn = "test intermediate", .is_ca = 1, .pathlen = 0, .days = 2};
+    EVP_PKEY *rk = NULL, *ik = NULL;
+    X509 *root = NULL, *ica = NULL;
+    char *rpem = NULL, *ipem = NULL;
+    size_t n = 0;
+    int ok = mkdtemp(dir) != NULL && mt_key_generate(MT_KEY_EC_P256, &rk, NULL) == 0 &&
+             mt_cert_sign(&rs, rk, NULL, rk, &root, NULL) == 0 &&
+             mt_key_generate(MT_KEY_EC_P256, &ik, NULL) == 0 &&
+             mt_cert_sign(&is, ik, root, rk, &ica, NULL) == 0 &&
+             mt_cert_to_pem(root, &rpem, &n, NULL) == 0 &&
+             mt_cert_to_pem(ica, &ipem, &n, NULL) == 0 && put(dir, "ca.crt", rpem, NULL) &&
+             make_leaf(dir, "server", "spiffe://test.local/svc/server", ica, ik, ipem) &&
+             make_leaf(dir, "client", "spiffe://test.local/svc/client", ica, ik, ipem);
+    free(rpem);
+    free(ipem);
+    X509_free(root);
+    X509_free(ica);
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(ik);
+    return ok;
+}
+
+static void rm_pki(const char *dir)
+{
+    const char *names[] = {"ca.crt", "server.crt", "server.key", "client.crt", "client.key"};
+    char path[512];
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+TEST(session_cache_keeps_the_leaf_and_frees_the_intermediates)
+{
+    char dir[] = "/tmp/meshtls-tls-test-XXXXXX", crt[600], key[600], ca[600], ccrt[600],
+         ckey[600];
+    CHECK(make_chain_pki(dir));
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+    snprintf(ccrt, sizeof(ccrt), "%s/client.crt", dir);
+    snprintf(ckey, sizeof(ckey), "%s/client.key", dir);
+    struct meshtls_session_cache *cache = NULL;
+    CHECK_INT_EQ(meshtls_session_cache_new(100, 300, &cache), 0);
+    struct meshtls_tls_opts so = {.cert_file = crt, .key_file = key, .ca_file = ca,
+                                  .session_cache = cache};
+    struct meshtls_tls_opts co = {.cert_file = ccrt, .key_file = ckey, .ca_file = ca,
+                                  .server_name = "localhost"};
+    SSL_CTX *sctx = NULL, *cctx = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(meshtls_tls_server_ctx_new(&so, &sctx, &err), 0);
+    CHECK_INT_EQ(meshtls_tls_client_ctx_new(&co, &cctx, &err), 0);
+    if (!sctx || !cctx)
+        goto out;
+    SSL_SESSION *resume = NULL;
+    for (int round = 0; round < 2; round++) {
+        SSL *c = NULL, *s = SSL_new(sctx);
+        CHECK_INT_EQ(meshtls_tls_client_ssl_new(cctx, &c, &err), 0);
+        if (!c || !s)
+            break;
+        if (resume)
+            SSL_set_session(c, resume);
+        pair(c, s);
+        CHECK(pump(c, s));
+        char b;
+        CHECK(SSL_read(c, &b, 1) <= 0); /* takes in the session ticket */
+        /* the client's leaf stays (identity, resumption); its intermediate is gone, also
+         * from the session in the cache; the client side keeps the server's chain */
+        CHECK(SSL_get0_peer_certificate(s) != NULL);
+        CHECK_INT_EQ(sk_X509_num(SSL_get_peer_cert_chain(s)), 0);
+        CHECK_INT_EQ(SSL_session_reused(s), round);
+        struct meshtls_identity *id = NULL;
+        CHECK_INT_EQ(meshtls_tls_peer_identity(s, &id, &err), 0);
+        CHECK(id && id->spiffe_id && !strcmp(id->spiffe_id, "spiffe://test.local/svc/client"));
+        meshtls_identity_free(id);
+        if (round == 0) {
+            CHECK_INT_EQ(sk_X509_num(SSL_get_peer_cert_chain(c)), 2);
+            CHECK_INT_EQ((int)meshtls_session_cache_size(cache), 1);
+            resume = SSL_get1_session(c);
+        }
+        /* OpenSSL marks the session of an SSL freed without close_notify not resumable */
+        SSL_shutdown(c);
+        SSL_shutdown(s);
+        SSL_free(c);
+        SSL_free(s);
+    }
+    SSL_SESSION_free(resume);
+out:
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    meshtls_session_cache_free(cache);
+    rm_pki(dir);
+    ERR_clear_error();
+}
+
 int main(void)
 {
     RUN(dev_mode_mutual_handshake);
     RUN(server_refuses_client_without_certificate);
     RUN(clients_of_different_dev_cas_fail);
     RUN(options_fail_closed);
+    RUN(session_cache_keeps_the_leaf_and_frees_the_intermediates);
     return check_summary();
 }
