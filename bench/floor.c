@@ -9,6 +9,10 @@
  * without the network or the event loop.
  *
  *   floor SERVER.crt SERVER.key CLIENT.crt CLIENT.key CA.crt [-n N] [-r RUNS] [-w SECONDS]
+ *         [-o CONFIG] [-L 1]
+ *
+ * -L 1 turns on OpenSSL 3.0's built-in EC key path (meshtls_tls_use_legacy_ec), as
+ * `meshtls proxy` runs by default; rows then end in "+ legacy EC".
  *
  * Each configuration does RUNS runs of N full handshakes then N resumed ones
  * (each resuming the previous connection's session); one connection = the
@@ -143,12 +147,13 @@ int main(int argc, char **argv)
 {
     if (argc < 6) {
         fprintf(stderr, "usage: floor SERVER.crt SERVER.key CLIENT.crt CLIENT.key CA.crt "
-                        "[-n N] [-r RUNS] [-w SECONDS] [-o CONFIG]\n");
+                        "[-n N] [-r RUNS] [-w SECONDS] [-o CONFIG] [-L 1]\n");
         return 2;
     }
     int n = 400, runs = 7;
     double budget = 120;
     const char *only = NULL;
+    int legacy_ec = 0;
     for (int i = 6; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-n"))
             n = atoi(argv[i + 1]);
@@ -158,6 +163,15 @@ int main(int argc, char **argv)
             budget = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "-o"))
             only = argv[i + 1];
+        else if (!strcmp(argv[i], "-L") && !strcmp(argv[i + 1], "1"))
+            legacy_ec = 1;
+    }
+    if (legacy_ec) { /* as `meshtls proxy` runs by default (meshtls_tls_use_legacy_ec) */
+        struct meshtls_err lerr = {0};
+        if (meshtls_tls_use_legacy_ec(&lerr) != 0) {
+            fprintf(stderr, "floor: %s\n", lerr.msg);
+            return 1;
+        }
     }
     if (n < 1 || n > 1000000 || runs < 1 || runs > 101) {
         fprintf(stderr, "floor: -n 1..1000000, -r 1..101\n");
@@ -244,7 +258,8 @@ int main(int argc, char **argv)
         char rbuf[64] = "–";
         if (cf->resume && nr)
             snprintf(rbuf, sizeof(rbuf), "%.0f (%.0f..%.0f)", rs[nr / 2], rs[0], rs[nr - 1]);
-        printf("| %s%s | %.0f (%.0f..%.0f) | %s | %d × %d%s%s |\n", cf->name, FLOOR_ALLOC,
+        printf("| %s%s%s | %.0f (%.0f..%.0f) | %s | %d × %d%s%s |\n", cf->name, FLOOR_ALLOC,
+               legacy_ec ? " + legacy EC" : "",
                nr ? fs[nr / 2] : 0, nr ? fs[0] : 0, nr ? fs[nr - 1] : 0, rbuf, nr, n,
                bad ? " FAILURES" : "", notres ? " (some not resumed)" : "");
         fflush(stdout);

@@ -500,13 +500,15 @@ def main():
                                 "-n", "300", "-r", "5", "-w", "90"],
                                capture_output=True, text=True, timeout=150)
             floor_text = r.stdout.strip()
-            # the proxy's default settings again with mimalloc, as the meshtls command runs
-            r = subprocess.run([str(TOOLS / "floor-mimalloc"), str(p / "server.crt"),
-                                str(p / "server.key"), str(p / "client.crt"),
-                                str(p / "client.key"), str(p / "ca.crt"),
-                                "-n", "300", "-r", "5", "-w", "40", "-o", "proxy-default"],
-                               capture_output=True, text=True, timeout=100)
-            floor_text += "\n" + "\n".join(r.stdout.strip().splitlines()[2:])
+            # the proxy's default settings with mimalloc, then also with OpenSSL's built-in
+            # EC key path: how `meshtls proxy` runs
+            for extra in ([], ["-L", "1"]):
+                r = subprocess.run([str(TOOLS / "floor-mimalloc"), str(p / "server.crt"),
+                                    str(p / "server.key"), str(p / "client.crt"),
+                                    str(p / "client.key"), str(p / "ca.crt"), "-n", "300",
+                                    "-r", "5", "-w", "40", "-o", "proxy-default", *extra],
+                                   capture_output=True, text=True, timeout=100)
+                floor_text += "\n" + "\n".join(r.stdout.strip().splitlines()[2:])
         stop(echo)
         ulimit = subprocess.run(["sh", "-c", "ulimit -n"], capture_output=True, text=True).stdout
         env = (f"Machine: {os.cpu_count()} cores (shared); each server with **1 worker/thread** "

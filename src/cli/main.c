@@ -7,6 +7,7 @@
  * chooses the allocator of the program that links it.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -16,6 +17,13 @@
 
 #include "cli.h"
 #include "meshtls/meshtls.h"
+
+/* MESHTLS_OPENSSL_EC_LEGACY: unset or anything but 0/off/false means on. */
+static int want_legacy_ec(void)
+{
+    const char *v = getenv("MESHTLS_OPENSSL_EC_LEGACY");
+    return !v || (strcmp(v, "0") && strcmp(v, "off") && strcmp(v, "false"));
+}
 
 const char *cli_allocator(void)
 {
@@ -80,13 +88,25 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    /* The proxy runs on OpenSSL 3.0's fast EC path (meshtls_tls_use_legacy_ec) unless
+     * MESHTLS_OPENSSL_EC_LEGACY=0; a failure only costs speed: warn and go on.  Only the
+     * proxy: it makes no keys, and key generation by name (EVP_EC_gen, used by `ca` and
+     * `dev`) does not work through that path. */
+    if (!strcmp(cmd, "proxy") && want_legacy_ec()) {
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        if (meshtls_tls_use_legacy_ec(&e) != 0)
+            fprintf(stderr, "meshtls: warning: %s\n", e.msg);
+    }
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("meshtls %s\n%s\nallocator: %s\n", MESHTLS_VERSION,
-               OpenSSL_version(OPENSSL_VERSION), cli_allocator());
+        printf("meshtls %s\n%s\nallocator: %s\nEC keys: %s\n", MESHTLS_VERSION,
+               OpenSSL_version(OPENSSL_VERSION), cli_allocator(),
+               want_legacy_ec() ? "proxy: OpenSSL's built-in EC method "
+                                  "(MESHTLS_OPENSSL_EC_LEGACY=0 to turn off)"
+                                : "OpenSSL's provider decoders");
         return 0;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)

@@ -46,6 +46,9 @@ class Proxy:
             argv += ["--session-cache-size", "0", "--verify-cache-size", "0"]
         if status:
             argv += ["--status", "127.0.0.1:0"]
+        env = dict(env or {})
+        if OPTIMIZATIONS_OFF:
+            env.setdefault("MESHTLS_OPENSSL_EC_LEGACY", "0")  # OpenSSL's provider path too
         self.logfile = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
                                      text=True, env=dict(os.environ, **(env or {})))

@@ -272,6 +272,64 @@ out:
     ERR_clear_error();
 }
 
+/* One handshake of a client from `cdir` against a server from `sdir` (BIO pair).
+ * @return 1 if it completed; *legacy_key is 1 if the server holds the client's key
+ * as a non-provider (legacy) EVP_PKEY. */
+static int handshake_dirs(const char *sdir, const char *cdir, int *legacy_key)
+{
+    char crt[600], key[600], ca[600], ccrt[600], ckey[600];
+    snprintf(crt, sizeof(crt), "%s/server.crt", sdir);
+    snprintf(key, sizeof(key), "%s/server.key", sdir);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", sdir);
+    snprintf(ccrt, sizeof(ccrt), "%s/client.crt", cdir);
+    snprintf(ckey, sizeof(ckey), "%s/client.key", cdir);
+    struct meshtls_tls_opts so = {.cert_file = crt, .key_file = key, .ca_file = ca};
+    struct meshtls_tls_opts co = {.cert_file = ccrt, .key_file = ckey, .ca_file = ca,
+                                  .server_name = "localhost"};
+    SSL_CTX *sctx = NULL, *cctx = NULL;
+    SSL *c = NULL, *s = NULL;
+    int ok = 0;
+    if (meshtls_tls_server_ctx_new(&so, &sctx, NULL) == 0 &&
+        meshtls_tls_client_ctx_new(&co, &cctx, NULL) == 0 && (s = SSL_new(sctx)) &&
+        meshtls_tls_client_ssl_new(cctx, &c, NULL) == 0) {
+        pair(c, s);
+        ok = pump(c, s);
+        X509 *peer = SSL_get0_peer_certificate(s);
+        *legacy_key = peer && X509_get0_pubkey(peer) &&
+                      EVP_PKEY_get0_provider(X509_get0_pubkey(peer)) == NULL;
+    }
+    SSL_free(c);
+    SSL_free(s);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Last: it changes how the whole process decodes EC keys. */
+TEST(legacy_ec_path_verifies_and_refuses_like_the_provider_path)
+{
+    char a[] = "/tmp/meshtls-tls-test-XXXXXX", b[] = "/tmp/meshtls-tls-test-XXXXXX";
+    CHECK(make_chain_pki(a) && make_chain_pki(b));
+    int legacy = -1;
+    CHECK(handshake_dirs(a, a, &legacy));
+    CHECK_INT_EQ(legacy, 0); /* OpenSSL 3.0's default: provider keys */
+    CHECK(!handshake_dirs(a, b, &legacy)); /* a client of another CA */
+
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(meshtls_tls_legacy_ec_active(), 0);
+    CHECK_INT_EQ(meshtls_tls_use_legacy_ec(&err), 0);
+    CHECK_INT_EQ(meshtls_tls_use_legacy_ec(&err), 0); /* idempotent */
+    CHECK_INT_EQ(meshtls_tls_legacy_ec_active(), 1);
+    CHECK(handshake_dirs(a, a, &legacy));
+    CHECK_INT_EQ(legacy, 1); /* the client's key went through the built-in EC code */
+    CHECK(!handshake_dirs(a, b, &legacy)); /* still refused */
+    CHECK(!handshake_dirs(b, a, &legacy));
+    CHECK(handshake_dirs(b, b, &legacy));
+    rm_pki(a);
+    rm_pki(b);
+}
+
 int main(void)
 {
     RUN(dev_mode_mutual_handshake);
@@ -279,5 +337,6 @@ int main(void)
     RUN(clients_of_different_dev_cas_fail);
     RUN(options_fail_closed);
     RUN(session_cache_keeps_the_leaf_and_frees_the_intermediates);
+    RUN(legacy_ec_path_verifies_and_refuses_like_the_provider_path);
     return check_summary();
 }
