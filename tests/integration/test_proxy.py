@@ -646,6 +646,16 @@ def test_allocator_matches_the_build(pki, procs, echo):
     assert ("libmimalloc" in maps) == want_mi
 
 
+def test_ec_path_follows_the_environment():
+    """The proxy runs on OpenSSL's built-in EC path unless MESHTLS_OPENSSL_EC_LEGACY=0 (the
+    *-optimizations-off runs set it, so every data-plane test also runs on the provider path)."""
+    on = run("version", check=True, env={"MESHTLS_OPENSSL_EC_LEGACY": "1"}).stdout
+    assert "EC keys: proxy: OpenSSL's built-in EC method" in on
+    for off in ("0", "off", "false"):
+        v = run("version", check=True, env={"MESHTLS_OPENSSL_EC_LEGACY": off}).stdout
+        assert "EC keys: OpenSSL's provider decoders" in v
+
+
 def test_idle_timeout_ends_with_close_notify_and_the_session_resumes(pki, procs, echo):
     """An idle timeout is not the client's fault: the proxy says close_notify (a clean end of
     stream, not a truncation) and the client's session stays resumable."""
