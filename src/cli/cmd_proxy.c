@@ -181,7 +181,7 @@ static const char *cfg_val(const struct meshtls_config *cfg, const char *key, co
  */
 static int apply_config(struct px_config *c, const unsigned char *seen,
                         const struct meshtls_config *cfg, size_t *cache_size,
-                        struct meshtls_err *err)
+                        size_t *vcache_size, int *cache_life, struct meshtls_err *err)
 {
     const char *role = c->mode == PX_MODE_SERVER ? "server" : "client", *v, *src = NULL;
     char key[64];
@@ -222,6 +222,20 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
         c->max_conns = (int)strtol(v, NULL, 10);
     if (!seen[O_SCACHE] && (v = cfg_val(cfg, "proxy.session_cache_size", NULL)))
         *cache_size = (size_t)strtol(v, NULL, 10);
+    /* handshake settings (issue 5); the loader has checked types and ranges already */
+    if (!seen[O_VCACHE] && cfg_val(cfg, "proxy.verify_cache_size", NULL) &&
+        meshtls_config_get_int(cfg, "proxy.verify_cache_size", &n, err) == 0)
+        *vcache_size = (size_t)n;
+    if (!seen[O_SLIFE] && cfg_val(cfg, "proxy.session_lifetime", NULL) &&
+        meshtls_config_get_int(cfg, "proxy.session_lifetime", &n, err) == 0)
+        *cache_life = (int)(n / 1000);
+    if (!seen[O_TICKETS] && cfg_val(cfg, "proxy.tickets", NULL) &&
+        meshtls_config_get_int(cfg, "proxy.tickets", &n, err) == 0)
+        c->tls.num_tickets = n == 0 ? -1 : (int)n;
+    int b = 0;
+    if (!seen[O_PARTIAL] && cfg_val(cfg, "proxy.partial_chain", NULL) &&
+        meshtls_config_get_bool(cfg, "proxy.partial_chain", &b, err) == 0)
+        c->tls.partial_chain = b;
     struct {
         int opt;
         const char *key;
@@ -481,7 +495,7 @@ int cmd_proxy(int argc, char **argv)
         goto out;
     if ((config_file && (rc = meshtls_config_load_file(cfg, config_file, &err)) != 0) ||
         (rc = meshtls_config_load_env(cfg, NULL, &err)) != 0 ||
-        apply_config(&c, seen, cfg, &cache_size, &err) != 0) {
+        apply_config(&c, seen, cfg, &cache_size, &vcache_size, &cache_life, &err) != 0) {
         cli_print_err("proxy", &err, rc);
         status = 2;
         goto out;

@@ -98,5 +98,13 @@ const struct meshtls_config_keydef mt_config_proxy_keys[] = {
     {"proxy.alpn", S, NULL, NULL, "--alpn", NULL, NULL, 0, 0, "ALPN protocols, comma-separated"},
     {"proxy.session_cache_size", I, "20000", NULL, "--session-cache-size", NULL, NULL, 0, 10000000,
      "TLS sessions kept for resumption (0 = off)"},
+    {"proxy.session_lifetime", D, "5m", NULL, "--session-lifetime", NULL, NULL, 1000, 86400000,
+     "how long a TLS session may be resumed"},
+    {"proxy.tickets", I, NULL, NULL, "--tickets", NULL, NULL, 0, 10,
+     "session tickets per full handshake (0 = no resumption; default 1 with the cache)"},
+    {"proxy.verify_cache_size", I, "10000", NULL, "--verify-cache-size", NULL, NULL, 0, 10000000,
+     "client chains remembered as verified (0 = verify every chain)"},
+    {"proxy.partial_chain", B, "false", NULL, "--partial-chain", NULL, NULL, 0, 0,
+     "trust chains ending at any certificate of the CA bundle (opt-in)"},
 };
 const size_t mt_config_proxy_nkeys = sizeof(mt_config_proxy_keys) / sizeof(mt_config_proxy_keys[0]);

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from conftest import run
-from proxy_util import EchoServer, HttpServer, Proxy, forge_client_cert, make_pki, wait_for
+from proxy_util import (OPTIMIZATIONS_OFF, EchoServer, HttpServer, Proxy, forge_client_cert,
+                        make_pki, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -673,3 +674,68 @@ def test_idle_timeout_ends_with_close_notify_and_the_session_resumes(pki, procs,
             s.sendall(b"again\n")
             assert s.recv(100) == b"again\n"
             assert s.session_reused
+
+
+def test_handshake_settings_from_env_and_yaml(pki, procs, echo, tmp_path):
+    """The handshake settings (issue 5) come from flags, MESHTLS_PROXY_* or the proxy: section
+    like every other setting, with bad values refused by name."""
+    c = pki / "certs"
+    base = ["--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key", c / "api.key",
+            "--cacert", c / "ca.crt", "--allow-all"]
+
+    def resumed_twice(port):
+        ctx = tls_client(pki)
+        session, reused = None, []
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                    s.sendall(b"x")
+                    assert s.recv(10) == b"x"
+                    reused.append(s.session_reused)
+                    session = s.session
+        return reused
+
+    off = Proxy("server", *base, env={"MESHTLS_PROXY_TICKETS": "0",
+                                      "MESHTLS_PROXY_VERIFY_CACHE_SIZE": "0"})
+    procs.append(off)
+    assert resumed_twice(off.port) == [False, False]  # no ticket, no resumption
+    m = off.metrics()
+    # no verification cache: no lookups (the series is absent when there is no cache)
+    assert m.get('meshtls_verify_cache_lookups_total{result="hit"}', 0) == 0
+    assert m.get('meshtls_verify_cache_lookups_total{result="miss"}', 0) == 0
+    if not OPTIMIZATIONS_OFF:  # those runs turn the caches off with flags
+        on = Proxy("server", *base)
+        procs.append(on)
+        assert resumed_twice(on.port) == [False, True]
+        assert on.metrics()['meshtls_verify_cache_lookups_total{result="miss"}'] >= 1
+
+    yaml = tmp_path / "proxy.yaml"
+    yaml.write_text("proxy:\n  session_lifetime: 1h\n  tickets: 2\n  verify_cache_size: 5\n")
+    ok = Proxy("server", "--config", yaml, *base)
+    procs.append(ok)
+    assert roundtrip(tls_client(pki), ok.port) == b"ping\n"
+    for bad, key in (("tickets: 11", "proxy.tickets"), ("session_lifetime: soon", "proxy.session_lifetime"),
+                     ("verify_cache_size: -1", "proxy.verify_cache_size"),
+                     ("partial_chain: perhaps", "proxy.partial_chain")):
+        yaml.write_text(f"proxy:\n  {bad}\n")
+        r = run("proxy", "server", "--config", yaml, *base, "--listen", "127.0.0.1:0")
+        assert r.returncode == 2 and key in r.stderr and f"{yaml}:2" in r.stderr, r.stderr
+
+
+def test_partial_chain_is_opt_in(pki, procs, echo, tmp_path):
+    """With only the intermediate in the CA bundle, clients are refused unless partial chains
+    are allowed (--partial-chain or MESHTLS_PROXY_PARTIAL_CHAIN=true)."""
+    c = pki / "certs"
+    pems = (c / "web.crt").read_text().split("-----END CERTIFICATE-----")
+    assert len(pems) >= 3, "web.crt should hold the leaf and the intermediate"
+    inter = tmp_path / "intermediate.crt"
+    inter.write_text(pems[1].strip() + "\n-----END CERTIFICATE-----\n")
+    base = ["--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key", c / "api.key",
+            "--cacert", inter, "--allow-all"]
+    strict = Proxy("server", *base)
+    procs.append(strict)
+    assert refused(tls_client(pki), strict.port)
+    for p in (Proxy("server", *base, "--partial-chain"),
+              Proxy("server", *base, env={"MESHTLS_PROXY_PARTIAL_CHAIN": "true"})):
+        procs.append(p)
+        assert roundtrip(tls_client(pki), p.port) == b"ping\n"
