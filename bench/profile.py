@@ -4,11 +4,10 @@
 
 For each server (default: meshtls and haproxy) and each workload (full handshakes, resumed
 handshakes, 1 KiB request/response), on the same PKI and echo backend as bench/run.py:
-  * instructions per operation: the server runs under `valgrind --tool=callgrind`; counters are
-    zeroed after a warm-up (callgrind_control -z), the workload runs a fixed count, then
-    dumped (callgrind_control -d); the top functions by self cost go to the work dir;
-    The rr figure includes the 64 full handshakes that open its connections: subtract
-    64 x the full figure (see docs/PERFORMANCE.md);
+  * instructions per operation: a fresh server under `valgrind --tool=callgrind` for the whole
+    run of each workload (a fixed count), minus a run with no workload, divided by the count;
+    the rr figure has the 64 full handshakes that open its connections taken out.  Also the
+    top functions by own cost and the inclusive cost of the main parts of a handshake;
   * system calls per operation: `strace -c -f -p PID` over the same fixed workload (no valgrind).
 Needs bench/run.sh to have built build-bench/ first.  Writes bench/profile-latest.md.
 """
@@ -30,47 +29,70 @@ WORK = {  # name: (loadgen mode, options, operations)
 }
 
 
+# Exported functions whose inclusive cost says where a handshake goes (OpenSSL's internal
+# functions have no symbols in Debian's packages, so exported callers stand for them).
+PARTS = ["SSL_do_handshake", "d2i_X509", "OSSL_DECODER_CTX_new_for_pkey", "X509_verify_cert",
+         "EVP_DigestVerify", "EVP_DigestSign", "EVP_PKEY_generate", "EVP_PKEY_derive",
+         "EVP_KDF_derive", "SSL_read_ex", "SSL_write_ex", "meshtls_identity_from_x509",
+         "step_relay", "malloc", "free"]
+
+
 def annotate(path, n=18):
-    r = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True,
-                       text=True, timeout=120)
-    total = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", r.stdout) or \
-        re.search(r"([\d,]+)\s+PROGRAM TOTALS", r.stdout)
+    """Program total, the top functions by own cost, and the inclusive cost of PARTS."""
+    own = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)],
+                         capture_output=True, text=True, timeout=300).stdout
+    inc = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(path)],
+                         capture_output=True, text=True, timeout=300).stdout
+    total = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", own) or \
+        re.search(r"([\d,]+)\s+PROGRAM TOTALS", own)
     tot = int(total.group(1).replace(",", "")) if total else 0
-    top = []
-    for line in r.stdout.splitlines():
+    top, parts = [], {}
+    for line in own.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S+)", line)
         if m and "PROGRAM TOTALS" not in line and len(top) < n:
             top.append((m.group(2), m.group(3)))
-    return tot, top
+    for line in inc.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*?:(\S+) \[", line)
+        if m and m.group(2) in PARTS and m.group(2) not in parts:
+            parts[m.group(2)] = int(m.group(1).replace(",", ""))
+    return tot, top, parts
+
+
+def callgrind_run(name, d, p, echo_port, key):
+    """One fresh server under callgrind for the whole run of workload `key` (or none)."""
+    port = run.free_port()
+    out = d / f"cg.{name}.{key}"
+    proc = run.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] +
+                     run.server_argv(name, d, p, port, echo_port),
+                     stdout=subprocess.DEVNULL, stderr=open(d / f"{name}.vg", "a"))
+    r = {}
+    try:
+        run.wait_port(port, proc, timeout=60)
+        if key != "idle":
+            mode, opts, _ = WORK[key]
+            r = run.loadgen(mode, port, p, *opts)
+    finally:
+        run.stop(proc)  # SIGTERM: callgrind writes its file as the server exits
+    return annotate(out), r
 
 
 def profile(name, d, p, echo_port):
     rows = {}
-    # instruction counts
-    port = run.free_port()
-    argv = run.server_argv(name, d, p, port, echo_port)
-    out = d / f"cg.{name}"
-    proc = run.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + argv,
-                     stdout=subprocess.DEVNULL, stderr=open(d / f"{name}.vg", "w"))
-    try:
-        run.wait_port(port, proc, timeout=60)
-        run.loadgen("full", port, p, "-t", "1", "-n", "20", "-d", "60")
-        for key, (mode, opts, ops) in WORK.items():
-            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
-                           timeout=60)
-            r = run.loadgen(mode, port, p, *opts)
-            subprocess.run(["callgrind_control", "-d", key, str(proc.pid)], capture_output=True,
-                           timeout=60)
-            time.sleep(1)
-            dumps = sorted(Path(d).glob(f"cg.{name}.{proc.pid}.*"), key=os.path.getmtime)
-            tot, top = annotate(dumps[-1]) if dumps else (0, [])
-            done = int(r.get("ops", 0)) or ops
-            rows[key] = {"instr_per_op": tot / done, "top": top, "ops": done,
-                         "fails": r.get("fails")}
-            (d / f"top.{name}.{key}.txt").write_text(
-                "\n".join(f"{pc}% {fn}" for pc, fn in top))
-    finally:
-        run.stop(proc)
+    # Instruction counts: whole runs (start-up + workload + exit) minus a run with no workload,
+    # divided by the operations; the rr run also holds the 64 full handshakes that open its
+    # connections, which are taken out with the full figure.  callgrind_control dumps of a
+    # running server were tried first; callgrind_annotate charged all their cost to clone().
+    (base, _, base_parts), _ = callgrind_run(name, d, p, echo_port, "idle")
+    for key in WORK:
+        (tot, top, parts), r = callgrind_run(name, d, p, echo_port, key)
+        done = int(r.get("ops", 0)) or WORK[key][2]
+        per = (tot - base) / done
+        per_parts = {k: (v - base_parts.get(k, 0)) / done for k, v in parts.items()}
+        if key == "rr" and "full" in rows:
+            per -= 64 * rows["full"]["instr_per_op"] / done
+        rows[key] = {"instr_per_op": per, "top": top, "ops": done, "fails": r.get("fails"),
+                     "parts": per_parts}
+        (d / f"top.{name}.{key}.txt").write_text("\n".join(f"{pc}% {fn}" for pc, fn in top))
     # system calls
     port = run.free_port()
     proc = run.start(run.server_argv(name, d, p, port, echo_port), stdout=subprocess.DEVNULL,
@@ -121,6 +143,11 @@ def main():
         text = "\n".join(lines) + "\n"
         for n in names:
             for key in WORK:
+                parts = res[n][key].get("parts", {})
+                text += (f"\n{n} {key}: inclusive instructions per operation of the main parts "
+                         "(nested: a part includes the parts it calls)\n\n" + "\n".join(
+                             f"    {parts[k] / 1e3:9.0f} K  {k}" for k in PARTS if k in parts) +
+                         "\n")
                 text += f"\n{n} {key}: top functions by own instructions\n\n" + "\n".join(
                     f"    {pc}% {fn}" for pc, fn in res[n][key]["top"]) + "\n"
         print(text)
