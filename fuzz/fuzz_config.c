@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "meshtls/config.h"
+#include "proxy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -18,6 +19,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int b;
     if (meshtls_config_new(&c) != 0)
         return 0;
+    if (px_config_register(c, NULL) != 0) { /* the proxy's keys, as `meshtls proxy` loads them */
+        meshtls_config_free(c);
+        return 0;
+    }
     for (int pass = 0; pass < 2; pass++)
         if (meshtls_config_load_buffer(c, (const char *)data, size, "fuzz", NULL) != 0)
             break;

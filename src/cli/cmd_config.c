@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "meshtls/meshtls.h"
+#include "proxy.h" /* the proxy's keys, shown with the rest */
 
 enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_KEY = 1000 };
 
@@ -173,7 +174,7 @@ int cmd_config(int argc, char **argv)
                                           {"keys", 0, 0, O_KEYS},     {"help", 0, 0, O_HELP}};
     size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
 
-    if (meshtls_config_new(&cfg) != 0) {
+    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0) {
         fprintf(stderr, "meshtls config: out of memory\n");
         status = 1;
         goto out;

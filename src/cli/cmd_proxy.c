@@ -491,7 +491,7 @@ int cmd_proxy(int argc, char **argv)
         goto out;
     }
     /* flags > environment > YAML file: fill what the flags left unset */
-    if (meshtls_config_new(&cfg) != 0)
+    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0)
         goto out;
     if ((config_file && (rc = meshtls_config_load_file(cfg, config_file, &err)) != 0) ||
         (rc = meshtls_config_load_env(cfg, NULL, &err)) != 0 ||

@@ -32,11 +32,9 @@
 
 extern char **environ;
 
-/* The built-in tables (config_keys.c). */
+/* The built-in table (config_keys.c). */
 extern const struct meshtls_config_keydef mt_config_core_keys[];
 extern const size_t mt_config_core_nkeys;
-extern const struct meshtls_config_keydef mt_config_proxy_keys[];
-extern const size_t mt_config_proxy_nkeys;
 
 #define CONFIG_FILE_MAX (1024 * 1024) /* bytes of YAML */
 #define VALUE_MAX 4096                /* bytes of one value */
@@ -471,8 +469,7 @@ int meshtls_config_new(struct meshtls_config **out)
     struct meshtls_config *c = calloc(1, sizeof(*c));
     if (!c)
         return MESHTLS_ENOMEM;
-    if (meshtls_config_add_keys(c, mt_config_core_keys, mt_config_core_nkeys, NULL) != 0 ||
-        meshtls_config_add_keys(c, mt_config_proxy_keys, mt_config_proxy_nkeys, NULL) != 0) {
+    if (meshtls_config_add_keys(c, mt_config_core_keys, mt_config_core_nkeys, NULL) != 0) {
         meshtls_config_free(c); /* a table row is wrong (a test catches it) or no memory */
         return MESHTLS_ENOMEM;
     }

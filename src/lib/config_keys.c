@@ -1,9 +1,9 @@
 /*
- * config_keys.c - the tables of keys that meshtls_config_new() registers
- * (data only; the loader is config.c).
+ * config_keys.c - the table of keys that meshtls_config_new() registers
+ * (data only; the loader is config.c).  Consumers add their own tables with
+ * meshtls_config_add_keys(): the proxy's is src/proxy/config_keys.c.
  *
- * To add a key: add a row here (or, for a consumer such as the proxy, to its
- * own static table passed to meshtls_config_add_keys()), then a row in
+ * To add a key: add a row here (or to the consumer's table), then a row in
  * docs/CONFIG.md.  The canonical variable MESHTLS_<SECTION>_<KEY> comes from
  * the name; give `alias` only for names other ecosystems already use.
  */
@@ -14,8 +14,6 @@
 /* Shared with config.c (declared there). */
 extern const struct meshtls_config_keydef mt_config_core_keys[];
 extern const size_t mt_config_core_nkeys;
-extern const struct meshtls_config_keydef mt_config_proxy_keys[];
-extern const size_t mt_config_proxy_nkeys;
 
 #define P MESHTLS_CFG_PATH
 #define S MESHTLS_CFG_STR
@@ -62,49 +60,3 @@ const struct meshtls_config_keydef mt_config_core_keys[] = {
     {"log.format", E, "text", NULL, "--log-format", NULL, "text|json", 0, 0, "log line format"},
 };
 const size_t mt_config_core_nkeys = sizeof(mt_config_core_keys) / sizeof(mt_config_core_keys[0]);
-
-/*
- * meshtls proxy (docs/PROXY.md).  Registered by meshtls_config_new() until
- * the proxy registers this table itself with meshtls_config_add_keys().
- */
-const struct meshtls_config_keydef mt_config_proxy_keys[] = {
-    {"proxy.listen", S, NULL, NULL, "--listen", NULL, NULL, 0, 0, "address to accept on"},
-    {"proxy.target", S, NULL, NULL, "--target", NULL, NULL, 0, 0, "address to relay to"},
-    {"proxy.status", S, NULL, NULL, "--status", NULL, NULL, 0, 0,
-     "address of /healthz, /readyz and /metrics"},
-    {"proxy.workers", I, NULL, NULL, "--workers", NULL, NULL, 1, 256,
-     "worker threads (default: one per core)"},
-    {"proxy.max_conns", I, "10000", NULL, "--max-conns", NULL, NULL, 1, 1000000,
-     "connections open at once"},
-    {"proxy.handshake_timeout", D, "10s", NULL, "--handshake-timeout", NULL, NULL, 1, 86400000,
-     "time allowed for the TLS handshake"},
-    {"proxy.connect_timeout", D, "5s", NULL, "--connect-timeout", NULL, NULL, 1, 86400000,
-     "time allowed to connect to the target"},
-    {"proxy.idle_timeout", D, "5m", NULL, "--idle-timeout", NULL, NULL, 1, 86400000,
-     "close a connection idle this long"},
-    {"proxy.shutdown_timeout", D, "30s", NULL, "--shutdown-timeout", NULL, NULL, 1, 86400000,
-     "drain time on SIGTERM"},
-    {"proxy.reload_interval", D, NULL, NULL, "--reload-interval", NULL, NULL, 1000, 7 * 86400000L,
-     "rebuild the TLS context this often (at most 7 days)"},
-    {"proxy.policy_file", P, NULL, NULL, "--policy", NULL, NULL, 0, 0,
-     "YAML policy file of allowed callers"},
-    {"proxy.service", S, NULL, NULL, "--service", NULL, NULL, 0, 0,
-     "local service name in the policy file"},
-    {"proxy.allow", S, NULL, NULL, NULL, NULL, NULL, 0, 0,
-     "allow-list \"uri=...,cn=...,dns=...,ou=...,trust-domain=...,allow-all\" "
-     "(flags --allow-* add to it)"},
-    {"proxy.forward_identity", E, NULL, NULL, "--forward-identity", NULL, "proxy-v2|http-headers",
-     0, 0, "pass the client's identity to the target"},
-    {"proxy.alpn", S, NULL, NULL, "--alpn", NULL, NULL, 0, 0, "ALPN protocols, comma-separated"},
-    {"proxy.session_cache_size", I, "20000", NULL, "--session-cache-size", NULL, NULL, 0, 10000000,
-     "TLS sessions kept for resumption (0 = off)"},
-    {"proxy.session_lifetime", D, "5m", NULL, "--session-lifetime", NULL, NULL, 1000, 86400000,
-     "how long a TLS session may be resumed"},
-    {"proxy.tickets", I, NULL, NULL, "--tickets", NULL, NULL, 0, 10,
-     "session tickets per full handshake (0 = no resumption; default 1 with the cache)"},
-    {"proxy.verify_cache_size", I, "10000", NULL, "--verify-cache-size", NULL, NULL, 0, 10000000,
-     "client chains remembered as verified (0 = verify every chain)"},
-    {"proxy.partial_chain", B, "false", NULL, "--partial-chain", NULL, NULL, 0, 0,
-     "trust chains ending at any certificate of the CA bundle (opt-in)"},
-};
-const size_t mt_config_proxy_nkeys = sizeof(mt_config_proxy_keys) / sizeof(mt_config_proxy_keys[0]);

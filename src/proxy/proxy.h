@@ -21,6 +21,7 @@
 
 #include <openssl/ssl.h>
 
+#include "meshtls/config.h"
 #include "meshtls/policy.h"
 #include "meshtls/tls.h"
 
@@ -120,6 +121,17 @@ int px_target_tls_build(const struct px_config *cfg, SSL_CTX **out, struct mesht
 /** Resolve "host:port" ("[v6]:port", ":port" = all interfaces). */
 int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, socklen_t *len,
                struct meshtls_err *err);
+
+/* config_keys.c */
+/** The `proxy.*` keys (static data). */
+extern const struct meshtls_config_keydef px_config_keys[];
+extern const size_t px_config_nkeys;
+/**
+ * Register the `proxy.*` keys with `cfg` (borrowed; the table is static, nothing to free).
+ * Call once, right after meshtls_config_new(), before loading a file or the environment.
+ * @return 0, or as meshtls_config_add_keys() (e.g. MESHTLS_EEXIST if registered twice).
+ */
+int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 
 /* status.c */
 /** Start the status server thread on `addr`. */

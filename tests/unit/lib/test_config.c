@@ -11,11 +11,14 @@
 #include "check.h"
 #include "meshtls/config.h"
 #include "meshtls/log.h"
+#include "proxy.h"
 
+/* A configuration as the meshtls command builds it: core keys plus the proxy's. */
 static struct meshtls_config *fresh(void)
 {
     struct meshtls_config *c = NULL;
     CHECK_INT_EQ(meshtls_config_new(&c), 0);
+    CHECK_INT_EQ(px_config_register(c, NULL), 0);
     return c;
 }
 
@@ -545,8 +548,31 @@ TEST(limits)
     meshtls_config_free(NULL);
 }
 
+TEST(the_library_knows_no_proxy_keys_until_the_proxy_registers_them)
+{
+    struct meshtls_config *c = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    long n = 0;
+    CHECK_INT_EQ(meshtls_config_new(&c), 0);
+    if (!c)
+        return;
+    CHECK(meshtls_config_get(c, "proxy.listen", NULL) == NULL);
+    CHECK_INT_EQ(meshtls_config_get_int(c, "proxy.max_conns", &n, &err), MESHTLS_EINVAL);
+    CHECK(meshtls_config_get(c, "server.cert_file", NULL) == NULL); /* known, but unset */
+    size_t core = meshtls_config_key_count(c);
+    CHECK_INT_EQ(px_config_register(c, &err), 0);
+    CHECK(meshtls_config_key_count(c) == core + px_config_nkeys);
+    CHECK_INT_EQ(meshtls_config_get_int(c, "proxy.max_conns", &n, &err), 0);
+    CHECK_INT_EQ(n, 10000);
+    /* a second registration is refused whole: every name is taken */
+    CHECK_INT_EQ(px_config_register(c, &err), MESHTLS_EEXIST);
+    CHECK(meshtls_config_key_count(c) == core + px_config_nkeys);
+    meshtls_config_free(c);
+}
+
 int main(void)
 {
+    RUN(the_library_knows_no_proxy_keys_until_the_proxy_registers_them);
     RUN(precedence_flag_env_file_default);
     RUN(grpc_names_map_exactly);
     RUN(booleans);
