@@ -22,6 +22,7 @@
 #define OPENSSL_SUPPRESS_DEPRECATED 1 /* ENGINE_*, EVP_PKEY_meth_find: on purpose, above */
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include <openssl/evp.h>
 #include <openssl/opensslconf.h>
@@ -45,7 +46,7 @@ static int ec_pkey_meths(ENGINE *e, EVP_PKEY_METHOD **pmeth, const int **nids, i
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static int installed; /* 1 once the engine is registered; written only under `once` */
+static atomic_int installed; /* 1 once the engine is registered; written only under `once` */
 
 static void install(void)
 {
