@@ -71,8 +71,7 @@ static int one_conn(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *resume, SSL_SESSI
     SSL *c = NULL, *s = SRV(SSL_new(sctx));
     BIO *sb = NULL, *cb = NULL;
     int rc = -1;
-    if (!s || meshtls_tls_client_ssl_new(cctx, &c, &err) != 0 ||
-        !BIO_new_bio_pair(&sb, 0, &cb, 0))
+    if (!s || meshtls_tls_client_ssl_new(cctx, &c, &err) != 0 || !BIO_new_bio_pair(&sb, 0, &cb, 0))
         goto out;
     SRV((SSL_set_bio(s, sb, sb), 0));
     SSL_set_bio(c, cb, cb);
@@ -127,9 +126,9 @@ struct cfg {
 };
 
 static const struct cfg CFGS[] = {
-    {"proxy-default", 1, 1, 0, 1},   {"no-verify-cache", 1, 0, 0, 1},
+    {"proxy-default", 1, 1, 0, 1},    {"no-verify-cache", 1, 0, 0, 1},
     {"no-session-cache", 0, 1, 0, 1}, {"no-caches", 0, 0, 0, 1},
-    {"no-caches-1tkt", 0, 0, 1, 1},  {"no-tickets", 0, 0, -1, 0},
+    {"no-caches-1tkt", 0, 0, 1, 1},   {"no-tickets", 0, 0, -1, 0},
 };
 
 static int cmp_dbl(const void *x, const void *y)
@@ -186,10 +185,14 @@ int main(int argc, char **argv)
         if (only && strcmp(only, cf->name))
             continue;
         struct meshtls_err err = {0};
-        struct meshtls_tls_opts so = {.cert_file = argv[1], .key_file = argv[2],
-                                      .ca_file = argv[5], .num_tickets = cf->tickets};
-        struct meshtls_tls_opts co = {.cert_file = argv[3], .key_file = argv[4],
-                                      .ca_file = argv[5], .server_name = "localhost"};
+        struct meshtls_tls_opts so = {.cert_file = argv[1],
+                                      .key_file = argv[2],
+                                      .ca_file = argv[5],
+                                      .num_tickets = cf->tickets};
+        struct meshtls_tls_opts co = {.cert_file = argv[3],
+                                      .key_file = argv[4],
+                                      .ca_file = argv[5],
+                                      .server_name = "localhost"};
         if (cf->session_cache && meshtls_session_cache_new(20000, 300, &so.session_cache)) {
             fprintf(stderr, "floor: session cache\n");
             return 1;
@@ -259,9 +262,9 @@ int main(int argc, char **argv)
         if (cf->resume && nr)
             snprintf(rbuf, sizeof(rbuf), "%.0f (%.0f..%.0f)", rs[nr / 2], rs[0], rs[nr - 1]);
         printf("| %s%s%s | %.0f (%.0f..%.0f) | %s | %d × %d%s%s |\n", cf->name, FLOOR_ALLOC,
-               legacy_ec ? " + legacy EC" : "",
-               nr ? fs[nr / 2] : 0, nr ? fs[0] : 0, nr ? fs[nr - 1] : 0, rbuf, nr, n,
-               bad ? " FAILURES" : "", notres ? " (some not resumed)" : "");
+               legacy_ec ? " + legacy EC" : "", nr ? fs[nr / 2] : 0, nr ? fs[0] : 0,
+               nr ? fs[nr - 1] : 0, rbuf, nr, n, bad ? " FAILURES" : "",
+               notres ? " (some not resumed)" : "");
         fflush(stdout);
         SSL_CTX_free(sctx);
         SSL_CTX_free(cctx);

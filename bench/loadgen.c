@@ -65,7 +65,10 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int time_up(void) { return atomic_load(&stop_flag) || now() - t_start >= duration; }
+static int time_up(void)
+{
+    return atomic_load(&stop_flag) || now() - t_start >= duration;
+}
 
 /* TLS 1.3 tickets arrive after the handshake: keep the newest one per thread. */
 static __thread SSL_SESSION *tl_ticket;
@@ -394,8 +397,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (msg_size < 1 || msg_size > 16384 || conns < 1 || conns > 4096 || mib < 1 ||
-        idle_n < 1 || duration <= 0) {
+    if (msg_size < 1 || msg_size > 16384 || conns < 1 || conns > 4096 || mib < 1 || idle_n < 1 ||
+        duration <= 0) {
         fprintf(stderr, "loadgen: option out of range\n");
         return 2;
     }

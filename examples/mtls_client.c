@@ -45,9 +45,14 @@ int main(int argc, char **argv)
     struct meshtls_err err = MESHTLS_ERR_INIT;
     const char *target = NULL;
     int c;
-    static const struct option lo[] = {{"cert", 1, 0, 'c'}, {"key", 1, 0, 'k'},
-        {"cacert", 1, 0, 'a'}, {"connect", 1, 0, 't'}, {"server-name", 1, 0, 'n'},
-        {"verify-spiffe-id", 1, 0, 's'}, {"verify-trust-domain", 1, 0, 'd'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {{"cert", 1, 0, 'c'},
+                                       {"key", 1, 0, 'k'},
+                                       {"cacert", 1, 0, 'a'},
+                                       {"connect", 1, 0, 't'},
+                                       {"server-name", 1, 0, 'n'},
+                                       {"verify-spiffe-id", 1, 0, 's'},
+                                       {"verify-trust-domain", 1, 0, 'd'},
+                                       {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o.cert_file = optarg; break;
@@ -97,8 +102,7 @@ int main(int argc, char **argv)
         got = 1;
     }
     if (!got) {
-        meshtls_err_set_ssl(&err, MESHTLS_ETLS, "%s closed the connection without a reply",
-                            target);
+        meshtls_err_set_ssl(&err, MESHTLS_ETLS, "%s closed the connection without a reply", target);
         fprintf(stderr, "mtls_client: %s\n", err.msg);
         goto out;
     }

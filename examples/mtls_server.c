@@ -41,8 +41,10 @@ static void serve(SSL *ssl)
         if (!strncmp(buf, "GET ", 4) || !strncmp(buf, "HEAD ", 5)) {
             char body[2200], resp[2400];
             int bl = snprintf(body, sizeof(body), "hello %s\n", who);
-            int rl = snprintf(resp, sizeof(resp), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                              "Content-Length: %d\r\nConnection: close\r\n\r\n%s", bl, body);
+            int rl = snprintf(resp, sizeof(resp),
+                              "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                              "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                              bl, body);
             SSL_write(ssl, resp, rl);
             break;
         }
@@ -58,11 +60,13 @@ int main(int argc, char **argv)
     struct meshtls_config *cfg = NULL;
     const char *file = NULL;
     int port = 0, c, rc = meshtls_config_new(&cfg);
-    static const struct option lo[] = {{"cert", 1, 0, 'c'}, {"key", 1, 0, 'k'},
-        {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'}, {"port", 1, 0, 'p'}, {"config", 1, 0, 'f'},
-        {0, 0, 0, 0}};
-    static const char *const keys[] = {['c'] = "server.cert_file", ['k'] = "server.key_file",
-                                       ['a'] = "server.ca_file", ['r'] = "server.crl_file"};
+    static const struct option lo[] = {
+        {"cert", 1, 0, 'c'}, {"key", 1, 0, 'k'},    {"cacert", 1, 0, 'a'}, {"crl", 1, 0, 'r'},
+        {"port", 1, 0, 'p'}, {"config", 1, 0, 'f'}, {0, 0, 0, 0}};
+    static const char *const keys[] = {['c'] = "server.cert_file",
+                                       ['k'] = "server.key_file",
+                                       ['a'] = "server.ca_file",
+                                       ['r'] = "server.crl_file"};
     while (rc == 0 && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'p')
             port = (int)strtol(optarg, NULL, 10);
@@ -88,7 +92,8 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t sl = sizeof(sa);
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));

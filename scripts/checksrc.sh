@@ -10,4 +10,16 @@ if hits=$(git ls-files -co --exclude-standard 'src/*.c' 'src/*.h' 'include/*.h' 
   echo "$hits" >&2
   exit 1
 fi
+# Formatting: the checked-in .clang-format, over every tracked C file.
+if ! command -v clang-format >/dev/null; then
+  echo "checksrc: clang-format missing (scripts/install-deps.sh installs it)" >&2
+  exit 1
+fi
+if ! git ls-files -co --exclude-standard '*.c' '*.h' | xargs -r clang-format --dry-run -Werror 2>/tmp/checksrc-format.$$; then
+  head -40 /tmp/checksrc-format.$$ >&2
+  rm -f /tmp/checksrc-format.$$
+  echo "checksrc: files deviate from .clang-format: run 'make format'" >&2
+  exit 1
+fi
+rm -f /tmp/checksrc-format.$$
 echo "checksrc: ok"

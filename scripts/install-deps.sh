@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential cmake pkg-config clang libclang-rt-14-dev
+  build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libssl-dev openssl libmimalloc-dev libsqlite3-dev sqlite3 libyaml-dev libcmocka-dev
   python3 python3-pytest python3-cryptography python3-grpcio
   postgresql postgresql-client redis-server redis-tools curl

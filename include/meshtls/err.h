@@ -22,22 +22,22 @@ extern "C" {
 /** Error codes. 0 is success; every error is negative. */
 enum meshtls_errcode {
     MESHTLS_OK = 0,
-    MESHTLS_EINVAL = -1,     /**< invalid argument or value (config, flag, SPIFFE ID) */
-    MESHTLS_ENOMEM = -2,     /**< allocation failed */
-    MESHTLS_EIO = -3,        /**< read/write/rename of a file failed */
-    MESHTLS_ENOENT = -4,     /**< a file, service, certificate or record does not exist */
-    MESHTLS_EEXIST = -5,     /**< refusing to overwrite something that exists */
-    MESHTLS_EPERM = -6,      /**< unsafe file permissions (e.g. a group-readable key) */
-    MESHTLS_EPARSE = -7,     /**< malformed input: PEM, DER, YAML, CSR */
+    MESHTLS_EINVAL = -1,       /**< invalid argument or value (config, flag, SPIFFE ID) */
+    MESHTLS_ENOMEM = -2,       /**< allocation failed */
+    MESHTLS_EIO = -3,          /**< read/write/rename of a file failed */
+    MESHTLS_ENOENT = -4,       /**< a file, service, certificate or record does not exist */
+    MESHTLS_EEXIST = -5,       /**< refusing to overwrite something that exists */
+    MESHTLS_EPERM = -6,        /**< unsafe file permissions (e.g. a group-readable key) */
+    MESHTLS_EPARSE = -7,       /**< malformed input: PEM, DER, YAML, CSR */
     MESHTLS_EKEYMISMATCH = -8, /**< a private key does not match its certificate */
-    MESHTLS_EEXPIRED = -9,   /**< a certificate is expired or not yet valid */
-    MESHTLS_EUNTRUSTED = -10, /**< chain verification failed (wrong CA, bad signature) */
-    MESHTLS_EREVOKED = -11,  /**< a certificate is revoked */
-    MESHTLS_EDENIED = -12,   /**< refused by policy (unregistered service, CSR asks too much) */
-    MESHTLS_ESTORE = -13,    /**< the store (database) failed or is locked */
-    MESHTLS_ETLS = -14,      /**< an OpenSSL operation failed */
-    MESHTLS_EEXPIRING = -15, /**< a certificate is valid but expires within the warning window */
-    MESHTLS_ENOSPIFFE = -16, /**< the certificate carries no (single, valid) SPIFFE ID */
+    MESHTLS_EEXPIRED = -9,     /**< a certificate is expired or not yet valid */
+    MESHTLS_EUNTRUSTED = -10,  /**< chain verification failed (wrong CA, bad signature) */
+    MESHTLS_EREVOKED = -11,    /**< a certificate is revoked */
+    MESHTLS_EDENIED = -12,     /**< refused by policy (unregistered service, CSR asks too much) */
+    MESHTLS_ESTORE = -13,      /**< the store (database) failed or is locked */
+    MESHTLS_ETLS = -14,        /**< an OpenSSL operation failed */
+    MESHTLS_EEXPIRING = -15,   /**< a certificate is valid but expires within the warning window */
+    MESHTLS_ENOSPIFFE = -16,   /**< the certificate carries no (single, valid) SPIFFE ID */
 };
 
 /** Size of the message buffer of struct meshtls_err. */
@@ -53,7 +53,13 @@ struct meshtls_err {
     char msg[MESHTLS_ERR_MSG_MAX]; /**< what went wrong, on what, and what to do */
 };
 
-#define MESHTLS_ERR_INIT {0, {0}}
+#define MESHTLS_ERR_INIT                                                                           \
+    {                                                                                              \
+        0,                                                                                         \
+        {                                                                                          \
+            0                                                                                      \
+        }                                                                                          \
+    }
 
 /**
  * @return a static, human-readable name for `code` (never NULL).

@@ -24,25 +24,26 @@ extern "C" {
 #endif
 
 struct meshtls_identity {
-    char *subject;       /**< full subject, RFC 2253 ("CN=api,O=acme") */
-    char *issuer;        /**< full issuer, RFC 2253 */
-    char *cn;            /**< subject commonName (first) */
-    char *o;             /**< subject organizationName (first) */
-    char *ou;            /**< subject organizationalUnitName (first) */
-    char *serial;        /**< serial number, lower-case hex, even length (openssl x509 -serial, lower case) */
-    int64_t not_before;  /**< Unix seconds */
-    int64_t not_after;   /**< Unix seconds */
-    char **dns;          /**< DNS SANs */
+    char *subject; /**< full subject, RFC 2253 ("CN=api,O=acme") */
+    char *issuer;  /**< full issuer, RFC 2253 */
+    char *cn;      /**< subject commonName (first) */
+    char *o;       /**< subject organizationName (first) */
+    char *ou;      /**< subject organizationalUnitName (first) */
+    char *serial; /**< serial number, lower-case hex, even length (openssl x509 -serial, lower case)
+                   */
+    int64_t not_before; /**< Unix seconds */
+    int64_t not_after;  /**< Unix seconds */
+    char **dns;         /**< DNS SANs */
     size_t n_dns;
-    char **ips;          /**< IP SANs, textual (IPv4 dotted, IPv6 RFC 5952) */
+    char **ips; /**< IP SANs, textual (IPv4 dotted, IPv6 RFC 5952) */
     size_t n_ips;
-    char **uris;         /**< URI SANs */
+    char **uris; /**< URI SANs */
     size_t n_uris;
-    char *spiffe_id;     /**< the SPIFFE ID: the single URI SAN, if it is a valid
-                              SPIFFE ID; NULL otherwise (incl. >1 URI SAN) */
+    char *spiffe_id;                 /**< the SPIFFE ID: the single URI SAN, if it is a valid
+                                          SPIFFE ID; NULL otherwise (incl. >1 URI SAN) */
     struct meshtls_spiffe_id spiffe; /**< parsed `spiffe_id`; zeroed if NULL */
-    int is_ca;           /**< basicConstraints CA:TRUE */
-    char *key_type;      /**< "EC P-256", "RSA 2048", "ED25519", ... */
+    int is_ca;                       /**< basicConstraints CA:TRUE */
+    char *key_type;                  /**< "EC P-256", "RSA 2048", "ED25519", ... */
 };
 
 /** Extract the identity of `cert` (borrowed). */
@@ -51,13 +52,11 @@ MESHTLS_API int meshtls_identity_from_x509(X509 *cert, struct meshtls_identity *
 
 /** Extract the identity of the first certificate in PEM text `buf` of `len` bytes. */
 MESHTLS_API int meshtls_identity_from_pem(const char *buf, size_t len,
-                                          struct meshtls_identity **out,
-                                          struct meshtls_err *err);
+                                          struct meshtls_identity **out, struct meshtls_err *err);
 
 /** Extract the identity of a DER certificate of `len` bytes. */
 MESHTLS_API int meshtls_identity_from_der(const unsigned char *der, size_t len,
-                                          struct meshtls_identity **out,
-                                          struct meshtls_err *err);
+                                          struct meshtls_identity **out, struct meshtls_err *err);
 
 /** Free `id` and everything it holds; NULL is fine. */
 MESHTLS_API void meshtls_identity_free(struct meshtls_identity *id);

@@ -61,8 +61,7 @@ MESHTLS_API void meshtls_policy_free(struct meshtls_policy *p);
  * @return 0 or MESHTLS_EINVAL naming the value.
  */
 MESHTLS_API int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind,
-                                   const char *value, const char *service,
-                                   struct meshtls_err *err);
+                                   const char *value, const char *service, struct meshtls_err *err);
 
 /** Parse "allow-all|cn|ou|dns|uri|trust-domain"; @return kind or 0. */
 MESHTLS_API int meshtls_rule_kind_parse(const char *s);

@@ -19,8 +19,8 @@
 extern "C" {
 #endif
 
-#define MESHTLS_SPIFFE_ID_MAX 2048     /**< longest SPIFFE ID, in bytes */
-#define MESHTLS_TRUST_DOMAIN_MAX 255   /**< longest trust domain, in bytes */
+#define MESHTLS_SPIFFE_ID_MAX 2048   /**< longest SPIFFE ID, in bytes */
+#define MESHTLS_TRUST_DOMAIN_MAX 255 /**< longest trust domain, in bytes */
 
 /** A parsed SPIFFE ID. Plain value, caller-owned; no resources. */
 struct meshtls_spiffe_id {

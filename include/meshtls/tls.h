@@ -31,16 +31,16 @@ enum meshtls_tls_min {
  * the call only; zero-initialise, then set fields.  Zero means the default.
  */
 struct meshtls_tls_opts {
-    const char *cert_file;   /**< our certificate chain, PEM, leaf first (required) */
-    const char *key_file;    /**< our private key, PEM, mode 0600 or stricter (required) */
-    const char *ca_file;     /**< trust bundle, PEM, one or more CAs (required) */
-    const char *crl_file;    /**< CRLs, PEM; if set, every cert of the peer's chain is checked */
-    int min_version;         /**< enum meshtls_tls_min */
+    const char *cert_file; /**< our certificate chain, PEM, leaf first (required) */
+    const char *key_file;  /**< our private key, PEM, mode 0600 or stricter (required) */
+    const char *ca_file;   /**< trust bundle, PEM, one or more CAs (required) */
+    const char *crl_file;  /**< CRLs, PEM; if set, every cert of the peer's chain is checked */
+    int min_version;       /**< enum meshtls_tls_min */
     int insecure_no_client_cert; /**< server: do not require a client certificate */
     const char *server_name; /**< client: DNS name (or IP) the server certificate must carry; SNI */
     const char *verify_spiffe_id;    /**< client: exact SPIFFE ID the server must present */
     const char *verify_trust_domain; /**< client: trust domain of the server's SPIFFE ID */
-    int expiry_warn_days;    /**< warn when our certificate has fewer days left (default 30) */
+    int expiry_warn_days; /**< warn when our certificate has fewer days left (default 30) */
     struct meshtls_session_cache *session_cache; /**< server: stateful resumption through this
                                                       cache (borrowed; the context takes its own
                                                       reference); NULL = OpenSSL's stateless
@@ -48,14 +48,14 @@ struct meshtls_tls_opts {
                                                       client's leaf: after the handshake
                                                       SSL_get_peer_cert_chain() is empty (use
                                                       SSL_get0_verified_chain() for the chain) */
-    int num_tickets;         /**< server: session tickets per handshake; 0 = default (1 with a
-                                  session cache, OpenSSL's 2 otherwise); -1 = none */
+    int num_tickets; /**< server: session tickets per handshake; 0 = default (1 with a
+                          session cache, OpenSSL's 2 otherwise); -1 = none */
     struct meshtls_verify_cache *verify_cache; /**< server: skip re-verifying a chain verified
                                                     before under the same trust (borrowed; the
                                                     context takes a reference); NULL = off */
-    int partial_chain;       /**< accept a chain ending at any certificate in the bundle (e.g.
-                                  the intermediate), not only at a root; opt-in: the root's
-                                  validity and constraints are then not checked */
+    int partial_chain; /**< accept a chain ending at any certificate in the bundle (e.g.
+                            the intermediate), not only at a root; opt-in: the root's
+                            validity and constraints are then not checked */
 };
 
 /**
@@ -102,8 +102,7 @@ MESHTLS_API int meshtls_verify_cache_new(size_t max_entries, struct meshtls_veri
 MESHTLS_API void meshtls_verify_cache_free(struct meshtls_verify_cache *c);
 /** Hits and misses so far (for metrics and tests); either pointer may be NULL. */
 MESHTLS_API void meshtls_verify_cache_stats(struct meshtls_verify_cache *c,
-                                            unsigned long long *hits,
-                                            unsigned long long *misses);
+                                            unsigned long long *hits, unsigned long long *misses);
 
 /**
  * Build a server context: loads and checks cert/key/CA/CRL files (key

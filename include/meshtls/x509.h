@@ -31,12 +31,12 @@ extern "C" {
  * starts with the leaf).  Fails with MESHTLS_EPARSE on malformed PEM or a
  * file holding no certificate, MESHTLS_ENOENT if it is missing.
  */
-MESHTLS_API int meshtls_pem_read_certs(const char *path, STACK_OF(X509) **out,
+MESHTLS_API int meshtls_pem_read_certs(const char *path, STACK_OF(X509) * *out,
                                        struct meshtls_err *err);
 
 /** Same as meshtls_pem_read_certs() on an in-memory buffer; `what` names it in errors. */
 MESHTLS_API int meshtls_pem_parse_certs(const char *buf, size_t len, const char *what,
-                                        STACK_OF(X509) **out, struct meshtls_err *err);
+                                        STACK_OF(X509) * *out, struct meshtls_err *err);
 
 /**
  * Check that the key file `path` is not readable or writable by group or
@@ -52,7 +52,7 @@ MESHTLS_API int meshtls_key_file_check(const char *path, struct meshtls_err *err
 MESHTLS_API int meshtls_pem_read_key(const char *path, EVP_PKEY **out, struct meshtls_err *err);
 
 /** Read every CRL in the PEM file `path` (at least one). */
-MESHTLS_API int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) **out,
+MESHTLS_API int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) * *out,
                                       struct meshtls_err *err);
 
 /**
@@ -71,8 +71,8 @@ MESHTLS_API int meshtls_key_matches_cert(EVP_PKEY *key, X509 *cert, const char *
  *         but expiring within the window, MESHTLS_EEXPIRED if expired or not
  *         yet valid.  `err` says which, naming `what`.
  */
-MESHTLS_API int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days,
-                                          int64_t now, int *days_left, struct meshtls_err *err);
+MESHTLS_API int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days, int64_t now,
+                                          int *days_left, struct meshtls_err *err);
 
 /**
  * 003's validate_cert_expiration(): read the first certificate of the PEM
@@ -93,8 +93,8 @@ MESHTLS_API int meshtls_validate_cert_expiration(const char *path, int warn_days
  * @return 0, MESHTLS_EEXPIRED, MESHTLS_EREVOKED or MESHTLS_EUNTRUSTED with
  *         `err` naming the failing certificate and depth.
  */
-MESHTLS_API int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,
-                                     STACK_OF(X509_CRL) *crls, int purpose,
+MESHTLS_API int meshtls_verify_chain(STACK_OF(X509) * chain, STACK_OF(X509) * anchors,
+                                     STACK_OF(X509_CRL) * crls, int purpose,
                                      struct meshtls_err *err);
 
 /**

@@ -119,15 +119,15 @@ static void print_identity_text(const struct meshtls_identity *id)
     int64_t days = meshtls_identity_days_left(id, 0);
     printf("  %-12s %s\n  %-12s %s\n  %-12s %s\n", "subject", id->subject, "issuer", id->issuer,
            "serial", id->serial);
-    printf("  %-12s %s\n  %-12s %s\n  %-12s %s (%lld days %s)\n", "key", id->key_type,
-           "not before", nb, "not after", na, (long long)(days < 0 ? -days : days),
+    printf("  %-12s %s\n  %-12s %s\n  %-12s %s (%lld days %s)\n", "key", id->key_type, "not before",
+           nb, "not after", na, (long long)(days < 0 ? -days : days),
            days < 0 ? "ago: EXPIRED" : "left");
     printf("  %-12s %s\n", "CA", id->is_ca ? "yes" : "no");
     print_list("DNS SANs", id->dns, id->n_dns);
     print_list("IP SANs", id->ips, id->n_ips);
     print_list("URI SANs", id->uris, id->n_uris);
     printf("  %-12s %s\n", "SPIFFE ID",
-           id->spiffe_id ? id->spiffe_id
+           id->spiffe_id    ? id->spiffe_id
            : id->n_uris > 1 ? "(none: more than one URI SAN)"
                             : "(none)");
 }
@@ -199,15 +199,16 @@ static int parse_days(const char *s, int *out)
 static int cert_check(int argc, char **argv)
 {
     int c, min_days = -1;
-    static const struct option opts[] = {{"min-days", required_argument, NULL, 'm'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"min-days", required_argument, NULL, 'm'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         if (c == 'm') {
             if (parse_days(optarg, &min_days) != 0) {
-                fprintf(stderr, "meshtls cert check: --min-days '%s' is not a number of days "
-                                "(0-100000)\n", optarg);
+                fprintf(stderr,
+                        "meshtls cert check: --min-days '%s' is not a number of days "
+                        "(0-100000)\n",
+                        optarg);
                 return 2;
             }
         } else if (c == 'h') {
@@ -253,12 +254,10 @@ static int cert_verify(int argc, char **argv)
 {
     int c, rc, purpose = 0, status = 2;
     const char *ca = NULL, *crl = NULL;
-    static const struct option opts[] = {{"ca", required_argument, NULL, 'c'},
-                                         {"cacert", required_argument, NULL, 'c'},
-                                         {"crl", required_argument, NULL, 'r'},
-                                         {"purpose", required_argument, NULL, 'p'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"ca", required_argument, NULL, 'c'},  {"cacert", required_argument, NULL, 'c'},
+        {"crl", required_argument, NULL, 'r'}, {"purpose", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},      {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:r:p:h", opts, NULL)) != -1) {
         switch (c) {

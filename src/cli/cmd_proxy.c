@@ -131,37 +131,102 @@ static long parse_count(const char *s, long min, long max)
 }
 
 enum {
-    O_LISTEN = 256, O_TARGET, O_CERT, O_KEY, O_CACERT, O_CRL, O_TLSMIN, O_ALLOW_ALL, O_ALLOW_CN,
-    O_ALLOW_OU, O_ALLOW_DNS, O_ALLOW_URI, O_ALLOW_TD, O_SERVICE, O_SNAME, O_VSPIFFE, O_VTD,
-    O_WORKERS, O_MAXCONNS, O_HS_TO, O_CONN_TO, O_IDLE_TO, O_SHUT_TO, O_RELOAD, O_NOWATCH,
-    O_STATUS, O_LOGFMT, O_LOGLEVEL, O_HELP, O_FORWARD, O_ALPN, O_POLICY,
-    O_TTLS, O_TCERT, O_TKEY, O_TCACERT, O_TNAME, O_TSPIFFE, O_SCACHE, O_SLIFE, O_TICKETS,
-    O_PARTIAL, O_CONFIG, O_INS_LISTEN, O_INS_TARGET, O_VCACHE, O_MAX
+    O_LISTEN = 256,
+    O_TARGET,
+    O_CERT,
+    O_KEY,
+    O_CACERT,
+    O_CRL,
+    O_TLSMIN,
+    O_ALLOW_ALL,
+    O_ALLOW_CN,
+    O_ALLOW_OU,
+    O_ALLOW_DNS,
+    O_ALLOW_URI,
+    O_ALLOW_TD,
+    O_SERVICE,
+    O_SNAME,
+    O_VSPIFFE,
+    O_VTD,
+    O_WORKERS,
+    O_MAXCONNS,
+    O_HS_TO,
+    O_CONN_TO,
+    O_IDLE_TO,
+    O_SHUT_TO,
+    O_RELOAD,
+    O_NOWATCH,
+    O_STATUS,
+    O_LOGFMT,
+    O_LOGLEVEL,
+    O_HELP,
+    O_FORWARD,
+    O_ALPN,
+    O_POLICY,
+    O_TTLS,
+    O_TCERT,
+    O_TKEY,
+    O_TCACERT,
+    O_TNAME,
+    O_TSPIFFE,
+    O_SCACHE,
+    O_SLIFE,
+    O_TICKETS,
+    O_PARTIAL,
+    O_CONFIG,
+    O_INS_LISTEN,
+    O_INS_TARGET,
+    O_VCACHE,
+    O_MAX
 };
 
-static const struct option popts[] = {
-    {"listen", 1, 0, O_LISTEN}, {"target", 1, 0, O_TARGET}, {"cert", 1, 0, O_CERT},
-    {"key", 1, 0, O_KEY}, {"cacert", 1, 0, O_CACERT}, {"crl", 1, 0, O_CRL},
-    {"tls-min-version", 1, 0, O_TLSMIN}, {"allow-all", 0, 0, O_ALLOW_ALL},
-    {"allow-cn", 1, 0, O_ALLOW_CN}, {"allow-ou", 1, 0, O_ALLOW_OU},
-    {"allow-dns", 1, 0, O_ALLOW_DNS}, {"allow-uri", 1, 0, O_ALLOW_URI},
-    {"allow-trust-domain", 1, 0, O_ALLOW_TD}, {"service", 1, 0, O_SERVICE},
-    {"server-name", 1, 0, O_SNAME}, {"verify-spiffe-id", 1, 0, O_VSPIFFE},
-    {"verify-trust-domain", 1, 0, O_VTD}, {"workers", 1, 0, O_WORKERS},
-    {"max-conns", 1, 0, O_MAXCONNS}, {"handshake-timeout", 1, 0, O_HS_TO},
-    {"connect-timeout", 1, 0, O_CONN_TO}, {"idle-timeout", 1, 0, O_IDLE_TO},
-    {"shutdown-timeout", 1, 0, O_SHUT_TO}, {"reload-interval", 1, 0, O_RELOAD},
-    {"no-watch", 0, 0, O_NOWATCH}, {"status", 1, 0, O_STATUS}, {"log-format", 1, 0, O_LOGFMT},
-    {"log-level", 1, 0, O_LOGLEVEL}, {"help", 0, 0, O_HELP},
-    {"forward-identity", 1, 0, O_FORWARD}, {"alpn", 1, 0, O_ALPN},
-    {"policy", 1, 0, O_POLICY}, {"target-tls", 0, 0, O_TTLS}, {"target-cert", 1, 0, O_TCERT},
-    {"target-key", 1, 0, O_TKEY}, {"target-cacert", 1, 0, O_TCACERT},
-    {"target-server-name", 1, 0, O_TNAME}, {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
-    {"session-cache-size", 1, 0, O_SCACHE}, {"session-lifetime", 1, 0, O_SLIFE},
-    {"tickets", 1, 0, O_TICKETS}, {"partial-chain", 0, 0, O_PARTIAL},
-    {"config", 1, 0, O_CONFIG}, {"insecure-listen", 0, 0, O_INS_LISTEN},
-    {"insecure-target", 0, 0, O_INS_TARGET}, {"verify-cache-size", 1, 0, O_VCACHE},
-    {0, 0, 0, 0}};
+static const struct option popts[] = {{"listen", 1, 0, O_LISTEN},
+                                      {"target", 1, 0, O_TARGET},
+                                      {"cert", 1, 0, O_CERT},
+                                      {"key", 1, 0, O_KEY},
+                                      {"cacert", 1, 0, O_CACERT},
+                                      {"crl", 1, 0, O_CRL},
+                                      {"tls-min-version", 1, 0, O_TLSMIN},
+                                      {"allow-all", 0, 0, O_ALLOW_ALL},
+                                      {"allow-cn", 1, 0, O_ALLOW_CN},
+                                      {"allow-ou", 1, 0, O_ALLOW_OU},
+                                      {"allow-dns", 1, 0, O_ALLOW_DNS},
+                                      {"allow-uri", 1, 0, O_ALLOW_URI},
+                                      {"allow-trust-domain", 1, 0, O_ALLOW_TD},
+                                      {"service", 1, 0, O_SERVICE},
+                                      {"server-name", 1, 0, O_SNAME},
+                                      {"verify-spiffe-id", 1, 0, O_VSPIFFE},
+                                      {"verify-trust-domain", 1, 0, O_VTD},
+                                      {"workers", 1, 0, O_WORKERS},
+                                      {"max-conns", 1, 0, O_MAXCONNS},
+                                      {"handshake-timeout", 1, 0, O_HS_TO},
+                                      {"connect-timeout", 1, 0, O_CONN_TO},
+                                      {"idle-timeout", 1, 0, O_IDLE_TO},
+                                      {"shutdown-timeout", 1, 0, O_SHUT_TO},
+                                      {"reload-interval", 1, 0, O_RELOAD},
+                                      {"no-watch", 0, 0, O_NOWATCH},
+                                      {"status", 1, 0, O_STATUS},
+                                      {"log-format", 1, 0, O_LOGFMT},
+                                      {"log-level", 1, 0, O_LOGLEVEL},
+                                      {"help", 0, 0, O_HELP},
+                                      {"forward-identity", 1, 0, O_FORWARD},
+                                      {"alpn", 1, 0, O_ALPN},
+                                      {"policy", 1, 0, O_POLICY},
+                                      {"target-tls", 0, 0, O_TTLS},
+                                      {"target-cert", 1, 0, O_TCERT},
+                                      {"target-key", 1, 0, O_TKEY},
+                                      {"target-cacert", 1, 0, O_TCACERT},
+                                      {"target-server-name", 1, 0, O_TNAME},
+                                      {"target-verify-spiffe-id", 1, 0, O_TSPIFFE},
+                                      {"session-cache-size", 1, 0, O_SCACHE},
+                                      {"session-lifetime", 1, 0, O_SLIFE},
+                                      {"tickets", 1, 0, O_TICKETS},
+                                      {"partial-chain", 0, 0, O_PARTIAL},
+                                      {"config", 1, 0, O_CONFIG},
+                                      {"insecure-listen", 0, 0, O_INS_LISTEN},
+                                      {"insecure-target", 0, 0, O_INS_TARGET},
+                                      {"verify-cache-size", 1, 0, O_VCACHE},
+                                      {0, 0, 0, 0}};
 
 /* A value from the YAML file or the environment (not a default), or NULL. */
 static const char *cfg_val(const struct meshtls_config *cfg, const char *key, const char **src)
@@ -180,8 +245,8 @@ static const char *cfg_val(const struct meshtls_config *cfg, const char *key, co
  * naming the key and its source.
  */
 static int apply_config(struct px_config *c, const unsigned char *seen,
-                        const struct meshtls_config *cfg, size_t *cache_size,
-                        size_t *vcache_size, int *cache_life, struct meshtls_err *err)
+                        const struct meshtls_config *cfg, size_t *cache_size, size_t *vcache_size,
+                        int *cache_life, struct meshtls_err *err)
 {
     const char *role = c->mode == PX_MODE_SERVER ? "server" : "client", *v, *src = NULL;
     char key[64];
@@ -248,14 +313,18 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
         if (seen[durs[i].opt] || !(v = cfg_val(cfg, durs[i].key, &src)))
             continue;
         if ((n = parse_duration(v)) <= 0 || n > 86400000L)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: '%s' for %s: expected a duration such as "
-                                   "500ms, 10s, 5m or 1h", src, v, durs[i].key);
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "%s: '%s' for %s: expected a duration such as "
+                                   "500ms, 10s, 5m or 1h",
+                                   src, v, durs[i].key);
         *durs[i].ms = (int)n;
     }
     if (!seen[O_RELOAD] && (v = cfg_val(cfg, "proxy.reload_interval", &src))) {
         if ((n = parse_duration(v)) < 1000)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: '%s' for proxy.reload_interval: expected a "
-                                   "duration of at least 1s", src, v);
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "%s: '%s' for proxy.reload_interval: expected a "
+                                   "duration of at least 1s",
+                                   src, v);
         c->reload_interval_s = (int)(n / 1000);
     }
     if (!seen[O_FORWARD] && (v = cfg_val(cfg, "proxy.forward_identity", NULL))) {
@@ -282,10 +351,11 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
             struct meshtls_err e2 = MESHTLS_ERR_INIT;
             if (!kind || meshtls_policy_add(c->policy, (enum meshtls_rule_kind)kind,
                                             eq ? eq + 1 : NULL, NULL, &e2) != 0)
-                return meshtls_err_set(err, MESHTLS_EINVAL, "%s: proxy.allow item '%s%s%s': %s", src, item,
-                                       eq ? "=" : "", eq ? eq + 1 : "",
-                                       kind ? e2.msg : "expected KIND=VALUE with KIND uri, cn, "
-                                                       "ou, dns, trust-domain or allow-all");
+                return meshtls_err_set(err, MESHTLS_EINVAL, "%s: proxy.allow item '%s%s%s': %s",
+                                       src, item, eq ? "=" : "", eq ? eq + 1 : "",
+                                       kind ? e2.msg
+                                            : "expected KIND=VALUE with KIND uri, cn, "
+                                              "ou, dns, trust-domain or allow-all");
         }
     }
 #undef ROLEKEY
@@ -391,8 +461,7 @@ int cmd_proxy(int argc, char **argv)
             if ((v = parse_duration(optarg)) < 0 || (opt != O_RELOAD && v == 0)) {
                 char flag[40];
                 snprintf(flag, sizeof(flag), "--%s", popts[opt - O_LISTEN].name);
-                status = bad(flag, optarg,
-                             "expected a duration such as 500ms, 10s, 5m or 1h");
+                status = bad(flag, optarg, "expected a duration such as 500ms, 10s, 5m or 1h");
                 goto out;
             }
             if (opt == O_HS_TO)
@@ -475,11 +544,15 @@ int cmd_proxy(int argc, char **argv)
             }
             meshtls_log_set_level(rc);
             break;
-        case O_HELP: proxy_usage(stdout); status = 0; goto out;
+        case O_HELP:
+            proxy_usage(stdout);
+            status = 0;
+            goto out;
         default: status = 2; goto out;
         }
-        if (kind && (rc = meshtls_policy_add(c.policy, kind, kind == MESHTLS_RULE_ALLOW_ALL ?
-                                             NULL : optarg, NULL, &err)) != 0) {
+        if (kind &&
+            (rc = meshtls_policy_add(c.policy, kind, kind == MESHTLS_RULE_ALLOW_ALL ? NULL : optarg,
+                                     NULL, &err)) != 0) {
             cli_print_err("proxy", &err, rc);
             status = 2;
             goto out;

@@ -55,11 +55,12 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: meshtls <command> [options]\n"
-               "\n"
-               "meshtls %s - zero-trust mutual TLS for service-to-service authentication.\n"
-               "\n"
-               "commands:\n",
+    fprintf(f,
+            "usage: meshtls <command> [options]\n"
+            "\n"
+            "meshtls %s - zero-trust mutual TLS for service-to-service authentication.\n"
+            "\n"
+            "commands:\n",
             MESHTLS_VERSION);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);

@@ -34,7 +34,7 @@ const char *meshtls_strerror(int code)
 }
 
 __attribute__((format(printf, 3, 0))) static void vset(struct meshtls_err *err, int code,
-                                                     const char *fmt, va_list ap)
+                                                       const char *fmt, va_list ap)
 {
     err->code = code;
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);

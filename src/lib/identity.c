@@ -94,7 +94,7 @@ static char *key_type(X509 *cert)
             size_t gl = 0;
             EVP_PKEY_get_utf8_string_param(k, "group", grp, sizeof(grp), &gl);
             snprintf(buf, sizeof(buf), "EC %s",
-                     !strcmp(grp, "prime256v1") ? "P-256"
+                     !strcmp(grp, "prime256v1")  ? "P-256"
                      : !strcmp(grp, "secp384r1") ? "P-384"
                                                  : grp);
             break;
@@ -145,8 +145,7 @@ static int add_sans(struct meshtls_identity *id, X509 *cert)
     return rc;
 }
 
-int meshtls_identity_from_x509(X509 *cert, struct meshtls_identity **out,
-                               struct meshtls_err *err)
+int meshtls_identity_from_x509(X509 *cert, struct meshtls_identity **out, struct meshtls_err *err)
 {
     int rc;
     struct meshtls_identity *id = calloc(1, sizeof(*id));
@@ -179,8 +178,10 @@ int meshtls_identity_from_x509(X509 *cert, struct meshtls_identity **out,
     id->is_ca = X509_check_ca(cert) > 0 && (X509_get_extension_flags(cert) & EXFLAG_CA);
 
     if ((rc = add_sans(id, cert)) != 0) {
-        meshtls_err_set(err, rc, rc == MESHTLS_ENOMEM ? "out of memory"
-                                 : "certificate %s has a malformed subjectAltName extension",
+        meshtls_err_set(err, rc,
+                        rc == MESHTLS_ENOMEM
+                            ? "out of memory"
+                            : "certificate %s has a malformed subjectAltName extension",
                         id->subject);
         goto out;
     }
@@ -213,8 +214,8 @@ int meshtls_identity_from_pem(const char *buf, size_t len, struct meshtls_identi
     return rc;
 }
 
-int meshtls_identity_from_der(const unsigned char *der, size_t len,
-                              struct meshtls_identity **out, struct meshtls_err *err)
+int meshtls_identity_from_der(const unsigned char *der, size_t len, struct meshtls_identity **out,
+                              struct meshtls_err *err)
 {
     if (len > MESHTLS_PEM_FILE_MAX)
         return meshtls_err_set(err, MESHTLS_EPARSE, "DER certificate too large");

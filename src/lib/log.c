@@ -84,8 +84,9 @@ void meshtls_log(int level, const char *fmt, ...)
     char line[4096];
     size_t n;
     if (log_json) {
-        n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"",
-                             ts, now.tv_nsec / 1000000, level_names[level]);
+        n = (size_t)snprintf(line, sizeof(line),
+                             "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", ts,
+                             now.tv_nsec / 1000000, level_names[level]);
         json_escape(line, sizeof(line) - 3, &n, msg);
         memcpy(line + n, "\"}\n", 4);
     } else {

@@ -27,9 +27,12 @@ struct meshtls_policy {
 };
 
 static const char *const kind_names[] = {
-    [MESHTLS_RULE_ALLOW_ALL] = "allow-all", [MESHTLS_RULE_CN] = "cn",
-    [MESHTLS_RULE_OU] = "ou",               [MESHTLS_RULE_DNS] = "dns",
-    [MESHTLS_RULE_URI] = "uri",             [MESHTLS_RULE_TRUST_DOMAIN] = "trust-domain",
+    [MESHTLS_RULE_ALLOW_ALL] = "allow-all",
+    [MESHTLS_RULE_CN] = "cn",
+    [MESHTLS_RULE_OU] = "ou",
+    [MESHTLS_RULE_DNS] = "dns",
+    [MESHTLS_RULE_URI] = "uri",
+    [MESHTLS_RULE_TRUST_DOMAIN] = "trust-domain",
 };
 
 int meshtls_rule_kind_parse(const char *s)

@@ -41,15 +41,17 @@ static int parse_allow(struct pf *f, const char *service)
             return meshtls_err_set(f->y.err, MESHTLS_EPARSE,
                                    "%s:%zu: each rule is a mapping such as '- uri: spiffe://...'",
                                    f->y.name, line(f));
-        if ((rc = expect(f, YAML_SCALAR_EVENT, "a rule kind (uri, cn, ou, dns, trust-domain, "
-                                               "allow-all)")) != 0)
+        if ((rc = expect(f, YAML_SCALAR_EVENT,
+                         "a rule kind (uri, cn, ou, dns, trust-domain, "
+                         "allow-all)")) != 0)
             return rc;
         size_t l = line(f);
         int kind = meshtls_rule_kind_parse(scalar(f));
         if (!kind)
             return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
                                    "%s:%zu: unknown rule '%.64s' (use uri, cn, ou, dns, "
-                                   "trust-domain or allow-all)", f->y.name, l, scalar(f));
+                                   "trust-domain or allow-all)",
+                                   f->y.name, l, scalar(f));
         if ((rc = expect(f, YAML_SCALAR_EVENT, "a value for the rule")) != 0)
             return rc;
         const char *v = scalar(f);
@@ -57,8 +59,8 @@ static int parse_allow(struct pf *f, const char *service)
             return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
                                    "%s:%zu: allow-all takes the value true", f->y.name, l);
         struct meshtls_err e2 = MESHTLS_ERR_INIT;
-        if ((rc = meshtls_policy_add(f->p, kind, kind == MESHTLS_RULE_ALLOW_ALL ? NULL : v,
-                                     service, &e2)) != 0)
+        if ((rc = meshtls_policy_add(f->p, kind, kind == MESHTLS_RULE_ALLOW_ALL ? NULL : v, service,
+                                     &e2)) != 0)
             return meshtls_err_set(f->y.err, rc, "%s:%zu: %s", f->y.name, l, e2.msg);
         if ((rc = expect(f, YAML_MAPPING_END_EVENT, "one key per rule (start a new '- ' item)")))
             return rc;
@@ -76,8 +78,7 @@ static int parse_services(struct pf *f)
             return rc;
         if (f->y.ev.type == YAML_MAPPING_END_EVENT)
             return 0;
-        if (f->y.ev.type != YAML_SCALAR_EVENT || !*scalar(f) ||
-            strlen(scalar(f)) > NAME_MAX_LEN)
+        if (f->y.ev.type != YAML_SCALAR_EVENT || !*scalar(f) || strlen(scalar(f)) > NAME_MAX_LEN)
             return meshtls_err_set(f->y.err, MESHTLS_EPARSE, "%s:%zu: expected a service name",
                                    f->y.name, line(f));
         snprintf(name, sizeof(name), "%s", scalar(f));
@@ -122,10 +123,9 @@ int meshtls_policy_load_buffer(struct meshtls_policy *p, const char *buf, size_t
         else if (f.y.ev.type == YAML_SCALAR_EVENT && !strcmp(scalar(&f), "services"))
             rc = parse_services(&f);
         else
-            rc = meshtls_err_set(err, MESHTLS_EINVAL,
-                                 "%s:%zu: unknown key '%.64s' (expected allow or services)",
-                                 f.y.name, line(&f),
-                                 f.y.ev.type == YAML_SCALAR_EVENT ? scalar(&f) : "?");
+            rc = meshtls_err_set(
+                err, MESHTLS_EINVAL, "%s:%zu: unknown key '%.64s' (expected allow or services)",
+                f.y.name, line(&f), f.y.ev.type == YAML_SCALAR_EVENT ? scalar(&f) : "?");
         if (rc)
             goto out;
     }

@@ -21,10 +21,10 @@
 struct entry {
     unsigned char id[SSL_MAX_SSL_SESSION_ID_LENGTH];
     unsigned id_len;
-    unsigned char trust[32]; /* digest of the trust the session was verified under */
-    int64_t expires;         /* min(session end, client cert notAfter) */
-    SSL_SESSION *sess;       /* one reference */
-    struct entry *hnext;     /* bucket chain */
+    unsigned char trust[32];     /* digest of the trust the session was verified under */
+    int64_t expires;             /* min(session end, client cert notAfter) */
+    SSL_SESSION *sess;           /* one reference */
+    struct entry *hnext;         /* bucket chain */
     struct entry *older, *newer; /* FIFO: head = oldest */
 };
 

@@ -18,8 +18,8 @@ static int td_char(char c)
 
 static int path_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '-' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || c == '_';
 }
 
 /* Validate the trust domain `td` of `len` bytes; `what` prefixes messages. */
@@ -39,17 +39,18 @@ static int check_td(const char *td, size_t len, const char *what, struct meshtls
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "%s: the trust domain must be lower case (found '%c')", what, c);
         if (c == ':')
-            return meshtls_err_set(err, MESHTLS_EINVAL,
-                                   "%s: a trust domain may not carry a port", what);
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: a trust domain may not carry a port",
+                                   what);
         if (c == '@')
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "%s: a trust domain may not carry user info", what);
         if (c == '%')
-            return meshtls_err_set(err, MESHTLS_EINVAL,
-                                   "%s: percent-encoding is not allowed", what);
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: percent-encoding is not allowed",
+                                   what);
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "%s: invalid character 0x%02x in the trust domain (allowed: "
-                               "a-z 0-9 . - _)", what, (unsigned char)c);
+                               "a-z 0-9 . - _)",
+                               what, (unsigned char)c);
     }
     return 0;
 }
@@ -72,14 +73,14 @@ int meshtls_spiffe_parse(const char *uri, size_t len, struct meshtls_spiffe_id *
     if (!uri || len == 0)
         return meshtls_err_set(err, MESHTLS_EINVAL, "%s: empty", what);
     if (len > MESHTLS_SPIFFE_ID_MAX)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %zu bytes, more than the %d allowed",
-                               what, len, MESHTLS_SPIFFE_ID_MAX);
+        return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %zu bytes, more than the %d allowed", what,
+                               len, MESHTLS_SPIFFE_ID_MAX);
     if (memchr(uri, '\0', len))
         return meshtls_err_set(err, MESHTLS_EINVAL, "%s: contains a NUL byte", what);
     if (len < sizeof(SCHEME) - 1 || strncmp(uri, SCHEME, sizeof(SCHEME) - 1) != 0) {
         if (len >= 9 && !strncasecmp(uri, SCHEME, 9))
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: the scheme must be lower case 'spiffe'",
-                                   what);
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "%s: the scheme must be lower case 'spiffe'", what);
         return meshtls_err_set(err, MESHTLS_EINVAL, "%s '%.*s': must start with spiffe://", what,
                                (int)(len < 64 ? len : 64), uri);
     }
@@ -106,7 +107,8 @@ int meshtls_spiffe_parse(const char *uri, size_t len, struct meshtls_spiffe_id *
         if (n == 0)
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    next ? "%s: the path has an empty segment ('//')"
-                                        : "%s: the path may not end with '/'", what);
+                                        : "%s: the path may not end with '/'",
+                                   what);
         if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "%s: the path may not contain '.' or '..' segments", what);
@@ -114,7 +116,8 @@ int meshtls_spiffe_parse(const char *uri, size_t len, struct meshtls_spiffe_id *
             if (!path_char(seg[i]))
                 return meshtls_err_set(err, MESHTLS_EINVAL,
                                        "%s: invalid character 0x%02x in the path (allowed: "
-                                       "A-Z a-z 0-9 . - _)", what, (unsigned char)seg[i]);
+                                       "A-Z a-z 0-9 . - _)",
+                                       what, (unsigned char)seg[i]);
         s = seg_end;
     }
 

@@ -28,10 +28,9 @@
 static const char TLS13_SUITES[] =
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 /* TLS 1.2 (opt-in): forward-secret AEAD suites only. */
-static const char TLS12_CIPHERS[] =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+static const char TLS12_CIPHERS[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 static const char GROUPS[] = "X25519:P-256:P-384";
 static const unsigned char SID_CTX[] = "meshtls";
 
@@ -44,8 +43,7 @@ struct client_expect {
 
 static int expect_idx = -1;
 
-static void expect_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-                        void *argp)
+static void expect_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     struct client_expect *e = ptr;
@@ -125,7 +123,7 @@ static void sess_remove_cb(SSL_CTX *ctx, SSL_SESSION *sess)
 }
 
 /* Digest of everything that decides trust: the anchors and the CRLs. */
-static int trust_digest(STACK_OF(X509) *anchors, STACK_OF(X509_CRL) *crls, int flags,
+static int trust_digest(STACK_OF(X509) * anchors, STACK_OF(X509_CRL) * crls, int flags,
                         unsigned char out[32])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -204,10 +202,10 @@ static int cached_verify_cb(X509_STORE_CTX *sctx, void *arg)
 /* Our own identity, as loaded objects.  Borrowed by build_ctx(). */
 struct material {
     X509 *leaf;
-    STACK_OF(X509) *chain;   /* intermediates, may be NULL */
+    STACK_OF(X509) * chain; /* intermediates, may be NULL */
     EVP_PKEY *key;
-    STACK_OF(X509) *anchors; /* trusted CAs */
-    STACK_OF(X509_CRL) *crls; /* may be NULL */
+    STACK_OF(X509) * anchors;  /* trusted CAs */
+    STACK_OF(X509_CRL) * crls; /* may be NULL */
 };
 
 /* Build a context for `server` (1) or client (0) from `m`. */
@@ -249,7 +247,8 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);
     for (int i = 0; i < sk_X509_num(m->anchors); i++) {
         X509 *ca = sk_X509_value(m->anchors, i);
-        if (X509_STORE_add_cert(store, ca) != 1 || (server && SSL_CTX_add_client_CA(ctx, ca) != 1)) {
+        if (X509_STORE_add_cert(store, ca) != 1 ||
+            (server && SSL_CTX_add_client_CA(ctx, ca) != 1)) {
             rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot add CA certificate from %s",
                                      o->ca_file ? o->ca_file : "(in memory)");
             goto out;
@@ -302,8 +301,8 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
                 mt_session_cache_up_ref(o->session_cache);
                 si->cache = o->session_cache;
                 SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-                SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER |
-                                                        SSL_SESS_CACHE_NO_INTERNAL);
+                SSL_CTX_set_session_cache_mode(ctx,
+                                               SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
                 SSL_CTX_sess_set_new_cb(ctx, sess_new_cb);
                 SSL_CTX_sess_set_get_cb(ctx, sess_get_cb);
                 SSL_CTX_sess_set_remove_cb(ctx, sess_remove_cb);
@@ -348,14 +347,20 @@ static int load_material(const char *role, const struct meshtls_tls_opts *o, str
     STACK_OF(X509) *certs = NULL;
 
     if (!o->cert_file || !*o->cert_file)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no certificate file given "
-                               "(--cert / cert_file)", role);
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "TLS %s: no certificate file given "
+                               "(--cert / cert_file)",
+                               role);
     if (!o->key_file || !*o->key_file)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no private key file given "
-                               "(--key / key_file)", role);
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "TLS %s: no private key file given "
+                               "(--key / key_file)",
+                               role);
     if (!o->ca_file || !*o->ca_file)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "TLS %s: no CA bundle given "
-                               "(--cacert / ca_file): mutual TLS needs one to verify peers", role);
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "TLS %s: no CA bundle given "
+                               "(--cacert / ca_file): mutual TLS needs one to verify peers",
+                               role);
 
     if ((rc = meshtls_pem_read_certs(o->cert_file, &certs, err)) != 0)
         goto out;
@@ -365,8 +370,10 @@ static int load_material(const char *role, const struct meshtls_tls_opts *o, str
     if ((rc = meshtls_pem_read_key(o->key_file, &m->key, err)) != 0)
         goto out;
     if ((rc = meshtls_key_matches_cert(m->key, m->leaf, o->cert_file, err)) != 0) {
-        meshtls_err_set(err, rc, "the private key %s does not match the certificate %s; use the "
-                        "key issued with this certificate", o->key_file, o->cert_file);
+        meshtls_err_set(err, rc,
+                        "the private key %s does not match the certificate %s; use the "
+                        "key issued with this certificate",
+                        o->key_file, o->cert_file);
         goto out;
     }
     int warn = o->expiry_warn_days > 0 ? o->expiry_warn_days : 30, days = 0;
@@ -381,7 +388,8 @@ static int load_material(const char *role, const struct meshtls_tls_opts *o, str
     }
     if ((rc = meshtls_pem_read_certs(o->ca_file, &m->anchors, err)) != 0)
         goto out;
-    if (o->crl_file && *o->crl_file && (rc = meshtls_pem_read_crls(o->crl_file, &m->crls, err)) != 0)
+    if (o->crl_file && *o->crl_file &&
+        (rc = meshtls_pem_read_crls(o->crl_file, &m->crls, err)) != 0)
         goto out;
     rc = 0;
 out:
@@ -410,8 +418,8 @@ static int set_expect(SSL_CTX *ctx, const char *name, const char *spiffe, const 
     struct client_expect *e = calloc(1, sizeof(*e));
     if (!e || idx < 0)
         goto nomem;
-    if ((name && !(e->server_name = strdup(name))) || (spiffe && !(e->spiffe_id = strdup(spiffe))) ||
-        (td && !(e->trust_domain = strdup(td))))
+    if ((name && !(e->server_name = strdup(name))) ||
+        (spiffe && !(e->spiffe_id = strdup(spiffe))) || (td && !(e->trust_domain = strdup(td))))
         goto nomem;
     if (!SSL_CTX_set_ex_data(ctx, idx, e))
         goto nomem;
@@ -457,10 +465,10 @@ int meshtls_tls_client_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **ou
     struct material m = {0};
     SSL_CTX *ctx = NULL;
     const char *name = opts->server_name && *opts->server_name ? opts->server_name : NULL;
-    const char *sid = opts->verify_spiffe_id && *opts->verify_spiffe_id ? opts->verify_spiffe_id
-                                                                         : NULL;
-    const char *td = opts->verify_trust_domain && *opts->verify_trust_domain
-                         ? opts->verify_trust_domain : NULL;
+    const char *sid =
+        opts->verify_spiffe_id && *opts->verify_spiffe_id ? opts->verify_spiffe_id : NULL;
+    const char *td =
+        opts->verify_trust_domain && *opts->verify_trust_domain ? opts->verify_trust_domain : NULL;
 
     if (!name && !sid && !td)
         return meshtls_err_set(err, MESHTLS_EINVAL,
@@ -571,14 +579,25 @@ int meshtls_tls_dev_ctx_new(const char *service, SSL_CTX **server_out, SSL_CTX *
 
     meshtls_log(MESHTLS_LOG_WARN,
                 "DEVELOPMENT MODE: using an ephemeral in-memory CA and certificate for '%s'. "
-                "Anyone can make such a certificate: NEVER use this in production.", service);
+                "Anyone can make such a certificate: NEVER use this in production.",
+                service);
     const char *dns[] = {service, "localhost"};
     const char *ips[] = {"127.0.0.1", "::1"};
-    struct mt_cert_spec ca_spec = {.cn = "meshtls development CA (ephemeral)", .o = "meshtls dev",
-                                   .is_ca = 1, .pathlen = 0, .days = 1};
-    struct mt_cert_spec leaf_spec = {.cn = service, .o = "meshtls dev", .days = 1,
-                                     .dns = dns, .n_dns = 2, .ips = ips, .n_ips = 2, .uri = uri,
-                                     .eku_server = 1, .eku_client = 1};
+    struct mt_cert_spec ca_spec = {.cn = "meshtls development CA (ephemeral)",
+                                   .o = "meshtls dev",
+                                   .is_ca = 1,
+                                   .pathlen = 0,
+                                   .days = 1};
+    struct mt_cert_spec leaf_spec = {.cn = service,
+                                     .o = "meshtls dev",
+                                     .days = 1,
+                                     .dns = dns,
+                                     .n_dns = 2,
+                                     .ips = ips,
+                                     .n_ips = 2,
+                                     .uri = uri,
+                                     .eku_server = 1,
+                                     .eku_client = 1};
     if ((rc = mt_key_generate(MT_KEY_EC_P256, &ca_key, err)) ||
         (rc = mt_cert_sign(&ca_spec, ca_key, NULL, ca_key, &ca, err)) ||
         (rc = mt_key_generate(MT_KEY_EC_P256, &leaf_key, err)) ||

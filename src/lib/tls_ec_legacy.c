@@ -57,8 +57,7 @@ static void install(void)
      * the method table registration itself holds no reference. */
     if (EVP_PKEY_meth_find(EVP_PKEY_EC) && ENGINE_set_id(e, "meshtls-ec-legacy") &&
         ENGINE_set_name(e, "meshtls: OpenSSL's built-in EC key method") &&
-        ENGINE_set_pkey_meths(e, ec_pkey_meths) && ENGINE_add(e) &&
-        ENGINE_register_pkey_meths(e))
+        ENGINE_set_pkey_meths(e, ec_pkey_meths) && ENGINE_add(e) && ENGINE_register_pkey_meths(e))
         installed = 1;
     ENGINE_free(e);
 }

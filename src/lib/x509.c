@@ -33,9 +33,9 @@ int meshtls_read_file(const char *path, size_t max, char **out, size_t *len,
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
         int e = errno;
-        rc = meshtls_err_set(err, e == ENOENT ? MESHTLS_ENOENT : MESHTLS_EIO,
-                             "cannot open %s: %s%s", path, strerror(e),
-                             e == ENOENT ? " (check the path)" : "");
+        rc =
+            meshtls_err_set(err, e == ENOENT ? MESHTLS_ENOENT : MESHTLS_EIO, "cannot open %s: %s%s",
+                            path, strerror(e), e == ENOENT ? " (check the path)" : "");
         goto out;
     }
     if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
@@ -79,7 +79,7 @@ out:
     return rc;
 }
 
-int meshtls_pem_parse_certs(const char *buf, size_t len, const char *what, STACK_OF(X509) **out,
+int meshtls_pem_parse_certs(const char *buf, size_t len, const char *what, STACK_OF(X509) * *out,
                             struct meshtls_err *err)
 {
     int rc;
@@ -129,7 +129,7 @@ out:
     return rc;
 }
 
-int meshtls_pem_read_certs(const char *path, STACK_OF(X509) **out, struct meshtls_err *err)
+int meshtls_pem_read_certs(const char *path, STACK_OF(X509) * *out, struct meshtls_err *err)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -191,11 +191,13 @@ int meshtls_pem_read_key(const char *path, EVP_PKEY **out, struct meshtls_err *e
         if (asked)
             rc = meshtls_err_set(err, MESHTLS_EPARSE,
                                  "key file %s is encrypted; meshtls needs an unencrypted key "
-                                 "protected by file permissions (0600)", path);
+                                 "protected by file permissions (0600)",
+                                 path);
         else
             rc = meshtls_err_set_ssl(err, MESHTLS_EPARSE,
                                      "key file %s holds no readable PEM private key "
-                                     "(expected -----BEGIN PRIVATE KEY-----)", path);
+                                     "(expected -----BEGIN PRIVATE KEY-----)",
+                                     path);
         goto out;
     }
     *out = key;
@@ -210,7 +212,7 @@ out:
     return rc;
 }
 
-int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) **out, struct meshtls_err *err)
+int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) * *out, struct meshtls_err *err)
 {
     int rc;
     char *buf = NULL;
@@ -240,7 +242,8 @@ int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) **out, struct mes
         sk_X509_CRL_num(crls) == 0) {
         rc = meshtls_err_set_ssl(err, MESHTLS_EPARSE,
                                  "CRL file %s holds no valid PEM CRL "
-                                 "(expected -----BEGIN X509 CRL-----)", path);
+                                 "(expected -----BEGIN X509 CRL-----)",
+                                 path);
         goto out;
     }
     ERR_clear_error();
@@ -293,7 +296,8 @@ int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days, int64
     if (X509_cmp_time(X509_get0_notBefore(cert), &t) > 0)
         return meshtls_err_set(err, MESHTLS_EEXPIRED,
                                "certificate %s (CN=%s) is not valid yet; check the clock or "
-                               "wait for its notBefore", what, name);
+                               "wait for its notBefore",
+                               what, name);
     ASN1_TIME *asn_now = ASN1_TIME_set(NULL, t);
     if (!asn_now)
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
@@ -307,11 +311,13 @@ int meshtls_cert_check_expiry(X509 *cert, const char *what, int warn_days, int64
     if (days < 0 || (days == 0 && secs < 0))
         return meshtls_err_set(err, MESHTLS_EEXPIRED,
                                "certificate %s (CN=%s) has expired (%d days ago); issue a new one "
-                               "(meshtls ca issue / rotate)", what, name, -days);
+                               "(meshtls ca issue / rotate)",
+                               what, name, -days);
     if (days < warn_days)
         return meshtls_err_set(err, MESHTLS_EEXPIRING,
                                "certificate %s (CN=%s) expires in %d days (warning threshold %d); "
-                               "rotate it (meshtls ca rotate)", what, name, days, warn_days);
+                               "rotate it (meshtls ca rotate)",
+                               what, name, days, warn_days);
     return 0;
 }
 
@@ -333,8 +339,8 @@ int meshtls_validate_cert_expiration(const char *path, int warn_days, struct mes
     return rc;
 }
 
-int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,
-                         STACK_OF(X509_CRL) *crls, int purpose, struct meshtls_err *err)
+int meshtls_verify_chain(STACK_OF(X509) * chain, STACK_OF(X509) * anchors,
+                         STACK_OF(X509_CRL) * crls, int purpose, struct meshtls_err *err)
 {
     int rc;
     X509_STORE *store = NULL;
@@ -386,18 +392,12 @@ int meshtls_verify_chain(STACK_OF(X509) *chain, STACK_OF(X509) *anchors,
         cert_name(bad, name, sizeof(name));
     switch (verr) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
-    case X509_V_ERR_CERT_NOT_YET_VALID:
-        rc = MESHTLS_EEXPIRED;
-        break;
-    case X509_V_ERR_CERT_REVOKED:
-        rc = MESHTLS_EREVOKED;
-        break;
-    default:
-        rc = MESHTLS_EUNTRUSTED;
-        break;
+    case X509_V_ERR_CERT_NOT_YET_VALID: rc = MESHTLS_EEXPIRED; break;
+    case X509_V_ERR_CERT_REVOKED: rc = MESHTLS_EREVOKED; break;
+    default: rc = MESHTLS_EUNTRUSTED; break;
     }
-    meshtls_err_set(err, rc, "certificate CN=%s (depth %d) failed verification: %s%s", name,
-                    depth, X509_verify_cert_error_string(verr),
+    meshtls_err_set(err, rc, "certificate CN=%s (depth %d) failed verification: %s%s", name, depth,
+                    X509_verify_cert_error_string(verr),
                     verr == X509_V_ERR_UNABLE_TO_GET_CRL
                         ? " (give a CRL for every CA of the chain, e.g. from 'meshtls ca crl')"
                     : rc == MESHTLS_EUNTRUSTED ? " (is it issued by a CA in the bundle?)"

@@ -32,21 +32,21 @@ int mt_key_type_of(EVP_PKEY *key, enum mt_key_type *out);
 
 /** What to put in a certificate.  All pointers borrowed. */
 struct mt_cert_spec {
-    const char *cn;             /**< subject CN (required) */
-    const char *o;              /**< subject O, optional */
-    const char *ou;             /**< subject OU, optional */
-    int is_ca;                  /**< CA:TRUE, keyCertSign+cRLSign */
-    int pathlen;                /**< for CAs: -1 = unlimited, else pathlen */
-    int64_t not_before;         /**< Unix seconds (0 = now - 5 minutes) */
-    int64_t days;               /**< validity from not_before */
-    const char *const *dns;     /**< DNS SANs */
+    const char *cn;         /**< subject CN (required) */
+    const char *o;          /**< subject O, optional */
+    const char *ou;         /**< subject OU, optional */
+    int is_ca;              /**< CA:TRUE, keyCertSign+cRLSign */
+    int pathlen;            /**< for CAs: -1 = unlimited, else pathlen */
+    int64_t not_before;     /**< Unix seconds (0 = now - 5 minutes) */
+    int64_t days;           /**< validity from not_before */
+    const char *const *dns; /**< DNS SANs */
     size_t n_dns;
-    const char *const *ips;     /**< IP SANs (v4 or v6 text) */
+    const char *const *ips; /**< IP SANs (v4 or v6 text) */
     size_t n_ips;
-    const char *uri;            /**< one URI SAN (SPIFFE ID), optional */
-    int eku_server;             /**< leaf: EKU serverAuth */
-    int eku_client;             /**< leaf: EKU clientAuth */
-    const char *crl_url;        /**< optional CRL distribution point */
+    const char *uri;     /**< one URI SAN (SPIFFE ID), optional */
+    int eku_server;      /**< leaf: EKU serverAuth */
+    int eku_client;      /**< leaf: EKU clientAuth */
+    const char *crl_url; /**< optional CRL distribution point */
 };
 
 /**

@@ -14,7 +14,7 @@
 
 struct mt_yaml {
     yaml_parser_t parser;
-    yaml_event_t ev;         /* the current event (valid while `have`) */
+    yaml_event_t ev; /* the current event (valid while `have`) */
     int have;
     const char *name;        /* borrowed: the file name for messages */
     struct meshtls_err *err; /* borrowed */

@@ -55,9 +55,9 @@
 #include "http1.h"
 #include "proxyv2.h"
 
-#define PX_BUF 65536    /* per direction, only while bytes are in flight */
-#define PX_RAW 16384    /* --forward-identity http-headers: unfiltered client bytes */
-#define PX_STEP_MAX 32  /* read/write rounds per event before yielding */
+#define PX_BUF 65536     /* per direction, only while bytes are in flight */
+#define PX_RAW 16384     /* --forward-identity http-headers: unfiltered client bytes */
+#define PX_STEP_MAX 32   /* read/write rounds per event before yielding */
 #define PX_ACCEPT_MAX 64 /* accepts per wake-up */
 
 enum px_state { PX_HANDSHAKE = 1, PX_CONNECT, PX_RELAY, PX_CLOSED };
@@ -68,9 +68,9 @@ struct px_conn;
 struct px_end {
     struct px_conn *c;
     int fd;
-    SSL *ssl;   /* the TLS end has one */
-    int rd_eof; /* no more bytes will come from this end */
-    int wr_shut; /* we have shut down writing towards this end */
+    SSL *ssl;         /* the TLS end has one */
+    int rd_eof;       /* no more bytes will come from this end */
+    int wr_shut;      /* we have shut down writing towards this end */
     int shut_pending; /* close_notify queued in OpenSSL, not yet on the wire */
     int is_down;
     int rd_ready; /* a read may make progress: set by events, cleared by EAGAIN/short read */
@@ -81,12 +81,12 @@ struct px_end {
 
 struct px_conn {
     struct px_end down, up;
-    struct px_end *hs;  /* the end whose TLS handshake runs in PX_HANDSHAKE */
+    struct px_end *hs; /* the end whose TLS handshake runs in PX_HANDSHAKE */
     enum px_state state;
-    char *buf[2];      /* [0] down->up, [1] up->down; PX_BUF each */
-    struct px_h1 *h1;  /* --forward-identity http-headers: request filter (down->up) */
-    char *inject;      /* the identity headers for each request */
-    char *raw;         /* unfiltered client bytes waiting for the filter */
+    char *buf[2];     /* [0] down->up, [1] up->down; PX_BUF each */
+    struct px_h1 *h1; /* --forward-identity http-headers: request filter (down->up) */
+    char *inject;     /* the identity headers for each request */
+    char *raw;        /* unfiltered client bytes waiting for the filter */
     size_t raw_off, raw_len;
     size_t off[2], len[2];
     unsigned long long bytes[2];
@@ -99,7 +99,7 @@ struct px_conn {
         struct sockaddr sa;
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
-    } peer_sa;        /* client address, for PROXY v2 */
+    } peer_sa; /* client address, for PROXY v2 */
     char peer_addr[64];
     /* Text for the logs, allocated only when there is some: an idle connection keeps
      * ~100 bytes here instead of a kilobyte of fixed buffers. */
@@ -110,7 +110,7 @@ struct px_conn {
     char *why_owned;
 };
 
-#define PX_POOL_MAX 64  /* spare buffers kept per worker (4 MiB) */
+#define PX_POOL_MAX 64 /* spare buffers kept per worker (4 MiB) */
 
 struct px_worker {
     int id;
@@ -118,11 +118,11 @@ struct px_worker {
     int pool_n;
     int epfd;
     pthread_t th;
-    struct px_conn *conns;  /* live */
-    struct px_conn *ready;  /* to step again without an event */
+    struct px_conn *conns;   /* live */
+    struct px_conn *ready;   /* to step again without an event */
     struct px_conn *freeing; /* closed, free after the batch */
-    int listening;          /* listener in our epoll set */
-    int64_t now_ms;         /* monotonic time of the last epoll_wait return */
+    int listening;           /* listener in our epoll set */
+    int64_t now_ms;          /* monotonic time of the last epoll_wait return */
 };
 
 static char *pool_get(struct px_worker *w)
@@ -146,7 +146,7 @@ static struct px_tls *g_target_tls; /* --target-tls: client context towards the 
 static int listen_fd = -1;
 static struct sockaddr_storage target_addr;
 static socklen_t target_len;
-static atomic_int stopping;      /* stop accepting, drain */
+static atomic_int stopping; /* stop accepting, drain */
 static atomic_int max_logged;
 static _Atomic int64_t max_logged_ms;
 static struct px_worker *workers;
@@ -197,8 +197,7 @@ int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, 
                     *res = NULL;
     int g = getaddrinfo(hl ? host : NULL, port, &hints, &res);
     if (g != 0)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': %s", hostport,
-                               gai_strerror(g));
+        return meshtls_err_set(err, MESHTLS_EINVAL, "address '%s': %s", hostport, gai_strerror(g));
     memcpy(out, res->ai_addr, res->ai_addrlen);
     *len = res->ai_addrlen;
     freeaddrinfo(res);
@@ -238,7 +237,8 @@ static int alpn_parse(const char *list, struct meshtls_err *err)
         if (n == 0 || n > 64 || alpn_len + 1 + n > sizeof(alpn_wire))
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "--alpn '%s': expected a comma-separated list such as "
-                                   "h2,http/1.1", list);
+                                   "h2,http/1.1",
+                                   list);
         alpn_wire[alpn_len++] = (unsigned char)n;
         memcpy(alpn_wire + alpn_len, p, n);
         alpn_len += (unsigned)n;
@@ -302,8 +302,7 @@ int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls
 {
     int rc = meshtls_tls_client_ctx_new(&c->target_opts, out, err);
     if (rc == 0) {
-        SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         SSL_CTX_set_options(*out, SSL_OP_IGNORE_UNEXPECTED_EOF);
     }
     return rc;
@@ -691,9 +690,8 @@ static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end
         c->decision = d.allow ? "allow" : "deny";
         meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
                     "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
-                    c->decision, c->peer_addr, c->who ? c->who : "-",
-                    c->serial ? c->serial : "-", d.rule,
-                    d.reason);
+                    c->decision, c->peer_addr, c->who ? c->who : "-", c->serial ? c->serial : "-",
+                    d.rule, d.reason);
         meshtls_identity_free(id);
         if (!d.allow) {
             atomic_fetch_add(&px_metrics.deny, 1);
@@ -751,8 +749,8 @@ static void step_connect(struct px_worker *w, struct px_conn *c)
     if (soerr != 0) {
         set_why(c, "cannot connect to target %s: %s", cfg->target, strerror(soerr));
         atomic_fetch_add(&px_metrics.backend_errors, 1);
-        meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr,
-                    c->who ? c->who : "-", c->why);
+        meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr, c->who ? c->who : "-",
+                    c->why);
         conn_close_clean(w, c, NULL);
         return;
     }
@@ -812,16 +810,16 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                         return 0;
                     }
                     size_t used = 0, made = 0;
-                    int hr = px_h1_feed(c->h1, c->raw + c->raw_off, c->raw_len, &used,
-                                        c->buf[0], PX_BUF, &made, c->inject);
+                    int hr = px_h1_feed(c->h1, c->raw + c->raw_off, c->raw_len, &used, c->buf[0],
+                                        PX_BUF, &made, c->inject);
                     c->raw_off += used;
                     c->raw_len -= used;
                     c->off[0] = 0;
                     c->len[0] = made;
                     if (hr != 0) {
-                        conn_close(w, c, hr == PX_H1_E_TOO_BIG
-                                             ? "HTTP request head too large (16 KiB)"
-                                             : "malformed HTTP/1.1 request");
+                        conn_close(w, c,
+                                   hr == PX_H1_E_TOO_BIG ? "HTTP request head too large (16 KiB)"
+                                                         : "malformed HTTP/1.1 request");
                         return 0;
                     }
                     if (used || made)
@@ -847,8 +845,8 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                         src->rd_eof = 1;
                         progress = 1;
                     } else if (n == -2) {
-                        conn_close(w, c, dir == 0 ? "client connection error"
-                                                  : "target connection error");
+                        conn_close(
+                            w, c, dir == 0 ? "client connection error" : "target connection error");
                         return 0;
                     }
                     break;
@@ -867,8 +865,9 @@ static int step_relay(struct px_worker *w, struct px_conn *c)
                     c->len[dir] -= (size_t)n;
                     progress = 1;
                 } else if (n == -2) {
-                    conn_close(w, c, dir == 0 ? "target closed while sending"
-                                              : "client closed while receiving");
+                    conn_close(w, c,
+                               dir == 0 ? "target closed while sending"
+                                        : "client closed while receiving");
                     return 0;
                 }
             }
@@ -924,7 +923,8 @@ static void accept_batch(struct px_worker *w)
                 atomic_compare_exchange_strong(&max_logged_ms, &last, t))
                 meshtls_log(MESHTLS_LOG_WARN,
                             "max-conns %d reached: new connections wait in the backlog "
-                            "until one closes", cfg->max_conns);
+                            "until one closes",
+                            cfg->max_conns);
             epoll_ctl(w->epfd, EPOLL_CTL_DEL, listen_fd, NULL);
             w->listening = 0;
             return;
@@ -1079,9 +1079,9 @@ static int stamp_changed(struct file_stamp *s)
 {
     struct file_stamp old = *s;
     stamp(s);
-    return s->path && (old.mtime.tv_sec != s->mtime.tv_sec ||
-                       old.mtime.tv_nsec != s->mtime.tv_nsec || old.ino != s->ino ||
-                       old.size != s->size);
+    return s->path &&
+           (old.mtime.tv_sec != s->mtime.tv_sec || old.mtime.tv_nsec != s->mtime.tv_nsec ||
+            old.ino != s->ino || old.size != s->size);
 }
 
 static void swap_ctx(struct px_tls *h, SSL_CTX *ctx, int64_t not_after)
@@ -1159,13 +1159,15 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--listen %s is not a loopback address: the client side accepts "
                                "plaintext, so anyone on that network could use its identity; "
-                               "listen on 127.0.0.1 or ::1, or add --insecure-listen", c->listen);
+                               "listen on 127.0.0.1 or ::1, or add --insecure-listen",
+                               c->listen);
     if (c->mode == PX_MODE_SERVER && !c->target_tls && !c->insecure_target &&
         !is_loopback(&target_addr))
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--target %s is not a loopback address: the bytes would leave "
                                "this host in plaintext; use --target-tls, a loopback target, or "
-                               "add --insecure-target", c->target);
+                               "add --insecure-target",
+                               c->target);
     listen_fd = socket(la.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     /* accepted sockets inherit it: no setsockopt per connection */
@@ -1201,10 +1203,11 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
     printf("listening on %s\n", shown);
     fflush(stdout);
 
-    struct file_stamp files[8] = {{.path = c->tls.cert_file},   {.path = c->tls.key_file},
-                                  {.path = c->tls.ca_file},     {.path = c->tls.crl_file},
-                                  {.path = c->target_opts.cert_file}, {.path = c->target_opts.key_file},
-                                  {.path = c->target_opts.ca_file},  {.path = c->target_opts.crl_file}};
+    struct file_stamp files[8] = {
+        {.path = c->tls.cert_file},         {.path = c->tls.key_file},
+        {.path = c->tls.ca_file},           {.path = c->tls.crl_file},
+        {.path = c->target_opts.cert_file}, {.path = c->target_opts.key_file},
+        {.path = c->target_opts.ca_file},   {.path = c->target_opts.crl_file}};
     for (int i = 0; i < 8; i++)
         stamp(&files[i]);
     int64_t next_interval = c->reload_interval_s ? now_ms() + c->reload_interval_s * 1000LL : 0;
@@ -1213,8 +1216,10 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
         struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
         int sig = sigtimedwait(&set, NULL, &to);
         if (sig == SIGTERM || sig == SIGINT) {
-            meshtls_log(MESHTLS_LOG_INFO, "%s: no longer accepting; draining %lld connection(s) "
-                        "for up to %d ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+            meshtls_log(MESHTLS_LOG_INFO,
+                        "%s: no longer accepting; draining %lld connection(s) "
+                        "for up to %d ms",
+                        sig == SIGTERM ? "SIGTERM" : "SIGINT",
                         (long long)atomic_load(&px_metrics.active), c->shutdown_timeout_ms);
             break;
         }

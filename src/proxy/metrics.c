@@ -86,11 +86,12 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         "meshtls_tls_handshakes_total{result=\"success\"} %llu\n"
         "meshtls_tls_handshakes_total{result=\"failure\"} %llu\n",
         LD(m->hs_ok), LD(m->hs_fail));
-    put(buf, cap, &n, "# HELP meshtls_tls_handshake_errors_total Failed TLS handshakes by reason.\n"
-                      "# TYPE meshtls_tls_handshake_errors_total counter\n");
+    put(buf, cap, &n,
+        "# HELP meshtls_tls_handshake_errors_total Failed TLS handshakes by reason.\n"
+        "# TYPE meshtls_tls_handshake_errors_total counter\n");
     for (int i = 0; i < PX_HSE_N; i++)
-        put(buf, cap, &n, "meshtls_tls_handshake_errors_total{reason=\"%s\"} %llu\n",
-            hse_names[i], LD(m->hs_err[i]));
+        put(buf, cap, &n, "meshtls_tls_handshake_errors_total{reason=\"%s\"} %llu\n", hse_names[i],
+            LD(m->hs_err[i]));
     put(buf, cap, &n,
         "# HELP meshtls_cert_validation_failures_total Peer certificates that failed validation.\n"
         "# TYPE meshtls_cert_validation_failures_total counter\n");
@@ -98,8 +99,9 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         if (i != PX_HSE_PROTOCOL && i != PX_HSE_TIMEOUT)
             put(buf, cap, &n, "meshtls_cert_validation_failures_total{reason=\"%s\"} %llu\n",
                 hse_names[i], LD(m->hs_err[i]));
-    put(buf, cap, &n, "# HELP meshtls_tls_handshake_duration_seconds Successful handshake time.\n"
-                      "# TYPE meshtls_tls_handshake_duration_seconds histogram\n");
+    put(buf, cap, &n,
+        "# HELP meshtls_tls_handshake_duration_seconds Successful handshake time.\n"
+        "# TYPE meshtls_tls_handshake_duration_seconds histogram\n");
     unsigned long long cum = 0;
     for (int i = 0; i < PX_HIST_N; i++) {
         cum += LD(m->hs_hist[i]);
@@ -153,12 +155,14 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
             "verified-chain cache.\n"
             "# TYPE meshtls_verify_cache_lookups_total counter\n"
             "meshtls_verify_cache_lookups_total{result=\"hit\"} %llu\n"
-            "meshtls_verify_cache_lookups_total{result=\"miss\"} %llu\n", h, mi);
+            "meshtls_verify_cache_lookups_total{result=\"miss\"} %llu\n",
+            h, mi);
     }
     if (px_metrics_scache)
         put(buf, cap, &n,
             "# HELP meshtls_session_cache_entries TLS sessions kept for resumption.\n"
             "# TYPE meshtls_session_cache_entries gauge\n"
-            "meshtls_session_cache_entries %zu\n", meshtls_session_cache_size(px_metrics_scache));
+            "meshtls_session_cache_entries %zu\n",
+            meshtls_session_cache_size(px_metrics_scache));
     return n;
 }

@@ -33,26 +33,26 @@ enum px_mode {
 /* Validated configuration; read-only once the proxy runs. */
 struct px_config {
     enum px_mode mode;
-    const char *listen;          /* "host:port" */
-    const char *target;          /* "host:port" */
-    struct meshtls_tls_opts tls; /* our side's TLS (server: accept; client: dial) */
+    const char *listen;            /* "host:port" */
+    const char *target;            /* "host:port" */
+    struct meshtls_tls_opts tls;   /* our side's TLS (server: accept; client: dial) */
     struct meshtls_policy *policy; /* server mode: who may call (owned) */
-    const char *service;         /* local service name for service-scoped rules */
-    const char *status;          /* status listener "host:port" or NULL */
-    int workers;                 /* worker threads */
-    int max_conns;               /* simultaneous client connections */
+    const char *service;           /* local service name for service-scoped rules */
+    const char *status;            /* status listener "host:port" or NULL */
+    int workers;                   /* worker threads */
+    int max_conns;                 /* simultaneous client connections */
     int handshake_timeout_ms;
     int connect_timeout_ms;
     int idle_timeout_ms;
     int shutdown_timeout_ms;
-    int reload_interval_s;       /* 0 = off */
-    int watch_files;             /* reload when a TLS file changes */
-    int forward_pp2;             /* server: send a PROXY v2 header with the identity */
-    int forward_http;            /* server: set X-Client-Cert-* / XFCC on HTTP/1.1 requests */
-    const char *alpn;            /* "h2,http/1.1": client offers, server selects; NULL = none */
-    int target_tls;              /* server: re-encrypt to the target with mTLS */
-    int insecure_listen;         /* client: allow a plaintext listener off loopback */
-    int insecure_target;         /* server: allow a plaintext target off loopback */
+    int reload_interval_s; /* 0 = off */
+    int watch_files;       /* reload when a TLS file changes */
+    int forward_pp2;       /* server: send a PROXY v2 header with the identity */
+    int forward_http;      /* server: set X-Client-Cert-* / XFCC on HTTP/1.1 requests */
+    const char *alpn;      /* "h2,http/1.1": client offers, server selects; NULL = none */
+    int target_tls;        /* server: re-encrypt to the target with mTLS */
+    int insecure_listen;   /* client: allow a plaintext listener off loopback */
+    int insecure_target;   /* server: allow a plaintext target off loopback */
     struct meshtls_tls_opts target_opts; /* server: TLS towards the target (--target-*) */
 };
 
@@ -135,8 +135,7 @@ int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 
 /* status.c */
 /** Start the status server thread on `addr`. */
-int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th,
-                    struct meshtls_err *err);
+int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th, struct meshtls_err *err);
 void px_status_stop(void);
 
 #endif

@@ -69,15 +69,15 @@ size_t px_pp2_build(unsigned char *buf, size_t cap, const struct sockaddr *src,
         /* PP2_TYPE_SSL: client(1) verify(4) then sub-TLVs */
         unsigned char ssl[1 + 4 + 3 * (3 + 256)];
         size_t sn = 5;
-        ssl[0] = 0x01 | 0x02; /* PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN */
+        ssl[0] = 0x01 | 0x02;  /* PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN */
         memset(ssl + 1, 0, 4); /* verify: 0 = success */
-        if (t->version && !(sn = tlv(ssl, sn, sizeof(ssl), 0x21, t->version,
-                                     strnlen(t->version, 255))))
+        if (t->version &&
+            !(sn = tlv(ssl, sn, sizeof(ssl), 0x21, t->version, strnlen(t->version, 255))))
             return 0;
         if (t->cn && !(sn = tlv(ssl, sn, sizeof(ssl), 0x22, t->cn, strnlen(t->cn, 255))))
             return 0;
-        if (t->cipher && !(sn = tlv(ssl, sn, sizeof(ssl), 0x23, t->cipher,
-                                    strnlen(t->cipher, 255))))
+        if (t->cipher &&
+            !(sn = tlv(ssl, sn, sizeof(ssl), 0x23, t->cipher, strnlen(t->cipher, 255))))
             return 0;
         if (!(n = tlv(buf, n, cap, 0x20, ssl, sn)))
             return 0;

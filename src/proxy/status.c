@@ -76,8 +76,7 @@ static void handle(int fd)
     if (!strcmp(path, "/healthz") || !strcmp(path, "/readyz")) {
         int ok = atomic_load(&px_metrics.listening) && cert_valid();
         const char *b = ok ? "ok\n" : "not ready: not listening or certificate expired\n";
-        respond(fd, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", b,
-                strlen(b));
+        respond(fd, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", b, strlen(b));
     } else if (!strcmp(path, "/metrics")) {
         char *body = malloc(BODY_MAX);
         if (!body) {

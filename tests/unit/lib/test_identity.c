@@ -99,7 +99,8 @@ TEST(malformed_input)
 {
     struct meshtls_identity *id = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    const char *junk = "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n";
+    const char *junk =
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n";
     CHECK_INT_EQ(meshtls_identity_from_pem(junk, strlen(junk), &id, &err), MESHTLS_EPARSE);
     CHECK(id == NULL);
     CHECK_INT_EQ(meshtls_identity_from_pem("hello", 5, &id, &err), MESHTLS_EPARSE);

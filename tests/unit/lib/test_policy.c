@@ -60,16 +60,35 @@ static const struct pcase cases[] = {
     {"trust domain", {{MESHTLS_RULE_TRUST_DOMAIN, "acme.org", NULL}}, 0, NULL, 1, "trust-domain"},
     {"trust domain other", {{MESHTLS_RULE_TRUST_DOMAIN, "other.org", NULL}}, 0, NULL, 0, ""},
     {"no spiffe id: trust domain never matches",
-     {{MESHTLS_RULE_TRUST_DOMAIN, "acme.org", NULL}}, 2, NULL, 0, ""},
-    {"uri rule sees every URI SAN", {{MESHTLS_RULE_URI, "spiffe://other.org/b", NULL}}, 2, NULL,
-     1, "other.org"},
+     {{MESHTLS_RULE_TRUST_DOMAIN, "acme.org", NULL}},
+     2,
+     NULL,
+     0,
+     ""},
+    {"uri rule sees every URI SAN",
+     {{MESHTLS_RULE_URI, "spiffe://other.org/b", NULL}},
+     2,
+     NULL,
+     1,
+     "other.org"},
     {"service-scoped rule applies to its service",
-     {{MESHTLS_RULE_CN, "orders", "billing"}}, 0, "billing", 1, "-> billing"},
+     {{MESHTLS_RULE_CN, "orders", "billing"}},
+     0,
+     "billing",
+     1,
+     "-> billing"},
     {"service-scoped rule ignored for another service",
-     {{MESHTLS_RULE_CN, "orders", "billing"}}, 0, "inventory", 0, ""},
+     {{MESHTLS_RULE_CN, "orders", "billing"}},
+     0,
+     "inventory",
+     0,
+     ""},
     {"second rule matches",
      {{MESHTLS_RULE_CN, "x", NULL}, {MESHTLS_RULE_URI, "spiffe://acme.org/svc/orders", NULL}},
-     0, NULL, 1, "uri"},
+     0,
+     NULL,
+     1,
+     "uri"},
 };
 
 TEST(decisions)
@@ -85,7 +104,8 @@ TEST(decisions)
         CHECK_INT_EQ(meshtls_policy_new(&p), 0);
         for (int r = 0; r < 3 && c->rules[r].kind; r++)
             CHECK_INT_EQ(meshtls_policy_add(p, c->rules[r].kind, c->rules[r].value,
-                                            c->rules[r].service, NULL), 0);
+                                            c->rules[r].service, NULL),
+                         0);
         struct meshtls_decision d;
         meshtls_policy_check(p, &peers[c->which_peer], c->service, &d);
         if (d.allow != c->allow || !strstr(d.rule, c->rule_has))
@@ -104,8 +124,7 @@ TEST(invalid_rules)
     struct meshtls_policy *p = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     CHECK_INT_EQ(meshtls_policy_new(&p), 0);
-    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "http://x/y", NULL, &err),
-                 MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "http://x/y", NULL, &err), MESHTLS_EINVAL);
     CHECK(strstr(err.msg, "--allow-uri 'http://x/y'") != NULL);
     CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "spiffe://td/a*", NULL, &err),
                  MESHTLS_EINVAL);
@@ -126,8 +145,8 @@ TEST(invalid_rules)
 struct file_case {
     const char *yaml;
     int rc;
-    const char *errhas;   /* substring of the message ("" = success) */
-    const char *service;  /* then check: does peer orders reach this service? */
+    const char *errhas;  /* substring of the message ("" = success) */
+    const char *service; /* then check: does peer orders reach this service? */
     int allow;
 };
 
@@ -140,20 +159,19 @@ static const struct file_case file_cases[] = {
     {"", MESHTLS_EPARSE, "p.yaml:1: expected a YAML document", NULL, 0},
     {"allow: []\n", MESHTLS_EINVAL, "no rules", NULL, 0},
     {"alow:\n  - cn: x\n", MESHTLS_EINVAL, "p.yaml:1: unknown key 'alow'", NULL, 0},
-    {"allow:\n  - cn: a\n  - color: red\n", MESHTLS_EINVAL, "p.yaml:3: unknown rule 'color'",
-     NULL, 0},
+    {"allow:\n  - cn: a\n  - color: red\n", MESHTLS_EINVAL, "p.yaml:3: unknown rule 'color'", NULL,
+     0},
     {"allow:\n  - uri: http://x/y\n", MESHTLS_EINVAL, "p.yaml:2: --allow-uri", NULL, 0},
     {"allow:\n  - trust-domain: Bad.Org\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0},
     {"allow:\n  - allow-all: yes please\n", MESHTLS_EINVAL, "takes the value true", NULL, 0},
     {"allow:\n  - cn: a\n    ou: b\n", MESHTLS_EPARSE, "one key per rule", NULL, 0},
-    {"allow: &a\n  - cn: a\nservices:\n  x:\n    allow: *a\n", MESHTLS_EPARSE, "aliases",
-     NULL, 0},
+    {"allow: &a\n  - cn: a\nservices:\n  x:\n    allow: *a\n", MESHTLS_EPARSE, "aliases", NULL, 0},
     {"allow:\n  - cn: [unclosed\n", MESHTLS_EPARSE, "p.yaml:2: expected a value", NULL, 0},
     {"allow:\n  - cn: \"unterminated\n", MESHTLS_EPARSE, "YAML syntax error", NULL, 0},
     {"services:\n  billing:\n    deny:\n      - cn: x\n", MESHTLS_EINVAL,
      "p.yaml:3: unknown key under service 'billing'", NULL, 0},
-    {"allow:\n  - cn: a\n---\nallow:\n  - cn: b\n", MESHTLS_EPARSE, "single YAML document",
-     NULL, 0},
+    {"allow:\n  - cn: a\n---\nallow:\n  - cn: b\n", MESHTLS_EPARSE, "single YAML document", NULL,
+     0},
     {"- cn: a\n", MESHTLS_EPARSE, "p.yaml:1: expected a mapping", NULL, 0},
 };
 

@@ -131,8 +131,8 @@ TEST(match_table)
     for (size_t i = 0; i < sizeof(match_cases) / sizeof(match_cases[0]); i++) {
         int got = meshtls_spiffe_match(match_cases[i].pattern, match_cases[i].id);
         if (got != match_cases[i].want)
-            fprintf(stderr, "  match '%s' ~ '%s' = %d\n", match_cases[i].pattern,
-                    match_cases[i].id, got);
+            fprintf(stderr, "  match '%s' ~ '%s' = %d\n", match_cases[i].pattern, match_cases[i].id,
+                    got);
         CHECK_INT_EQ(got, match_cases[i].want);
     }
 }

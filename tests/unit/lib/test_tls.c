@@ -152,8 +152,8 @@ static int make_leaf(const char *dir, const char *cn, const char *uri, X509 *ica
                      const char *ica_pem)
 {
     const char *dns[] = {"localhost"};
-    struct mt_cert_spec spec = {.cn = cn, .days = 1, .dns = dns, .n_dns = 1, .uri = uri,
-                                .eku_server = 1, .eku_client = 1};
+    struct mt_cert_spec spec = {
+        .cn = cn, .days = 1, .dns = dns, .n_dns = 1, .uri = uri, .eku_server = 1, .eku_client = 1};
     EVP_PKEY *key = NULL;
     X509 *leaf = NULL;
     char *cpem = NULL, *kpem = NULL, name[64];
@@ -211,8 +211,7 @@ static void rm_pki(const char *dir)
 
 TEST(session_cache_keeps_the_leaf_and_frees_the_intermediates)
 {
-    char dir[] = "/tmp/meshtls-tls-test-XXXXXX", crt[600], key[600], ca[600], ccrt[600],
-         ckey[600];
+    char dir[] = "/tmp/meshtls-tls-test-XXXXXX", crt[600], key[600], ca[600], ccrt[600], ckey[600];
     CHECK(make_chain_pki(dir));
     snprintf(crt, sizeof(crt), "%s/server.crt", dir);
     snprintf(key, sizeof(key), "%s/server.key", dir);
@@ -221,10 +220,10 @@ TEST(session_cache_keeps_the_leaf_and_frees_the_intermediates)
     snprintf(ckey, sizeof(ckey), "%s/client.key", dir);
     struct meshtls_session_cache *cache = NULL;
     CHECK_INT_EQ(meshtls_session_cache_new(100, 300, &cache), 0);
-    struct meshtls_tls_opts so = {.cert_file = crt, .key_file = key, .ca_file = ca,
-                                  .session_cache = cache};
-    struct meshtls_tls_opts co = {.cert_file = ccrt, .key_file = ckey, .ca_file = ca,
-                                  .server_name = "localhost"};
+    struct meshtls_tls_opts so = {
+        .cert_file = crt, .key_file = key, .ca_file = ca, .session_cache = cache};
+    struct meshtls_tls_opts co = {
+        .cert_file = ccrt, .key_file = ckey, .ca_file = ca, .server_name = "localhost"};
     SSL_CTX *sctx = NULL, *cctx = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     CHECK_INT_EQ(meshtls_tls_server_ctx_new(&so, &sctx, &err), 0);
@@ -284,8 +283,8 @@ static int handshake_dirs(const char *sdir, const char *cdir, int *legacy_key)
     snprintf(ccrt, sizeof(ccrt), "%s/client.crt", cdir);
     snprintf(ckey, sizeof(ckey), "%s/client.key", cdir);
     struct meshtls_tls_opts so = {.cert_file = crt, .key_file = key, .ca_file = ca};
-    struct meshtls_tls_opts co = {.cert_file = ccrt, .key_file = ckey, .ca_file = ca,
-                                  .server_name = "localhost"};
+    struct meshtls_tls_opts co = {
+        .cert_file = ccrt, .key_file = ckey, .ca_file = ca, .server_name = "localhost"};
     SSL_CTX *sctx = NULL, *cctx = NULL;
     SSL *c = NULL, *s = NULL;
     int ok = 0;
@@ -313,7 +312,7 @@ TEST(legacy_ec_path_verifies_and_refuses_like_the_provider_path)
     CHECK(make_chain_pki(a) && make_chain_pki(b));
     int legacy = -1;
     CHECK(handshake_dirs(a, a, &legacy));
-    CHECK_INT_EQ(legacy, 0); /* OpenSSL 3.0's default: provider keys */
+    CHECK_INT_EQ(legacy, 0);               /* OpenSSL 3.0's default: provider keys */
     CHECK(!handshake_dirs(a, b, &legacy)); /* a client of another CA */
 
     struct meshtls_err err = MESHTLS_ERR_INIT;
@@ -322,7 +321,7 @@ TEST(legacy_ec_path_verifies_and_refuses_like_the_provider_path)
     CHECK_INT_EQ(meshtls_tls_use_legacy_ec(&err), 0); /* idempotent */
     CHECK_INT_EQ(meshtls_tls_legacy_ec_active(), 1);
     CHECK(handshake_dirs(a, a, &legacy));
-    CHECK_INT_EQ(legacy, 1); /* the client's key went through the built-in EC code */
+    CHECK_INT_EQ(legacy, 1);               /* the client's key went through the built-in EC code */
     CHECK(!handshake_dirs(a, b, &legacy)); /* still refused */
     CHECK(!handshake_dirs(b, a, &legacy));
     CHECK(handshake_dirs(b, b, &legacy));

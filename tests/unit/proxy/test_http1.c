@@ -16,8 +16,8 @@ struct hcase {
 };
 
 static const struct hcase cases[] = {
-    {"simple GET", "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-     "GET / HTTP/1.1\r\nHost: a\r\n" INJ "\r\n", 0},
+    {"simple GET", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n" INJ "\r\n",
+     0},
     {"strips client-supplied identity headers",
      "GET / HTTP/1.1\r\nx-client-cert-subject: CN=admin\r\nX-Client-Cert-Serial: 01\r\n"
      "X-Forwarded-Client-Cert: By=evil\r\nHost: a\r\n\r\n",
@@ -26,22 +26,30 @@ static const struct hcase cases[] = {
      "GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
      "GET /1 HTTP/1.1\r\n" INJ "\r\nGET /2 HTTP/1.1\r\n" INJ "\r\n", 0},
     {"content-length body is not parsed as a request",
-     "POST / HTTP/1.1\r\nContent-Length: 25\r\n\r\nGET /x HTTP/1.1\r\n\r\nabcdGET / HTTP/1.1\r\n\r\n",
+     "POST / HTTP/1.1\r\nContent-Length: 25\r\n\r\nGET /x HTTP/1.1\r\n\r\nabcdGET / "
+     "HTTP/1.1\r\n\r\n",
      "POST / HTTP/1.1\r\nContent-Length: 25\r\n" INJ "\r\nGET /x HTTP/1.1\r\n\r\nabcd"
-     "GET / HTTP/1.1\r\n" INJ "\r\n", 0},
+     "GET / HTTP/1.1\r\n" INJ "\r\n",
+     0},
     {"chunked body then next request",
      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\n"
      "Trailer: t\r\n\r\nGET / HTTP/1.1\r\n\r\n",
      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n" INJ "\r\n5\r\nhello\r\n3;x=y\r\nabc\r\n"
-     "0\r\nTrailer: t\r\n\r\nGET / HTTP/1.1\r\n" INJ "\r\n", 0},
+     "0\r\nTrailer: t\r\n\r\nGET / HTTP/1.1\r\n" INJ "\r\n",
+     0},
     {"upgrade switches to raw bytes",
      "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n",
      "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n" INJ "\r\nGET / HTTP/1.1\r\n\r\n", 0},
-    {"not HTTP", "\x16\x03\x01\x02" "hello\r\n\r\n", NULL, PX_H1_E_BAD},
+    {"not HTTP",
+     "\x16\x03\x01\x02"
+     "hello\r\n\r\n",
+     NULL, PX_H1_E_BAD},
     {"conflicting content lengths",
      "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", NULL, PX_H1_E_BAD},
-    {"length and chunked", "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked"
-                           "\r\n\r\n", NULL, PX_H1_E_BAD},
+    {"length and chunked",
+     "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked"
+     "\r\n\r\n",
+     NULL, PX_H1_E_BAD},
     {"bad content length", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", NULL, PX_H1_E_BAD},
     {"bad chunk size", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", NULL,
      PX_H1_E_BAD},
