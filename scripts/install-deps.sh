@@ -7,6 +7,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libssl-dev openssl libmimalloc-dev libsqlite3-dev sqlite3 libyaml-dev libcmocka-dev
+  libjansson-dev libhttp-parser-dev libpq-dev
   python3 python3-pytest python3-cryptography python3-grpcio
   postgresql postgresql-client redis-server redis-tools curl
 )
