@@ -55,10 +55,11 @@
 #include "http1.h"
 #include "proxyv2.h"
 
-#define PX_BUF 65536     /* per direction, only while bytes are in flight */
-#define PX_RAW 16384     /* --forward-identity http-headers: unfiltered client bytes */
-#define PX_STEP_MAX 32   /* read/write rounds per event before yielding */
-#define PX_ACCEPT_MAX 64 /* accepts per wake-up */
+#define PX_BUF 65536           /* per direction, only while bytes are in flight */
+#define PX_RAW 16384           /* --forward-identity http-headers: unfiltered client bytes */
+#define PX_STEP_MAX 32         /* read/write rounds per event before yielding */
+#define PX_ACCEPT_MAX 64       /* accepts per wake-up */
+#define PX_ACCEPT_PAUSE_MS 100 /* out of descriptors: listener left alone this long */
 
 enum px_state { PX_HANDSHAKE = 1, PX_CONNECT, PX_RELAY, PX_CLOSED };
 
@@ -122,6 +123,7 @@ struct px_worker {
     struct px_conn *ready;   /* to step again without an event */
     struct px_conn *freeing; /* closed, free after the batch */
     int listening;           /* listener in our epoll set */
+    int64_t paused_until;    /* out of descriptors: leave the listener alone until then */
     int64_t now_ms;          /* monotonic time of the last epoll_wait return */
 };
 
@@ -148,6 +150,8 @@ static struct sockaddr_storage target_addr;
 static socklen_t target_len;
 static atomic_int stopping; /* stop accepting, drain */
 static atomic_int max_logged;
+static atomic_int fd_logged;         /* out of descriptors: 0 no, 1 yes, 2 yes and logged */
+static _Atomic int64_t fd_logged_ms; /* when it was last logged */
 static _Atomic int64_t max_logged_ms;
 static struct px_worker *workers;
 
@@ -223,39 +227,83 @@ static void addr_str(const struct sockaddr *sa, char *buf, size_t cap)
     }
 }
 
-/* ALPN list in wire format (length-prefixed), built once from cfg->alpn. */
-static unsigned char alpn_wire[256];
-static unsigned alpn_len;
+/* An ALPN list in wire format (length-prefixed).  Each context built by px_tls_build gets
+ * its own copy, read by alpn_select through the callback argument and freed with the
+ * context (ex_data free callback), so a reload never rewrites a list that a worker's
+ * handshake may be reading: the old context and its list live while a connection uses it. */
+struct alpn_wire {
+    unsigned len;
+    unsigned char b[256];
+};
 
-static int alpn_parse(const char *list, struct meshtls_err *err)
+static int alpn_idx = -1;
+static pthread_once_t alpn_once = PTHREAD_ONCE_INIT;
+
+static void alpn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
-    alpn_len = 0;
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
+static void alpn_index_init(void)
+{
+    alpn_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, alpn_free);
+}
+
+static int alpn_parse(const char *list, struct alpn_wire *w, struct meshtls_err *err)
+{
+    w->len = 0;
     const char *p = list;
     while (*p) {
         const char *comma = strchr(p, ',');
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        if (n == 0 || n > 64 || alpn_len + 1 + n > sizeof(alpn_wire))
+        if (n == 0 || n > 64 || w->len + 1 + n > sizeof(w->b))
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "--alpn '%s': expected a comma-separated list such as "
                                    "h2,http/1.1",
                                    list);
-        alpn_wire[alpn_len++] = (unsigned char)n;
-        memcpy(alpn_wire + alpn_len, p, n);
-        alpn_len += (unsigned)n;
+        w->b[w->len++] = (unsigned char)n;
+        memcpy(w->b + w->len, p, n);
+        w->len += (unsigned)n;
         p += n + (comma ? 1 : 0);
     }
     return 0;
 }
 
-/* Server: pick the first of the client's protocols that we also list. */
+/* Server: pick the first of the client's protocols that we also list (`arg`: this
+ * context's struct alpn_wire). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)ssl, (void)arg;
-    if (SSL_select_next_proto((unsigned char **)out, outlen, alpn_wire, alpn_len, in, inlen) ==
+    (void)ssl;
+    const struct alpn_wire *w = arg;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, w->b, w->len, in, inlen) ==
         OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_OK;
     return SSL_TLSEXT_ERR_NOACK; /* no overlap: continue without ALPN */
+}
+
+/* Give `ctx` the ALPN list `list`: a server selects from it, a client offers it. */
+static int alpn_attach(SSL_CTX *ctx, const char *list, int server, struct meshtls_err *err)
+{
+    if (pthread_once(&alpn_once, alpn_index_init) != 0 || alpn_idx < 0)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "--alpn: no OpenSSL ex_data index left");
+    struct alpn_wire *w = calloc(1, sizeof(*w));
+    if (!w)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    int rc = alpn_parse(list, w, err);
+    if (rc == 0 && SSL_CTX_set_ex_data(ctx, alpn_idx, w) != 1)
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    if (rc) {
+        free(w);
+        return rc;
+    }
+    /* the context owns `w` from here (alpn_free) */
+    if (server)
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, w);
+    else if (SSL_CTX_set_alpn_protos(ctx, w->b, w->len) != 0)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "--alpn: OpenSSL refused the list");
+    return 0;
 }
 
 int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
@@ -277,15 +325,9 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     /* ... and up to four full records per read(2) in bulk transfers (the buffer exists only
      * while a record is incomplete or unread: SSL_MODE_RELEASE_BUFFERS frees it). */
     SSL_CTX_set_default_read_buffer_len(ctx, PX_BUF + 4 * 256);
-    if (c->alpn) {
-        if ((rc = alpn_parse(c->alpn, err)) != 0) {
-            SSL_CTX_free(ctx);
-            return rc;
-        }
-        if (c->mode == PX_MODE_SERVER)
-            SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
-        else
-            SSL_CTX_set_alpn_protos(ctx, alpn_wire, alpn_len);
+    if (c->alpn && (rc = alpn_attach(ctx, c->alpn, c->mode == PX_MODE_SERVER, err)) != 0) {
+        SSL_CTX_free(ctx);
+        return rc;
     }
     X509 *leaf = SSL_CTX_get0_certificate(ctx);
     struct meshtls_identity *id = NULL;
@@ -932,8 +974,38 @@ static void accept_batch(struct px_worker *w)
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         int fd = accept4(listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            int e = errno;
+            if (e == ECONNABORTED || e == EINTR)
+                continue; /* that client gave up: try the next one */
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                /* The clients stay in the backlog, so the level-triggered listener would be
+                 * reported again at once: without a pause every core spins on failing
+                 * accept4() calls.  Stop watching it for a while, as nginx and HAProxy do;
+                 * connections closing meanwhile free descriptors. */
+                epoll_ctl(w->epfd, EPOLL_CTL_DEL, listen_fd, NULL);
+                w->listening = 0;
+                w->paused_until = now_ms() + PX_ACCEPT_PAUSE_MS;
+                atomic_fetch_add(&px_metrics.accept_paused, 1);
+                int64_t t = now_ms(), last = atomic_load(&fd_logged_ms);
+                /* once per episode (1: in one, 2: logged), and at most once a minute when
+                 * episodes follow each other while the backlog empties */
+                int was = 0;
+                if (atomic_compare_exchange_strong(&fd_logged, &was, 1) &&
+                    (last == 0 || t - last >= 60000) &&
+                    atomic_compare_exchange_strong(&fd_logged_ms, &last, t)) {
+                    atomic_store(&fd_logged, 2);
+                    meshtls_log(MESHTLS_LOG_ERROR,
+                                "cannot accept new connections: %s; the listener pauses %d ms "
+                                "at a time until descriptors are free (raise the limit with "
+                                "`ulimit -n` or LimitNOFILE=, or lower --max-conns)",
+                                strerror(e), PX_ACCEPT_PAUSE_MS);
+                }
+            }
             return; /* EAGAIN: another worker took it, or the batch is done */
+        }
+        if (atomic_load(&fd_logged) && atomic_exchange(&fd_logged, 0) == 2)
+            meshtls_log(MESHTLS_LOG_INFO, "accepting new connections again");
         struct px_conn *c = calloc(1, sizeof(*c));
         if (!c) {
             close(fd);
@@ -1001,9 +1073,15 @@ static void *worker_main(void *arg)
             epoll_ctl(w->epfd, EPOLL_CTL_DEL, listen_fd, NULL);
             w->listening = 0;
         }
-        if (stop && !w->conns)
+        if (stop == 2) /* the drain timed out: close what is left, then exit to be joined */
+            for (struct px_conn *c = w->conns, *nx; c; c = nx) {
+                nx = c->next;
+                conn_close_clean(w, c, "shutdown timeout");
+            }
+        if (stop && !w->conns && !w->freeing)
             break;
-        if (!stop && !w->listening && atomic_load(&px_metrics.active) < cfg->max_conns) {
+        if (!stop && !w->listening && atomic_load(&px_metrics.active) < cfg->max_conns &&
+            w->now_ms >= w->paused_until) {
             struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = NULL};
             if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, listen_fd, &ev) == 0)
                 w->listening = 1;
@@ -1173,8 +1251,13 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
     /* accepted sockets inherit it: no setsockopt per connection */
     setsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&la, ll) != 0 ||
-        listen(listen_fd, 4096) != 0)
-        return meshtls_err_set(err, MESHTLS_EIO, "--listen %s: %s", c->listen, strerror(errno));
+        listen(listen_fd, 4096) != 0) {
+        rc = meshtls_err_set(err, MESHTLS_EIO, "--listen %s: %s", c->listen, strerror(errno));
+        if (listen_fd >= 0)
+            close(listen_fd);
+        listen_fd = -1;
+        return rc;
+    }
     ll = sizeof(la);
     getsockname(listen_fd, (struct sockaddr *)&la, &ll);
     char shown[80];
@@ -1187,14 +1270,24 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
     status_started = c->status != NULL;
 
     workers = calloc((size_t)c->workers, sizeof(*workers));
-    if (!workers)
-        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    int started = 0;
+    if (!workers) {
+        rc =
+            meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory starting %d worker(s)", c->workers);
+        goto fail;
+    }
     for (int i = 0; i < c->workers; i++) {
         workers[i].id = i;
         workers[i].epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (workers[i].epfd < 0 || pthread_create(&workers[i].th, NULL, worker_main, &workers[i]))
-            return meshtls_err_set(err, MESHTLS_EIO, "cannot start worker %d: %s", i,
-                                   strerror(errno));
+        if (workers[i].epfd < 0 ||
+            pthread_create(&workers[i].th, NULL, worker_main, &workers[i]) != 0) {
+            rc =
+                meshtls_err_set(err, MESHTLS_EIO, "cannot start worker %d: %s", i, strerror(errno));
+            if (workers[i].epfd >= 0)
+                close(workers[i].epfd);
+            goto fail;
+        }
+        started++;
     }
     atomic_store(&px_metrics.listening, 1);
     meshtls_log(MESHTLS_LOG_INFO, "proxy %s listening on %s, target %s, %d worker(s)",
@@ -1244,6 +1337,12 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
     }
 
     atomic_store(&stopping, 1);
+    /* Stop listening at once: a socket merely removed from epoll would still complete TCP
+     * handshakes that nobody serves until we exit.  shutdown() on a listening socket makes
+     * the kernel refuse new connections (ECONNREFUSED: clients and load balancers retry
+     * elsewhere) and wakes the workers, while the descriptor number stays ours until every
+     * worker is joined, so no worker can accept4() on a reused number. */
+    shutdown(listen_fd, SHUT_RDWR);
     atomic_store(&px_metrics.listening, 0);
     int64_t deadline = now_ms() + c->shutdown_timeout_ms;
     int drained = 0;
@@ -1255,16 +1354,43 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    if (drained) {
-        for (int i = 0; i < c->workers; i++)
-            pthread_join(workers[i].th, NULL);
-        meshtls_log(MESHTLS_LOG_INFO, "shutdown complete: all connections drained");
-    } else {
+    if (!drained) {
         meshtls_log(MESHTLS_LOG_WARN, "shutdown timeout: closing %lld connection(s)",
                     (long long)atomic_load(&px_metrics.active));
+        atomic_store(&stopping, 2);
     }
+    /* Every worker is joined on every path, so nothing the command frees after we return
+     * (policy, caches, contexts) can still be read by one. */
+    for (int i = 0; i < c->workers; i++) {
+        pthread_join(workers[i].th, NULL);
+        close(workers[i].epfd);
+        for (int k = 0; k < workers[i].pool_n; k++)
+            free(workers[i].pool[k]);
+    }
+    free(workers);
+    workers = NULL;
+    if (drained)
+        meshtls_log(MESHTLS_LOG_INFO, "shutdown complete: all connections drained");
     if (status_started)
-        px_status_stop();
+        px_status_stop(status_th);
     close(listen_fd);
+    listen_fd = -1;
     return 0;
+
+fail:
+    /* Start-up failed after threads began: stop and join each one before returning, so
+     * the caller may free what they read. */
+    atomic_store(&stopping, 2);
+    shutdown(listen_fd, SHUT_RDWR);
+    for (int i = 0; i < started; i++) {
+        pthread_join(workers[i].th, NULL);
+        close(workers[i].epfd);
+    }
+    free(workers);
+    workers = NULL;
+    if (status_started)
+        px_status_stop(status_th);
+    close(listen_fd);
+    listen_fd = -1;
+    return rc;
 }

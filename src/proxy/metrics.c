@@ -143,10 +143,14 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         "meshtls_reloads_total{result=\"failure\"} %llu\n"
         "# HELP meshtls_backend_errors_total Connections closed because the target failed.\n"
         "# TYPE meshtls_backend_errors_total counter\n"
-        "meshtls_backend_errors_total %llu\n",
+        "meshtls_backend_errors_total %llu\n"
+        "# HELP meshtls_accept_paused_total Times a worker paused accepting for 100 ms because "
+        "the process ran out of file descriptors (EMFILE/ENFILE).\n"
+        "# TYPE meshtls_accept_paused_total counter\n"
+        "meshtls_accept_paused_total %llu\n",
         days, (long long)atomic_load(&m->active), LD(m->conns_total), LD(m->allow), LD(m->deny),
         LD(m->bytes_up), LD(m->bytes_down), LD(m->reload_ok), LD(m->reload_fail),
-        LD(m->backend_errors));
+        LD(m->backend_errors), LD(m->accept_paused));
     if (px_metrics_vcache) {
         unsigned long long h = 0, mi = 0;
         meshtls_verify_cache_stats(px_metrics_vcache, &h, &mi);

@@ -87,6 +87,7 @@ struct px_metrics {
     atomic_ullong bytes_up, bytes_down; /* up: towards the target */
     atomic_ullong reload_ok, reload_fail;
     atomic_ullong conns_total, backend_errors;
+    atomic_ullong accept_paused; /* listener paused: out of file descriptors (EMFILE/ENFILE) */
     atomic_llong active;
     atomic_int listening;
 };
@@ -136,6 +137,7 @@ int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 /* status.c */
 /** Start the status server thread on `addr`. */
 int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th, struct meshtls_err *err);
-void px_status_stop(void);
+/** Stop the status thread `th` started by px_status_start(), join it, close its socket. */
+void px_status_stop(pthread_t th);
 
 #endif

@@ -141,7 +141,11 @@ int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th, struct 
     return 0;
 }
 
-void px_status_stop(void)
+void px_status_stop(pthread_t th)
 {
     atomic_store(&status_stop, 1);
+    /* the thread polls with a 200 ms timeout and serves one request at a time: bounded */
+    pthread_join(th, NULL);
+    close(status_fd);
+    status_fd = -1;
 }
