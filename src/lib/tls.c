@@ -41,8 +41,6 @@ struct client_expect {
     char *trust_domain; /* trust domain of the SPIFFE ID, or NULL */
 };
 
-static int expect_idx = -1;
-
 static void expect_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
@@ -55,14 +53,6 @@ static void expect_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lo
     free(e);
 }
 
-static int expect_index(void)
-{
-    /* CRYPTO_get_ex_new_index is thread-safe; a lost race wastes one index. */
-    if (expect_idx < 0)
-        expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
-    return expect_idx;
-}
-
 /* What a server context needs for stateful resumption; owned by the SSL_CTX. */
 struct server_info {
     unsigned char trust[32];             /* SHA-256 over the CA bundle, CRLs and flags */
@@ -70,8 +60,6 @@ struct server_info {
     struct meshtls_verify_cache *vcache; /* one reference, or NULL */
     int64_t crl_expires;                 /* earliest CRL nextUpdate (0: no CRL) */
 };
-
-static int server_idx = -1;
 
 static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
                              void *argp)
@@ -85,9 +73,49 @@ static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int id
     }
 }
 
+/*
+ * The SSL_CTX ex_data indexes.  File-scope because OpenSSL hands out indexes
+ * per process; they are written once, inside CRYPTO_THREAD_run_once, and only
+ * read afterwards (run_once orders the writes before every later read).
+ * Creating them lazily without that let two threads building their first
+ * client contexts at once get different indexes: a context then looked up
+ * its expectations under the other index, found none, and accepted any server
+ * the CA had signed.
+ */
+static CRYPTO_ONCE ex_once = CRYPTO_ONCE_STATIC_INIT;
+static int expect_idx = -1;
+static int server_idx = -1;
+
+static void ex_indexes_init(void)
+{
+    expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
+    server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
+}
+
+/* @return 1 once the ex_data indexes exist (created on the first call), 0 if they cannot be. */
+static int ex_indexes_ready(void)
+{
+    return CRYPTO_THREAD_run_once(&ex_once, ex_indexes_init) && expect_idx >= 0 && server_idx >= 0;
+}
+
+/* Like ex_indexes_ready(), for context builders.  @return 0, or MESHTLS_ENOMEM (with `err`). */
+static int ex_indexes(struct meshtls_err *err)
+{
+    return ex_indexes_ready() ? 0
+                              : meshtls_err_set_ssl(err, MESHTLS_ENOMEM,
+                                                    "cannot create the OpenSSL SSL_CTX ex_data "
+                                                    "indexes");
+}
+
+/* The client's expectations attached to `ctx` (borrowed), or NULL. */
+static struct client_expect *expect_of(const SSL_CTX *ctx)
+{
+    return ctx && ex_indexes_ready() ? SSL_CTX_get_ex_data(ctx, expect_idx) : NULL;
+}
+
 static struct server_info *server_info_of(SSL_CTX *ctx)
 {
-    return server_idx >= 0 ? SSL_CTX_get_ex_data(ctx, server_idx) : NULL;
+    return ex_indexes_ready() ? SSL_CTX_get_ex_data(ctx, server_idx) : NULL;
 }
 
 static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
@@ -280,11 +308,10 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
         if (o->session_cache || o->verify_cache) {
             /* State shared across contexts (so a reload keeps it), stamped with the trust
              * it was built under. */
-            if (server_idx < 0)
-                server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
+            if ((rc = ex_indexes(err)) != 0)
+                goto out;
             struct server_info *si = calloc(1, sizeof(*si));
-            if (!si || server_idx < 0 ||
-                trust_digest(m->anchors, m->crls, o->partial_chain, si->trust) != 0 ||
+            if (!si || trust_digest(m->anchors, m->crls, o->partial_chain, si->trust) != 0 ||
                 !SSL_CTX_set_ex_data(ctx, server_idx, si)) {
                 free(si);
                 rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot set up the TLS caches");
@@ -410,13 +437,18 @@ int meshtls_tls_server_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **ou
     return rc;
 }
 
-/* Attach the client's expectations of the server to `ctx`. */
+/* Attach the client's expectations of the server to `ctx` (which then owns them); every
+ * client context meshtls builds gets one, even with only a server name, since
+ * client_verify_cb refuses a context without. */
 static int set_expect(SSL_CTX *ctx, const char *name, const char *spiffe, const char *td,
                       struct meshtls_err *err)
 {
-    int idx = expect_index();
+    int rc = ex_indexes(err);
+    if (rc != 0)
+        return rc;
+    int idx = expect_idx;
     struct client_expect *e = calloc(1, sizeof(*e));
-    if (!e || idx < 0)
+    if (!e)
         goto nomem;
     if ((name && !(e->server_name = strdup(name))) ||
         (spiffe && !(e->spiffe_id = strdup(spiffe))) || (td && !(e->trust_domain = strdup(td))))
@@ -433,14 +465,22 @@ nomem:
  * Verify callback of client contexts: OpenSSL has checked the chain; at
  * depth 0 we add the SPIFFE ID / trust domain check.  Only records the
  * failure (as X509_V_ERR_APPLICATION_VERIFICATION); messages come later.
+ * Only meshtls installs it, always with expectations attached: a context
+ * without them is a bug, and is refused (fail closed) rather than trusting
+ * anything the CA signed.  Expectations with only a server name add nothing
+ * here (OpenSSL checks the name, set by meshtls_tls_client_ssl_new).
  */
 static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     if (!ok || X509_STORE_CTX_get_error_depth(sctx) != 0)
         return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct client_expect *e = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), expect_idx) : NULL;
-    if (!e || (!e->spiffe_id && !e->trust_domain))
+    struct client_expect *e = ssl ? expect_of(SSL_get_SSL_CTX(ssl)) : NULL;
+    if (!e) {
+        X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    if (!e->spiffe_id && !e->trust_domain)
         return ok;
     struct meshtls_identity *id = NULL;
     int match = 0;
@@ -501,7 +541,7 @@ int meshtls_tls_client_ssl_new(SSL_CTX *ctx, SSL **out, struct meshtls_err *err)
     SSL *ssl = SSL_new(ctx);
     if (!ssl)
         return meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot create a TLS connection");
-    struct client_expect *e = expect_idx >= 0 ? SSL_CTX_get_ex_data(ctx, expect_idx) : NULL;
+    struct client_expect *e = expect_of(ctx);
     if (e && e->server_name) {
         X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
         int is_ip = X509_VERIFY_PARAM_set1_ip_asc(vp, e->server_name) == 1;
@@ -547,8 +587,13 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
         return;
     }
     if (v == X509_V_ERR_APPLICATION_VERIFICATION) {
-        struct client_expect *e =
-            expect_idx >= 0 ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), expect_idx) : NULL;
+        struct client_expect *e = expect_of(SSL_get_SSL_CTX(ssl));
+        if (!e) {
+            snprintf(buf, cap,
+                     "the client context carries no expectations of the server "
+                     "(not built by meshtls_tls_client_ctx_new?): refused");
+            return;
+        }
         snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s",
                  e && e->spiffe_id ? e->spiffe_id : "trust domain ",
                  e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "");
