@@ -66,6 +66,18 @@ MESHTLS_API int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_k
 /** Parse "allow-all|cn|ou|dns|uri|trust-domain"; @return kind or 0. */
 MESHTLS_API int meshtls_rule_kind_parse(const char *s);
 
+/**
+ * Append a copy of every rule of `src` (borrowed) to `dst`, in order: how a command
+ * combines a re-read policy file with the rules its flags gave.
+ * @return 0, or MESHTLS_ENOMEM / MESHTLS_EINVAL (too many rules); on error `dst` may
+ *         hold some of the rules: discard it.
+ */
+MESHTLS_API int meshtls_policy_append(struct meshtls_policy *dst, const struct meshtls_policy *src,
+                                      struct meshtls_err *err);
+
+/** Whether `p` has at least one rule scoped to the local `service`. Pure. */
+MESHTLS_API int meshtls_policy_names_service(const struct meshtls_policy *p, const char *service);
+
 /** Number of rules in `p`. */
 MESHTLS_API size_t meshtls_policy_size(const struct meshtls_policy *p);
 

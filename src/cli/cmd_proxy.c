@@ -331,11 +331,8 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
         c->forward_pp2 = !strcmp(v, "proxy-v2");
         c->forward_http = !strcmp(v, "http-headers");
     }
-    if (!seen[O_POLICY] && (v = cfg_val(cfg, "proxy.policy_file", NULL))) {
-        int rc = meshtls_policy_load_file(c->policy, v, err);
-        if (rc)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s", err->msg);
-    }
+    if (!seen[O_POLICY] && (v = cfg_val(cfg, "proxy.policy_file", NULL)))
+        c->policy_file = v; /* read by px_policy_build, at start and on every reload */
     /* proxy.allow: "uri=spiffe://td/svc/a,cn=orders,allow-all" (env or YAML) */
     if ((v = cfg_val(cfg, "proxy.allow", &src))) {
         char buf[4096];
@@ -513,11 +510,12 @@ int cmd_proxy(int argc, char **argv)
         case O_TNAME: c.target_opts.server_name = optarg; break;
         case O_TSPIFFE: c.target_opts.verify_spiffe_id = optarg; break;
         case O_POLICY:
-            if ((rc = meshtls_policy_load_file(c.policy, optarg, &err)) != 0) {
-                cli_print_err("proxy", &err, rc);
-                status = 2;
+            if (c.policy_file) {
+                status = bad("--policy", optarg,
+                             "give one policy file (put every service's rules in it)");
                 goto out;
             }
+            c.policy_file = optarg;
             break;
         case O_FORWARD:
             if (!strcmp(optarg, "proxy-v2"))
@@ -579,11 +577,24 @@ int cmd_proxy(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (c.mode == PX_MODE_SERVER && meshtls_policy_size(c.policy) == 0) {
-        fprintf(stderr, "meshtls proxy server: no access policy: give --allow-all or at least "
-                        "one --allow-cn/-ou/-dns/-uri/-trust-domain (fail closed)\n");
-        status = 2;
-        goto out;
+    if (c.mode == PX_MODE_SERVER) {
+        /* the same build every reload runs: a broken file or an unknown --service stops us
+         * here, as it would refuse a reload later */
+        struct meshtls_policy *whole = NULL;
+        if ((rc = px_policy_build(&c, &whole, &err)) != 0) {
+            cli_print_err("proxy server", &err, rc);
+            status = 2;
+            goto out;
+        }
+        size_t nrules = meshtls_policy_size(whole);
+        meshtls_policy_free(whole);
+        if (nrules == 0) {
+            fprintf(stderr, "meshtls proxy server: no access policy: give --allow-all or at least "
+                            "one --allow-cn/-ou/-dns/-uri/-trust-domain, or --policy FILE (fail "
+                            "closed)\n");
+            status = 2;
+            goto out;
+        }
     }
     if (c.mode == PX_MODE_SERVER && cache_size > 0 &&
         meshtls_session_cache_new(cache_size, cache_life, &c.tls.session_cache) != 0) {

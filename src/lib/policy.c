@@ -143,6 +143,28 @@ int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind, co
     return 0;
 }
 
+int meshtls_policy_append(struct meshtls_policy *dst, const struct meshtls_policy *src,
+                          struct meshtls_err *err)
+{
+    /* each rule was validated when it entered `src`; meshtls_policy_add checks it again,
+     * which costs nothing that matters at load time and keeps one way in */
+    for (size_t i = 0; src && i < src->n; i++) {
+        const struct rule *r = &src->rules[i];
+        int rc = meshtls_policy_add(dst, r->kind, r->value, r->service, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int meshtls_policy_names_service(const struct meshtls_policy *p, const char *service)
+{
+    for (size_t i = 0; p && service && i < p->n; i++)
+        if (p->rules[i].service && !strcmp(p->rules[i].service, service))
+            return 1;
+    return 0;
+}
+
 static int in_list(char **v, size_t n, const char *want)
 {
     for (size_t i = 0; i < n; i++)

@@ -58,6 +58,7 @@
 #define PX_BUF 65536           /* per direction, only while bytes are in flight */
 #define PX_RAW 16384           /* --forward-identity http-headers: unfiltered client bytes */
 #define PX_STEP_MAX 32         /* read/write rounds per event before yielding */
+#define PX_NFILES 9            /* files watched for a reload */
 #define PX_ACCEPT_MAX 64       /* accepts per wake-up */
 #define PX_ACCEPT_PAUSE_MS 100 /* out of descriptors: listener left alone this long */
 
@@ -306,6 +307,64 @@ static int alpn_attach(SSL_CTX *ctx, const char *list, int server, struct meshtl
     return 0;
 }
 
+/* The policy a server context decides with, owned by the context (ex_data, freed with it):
+ * a reload builds a new context with the re-read policy file, and connections keep the
+ * context, hence the policy, they started with. */
+static int policy_idx = -1;
+static pthread_once_t policy_once = PTHREAD_ONCE_INIT;
+
+static void policy_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                           void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    meshtls_policy_free(ptr);
+}
+
+static void policy_index_init(void)
+{
+    policy_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, policy_free_cb);
+}
+
+int px_policy_build(const struct px_config *c, struct meshtls_policy **out, struct meshtls_err *err)
+{
+    struct meshtls_policy *p = NULL;
+    int rc = meshtls_policy_new(&p);
+    if (rc)
+        return meshtls_err_set(err, rc, "out of memory building the policy");
+    if (c->policy_file && (rc = meshtls_policy_load_file(p, c->policy_file, err)) != 0)
+        goto fail;
+    if (c->policy_file && c->service && !meshtls_policy_names_service(p, c->service)) {
+        rc = meshtls_err_set(err, MESHTLS_EINVAL,
+                             "--service %s: the policy file %s has no rules for it under "
+                             "'services:'; add a '%s:' section there, or fix the name",
+                             c->service, c->policy_file, c->service);
+        goto fail;
+    }
+    if ((rc = meshtls_policy_append(p, c->policy, err)) != 0)
+        goto fail;
+    *out = p;
+    return 0;
+fail:
+    meshtls_policy_free(p);
+    return rc;
+}
+
+/* Give the server context `ctx` its whole policy (see policy_idx). */
+static int policy_attach(SSL_CTX *ctx, const struct px_config *c, struct meshtls_err *err)
+{
+    if (pthread_once(&policy_once, policy_index_init) != 0 || policy_idx < 0)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "no OpenSSL ex_data index left");
+    struct meshtls_policy *p = NULL;
+    int rc = px_policy_build(c, &p, err);
+    if (rc)
+        return rc;
+    if (SSL_CTX_set_ex_data(ctx, policy_idx, p) != 1) {
+        meshtls_policy_free(p);
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    }
+    return 0; /* the context owns `p` */
+}
+
 int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err)
 {
@@ -325,7 +384,8 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
     /* ... and up to four full records per read(2) in bulk transfers (the buffer exists only
      * while a record is incomplete or unread: SSL_MODE_RELEASE_BUFFERS frees it). */
     SSL_CTX_set_default_read_buffer_len(ctx, PX_BUF + 4 * 256);
-    if (c->alpn && (rc = alpn_attach(ctx, c->alpn, c->mode == PX_MODE_SERVER, err)) != 0) {
+    if ((c->alpn && (rc = alpn_attach(ctx, c->alpn, c->mode == PX_MODE_SERVER, err)) != 0) ||
+        (c->mode == PX_MODE_SERVER && (rc = policy_attach(ctx, c, err)) != 0)) {
         SSL_CTX_free(ctx);
         return rc;
     }
@@ -728,7 +788,11 @@ static void handshake_done(struct px_worker *w, struct px_conn *c, struct px_end
     }
     if (cfg->mode == PX_MODE_SERVER) {
         struct meshtls_decision d;
-        meshtls_policy_check(cfg->policy, id, cfg->service, &d);
+        /* the policy of the context this connection started with (a reload may have
+         * swapped in another since) */
+        const struct meshtls_policy *pol =
+            policy_idx >= 0 ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(t->ssl), policy_idx) : NULL;
+        meshtls_policy_check(pol, id, cfg->service, &d); /* no policy: denied (fail closed) */
         c->decision = d.allow ? "allow" : "deny";
         meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
                     "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
@@ -1182,16 +1246,17 @@ static void reload(const char *why)
         (cfg->target_tls && px_target_tls_build(cfg, &tctx, &e) != 0)) {
         SSL_CTX_free(ctx);
         atomic_fetch_add(&px_metrics.reload_fail, 1);
-        meshtls_log(MESHTLS_LOG_ERROR, "reload (%s) failed, keeping the current certificate: %s",
-                    why, e.msg);
+        meshtls_log(MESHTLS_LOG_ERROR,
+                    "reload (%s) failed, keeping the current certificate and policy: %s", why,
+                    e.msg);
         return;
     }
     if (tctx)
         swap_ctx(g_target_tls, tctx, 0);
     swap_ctx(g_tls, ctx, not_after);
     atomic_fetch_add(&px_metrics.reload_ok, 1);
-    meshtls_log(MESHTLS_LOG_INFO, "reload (%s): new TLS context in service for new connections",
-                why);
+    meshtls_log(MESHTLS_LOG_INFO,
+                "reload (%s): new TLS context and policy in service for new connections", why);
 }
 
 /* Is `sa` a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)? */
@@ -1296,12 +1361,18 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
     printf("listening on %s\n", shown);
     fflush(stdout);
 
-    struct file_stamp files[8] = {
-        {.path = c->tls.cert_file},         {.path = c->tls.key_file},
-        {.path = c->tls.ca_file},           {.path = c->tls.crl_file},
-        {.path = c->target_opts.cert_file}, {.path = c->target_opts.key_file},
-        {.path = c->target_opts.ca_file},   {.path = c->target_opts.crl_file}};
-    for (int i = 0; i < 8; i++)
+    /* every file a reload reads: TLS files both ways, and the policy file */
+    struct file_stamp files[PX_NFILES] = {
+        {.path = c->tls.cert_file},
+        {.path = c->tls.key_file},
+        {.path = c->tls.ca_file},
+        {.path = c->tls.crl_file},
+        {.path = c->target_opts.cert_file},
+        {.path = c->target_opts.key_file},
+        {.path = c->target_opts.ca_file},
+        {.path = c->target_opts.crl_file},
+        {.path = c->mode == PX_MODE_SERVER ? c->policy_file : NULL}};
+    for (int i = 0; i < PX_NFILES; i++)
         stamp(&files[i]);
     int64_t next_interval = c->reload_interval_s ? now_ms() + c->reload_interval_s * 1000LL : 0;
     int64_t pending_change = 0;
@@ -1321,7 +1392,7 @@ int px_run(const struct px_config *c, struct px_tls *tls, struct px_tls *target_
         int64_t now = now_ms();
         if (c->watch_files) {
             int changed = 0;
-            for (int i = 0; i < 8; i++)
+            for (int i = 0; i < PX_NFILES; i++)
                 changed |= stamp_changed(&files[i]);
             if (changed)
                 pending_change = now; /* let the writer finish: settle 500 ms */

@@ -36,7 +36,10 @@ struct px_config {
     const char *listen;            /* "host:port" */
     const char *target;            /* "host:port" */
     struct meshtls_tls_opts tls;   /* our side's TLS (server: accept; client: dial) */
-    struct meshtls_policy *policy; /* server mode: who may call (owned) */
+    struct meshtls_policy *policy; /* server: rules from flags and proxy.allow (owned); each
+                                    * TLS context gets these plus the policy file's, re-read
+                                    * on every reload (px_policy_build) */
+    const char *policy_file;       /* server: YAML policy file, or NULL */
     const char *service;           /* local service name for service-scoped rules */
     const char *status;            /* status listener "host:port" or NULL */
     int workers;                   /* worker threads */
@@ -116,6 +119,13 @@ int px_run(const struct px_config *cfg, struct px_tls *tls, struct px_tls *targe
 /** Build a context from cfg->tls for cfg->mode. */
 int px_tls_build(const struct px_config *cfg, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err);
+/**
+ * Build the server's whole policy: the rules of cfg->policy_file (read now) followed by
+ * cfg->policy's.  A cfg->service that the file does not name is an error.
+ * @param out new policy, the caller frees it (meshtls_policy_free); written only on success.
+ */
+int px_policy_build(const struct px_config *cfg, struct meshtls_policy **out,
+                    struct meshtls_err *err);
 /** Build the client context towards the target (--target-tls). */
 int px_target_tls_build(const struct px_config *cfg, SSL_CTX **out, struct meshtls_err *err);
 
