@@ -331,6 +331,22 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
         c->forward_pp2 = !strcmp(v, "proxy-v2");
         c->forward_http = !strcmp(v, "http-headers");
     }
+    /* log.level / log.format: `meshtls config` shows them as effective, so they apply here
+     * too (MESHTLS_LOG_FORMAT=json from the Kubernetes example used to be ignored) */
+    if (!seen[O_LOGLEVEL] && (v = cfg_val(cfg, "log.level", &src))) {
+        int lvl = meshtls_log_level_parse(v);
+        if (lvl < 0)
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "%s: '%s' for log.level: expected debug, info, warn or error",
+                                   src, v);
+        meshtls_log_set_level(lvl);
+    }
+    if (!seen[O_LOGFMT] && (v = cfg_val(cfg, "log.format", &src))) {
+        if (strcmp(v, "json") && strcmp(v, "text"))
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "%s: '%s' for log.format: expected text or json", src, v);
+        meshtls_log_set_json(!strcmp(v, "json"));
+    }
     if (!seen[O_POLICY] && (v = cfg_val(cfg, "proxy.policy_file", NULL)))
         c->policy_file = v; /* read by px_policy_build, at start and on every reload */
     /* proxy.allow: "uri=spiffe://td/svc/a,cn=orders,allow-all" (env or YAML) */
