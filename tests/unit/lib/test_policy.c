@@ -197,8 +197,49 @@ TEST(policy_files)
     }
 }
 
+/* A reload's policy: the file's rules, then the flags'; and which services a file names. */
+static const struct {
+    const char *yaml, *service; /* file, local service asked about */
+    int names;                  /* meshtls_policy_names_service */
+    int allow;                  /* orders, after appending a flag rule "cn orders" only for
+                                 * service "flags" */
+} append_cases[] = {
+    {"services:\n  billing:\n    allow:\n      - cn: x\n", "billing", 1, 0},
+    {"services:\n  billing:\n    allow:\n      - cn: x\n", "billin", 0, 0},
+    {"allow:\n  - cn: x\n", "billing", 0, 0},
+    {"allow:\n  - cn: x\n", "flags", 0, 1},
+    {"services:\n  flags:\n    allow:\n      - cn: y\n", "flags", 1, 1},
+};
+
+TEST(append_and_names_service)
+{
+    struct meshtls_identity orders = peer("orders", "", NULL, 0, uri_orders, 1, "acme.org");
+    for (size_t i = 0; i < sizeof(append_cases) / sizeof(append_cases[0]); i++) {
+        struct meshtls_policy *file = NULL, *flags = NULL;
+        struct meshtls_err err = MESHTLS_ERR_INIT;
+        CHECK_INT_EQ(meshtls_policy_new(&file), 0);
+        CHECK_INT_EQ(meshtls_policy_new(&flags), 0);
+        const char *y = append_cases[i].yaml;
+        CHECK_INT_EQ(meshtls_policy_load_buffer(file, y, strlen(y), "p.yaml", &err), 0);
+        CHECK_INT_EQ(meshtls_policy_add(flags, MESHTLS_RULE_CN, "orders", "flags", &err), 0);
+        CHECK_INT_EQ(meshtls_policy_names_service(file, append_cases[i].service),
+                     append_cases[i].names);
+        size_t before = meshtls_policy_size(file);
+        CHECK_INT_EQ(meshtls_policy_append(file, flags, &err), 0);
+        CHECK_INT_EQ((int)meshtls_policy_size(file), (int)before + 1);
+        struct meshtls_decision d;
+        meshtls_policy_check(file, &orders, append_cases[i].service, &d);
+        CHECK_INT_EQ(d.allow, append_cases[i].allow);
+        meshtls_policy_free(file);
+        meshtls_policy_free(flags);
+    }
+    CHECK_INT_EQ(meshtls_policy_names_service(NULL, "x"), 0);
+    CHECK_INT_EQ(meshtls_policy_append(NULL, NULL, NULL) == 0, 1); /* nothing to copy */
+}
+
 int main(void)
 {
+    RUN(append_and_names_service);
     RUN(policy_files);
     RUN(decisions);
     RUN(invalid_rules);
