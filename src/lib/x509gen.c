@@ -53,7 +53,10 @@ int mt_key_generate(enum mt_key_type t, EVP_PKEY **out, struct meshtls_err *err)
     switch (t) {
     case MT_KEY_EC_P256: k = EVP_EC_gen("P-256"); break;
     case MT_KEY_EC_P384: k = EVP_EC_gen("P-384"); break;
-    case MT_KEY_RSA2048: k = EVP_RSA_gen(2048); break;
+    case MT_KEY_RSA2048:
+        /* not EVP_RSA_gen(): OpenSSL 3.0's rsa.h declares it under the deprecation guard */
+        k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+        break;
     case MT_KEY_ED25519: k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"); break;
     }
     if (!k)
