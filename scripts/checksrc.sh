@@ -10,6 +10,15 @@ if hits=$(git ls-files -co --exclude-standard 'src/*.c' 'src/*.h' 'include/*.h' 
   echo "$hits" >&2
   exit 1
 fi
+# Numbers: one strict parser (src/lib/parse.c); raw strtol and friends accept " 12", "+12"
+# and "12abc" unless every caller checks by hand.
+if hits=$(git ls-files -co --exclude-standard 'src/*.c' 'src/*.h' 'include/*.h' \
+          | grep -v '^src/lib/parse\.c$' \
+          | xargs -r grep -nE '\bstrto(l|ul|ll|ull|d|f|imax|umax)\s*\(' ); then
+  echo "checksrc: raw number parsing (use mt_parse_i64 / mt_parse_duration_ms, src/lib/parse.h):" >&2
+  echo "$hits" >&2
+  exit 1
+fi
 # Formatting: the checked-in .clang-format, over every tracked C file.
 if ! command -v clang-format >/dev/null; then
   echo "checksrc: clang-format missing (scripts/install-deps.sh installs it)" >&2

@@ -30,6 +30,7 @@
 
 #include "ca.h"
 #include "meshtls/identity.h"
+#include "parse.h"
 #include "meshtls/spiffe.h"
 #include "meshtls/x509.h"
 #include "stage.h"
@@ -917,9 +918,17 @@ int ca_crl(const char *dir, const char *out_path, int *revoked, struct meshtls_e
     if ((rc = ca_store_meta_get(ca.store, "crl_number", &num, err)) ||
         (rc = ca_store_cert_list(ca.store, NULL, "revoked", &v, &nv, err)))
         goto fail;
-    long n = strtol(num, NULL, 10) + 1;
+    int64_t n;
+    if (mt_parse_i64(num, 0, INT64_MAX - 1, &n) != 0) {
+        rc = meshtls_err_set(err, MESHTLS_ESTORE,
+                             "store %s: crl_number '%.32s' is not a number; the store was "
+                             "edited by hand or is damaged: restore it from a backup",
+                             dir, num);
+        goto fail;
+    }
+    n++;
     char nbuf[32];
-    snprintf(nbuf, sizeof(nbuf), "%ld", n);
+    snprintf(nbuf, sizeof(nbuf), "%lld", (long long)n);
     if ((rc = sign_crl(ca.inter, ca.inter_key, n, CA_CRL_DAYS, v, nv, &crl, err)) ||
         (rc = ca_store_meta_set(ca.store, "crl_number", nbuf, err)) ||
         (rc = ca_store_audit(ca.store, "crl", NULL, NULL, nbuf, err)))

@@ -12,6 +12,7 @@
 
 #include "ca.h"
 #include "cli.h"
+#include "parse.h"
 #include "meshtls/meshtls.h"
 #include "store.h"
 
@@ -59,13 +60,7 @@ static int fail(const char *sub, struct meshtls_err *err, int rc)
 
 static int parse_int(const char *s, int min, int max, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return -1;
-    *out = (int)v;
-    return 0;
+    return mt_parse_int(s, min, max, out) == 0 ? 0 : -1;
 }
 
 static void report(const char *service, const char *old_serial, const char *new_serial,

@@ -16,6 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include "cli.h"
+#include "parse.h"
 #include "meshtls/meshtls.h"
 
 static void cert_usage(FILE *f)
@@ -187,13 +188,7 @@ static int cert_inspect(int argc, char **argv)
 /* Parse a non-negative decimal int; @return 0 or -1. */
 static int parse_days(const char *s, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 0 || v > 100000)
-        return -1;
-    *out = (int)v;
-    return 0;
+    return mt_parse_int(s, 0, 100000, out) == 0 ? 0 : -1;
 }
 
 static int cert_check(int argc, char **argv)

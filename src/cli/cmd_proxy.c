@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "parse.h"
 #include "meshtls/meshtls.h"
 #include "proxy.h"
 
@@ -104,30 +105,14 @@ static void proxy_usage(FILE *f)
 /* Parse a duration "500ms", "10s", "5m", "1h" or plain seconds. @return ms or -1. */
 static long parse_duration(const char *s)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || v < 0 || v > 86400L * 365)
-        return -1;
-    if (!*end || !strcmp(end, "s"))
-        return v * 1000;
-    if (!strcmp(end, "ms"))
-        return v;
-    if (!strcmp(end, "m"))
-        return v * 60000;
-    if (!strcmp(end, "h"))
-        return v * 3600000;
-    return -1;
+    int64_t ms;
+    return mt_parse_duration_ms(s, 86400LL * 365 * 1000, &ms) == 0 ? (long)ms : -1;
 }
 
 static long parse_count(const char *s, long min, long max)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return -1;
-    return v;
+    int64_t v;
+    return mt_parse_i64(s, min, max, &v) == 0 ? (long)v : -1;
 }
 
 enum {
@@ -282,11 +267,11 @@ static int apply_config(struct px_config *c, const unsigned char *seen,
     if (!seen[O_TLSMIN] && (v = cfg_val(cfg, ROLEKEY("min_tls_version"), NULL)))
         c->tls.min_version = !strcmp(v, "1.2") ? MESHTLS_TLS_MIN_1_2 : MESHTLS_TLS_MIN_1_3;
     if (!seen[O_WORKERS] && (v = cfg_val(cfg, "proxy.workers", NULL)))
-        c->workers = (int)strtol(v, NULL, 10);
+        c->workers = (int)parse_count(v, 1, 256); /* the loader checked type and range */
     if (!seen[O_MAXCONNS] && (v = cfg_val(cfg, "proxy.max_conns", NULL)))
-        c->max_conns = (int)strtol(v, NULL, 10);
+        c->max_conns = (int)parse_count(v, 1, INT32_MAX);
     if (!seen[O_SCACHE] && (v = cfg_val(cfg, "proxy.session_cache_size", NULL)))
-        *cache_size = (size_t)strtol(v, NULL, 10);
+        *cache_size = (size_t)parse_count(v, 0, INT32_MAX);
     /* handshake settings (issue 5); the loader has checked types and ranges already */
     if (!seen[O_VCACHE] && cfg_val(cfg, "proxy.verify_cache_size", NULL) &&
         meshtls_config_get_int(cfg, "proxy.verify_cache_size", &n, err) == 0)

@@ -25,6 +25,7 @@
 #include <strings.h>
 
 #include "meshtls/config.h"
+#include "parse.h"
 #include "meshtls/log.h"
 #include "meshtls/spiffe.h"
 #include "meshtls/x509.h"
@@ -180,14 +181,10 @@ static int parse_bool(const char *v, int *out)
 /* A whole decimal number: optional '-', digits only, no overflow. */
 static int parse_long(const char *v, long *out)
 {
-    char *end = NULL;
-    if (!*v || isspace((unsigned char)*v) || *v == '+')
+    int64_t x;
+    if (mt_parse_i64(v, LONG_MIN, LONG_MAX, &x) != 0)
         return -1;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end)
-        return -1;
-    *out = x;
+    *out = (long)x;
     return 0;
 }
 
