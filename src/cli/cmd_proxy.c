@@ -369,8 +369,6 @@ static int bad(const char *flag, const char *val, const char *want)
 int cmd_proxy(int argc, char **argv)
 {
     struct px_config c = {0};
-    struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
-    struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     size_t cache_size = 20000, vcache_size = 10000;
     int cache_life = 300;
     unsigned char seen[O_MAX] = {0};
@@ -609,10 +607,6 @@ int cmd_proxy(int argc, char **argv)
     }
     px_metrics_scache = c.tls.session_cache;
     px_metrics_vcache = c.tls.verify_cache;
-    if ((rc = px_tls_build(&c, &tls.ctx, &tls.not_after, &err)) != 0) {
-        cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
-        goto out;
-    }
     if (c.target_tls) {
         if (c.mode != PX_MODE_SERVER) {
             fprintf(stderr, "meshtls proxy client: --target-tls is for server mode (the client "
@@ -628,19 +622,13 @@ int cmd_proxy(int argc, char **argv)
         if (!c.target_opts.ca_file)
             c.target_opts.ca_file = c.tls.ca_file;
         c.target_opts.min_version = c.tls.min_version;
-        if ((rc = px_target_tls_build(&c, &target_tls.ctx, &err)) != 0) {
-            cli_print_err("proxy server: --target-tls", &err, rc);
-            goto out;
-        }
     }
-    if ((rc = px_run(&c, &tls, &target_tls, &err)) != 0) {
+    if ((rc = px_run(&c, &err)) != 0) {
         cli_print_err(c.mode == PX_MODE_SERVER ? "proxy server" : "proxy client", &err, rc);
         goto out;
     }
     status = 0;
 out:
-    SSL_CTX_free(tls.ctx);
-    SSL_CTX_free(target_tls.ctx);
     meshtls_session_cache_free(c.tls.session_cache);
     meshtls_verify_cache_free(c.tls.verify_cache);
     meshtls_policy_free(c.policy);
