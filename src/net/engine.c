@@ -159,7 +159,7 @@ void mt_buf_put(struct mt_conn *c, char *b)
 
 void mt_conn_set_timeout(struct mt_conn *c, int ms)
 {
-    c->deadline_ms = c->w->now_ms + ms;
+    c->deadline_ms = ms > 0 ? c->w->now_ms + ms : 0;
 }
 
 void mt_conn_set_proto(struct mt_conn *c)
@@ -444,7 +444,7 @@ static void sweep_timeouts(struct mt_worker *w)
     int64_t now = mt_now_ms();
     for (struct mt_conn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if (c->deadline_ms > now)
+        if (c->deadline_ms > now || c->deadline_ms == 0)
             continue;
         const struct mt_proto_ops *ops = c->l->o.ops;
         if (c->state == MT_CONN_TLS || c->state == MT_CONN_SNIFF) {

@@ -156,7 +156,7 @@ struct mt_conn {
     struct mt_worker *w;
     struct mt_snap *snap; /* the snapshot this connection started with (a reference) */
     int64_t start_us;     /* monotonic, at accept */
-    int64_t deadline_ms;  /* monotonic: on_timeout (or a handshake timeout) after this */
+    int64_t deadline_ms;  /* monotonic: on_timeout (or a handshake timeout) after this; 0 none */
     int on_ready;
     int jobs;   /* jobs submitted and not yet done: the connection is not freed before */
     int tls_in; /* the handshake in MT_CONN_TLS is the accepted end's (server side) */
@@ -186,7 +186,11 @@ void *mt_conn_listener_arg(const struct mt_conn *c);
 /** The listener's name (mt_listener_opts.name). */
 const char *mt_conn_listener_name(const struct mt_conn *c);
 
-/** Set the deadline `ms` from now; on_timeout runs when it passes (checked every 100 ms). */
+/**
+ * Set the deadline `ms` from now; on_timeout runs when it passes (checked every 100 ms).
+ * `ms` <= 0 clears it: a new connection has none until the listener's handshake (TLS)
+ * or the protocol sets one.
+ */
 void mt_conn_set_timeout(struct mt_conn *c, int ms);
 /**
  * Close `c` now: state MT_CONN_CLOSED, on_close runs (log and account there), sockets and
