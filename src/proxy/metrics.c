@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
 #include "proxy.h"
@@ -19,11 +20,18 @@ const double px_hist_bounds[PX_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
                                           0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
 
 static const char *const hse_names[PX_HSE_N] = {
-    [PX_HSE_NO_CERT] = "no_client_cert", [PX_HSE_UNTRUSTED] = "untrusted",
-    [PX_HSE_EXPIRED] = "expired",        [PX_HSE_REVOKED] = "revoked",
-    [PX_HSE_BAD_NAME] = "bad_identity",  [PX_HSE_PROTOCOL] = "protocol",
-    [PX_HSE_TIMEOUT] = "timeout",        [PX_HSE_OTHER] = "other",
+    [PX_HSE_NO_CERT] = "no_client_cert",   [PX_HSE_UNTRUSTED] = "untrusted",
+    [PX_HSE_EXPIRED] = "expired",          [PX_HSE_REVOKED] = "revoked",
+    [PX_HSE_BAD_NAME] = "bad_identity",    [PX_HSE_PROTOCOL] = "protocol",
+    [PX_HSE_TIMEOUT] = "timeout",          [PX_HSE_OTHER] = "other",
+    [PX_HSE_PLAINTEXT] = "plaintext",      [PX_HSE_VERSION] = "version",
+    [PX_HSE_TOO_LARGE] = "cert_too_large",
 };
+
+const char *px_hse_name(enum px_hs_error k)
+{
+    return k < PX_HSE_N ? hse_names[k] : "other";
+}
 
 void px_metrics_handshake(double seconds)
 {
@@ -36,10 +44,8 @@ void px_metrics_handshake(double seconds)
     atomic_fetch_add(&px_metrics.hs_sum_us, (unsigned long long)(seconds * 1e6));
 }
 
-enum px_hs_error px_metrics_classify(long v, int no_cert)
+static enum px_hs_error classify_verify(long v)
 {
-    if (no_cert)
-        return PX_HSE_NO_CERT;
     switch (v) {
     case X509_V_OK: return PX_HSE_PROTOCOL;
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -56,6 +62,27 @@ enum px_hs_error px_metrics_classify(long v, int no_cert)
     case X509_V_ERR_INVALID_PURPOSE:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: return PX_HSE_UNTRUSTED;
     default: return PX_HSE_OTHER;
+    }
+}
+
+enum px_hs_error px_metrics_classify_ssl(SSL *ssl)
+{
+    long v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK)
+        return classify_verify(v);
+    unsigned long e = ERR_peek_last_error();
+    int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
+    switch (reason) {
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return PX_HSE_NO_CERT;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+    case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION: return PX_HSE_VERSION;
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST: return PX_HSE_PLAINTEXT;
+    case SSL_R_EXCESSIVE_MESSAGE_SIZE:
+        /* the client's Certificate message is the one a client can make too large */
+        return SSL_get_state(ssl) == TLS_ST_SR_CERT ? PX_HSE_TOO_LARGE : PX_HSE_PROTOCOL;
+    default: return PX_HSE_PROTOCOL;
     }
 }
 
@@ -96,7 +123,8 @@ size_t px_metrics_render(char *buf, size_t cap)
         "# HELP meshtls_cert_validation_failures_total Peer certificates that failed validation.\n"
         "# TYPE meshtls_cert_validation_failures_total counter\n");
     for (int i = 0; i < PX_HSE_N; i++)
-        if (i != PX_HSE_PROTOCOL && i != PX_HSE_TIMEOUT)
+        if (i != PX_HSE_PROTOCOL && i != PX_HSE_TIMEOUT && i != PX_HSE_PLAINTEXT &&
+            i != PX_HSE_VERSION)
             put(buf, cap, &n, "meshtls_cert_validation_failures_total{reason=\"%s\"} %llu\n",
                 hse_names[i], LD(m->hs_err[i]));
     put(buf, cap, &n,

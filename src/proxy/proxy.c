@@ -317,6 +317,9 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
         .arg = (void *)c,
         .snap = &holder,
         .tls = c->mode == PX_MODE_SERVER,
+        /* plaintext on the TLS port is told apart (HTTP gets a 400, PostgreSQL's
+         * SSLRequest an 'S' and then TLS): one MSG_PEEK per connection */
+        .sniff_plaintext = c->mode == PX_MODE_SERVER,
         .max_conns = c->max_conns,
         .handshake_timeout_ms = c->handshake_timeout_ms,
     };

@@ -89,6 +89,9 @@ enum px_hs_error {
     PX_HSE_PROTOCOL,
     PX_HSE_TIMEOUT,
     PX_HSE_OTHER,
+    PX_HSE_PLAINTEXT, /* not TLS at all: an HTTP request, random bytes */
+    PX_HSE_VERSION,   /* a TLS version below the minimum */
+    PX_HSE_TOO_LARGE, /* a certificate message over OpenSSL's limit */
     PX_HSE_N
 };
 
@@ -117,7 +120,13 @@ extern const double px_hist_bounds[PX_HIST_N];
 
 /* metrics.c */
 void px_metrics_handshake(double seconds);
-enum px_hs_error px_metrics_classify(long verify_result, int no_cert);
+/**
+ * Classify a failed handshake on `ssl` by what happened: the verification result, else
+ * the reason of the last OpenSSL error (peek: the queue is left as it is).
+ */
+enum px_hs_error px_metrics_classify_ssl(SSL *ssl);
+/** The metric label of `k` ("no_client_cert", "plaintext", ...). */
+const char *px_hse_name(enum px_hs_error k);
 /** Render the Prometheus text exposition into buf; @return bytes written. */
 size_t px_metrics_render(char *buf, size_t cap);
 

@@ -32,7 +32,7 @@
 #define PX_RAW 16384   /* --forward-identity http-headers: unfiltered client bytes */
 #define PX_STEP_MAX 32 /* read/write rounds per event before yielding */
 
-enum px_sub { PX_IDLE = 0, PX_CONNECT, PX_RELAY };
+enum px_sub { PX_IDLE = 0, PX_SNIFF, PX_CONNECT, PX_RELAY };
 
 /* The relay's state of one connection (the engine's proto area). */
 struct px_conn {
@@ -51,6 +51,8 @@ struct px_conn {
     const char *decision; /* "allow" / "deny" (static) */
     const char *why;      /* closing reason: static, or why_owned */
     char *why_owned;
+    unsigned char first[8]; /* PX_SNIFF: the first bytes of a connection that is not TLS */
+    size_t first_len;
 };
 
 static inline struct px_conn *P(struct mt_conn *c)
@@ -288,6 +290,24 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
     start_relay(c);
 }
 
+/* Keep the identity of the certificate a refused client presented, for the close line. */
+static void note_presented(struct px_conn *p, SSL *ssl, char *desc, size_t cap)
+{
+    desc[0] = '\0';
+    X509 *x = meshtls_tls_presented_cert(ssl);
+    struct meshtls_identity *id = NULL;
+    if (!x || meshtls_identity_from_x509(x, &id, NULL) != 0)
+        return;
+    if (!p->who)
+        p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+    if (!p->serial && id->serial)
+        p->serial = strdup(id->serial);
+    snprintf(desc, cap, " [certificate subject=\"%s\" id=%s serial=%s issuer=\"%s\"]",
+             id->subject ? id->subject : "", id->spiffe_id ? id->spiffe_id : "-",
+             id->serial ? id->serial : "-", id->issuer ? id->issuer : "");
+    meshtls_identity_free(id);
+}
+
 static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
 {
     struct px_conn *p = P(c);
@@ -297,16 +317,128 @@ static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
         p->why = "TLS handshake timeout";
         return;
     }
-    char why[256];
+    /* classify before anything drains OpenSSL's error queue */
+    enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
+    atomic_fetch_add(&px_metrics.hs_err[kind], 1);
+    char why[256], cert[1200];
     struct meshtls_err e = MESHTLS_ERR_INIT;
     meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
-    long v = SSL_get_verify_result(t->ssl);
-    int no_cert = t->is_down && v == X509_V_OK && strstr(why, "no certificate");
-    atomic_fetch_add(&px_metrics.hs_err[px_metrics_classify(v, no_cert)], 1);
+    if (!why[0] && kind == PX_HSE_NO_CERT)
+        snprintf(why, sizeof(why), "the client sent no certificate");
+    else if (!why[0] && kind == PX_HSE_VERSION)
+        snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
+                 CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2 ? "TLS 1.2" : "TLS 1.3");
+    note_presented(p, t->ssl, cert, sizeof(cert));
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
                         t->is_down ? "client" : "target", why[0] ? ": " : "", why);
     set_why(p, "%s", e.msg);
-    meshtls_log(MESHTLS_LOG_WARN, "client=%s %s", c->peer_addr, e.msg);
+    meshtls_log(MESHTLS_LOG_WARN, "client=%s reason=%s %s%s", c->peer_addr, px_hse_name(kind),
+                e.msg, cert);
+}
+
+/* ---- not TLS on the TLS port ----------------------------------------------------- */
+
+/* PostgreSQL's SSLRequest and GSSENCRequest: length 8, then 1234/5679 and 1234/5680. */
+static const unsigned char pg_sslrequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+static const unsigned char pg_gssrequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30};
+
+#define TLS_REQUIRED_BODY                                                                          \
+    "This port requires TLS with a client certificate (mutual TLS): connect with https:// and "    \
+    "present a certificate from the trusted CA.\n"
+
+/* Not TLS and not PostgreSQL: count it, answer an HTTP request in HTTP as nginx does, close. */
+static void refuse_plaintext(struct mt_conn *c)
+{
+    struct px_conn *p = P(c);
+    atomic_fetch_add(&px_metrics.hs_fail, 1);
+    atomic_fetch_add(&px_metrics.hs_err[PX_HSE_PLAINTEXT], 1);
+    int http = p->first_len >= 2 && p->first[0] >= 'A' && p->first[0] <= 'Z';
+    for (size_t i = 1; http && i < p->first_len && p->first[i] != ' '; i++)
+        http = p->first[i] >= 'A' && p->first[i] <= 'Z';
+    if (http) {
+        char resp[512];
+        int n = snprintf(resp, sizeof(resp),
+                         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                         sizeof(TLS_REQUIRED_BODY) - 1, TLS_REQUIRED_BODY);
+        /* read what the client sent first (bounded), so closing does not reset the
+         * connection under the answer */
+        char junk[4096];
+        for (int i = 0; i < 16 && mt_end_read(&c->down, junk, sizeof(junk)) > 0; i++)
+            ;
+        if (n > 0)
+            (void)mt_end_write(&c->down, resp, (size_t)n);
+        mt_end_shut_write(&c->down);
+    }
+    meshtls_log(MESHTLS_LOG_WARN,
+                "client=%s reason=plaintext not TLS on the TLS port (%s); refused%s", c->peer_addr,
+                http ? "an HTTP request" : "bytes that start no TLS handshake",
+                http ? " with HTTP 400 (TLS required)" : "");
+    mt_conn_close(c, http ? "plaintext HTTP on the TLS port" : "plaintext on the TLS port");
+}
+
+static void step_sniff(struct mt_conn *c)
+{
+    struct px_conn *p = P(c);
+    if (p->first_len == 0 || p->first[0] == 0) {
+        /* maybe PostgreSQL: exactly 8 bytes, no more (the ClientHello follows our 'S') */
+        while (p->first_len < 8 && c->down.rd_ready) {
+            ssize_t n = mt_end_read(&c->down, (char *)p->first + p->first_len, 8 - p->first_len);
+            if (n == 0 || n == -2) {
+                mt_conn_close(c, "closed before TLS");
+                return;
+            }
+            if (n < 0)
+                break;
+            p->first_len += (size_t)n;
+            if (p->first[0] != 0)
+                break; /* not PostgreSQL */
+        }
+        if (p->first_len == 0 || (p->first[0] == 0 && p->first_len < 8))
+            return; /* wait for more */
+    }
+    if (p->first_len == 8 && !memcmp(p->first, pg_gssrequest, 8)) {
+        /* no GSSAPI encryption here: libpq then asks for TLS */
+        p->first_len = 0;
+        if (mt_end_write(&c->down, "N", 1) != 1)
+            mt_conn_close(c, "client closed after GSSENCRequest");
+        return;
+    }
+    if (p->first_len == 8 && !memcmp(p->first, pg_sslrequest, 8)) {
+        SSL *ssl = SSL_new(c->snap->ctx);
+        if (!ssl || mt_end_write(&c->down, "S", 1) != 1) {
+            SSL_free(ssl);
+            mt_conn_close(c, "cannot answer PostgreSQL's SSLRequest");
+            return;
+        }
+        p->sub = PX_IDLE;
+        mt_conn_start_tls(c, &c->down, ssl, 0, S(c)->handshake_timeout_ms);
+        return;
+    }
+    refuse_plaintext(c);
+}
+
+/* The engine saw a first byte that cannot start TLS (it peeked: nothing is consumed). */
+static void on_plaintext(struct mt_conn *c)
+{
+    P(c)->sub = PX_SNIFF;
+    mt_conn_set_timeout(c, S(c)->handshake_timeout_ms);
+    if (c->down.rd_ready) {
+        char b;
+        if (mt_end_read(&c->down, &b, 1) == 1) {
+            P(c)->first[0] = (unsigned char)b;
+            P(c)->first_len = 1;
+        }
+    }
+    /* for HTTP, a few more bytes tell the method */
+    while (P(c)->first[0] != 0 && P(c)->first_len < 8 && c->down.rd_ready) {
+        ssize_t n =
+            mt_end_read(&c->down, (char *)P(c)->first + P(c)->first_len, 8 - P(c)->first_len);
+        if (n <= 0)
+            break;
+        P(c)->first_len += (size_t)n;
+    }
+    step_sniff(c);
 }
 
 static void step_connect(struct mt_conn *c)
@@ -472,6 +604,7 @@ static int on_io(struct mt_conn *c)
         /* entering the relay may have bytes to move right away */
         return p->sub == PX_RELAY && c->state == MT_CONN_PROTO ? step_relay(c) : 0;
     case PX_RELAY: return step_relay(c);
+    case PX_SNIFF: step_sniff(c); return 0;
     case PX_IDLE: return 0;
     }
     return 0;
@@ -479,7 +612,11 @@ static int on_io(struct mt_conn *c)
 
 static void on_timeout(struct mt_conn *c)
 {
-    if (P(c)->sub == PX_CONNECT) {
+    if (P(c)->sub == PX_SNIFF) {
+        atomic_fetch_add(&px_metrics.hs_fail, 1);
+        atomic_fetch_add(&px_metrics.hs_err[PX_HSE_TIMEOUT], 1);
+        mt_conn_close(c, "TLS handshake timeout");
+    } else if (P(c)->sub == PX_CONNECT) {
         atomic_fetch_add(&px_metrics.backend_errors, 1);
         mt_conn_close_clean(c, "timeout connecting to the target");
     } else {
@@ -491,6 +628,7 @@ const struct mt_proto_ops px_relay_ops = {
     .name = "relay",
     .proto_size = sizeof(struct px_conn),
     .on_accept = on_accept,
+    .on_plaintext = on_plaintext,
     .on_tls_done = on_tls_done,
     .on_tls_error = on_tls_error,
     .on_io = on_io,
