@@ -89,3 +89,14 @@ json_t *mt_json_string(const char *s)
 {
     return s ? mt_json_stringn(s, strlen(s)) : json_null();
 }
+
+int mt_json_print(json_t *j, FILE *f)
+{
+    if (!j)
+        return -1;
+    int rc = json_dumpf(j, f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (rc != 0 || fputc('\n', f) == EOF)
+        return -1;
+    return 0;
+}

@@ -11,6 +11,7 @@
 #define MESHTLS_JSON_UTF8_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -23,6 +24,13 @@ json_t *mt_json_stringn(const char *s, size_t len);
 
 /** mt_json_stringn() of a NUL-terminated `s` (NULL gives json_null()). */
 json_t *mt_json_string(const char *s);
+
+/**
+ * Write `j` to `f` as compact JSON (members in insertion order) and a newline, then
+ * json_decref() it (it takes `j`, which may be NULL when building it ran out of memory).
+ * @return 0, or -1 when `j` is NULL or the write failed.
+ */
+int mt_json_print(json_t *j, FILE *f);
 
 /**
  * The length of the longest prefix of the `len` bytes at `s` that is valid UTF-8 and does not
