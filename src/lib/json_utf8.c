@@ -59,7 +59,7 @@ json_t *mt_json_stringn(const char *s, size_t len)
     if (!s)
         return json_null();
     if (mt_utf8_valid_prefix(s, len) == len)
-        return json_stringn(s, len);
+        return json_stringn_nocheck(s, len); /* checked just now: jansson need not again */
     /* Each bad byte becomes the 3 bytes of U+FFFD: at most 3 times the input. */
     if (len > (SIZE_MAX - 1) / 3)
         return NULL;
@@ -80,7 +80,7 @@ json_t *mt_json_stringn(const char *s, size_t len)
             i++;
         }
     }
-    json_t *j = json_stringn(fixed, o);
+    json_t *j = json_stringn_nocheck(fixed, o);
     free(fixed);
     return j;
 }

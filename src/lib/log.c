@@ -99,15 +99,31 @@ static void write_line(const char *p, size_t n)
     errno = saved;
 }
 
-/* "2026-12-02T12:00:00.123Z" into ts (at least 32 bytes). */
+/* "2026-12-02T12:00:00.123Z" into ts (at least 32 bytes).  gmtime_r and strftime run once
+ * a second per thread: the date part is kept in thread-local storage. */
 static void timestamp(char *ts, size_t cap)
 {
+    static _Thread_local time_t last_sec = -1;
+    static _Thread_local char last[32];
     struct timespec now;
-    struct tm tm;
     clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    size_t n = strftime(ts, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, cap - n, ".%03dZ", (int)(now.tv_nsec / 1000000));
+    if (now.tv_sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        if (strftime(last, sizeof(last), "%Y-%m-%dT%H:%M:%S", &tm) != 19)
+            memcpy(last, "0000-00-00T00:00:00", 20); /* a year past 9999 */
+        last_sec = now.tv_sec;
+    }
+    int ms = (int)(now.tv_nsec / 1000000);
+    if (cap < 25)
+        return;
+    memcpy(ts, last, 19);
+    ts[19] = '.';
+    ts[20] = (char)('0' + ms / 100);
+    ts[21] = (char)('0' + ms / 10 % 10);
+    ts[22] = (char)('0' + ms % 10);
+    ts[23] = 'Z';
+    ts[24] = '\0';
 }
 
 static int clamp_level(int level)
@@ -142,39 +158,84 @@ static void put_raw(struct lbuf *b, const char *s, size_t k)
     b->n += k;
 }
 
+/* "TIME LEVEL " with the level padded to 5, as the text format starts every line. */
+static void put_head(struct lbuf *b, const char *ts, int level)
+{
+    static const char *const padded[] = {"debug ", "info  ", "warn  ", "error "};
+    put_raw(b, ts, strlen(ts));
+    put_raw(b, " ", 1);
+    put_raw(b, padded[level], 6);
+}
+
 /* Append `s` with control characters as \xNN (and, when `quoted`, `"` and `\` escaped).
- * UTF-8 sequences are kept whole, so a cut never splits a character.  @return 0, or -1 when
- * the line was cut inside `s`. */
+ * Runs of bytes that pass unchanged are copied whole (this loop is most of a text line's
+ * cost); a cut backs off to the start of a UTF-8 sequence, so it never splits a character.
+ * @return 0, or -1 when the line was cut inside `s`. */
 static int put_escaped(struct lbuf *b, const char *s, int quoted)
 {
+    static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
-    size_t len = strlen(s);
-    for (size_t i = 0; i < len;) {
-        char esc[8];
-        const char *out = (const char *)u + i;
-        size_t k = 1;
-        if (u[i] < 0x20 || u[i] == 0x7f) {
-            snprintf(esc, sizeof(esc), "\\x%02x", u[i]);
-            out = esc;
-            k = 4;
-        } else if (quoted && (u[i] == '"' || u[i] == '\\')) {
-            esc[0] = '\\';
-            esc[1] = (char)u[i];
-            out = esc;
-            k = 2;
-        } else if (u[i] >= 0x80) {
-            size_t q = mt_utf8_seq_len(u + i, len - i);
-            k = q ? q : 1; /* a stray byte passes alone: text mode does not rewrite bytes */
-        }
-        if (!room(b, k)) {
+    if (b->cut)
+        return -1;
+    for (;;) {
+        size_t k = 0;
+        while (u[k] >= 0x20 && u[k] != 0x7f && !(quoted && (u[k] == '"' || u[k] == '\\')))
+            k++; /* stops at the NUL too */
+        if (b->n + k > b->lim) {
+            size_t fit = b->lim - b->n;
+            while (fit > 0 && (u[fit] & 0xc0) == 0x80)
+                fit--;
+            memcpy(b->p + b->n, u, fit);
+            b->n += fit;
             b->cut = 1;
             return -1;
         }
-        memcpy(b->p + b->n, out, k);
+        memcpy(b->p + b->n, u, k);
         b->n += k;
-        i += out == esc ? 1 : k;
+        u += k;
+        if (!*u)
+            return 0;
+        char esc[4] = {'\\', (char)*u, 0, 0};
+        size_t e = 2;
+        if (*u < 0x20 || *u == 0x7f) {
+            esc[1] = 'x';
+            esc[2] = hex[*u >> 4];
+            esc[3] = hex[*u & 15];
+            e = 4;
+        }
+        if (b->n + e > b->lim) {
+            b->cut = 1;
+            return -1;
+        }
+        memcpy(b->p + b->n, esc, e);
+        b->n += e;
+        u++;
     }
-    return 0;
+}
+
+/* Decimal digits of `v` into `out` (at least 21 bytes), NUL-terminated; snprintf's "%llu"
+ * costs several times more and this runs for most fields. */
+static void fmt_u64(char *out, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+}
+
+static void fmt_i64(char *out, long long v)
+{
+    if (v < 0) {
+        *out++ = '-';
+        fmt_u64(out, 0ULL - (unsigned long long)v); /* LLONG_MIN too */
+    } else {
+        fmt_u64(out, (unsigned long long)v);
+    }
 }
 
 /* Whether a text value must be quoted to split reliably (log.h). */
@@ -195,8 +256,8 @@ static void put_field(struct lbuf *b, const struct meshtls_log_field *f)
     const char *s = num;
     switch (f->type) {
     case MESHTLS_LF_STR: s = f->v.s ? f->v.s : "-"; break;
-    case MESHTLS_LF_INT: snprintf(num, sizeof(num), "%lld", f->v.i); break;
-    case MESHTLS_LF_UINT: snprintf(num, sizeof(num), "%llu", f->v.u); break;
+    case MESHTLS_LF_INT: fmt_i64(num, f->v.i); break;
+    case MESHTLS_LF_UINT: fmt_u64(num, f->v.u); break;
     case MESHTLS_LF_DBL: snprintf(num, sizeof(num), "%.15g", f->v.d); break;
     case MESHTLS_LF_BOOL: s = f->v.b ? "true" : "false"; break;
     default: s = "?"; break;
@@ -238,11 +299,8 @@ static size_t format_text(char *line, const char *ts, int level, const char *eve
                           const struct meshtls_log_field *f, size_t n)
 {
     struct lbuf b = {line, 0, MESHTLS_LOG_LINE_MAX - CUT_RESERVE, 0};
-    if (ts) {
-        char head[64];
-        int k = snprintf(head, sizeof(head), "%s %-5s ", ts, level_names[level]);
-        put_raw(&b, head, (size_t)k);
-    }
+    if (ts)
+        put_head(&b, ts, level);
     put_escaped(&b, event ? event : "-", 0);
     for (size_t i = 0; i < n && !b.cut; i++)
         put_field(&b, &f[i]);
@@ -322,24 +380,28 @@ static void write_json(const char *ts, int level, const char *event, const char 
     size_t len = 0;
     if (!o)
         goto fallback;
-    json_object_set_new(o, "time", json_string(ts));
-    json_object_set_new(o, "level", json_string(level_names[level]));
+    json_object_set_new_nocheck(o, "time", json_string_nocheck(ts));
+    json_object_set_new_nocheck(o, "level", json_string_nocheck(level_names[level]));
     if (event)
         json_object_set_new(o, "event", mt_json_string(event));
     else
         json_object_set_new(o, "msg", mt_json_string(msg));
     for (size_t i = 0; i < n; i++) {
-        if (!f[i].key || reserved_key(f[i].key) || json_object_get(o, f[i].key))
-            continue; /* the first of a repeated key wins; reserved names stay ours */
-        json_object_set_new(o, f[i].key, field_value(&f[i]));
+        const char *k = f[i].key;
+        size_t kl = k ? strlen(k) : 0;
+        /* the first of a repeated key wins; reserved names stay ours; a key that is not UTF-8
+         * is dropped (checked here once, so jansson need not again) */
+        if (!k || reserved_key(k) || mt_utf8_valid_prefix(k, kl) != kl || json_object_get(o, k))
+            continue;
+        json_object_set_new_nocheck(o, k, field_value(&f[i]));
     }
     len = dump_bounded(o, line);
     json_decref(o);
     if (len == 0 && (o = json_object()) != NULL) {
         /* Too many fields to fit even with every string cut: keep what says what happened. */
         const char *what = event ? event : msg;
-        json_object_set_new(o, "time", json_string(ts));
-        json_object_set_new(o, "level", json_string(level_names[level]));
+        json_object_set_new_nocheck(o, "time", json_string_nocheck(ts));
+        json_object_set_new_nocheck(o, "level", json_string_nocheck(level_names[level]));
         json_object_set_new(o, event ? "event" : "msg",
                             mt_json_stringn(what, mt_utf8_valid_prefix(what, strnlen(what, 256))));
         json_object_set_new(o, "truncated", json_true());
@@ -379,9 +441,7 @@ void meshtls_log(int level, const char *fmt, ...)
     }
     char line[MESHTLS_LOG_LINE_MAX];
     struct lbuf b = {line, 0, MESHTLS_LOG_LINE_MAX - CUT_RESERVE, 0};
-    char head[64];
-    int k = snprintf(head, sizeof(head), "%s %-5s ", ts, level_names[level]);
-    put_raw(&b, head, (size_t)k);
+    put_head(&b, ts, level);
     put_escaped(&b, msg, 0);
     write_line(line, finish(&b));
 }
