@@ -12,6 +12,7 @@
 
 #include "ca.h"
 #include "cli.h"
+#include "json_utf8.h"
 #include "parse.h"
 #include "meshtls/meshtls.h"
 #include "store.h"
@@ -97,18 +98,10 @@ static const struct option copts[] = {{"dir", 1, 0, O_DIR},         {"trust-doma
                                       {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},
                                       {"help", 0, 0, O_HELP},       {0, 0, 0, 0}};
 
-static void json_str(const char *s)
+/* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
+static json_t *jstr(const char *s)
 {
-    putchar('"');
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", (unsigned char)*s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
+    return mt_json_string(s ? s : "");
 }
 
 static int do_list(const char *dir, int json)
@@ -124,9 +117,8 @@ static int do_list(const char *dir, int json)
         return fail("list", &err, rc);
     }
     int64_t now = (int64_t)time(NULL);
-    if (json)
-        putchar('[');
-    else
+    json_t *arr = json ? json_array() : NULL;
+    if (!json)
         printf("%-20s %-34s %-20s %9s  %s\n", "SERVICE", "SERIAL", "NOT AFTER", "DAYS LEFT",
                "STATUS");
     for (size_t i = 0; i < n; i++) {
@@ -139,27 +131,22 @@ static int do_list(const char *dir, int json)
         long long days = d >= 0 ? d / 86400 : -((-d + 86399) / 86400);
         const char *status = strcmp(v[i].status, "revoked") && d < 0 ? "expired" : v[i].status;
         if (json) {
-            printf("%s{\"service\":", i ? "," : "");
-            json_str(v[i].service);
-            printf(",\"serial\":");
-            json_str(v[i].serial);
-            printf(",\"not_after\":\"%s\",\"days_left\":%lld,\"status\":", na, days);
-            json_str(status);
-            printf(",\"out_dir\":");
-            json_str(v[i].out_dir);
-            printf(",\"reason\":");
-            if (v[i].reason)
-                json_str(v[i].reason);
-            else
-                printf("null");
-            putchar('}');
+            json_t *o = json_object();
+            json_object_set_new(o, "service", jstr(v[i].service));
+            json_object_set_new(o, "serial", jstr(v[i].serial));
+            json_object_set_new(o, "not_after", json_string(na));
+            json_object_set_new(o, "days_left", json_integer(days));
+            json_object_set_new(o, "status", jstr(status));
+            json_object_set_new(o, "out_dir", jstr(v[i].out_dir));
+            json_object_set_new(o, "reason", mt_json_string(v[i].reason)); /* NULL: null */
+            json_array_append_new(arr, o);
         } else {
             printf("%-20s %-34s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, na, days, status,
                    v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
         }
     }
     if (json)
-        printf("]\n");
+        mt_json_print(arr, stdout);
     else if (n == 0)
         printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n", dir);
     ca_cert_list_free(v, n);
