@@ -515,6 +515,22 @@ static int64_t lock_key(const char *table)
     return (int64_t)(h & 0x7fffffffffffffffULL);
 }
 
+/* The highest version recorded in `table` (0 if none); an error (no table) sets only c. */
+static int current_version(struct mt_db_conn *c, const char *table, int64_t *have)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT COALESCE(MAX(version), 0) FROM %s", table);
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_query(c, sql, NULL, 0, &r, NULL);
+    if (rc)
+        return rc;
+    *have = 0;
+    if ((rc = mt_db_row_next(r, NULL)) == 1)
+        *have = mt_db_col_int64(r, 0);
+    mt_db_rows_close(r);
+    return rc < 0 ? rc : 0;
+}
+
 /*
  * Apply what is missing, on `c`.  SQLite: the caller holds BEGIN IMMEDIATE
  * around all of it (tx_each = 0); PostgreSQL: the caller holds the advisory
@@ -533,16 +549,9 @@ static int migrate_on(struct mt_db_conn *c, const char *table, const struct mt_d
     int rc = db->ops->script(c, sql, err);
     if (rc)
         return rc;
-    snprintf(sql, sizeof(sql), "SELECT COALESCE(MAX(version), 0) FROM %s", table);
-    struct mt_db_rows *r = NULL;
-    if ((rc = mt_db_query(c, sql, NULL, 0, &r, err)))
-        return rc;
     int64_t have = 0;
-    if ((rc = mt_db_row_next(r, err)) == 1)
-        have = mt_db_col_int64(r, 0);
-    mt_db_rows_close(r);
-    if (rc < 0)
-        return rc;
+    if ((rc = current_version(c, table, &have)))
+        return mt_db_conn_err(c, err, "reading the schema version");
     if (have > (int64_t)n)
         return meshtls_err_set(err, MESHTLS_ESTORE,
                                "database %s has schema version %lld in %s, newer than this "
@@ -571,9 +580,10 @@ static int migrate_on(struct mt_db_conn *c, const char *table, const struct mt_d
     return 0;
 }
 
-int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migration *m, size_t n,
-                  int *applied, struct meshtls_err *err)
+int mt_db_migrate_conn(struct mt_db_conn *c, const char *table, const struct mt_db_migration *m,
+                       size_t n, int *applied, struct meshtls_err *err)
 {
+    struct mt_db *db = c->db;
     if (applied)
         *applied = 0;
     if (!ident_ok(table))
@@ -585,11 +595,11 @@ int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migrat
             return meshtls_err_set(err, MESHTLS_EINVAL,
                                    "migrations of %s are not numbered 1..%zu (entry %zu is %d)",
                                    table, n, i, m[i].version);
-    struct mt_db_conn *c = NULL;
-    int rc = mt_db_acquire(db, &c, err);
-    if (rc)
-        return rc;
-    int count = 0;
+    /* Up to date (the common case): nothing to lock, nothing written. */
+    int64_t have = -1;
+    if (current_version(c, table, &have) == 0 && have == (int64_t)n)
+        return 0;
+    int count = 0, rc;
     if (db->u.backend == MT_DB_SQLITE) {
         /* One write transaction: a second process waits on the lock, then finds all applied. */
         rc = mt_db_begin(c, err);
@@ -610,14 +620,29 @@ int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migrat
         }
         if (!rc) {
             rc = migrate_on(c, table, m, n, 1, &count, err);
+            /* Unlock even after a failure (the session ending would too). */
+            enum mt_db_errkind kind = c->kind;
             r = NULL;
             if (!mt_db_query(c, "SELECT pg_advisory_unlock($1)", &key, 1, &r, NULL))
                 mt_db_row_next(r, NULL);
             mt_db_rows_close(r);
+            if (rc)
+                c->kind = kind;
         }
     }
-    mt_db_release(c);
     if (applied)
         *applied = count;
+    return rc;
+}
+
+int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migration *m, size_t n,
+                  int *applied, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc)
+        return rc;
+    rc = mt_db_migrate_conn(c, table, m, n, applied, err);
+    mt_db_release(c);
     return rc;
 }

@@ -242,13 +242,21 @@ struct mt_db_migration {
  * Apply the migrations of `m[0..n)` not yet recorded in `table` (a plain
  * identifier, [a-z_][a-z0-9_]*, created as (version INTEGER PRIMARY KEY,
  * applied_at INTEGER NOT NULL) if missing).  Applied once however many
- * processes start together: SQLite runs it all in one BEGIN IMMEDIATE
- * transaction; PostgreSQL under pg_advisory_lock on the table name, each
+ * processes start together: when something is pending, SQLite runs it all
+ * in one BEGIN IMMEDIATE transaction; PostgreSQL under pg_advisory_lock on the table name, each
  * migration in its own transaction.  A database newer than `n` is refused
  * ("upgrade meshtls").
  * @param applied if not NULL, how many this call applied.
  */
 int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migration *m, size_t n,
                   int *applied, struct meshtls_err *err);
+
+/**
+ * mt_db_migrate() on a connection the caller holds (and keeps): for a
+ * caller that wants mt_db_errkind() of a failure (e.g. to say "locked").
+ * `c` must not be inside a transaction.
+ */
+int mt_db_migrate_conn(struct mt_db_conn *c, const char *table, const struct mt_db_migration *m,
+                       size_t n, int *applied, struct meshtls_err *err);
 
 #endif

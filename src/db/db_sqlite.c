@@ -110,8 +110,14 @@ static int sq_connect(struct mt_db *db, struct mt_db_conn **out, struct meshtls_
         if (sqlite3_exec(q->h, setup[i], NULL, NULL, NULL) != SQLITE_OK) {
             mt_db_conn_fail(&q->base, kind_of(sqlite3_extended_errcode(q->h)),
                             sqlite3_errmsg(q->h));
-            rc = meshtls_err_set(err, MESHTLS_ESTORE, "cannot open database file %s: %s", path,
-                                 q->base.msg);
+            if (q->base.kind == MT_DB_ERR_RETRY)
+                rc = meshtls_err_set(err, MESHTLS_ESTORE,
+                                     "database file %s is locked by another process (%s); wait "
+                                     "for it to finish and retry",
+                                     path, q->base.msg);
+            else
+                rc = meshtls_err_set(err, MESHTLS_ESTORE, "cannot open database file %s: %s", path,
+                                     q->base.msg);
             sq_disconnect(&q->base);
             return rc;
         }
