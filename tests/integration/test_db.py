@@ -161,3 +161,18 @@ def test_pgpass_and_pgpassword(pg, tmp_path):
     # a wrong PGPASSWORD is not echoed either
     r = test_db(["query", url], env=_env(PGPASSWORD="Env-wr0ng-pass"))
     assert r.returncode != 0 and "Env-wr0ng-pass" not in r.stdout + r.stderr
+
+
+def test_ca_list_store_url_same_as_dir(tmp_path):
+    """`meshtls ca list --store sqlite:DIR/meshtls.db` lists what `--dir DIR` lists."""
+    ca = tmp_path / "ca"
+    run("ca", "init", "--dir", ca, "--trust-domain", "db.test", check=True)
+    run("ca", "register", "--dir", ca, "api", check=True)
+    run("ca", "issue", "--dir", ca, "api", "--out", tmp_path / "out", check=True)
+    by_dir = run("ca", "list", "--dir", ca, "--json", check=True).stdout
+    by_url = run("ca", "list", "--store", f"sqlite:{ca}/meshtls.db", "--json", check=True).stdout
+    assert by_dir == by_url and '"api"' in by_dir
+    r = run("ca", "list", "--store", f"sqlite:{tmp_path}/none.db")
+    assert r.returncode != 0 and "none.db" in r.stderr, r.stderr
+    r = run("ca", "issue", "--store", f"sqlite:{ca}/meshtls.db", "api", "--out", tmp_path / "o2")
+    assert r.returncode == 2 and "--store" in r.stderr
