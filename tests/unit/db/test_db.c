@@ -512,7 +512,7 @@ static void *worker(void *arg)
 
 TEST(threads_share_a_handle)
 {
-    struct mt_db_opts o = {.pool_size = 2, .tx_attempts = 50, .busy_timeout_ms = 5000};
+    struct mt_db_opts o = {.pool_size = THREADS, .tx_attempts = 50, .busy_timeout_ms = 5000};
     struct mt_db *db = open_db(&o);
     CHECK(db != NULL);
     if (!db)
