@@ -82,8 +82,9 @@ struct mt_engine {
     struct mt_listener *ls[MT_LISTENERS_MAX];
     int nls;
     struct mt_worker *w;
-    int nw;              /* workers started */
-    atomic_int stopping; /* 1: stop accepting, drain; 2: close what is left */
+    int nw;                /* workers started */
+    atomic_int stopping;   /* 1: stop accepting, drain; 2: close what is left */
+    atomic_ullong next_id; /* connection ids */
     int joined;
     /* the job pool */
     pthread_mutex_t jmu;
@@ -110,6 +111,11 @@ int64_t mt_now_us(void)
 int64_t mt_conn_now_ms(const struct mt_conn *c)
 {
     return c->w->now_ms;
+}
+
+unsigned mt_conn_shard(const struct mt_conn *c)
+{
+    return (unsigned)c->w->id;
 }
 
 void *mt_conn_listener_arg(const struct mt_conn *c)
@@ -408,6 +414,7 @@ static void accept_batch(struct mt_worker *w, struct mt_listener *l)
         atomic_fetch_add(&l->st.accepted, 1);
         c->l = l;
         c->w = w;
+        c->id = atomic_fetch_add_explicit(&w->e->next_id, 1, memory_order_relaxed) + 1;
         c->down = (struct mt_end){.c = c, .fd = fd, .is_down = 1};
         c->up = (struct mt_end){.c = c, .fd = -1};
         c->start_us = mt_now_us();

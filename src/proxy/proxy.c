@@ -258,14 +258,14 @@ static void reload(const struct px_config *c, struct mt_snap_holder *h, const ch
     struct px_snap *s = NULL;
     struct meshtls_err e = MESHTLS_ERR_INIT;
     if (px_snap_build(c, &s, &e) != 0) {
-        atomic_fetch_add(&px_metrics.reload_fail, 1);
+        px_count(PX_C_RELOAD_FAIL, px_metrics.main_shard, 1);
         meshtls_log(MESHTLS_LOG_ERROR,
                     "reload (%s) failed, keeping the current certificate and policy: %s", why,
                     e.msg);
         return;
     }
     mt_snap_publish(h, &s->base);
-    atomic_fetch_add(&px_metrics.reload_ok, 1);
+    px_count(PX_C_RELOAD_OK, px_metrics.main_shard, 1);
     meshtls_log(MESHTLS_LOG_INFO,
                 "reload (%s): new TLS context and policy in service for new connections", why);
 }
@@ -329,6 +329,8 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", c->listen, strerror(errno));
         goto out;
     }
+    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0)
+        goto out;
     px_metrics.lstats = mt_listener_stats(l);
     px_metrics.snap = &holder;
     if (c->status && (rc = px_status_start(c->status, &status_th, err)) != 0)
@@ -407,6 +409,7 @@ out:
         px_status_stop(status_th);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;
+    px_metrics_fini(); /* no worker, no status thread runs any more */
     mt_snap_holder_clear(&holder);
     return rc;
 }

@@ -90,14 +90,15 @@ static void on_close(struct mt_conn *c, const char *why)
     if (why && !p->why)
         p->why = why;
     int64_t dur = mt_now_us() - c->start_us;
-    meshtls_log(MESHTLS_LOG_INFO,
-                "close client=%s id=%s serial=%s decision=%s bytes_up=%llu bytes_down=%llu "
-                "duration_ms=%.1f reason=\"%s\"",
-                c->peer_addr, p->who ? p->who : "-", p->serial ? p->serial : "-",
-                p->decision ? p->decision : "-", p->bytes[0], p->bytes[1], (double)dur / 1000.0,
-                p->why ? p->why : "done");
-    atomic_fetch_add(&px_metrics.bytes_up, p->bytes[0]);
-    atomic_fetch_add(&px_metrics.bytes_down, p->bytes[1]);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "close", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                      MESHTLS_LF_S("serial", p->serial), MESHTLS_LF_S("decision", p->decision),
+                      MESHTLS_LF_U("bytes_up", p->bytes[0]),
+                      MESHTLS_LF_U("bytes_down", p->bytes[1]),
+                      MESHTLS_LF_D("duration_ms", (double)dur / 1000.0),
+                      MESHTLS_LF_S("reason", p->why ? p->why : "done"));
+    px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->bytes[0]);
+    px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->bytes[1]);
     mt_buf_put(c, p->buf[0]);
     mt_buf_put(c, p->buf[1]);
     p->buf[0] = p->buf[1] = NULL;
@@ -125,7 +126,7 @@ static void start_connect(struct mt_conn *c)
     if (connect(fd, (const struct sockaddr *)&s->target, s->target_len) != 0 &&
         errno != EINPROGRESS) {
         set_why(p, "cannot connect to target %s: %s", s->target_name, strerror(errno));
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
         mt_conn_close_clean(c, NULL);
         return;
     }
@@ -258,8 +259,7 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         start_relay(c);
         return;
     }
-    px_metrics_handshake((double)(mt_now_us() - c->start_us) / 1e6);
-    atomic_fetch_add(&px_metrics.hs_ok, 1);
+    px_metrics_handshake((double)(mt_now_us() - c->start_us) / 1e6, mt_conn_shard(c));
     struct meshtls_identity *id = NULL;
     if (meshtls_tls_peer_identity(t->ssl, &id, NULL) == 0) {
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
@@ -271,18 +271,20 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
          * published another since); no policy: denied (fail closed) */
         meshtls_policy_check(s->policy, id, CFG(c)->service, &d);
         p->decision = d.allow ? "allow" : "deny";
-        meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
-                    "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
-                    p->decision, c->peer_addr, p->who ? p->who : "-", p->serial ? p->serial : "-",
-                    d.rule, d.reason);
+        MESHTLS_LOG_EVENT(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "audit",
+                          MESHTLS_LF_S("action", "policy"), MESHTLS_LF_S("decision", p->decision),
+                          MESHTLS_LF_U("conn", c->id), MESHTLS_LF_S("client", c->peer_addr),
+                          MESHTLS_LF_S("id", p->who), MESHTLS_LF_S("serial", p->serial),
+                          MESHTLS_LF_S("service", CFG(c)->service), MESHTLS_LF_S("rule", d.rule),
+                          MESHTLS_LF_S("reason", d.reason));
         meshtls_identity_free(id);
         if (!d.allow) {
-            atomic_fetch_add(&px_metrics.deny, 1);
+            px_count(PX_C_DENY, mt_conn_shard(c), 1);
             mt_end_shut_write(t); /* close_notify, then close: the client reads EOF */
             mt_conn_close(c, "denied by policy");
             return;
         }
-        atomic_fetch_add(&px_metrics.allow, 1);
+        px_count(PX_C_ALLOW, mt_conn_shard(c), 1);
         start_connect(c); /* target connect starts as soon as policy allows */
         return;
     }
@@ -290,37 +292,18 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
     start_relay(c);
 }
 
-/* Keep the identity of the certificate a refused client presented, for the close line. */
-static void note_presented(struct px_conn *p, SSL *ssl, char *desc, size_t cap)
-{
-    desc[0] = '\0';
-    X509 *x = meshtls_tls_presented_cert(ssl);
-    struct meshtls_identity *id = NULL;
-    if (!x || meshtls_identity_from_x509(x, &id, NULL) != 0)
-        return;
-    if (!p->who)
-        p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
-    if (!p->serial && id->serial)
-        p->serial = strdup(id->serial);
-    snprintf(desc, cap, " [certificate subject=\"%s\" id=%s serial=%s issuer=\"%s\"]",
-             id->subject ? id->subject : "", id->spiffe_id ? id->spiffe_id : "-",
-             id->serial ? id->serial : "-", id->issuer ? id->issuer : "");
-    meshtls_identity_free(id);
-}
-
 static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
 {
     struct px_conn *p = P(c);
-    atomic_fetch_add(&px_metrics.hs_fail, 1);
     if (timeout) {
-        atomic_fetch_add(&px_metrics.hs_err[PX_HSE_TIMEOUT], 1);
+        px_count_hs_error(PX_HSE_TIMEOUT, mt_conn_shard(c));
         p->why = "TLS handshake timeout";
         return;
     }
     /* classify before anything drains OpenSSL's error queue */
     enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
-    atomic_fetch_add(&px_metrics.hs_err[kind], 1);
-    char why[256], cert[1200];
+    px_count_hs_error(kind, mt_conn_shard(c));
+    char why[256];
     struct meshtls_err e = MESHTLS_ERR_INIT;
     meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
     if (!why[0] && kind == PX_HSE_NO_CERT)
@@ -328,12 +311,26 @@ static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
     else if (!why[0] && kind == PX_HSE_VERSION)
         snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
                  CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2 ? "TLS 1.2" : "TLS 1.3");
-    note_presented(p, t->ssl, cert, sizeof(cert));
+    /* whose certificate it was, even though it failed (the library keeps the refused leaf) */
+    X509 *x = meshtls_tls_presented_cert(t->ssl);
+    struct meshtls_identity *id = NULL;
+    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {
+        if (!p->who)
+            p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+        if (!p->serial && id->serial)
+            p->serial = strdup(id->serial);
+    }
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
                         t->is_down ? "client" : "target", why[0] ? ": " : "", why);
     set_why(p, "%s", e.msg);
-    meshtls_log(MESHTLS_LOG_WARN, "client=%s reason=%s %s%s", c->peer_addr, px_hse_name(kind),
-                e.msg, cert);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr),
+                      MESHTLS_LF_S("reason", px_hse_name(kind)), MESHTLS_LF_S("error", e.msg),
+                      MESHTLS_LF_S("id", id ? id->spiffe_id : NULL),
+                      MESHTLS_LF_S("subject", id ? id->subject : NULL),
+                      MESHTLS_LF_S("serial", id ? id->serial : NULL),
+                      MESHTLS_LF_S("issuer", id ? id->issuer : NULL));
+    meshtls_identity_free(id);
 }
 
 /* ---- not TLS on the TLS port ----------------------------------------------------- */
@@ -350,8 +347,7 @@ static const unsigned char pg_gssrequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x3
 static void refuse_plaintext(struct mt_conn *c)
 {
     struct px_conn *p = P(c);
-    atomic_fetch_add(&px_metrics.hs_fail, 1);
-    atomic_fetch_add(&px_metrics.hs_err[PX_HSE_PLAINTEXT], 1);
+    px_count_hs_error(PX_HSE_PLAINTEXT, mt_conn_shard(c));
     int http = p->first_len >= 2 && p->first[0] >= 'A' && p->first[0] <= 'Z';
     for (size_t i = 1; http && i < p->first_len && p->first[i] != ' '; i++)
         http = p->first[i] >= 'A' && p->first[i] <= 'Z';
@@ -370,10 +366,11 @@ static void refuse_plaintext(struct mt_conn *c)
             (void)mt_end_write(&c->down, resp, (size_t)n);
         mt_end_shut_write(&c->down);
     }
-    meshtls_log(MESHTLS_LOG_WARN,
-                "client=%s reason=plaintext not TLS on the TLS port (%s); refused%s", c->peer_addr,
-                http ? "an HTTP request" : "bytes that start no TLS handshake",
-                http ? " with HTTP 400 (TLS required)" : "");
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("reason", "plaintext"),
+                      MESHTLS_LF_S("error", http ? "an HTTP request on the TLS port: answered "
+                                                   "HTTP 400 (TLS required)"
+                                                 : "bytes that start no TLS handshake"));
     mt_conn_close(c, http ? "plaintext HTTP on the TLS port" : "plaintext on the TLS port");
 }
 
@@ -457,9 +454,10 @@ static void step_connect(struct mt_conn *c)
         return;
     if (soerr != 0) {
         set_why(p, "cannot connect to target %s: %s", s->target_name, strerror(soerr));
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
-        meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr, p->who ? p->who : "-",
-                    p->why);
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "target", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                          MESHTLS_LF_S("error", p->why));
         mt_conn_close_clean(c, NULL);
         return;
     }
@@ -613,11 +611,10 @@ static int on_io(struct mt_conn *c)
 static void on_timeout(struct mt_conn *c)
 {
     if (P(c)->sub == PX_SNIFF) {
-        atomic_fetch_add(&px_metrics.hs_fail, 1);
-        atomic_fetch_add(&px_metrics.hs_err[PX_HSE_TIMEOUT], 1);
+        px_count_hs_error(PX_HSE_TIMEOUT, mt_conn_shard(c));
         mt_conn_close(c, "TLS handshake timeout");
     } else if (P(c)->sub == PX_CONNECT) {
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
         mt_conn_close_clean(c, "timeout connecting to the target");
     } else {
         mt_conn_close_clean(c, "idle timeout");

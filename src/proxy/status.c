@@ -20,7 +20,6 @@
 #include "proxy.h"
 
 #define REQ_MAX 8192
-#define BODY_MAX (64 * 1024)
 
 static int status_fd = -1;
 static atomic_int status_stop;
@@ -77,12 +76,12 @@ static void handle(int fd)
         const char *b = ok ? "ok\n" : "not ready: not listening or certificate expired\n";
         respond(fd, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", b, strlen(b));
     } else if (!strcmp(path, "/metrics")) {
-        char *body = malloc(BODY_MAX);
-        if (!body) {
-            respond(fd, 500, "Internal Server Error", "text/plain", "oom\n", 4);
+        char *body = NULL;
+        size_t n = 0;
+        if (px_metrics_render(&body, &n, NULL) != 0) {
+            respond(fd, 500, "Internal Server Error", "text/plain", "metrics unavailable\n", 20);
             return;
         }
-        size_t n = px_metrics_render(body, BODY_MAX);
         respond(fd, 200, "OK", "text/plain; version=0.0.4", body, n);
         free(body);
     } else {

@@ -147,8 +147,8 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
         assert f"id=spiffe://{td}/svc/web" in line and 'subject="CN=web' in line, line
         assert "issuer=" in line
         # the close line carries the identity too, not id=- serial=-
-        assert any(f"serial={serial}" in ln and ln.split("close ", 1)[-1].startswith("client=")
-                   for ln in log.splitlines() if " close " in ln), log
+        assert any(f"serial={serial}" in ln and f"id=spiffe://{td}/svc/web" in ln
+                   for ln in log.splitlines() if " close conn=" in ln), log
 
 
 def test_revoked_client_is_named(procs, echo, tmp_path):
