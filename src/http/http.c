@@ -799,6 +799,38 @@ static int scan_head(struct mt_http_session *s, unsigned char c)
     return 0;
 }
 
+/* What to tell a client whose request http_parser refused. */
+static void refuse_parser(struct mt_http_session *s, enum http_errno e)
+{
+    switch (e) {
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        refuse(s, 400, "bad_framing",
+               "more than one Content-Length, or Content-Length with Transfer-Encoding: send "
+               "exactly one of them, once");
+        break;
+    case HPE_INVALID_CONTENT_LENGTH:
+        if (s->st == ST_BODY)
+            refuse(s, 400, "bad_framing", "a chunk size is not a hexadecimal number in range");
+        else
+            refuse(s, 400, "bad_framing", "Content-Length is not a decimal number of bytes");
+        break;
+    case HPE_INVALID_CHUNK_SIZE:
+        refuse(s, 400, "bad_framing", "a chunk size line is malformed");
+        break;
+    case HPE_INVALID_METHOD:
+        refuse(s, 400, "bad_method", "unknown method: use GET, POST, PUT, DELETE, ...");
+        break;
+    case HPE_INVALID_VERSION:
+    case HPE_INVALID_CONSTANT:
+        refuse(s, 400, "bad_request", "malformed HTTP version: send HTTP/1.1");
+        break;
+    case HPE_INVALID_HEADER_TOKEN:
+        refuse(s, 400, "bad_header", "a malformed header line: send 'Name: value' lines");
+        break;
+    default: refuse(s, 400, "bad_request", "malformed request: %s", http_errno_description(e));
+    }
+}
+
 /* The complete head goes through http_parser in one call. */
 static void head_complete(struct mt_http_session *s, int64_t now)
 {
@@ -808,7 +840,7 @@ static void head_complete(struct mt_http_session *s, int64_t now)
     http_parser_execute(&s->hp, &settings, req->head, req->head_len);
     enum http_errno e = HTTP_PARSER_ERRNO(&s->hp);
     if (!s->fail_status && e != HPE_OK && e != HPE_PAUSED)
-        refuse(s, 400, "bad_request", "malformed request: %s", http_errno_description(e));
+        refuse_parser(s, e);
     if (!s->fail_status && !s->headers_done)
         refuse(s, 400, "bad_request", "malformed request head");
     if (s->fail_status) {
@@ -869,7 +901,7 @@ static size_t feed_body(struct mt_http_session *s, const char *p, size_t n)
     if (s->chunked && !s->fail_status)
         scan_framing(s, s->scan, p + k);
     if (!s->fail_status && e != HPE_OK && e != HPE_PAUSED)
-        refuse(s, 400, "bad_request", "malformed request body: %s", http_errno_description(e));
+        refuse_parser(s, e);
     if (s->fail_status)
         fail_now(s);
     else if (s->msg_done)
