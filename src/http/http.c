@@ -1026,7 +1026,7 @@ void mt_http_session_set_conn_data(struct mt_http_session *s, void *conn_data)
 
 void mt_http_session_output(struct mt_http_session *s, const void **ptr, size_t *len)
 {
-    *ptr = s->out.p + s->out.off;
+    *ptr = s->out.p ? s->out.p + s->out.off : (const void *)"";
     *len = out_pending(s);
 }
 
