@@ -557,7 +557,9 @@ static int scan_framing(struct mt_http_session *s, const char *from, const char 
             return refuse(s, 400, "bad_framing", "a folded trailer line (obs-fold)");
         if ((c < 0x20 && c != '\t') || c == 0x7f)
             return refuse(s, 400, "bad_framing", "a control character in chunked framing");
-        s->fline_len++;
+        if (++s->fline_len > s->lim.max_head) /* an endless chunk extension */
+            return refuse(s, 431, "head_too_large",
+                          "a chunk size line or trailer is longer than %zu bytes", s->lim.max_head);
     }
     return 0;
 }
