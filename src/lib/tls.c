@@ -236,6 +236,8 @@ static int cached_verify_cb(X509_STORE_CTX *sctx, void *arg)
              EVP_DigestUpdate(md, si->trust, 32);
     for (int i = -1; ok && i < (untrusted ? sk_X509_num(untrusted) : 0); i++) {
         X509 *x = i < 0 ? leaf : sk_X509_value(untrusted, i);
+        if (i >= 0 && x == leaf)
+            continue; /* libssl passes the whole peer chain, leaf first: hash it once */
         unsigned char *der = NULL;
         int n = i2d_X509(x, &der);
         ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
