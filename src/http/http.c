@@ -1189,6 +1189,11 @@ void *mt_http_req_conn_data(const struct mt_http_req *req)
     return req->s ? req->s->conn_data : NULL;
 }
 
+void *mt_http_req_driver_arg(const struct mt_http_req *req)
+{
+    return req->s ? req->s->drv : NULL;
+}
+
 const char *mt_http_req_client_addr(const struct mt_http_req *req)
 {
     return req->client_addr;

@@ -232,6 +232,10 @@ int mt_http_query_get(const struct mt_http_req *req, const char *name, char *buf
 /** The driver's pointer set with mt_http_session_set_conn_data(); NULL after an abort. */
 void *mt_http_req_conn_data(const struct mt_http_req *req);
 
+/** The driver's argument given to mt_http_session_new(), or NULL once the connection went
+ * away (a detached asynchronous request).  Borrowed. */
+void *mt_http_req_driver_arg(const struct mt_http_req *req);
+
 /** The client address given to mt_http_session_new() ("" if none).  Borrowed. */
 const char *mt_http_req_client_addr(const struct mt_http_req *req);
 

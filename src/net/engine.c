@@ -123,6 +123,11 @@ void *mt_conn_listener_arg(const struct mt_conn *c)
     return c->l->o.arg;
 }
 
+int mt_conn_listener_tls(const struct mt_conn *c)
+{
+    return c->l->o.tls;
+}
+
 const char *mt_conn_listener_name(const struct mt_conn *c)
 {
     return c->l->o.name;
@@ -143,6 +148,16 @@ long long mt_engine_active(struct mt_engine *e)
     long long n = 0;
     for (int i = 0; i < e->nls; i++)
         n += atomic_load(&e->ls[i]->st.active);
+    return n;
+}
+
+/* Open connections a drain waits for (not those of drain_close listeners). */
+static long long drain_pending(struct mt_engine *e)
+{
+    long long n = 0;
+    for (int i = 0; i < e->nls; i++)
+        if (!e->ls[i]->o.drain_close)
+            n += atomic_load(&e->ls[i]->st.active);
     return n;
 }
 
@@ -571,11 +586,13 @@ static void *worker_main(void *arg)
                     w->listening[i] = 1;
             }
         }
-        if (stop == 2) /* the drain timed out: close what is left, then exit to be joined */
-            for (struct mt_conn *c = w->conns, *nx; c; c = nx) {
-                nx = c->next;
-                mt_conn_close_clean(c, "shutdown timeout");
-            }
+        /* draining: close at once what is not waited for; at the timeout (2) the rest,
+         * then exit to be joined */
+        for (struct mt_conn *c = stop ? w->conns : NULL, *nx; c; c = nx) {
+            nx = c->next;
+            if (stop == 2 || c->l->o.drain_close)
+                mt_conn_close_clean(c, stop == 2 ? "shutdown timeout" : "shutting down");
+        }
         if (stop && !w->conns && !w->freeing && !w->jobs_out)
             break;
         int n = epoll_wait(w->epfd, evs, MT_EVENTS, w->ready ? 0 : 100);
@@ -772,11 +789,11 @@ int mt_engine_drain(struct mt_engine *e, int timeout_ms, long long *left)
         for (int i = 0; i < e->nls; i++)
             shutdown(e->ls[i]->fd, SHUT_RDWR);
         int64_t deadline = mt_now_ms() + timeout_ms;
-        while (mt_engine_active(e) > 0) {
+        while (drain_pending(e) > 0) {
             if (mt_now_ms() >= deadline) {
                 drained = 0;
                 if (left)
-                    *left = mt_engine_active(e);
+                    *left = drain_pending(e);
                 break;
             }
             struct timespec ts = {0, 20 * 1000000L};

@@ -186,6 +186,8 @@ int64_t mt_now_us(void);
 unsigned mt_conn_shard(const struct mt_conn *c);
 /** The listener's protocol argument (mt_listener_opts.arg). */
 void *mt_conn_listener_arg(const struct mt_conn *c);
+/** Whether the listener of `c` runs TLS (mt_listener_opts.tls). */
+int mt_conn_listener_tls(const struct mt_conn *c);
 /** The listener's name (mt_listener_opts.name). */
 const char *mt_conn_listener_name(const struct mt_conn *c);
 
@@ -333,6 +335,8 @@ struct mt_listener_opts {
     int max_conns;               /* simultaneous connections on this listener (> 0) */
     int handshake_timeout_ms;    /* TLS, and the time to the first byte when sniffing */
     int backlog;                 /* listen(2) backlog; 0 = 4096 */
+    int drain_close;             /* at a drain, close these connections at once (status,
+                                  * keep-alive probes) rather than wait for them */
 };
 
 struct mt_engine_opts {

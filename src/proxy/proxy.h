@@ -25,6 +25,7 @@
 #include "meshtls/config.h"
 #include "meshtls/policy.h"
 #include "meshtls/tls.h"
+#include "http_net.h"
 #include "metrics.h"
 #include "net.h"
 
@@ -206,9 +207,13 @@ extern const size_t px_config_nkeys;
 int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 
 /* status.c */
-/** Start the status server thread on `addr` (readiness reads px_metrics.snap). */
-int px_status_start(const char *addr, pthread_t *th, struct meshtls_err *err);
-/** Stop the status thread `th` started by px_status_start(), join it, close its socket. */
-void px_status_stop(pthread_t th);
+/* The status listener's routes (/healthz, /readyz, /metrics) and HTTP settings. */
+struct px_status {
+    struct mt_http_router *router;
+    struct mt_http_listener http; /* the listener's argument */
+};
+/** Build the routes; the caller frees with px_status_free after the engine is freed. */
+int px_status_setup(struct px_status *st, struct meshtls_err *err);
+void px_status_free(struct px_status *st);
 
 #endif
