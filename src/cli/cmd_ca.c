@@ -177,6 +177,10 @@ int cmd_ca(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
+    if (!strcmp(sub, "serve")) /* the control plane: cmd_ca_serve.c */
+        return cmd_ca_serve(argc - 1, argv + 1);
+    if (!strcmp(sub, "token"))
+        return cmd_ca_token(argc - 1, argv + 1);
     static const char *const subs[] = {"init",   "register", "issue", "rotate",
                                        "revoke", "crl",      "list"};
     int known = 0;

@@ -1,0 +1,1390 @@
+/*
+ * serve.c - `meshtls ca serve`: the control plane's HTTPS API (see serve.h and
+ * docs/CONTROL-PLANE.md).
+ *
+ * One engine, one TLS listener for the API (plaintext HTTP on it gets a plaintext 403
+ * "TLS required"), optionally one plain listener for probes.  The TLS listener asks
+ * every client for a certificate but does not require one, so the public endpoints
+ * (health, CRL, bootstrap signing) work without; a certificate that is presented is
+ * verified against the CA during the handshake, and the result (none, refused with a
+ * reason, or a verified identity) is kept with the connection.  Each route then decides:
+ * public, client certificate, or admin.  A refused certificate never yields an identity.
+ *
+ * Revocation is the store's: every authenticated request looks the caller's serial up
+ * in the store (on the job pool), so a revocation through any server or the command
+ * line takes effect on the next request, also on a kept-alive connection.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "db.h"
+#include "http_net.h"
+#include "json_utf8.h"
+#include "meshtls/identity.h"
+#include "meshtls/log.h"
+#include "meshtls/tls.h"
+#include "meshtls/x509.h"
+#include "parse.h"
+#include "serve.h"
+#include "store.h"
+
+#define CP_SERVER_SERVICE "meshtls-ca"
+#define CP_CRL_MAX_AGE_S 3600 /* a cached CRL is re-signed after this even without changes */
+
+void cp_serve_opts_default(struct cp_serve_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->workers = 2;
+    o->job_threads = 4;
+    o->peer_ttl_s = 30;
+    o->leaf_days = CA_LEAF_DAYS_DEFAULT;
+    o->server_days = CA_LEAF_DAYS_DEFAULT;
+    o->drain_ms = 5000;
+}
+
+/* ---- server state ------------------------------------------------------------------- */
+
+struct cp_server {
+    const struct cp_serve_opts *o;
+    struct mt_db *db;
+    char tmpdir[4200];
+    char *inter_pem; /* intermediate.crt: the chain a leaf is sent with */
+    char *ca_pem;    /* ca.crt: the trust bundle */
+    /* the CRL, re-signed when the store's revocations change (or hourly) */
+    pthread_mutex_t crl_mu;
+    unsigned char *crl_der;
+    size_t crl_der_len;
+    char *crl_pem;
+    size_t crl_pem_len;
+    int64_t crl_count, crl_last, crl_made;
+    /* counters for /metrics */
+    atomic_ullong issuances, renewals, rotations, revocations, tokens_ok, tokens_refused,
+        peers_registered, refused;
+};
+
+/* ---- the caller's TLS identity (per connection) ------------------------------------- */
+
+enum cp_auth { CP_AUTH_NONE = 0, CP_AUTH_REFUSED, CP_AUTH_OK };
+
+struct cp_peer {
+    enum cp_auth state;
+    char why[200]; /* CP_AUTH_REFUSED: what was wrong with the certificate */
+    char spiffe[512];
+    char serial[80]; /* store form: lower-case hex, no leading zeros */
+    char subject[256];
+    int64_t not_after;
+};
+
+/* Verify as usual, remember the verdict, and let the handshake finish so that the HTTP
+ * layer can refuse in HTTP (403 with a reason) instead of with a TLS alert.  OpenSSL
+ * keeps the verdict in SSL_get_verify_result(); no identity is read from a refused
+ * certificate. */
+static int accept_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    (void)ok;
+    (void)sctx;
+    return 1;
+}
+
+static int peer_new(struct mt_conn *c, void **out)
+{
+    struct cp_peer *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -1;
+    SSL *ssl = c->down.ssl;
+    X509 *leaf = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (!leaf) {
+        p->state = CP_AUTH_NONE;
+    } else {
+        long v = SSL_get_verify_result(ssl);
+        struct meshtls_identity *id = NULL;
+        if (v != X509_V_OK) {
+            p->state = CP_AUTH_REFUSED;
+            snprintf(p->why, sizeof(p->why), "client certificate refused: %s",
+                     X509_verify_cert_error_string(v));
+        } else if (meshtls_identity_from_x509(leaf, &id, NULL) != 0 || !id->spiffe_id) {
+            p->state = CP_AUTH_REFUSED;
+            snprintf(p->why, sizeof(p->why), "client certificate carries no SPIFFE ID");
+        } else if (ca_serial_normalize(id->serial, p->serial, sizeof(p->serial)) != 0) {
+            p->state = CP_AUTH_REFUSED;
+            snprintf(p->why, sizeof(p->why), "client certificate has an unreadable serial");
+        } else {
+            p->state = CP_AUTH_OK;
+            snprintf(p->spiffe, sizeof(p->spiffe), "%s", id->spiffe_id);
+            snprintf(p->subject, sizeof(p->subject), "%s", id->subject);
+            p->not_after = id->not_after;
+        }
+        meshtls_identity_free(id);
+    }
+    *out = p;
+    return 0;
+}
+
+static void peer_free(void *p)
+{
+    free(p);
+}
+
+/* ---- jobs ---------------------------------------------------------------------------- */
+
+struct cp_job;
+typedef void (*cp_work_fn)(struct cp_job *jb);
+
+struct cp_job {
+    struct mt_job j;
+    struct mt_http_req *req;
+    struct cp_server *srv;
+    cp_work_fn fn;
+    const char *route;
+    int check_store; /* look the caller's serial up first: unknown or revoked -> 403 */
+    int quiet;       /* public read (probe, CRL): no audit event */
+    struct cp_peer peer;
+    char client[64];
+    json_t *in; /* the request's JSON body, if any (owned) */
+    char param[128];
+    int want_pem;
+    char q_service[128], q_status[32];
+    int64_t q_before;
+    long q_limit, q_offset;
+    /* what the caller's serial is in the store (check_store) */
+    char peer_service[128];
+    /* the answer */
+    int status;
+    json_t *out;
+    void *raw;
+    size_t raw_len;
+    const char *ctype;
+    char code[48];
+    char msg[600];
+};
+
+static void jb_error(struct cp_job *jb, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void jb_error(struct cp_job *jb, int status, const char *code, const char *fmt, ...)
+{
+    jb->status = status;
+    snprintf(jb->code, sizeof(jb->code), "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(jb->msg, sizeof(jb->msg), fmt, ap);
+    va_end(ap);
+}
+
+static void jb_store_down(struct cp_job *jb, const struct meshtls_err *e)
+{
+    meshtls_log(MESHTLS_LOG_WARN, "ca serve: %s: store: %s", jb->route, e->msg);
+    jb_error(jb, 503, "store_unavailable",
+             "the CA store is not reachable right now; retry in a few seconds");
+}
+
+static void audit(const char *route, const char *client, const struct cp_peer *p,
+                  const char *decision, const char *reason)
+{
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "audit", MESHTLS_LF_S("route", route),
+                      MESHTLS_LF_S("client", client ? client : ""),
+                      MESHTLS_LF_S("identity", p && p->state == CP_AUTH_OK ? p->spiffe : ""),
+                      MESHTLS_LF_S("serial", p && p->state == CP_AUTH_OK ? p->serial : ""),
+                      MESHTLS_LF_S("decision", decision), MESHTLS_LF_S("reason", reason));
+}
+
+/* The caller's certificate in the store: *status "active|superseded|revoked", or
+ * MESHTLS_ENOENT. */
+static int serial_lookup(struct mt_db *db, const char *serial, char *status, size_t scap,
+                         char *service, size_t svcap, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc)
+        return rc;
+    struct mt_db_param p[] = {MT_DB_TEXT(serial)};
+    if ((rc = mt_db_query(c, "SELECT status, service FROM certificates WHERE serial = $1", p, 1, &r,
+                          err)) == 0) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else if (row == 0)
+            rc = MESHTLS_ENOENT;
+        else {
+            snprintf(status, scap, "%s", mt_db_col_text(r, 0) ? mt_db_col_text(r, 0) : "");
+            snprintf(service, svcap, "%s", mt_db_col_text(r, 1) ? mt_db_col_text(r, 1) : "");
+        }
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+static void job_work(struct mt_job *j)
+{
+    struct cp_job *jb = (struct cp_job *)j;
+    jb->status = 0;
+    if (jb->check_store) {
+        char st[32] = "";
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        int rc = serial_lookup(jb->srv->db, jb->peer.serial, st, sizeof(st), jb->peer_service,
+                               sizeof(jb->peer_service), &e);
+        if (rc == MESHTLS_ENOENT) {
+            jb_error(jb, 403, "certificate_unknown",
+                     "client certificate %s is not in this CA's store: use a certificate "
+                     "issued by this CA",
+                     jb->peer.serial);
+            return;
+        }
+        if (rc) {
+            jb_store_down(jb, &e);
+            return;
+        }
+        if (!strcmp(st, "revoked")) {
+            jb_error(jb, 403, "certificate_revoked",
+                     "client certificate %s is revoked: get a new one (bootstrap token)",
+                     jb->peer.serial);
+            return;
+        }
+    }
+    jb->fn(jb);
+}
+
+static void job_done(struct mt_job *j)
+{
+    struct cp_job *jb = (struct cp_job *)j;
+    int ok = jb->status >= 200 && jb->status < 300;
+    if (!jb->quiet)
+        audit(jb->route, jb->client, &jb->peer, ok ? "allow" : "deny",
+              ok ? "ok" : (jb->msg[0] ? jb->msg : jb->code));
+    if (!ok && jb->status == 403)
+        atomic_fetch_add(&jb->srv->refused, 1);
+    if (ok && jb->out) {
+        mt_http_reply_json(jb->req, jb->status, jb->out);
+        jb->out = NULL;
+    } else if (ok) {
+        mt_http_reply(jb->req, jb->status, jb->ctype, jb->raw, jb->raw_len);
+    } else {
+        mt_http_reply_error(jb->req, jb->status ? jb->status : 500,
+                            jb->code[0] ? jb->code : "internal",
+                            jb->msg[0] ? jb->msg : "internal error: see the server's log");
+    }
+    json_decref(jb->out);
+    json_decref(jb->in);
+    free(jb->raw);
+    free(jb);
+}
+
+/* Hand `jb` to the pool; the handler returns what this returns. */
+static int submit(struct mt_http_req *req, struct cp_job *jb)
+{
+    struct mt_conn *c = mt_http_req_conn(req);
+    jb->req = req;
+    jb->j.work = job_work;
+    jb->j.done = job_done;
+    if (!c || mt_job_submit(c, &jb->j) != 0) {
+        json_decref(jb->in);
+        free(jb);
+        mt_http_reply_error(req, 503, "busy", "the server is busy: retry shortly");
+        return MT_HTTP_DONE;
+    }
+    return MT_HTTP_ASYNC;
+}
+
+static struct cp_job *job_new(struct mt_http_req *req, struct cp_server *srv, const char *route,
+                              cp_work_fn fn)
+{
+    struct cp_job *jb = calloc(1, sizeof(*jb));
+    if (!jb) {
+        mt_http_reply_error(req, 503, "out_of_memory", "the server is out of memory");
+        return NULL;
+    }
+    jb->srv = srv;
+    jb->route = route;
+    jb->fn = fn;
+    snprintf(jb->client, sizeof(jb->client), "%s", mt_http_req_client_addr(req));
+    return jb;
+}
+
+/*
+ * The route needs a client certificate: answer 403 (and audit) unless the connection
+ * carries a verified, unexpired one.  @return the peer, or NULL (replied).
+ */
+static const struct cp_peer *need_cert(struct mt_http_req *req, struct cp_server *srv,
+                                       const char *route)
+{
+    const struct cp_peer *p = mt_http_req_conn_data(req);
+    const char *client = mt_http_req_client_addr(req);
+    if (!p || p->state == CP_AUTH_NONE) {
+        audit(route, client, p, "deny", "no client certificate");
+        atomic_fetch_add(&srv->refused, 1);
+        mt_http_reply_error(req, 403, "client_certificate_required",
+                            "client certificate required: connect with the certificate this CA "
+                            "issued you (curl --cert/--key)");
+        return NULL;
+    }
+    if (p->state == CP_AUTH_REFUSED) {
+        audit(route, client, p, "deny", p->why);
+        atomic_fetch_add(&srv->refused, 1);
+        mt_http_reply_error(req, 403, "certificate_invalid", p->why);
+        return NULL;
+    }
+    if (p->not_after <= (int64_t)time(NULL)) {
+        audit(route, client, p, "deny", "client certificate expired");
+        atomic_fetch_add(&srv->refused, 1);
+        mt_http_reply_error(req, 403, "certificate_invalid",
+                            "client certificate refused: certificate has expired");
+        return NULL;
+    }
+    return p;
+}
+
+/* Parse the JSON body into *out; on failure reply 400 and return -1. */
+static int body_json(struct mt_http_req *req, const char *route, json_t **out)
+{
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    json_t *j = NULL;
+    if (mt_http_req_json(req, &j, &e) != 0 || !json_is_object(j)) {
+        char m[700];
+        snprintf(m, sizeof(m), "the body must be a JSON object%s%s", e.msg[0] ? ": " : "", e.msg);
+        audit(route, mt_http_req_client_addr(req), mt_http_req_conn_data(req), "deny", m);
+        json_decref(j);
+        mt_http_reply_error(req, 400, "bad_request", m);
+        return -1;
+    }
+    *out = j;
+    return 0;
+}
+
+/* ---- /healthz, /readyz ---------------------------------------------------------------- */
+
+static int h_health(struct mt_http_req *req, void *arg)
+{
+    (void)arg;
+    mt_http_reply(req, 200, "text/plain", "ok\n", 3);
+    return MT_HTTP_DONE;
+}
+
+static void w_ready(struct cp_job *jb)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int rc = mt_db_acquire(jb->srv->db, &c, &e);
+    if (!rc && !(rc = mt_db_query(c, "SELECT value FROM meta WHERE key = 'trust_domain'", NULL, 0,
+                                  &r, &e))) {
+        int row = mt_db_row_next(r, &e);
+        rc = row < 0 ? row : row == 0 ? MESHTLS_ESTORE : 0;
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    if (rc) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    jb->status = 200;
+    jb->ctype = "text/plain";
+    jb->raw = strdup("ready\n");
+    jb->raw_len = jb->raw ? 6 : 0;
+}
+
+static int h_ready(struct mt_http_req *req, void *arg)
+{
+    struct cp_job *jb = job_new(req, arg, "/readyz", w_ready);
+    if (!jb)
+        return MT_HTTP_DONE;
+    jb->quiet = 1;
+    return submit(req, jb);
+}
+
+/* ---- /api/peers ---------------------------------------------------------------------- */
+
+static int peers_tx(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
+{
+    struct cp_job *jb = arg;
+    int64_t now = (int64_t)time(NULL);
+    struct mt_db_param dp[] = {MT_DB_INT64(now)};
+    int rc = mt_db_exec(c, "DELETE FROM serve_peers WHERE expires_at <= $1", dp, 1, NULL, err);
+    if (rc)
+        return rc;
+    if (jb->in) { /* POST: register or heartbeat */
+        const char *addr = json_string_value(json_object_get(jb->in, "address"));
+        int64_t ttl = jb->srv->o->peer_ttl_s;
+        struct mt_db_param p[] = {MT_DB_TEXT(jb->peer.spiffe), MT_DB_TEXT(jb->peer.serial),
+                                  MT_DB_TEXT(addr), MT_DB_INT64(now), MT_DB_INT64(now + ttl)};
+        return mt_db_exec(c,
+                          "INSERT INTO serve_peers (spiffe_id, serial, address, registered_at, "
+                          "last_seen, expires_at) VALUES ($1, $2, $3, $4, $4, $5) "
+                          "ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial, "
+                          "address = excluded.address, last_seen = excluded.last_seen, "
+                          "expires_at = excluded.expires_at",
+                          p, 5, NULL, err);
+    }
+    return 0;
+}
+
+static void w_peers(struct cp_job *jb)
+{
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    if (mt_db_tx(jb->srv->db, peers_tx, jb, &e) != 0) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (jb->in) {
+        atomic_fetch_add(&jb->srv->peers_registered, 1);
+        jb->status = 200;
+        jb->out =
+            json_pack("{s:s, s:O, s:I, s:I}", "spiffe_id", jb->peer.spiffe, "address",
+                      json_object_get(jb->in, "address"), "ttl", (json_int_t)jb->srv->o->peer_ttl_s,
+                      "expires_at", (json_int_t)(now + jb->srv->o->peer_ttl_s));
+        return;
+    }
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    json_t *arr = json_array();
+    struct mt_db_param p[] = {MT_DB_INT64(now)};
+    int rc = mt_db_acquire(jb->srv->db, &c, &e);
+    if (!rc)
+        rc = mt_db_query(c,
+                         "SELECT spiffe_id, address, last_seen, expires_at FROM serve_peers "
+                         "WHERE expires_at > $1 ORDER BY spiffe_id",
+                         p, 1, &r, &e);
+    int row;
+    while (!rc && arr && (row = mt_db_row_next(r, &e)) != 0) {
+        if (row < 0) {
+            rc = row;
+            break;
+        }
+        json_array_append_new(arr, json_pack("{s:o, s:o, s:I, s:I}", "spiffe_id",
+                                             mt_json_string(mt_db_col_text(r, 0)), "address",
+                                             mt_json_string(mt_db_col_text(r, 1)), "last_seen",
+                                             (json_int_t)mt_db_col_int64(r, 2), "expires_at",
+                                             (json_int_t)mt_db_col_int64(r, 3)));
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    if (rc || !arr) {
+        json_decref(arr);
+        jb_store_down(jb, &e);
+        return;
+    }
+    jb->status = 200;
+    jb->out = json_pack("{s:o}", "peers", arr);
+}
+
+static int valid_address(const char *a)
+{
+    size_t n = a ? strlen(a) : 0;
+    if (n == 0 || n > 255)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)a[i] <= 0x20 || (unsigned char)a[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+static int h_peers(struct mt_http_req *req, void *arg)
+{
+    struct cp_server *srv = arg;
+    const struct cp_peer *p = need_cert(req, srv, "/api/peers");
+    if (!p)
+        return MT_HTTP_DONE;
+    json_t *in = NULL;
+    if (!strcmp(mt_http_req_method(req), "POST")) {
+        if (body_json(req, "/api/peers", &in))
+            return MT_HTTP_DONE;
+        if (!valid_address(json_string_value(json_object_get(in, "address")))) {
+            json_decref(in);
+            audit("/api/peers", mt_http_req_client_addr(req), p, "deny", "bad address");
+            mt_http_reply_error(req, 400, "bad_request",
+                                "\"address\" must be the string your peers reach you at "
+                                "(\"host:port\", 1 to 255 printable characters)");
+            return MT_HTTP_DONE;
+        }
+    }
+    struct cp_job *jb = job_new(req, srv, "/api/peers", w_peers);
+    if (!jb) {
+        json_decref(in);
+        return MT_HTTP_DONE;
+    }
+    jb->peer = *p;
+    jb->check_store = 1;
+    jb->in = in;
+    return submit(req, jb);
+}
+
+/* ---- /crl ----------------------------------------------------------------------------- */
+
+static int crl_refresh(struct cp_server *srv, struct meshtls_err *err)
+{
+    /* Changes seen through the store: number of revoked certificates and the latest
+     * revocation time (also revocations made by another server or the command line). */
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int64_t count = 0, last = 0;
+    int rc = mt_db_acquire(srv->db, &c, err);
+    if (!rc && !(rc = mt_db_query(c,
+                                  "SELECT count(*), coalesce(max(revoked_at), 0) FROM "
+                                  "certificates WHERE status = 'revoked'",
+                                  NULL, 0, &r, err))) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else if (row > 0) {
+            count = mt_db_col_int64(r, 0);
+            last = mt_db_col_int64(r, 1);
+        }
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    if (rc)
+        return rc;
+    int64_t now = (int64_t)time(NULL);
+    if (srv->crl_der && count == srv->crl_count && last == srv->crl_last &&
+        now - srv->crl_made < CP_CRL_MAX_AGE_S)
+        return 0;
+    char path[4300];
+    snprintf(path, sizeof(path), "%s/crl.pem", srv->tmpdir);
+    int n = 0;
+    char *pem = NULL;
+    size_t len = 0;
+    if ((rc = ca_crl(srv->o->dir, path, &n, err)) ||
+        (rc = meshtls_read_file(path, MESHTLS_PEM_FILE_MAX, &pem, &len, err)))
+        return rc;
+    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    X509_CRL *crl = b ? PEM_read_bio_X509_CRL(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    unsigned char *der = NULL;
+    int dl = crl ? i2d_X509_CRL(crl, &der) : -1;
+    X509_CRL_free(crl);
+    if (dl <= 0) {
+        free(pem);
+        return meshtls_err_set(err, MESHTLS_ETLS, "cannot encode the CRL written to %s", path);
+    }
+    free(srv->crl_pem);
+    OPENSSL_free(srv->crl_der);
+    srv->crl_pem = pem;
+    srv->crl_pem_len = len;
+    srv->crl_der = der;
+    srv->crl_der_len = (size_t)dl;
+    srv->crl_count = count;
+    srv->crl_last = last;
+    srv->crl_made = now;
+    return 0;
+}
+
+static void w_crl(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    pthread_mutex_lock(&srv->crl_mu);
+    int rc = crl_refresh(srv, &e);
+    if (!rc) {
+        const void *src = jb->want_pem ? (const void *)srv->crl_pem : srv->crl_der;
+        size_t n = jb->want_pem ? srv->crl_pem_len : srv->crl_der_len;
+        jb->raw = malloc(n);
+        if (jb->raw) {
+            memcpy(jb->raw, src, n);
+            jb->raw_len = n;
+        }
+    }
+    pthread_mutex_unlock(&srv->crl_mu);
+    if (rc) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    if (!jb->raw) {
+        jb_error(jb, 503, "out_of_memory", "the server is out of memory");
+        return;
+    }
+    jb->status = 200;
+    jb->ctype = jb->want_pem ? "application/x-pem-file" : "application/pkix-crl";
+}
+
+static int h_crl(struct mt_http_req *req, void *arg)
+{
+    struct cp_job *jb = job_new(req, arg, "/crl", w_crl);
+    if (!jb)
+        return MT_HTTP_DONE;
+    const char *acc = mt_http_req_header(req, "Accept");
+    jb->quiet = 1;
+    jb->want_pem = acc && strcasestr(acc, "application/x-pem-file") != NULL;
+    return submit(req, jb);
+}
+
+/* ---- issuing: /api/v1/sign, /api/v1/renew --------------------------------------------- */
+
+/*
+ * Sign `csr` (PEM text, matched against the registration already) for `service`; the
+ * answer is the new certificate with its chain.  @return 0, or an error in `jb`.
+ */
+static int issue_csr(struct cp_job *jb, const char *service, const char *csr_pem)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    char tmpl[4300], out_dir[4300], serial[80] = "";
+    /* tmpdir is at most 4200 bytes: the names fit */
+    snprintf(tmpl, sizeof(tmpl), "%s/csr.XXXXXX", srv->tmpdir);
+    int fd = mkstemp(tmpl);
+    if (fd < 0) {
+        jb_error(jb, 500, "internal", "cannot write a temporary file in %s: %s", srv->tmpdir,
+                 strerror(errno));
+        return -1;
+    }
+    size_t n = strlen(csr_pem), off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, csr_pem + off, n - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    close(fd);
+    snprintf(out_dir, sizeof(out_dir), "%s/served/%s", srv->o->dir, service);
+    int rc = off == n ? ca_issue(srv->o->dir, service, out_dir, srv->o->leaf_days, tmpl, serial, &e)
+                      : meshtls_err_set(&e, MESHTLS_EIO, "cannot write %s", tmpl);
+    unlink(tmpl);
+    if (rc) {
+        if (rc == MESHTLS_ESTORE)
+            jb_store_down(jb, &e);
+        else if (rc == MESHTLS_EDENIED || rc == MESHTLS_EPARSE)
+            jb_error(jb, 403, "csr_mismatch", "%s", e.msg);
+        else
+            jb_error(jb, 500, "issue_failed", "%s", e.msg);
+        return -1;
+    }
+    struct ca_store *st = NULL;
+    struct ca_cert cert = {0};
+    if ((rc = ca_store_open(srv->o->dir, 0, &st, &e)) ||
+        (rc = ca_store_cert_get(st, serial, &cert, &e))) {
+        ca_store_close(st);
+        jb_store_down(jb, &e);
+        return -1;
+    }
+    ca_store_close(st);
+    size_t cl = strlen(cert.cert_pem), il = strlen(srv->inter_pem);
+    char *chain = malloc(cl + il + 1);
+    if (chain) {
+        memcpy(chain, cert.cert_pem, cl);
+        memcpy(chain + cl, srv->inter_pem, il + 1);
+    }
+    jb->status = 200;
+    jb->out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:s}", "service", service, "serial", serial,
+                        "not_before", (json_int_t)cert.not_before, "not_after",
+                        (json_int_t)cert.not_after, "certificate", cert.cert_pem, "chain",
+                        chain ? chain : "", "ca", srv->ca_pem);
+    free(chain);
+    ca_cert_clear(&cert);
+    if (!jb->out) {
+        jb_error(jb, 500, "internal", "cannot build the response");
+        return -1;
+    }
+    return 0;
+}
+
+/* Load the registration of `service` and check `csr_pem` against it. */
+static int check_csr_for(struct cp_job *jb, const char *service, const char *csr_pem)
+{
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    X509_REQ *req = cp_csr_parse(csr_pem, strlen(csr_pem));
+    if (!req) {
+        jb_error(jb, 400, "bad_csr",
+                 "\"csr\" is not a PEM certificate request (-----BEGIN CERTIFICATE "
+                 "REQUEST-----, at most 64 KiB)");
+        return -1;
+    }
+    struct ca_store *st = NULL;
+    struct ca_service svc = {0};
+    int rc = ca_store_open(jb->srv->o->dir, 0, &st, &e);
+    if (!rc)
+        rc = ca_store_service_get(st, service, &svc, &e);
+    ca_store_close(st);
+    if (rc == MESHTLS_ENOENT) {
+        X509_REQ_free(req);
+        jb_error(jb, 403, "service_unknown", "service '%s' is not registered with this CA",
+                 service);
+        return -1;
+    }
+    if (rc) {
+        X509_REQ_free(req);
+        jb_store_down(jb, &e);
+        return -1;
+    }
+    char why[600];
+    rc = cp_csr_match(req, &svc, why, sizeof(why));
+    X509_REQ_free(req);
+    ca_service_clear(&svc);
+    if (rc) {
+        jb_error(jb, 403, "csr_mismatch", "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
+static void w_sign(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    const char *token = json_string_value(json_object_get(jb->in, "token"));
+    const char *csr = json_string_value(json_object_get(jb->in, "csr"));
+    char hash[CP_TOKEN_HASH_LEN + 1], service[128] = "";
+    enum cp_token_state ts = CP_TOKEN_UNKNOWN;
+    if (cp_token_hash(token, hash, sizeof(hash)) != 0) {
+        atomic_fetch_add(&srv->tokens_refused, 1);
+        jb_error(jb, 403, "invalid_token",
+                 "the bootstrap token is not valid: ask the operator for a new one "
+                 "(meshtls ca token SERVICE)");
+        return;
+    }
+    if (cp_token_peek(srv->db, hash, (int64_t)time(NULL), &ts, service, sizeof(service), &e)) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    static const char *const tcode[] = {"", "invalid_token", "token_expired", "token_used"};
+    static const char *const tmsg[] = {"", "the bootstrap token is not known to this CA",
+                                       "the bootstrap token has expired",
+                                       "the bootstrap token was already used"};
+    if (ts != CP_TOKEN_OK) {
+        atomic_fetch_add(&srv->tokens_refused, 1);
+        jb_error(jb, 403, tcode[ts], "%s: ask the operator for a new one (meshtls ca token %s)",
+                 tmsg[ts], service[0] ? service : "SERVICE");
+        return;
+    }
+    snprintf(jb->peer_service, sizeof(jb->peer_service), "%s", service);
+    if (check_csr_for(jb, service, csr))
+        return; /* the token stays usable: a corrected CSR may follow */
+    int won = 0;
+    if (cp_token_consume(srv->db, hash, (int64_t)time(NULL), jb->client, &won, &e)) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    if (!won) {
+        atomic_fetch_add(&srv->tokens_refused, 1);
+        jb_error(jb, 403, "token_used",
+                 "the bootstrap token was already used (or expired just now): ask the "
+                 "operator for a new one (meshtls ca token %s)",
+                 service);
+        return;
+    }
+    if (issue_csr(jb, service, csr) != 0) {
+        struct meshtls_err e2 = MESHTLS_ERR_INIT;
+        if (cp_token_unconsume(srv->db, hash, &e2))
+            meshtls_log(MESHTLS_LOG_WARN, "ca serve: cannot give back a token of %s: %s", service,
+                        e2.msg);
+        return;
+    }
+    atomic_fetch_add(&srv->tokens_ok, 1);
+    atomic_fetch_add(&srv->issuances, 1);
+}
+
+static int h_sign(struct mt_http_req *req, void *arg)
+{
+    json_t *in = NULL;
+    if (body_json(req, "/api/v1/sign", &in))
+        return MT_HTTP_DONE;
+    if (!json_is_string(json_object_get(in, "token")) ||
+        !json_is_string(json_object_get(in, "csr"))) {
+        json_decref(in);
+        audit("/api/v1/sign", mt_http_req_client_addr(req), NULL, "deny", "missing token or csr");
+        mt_http_reply_error(req, 400, "bad_request",
+                            "the body must be {\"token\": \"mtt_...\", \"csr\": \"-----BEGIN "
+                            "CERTIFICATE REQUEST-----...\"}");
+        return MT_HTTP_DONE;
+    }
+    struct cp_job *jb = job_new(req, arg, "/api/v1/sign", w_sign);
+    if (!jb) {
+        json_decref(in);
+        return MT_HTTP_DONE;
+    }
+    jb->in = in;
+    return submit(req, jb);
+}
+
+static void w_renew(struct cp_job *jb)
+{
+    const char *csr = json_string_value(json_object_get(jb->in, "csr"));
+    if (check_csr_for(jb, jb->peer_service, csr) || issue_csr(jb, jb->peer_service, csr))
+        return;
+    atomic_fetch_add(&jb->srv->renewals, 1);
+    atomic_fetch_add(&jb->srv->issuances, 1);
+}
+
+static int h_renew(struct mt_http_req *req, void *arg)
+{
+    const struct cp_peer *p = need_cert(req, arg, "/api/v1/renew");
+    if (!p)
+        return MT_HTTP_DONE;
+    json_t *in = NULL;
+    if (body_json(req, "/api/v1/renew", &in))
+        return MT_HTTP_DONE;
+    if (!json_is_string(json_object_get(in, "csr"))) {
+        json_decref(in);
+        audit("/api/v1/renew", mt_http_req_client_addr(req), p, "deny", "missing csr");
+        mt_http_reply_error(
+            req, 400, "bad_request",
+            "the body must be {\"csr\": \"-----BEGIN CERTIFICATE REQUEST-----...\"}");
+        return MT_HTTP_DONE;
+    }
+    struct cp_job *jb = job_new(req, arg, "/api/v1/renew", w_renew);
+    if (!jb) {
+        json_decref(in);
+        return MT_HTTP_DONE;
+    }
+    jb->peer = *p;
+    jb->check_store = 1;
+    jb->in = in;
+    return submit(req, jb);
+}
+
+/* ---- admin ---------------------------------------------------------------------------- */
+
+static const struct cp_peer *need_admin(struct mt_http_req *req, struct cp_server *srv,
+                                        const char *route)
+{
+    const struct cp_peer *p = need_cert(req, srv, route);
+    if (!p)
+        return NULL;
+    if (!cp_is_admin(srv->o->admins, srv->o->n_admins, p->spiffe)) {
+        char why[700];
+        snprintf(why, sizeof(why), "%s is not an administrator", p->spiffe);
+        audit(route, mt_http_req_client_addr(req), p, "deny", why);
+        atomic_fetch_add(&srv->refused, 1);
+        char m[800];
+        snprintf(m, sizeof(m), "%s is not an administrator of this CA (the server's --admin list)",
+                 p->spiffe);
+        mt_http_reply_error(req, 403, "not_admin", m);
+        return NULL;
+    }
+    return p;
+}
+
+static void w_admin_list(struct cp_job *jb)
+{
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    struct ca_store *st = NULL;
+    struct ca_cert *v = NULL;
+    size_t n = 0;
+    int expired_only = !strcmp(jb->q_status, "expired");
+    const char *status = jb->q_status[0] && !expired_only ? jb->q_status : NULL;
+    int rc = ca_store_open(jb->srv->o->dir, 0, &st, &e);
+    if (!rc)
+        rc = ca_store_cert_list(st, jb->q_service[0] ? jb->q_service : NULL, status, &v, &n, &e);
+    ca_store_close(st);
+    if (rc) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    json_t *arr = json_array();
+    long total = 0;
+    for (size_t i = 0; arr && i < n; i++) {
+        int expired = v[i].not_after <= now;
+        const char *shown = strcmp(v[i].status, "revoked") && expired ? "expired" : v[i].status;
+        if (expired_only && strcmp(shown, "expired"))
+            continue;
+        if (status && !strcmp(status, "active") && expired)
+            continue;
+        if (jb->q_before && v[i].not_after >= jb->q_before)
+            continue;
+        total++;
+        if (total <= jb->q_offset || total > jb->q_offset + jb->q_limit)
+            continue;
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:b}", "serial", v[i].serial, "service",
+                      v[i].service, "status", shown, "not_before", (json_int_t)v[i].not_before,
+                      "not_after", (json_int_t)v[i].not_after, "days_until_expiry",
+                      (json_int_t)((v[i].not_after - now) / 86400), "key_held", v[i].key_held);
+        if (o && v[i].revoked_at) {
+            json_object_set_new(o, "revoked_at", json_integer(v[i].revoked_at));
+            json_object_set_new(o, "reason", mt_json_string(v[i].reason ? v[i].reason : ""));
+        }
+        json_array_append_new(arr, o);
+    }
+    ca_cert_list_free(v, n);
+    jb->status = 200;
+    jb->out = json_pack("{s:o, s:I, s:I, s:I}", "certificates", arr ? arr : json_array(), "total",
+                        (json_int_t)total, "offset", (json_int_t)jb->q_offset, "limit",
+                        (json_int_t)jb->q_limit);
+    if (jb->out && jb->q_offset + jb->q_limit < total)
+        json_object_set_new(jb->out, "next_offset", json_integer(jb->q_offset + jb->q_limit));
+}
+
+static int h_admin_list(struct mt_http_req *req, void *arg)
+{
+    const char *route = "/api/admin/security/certificates";
+    const struct cp_peer *p = need_admin(req, arg, route);
+    if (!p)
+        return MT_HTTP_DONE;
+    struct cp_job *jb = job_new(req, arg, route, w_admin_list);
+    if (!jb)
+        return MT_HTTP_DONE;
+    char b[64];
+    int bad = 0;
+    int64_t v;
+    jb->q_limit = 100;
+    if (mt_http_query_get(req, "service", jb->q_service, sizeof(jb->q_service)) == MESHTLS_EINVAL)
+        bad = 1;
+    int r = mt_http_query_get(req, "status", jb->q_status, sizeof(jb->q_status));
+    if (r == MESHTLS_EINVAL ||
+        (r >= 0 && strcmp(jb->q_status, "active") && strcmp(jb->q_status, "superseded") &&
+         strcmp(jb->q_status, "revoked") && strcmp(jb->q_status, "expired")))
+        bad = 1;
+    if ((r = mt_http_query_get(req, "expiring_before", b, sizeof(b))) != MESHTLS_ENOENT) {
+        if (r < 0 || mt_parse_i64(b, 1, INT64_MAX, &v))
+            bad = 1;
+        else
+            jb->q_before = v;
+    }
+    if ((r = mt_http_query_get(req, "limit", b, sizeof(b))) != MESHTLS_ENOENT) {
+        if (r < 0 || mt_parse_i64(b, 1, 1000, &v))
+            bad = 1;
+        else
+            jb->q_limit = (long)v;
+    }
+    if ((r = mt_http_query_get(req, "offset", b, sizeof(b))) != MESHTLS_ENOENT) {
+        if (r < 0 || mt_parse_i64(b, 0, 100000000, &v))
+            bad = 1;
+        else
+            jb->q_offset = (long)v;
+    }
+    if (bad) {
+        free(jb);
+        mt_http_reply_error(req, 400, "bad_request",
+                            "query: service=NAME, status=active|superseded|revoked|expired, "
+                            "expiring_before=UNIX-SECONDS, limit=1..1000, offset=N");
+        return MT_HTTP_DONE;
+    }
+    jb->peer = *p;
+    jb->check_store = 1;
+    return submit(req, jb);
+}
+
+struct replaced {
+    json_t *arr;
+};
+
+static void on_replaced(const char *service, const char *old_serial, const char *new_serial,
+                        const char *out_dir, void *arg)
+{
+    struct replaced *r = arg;
+    (void)out_dir;
+    json_array_append_new(r->arr, json_pack("{s:s, s:s, s:s}", "service", service, "old_serial",
+                                            old_serial ? old_serial : "", "new_serial",
+                                            new_serial ? new_serial : ""));
+}
+
+static void w_admin_rotate(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    struct ca_store *st = NULL;
+    struct ca_cert *v = NULL;
+    size_t n = 0;
+    int rc = ca_store_open(srv->o->dir, 0, &st, &e);
+    if (!rc)
+        rc = ca_store_cert_list(st, jb->param, "active", &v, &n, &e);
+    ca_store_close(st);
+    if (rc) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    if (n == 0) {
+        jb_error(jb, 404, "no_active_certificate",
+                 "service '%s' has no active certificate to rotate (unknown service, or all "
+                 "revoked or superseded)",
+                 jb->param);
+        return;
+    }
+    const struct ca_cert *cur = &v[n - 1];
+    if (!cur->key_held) {
+        jb_error(jb, 409, "key_not_held",
+                 "the key of %s's certificate %s is the service's own (it was issued from a "
+                 "CSR): the service rotates it itself through POST /api/v1/renew",
+                 jb->param, cur->serial);
+        ca_cert_list_free(v, n);
+        return;
+    }
+    char serial[80] = "", old[80], out_dir[4200];
+    snprintf(old, sizeof(old), "%s", cur->serial);
+    snprintf(out_dir, sizeof(out_dir), "%s", cur->out_dir ? cur->out_dir : "");
+    ca_cert_list_free(v, n);
+    if (!out_dir[0])
+        snprintf(out_dir, sizeof(out_dir), "%s/served/%s", srv->o->dir, jb->param);
+    /* A new key and certificate in the directory the current one was issued to; the old
+     * one is superseded but stays valid until it expires (overlap). */
+    if ((rc = ca_issue(srv->o->dir, jb->param, out_dir, srv->o->leaf_days, NULL, serial, &e))) {
+        if (rc == MESHTLS_ESTORE)
+            jb_store_down(jb, &e);
+        else
+            jb_error(jb, 500, "rotate_failed", "%s", e.msg);
+        return;
+    }
+    atomic_fetch_add(&srv->rotations, 1);
+    atomic_fetch_add(&srv->issuances, 1);
+    jb->status = 200;
+    jb->out = json_pack("{s:s, s:s, s:s, s:s}", "service", jb->param, "old_serial", old,
+                        "new_serial", serial, "out_dir", out_dir);
+}
+
+static void w_admin_revoke(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    const char *reason = json_string_value(json_object_get(jb->in, "reason"));
+    json_t *rep = json_object_get(jb->in, "replace");
+    int replace = rep ? json_is_true(rep) : 1;
+    struct replaced r = {.arr = json_array()};
+    int count = 0;
+    int rc = ca_revoke(srv->o->dir, NULL, jb->param, reason ? reason : "unspecified", replace,
+                       on_replaced, &r, &count, &e);
+    if (rc) {
+        json_decref(r.arr);
+        if (rc == MESHTLS_ESTORE)
+            jb_store_down(jb, &e);
+        else if (rc == MESHTLS_ENOENT)
+            jb_error(jb, 404, "not_found", "%s", e.msg);
+        else if (rc == MESHTLS_EINVAL)
+            jb_error(jb, 400, "bad_request", "%s", e.msg);
+        else
+            jb_error(jb, 500, "revoke_failed", "%s", e.msg);
+        return;
+    }
+    atomic_fetch_add(&srv->revocations, (unsigned long long)count);
+    jb->status = 200;
+    jb->out = json_pack("{s:s, s:i, s:s, s:o}", "service", jb->param, "revoked", count, "reason",
+                        reason ? reason : "unspecified", "replacements", r.arr);
+}
+
+static int admin_action(struct mt_http_req *req, void *arg, const char *route, cp_work_fn fn,
+                        int want_body)
+{
+    const struct cp_peer *p = need_admin(req, arg, route);
+    if (!p)
+        return MT_HTTP_DONE;
+    const char *svc = mt_http_req_param(req, "service");
+    if (!svc || !ca_service_name_valid(svc)) {
+        mt_http_reply_error(req, 400, "bad_request",
+                            "the service name in the path must match [a-z0-9][a-z0-9._-]{0,62}");
+        return MT_HTTP_DONE;
+    }
+    json_t *in = NULL;
+    size_t bl = 0;
+    mt_http_req_body(req, &bl);
+    if (want_body && bl && body_json(req, route, &in))
+        return MT_HTTP_DONE;
+    if (in) {
+        json_t *rs = json_object_get(in, "reason"), *rp = json_object_get(in, "replace");
+        if ((rs && (!json_is_string(rs) || ca_reason_parse(json_string_value(rs)) < 0)) ||
+            (rp && !json_is_boolean(rp))) {
+            json_decref(in);
+            mt_http_reply_error(req, 400, "bad_request",
+                                "the body is {\"reason\": \"keyCompromise|unspecified|"
+                                "caCompromise|affiliationChanged|superseded|"
+                                "cessationOfOperation\", \"replace\": true|false}");
+            return MT_HTTP_DONE;
+        }
+    }
+    struct cp_job *jb = job_new(req, arg, route, fn);
+    if (!jb) {
+        json_decref(in);
+        return MT_HTTP_DONE;
+    }
+    snprintf(jb->param, sizeof(jb->param), "%s", svc);
+    jb->peer = *p;
+    jb->check_store = 1;
+    jb->in = in;
+    return submit(req, jb);
+}
+
+static int h_admin_rotate(struct mt_http_req *req, void *arg)
+{
+    return admin_action(req, arg, "/api/admin/security/certificates/{service}/rotate",
+                        w_admin_rotate, 0);
+}
+
+static int h_admin_revoke(struct mt_http_req *req, void *arg)
+{
+    return admin_action(req, arg, "/api/admin/security/certificates/{service}/revoke",
+                        w_admin_revoke, 1);
+}
+
+/* ---- /metrics (status listener) -------------------------------------------------------- */
+
+static int h_metrics(struct mt_http_req *req, void *arg)
+{
+    struct cp_server *srv = arg;
+    char b[2048];
+    int n = snprintf(b, sizeof(b),
+                     "# TYPE meshtls_cert_issuances_total counter\n"
+                     "meshtls_cert_issuances_total %llu\n"
+                     "# TYPE meshtls_cert_rotations_total counter\n"
+                     "meshtls_cert_rotations_total %llu\n"
+                     "# TYPE meshtls_cert_revocations_total counter\n"
+                     "meshtls_cert_revocations_total %llu\n"
+                     "# TYPE meshtls_ca_renewals_total counter\n"
+                     "meshtls_ca_renewals_total %llu\n"
+                     "# TYPE meshtls_ca_token_redemptions_total counter\n"
+                     "meshtls_ca_token_redemptions_total{result=\"success\"} %llu\n"
+                     "meshtls_ca_token_redemptions_total{result=\"failure\"} %llu\n"
+                     "# TYPE meshtls_ca_peer_registrations_total counter\n"
+                     "meshtls_ca_peer_registrations_total %llu\n"
+                     "# TYPE meshtls_ca_refused_total counter\n"
+                     "meshtls_ca_refused_total %llu\n",
+                     atomic_load(&srv->issuances), atomic_load(&srv->rotations),
+                     atomic_load(&srv->revocations), atomic_load(&srv->renewals),
+                     atomic_load(&srv->tokens_ok), atomic_load(&srv->tokens_refused),
+                     atomic_load(&srv->peers_registered), atomic_load(&srv->refused));
+    mt_http_reply(req, 200, "text/plain; version=0.0.4", b,
+                  n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0);
+    return MT_HTTP_DONE;
+}
+
+/* ---- start-up -------------------------------------------------------------------------- */
+
+struct cp_snap {
+    struct mt_snap base;
+};
+
+static void snap_destroy(struct mt_snap *s)
+{
+    SSL_CTX_free(s->ctx);
+    free(s);
+}
+
+static int add_san(const char *s, const char **dns, size_t *nd, const char **ips, size_t *ni)
+{
+    unsigned char b[16];
+    int ip = inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+    const char **v = ip ? ips : dns;
+    size_t *n = ip ? ni : nd;
+    for (size_t i = 0; i < *n; i++)
+        if (!strcasecmp(v[i], s))
+            return 0;
+    if (*n >= CP_SANS_MAX + 4)
+        return -1;
+    v[(*n)++] = s;
+    return 0;
+}
+
+/*
+ * The server's own certificate: register the service "meshtls-ca" for the names it is
+ * reached by (the --listen host, localhost, 127.0.0.1, ::1, each --san) and issue it a
+ * certificate from this CA into DIR/serve/.
+ */
+static int server_cert(const struct cp_serve_opts *o, char *host, struct meshtls_err *err)
+{
+    const char *dns[CP_SANS_MAX + 4], *ips[CP_SANS_MAX + 4];
+    size_t nd = 0, ni = 0;
+    /* host of --listen: "[v6]:port", "host:port", ":port" */
+    const char *l = o->listen;
+    if (l[0] == '[') {
+        const char *e = strchr(l, ']');
+        snprintf(host, 256, "%.*s", e ? (int)(e - l - 1) : 0, l + 1);
+    } else {
+        const char *c = strrchr(l, ':');
+        snprintf(host, 256, "%.*s", c ? (int)(c - l) : (int)strlen(l), l);
+    }
+    add_san("localhost", dns, &nd, ips, &ni);
+    add_san("127.0.0.1", dns, &nd, ips, &ni);
+    add_san("::1", dns, &nd, ips, &ni);
+    if (host[0] && strcmp(host, "0.0.0.0") && strcmp(host, "::"))
+        add_san(host, dns, &nd, ips, &ni);
+    for (size_t i = 0; i < o->n_sans; i++)
+        if (add_san(o->sans[i], dns, &nd, ips, &ni))
+            return meshtls_err_set(err, MESHTLS_EINVAL, "too many --san");
+    int updated = 0, rc;
+    char spiffe[512], serial[80], out[4200];
+    if ((rc = ca_register(o->dir, CP_SERVER_SERVICE, dns, nd, ips, ni, NULL, &updated, spiffe,
+                          sizeof(spiffe), err)))
+        return rc;
+    snprintf(out, sizeof(out), "%s/serve", o->dir);
+    if ((rc = ca_issue(o->dir, CP_SERVER_SERVICE, out, o->server_days, NULL, serial, err)))
+        return rc;
+    meshtls_log(MESHTLS_LOG_INFO, "ca serve: server certificate %s (%s) in %s", serial, spiffe,
+                out);
+    return 0;
+}
+
+static int build_snap(const struct cp_serve_opts *o, struct mt_snap_holder *h,
+                      struct meshtls_err *err)
+{
+    char cert[4300], key[4300], ca[4300];
+    snprintf(cert, sizeof(cert), "%s/serve/%s.crt", o->dir, CP_SERVER_SERVICE);
+    snprintf(key, sizeof(key), "%s/serve/%s.key", o->dir, CP_SERVER_SERVICE);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", o->dir);
+    struct meshtls_tls_opts to = {.cert_file = cert, .key_file = key, .ca_file = ca};
+    SSL_CTX *ctx = NULL;
+    int rc = meshtls_tls_server_ctx_new(&to, &ctx, err);
+    if (rc)
+        return rc;
+    /* Ask for a client certificate, do not require one; verify whatever is presented and
+     * keep the verdict (accept_verify_cb): routes decide. */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_verify_cb);
+    struct cp_snap *s = calloc(1, sizeof(*s));
+    if (!s) {
+        SSL_CTX_free(ctx);
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    }
+    mt_snap_init(&s->base, snap_destroy);
+    s->base.ctx = ctx;
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    struct meshtls_identity *id = NULL;
+    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0)
+        s->base.not_after = id->not_after;
+    meshtls_identity_free(id);
+    mt_snap_publish(h, &s->base);
+    return 0;
+}
+
+static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct meshtls_err *err)
+{
+    struct {
+        const char *m, *p;
+        mt_http_handler_fn fn;
+    } t[] = {
+        {"GET", "/healthz", h_health},
+        {"GET", "/readyz", h_ready},
+        {"GET", "/api/peers", h_peers},
+        {"POST", "/api/peers", h_peers},
+        {"GET", "/crl", h_crl},
+        {"POST", "/api/v1/sign", h_sign},
+        {"POST", "/api/v1/renew", h_renew},
+        {"GET", "/api/admin/security/certificates", h_admin_list},
+        {"POST", "/api/admin/security/certificates/{service}/rotate", h_admin_rotate},
+        {"POST", "/api/admin/security/certificates/{service}/revoke", h_admin_revoke},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        int rc = mt_http_route_add(r, t[i].m, t[i].p, t[i].fn, srv, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
+{
+    int rc = 0;
+    struct cp_server srv = {.o = o};
+    pthread_mutex_init(&srv.crl_mu, NULL);
+    struct mt_snap_holder api_snap = MT_SNAP_HOLDER_INIT, st_snap = MT_SNAP_HOLDER_INIT;
+    struct mt_http_router *router = NULL, *srouter = NULL;
+    struct mt_http_listener api = {0}, stl = {0};
+    struct mt_engine *eng = NULL;
+    struct mt_listener *l = NULL, *sl = NULL;
+    char host[256], p[4300];
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if ((rc = cp_db_open(o->dir, &srv.db, err)))
+        goto out;
+    snprintf(srv.tmpdir, sizeof(srv.tmpdir), "%s/serve-tmp", o->dir);
+    if (mkdir(srv.tmpdir, 0700) != 0 && errno != EEXIST) {
+        rc = meshtls_err_set(err, MESHTLS_EIO, "cannot create %s: %s", srv.tmpdir, strerror(errno));
+        goto out;
+    }
+    snprintf(p, sizeof(p), "%s/intermediate.crt", o->dir);
+    if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &srv.inter_pem, NULL, err)))
+        goto out;
+    snprintf(p, sizeof(p), "%s/ca.crt", o->dir);
+    if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &srv.ca_pem, NULL, err)))
+        goto out;
+    if ((rc = server_cert(o, host, err)) || (rc = build_snap(o, &api_snap, err)))
+        goto out;
+    if (!(router = mt_http_router_new()) || (o->status && !(srouter = mt_http_router_new()))) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = add_routes(router, &srv, err)))
+        goto out;
+    api.router = router;
+    mt_http_limits_default(&api.limits);
+    api.limits.max_body = 64 * 1024; /* a CSR and a token, or a peer's address */
+    api.plaintext_status = 403;
+    api.conn_data_new = peer_new;
+    api.conn_data_free = peer_free;
+    api.write_timeout_ms = 10000;
+    struct mt_engine_opts eo = {.workers = o->workers, .job_threads = o->job_threads};
+    struct mt_listener_opts lo = {.name = "ca api",
+                                  .addr = o->listen,
+                                  .ops = &mt_http_proto,
+                                  .arg = &api,
+                                  .snap = &api_snap,
+                                  .tls = 1,
+                                  .sniff_plaintext = 1,
+                                  .max_conns = 1024,
+                                  .handshake_timeout_ms = 10000};
+    if ((rc = mt_engine_new(&eo, &eng, err)) || (rc = mt_engine_listen(eng, &lo, &l, err))) {
+        if (rc == MESHTLS_EIO)
+            rc = meshtls_err_set(err, rc, "--listen %s: %s", o->listen, strerror(errno));
+        goto out;
+    }
+    if (o->status) {
+        if ((rc = mt_http_route_add(srouter, "GET", "/healthz", h_health, &srv, err)) ||
+            (rc = mt_http_route_add(srouter, "GET", "/readyz", h_ready, &srv, err)) ||
+            (rc = mt_http_route_add(srouter, "GET", "/metrics", h_metrics, &srv, err)))
+            goto out;
+        stl.router = srouter;
+        mt_http_limits_default(&stl.limits);
+        stl.limits.max_body = 1024;
+        stl.write_timeout_ms = 5000;
+        struct mt_listener_opts so = {.name = "ca status",
+                                      .addr = o->status,
+                                      .ops = &mt_http_proto,
+                                      .arg = &stl,
+                                      .snap = &st_snap,
+                                      .max_conns = 64,
+                                      .drain_close = 1};
+        if ((rc = mt_engine_listen(eng, &so, &sl, err))) {
+            if (rc == MESHTLS_EIO)
+                rc = meshtls_err_set(err, rc, "--status %s: %s", o->status, strerror(errno));
+            goto out;
+        }
+    }
+    if ((rc = mt_engine_start(eng, err)))
+        goto out;
+    meshtls_log(MESHTLS_LOG_INFO, "ca serve: listening on %s (%zu admin identit%s)",
+                mt_listener_addr(l), o->n_admins, o->n_admins == 1 ? "y" : "ies");
+    printf("listening on %s\n", mt_listener_addr(l));
+    if (sl)
+        printf("status on %s\n", mt_listener_addr(sl));
+    fflush(stdout);
+    for (;;) {
+        struct timespec to = {.tv_sec = 1, .tv_nsec = 0};
+        int sig = sigtimedwait(&set, NULL, &to);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+    }
+    meshtls_log(MESHTLS_LOG_INFO, "ca serve: stopping; draining for up to %d ms", o->drain_ms);
+    long long left = 0;
+    if (!mt_engine_drain(eng, o->drain_ms, &left))
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: closed %lld connection(s) at the drain timeout",
+                    left);
+    rc = 0;
+out:
+    mt_engine_free(eng);
+    mt_http_router_free(router);
+    mt_http_router_free(srouter);
+    mt_snap_holder_clear(&api_snap);
+    mt_snap_holder_clear(&st_snap);
+    mt_db_close(srv.db);
+    free(srv.inter_pem);
+    free(srv.ca_pem);
+    free(srv.crl_pem);
+    OPENSSL_free(srv.crl_der);
+    pthread_mutex_destroy(&srv.crl_mu);
+    return rc;
+}
