@@ -1296,6 +1296,11 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
         rc = meshtls_err_set(err, MESHTLS_EIO, "cannot create %s: %s", srv.tmpdir, strerror(errno));
         goto out;
     }
+    snprintf(p, sizeof(p), "%s/served", o->dir); /* certificates issued through the API */
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+        rc = meshtls_err_set(err, MESHTLS_EIO, "cannot create %s: %s", p, strerror(errno));
+        goto out;
+    }
     snprintf(p, sizeof(p), "%s/intermediate.crt", o->dir);
     if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &srv.inter_pem, NULL, err)))
         goto out;

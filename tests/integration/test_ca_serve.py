@@ -1,0 +1,435 @@
+"""`meshtls ca serve`: the control plane's HTTPS API (issue 10), with real peers: curl with
+and without client certificates, `openssl s_client`, Python's ssl and http.client.
+
+000's checklist on /api/peers: valid certificate 200, missing 403 "client certificate
+required", plaintext HTTP 403 "TLS required" in plaintext (not a TLS alert), untrusted,
+expired and revoked 403; each decision an audit event.  Bootstrap tokens (single use, also
+when two servers redeem the same token at once), CSR checks against the registration,
+renewal, the admin API (admin vs non-admin), the CRL."""
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MESHTLS, read_child_log, run
+from proxy_util import forge_client_cert, make_pki
+
+TD = "test.local"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = make_pki(tmp_path_factory.mktemp("pki"))
+    ca = d / "ca"
+    # an administrator, a service that will be revoked, one that only bootstraps
+    for svc in ("admin", "gone"):
+        run("ca", "register", "--dir", ca, svc, check=True)
+        run("ca", "issue", "--dir", ca, svc, "--out", d / "certs", check=True)
+    run("ca", "revoke", "--dir", ca, "gone", "--reason", "keyCompromise", check=True)
+    run("ca", "register", "--dir", ca, "boot", "--dns", "boot.local", "--ip", "10.1.2.3",
+        check=True)
+    forge_client_cert(d, d / "expired", name="web", expired=True)
+    return d
+
+
+class Server:
+    """A running `meshtls ca serve`; .port, .status_port, .log()."""
+
+    def __init__(self, pki, *args):
+        self.errf = open(pki / f"serve-{time.monotonic_ns()}.log", "w+")
+        self.proc = subprocess.Popen(
+            [MESHTLS, "ca", "serve", "--dir", str(pki / "ca"), "--listen", "127.0.0.1:0",
+             "--status", "127.0.0.1:0", "--admin", f"spiffe://{TD}/svc/admin", *map(str, args)],
+            stdout=subprocess.PIPE, stderr=self.errf, text=True)
+        self.port = self.status_port = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (self.port is None or self.status_port is None):
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"ca serve exited {self.proc.wait()}:\n{self.log()}")
+            if line.startswith("listening on "):
+                self.port = int(line.rsplit(":", 1)[1])
+            elif line.startswith("status on "):
+                self.status_port = int(line.rsplit(":", 1)[1])
+
+    def log(self):
+        return read_child_log(self.errf)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.errf.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(pki):
+    s = Server(pki)
+    yield s
+    assert s.stop() == 0
+
+
+def ctx(pki, svc=None, certdir="certs"):
+    c = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    if svc:
+        c.load_cert_chain(str(pki / certdir / f"{svc}.crt"), str(pki / certdir / f"{svc}.key"))
+    return c
+
+
+def call(server, pki, method, path, body=None, svc=None, certdir="certs", headers=None,
+         context=None):
+    """One HTTPS request (server name localhost); returns (status, parsed JSON or bytes)."""
+    c = http.client.HTTPSConnection("localhost", server.port, timeout=20,
+                                    context=context or ctx(pki, svc, certdir))
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    h = {"Content-Type": "application/json"} if data is not None else {}
+    h.update(headers or {})
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    raw = r.read()
+    c.close()
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw
+
+
+def curl(server, pki, path, *args):
+    p = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", str(pki / "ca" / "ca.crt"),
+                        "-o", "-", "-w", "\n%{http_code}", *args,
+                        f"https://localhost:{server.port}{path}"],
+                       capture_output=True, text=True, timeout=30)
+    body, _, code = p.stdout.rpartition("\n")
+    return int(code), body
+
+
+def make_csr(tmp, name, cn=None, sans=None):
+    key, csr = tmp / f"{name}.key", tmp / f"{name}.csr"
+    argv = ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn or name}"]
+    if sans:
+        argv += ["-addext", "subjectAltName=" + ",".join(sans)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    return csr.read_text(), key
+
+
+def token(pki, svc, ttl="10m"):
+    p = run("ca", "token", "--dir", pki / "ca", svc, "--ttl", ttl, check=True)
+    t = p.stdout.strip()
+    assert t.startswith("mtt_") and len(t) == 47 and t not in p.stderr
+    return t
+
+
+def audit_lines(server, route):
+    return [l for l in server.log().splitlines() if " audit " in l and f"route={route}" in l]
+
+
+# ---- the server itself -----------------------------------------------------------------
+
+def test_health_public_and_server_cert_from_own_ca(server, pki):
+    assert curl(server, pki, "/healthz") == (200, "ok\n")
+    assert curl(server, pki, "/readyz") == (200, "ready\n")
+    # the server's certificate verifies against the CA for localhost and 127.0.0.1
+    c = ctx(pki)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        with c.wrap_socket(s, server_hostname="127.0.0.1") as t:
+            assert t.version() == "TLSv1.3"
+    conn = http.client.HTTPConnection("127.0.0.1", server.status_port, timeout=10)
+    conn.request("GET", "/metrics")
+    r = conn.getresponse()
+    assert r.status == 200 and b"meshtls_cert_issuances_total" in r.read()
+
+
+def test_plaintext_http_gets_plaintext_403(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /api/peers HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 403 "), data[:100]
+    assert b"tls_required" in data
+
+
+def test_peers_without_client_cert_403(server, pki):
+    code, body = curl(server, pki, "/api/peers")
+    assert code == 403
+    err = json.loads(body)["error"]
+    assert err["code"] == "client_certificate_required"
+    assert "client certificate required" in err["message"]
+    # openssl s_client completes the handshake without a certificate; HTTP says 403
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}",
+                        "-CAfile", str(pki / "ca" / "ca.crt"), "-verify_return_error",
+                        "-verify_hostname", "localhost", "-quiet", "-ign_eof"],
+                       input="GET /api/peers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                       capture_output=True, text=True, timeout=30)
+    assert "HTTP/1.1 403" in p.stdout and "client_certificate_required" in p.stdout
+    assert any("decision=deny" in l and "no client certificate" in l
+               for l in audit_lines(server, "/api/peers"))
+
+
+def test_peers_valid_cert_registers_and_lists(server, pki):
+    code, body = curl(server, pki, "/api/peers", "--cert", str(pki / "certs" / "api.crt"),
+                      "--key", str(pki / "certs" / "api.key"), "-H",
+                      "Content-Type: application/json", "-d", '{"address": "10.0.0.7:8443"}')
+    assert code == 200, body
+    assert json.loads(body)["spiffe_id"] == f"spiffe://{TD}/svc/api"
+    code, body = call(server, pki, "GET", "/api/peers", svc="web")
+    assert code == 200
+    peers = {p["spiffe_id"]: p for p in body["peers"]}
+    assert peers[f"spiffe://{TD}/svc/api"]["address"] == "10.0.0.7:8443"
+    assert any("decision=allow" in l and f"identity=spiffe://{TD}/svc/web" in l
+               for l in audit_lines(server, "/api/peers"))
+
+
+def test_peers_untrusted_cert_403(server, pki):
+    code, body = call(server, pki, "GET", "/api/peers", svc="web", certdir="intruder")
+    assert code == 403 and body["error"]["code"] == "certificate_invalid"
+    assert "refused" in body["error"]["message"]
+
+
+def test_peers_expired_cert_403(server, pki):
+    code, body = call(server, pki, "GET", "/api/peers", svc="web", certdir="expired")
+    assert code == 403 and body["error"]["code"] == "certificate_invalid"
+    assert "expired" in body["error"]["message"]
+
+
+def test_peers_revoked_cert_403(server, pki):
+    code, body = call(server, pki, "GET", "/api/peers", svc="gone")
+    assert code == 403 and body["error"]["code"] == "certificate_revoked"
+    assert any("decision=deny" in l and f"identity=spiffe://{TD}/svc/gone" in l
+               for l in audit_lines(server, "/api/peers"))
+
+
+def test_peers_bad_bodies(server, pki):
+    for body in (b"{", b"[]", {"address": ""}, {"address": 7}, {"address": "a b"},
+                 {"address": "x" * 300}):
+        code, resp = call(server, pki, "POST", "/api/peers", body=body, svc="api")
+        assert code == 400 and resp["error"]["code"] == "bad_request", body
+    # a body over the 64 KiB bound is refused from its Content-Length, before it is sent
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        with ctx(pki, "api").wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(b"POST /api/peers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      b"\r\nContent-Length: 70000\r\n\r\n")
+            assert t.recv(4096).startswith(b"HTTP/1.1 413 ")
+
+
+def test_stale_peers_drop_out(pki):
+    s = Server(pki, "--peer-ttl", "1s")
+    try:
+        code, _ = call(s, pki, "POST", "/api/peers", body={"address": "10.9.9.9:1"}, svc="evil")
+        assert code == 200
+        code, body = call(s, pki, "GET", "/api/peers", svc="web")
+        assert f"spiffe://{TD}/svc/evil" in [p["spiffe_id"] for p in body["peers"]]
+        time.sleep(2.2)
+        code, body = call(s, pki, "GET", "/api/peers", svc="web")
+        assert code == 200
+        assert f"spiffe://{TD}/svc/evil" not in [p["spiffe_id"] for p in body["peers"]]
+    finally:
+        assert s.stop() == 0
+
+
+def test_revocation_applies_on_a_kept_alive_connection(server, pki, tmp_path):
+    run("ca", "register", "--dir", pki / "ca", "short", check=True)
+    run("ca", "issue", "--dir", pki / "ca", "short", "--out", tmp_path, check=True)
+    c = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    c.load_cert_chain(str(tmp_path / "short.crt"), str(tmp_path / "short.key"))
+    conn = http.client.HTTPSConnection("localhost", server.port, timeout=20, context=c)
+    conn.request("GET", "/api/peers")
+    r = conn.getresponse()
+    assert r.status == 200
+    r.read()
+    run("ca", "revoke", "--dir", pki / "ca", "short", check=True)
+    conn.request("GET", "/api/peers")  # same connection, same TLS session
+    r = conn.getresponse()
+    assert r.status == 403 and json.loads(r.read())["error"]["code"] == "certificate_revoked"
+    conn.close()
+
+
+# ---- bootstrap signing --------------------------------------------------------------------
+
+BOOT_SANS = [f"URI:spiffe://{TD}/svc/boot", "DNS:boot.local", "IP:10.1.2.3"]
+
+
+def test_sign_with_token_then_token_is_used(server, pki, tmp_path):
+    t = token(pki, "boot")
+    csr, key = make_csr(tmp_path, "boot", sans=BOOT_SANS)
+    code, body = call(server, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})
+    assert code == 200, body
+    assert body["service"] == "boot" and body["chain"].startswith(body["certificate"])
+    (tmp_path / "boot.crt").write_text(body["chain"])
+    (tmp_path / "ca.crt").write_text(body["ca"])
+    v = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"),
+                        "-untrusted", str(tmp_path / "boot.crt"), str(tmp_path / "boot.crt")],
+                       capture_output=True, text=True, timeout=30)
+    assert v.returncode == 0, v.stdout + v.stderr
+    # the new certificate is a client certificate the API accepts
+    code, _ = call(server, pki, "GET", "/api/peers", svc="boot", certdir=tmp_path.name,
+                   context=_ctx_files(pki, tmp_path / "boot.crt", key))
+    assert code == 200
+    # single use
+    code, body = call(server, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})
+    assert code == 403 and body["error"]["code"] == "token_used"
+
+
+def _ctx_files(pki, crt, key):
+    c = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    c.load_cert_chain(str(crt), str(key))
+    return c
+
+
+def test_sign_refusals(server, pki, tmp_path):
+    csr, _ = make_csr(tmp_path, "boot", sans=BOOT_SANS)
+    cases = [
+        ({"token": "nope", "csr": csr}, 403, "invalid_token"),
+        ({"token": "mtt_" + "A" * 43, "csr": csr}, 403, "invalid_token"),
+        ({"csr": csr}, 400, "bad_request"),
+        ({"token": token(pki, "boot"), "csr": "not a csr"}, 400, "bad_csr"),
+    ]
+    for body, status, code in cases:
+        s, resp = call(server, pki, "POST", "/api/v1/sign", body=body)
+        assert (s, resp["error"]["code"]) == (status, code), (body, resp)
+    # expired token
+    t = token(pki, "boot", ttl="1s")
+    time.sleep(1.5)
+    s, resp = call(server, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})
+    assert (s, resp["error"]["code"]) == (403, "token_expired")
+
+
+@pytest.mark.parametrize("sans,cn,why", [
+    ([f"URI:spiffe://{TD}/svc/api"], "boot", f"spiffe://{TD}/svc/api"),
+    (["DNS:boot.local"], "boot", "no SPIFFE ID"),
+    ([f"URI:spiffe://{TD}/svc/boot", "DNS:evil.example"], "boot", "evil.example"),
+    ([f"URI:spiffe://{TD}/svc/boot", "IP:10.9.9.9"], "boot", "10.9.9.9"),
+    ([f"URI:spiffe://{TD}/svc/boot"], "api", "CN 'api'"),
+])
+def test_sign_csr_mismatch_refused_with_reason(server, pki, tmp_path, sans, cn, why):
+    t = token(pki, "boot")
+    csr, _ = make_csr(tmp_path, "x", cn=cn, sans=sans)
+    s, resp = call(server, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})
+    assert s == 403 and resp["error"]["code"] == "csr_mismatch"
+    assert why in resp["error"]["message"]
+    # the token was not spent on a refused CSR
+    good, _ = make_csr(tmp_path, "good", cn="boot", sans=BOOT_SANS)
+    s, resp = call(server, pki, "POST", "/api/v1/sign", body={"token": t, "csr": good})
+    assert s == 200, resp
+
+
+def test_token_redeemed_once_by_two_servers_at_once(server, pki, tmp_path):
+    other = Server(pki)
+    try:
+        for _ in range(3):
+            t = token(pki, "boot")
+            csr, _ = make_csr(tmp_path, "race", cn="boot", sans=BOOT_SANS)
+            barrier = threading.Barrier(4)
+
+            def redeem(srv):
+                barrier.wait(timeout=10)
+                return call(srv, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})[0]
+
+            with concurrent.futures.ThreadPoolExecutor(4) as ex:
+                codes = sorted(ex.map(redeem, [server, other, server, other]))
+            assert codes == [200, 403, 403, 403], codes
+    finally:
+        assert other.stop() == 0
+
+
+# ---- renewal ----------------------------------------------------------------------------
+
+def test_renew_with_current_cert(server, pki, tmp_path):
+    csr, key = make_csr(tmp_path, "web", sans=[f"URI:spiffe://{TD}/svc/web"])
+    code, body = call(server, pki, "POST", "/api/v1/renew", body={"csr": csr}, svc="web")
+    assert code == 200, body
+    assert body["service"] == "web"
+    # a CSR for another identity is refused
+    csr2, _ = make_csr(tmp_path, "api", sans=[f"URI:spiffe://{TD}/svc/api"])
+    code, body = call(server, pki, "POST", "/api/v1/renew", body={"csr": csr2}, svc="web")
+    assert code == 403 and body["error"]["code"] == "csr_mismatch"
+
+
+def test_renew_refused_revoked_expired_and_anonymous(server, pki, tmp_path):
+    csr, _ = make_csr(tmp_path, "gone", sans=[f"URI:spiffe://{TD}/svc/gone"])
+    code, body = call(server, pki, "POST", "/api/v1/renew", body={"csr": csr}, svc="gone")
+    assert code == 403 and body["error"]["code"] == "certificate_revoked"
+    code, body = call(server, pki, "POST", "/api/v1/renew", body={"csr": csr}, svc="web",
+                      certdir="expired")
+    assert code == 403 and body["error"]["code"] == "certificate_invalid"
+    code, body = call(server, pki, "POST", "/api/v1/renew", body={"csr": csr})
+    assert code == 403 and body["error"]["code"] == "client_certificate_required"
+
+
+# ---- admin --------------------------------------------------------------------------------
+
+ADMIN = "/api/admin/security/certificates"
+
+
+def test_admin_only_for_admins(server, pki):
+    code, body = call(server, pki, "GET", ADMIN, svc="api")
+    assert code == 403 and body["error"]["code"] == "not_admin"
+    code, body = call(server, pki, "POST", f"{ADMIN}/web/revoke", body={}, svc="api")
+    assert code == 403
+    lines = audit_lines(server, ADMIN)
+    assert any("decision=deny" in l and f"spiffe://{TD}/svc/api is not an administrator" in l
+               for l in lines)
+    code, body = call(server, pki, "GET", ADMIN)
+    assert code == 403 and body["error"]["code"] == "client_certificate_required"
+
+
+def test_admin_inventory_filters_and_pages(server, pki):
+    code, body = call(server, pki, "GET", f"{ADMIN}?service=api", svc="admin")
+    assert code == 200 and body["certificates"]
+    assert {c["service"] for c in body["certificates"]} == {"api"}
+    code, body = call(server, pki, "GET", f"{ADMIN}?status=revoked", svc="admin")
+    assert code == 200 and "gone" in {c["service"] for c in body["certificates"]}
+    assert all(c["status"] == "revoked" and c["reason"] for c in body["certificates"])
+    code, body = call(server, pki, "GET", f"{ADMIN}?limit=1", svc="admin")
+    assert code == 200 and len(body["certificates"]) == 1 and body["next_offset"] == 1
+    code, page2 = call(server, pki, "GET", f"{ADMIN}?limit=1&offset=1", svc="admin")
+    assert page2["certificates"][0]["serial"] != body["certificates"][0]["serial"]
+    code, body = call(server, pki, "GET", f"{ADMIN}?expiring_before=1", svc="admin")
+    assert code == 200 and body["total"] == 0
+    for q in ("status=bogus", "limit=0", "limit=x", "expiring_before=-1"):
+        code, body = call(server, pki, "GET", f"{ADMIN}?{q}", svc="admin")
+        assert code == 400, q
+
+
+def test_admin_rotate_and_revoke_show_in_crl(server, pki):
+    run("ca", "register", "--dir", pki / "ca", "victim", check=True)
+    run("ca", "issue", "--dir", pki / "ca", "victim", "--out", pki / "victim", check=True)
+    code, body = call(server, pki, "POST", f"{ADMIN}/victim/rotate", svc="admin")
+    assert code == 200, body
+    old, new = body["old_serial"], body["new_serial"]
+    assert old != new
+    code, body = call(server, pki, "POST", f"{ADMIN}/victim/revoke",
+                      body={"reason": "keyCompromise", "replace": True}, svc="admin")
+    assert code == 200, body
+    assert body["revoked"] >= 1 and body["replacements"]
+    code, body = call(server, pki, "POST", f"{ADMIN}/victim/revoke", body={"reason": "bogus"},
+                      svc="admin")
+    assert code == 400
+    code, body = call(server, pki, "POST", f"{ADMIN}/nosuch/rotate", svc="admin")
+    assert code == 404
+    # the CRL (DER by default, PEM when asked) lists the revoked serial at once
+    code, der = call(server, pki, "GET", "/crl")
+    assert code == 200
+    text = subprocess.run(["openssl", "crl", "-inform", "DER", "-noout", "-text"], input=der,
+                          capture_output=True, timeout=30).stdout.decode().lower()
+    assert new.lower() in text.replace(":", "") or new.lower().lstrip("0") in text
+    code, pem = call(server, pki, "GET", "/crl", headers={"Accept": "application/x-pem-file"})
+    assert code == 200 and pem.startswith(b"-----BEGIN X509 CRL-----")
