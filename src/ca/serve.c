@@ -44,12 +44,16 @@
 
 #define CP_SERVER_SERVICE "meshtls-ca"
 #define CP_CRL_MAX_AGE_S 3600 /* a cached CRL is re-signed after this even without changes */
+#define CP_FEED_WAITERS 16    /* long polls held at once (each holds a pool thread) */
+#define CP_FEED_WAIT_MAX 60   /* seconds a long poll may ask to wait */
+#define CP_FEED_POLL_MS 100   /* how often the store's newest epoch is read */
+#define CP_FEED_PAGE 1000     /* revocations per answer at most */
 
 void cp_serve_opts_default(struct cp_serve_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->workers = 2;
-    o->job_threads = 4;
+    o->job_threads = 4 + CP_FEED_WAITERS;
     o->peer_ttl_s = 30;
     o->leaf_days = CA_LEAF_DAYS_DEFAULT;
     o->server_days = CA_LEAF_DAYS_DEFAULT;
@@ -71,6 +75,15 @@ struct cp_server {
     char *crl_pem;
     size_t crl_pem_len;
     int64_t crl_count, crl_last, crl_made;
+    /* the revocation feed: the newest epoch in the store, watched by a poller thread;
+     * long-polling jobs wait on feed_cv (bounded: at most CP_FEED_WAITERS at once) */
+    pthread_mutex_t feed_mu;
+    pthread_cond_t feed_cv;
+    int64_t feed_max;
+    int feed_waiters;
+    int stopping;
+    pthread_t poller;
+    int poller_started;
     /* counters for /metrics */
     atomic_ullong issuances, renewals, rotations, revocations, tokens_ok, tokens_refused,
         peers_registered, refused;
@@ -158,6 +171,8 @@ struct cp_job {
     char param[128];
     int want_pem;
     char q_service[128], q_status[32];
+    int64_t q_since;
+    int q_wait;
     int64_t q_before;
     long q_limit, q_offset;
     /* what the caller's serial is in the store (check_store) */
@@ -1117,6 +1132,160 @@ static int h_admin_revoke(struct mt_http_req *req, void *arg)
                         w_admin_revoke, 1);
 }
 
+/* ---- /api/v1/revocations: the feed ---------------------------------------------------- */
+
+static int feed_max_epoch(struct mt_db *db, int64_t *out, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (!rc && !(rc = mt_db_query(c, "SELECT COALESCE(MAX(epoch), 0) FROM serve_revocations", NULL,
+                                  0, &r, err))) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else
+            *out = row ? mt_db_col_int64(r, 0) : 0;
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+/* Wake long polls when the store's newest epoch moves (any server, the command line). */
+static void *feed_poller(void *arg)
+{
+    struct cp_server *srv = arg;
+    pthread_mutex_lock(&srv->feed_mu);
+    while (!srv->stopping) {
+        pthread_mutex_unlock(&srv->feed_mu);
+        int64_t m = 0;
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        int rc = feed_max_epoch(srv->db, &m, &e);
+        pthread_mutex_lock(&srv->feed_mu);
+        if (!rc && m > srv->feed_max) {
+            srv->feed_max = m;
+            pthread_cond_broadcast(&srv->feed_cv);
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += CP_FEED_POLL_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!srv->stopping)
+            pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until);
+    }
+    pthread_mutex_unlock(&srv->feed_mu);
+    return NULL;
+}
+
+static int feed_query(struct cp_job *jb, json_t *arr, int64_t *last, int *more,
+                      struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_INT64(jb->q_since), MT_DB_INT64(CP_FEED_PAGE + 1)};
+    int rc = mt_db_acquire(jb->srv->db, &c, err);
+    if (!rc)
+        rc = mt_db_query(c,
+                         "SELECT epoch, serial, service, revoked_at, reason FROM "
+                         "serve_revocations WHERE epoch > $1 ORDER BY epoch LIMIT $2",
+                         p, 2, &r, err);
+    int row, n = 0;
+    while (!rc && (row = mt_db_row_next(r, err)) != 0) {
+        if (row < 0) {
+            rc = row;
+            break;
+        }
+        if (++n > CP_FEED_PAGE) {
+            *more = 1;
+            break;
+        }
+        *last = mt_db_col_int64(r, 0);
+        json_array_append_new(
+            arr, json_pack("{s:I, s:o, s:o, s:I, s:o}", "epoch", (json_int_t)*last, "serial",
+                           mt_json_string(mt_db_col_text(r, 1)), "service",
+                           mt_json_string(mt_db_col_text(r, 2)), "revoked_at",
+                           (json_int_t)mt_db_col_int64(r, 3), "reason",
+                           mt_json_string(mt_db_col_text(r, 4) ? mt_db_col_text(r, 4) : "")));
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+static void w_feed(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    json_t *arr = json_array();
+    int64_t last = jb->q_since;
+    int more = 0;
+    if (!arr || feed_query(jb, arr, &last, &more, &e)) {
+        json_decref(arr);
+        jb_store_down(jb, &e);
+        return;
+    }
+    if (json_array_size(arr) == 0 && jb->q_wait > 0) {
+        /* Nothing newer: hold the request until the poller sees a newer epoch, the wait
+         * ends, or the server stops. */
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += jb->q_wait;
+        int waited = 0;
+        pthread_mutex_lock(&srv->feed_mu);
+        if (srv->feed_waiters < CP_FEED_WAITERS) {
+            srv->feed_waiters++;
+            waited = 1;
+            while (!srv->stopping && srv->feed_max <= jb->q_since &&
+                   pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until) == 0)
+                ;
+            srv->feed_waiters--;
+        }
+        int news = srv->feed_max > jb->q_since;
+        pthread_mutex_unlock(&srv->feed_mu);
+        if (waited && news && feed_query(jb, arr, &last, &more, &e)) {
+            json_decref(arr);
+            jb_store_down(jb, &e);
+            return;
+        }
+    }
+    jb->status = 200;
+    jb->out =
+        json_pack("{s:I, s:o, s:b}", "epoch", (json_int_t)last, "revocations", arr, "more", more);
+}
+
+static int h_feed(struct mt_http_req *req, void *arg)
+{
+    const char *route = "/api/v1/revocations";
+    const struct cp_peer *p = need_cert(req, arg, route);
+    if (!p)
+        return MT_HTTP_DONE;
+    char b[32];
+    int64_t since = 0, wait = 0;
+    int r1 = mt_http_query_get(req, "since", b, sizeof(b));
+    int bad = r1 == MESHTLS_EINVAL || (r1 >= 0 && mt_parse_i64(b, 0, INT64_MAX - 1, &since));
+    int r2 = mt_http_query_get(req, "wait", b, sizeof(b));
+    bad |= r2 == MESHTLS_EINVAL || (r2 >= 0 && mt_parse_i64(b, 0, CP_FEED_WAIT_MAX, &wait));
+    if (bad) {
+        mt_http_reply_error(req, 400, "bad_request",
+                            "query: since=EPOCH (0 or the \"epoch\" of the last answer), "
+                            "wait=0..60 (seconds to hold the request when nothing is newer)");
+        return MT_HTTP_DONE;
+    }
+    struct cp_job *jb = job_new(req, arg, route, w_feed);
+    if (!jb)
+        return MT_HTTP_DONE;
+    jb->peer = *p;
+    jb->check_store = 1;
+    jb->quiet = 1; /* a follower polls all the time: refusals are still audited (need_cert) */
+    jb->q_since = since;
+    jb->q_wait = (int)wait;
+    return submit(req, jb);
+}
+
 /* ---- /metrics (status listener) -------------------------------------------------------- */
 
 static int h_metrics(struct mt_http_req *req, void *arg)
@@ -1258,6 +1427,7 @@ static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct me
         {"GET", "/crl", h_crl},
         {"POST", "/api/v1/sign", h_sign},
         {"POST", "/api/v1/renew", h_renew},
+        {"GET", "/api/v1/revocations", h_feed},
         {"GET", "/api/admin/security/certificates", h_admin_list},
         {"POST", "/api/admin/security/certificates/{service}/rotate", h_admin_rotate},
         {"POST", "/api/admin/security/certificates/{service}/revoke", h_admin_revoke},
@@ -1275,6 +1445,12 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     int rc = 0;
     struct cp_server srv = {.o = o};
     pthread_mutex_init(&srv.crl_mu, NULL);
+    pthread_mutex_init(&srv.feed_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&srv.feed_cv, &ca);
+    pthread_condattr_destroy(&ca);
     struct mt_snap_holder api_snap = MT_SNAP_HOLDER_INIT, st_snap = MT_SNAP_HOLDER_INIT;
     struct mt_http_router *router = NULL, *srouter = NULL;
     struct mt_http_listener api = {0}, stl = {0};
@@ -1359,6 +1535,13 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
             goto out;
         }
     }
+    if ((rc = feed_max_epoch(srv.db, &srv.feed_max, err)))
+        goto out;
+    if (pthread_create(&srv.poller, NULL, feed_poller, &srv) != 0) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot start the revocation-feed thread");
+        goto out;
+    }
+    srv.poller_started = 1;
     if ((rc = mt_engine_start(eng, err)))
         goto out;
     meshtls_log(MESHTLS_LOG_INFO, "ca serve: listening on %s (%zu admin identit%s)",
@@ -1374,13 +1557,24 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
             break;
     }
     meshtls_log(MESHTLS_LOG_INFO, "ca serve: stopping; draining for up to %d ms", o->drain_ms);
+    /* long polls answer now (with nothing new) instead of holding the drain */
+    pthread_mutex_lock(&srv.feed_mu);
+    srv.stopping = 1;
+    pthread_cond_broadcast(&srv.feed_cv);
+    pthread_mutex_unlock(&srv.feed_mu);
     long long left = 0;
     if (!mt_engine_drain(eng, o->drain_ms, &left))
         meshtls_log(MESHTLS_LOG_WARN, "ca serve: closed %lld connection(s) at the drain timeout",
                     left);
     rc = 0;
 out:
+    pthread_mutex_lock(&srv.feed_mu);
+    srv.stopping = 1;
+    pthread_cond_broadcast(&srv.feed_cv);
+    pthread_mutex_unlock(&srv.feed_mu);
     mt_engine_free(eng);
+    if (srv.poller_started)
+        pthread_join(srv.poller, NULL);
     mt_http_router_free(router);
     mt_http_router_free(srouter);
     mt_snap_holder_clear(&api_snap);
@@ -1391,5 +1585,7 @@ out:
     free(srv.crl_pem);
     OPENSSL_free(srv.crl_der);
     pthread_mutex_destroy(&srv.crl_mu);
+    pthread_mutex_destroy(&srv.feed_mu);
+    pthread_cond_destroy(&srv.feed_cv);
     return rc;
 }

@@ -82,6 +82,25 @@ static const struct mt_db_migration CP_MIGRATIONS[] = {
      "  expires_at INTEGER NOT NULL);"
      "CREATE INDEX serve_peers_expires ON serve_peers(expires_at);",
      NULL},
+    /* 2: the revocation feed.  Every revocation gets the next epoch in the transaction
+     * that revokes (a trigger on the PKI's certificates table, so ca_revoke through the
+     * API, another server or the command line all count); rows are never deleted, so
+     * epochs are gap-free.  Revocations made before this migration are numbered first. */
+    {2,
+     "CREATE TABLE serve_revocations ("
+     "  epoch INTEGER PRIMARY KEY,"
+     "  serial TEXT NOT NULL,"
+     "  service TEXT NOT NULL,"
+     "  revoked_at INTEGER NOT NULL,"
+     "  reason TEXT);"
+     "INSERT INTO serve_revocations (serial, service, revoked_at, reason) "
+     "  SELECT serial, service, COALESCE(revoked_at, 0), reason FROM certificates "
+     "  WHERE status = 'revoked' ORDER BY revoked_at, serial;"
+     "CREATE TRIGGER serve_revocation_epoch AFTER UPDATE OF status ON certificates "
+     "  FOR EACH ROW WHEN NEW.status = 'revoked' AND OLD.status <> 'revoked' "
+     "  BEGIN INSERT INTO serve_revocations (serial, service, revoked_at, reason) "
+     "  VALUES (NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason); END;",
+     NULL},
 };
 
 int cp_db_open(const char *dir, struct mt_db **out, struct meshtls_err *err)

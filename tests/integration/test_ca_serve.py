@@ -433,3 +433,60 @@ def test_admin_rotate_and_revoke_show_in_crl(server, pki):
     assert new.lower() in text.replace(":", "") or new.lower().lstrip("0") in text
     code, pem = call(server, pki, "GET", "/crl", headers={"Accept": "application/x-pem-file"})
     assert code == 200 and pem.startswith(b"-----BEGIN X509 CRL-----")
+
+
+# ---- the revocation feed --------------------------------------------------------------------
+
+FEED = "/api/v1/revocations"
+
+
+def test_feed_lists_gap_free_epochs_and_needs_a_cert(server, pki):
+    code, body = call(server, pki, "GET", f"{FEED}?since=0", svc="web")
+    assert code == 200 and body["more"] is False
+    epochs = [r["epoch"] for r in body["revocations"]]
+    assert epochs == list(range(1, len(epochs) + 1)) and body["epoch"] == epochs[-1]
+    assert "gone" in {r["service"] for r in body["revocations"]}
+    code, again = call(server, pki, "GET", f"{FEED}?since={body['epoch']}", svc="web")
+    assert code == 200 and again["revocations"] == [] and again["epoch"] == body["epoch"]
+    code, body = call(server, pki, "GET", FEED)
+    assert code == 403 and body["error"]["code"] == "client_certificate_required"
+    for q in ("since=-1", "since=x", "wait=61"):
+        assert call(server, pki, "GET", f"{FEED}?{q}", svc="web")[0] == 400, q
+
+
+def test_feed_long_poll_sees_a_revocation_at_another_server_within_a_second(server, pki):
+    other = Server(pki)
+    try:
+        run("ca", "register", "--dir", pki / "ca", "feedme", check=True)
+        run("ca", "issue", "--dir", pki / "ca", "feedme", "--out", pki / "feedme", check=True)
+        code, body = call(other, pki, "GET", f"{FEED}?since=0", svc="web")
+        since = body["epoch"]
+        result = {}
+
+        def follow():
+            t0 = time.monotonic()
+            result["resp"] = call(other, pki, "GET", f"{FEED}?since={since}&wait=20", svc="web")
+            result["at"] = time.monotonic()
+            result["t0"] = t0
+
+        th = threading.Thread(target=follow)
+        th.start()
+        time.sleep(0.5)  # the follower is held: nothing newer yet
+        assert "resp" not in result
+        code, body = call(server, pki, "POST", f"{ADMIN}/feedme/revoke",
+                          body={"reason": "keyCompromise", "replace": False}, svc="admin")
+        revoked_at = time.monotonic()
+        assert code == 200 and body["revoked"] == 1
+        th.join(timeout=25)
+        code, feed = result["resp"]
+        assert code == 200
+        assert [r["service"] for r in feed["revocations"]] == ["feedme"]
+        assert feed["revocations"][0]["epoch"] == since + 1 and feed["epoch"] == since + 1
+        assert feed["revocations"][0]["reason"] == "keyCompromise"
+        assert result["at"] - revoked_at < 1.0
+        # nothing newer and no wait: at once, empty
+        t0 = time.monotonic()
+        code, body = call(other, pki, "GET", f"{FEED}?since={since + 1}&wait=1", svc="web")
+        assert code == 200 and body["revocations"] == [] and time.monotonic() - t0 >= 0.9
+    finally:
+        assert other.stop() == 0
