@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -40,6 +42,7 @@
 #include "meshtls/x509.h"
 #include "parse.h"
 #include "serve.h"
+#include "serve_ocsp.h"
 #include "store.h"
 
 #define CP_SERVER_SERVICE "meshtls-ca"
@@ -84,7 +87,9 @@ struct cp_server {
     int stopping;
     pthread_t poller;
     int poller_started;
+    struct cp_ocsp ocsp; /* the delegated OCSP responder (read-only once serving) */
     /* counters for /metrics */
+    atomic_ullong ocsp_responses;
     atomic_ullong issuances, renewals, rotations, revocations, tokens_ok, tokens_refused,
         peers_registered, refused;
 };
@@ -1286,6 +1291,144 @@ static int h_feed(struct mt_http_req *req, void *arg)
     return submit(req, jb);
 }
 
+/* ---- OCSP: POST /ocsp, GET /ocsp/{base64} ---------------------------------------------- */
+
+static int ocsp_lookup(void *arg, const char *serial, int *status, int64_t *revoked_at, int *reason)
+{
+    struct mt_db *db = arg;
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int rc = mt_db_acquire(db, &c, &e);
+    struct mt_db_param p[] = {MT_DB_TEXT(serial)};
+    if (!rc && !(rc = mt_db_query(c,
+                                  "SELECT status, revoked_at, reason FROM certificates WHERE "
+                                  "serial = $1",
+                                  p, 1, &r, &e))) {
+        int row = mt_db_row_next(r, &e);
+        if (row < 0) {
+            rc = row;
+        } else if (row == 0) {
+            *status = V_OCSP_CERTSTATUS_UNKNOWN;
+        } else if (mt_db_col_text(r, 0) && !strcmp(mt_db_col_text(r, 0), "revoked")) {
+            *status = V_OCSP_CERTSTATUS_REVOKED;
+            *revoked_at = mt_db_col_int64(r, 1);
+            *reason = mt_db_col_text(r, 2) ? ca_reason_parse(mt_db_col_text(r, 2)) : -1;
+        } else {
+            *status = V_OCSP_CERTSTATUS_GOOD;
+        }
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    if (rc)
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: OCSP: store: %s", e.msg);
+    return rc;
+}
+
+static void w_ocsp(struct cp_job *jb)
+{
+    unsigned char *der = NULL;
+    size_t n = 0;
+    const unsigned char *in = jb->raw;
+    size_t in_len = jb->raw_len;
+    if (!in) {
+        size_t bl = 0;
+        in = mt_http_req_body(jb->req, &bl);
+        in_len = bl;
+    }
+    int rc = cp_ocsp_respond(&jb->srv->ocsp, in, in_len, ocsp_lookup, jb->srv->db,
+                             (int64_t)time(NULL), &der, &n);
+    free(jb->raw);
+    jb->raw = NULL;
+    jb->raw_len = 0;
+    if (rc) {
+        jb_error(jb, 503, "out_of_memory", "the server is out of memory");
+        return;
+    }
+    jb->raw = malloc(n);
+    if (jb->raw) {
+        memcpy(jb->raw, der, n);
+        jb->raw_len = n;
+    }
+    OPENSSL_free(der);
+    atomic_fetch_add(&jb->srv->ocsp_responses, 1);
+    jb->status = 200;
+    jb->ctype = "application/ocsp-response";
+}
+
+static int h_ocsp_post(struct mt_http_req *req, void *arg)
+{
+    struct cp_job *jb = job_new(req, arg, "/ocsp", w_ocsp);
+    if (!jb)
+        return MT_HTTP_DONE;
+    jb->quiet = 1;
+    return submit(req, jb); /* the body is read on the job thread (immutable until reply) */
+}
+
+static int hexv(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/*
+ * RFC 5019 A.1: GET /ocsp/{the DER request, base64, URL-encoded}.  The HTTP layer refuses
+ * an encoded '/' (%2F) in a path, so a request whose base64 holds '/' is accepted as sent
+ * raw (several segments, as many clients do) or in base64url ('-', '_').  Decoded from the
+ * raw path here.
+ */
+static int h_ocsp_get(struct mt_http_req *req, void *arg)
+{
+    const char *path = mt_http_req_path(req);
+    const char *b = path + strlen("/ocsp/");
+    size_t bl = strlen(b);
+    char *b64 = bl && bl <= 8192 ? malloc(bl + 1) : NULL;
+    unsigned char *der = b64 ? malloc(bl) : NULL;
+    size_t k = 0;
+    int n = -1, bad = !der;
+    for (size_t i = 0; !bad && i < bl; i++) {
+        char c = b[i];
+        if (c == '%' && i + 2 < bl + 1 && hexv(b[i + 1]) >= 0 && hexv(b[i + 2]) >= 0) {
+            c = (char)(hexv(b[i + 1]) * 16 + hexv(b[i + 2]));
+            i += 2;
+        } else if (c == '%') {
+            bad = 1;
+        }
+        b64[k++] = c == '-' ? '+' : c == '_' ? '/' : c;
+    }
+    if (!bad) {
+        b64[k] = '\0';
+        EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
+        int outl = 0, fin = 0;
+        if (ctx) {
+            EVP_DecodeInit(ctx);
+            if (EVP_DecodeUpdate(ctx, der, &outl, (const unsigned char *)b64, (int)k) >= 0 &&
+                EVP_DecodeFinal(ctx, der + outl, &fin) == 1)
+                n = outl + fin;
+            EVP_ENCODE_CTX_free(ctx);
+        }
+    }
+    free(b64);
+    if (n <= 0) {
+        free(der);
+        mt_http_reply_error(req, 400, "bad_request",
+                            "GET /ocsp/{request}: the DER OCSP request, base64, URL-encoded "
+                            "(RFC 5019); or POST it to /ocsp as application/ocsp-request");
+        return MT_HTTP_DONE;
+    }
+    struct cp_job *jb = job_new(req, arg, "/ocsp", w_ocsp);
+    if (!jb) {
+        free(der);
+        return MT_HTTP_DONE;
+    }
+    jb->quiet = 1;
+    jb->raw = der;
+    jb->raw_len = (size_t)n;
+    return submit(req, jb);
+}
+
 /* ---- /metrics (status listener) -------------------------------------------------------- */
 
 static int h_metrics(struct mt_http_req *req, void *arg)
@@ -1307,11 +1450,14 @@ static int h_metrics(struct mt_http_req *req, void *arg)
                      "# TYPE meshtls_ca_peer_registrations_total counter\n"
                      "meshtls_ca_peer_registrations_total %llu\n"
                      "# TYPE meshtls_ca_refused_total counter\n"
-                     "meshtls_ca_refused_total %llu\n",
+                     "meshtls_ca_refused_total %llu\n"
+                     "# TYPE meshtls_ca_ocsp_responses_total counter\n"
+                     "meshtls_ca_ocsp_responses_total %llu\n",
                      atomic_load(&srv->issuances), atomic_load(&srv->rotations),
                      atomic_load(&srv->revocations), atomic_load(&srv->renewals),
                      atomic_load(&srv->tokens_ok), atomic_load(&srv->tokens_refused),
-                     atomic_load(&srv->peers_registered), atomic_load(&srv->refused));
+                     atomic_load(&srv->peers_registered), atomic_load(&srv->refused),
+                     atomic_load(&srv->ocsp_responses));
     mt_http_reply(req, 200, "text/plain; version=0.0.4", b,
                   n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0);
     return MT_HTTP_DONE;
@@ -1414,6 +1560,40 @@ static int build_snap(const struct cp_serve_opts *o, struct mt_snap_holder *h,
     return 0;
 }
 
+/* The delegated OCSP responder, issued by the intermediate for as long as a server
+ * certificate (re-made at every start; never stored). */
+static int ocsp_setup(struct cp_server *srv, struct meshtls_err *err)
+{
+    char p[4300];
+    STACK_OF(X509) *v = NULL;
+    EVP_PKEY *key = NULL;
+    snprintf(p, sizeof(p), "%s/intermediate.crt", srv->o->dir);
+    int rc = meshtls_pem_read_certs(p, &v, err);
+    if (!rc) {
+        snprintf(p, sizeof(p), "%s/intermediate.key", srv->o->dir);
+        rc = meshtls_pem_read_key(p, &key, err);
+    }
+    if (!rc)
+        rc = cp_ocsp_init(sk_X509_value(v, 0), key, srv->o->server_days, &srv->ocsp, err);
+    sk_X509_pop_free(v, X509_free);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+/* GET /ocsp/{a}, /ocsp/{a}/{b}, ...: base64 with raw '/' in it spans segments. */
+static int ocsp_get_routes(struct mt_http_router *r, struct cp_server *srv, struct meshtls_err *err)
+{
+    char pat[128] = "/ocsp";
+    for (int i = 0; i < 8; i++) { /* the router's bound: 8 parameters per route */
+        size_t l = strlen(pat);
+        snprintf(pat + l, sizeof(pat) - l, "/{s%d}", i);
+        int rc = mt_http_route_add(r, "GET", pat, h_ocsp_get, srv, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct meshtls_err *err)
 {
     struct {
@@ -1428,6 +1608,7 @@ static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct me
         {"POST", "/api/v1/sign", h_sign},
         {"POST", "/api/v1/renew", h_renew},
         {"GET", "/api/v1/revocations", h_feed},
+        {"POST", "/ocsp", h_ocsp_post},
         {"GET", "/api/admin/security/certificates", h_admin_list},
         {"POST", "/api/admin/security/certificates/{service}/rotate", h_admin_rotate},
         {"POST", "/api/admin/security/certificates/{service}/revoke", h_admin_revoke},
@@ -1437,7 +1618,7 @@ static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct me
         if (rc)
             return rc;
     }
-    return 0;
+    return ocsp_get_routes(r, srv, err);
 }
 
 int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
@@ -1483,7 +1664,8 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     snprintf(p, sizeof(p), "%s/ca.crt", o->dir);
     if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &srv.ca_pem, NULL, err)))
         goto out;
-    if ((rc = server_cert(o, host, err)) || (rc = build_snap(o, &api_snap, err)))
+    if ((rc = server_cert(o, host, err)) || (rc = build_snap(o, &api_snap, err)) ||
+        (rc = ocsp_setup(&srv, err)))
         goto out;
     if (!(router = mt_http_router_new()) || (o->status && !(srouter = mt_http_router_new()))) {
         rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
@@ -1516,7 +1698,9 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     if (o->status) {
         if ((rc = mt_http_route_add(srouter, "GET", "/healthz", h_health, &srv, err)) ||
             (rc = mt_http_route_add(srouter, "GET", "/readyz", h_ready, &srv, err)) ||
-            (rc = mt_http_route_add(srouter, "GET", "/metrics", h_metrics, &srv, err)))
+            (rc = mt_http_route_add(srouter, "GET", "/metrics", h_metrics, &srv, err)) ||
+            (rc = mt_http_route_add(srouter, "POST", "/ocsp", h_ocsp_post, &srv, err)) ||
+            (rc = ocsp_get_routes(srouter, &srv, err)))
             goto out;
         stl.router = srouter;
         mt_http_limits_default(&stl.limits);
@@ -1580,6 +1764,7 @@ out:
     mt_snap_holder_clear(&api_snap);
     mt_snap_holder_clear(&st_snap);
     mt_db_close(srv.db);
+    cp_ocsp_free(&srv.ocsp);
     free(srv.inter_pem);
     free(srv.ca_pem);
     free(srv.crl_pem);

@@ -490,3 +490,61 @@ def test_feed_long_poll_sees_a_revocation_at_another_server_within_a_second(serv
         assert code == 200 and body["revocations"] == [] and time.monotonic() - t0 >= 0.9
     finally:
         assert other.stop() == 0
+
+
+# ---- OCSP ----------------------------------------------------------------------------------
+
+def ocsp(pki, url, *args):
+    ca = pki / "ca"
+    p = subprocess.run(["openssl", "ocsp", "-issuer", str(ca / "intermediate.crt"), "-url", url,
+                        "-CAfile", str(ca / "ca.crt"), *map(str, args)],
+                       capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_ocsp_openssl_good_revoked_unknown_nonce(server, pki):
+    for url in (f"http://127.0.0.1:{server.status_port}/ocsp",
+                f"https://localhost:{server.port}/ocsp"):
+        rc, out = ocsp(pki, url, "-cert", pki / "certs" / "api.crt", "-resp_text")
+        assert rc == 0 and "Response verify OK" in out, out
+        assert "api.crt: good" in out and "OCSP Nonce" in out  # echoed
+        assert "meshtls OCSP responder" in out  # delegated responder
+        rc, out = ocsp(pki, url, "-cert", pki / "certs" / "gone.crt")
+        assert "Response verify OK" in out and "gone.crt: revoked" in out
+        assert "keyCompromise" in out
+        rc, out = ocsp(pki, url, "-serial", "0x1234")
+        assert "Response verify OK" in out and "0x1234: unknown" in out
+        # another CA's certificate: not ours, unknown
+        rc, out = ocsp(pki, url, "-cert", pki / "intruder" / "web.crt")
+        assert "web.crt: unknown" in out, out
+
+
+def test_ocsp_get_rfc5019_and_malformed(server, pki, tmp_path):
+    import base64
+    import urllib.parse
+    req = tmp_path / "req.der"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(pki / "ca" / "intermediate.crt"), "-cert",
+                    str(pki / "certs" / "web.crt"), "-no_nonce", "-reqout", str(req)],
+                   check=True, capture_output=True, timeout=30)
+    b64 = base64.b64encode(req.read_bytes()).decode()
+    # RFC 5019 URL-encodes the base64; the HTTP layer refuses an encoded '/' (%2F) in a
+    # path, so '/' goes raw (as many clients send it) or as base64url
+    forms = [b64.translate(str.maketrans("+/", "-_"))]
+    if not b64.rstrip("=").endswith("/"):
+        forms.append(urllib.parse.quote(b64, safe="/"))
+    for enc in forms:
+        code, der = call(server, pki, "GET", f"/ocsp/{enc}")
+        assert code == 200, (enc, der)
+        (tmp_path / "resp.der").write_bytes(der)
+        p = subprocess.run(["openssl", "ocsp", "-respin", str(tmp_path / "resp.der"), "-issuer",
+                            str(pki / "ca" / "intermediate.crt"), "-cert",
+                            str(pki / "certs" / "web.crt"), "-CAfile",
+                            str(pki / "ca" / "ca.crt")],
+                           capture_output=True, text=True, timeout=30)
+        assert "Response verify OK" in p.stdout + p.stderr and "web.crt: good" in p.stdout
+    # garbage: an OCSP malformedRequest (HTTP 200, RFC 6960), or 400 for bad base64
+    code, der = call(server, pki, "POST", "/ocsp", body=b"\x30\x03\x02\x01\x01",
+                     headers={"Content-Type": "application/ocsp-request"})
+    assert code == 200 and der == bytes.fromhex("30030a0101")
+    code, _ = call(server, pki, "GET", "/ocsp/%21%21%21")
+    assert code == 400
