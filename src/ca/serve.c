@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@
 #include "meshtls/log.h"
 #include "meshtls/tls.h"
 #include "meshtls/x509.h"
+#include "metrics.h"
 #include "parse.h"
 #include "serve.h"
 #include "serve_ocsp.h"
@@ -65,6 +67,17 @@ void cp_serve_opts_default(struct cp_serve_opts *o)
 
 /* ---- server state ------------------------------------------------------------------- */
 
+/* meshtls_ca_token_redemptions_total{result} */
+enum {
+    CP_TOK_SUCCESS,
+    CP_TOK_INVALID,
+    CP_TOK_EXPIRED,
+    CP_TOK_USED,
+    CP_TOK_MISMATCH,
+    CP_TOK_NRESULTS
+};
+static const char *const TOK_RESULT[] = {"success", "invalid", "expired", "used", "csr_mismatch"};
+
 struct cp_server {
     const struct cp_serve_opts *o;
     struct mt_db *db;
@@ -89,14 +102,26 @@ struct cp_server {
     int poller_started;
     struct cp_ocsp ocsp; /* the delegated OCSP responder (read-only once serving) */
     /* counters for /metrics */
-    atomic_ullong ocsp_responses;
-    atomic_ullong issuances, renewals, rotations, revocations, tokens_ok, tokens_refused,
-        peers_registered, refused;
+    /* counters (series of the registry; jobs count in the last shard) */
+    struct mt_series *ocsp_responses, *issuances, *renewals, *rotations, *revocations,
+        *peers_registered, *refused;
+    struct mt_series *tokens[CP_TOK_NRESULTS]; /* redemptions by result */
+    struct mt_metrics *metrics;
+    struct mt_family *f_handshake, *f_days, *f_peers, *f_crl_age, *f_crl_next;
+    int64_t inter_not_after, root_not_after;
+    char self_id[512]; /* our SPIFFE ID: the `to` of meshtls_handshake_total */
 };
 
 /* ---- the caller's TLS identity (per connection) ------------------------------------- */
 
 enum cp_auth { CP_AUTH_NONE = 0, CP_AUTH_REFUSED, CP_AUTH_OK };
+
+/* The API listener's argument: the HTTP layer's part first, so the listener argument is
+ * both (peer_new reaches the server through it). */
+struct cp_api {
+    struct mt_http_listener http;
+    struct cp_server *srv;
+};
 
 struct cp_peer {
     enum cp_auth state;
@@ -117,6 +142,8 @@ static int accept_verify_cb(int ok, X509_STORE_CTX *sctx)
     (void)sctx;
     return 1;
 }
+
+static void count_handshake(struct cp_server *srv, const struct cp_peer *p, unsigned shard);
 
 static int peer_new(struct mt_conn *c, void **out)
 {
@@ -148,6 +175,9 @@ static int peer_new(struct mt_conn *c, void **out)
         }
         meshtls_identity_free(id);
     }
+    const struct cp_api *api = mt_conn_listener_arg(c);
+    if (ssl)
+        count_handshake(api->srv, p, mt_conn_shard(c));
     *out = p;
     return 0;
 }
@@ -191,6 +221,14 @@ struct cp_job {
     char code[48];
     char msg[600];
 };
+
+/* Count `n` on a counter series (NULL before the registry exists: ignored).  Called from
+ * workers and job threads alike: the registry's last shard, shared, is exact (atomics). */
+static void bump(struct mt_series *s, uint64_t n)
+{
+    if (s)
+        mt_counter_add(s, UINT32_MAX, n);
+}
 
 static void jb_error(struct cp_job *jb, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -287,7 +325,7 @@ static void job_done(struct mt_job *j)
         audit(jb->route, jb->client, &jb->peer, ok ? "allow" : "deny",
               ok ? "ok" : (jb->msg[0] ? jb->msg : jb->code));
     if (!ok && jb->status == 403)
-        atomic_fetch_add(&jb->srv->refused, 1);
+        bump(jb->srv->refused, 1);
     if (ok && jb->out) {
         mt_http_reply_json(jb->req, jb->status, jb->out);
         jb->out = NULL;
@@ -346,7 +384,7 @@ static const struct cp_peer *need_cert(struct mt_http_req *req, struct cp_server
     const char *client = mt_http_req_client_addr(req);
     if (!p || p->state == CP_AUTH_NONE) {
         audit(route, client, p, "deny", "no client certificate");
-        atomic_fetch_add(&srv->refused, 1);
+        bump(srv->refused, 1);
         mt_http_reply_error(req, 403, "client_certificate_required",
                             "client certificate required: connect with the certificate this CA "
                             "issued you (curl --cert/--key)");
@@ -354,13 +392,13 @@ static const struct cp_peer *need_cert(struct mt_http_req *req, struct cp_server
     }
     if (p->state == CP_AUTH_REFUSED) {
         audit(route, client, p, "deny", p->why);
-        atomic_fetch_add(&srv->refused, 1);
+        bump(srv->refused, 1);
         mt_http_reply_error(req, 403, "certificate_invalid", p->why);
         return NULL;
     }
     if (p->not_after <= (int64_t)time(NULL)) {
         audit(route, client, p, "deny", "client certificate expired");
-        atomic_fetch_add(&srv->refused, 1);
+        bump(srv->refused, 1);
         mt_http_reply_error(req, 403, "certificate_invalid",
                             "client certificate refused: certificate has expired");
         return NULL;
@@ -461,7 +499,7 @@ static void w_peers(struct cp_job *jb)
     }
     int64_t now = (int64_t)time(NULL);
     if (jb->in) {
-        atomic_fetch_add(&jb->srv->peers_registered, 1);
+        bump(jb->srv->peers_registered, 1);
         jb->status = 200;
         jb->out =
             json_pack("{s:s, s:O, s:I, s:I}", "spiffe_id", jb->peer.spiffe, "address",
@@ -759,7 +797,7 @@ static void w_sign(struct cp_job *jb)
     char hash[CP_TOKEN_HASH_LEN + 1], service[128] = "";
     enum cp_token_state ts = CP_TOKEN_UNKNOWN;
     if (cp_token_hash(token, hash, sizeof(hash)) != 0) {
-        atomic_fetch_add(&srv->tokens_refused, 1);
+        bump(srv->tokens[CP_TOK_INVALID], 1);
         jb_error(jb, 403, "invalid_token",
                  "the bootstrap token is not valid: ask the operator for a new one "
                  "(meshtls ca token SERVICE)");
@@ -774,21 +812,26 @@ static void w_sign(struct cp_job *jb)
                                        "the bootstrap token has expired",
                                        "the bootstrap token was already used"};
     if (ts != CP_TOKEN_OK) {
-        atomic_fetch_add(&srv->tokens_refused, 1);
+        bump(srv->tokens[ts == CP_TOKEN_EXPIRED ? CP_TOK_EXPIRED
+                         : ts == CP_TOKEN_USED  ? CP_TOK_USED
+                                                : CP_TOK_INVALID],
+             1);
         jb_error(jb, 403, tcode[ts], "%s: ask the operator for a new one (meshtls ca token %s)",
                  tmsg[ts], service[0] ? service : "SERVICE");
         return;
     }
     snprintf(jb->peer_service, sizeof(jb->peer_service), "%s", service);
-    if (check_csr_for(jb, service, csr))
+    if (check_csr_for(jb, service, csr)) {
+        bump(srv->tokens[CP_TOK_MISMATCH], 1);
         return; /* the token stays usable: a corrected CSR may follow */
+    }
     int won = 0;
     if (cp_token_consume(srv->db, hash, (int64_t)time(NULL), jb->client, &won, &e)) {
         jb_store_down(jb, &e);
         return;
     }
     if (!won) {
-        atomic_fetch_add(&srv->tokens_refused, 1);
+        bump(srv->tokens[CP_TOK_USED], 1);
         jb_error(jb, 403, "token_used",
                  "the bootstrap token was already used (or expired just now): ask the "
                  "operator for a new one (meshtls ca token %s)",
@@ -802,8 +845,8 @@ static void w_sign(struct cp_job *jb)
                         e2.msg);
         return;
     }
-    atomic_fetch_add(&srv->tokens_ok, 1);
-    atomic_fetch_add(&srv->issuances, 1);
+    bump(srv->tokens[CP_TOK_SUCCESS], 1);
+    bump(srv->issuances, 1);
 }
 
 static int h_sign(struct mt_http_req *req, void *arg)
@@ -834,8 +877,8 @@ static void w_renew(struct cp_job *jb)
     const char *csr = json_string_value(json_object_get(jb->in, "csr"));
     if (check_csr_for(jb, jb->peer_service, csr) || issue_csr(jb, jb->peer_service, csr))
         return;
-    atomic_fetch_add(&jb->srv->renewals, 1);
-    atomic_fetch_add(&jb->srv->issuances, 1);
+    bump(jb->srv->renewals, 1);
+    bump(jb->srv->issuances, 1);
 }
 
 static int h_renew(struct mt_http_req *req, void *arg)
@@ -877,7 +920,7 @@ static const struct cp_peer *need_admin(struct mt_http_req *req, struct cp_serve
         char why[700];
         snprintf(why, sizeof(why), "%s is not an administrator", p->spiffe);
         audit(route, mt_http_req_client_addr(req), p, "deny", why);
-        atomic_fetch_add(&srv->refused, 1);
+        bump(srv->refused, 1);
         char m[800];
         snprintf(m, sizeof(m), "%s is not an administrator of this CA (the server's --admin list)",
                  p->spiffe);
@@ -1048,8 +1091,8 @@ static void w_admin_rotate(struct cp_job *jb)
             jb_error(jb, 500, "rotate_failed", "%s", e.msg);
         return;
     }
-    atomic_fetch_add(&srv->rotations, 1);
-    atomic_fetch_add(&srv->issuances, 1);
+    bump(srv->rotations, 1);
+    bump(srv->issuances, 1);
     jb->status = 200;
     jb->out = json_pack("{s:s, s:s, s:s, s:s}", "service", jb->param, "old_serial", old,
                         "new_serial", serial, "out_dir", out_dir);
@@ -1078,7 +1121,7 @@ static void w_admin_revoke(struct cp_job *jb)
             jb_error(jb, 500, "revoke_failed", "%s", e.msg);
         return;
     }
-    atomic_fetch_add(&srv->revocations, (unsigned long long)count);
+    bump(srv->revocations, (uint64_t)count);
     jb->status = 200;
     jb->out = json_pack("{s:s, s:i, s:s, s:o}", "service", jb->param, "revoked", count, "reason",
                         reason ? reason : "unspecified", "replacements", r.arr);
@@ -1351,7 +1394,7 @@ static void w_ocsp(struct cp_job *jb)
         jb->raw_len = n;
     }
     OPENSSL_free(der);
-    atomic_fetch_add(&jb->srv->ocsp_responses, 1);
+    bump(jb->srv->ocsp_responses, 1);
     jb->status = 200;
     jb->ctype = "application/ocsp-response";
 }
@@ -1431,36 +1474,185 @@ static int h_ocsp_get(struct mt_http_req *req, void *arg)
 
 /* ---- /metrics (status listener) -------------------------------------------------------- */
 
+static void w_metrics(struct cp_job *jb)
+{
+    struct cp_server *srv = jb->srv;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int64_t now = (int64_t)time(NULL);
+    /* days until the expiry of each service's newest active certificate (002's gauge) */
+    int rc = mt_db_acquire(srv->db, &c, &e);
+    if (!rc)
+        rc = mt_db_query(c,
+                         "SELECT service, MAX(not_after) FROM certificates WHERE status = "
+                         "'active' GROUP BY service",
+                         NULL, 0, &r, &e);
+    int row;
+    while (!rc && (row = mt_db_row_next(r, &e)) != 0) {
+        struct mt_series *se = NULL;
+        if (row < 0) {
+            rc = row;
+            break;
+        }
+        const char *svc = mt_db_col_text(r, 0);
+        if (svc && mt_series_get(srv->f_days, MT_LIST(svc), &se, NULL) == 0)
+            mt_gauge_set(se, (double)(mt_db_col_int64(r, 1) - now) / 86400.0);
+    }
+    mt_db_rows_close(r);
+    r = NULL;
+    int64_t alive = 0, stale = 0;
+    struct mt_db_param p[] = {MT_DB_INT64(now)};
+    if (!rc &&
+        !(rc = mt_db_query(c,
+                           "SELECT COALESCE(SUM(expires_at > $1), 0), "
+                           "COALESCE(SUM(expires_at <= $1), 0) FROM serve_peers",
+                           p, 1, &r, &e)) &&
+        (row = mt_db_row_next(r, &e)) > 0) {
+        alive = mt_db_col_int64(r, 0);
+        stale = mt_db_col_int64(r, 1);
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    struct mt_series *se = NULL;
+    if (mt_series_get(srv->f_peers, MT_LIST("alive"), &se, NULL) == 0)
+        mt_gauge_set(se, (double)alive);
+    if (mt_series_get(srv->f_peers, MT_LIST("stale"), &se, NULL) == 0)
+        mt_gauge_set(se, (double)stale);
+    /* the CRL this server publishes: re-signed here too when due */
+    pthread_mutex_lock(&srv->crl_mu);
+    if (!rc)
+        rc = crl_refresh(srv, &e);
+    int64_t made = srv->crl_made;
+    pthread_mutex_unlock(&srv->crl_mu);
+    if (made && mt_series_get(srv->f_crl_age, NULL, &se, NULL) == 0)
+        mt_gauge_set(se, (double)(now - made));
+    if (made && mt_series_get(srv->f_crl_next, NULL, &se, NULL) == 0)
+        mt_gauge_set(se, (double)(made + CA_CRL_DAYS * 86400LL - now));
+    if (rc) {
+        jb_store_down(jb, &e);
+        return;
+    }
+    char *body = NULL;
+    size_t n = 0;
+    if (mt_metrics_render(srv->metrics, &body, &n, &e) != 0) {
+        jb_error(jb, 500, "metrics_unavailable", "%s", e.msg);
+        return;
+    }
+    jb->status = 200;
+    jb->ctype = "text/plain; version=0.0.4";
+    jb->raw = body;
+    jb->raw_len = n;
+}
+
 static int h_metrics(struct mt_http_req *req, void *arg)
 {
-    struct cp_server *srv = arg;
-    char b[2048];
-    int n = snprintf(b, sizeof(b),
-                     "# TYPE meshtls_cert_issuances_total counter\n"
-                     "meshtls_cert_issuances_total %llu\n"
-                     "# TYPE meshtls_cert_rotations_total counter\n"
-                     "meshtls_cert_rotations_total %llu\n"
-                     "# TYPE meshtls_cert_revocations_total counter\n"
-                     "meshtls_cert_revocations_total %llu\n"
-                     "# TYPE meshtls_ca_renewals_total counter\n"
-                     "meshtls_ca_renewals_total %llu\n"
-                     "# TYPE meshtls_ca_token_redemptions_total counter\n"
-                     "meshtls_ca_token_redemptions_total{result=\"success\"} %llu\n"
-                     "meshtls_ca_token_redemptions_total{result=\"failure\"} %llu\n"
-                     "# TYPE meshtls_ca_peer_registrations_total counter\n"
-                     "meshtls_ca_peer_registrations_total %llu\n"
-                     "# TYPE meshtls_ca_refused_total counter\n"
-                     "meshtls_ca_refused_total %llu\n"
-                     "# TYPE meshtls_ca_ocsp_responses_total counter\n"
-                     "meshtls_ca_ocsp_responses_total %llu\n",
-                     atomic_load(&srv->issuances), atomic_load(&srv->rotations),
-                     atomic_load(&srv->revocations), atomic_load(&srv->renewals),
-                     atomic_load(&srv->tokens_ok), atomic_load(&srv->tokens_refused),
-                     atomic_load(&srv->peers_registered), atomic_load(&srv->refused),
-                     atomic_load(&srv->ocsp_responses));
-    mt_http_reply(req, 200, "text/plain; version=0.0.4", b,
-                  n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0);
-    return MT_HTTP_DONE;
+    struct cp_job *jb = job_new(req, arg, "/metrics", w_metrics);
+    if (!jb)
+        return MT_HTTP_DONE;
+    jb->quiet = 1;
+    return submit(req, jb);
+}
+
+static double rd_until(void *a)
+{
+    return (double)(*(int64_t *)a - (int64_t)time(NULL));
+}
+
+static double rd_epoch(void *a)
+{
+    struct cp_server *srv = a;
+    pthread_mutex_lock(&srv->feed_mu);
+    int64_t v = srv->feed_max;
+    pthread_mutex_unlock(&srv->feed_mu);
+    return (double)v;
+}
+
+/* meshtls_handshake_total{from,to,result}: one per accepted TLS connection on the API. */
+static void count_handshake(struct cp_server *srv, const struct cp_peer *p, unsigned shard)
+{
+    const char *from = p->state == CP_AUTH_OK     ? p->spiffe
+                       : p->state == CP_AUTH_NONE ? "anonymous"
+                                                  : "unverified";
+    const char *result = p->state == CP_AUTH_OK     ? "success"
+                         : p->state == CP_AUTH_NONE ? "no_certificate"
+                                                    : "failure";
+    struct mt_series *s = NULL;
+    /* a bounded family: past its series limit, callers are counted as "other" */
+    if (mt_series_get(srv->f_handshake, MT_LIST(from, srv->self_id, result), &s, NULL) != 0 &&
+        mt_series_get(srv->f_handshake, MT_LIST("other", srv->self_id, result), &s, NULL) != 0)
+        return;
+    mt_counter_add(s, shard, 1);
+}
+
+static int metrics_setup(struct cp_server *srv, struct meshtls_err *err)
+{
+    int rc;
+    if ((rc = mt_metrics_new((unsigned)srv->o->workers + 1, &srv->metrics, err)))
+        return rc;
+    struct mt_metrics *m = srv->metrics;
+    struct mt_family *f = NULL;
+    struct {
+        const char *name, *help;
+        struct mt_series **s;
+    } counters[] = {
+        {"meshtls_cert_issuances_total",
+         "Certificates issued by this server (sign, renew, rotate).", &srv->issuances},
+        {"meshtls_cert_rotations_total", "Certificates rotated through the admin API.",
+         &srv->rotations},
+        {"meshtls_cert_revocations_total", "Certificates revoked through the admin API.",
+         &srv->revocations},
+        {"meshtls_ca_renewals_total", "Certificates renewed through /api/v1/renew.",
+         &srv->renewals},
+        {"meshtls_ca_peer_registrations_total", "Registrations and heartbeats on /api/peers.",
+         &srv->peers_registered},
+        {"meshtls_ca_refused_total", "Requests refused with 403.", &srv->refused},
+        {"meshtls_ca_ocsp_responses_total", "OCSP responses signed.", &srv->ocsp_responses},
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+        if ((rc = mt_counter_new(m, counters[i].name, counters[i].help, NULL, &f, err)) ||
+            (rc = mt_series_get(f, NULL, counters[i].s, err)))
+            return rc;
+    if ((rc = mt_counter_new(m, "meshtls_ca_token_redemptions_total",
+                             "Bootstrap token redemptions at /api/v1/sign by result.",
+                             MT_LIST("result"), &f, err)))
+        return rc;
+    for (int i = 0; i < CP_TOK_NRESULTS; i++)
+        if ((rc = mt_series_get(f, MT_LIST(TOK_RESULT[i]), &srv->tokens[i], err)))
+            return rc;
+    if ((rc = mt_counter_new(m, "meshtls_handshake_total",
+                             "TLS connections to the API by caller identity and result "
+                             "(success: a verified certificate).",
+                             MT_LIST("from", "to", "result"), &srv->f_handshake, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_cert_days_until_expiry",
+                           "Days until the newest active certificate of each service expires.",
+                           MT_LIST("service"), &srv->f_days, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_ca_peers", "Registrations in /api/peers by state.",
+                           MT_LIST("state"), &srv->f_peers, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_ca_crl_age_seconds",
+                           "Seconds since the published CRL was signed.", NULL, &srv->f_crl_age,
+                           err)) ||
+        (rc = mt_gauge_new(m, "meshtls_ca_crl_next_update_seconds",
+                           "Seconds until the published CRL's nextUpdate.", NULL, &srv->f_crl_next,
+                           err)))
+        return rc;
+    mt_family_set_max_series(srv->f_handshake, 512);
+    mt_family_set_max_series(srv->f_days, 4096);
+    struct mt_family *fi = NULL, *fr = NULL, *fe = NULL;
+    if ((rc = mt_gauge_new(m, "meshtls_ca_intermediate_expiry_seconds",
+                           "Seconds until the intermediate CA certificate expires.", MT_LIST("ca"),
+                           &fi, err)) ||
+        (rc = mt_series_fn(fi, MT_LIST("intermediate"), rd_until, &srv->inter_not_after, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_ca_root_expiry_seconds",
+                           "Seconds until the root CA certificate expires.", MT_LIST("ca"), &fr,
+                           err)) ||
+        (rc = mt_series_fn(fr, MT_LIST("root"), rd_until, &srv->root_not_after, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_ca_revocation_epoch",
+                           "The newest epoch of the revocation feed.", MT_LIST("store"), &fe,
+                           err)) ||
+        (rc = mt_series_fn(fe, MT_LIST("local"), rd_epoch, srv, err)))
+        return rc;
+    return 0;
 }
 
 /* ---- start-up -------------------------------------------------------------------------- */
@@ -1495,7 +1687,8 @@ static int add_san(const char *s, const char **dns, size_t *nd, const char **ips
  * reached by (the --listen host, localhost, 127.0.0.1, ::1, each --san) and issue it a
  * certificate from this CA into DIR/serve/.
  */
-static int server_cert(const struct cp_serve_opts *o, char *host, struct meshtls_err *err)
+static int server_cert(const struct cp_serve_opts *o, char *host, char *self_id,
+                       struct meshtls_err *err)
 {
     const char *dns[CP_SANS_MAX + 4], *ips[CP_SANS_MAX + 4];
     size_t nd = 0, ni = 0;
@@ -1524,6 +1717,7 @@ static int server_cert(const struct cp_serve_opts *o, char *host, struct meshtls
     snprintf(out, sizeof(out), "%s/serve", o->dir);
     if ((rc = ca_issue(o->dir, CP_SERVER_SERVICE, out, o->server_days, NULL, serial, err)))
         return rc;
+    snprintf(self_id, 512, "%s", spiffe);
     meshtls_log(MESHTLS_LOG_INFO, "ca serve: server certificate %s (%s) in %s", serial, spiffe,
                 out);
     return 0;
@@ -1575,6 +1769,18 @@ static int ocsp_setup(struct cp_server *srv, struct meshtls_err *err)
     }
     if (!rc)
         rc = cp_ocsp_init(sk_X509_value(v, 0), key, srv->o->server_days, &srv->ocsp, err);
+    struct meshtls_identity *id = NULL;
+    if (!rc && meshtls_identity_from_x509(sk_X509_value(v, 0), &id, NULL) == 0)
+        srv->inter_not_after = id->not_after;
+    meshtls_identity_free(id);
+    id = NULL;
+    sk_X509_pop_free(v, X509_free);
+    v = NULL;
+    snprintf(p, sizeof(p), "%s/root.crt", srv->o->dir);
+    if (!rc && meshtls_pem_read_certs(p, &v, NULL) == 0 &&
+        meshtls_identity_from_x509(sk_X509_value(v, 0), &id, NULL) == 0)
+        srv->root_not_after = id->not_after;
+    meshtls_identity_free(id);
     sk_X509_pop_free(v, X509_free);
     EVP_PKEY_free(key);
     return rc;
@@ -1634,7 +1840,8 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     pthread_condattr_destroy(&ca);
     struct mt_snap_holder api_snap = MT_SNAP_HOLDER_INIT, st_snap = MT_SNAP_HOLDER_INIT;
     struct mt_http_router *router = NULL, *srouter = NULL;
-    struct mt_http_listener api = {0}, stl = {0};
+    struct cp_api api = {.srv = &srv};
+    struct mt_http_listener stl = {0};
     struct mt_engine *eng = NULL;
     struct mt_listener *l = NULL, *sl = NULL;
     char host[256], p[4300];
@@ -1664,8 +1871,8 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     snprintf(p, sizeof(p), "%s/ca.crt", o->dir);
     if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &srv.ca_pem, NULL, err)))
         goto out;
-    if ((rc = server_cert(o, host, err)) || (rc = build_snap(o, &api_snap, err)) ||
-        (rc = ocsp_setup(&srv, err)))
+    if ((rc = server_cert(o, host, srv.self_id, err)) || (rc = build_snap(o, &api_snap, err)) ||
+        (rc = ocsp_setup(&srv, err)) || (rc = metrics_setup(&srv, err)))
         goto out;
     if (!(router = mt_http_router_new()) || (o->status && !(srouter = mt_http_router_new()))) {
         rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
@@ -1673,18 +1880,18 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     }
     if ((rc = add_routes(router, &srv, err)))
         goto out;
-    api.router = router;
-    mt_http_limits_default(&api.limits);
-    api.limits.max_body = 64 * 1024; /* a CSR and a token, or a peer's address */
-    api.plaintext_status = 403;
-    api.conn_data_new = peer_new;
-    api.conn_data_free = peer_free;
-    api.write_timeout_ms = 10000;
+    api.http.router = router;
+    mt_http_limits_default(&api.http.limits);
+    api.http.limits.max_body = 64 * 1024; /* a CSR and a token, or a peer's address */
+    api.http.plaintext_status = 403;
+    api.http.conn_data_new = peer_new;
+    api.http.conn_data_free = peer_free;
+    api.http.write_timeout_ms = 10000;
     struct mt_engine_opts eo = {.workers = o->workers, .job_threads = o->job_threads};
     struct mt_listener_opts lo = {.name = "ca api",
                                   .addr = o->listen,
                                   .ops = &mt_http_proto,
-                                  .arg = &api,
+                                  .arg = &api.http,
                                   .snap = &api_snap,
                                   .tls = 1,
                                   .sniff_plaintext = 1,
@@ -1765,6 +1972,7 @@ out:
     mt_snap_holder_clear(&st_snap);
     mt_db_close(srv.db);
     cp_ocsp_free(&srv.ocsp);
+    mt_metrics_free(srv.metrics);
     free(srv.inter_pem);
     free(srv.ca_pem);
     free(srv.crl_pem);

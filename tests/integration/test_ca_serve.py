@@ -148,10 +148,6 @@ def test_health_public_and_server_cert_from_own_ca(server, pki):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         with c.wrap_socket(s, server_hostname="127.0.0.1") as t:
             assert t.version() == "TLSv1.3"
-    conn = http.client.HTTPConnection("127.0.0.1", server.status_port, timeout=10)
-    conn.request("GET", "/metrics")
-    r = conn.getresponse()
-    assert r.status == 200 and b"meshtls_cert_issuances_total" in r.read()
 
 
 def test_plaintext_http_gets_plaintext_403(server):
@@ -548,3 +544,24 @@ def test_ocsp_get_rfc5019_and_malformed(server, pki, tmp_path):
     assert code == 200 and der == bytes.fromhex("30030a0101")
     code, _ = call(server, pki, "GET", "/ocsp/%21%21%21")
     assert code == 400
+
+
+def test_metrics_with_002_names(server, pki):
+    call(server, pki, "GET", "/api/peers", svc="api")
+    call(server, pki, "GET", "/api/peers")
+    conn = http.client.HTTPConnection("127.0.0.1", server.status_port, timeout=10)
+    conn.request("GET", "/metrics")
+    r = conn.getresponse()
+    text = r.read().decode()
+    assert r.status == 200
+    for name in ("meshtls_cert_issuances_total ", "meshtls_cert_rotations_total ",
+                 "meshtls_cert_revocations_total ", 'meshtls_cert_days_until_expiry{service="api"}',
+                 'meshtls_ca_token_redemptions_total{result="success"}',
+                 'meshtls_ca_peers{state="alive"}', "meshtls_ca_crl_age_seconds ",
+                 "meshtls_ca_crl_next_update_seconds ", "meshtls_ca_intermediate_expiry_seconds",
+                 "meshtls_ca_root_expiry_seconds", "meshtls_ca_revocation_epoch"):
+        assert name in text, name
+    me = f"spiffe://{TD}/svc/meshtls-ca"
+    assert (f'meshtls_handshake_total{{from="spiffe://{TD}/svc/api",to="{me}",'
+            f'result="success"}}') in text
+    assert f'meshtls_handshake_total{{from="anonymous",to="{me}",result="no_certificate"}}' in text
