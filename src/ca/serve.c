@@ -63,6 +63,8 @@ void cp_serve_opts_default(struct cp_serve_opts *o)
     o->leaf_days = CA_LEAF_DAYS_DEFAULT;
     o->server_days = CA_LEAF_DAYS_DEFAULT;
     o->drain_ms = 5000;
+    o->lifecycle_ms = 24LL * 3600 * 1000;
+    o->rotate_within_days = 14;
 }
 
 /* ---- server state ------------------------------------------------------------------- */
@@ -100,6 +102,10 @@ struct cp_server {
     int stopping;
     pthread_t poller;
     int poller_started;
+    pthread_t lifecycle;
+    int lifecycle_started;
+    struct mt_snap_holder *api_snap; /* re-published when the server's certificate rotates */
+    struct mt_series *lifecycle_runs, *lifecycle_rotated;
     struct cp_ocsp ocsp; /* the delegated OCSP responder (read-only once serving) */
     /* counters for /metrics */
     /* counters (series of the registry; jobs count in the last shard) */
@@ -1472,6 +1478,107 @@ static int h_ocsp_get(struct mt_http_req *req, void *arg)
     return submit(req, jb);
 }
 
+/* ---- the lifecycle worker -------------------------------------------------------------- */
+
+static int build_snap(const struct cp_serve_opts *o, struct mt_snap_holder *h,
+                      struct meshtls_err *err);
+
+static void on_rotated(const char *service, const char *old_serial, const char *new_serial,
+                       const char *out_dir, void *arg)
+{
+    (void)arg;
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "rotate", MESHTLS_LF_S("service", service),
+                      MESHTLS_LF_S("old_serial", old_serial ? old_serial : ""),
+                      MESHTLS_LF_S("new_serial", new_serial ? new_serial : ""),
+                      MESHTLS_LF_S("out_dir", out_dir ? out_dir : ""));
+}
+
+static int sweep_fn(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
+{
+    int64_t *now = arg;
+    struct mt_db_param p[] = {MT_DB_INT64(*now)};
+    int rc = mt_db_exec(c, "DELETE FROM serve_tokens WHERE expires_at <= $1", p, 1, NULL, err);
+    return rc ? rc
+              : mt_db_exec(c, "DELETE FROM serve_peers WHERE expires_at <= $1", p, 1, NULL, err);
+}
+
+/*
+ * One run: rotate what expires within the window (every certificate the CA can re-issue:
+ * a new key where it holds the key, the same public key re-signed for a CSR-issued one,
+ * whose service should still renew with a new key), publish a fresh CRL, drop expired
+ * tokens and stale peers, and pick up the server's own certificate if it was rotated.
+ * Idempotent: a second run finds nothing to rotate (new certificates outlive the window).
+ */
+static void lifecycle_run(struct cp_server *srv)
+{
+    const struct cp_serve_opts *o = srv->o;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int rotated = 0;
+    int rc = ca_rotate(o->dir, o->rotate_within_days, o->leaf_days, NULL, 0, on_rotated, NULL,
+                       &rotated, &e);
+    if (rc)
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: rotate: %s", e.msg);
+    int64_t now = (int64_t)time(NULL);
+    struct meshtls_err e2 = MESHTLS_ERR_INIT;
+    if (mt_db_tx(srv->db, sweep_fn, &now, &e2))
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: sweep: %s", e2.msg);
+    struct meshtls_err e3 = MESHTLS_ERR_INIT;
+    pthread_mutex_lock(&srv->crl_mu);
+    srv->crl_made = 0; /* force a new CRL */
+    int crc = crl_refresh(srv, &e3);
+    pthread_mutex_unlock(&srv->crl_mu);
+    if (crc)
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: CRL: %s", e3.msg);
+    struct meshtls_err e4 = MESHTLS_ERR_INIT;
+    if (rotated && build_snap(o, srv->api_snap, &e4))
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: reloading our certificate: %s", e4.msg);
+    bump(srv->lifecycle_runs, 1);
+    bump(srv->lifecycle_rotated, (uint64_t)rotated);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "lifecycle", MESHTLS_LF_I("rotated", rotated),
+                      MESHTLS_LF_B("rotate_ok", rc == 0), MESHTLS_LF_B("crl_ok", crc == 0));
+}
+
+static void *lifecycle_main(void *arg)
+{
+    struct cp_server *srv = arg;
+    char holder[300], hn[256] = "";
+    gethostname(hn, sizeof(hn) - 1);
+    snprintf(holder, sizeof(holder), "%s:%ld", hn, (long)getpid());
+    int64_t iv = srv->o->lifecycle_ms;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    pthread_mutex_lock(&srv->feed_mu);
+    while (!srv->stopping) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > next.tv_sec ||
+            (now.tv_sec == next.tv_sec && now.tv_nsec >= next.tv_nsec)) {
+            pthread_mutex_unlock(&srv->feed_mu);
+            /* one server per interval: the lease runs out just before the next interval */
+            struct timespec wall;
+            clock_gettime(CLOCK_REALTIME, &wall);
+            int64_t wms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+            int won = 0;
+            struct meshtls_err e = MESHTLS_ERR_INIT;
+            if (cp_lease_take(srv->db, "lifecycle", holder, wms, wms + iv - iv / 10, &won, &e))
+                meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: lease: %s", e.msg);
+            else if (won)
+                lifecycle_run(srv);
+            pthread_mutex_lock(&srv->feed_mu);
+            next.tv_sec += (time_t)(iv / 1000);
+            next.tv_nsec += (long)(iv % 1000) * 1000000L;
+            if (next.tv_nsec >= 1000000000L) {
+                next.tv_sec++;
+                next.tv_nsec -= 1000000000L;
+            }
+            continue;
+        }
+        pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &next);
+    }
+    pthread_mutex_unlock(&srv->feed_mu);
+    return NULL;
+}
+
 /* ---- /metrics (status listener) -------------------------------------------------------- */
 
 static void w_metrics(struct cp_job *jb)
@@ -1608,6 +1715,10 @@ static int metrics_setup(struct cp_server *srv, struct meshtls_err *err)
          &srv->peers_registered},
         {"meshtls_ca_refused_total", "Requests refused with 403.", &srv->refused},
         {"meshtls_ca_ocsp_responses_total", "OCSP responses signed.", &srv->ocsp_responses},
+        {"meshtls_ca_lifecycle_runs_total", "Runs of the lifecycle worker on this server.",
+         &srv->lifecycle_runs},
+        {"meshtls_ca_lifecycle_rotated_total", "Certificates the lifecycle worker rotated.",
+         &srv->lifecycle_rotated},
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
         if ((rc = mt_counter_new(m, counters[i].name, counters[i].help, NULL, &f, err)) ||
@@ -1933,6 +2044,14 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
         goto out;
     }
     srv.poller_started = 1;
+    srv.api_snap = &api_snap;
+    if (o->lifecycle_ms > 0) {
+        if (pthread_create(&srv.lifecycle, NULL, lifecycle_main, &srv) != 0) {
+            rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot start the lifecycle worker");
+            goto out;
+        }
+        srv.lifecycle_started = 1;
+    }
     if ((rc = mt_engine_start(eng, err)))
         goto out;
     meshtls_log(MESHTLS_LOG_INFO, "ca serve: listening on %s (%zu admin identit%s)",
@@ -1966,6 +2085,8 @@ out:
     mt_engine_free(eng);
     if (srv.poller_started)
         pthread_join(srv.poller, NULL);
+    if (srv.lifecycle_started)
+        pthread_join(srv.lifecycle, NULL);
     mt_http_router_free(router);
     mt_http_router_free(srouter);
     mt_snap_holder_clear(&api_snap);

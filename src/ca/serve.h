@@ -36,12 +36,14 @@ struct cp_serve_opts {
     size_t n_admins;
     const char *sans[CP_SANS_MAX]; /* extra DNS names / IPs of the server certificate */
     size_t n_sans;
-    int workers;     /* event loops (default 2) */
-    int job_threads; /* pool threads for database and signing work (default 4) */
-    int peer_ttl_s;  /* /api/peers: a registration lives this long without a heartbeat */
-    int leaf_days;   /* validity of certificates issued through /sign and /renew */
-    int server_days; /* validity of the server's own certificate */
-    int drain_ms;    /* shutdown: wait this long for open requests */
+    int workers;            /* event loops (default 2) */
+    int job_threads;        /* pool threads for database and signing work (default 4) */
+    int peer_ttl_s;         /* /api/peers: a registration lives this long without a heartbeat */
+    int leaf_days;          /* validity of certificates issued through /sign and /renew */
+    int server_days;        /* validity of the server's own certificate */
+    int drain_ms;           /* shutdown: wait this long for open requests */
+    int64_t lifecycle_ms;   /* the lifecycle worker\'s interval (0: off) */
+    int rotate_within_days; /* it rotates certificates expiring within this many days */
 };
 
 /** Fill `o` with the defaults (no dir/listen). */
@@ -106,6 +108,14 @@ int cp_token_consume(struct mt_db *db, const char *hash, int64_t now, const char
 
 /** Give a consumed token back (the certificate could not be issued after all). */
 int cp_token_unconsume(struct mt_db *db, const char *hash, struct meshtls_err *err);
+
+/**
+ * Take the lease `name` ("lifecycle") for `holder` until `until_ms` (wall clock, ms) if it
+ * is free at `now_ms` (expired): one UPDATE ... WHERE until_ms <= now, so of several servers
+ * asking at once one wins.  *won = 1 for the winner.
+ */
+int cp_lease_take(struct mt_db *db, const char *name, const char *holder, int64_t now_ms,
+                  int64_t until_ms, int *won, struct meshtls_err *err);
 
 /* ---- CSR checks (serve_token.c) ------------------------------------------------------ */
 

@@ -101,6 +101,13 @@ static const struct mt_db_migration CP_MIGRATIONS[] = {
      "  BEGIN INSERT INTO serve_revocations (serial, service, revoked_at, reason) "
      "  VALUES (NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason); END;",
      NULL},
+    /* 3: leases, so that of several servers on one store one runs the lifecycle worker
+     * per interval */
+    {3,
+     "CREATE TABLE serve_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+     "  until_ms INTEGER NOT NULL);"
+     "INSERT INTO serve_leases (name, holder, until_ms) VALUES ('lifecycle', '', 0);",
+     NULL},
 };
 
 int cp_db_open(const char *dir, struct mt_db **out, struct meshtls_err *err)
@@ -358,4 +365,29 @@ int cp_is_admin(const char *const *admins, size_t n, const char *spiffe_id)
         if (admins[i] && strcmp(admins[i], spiffe_id) == 0)
             return 1;
     return 0;
+}
+
+struct lease {
+    const char *name, *holder;
+    int64_t now_ms, until_ms, changes;
+};
+
+static int lease_fn(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
+{
+    struct lease *l = arg;
+    struct mt_db_param p[] = {MT_DB_TEXT(l->holder), MT_DB_INT64(l->until_ms), MT_DB_TEXT(l->name),
+                              MT_DB_INT64(l->now_ms)};
+    return mt_db_exec(c,
+                      "UPDATE serve_leases SET holder = $1, until_ms = $2 "
+                      "WHERE name = $3 AND until_ms <= $4",
+                      p, 4, &l->changes, err);
+}
+
+int cp_lease_take(struct mt_db *db, const char *name, const char *holder, int64_t now_ms,
+                  int64_t until_ms, int *won, struct meshtls_err *err)
+{
+    struct lease l = {.name = name, .holder = holder, .now_ms = now_ms, .until_ms = until_ms};
+    int rc = mt_db_tx(db, lease_fn, &l, err);
+    *won = rc == 0 && l.changes == 1;
+    return rc;
 }

@@ -19,6 +19,7 @@
 static const char SERVE_USAGE[] =
     "usage: meshtls ca serve --dir DIR --listen ADDR [--admin SPIFFE-ID]... [--status ADDR]\n"
     "                        [--san NAME|IP]... [--workers N] [--peer-ttl 30s] [--days 90]\n"
+    "                        [--lifecycle-interval 24h|off] [--rotate-within 14]\n"
     "  Serve the CA's HTTPS API (docs/CONTROL-PLANE.md).  At start the CA issues the server\n"
     "  a certificate (service meshtls-ca) for localhost, 127.0.0.1, ::1, the --listen host\n"
     "  and each --san, into DIR/serve/.  Client certificates are asked for, not required:\n"
@@ -30,13 +31,35 @@ static const char TOKEN_USAGE[] =
     "  Print a one-time bootstrap token for SERVICE (registered) on stdout, once; only its\n"
     "  hash is stored.  A service redeems it with a CSR at POST /api/v1/sign.\n";
 
-enum { S_DIR = 300, S_STORE, S_LISTEN, S_ADMIN, S_STATUS, S_SAN, S_WORKERS, S_TTL, S_DAYS, S_HELP };
+enum {
+    S_DIR = 300,
+    S_STORE,
+    S_LISTEN,
+    S_ADMIN,
+    S_STATUS,
+    S_SAN,
+    S_WORKERS,
+    S_TTL,
+    S_DAYS,
+    S_LIFECYCLE,
+    S_WITHIN,
+    S_HELP
+};
 
-static const struct option sopts[] = {
-    {"dir", 1, 0, S_DIR},         {"store", 1, 0, S_STORE},   {"listen", 1, 0, S_LISTEN},
-    {"admin", 1, 0, S_ADMIN},     {"status", 1, 0, S_STATUS}, {"san", 1, 0, S_SAN},
-    {"workers", 1, 0, S_WORKERS}, {"peer-ttl", 1, 0, S_TTL},  {"ttl", 1, 0, S_TTL},
-    {"days", 1, 0, S_DAYS},       {"help", 0, 0, S_HELP},     {0, 0, 0, 0}};
+static const struct option sopts[] = {{"dir", 1, 0, S_DIR},
+                                      {"store", 1, 0, S_STORE},
+                                      {"listen", 1, 0, S_LISTEN},
+                                      {"admin", 1, 0, S_ADMIN},
+                                      {"status", 1, 0, S_STATUS},
+                                      {"san", 1, 0, S_SAN},
+                                      {"workers", 1, 0, S_WORKERS},
+                                      {"peer-ttl", 1, 0, S_TTL},
+                                      {"ttl", 1, 0, S_TTL},
+                                      {"days", 1, 0, S_DAYS},
+                                      {"lifecycle-interval", 1, 0, S_LIFECYCLE},
+                                      {"rotate-within", 1, 0, S_WITHIN},
+                                      {"help", 0, 0, S_HELP},
+                                      {0, 0, 0, 0}};
 
 static int usage(const char *sub, const char *msg)
 {
@@ -100,6 +123,17 @@ static int parse_common(const char *sub, int argc, char **argv, struct cp_serve_
             if (mt_parse_int(optarg, 1, CA_LEAF_DAYS_MAX, &o->leaf_days))
                 return usage(sub, "--days: expected 1 to 825");
             break;
+        case S_LIFECYCLE:
+            if (!strcmp(optarg, "0") || !strcmp(optarg, "off"))
+                o->lifecycle_ms = 0;
+            else if (mt_parse_duration_ms(optarg, 366LL * 86400 * 1000, &o->lifecycle_ms) ||
+                     o->lifecycle_ms < 1000)
+                return usage(sub, "--lifecycle-interval: a duration of 1s or more (24h), or off");
+            break;
+        case S_WITHIN:
+            if (mt_parse_int(optarg, 0, 824, &o->rotate_within_days))
+                return usage(sub, "--rotate-within: days, 0 to 824 (14)");
+            break;
         case S_HELP: return 1;
         default: return 2;
         }
@@ -128,6 +162,9 @@ int cmd_ca_serve(int argc, char **argv)
         return usage("serve", "--listen ADDR is required (e.g. 127.0.0.1:8443)");
     if (ttl_ms)
         o.peer_ttl_s = (int)(ttl_ms / 1000);
+    if (o.leaf_days <= o.rotate_within_days)
+        return usage("serve", "--days must be longer than --rotate-within, or every new "
+                              "certificate would be due for rotation at once");
     struct meshtls_err err = MESHTLS_ERR_INIT;
     if ((rc = cp_serve_run(&o, &err))) {
         cli_print_err("ca serve", &err, rc);

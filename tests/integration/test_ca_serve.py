@@ -565,3 +565,51 @@ def test_metrics_with_002_names(server, pki):
     assert (f'meshtls_handshake_total{{from="spiffe://{TD}/svc/api",to="{me}",'
             f'result="success"}}') in text
     assert f'meshtls_handshake_total{{from="anonymous",to="{me}",result="no_certificate"}}' in text
+
+
+# ---- the lifecycle worker -------------------------------------------------------------------
+
+def _active(pki, svc):
+    rows = json.loads(run("ca", "list", "--dir", pki / "ca", "--json", check=True).stdout)
+    rows = rows if isinstance(rows, list) else rows.get("certificates", rows)
+    return [r for r in rows if r["service"] == svc and r["status"] == "active"]
+
+
+def test_lifecycle_worker_rotates_once_per_interval_across_two_servers(tmp_path):
+    pki = make_pki(tmp_path)
+    run("ca", "register", "--dir", pki / "ca", "due", check=True)
+    run("ca", "issue", "--dir", pki / "ca", "due", "--out", pki / "due", "--days", "2",
+        check=True)
+    old = _active(pki, "due")
+    assert len(old) == 1
+    a = Server(pki, "--lifecycle-interval", "1s")
+    b = Server(pki, "--lifecycle-interval", "1s")
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = _active(pki, "due")
+            if now and now[0]["serial"] != old[0]["serial"]:
+                break
+            time.sleep(0.2)
+        new = _active(pki, "due")
+        assert new and new[0]["serial"] != old[0]["serial"], new
+        t0 = time.monotonic()
+        time.sleep(3.2)
+        runs = [l for s in (a, b) for l in s.log().splitlines() if " lifecycle " in l]
+        rotated = [l for s in (a, b) for l in s.log().splitlines()
+                   if " rotate " in l and "service=due" in l]
+        # one rotation of `due` in all (idempotent), and about one run per interval in all
+        # (a lease in the store), not one per server per interval
+        assert len(rotated) == 1, rotated
+        elapsed = time.monotonic() - t0 + 15
+        assert 2 <= len(runs) <= elapsed + 2, runs
+        # runs (either server) are at least the lease (0.9 interval) apart
+        import datetime
+        at = sorted(datetime.datetime.strptime(l[:23], "%Y-%m-%dT%H:%M:%S.%f") for l in runs)
+        gaps = [(y - x).total_seconds() for x, y in zip(at, at[1:])]
+        assert all(g >= 0.85 for g in gaps), gaps
+        assert _active(pki, "due")[0]["serial"] == new[0]["serial"]
+        # the rotated files are where the old ones were
+        assert (pki / "due" / "due.crt").exists()
+    finally:
+        assert a.stop() == 0 and b.stop() == 0
