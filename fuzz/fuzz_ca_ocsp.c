@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
     unsigned char *out = NULL;
     size_t n = 0;
-    if (cp_ocsp_respond(&responder, data, size, lookup, NULL, 1800000000, &out, &n) != 0)
+    if (cp_ocsp_respond(&responder, data, size, lookup, NULL, 1800000000, &out, &n, NULL) != 0)
         return 0;
     const unsigned char *p = out;
     OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)n);

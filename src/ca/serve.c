@@ -53,6 +53,8 @@
 #define CP_FEED_WAIT_MAX 60   /* seconds a long poll may ask to wait */
 #define CP_FEED_POLL_MS 100   /* how often the store's newest epoch is read */
 #define CP_FEED_PAGE 1000     /* revocations per answer at most */
+#define CP_OCSP_CACHE 1024    /* cached OCSP responses (direct-mapped by request hash) */
+#define CP_OCSP_CACHE_S 300   /* a cached response is signed again after this */
 
 void cp_serve_opts_default(struct cp_serve_opts *o)
 {
@@ -107,6 +109,17 @@ struct cp_server {
     struct mt_snap_holder *api_snap; /* re-published when the server's certificate rotates */
     struct mt_series *lifecycle_runs, *lifecycle_rotated;
     struct cp_ocsp ocsp; /* the delegated OCSP responder (read-only once serving) */
+    /* OCSP answers to nonce-less requests, by SHA-256 of the request's bytes: valid while
+     * younger than CP_OCSP_CACHE_S and while the revocation epoch is the one they were
+     * made under (a revocation anywhere invalidates them all) */
+    pthread_mutex_t ocsp_mu;
+    struct ocsp_entry {
+        unsigned char key[32];
+        unsigned char *der;
+        size_t len;
+        int64_t made, epoch;
+    } * ocsp_cache;
+    struct mt_series *ocsp_hits;
     /* counters for /metrics */
     /* counters (series of the registry; jobs count in the last shard) */
     struct mt_series *ocsp_responses, *issuances, *renewals, *rotations, *revocations,
@@ -214,6 +227,8 @@ struct cp_job {
     char q_service[128], q_status[32];
     int64_t q_since;
     int q_wait;
+    unsigned char ocsp_key[32];
+    int64_t ocsp_epoch;
     int64_t q_before;
     long q_limit, q_offset;
     /* what the caller's serial is in the store (check_store) */
@@ -1104,6 +1119,8 @@ static void w_admin_rotate(struct cp_job *jb)
                         "new_serial", serial, "out_dir", out_dir);
 }
 
+static void feed_poke(struct cp_server *srv);
+
 static void w_admin_revoke(struct cp_job *jb)
 {
     struct cp_server *srv = jb->srv;
@@ -1128,6 +1145,7 @@ static void w_admin_revoke(struct cp_job *jb)
         return;
     }
     bump(srv->revocations, (uint64_t)count);
+    feed_poke(srv); /* the feed and the OCSP cache see it now, not at the next poll */
     jb->status = 200;
     jb->out = json_pack("{s:s, s:i, s:s, s:o}", "service", jb->param, "revoked", count, "reason",
                         reason ? reason : "unspecified", "replacements", r.arr);
@@ -1204,6 +1222,20 @@ static int feed_max_epoch(struct mt_db *db, int64_t *out, struct meshtls_err *er
     mt_db_rows_close(r);
     mt_db_release(c);
     return rc;
+}
+
+/* Read the newest epoch now and wake long polls if it moved (after a revocation here). */
+static void feed_poke(struct cp_server *srv)
+{
+    int64_t m = 0;
+    if (feed_max_epoch(srv->db, &m, NULL) != 0)
+        return;
+    pthread_mutex_lock(&srv->feed_mu);
+    if (m > srv->feed_max) {
+        srv->feed_max = m;
+        pthread_cond_broadcast(&srv->feed_cv);
+    }
+    pthread_mutex_unlock(&srv->feed_mu);
 }
 
 /* Wake long polls when the store's newest epoch moves (any server, the command line). */
@@ -1374,6 +1406,57 @@ static int ocsp_lookup(void *arg, const char *serial, int *status, int64_t *revo
     return rc;
 }
 
+static int64_t current_epoch(struct cp_server *srv)
+{
+    pthread_mutex_lock(&srv->feed_mu);
+    int64_t v = srv->feed_max;
+    pthread_mutex_unlock(&srv->feed_mu);
+    return v;
+}
+
+static void ocsp_key_of(const unsigned char *der, size_t len, unsigned char key[32])
+{
+    unsigned int n = 0;
+    if (EVP_Digest(der, len, key, &n, EVP_sha256(), NULL) != 1)
+        memset(key, 0, 32);
+}
+
+/* A fresh cached answer to exactly these request bytes, copied into *out; else 0. */
+static int ocsp_cache_get(struct cp_server *srv, const unsigned char key[32], void **out,
+                          size_t *len)
+{
+    int64_t epoch = current_epoch(srv), now = (int64_t)time(NULL);
+    int hit = 0;
+    pthread_mutex_lock(&srv->ocsp_mu);
+    struct ocsp_entry *e = &srv->ocsp_cache[(key[0] << 8 | key[1]) % CP_OCSP_CACHE];
+    if (e->der && !memcmp(e->key, key, 32) && e->epoch == epoch &&
+        now - e->made < CP_OCSP_CACHE_S && (*out = malloc(e->len)) != NULL) {
+        memcpy(*out, e->der, e->len);
+        *len = e->len;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&srv->ocsp_mu);
+    return hit;
+}
+
+static void ocsp_cache_put(struct cp_server *srv, const unsigned char key[32], int64_t epoch,
+                           const unsigned char *der, size_t len)
+{
+    unsigned char *copy = malloc(len);
+    if (!copy)
+        return;
+    memcpy(copy, der, len);
+    pthread_mutex_lock(&srv->ocsp_mu);
+    struct ocsp_entry *e = &srv->ocsp_cache[(key[0] << 8 | key[1]) % CP_OCSP_CACHE];
+    free(e->der);
+    memcpy(e->key, key, 32);
+    e->der = copy;
+    e->len = len;
+    e->made = (int64_t)time(NULL);
+    e->epoch = epoch;
+    pthread_mutex_unlock(&srv->ocsp_mu);
+}
+
 static void w_ocsp(struct cp_job *jb)
 {
     unsigned char *der = NULL;
@@ -1385,8 +1468,9 @@ static void w_ocsp(struct cp_job *jb)
         in = mt_http_req_body(jb->req, &bl);
         in_len = bl;
     }
+    int cacheable = 0;
     int rc = cp_ocsp_respond(&jb->srv->ocsp, in, in_len, ocsp_lookup, jb->srv->db,
-                             (int64_t)time(NULL), &der, &n);
+                             (int64_t)time(NULL), &der, &n, &cacheable);
     free(jb->raw);
     jb->raw = NULL;
     jb->raw_len = 0;
@@ -1394,6 +1478,9 @@ static void w_ocsp(struct cp_job *jb)
         jb_error(jb, 503, "out_of_memory", "the server is out of memory");
         return;
     }
+    /* the epoch read before the look-up: a revocation since makes the entry stale */
+    if (cacheable)
+        ocsp_cache_put(jb->srv, jb->ocsp_key, jb->ocsp_epoch, der, n);
     jb->raw = malloc(n);
     if (jb->raw) {
         memcpy(jb->raw, der, n);
@@ -1405,13 +1492,35 @@ static void w_ocsp(struct cp_job *jb)
     jb->ctype = "application/ocsp-response";
 }
 
+/* Answer from the cache on the event loop (no job), or hand `jb` to the pool. */
+static int ocsp_answer(struct mt_http_req *req, struct cp_job *jb, const unsigned char *der,
+                       size_t len)
+{
+    void *body = NULL;
+    size_t blen = 0;
+    ocsp_key_of(der, len, jb->ocsp_key);
+    jb->ocsp_epoch = current_epoch(jb->srv);
+    if (ocsp_cache_get(jb->srv, jb->ocsp_key, &body, &blen)) {
+        bump(jb->srv->ocsp_hits, 1);
+        mt_http_reply(req, 200, "application/ocsp-response", body, blen);
+        free(body);
+        free(jb->raw);
+        free(jb);
+        return MT_HTTP_DONE;
+    }
+    return submit(req, jb);
+}
+
 static int h_ocsp_post(struct mt_http_req *req, void *arg)
 {
     struct cp_job *jb = job_new(req, arg, "/ocsp", w_ocsp);
     if (!jb)
         return MT_HTTP_DONE;
     jb->quiet = 1;
-    return submit(req, jb); /* the body is read on the job thread (immutable until reply) */
+    size_t bl = 0;
+    const void *body = mt_http_req_body(req, &bl);
+    /* the body is read on the job thread (immutable until the reply) */
+    return ocsp_answer(req, jb, body ? body : "", bl);
 }
 
 static int hexv(char c)
@@ -1475,7 +1584,7 @@ static int h_ocsp_get(struct mt_http_req *req, void *arg)
     jb->quiet = 1;
     jb->raw = der;
     jb->raw_len = (size_t)n;
-    return submit(req, jb);
+    return ocsp_answer(req, jb, der, (size_t)n);
 }
 
 /* ---- the lifecycle worker -------------------------------------------------------------- */
@@ -1715,6 +1824,8 @@ static int metrics_setup(struct cp_server *srv, struct meshtls_err *err)
          &srv->peers_registered},
         {"meshtls_ca_refused_total", "Requests refused with 403.", &srv->refused},
         {"meshtls_ca_ocsp_responses_total", "OCSP responses signed.", &srv->ocsp_responses},
+        {"meshtls_ca_ocsp_cache_hits_total", "OCSP answers served from the cache.",
+         &srv->ocsp_hits},
         {"meshtls_ca_lifecycle_runs_total", "Runs of the lifecycle worker on this server.",
          &srv->lifecycle_runs},
         {"meshtls_ca_lifecycle_rotated_total", "Certificates the lifecycle worker rotated.",
@@ -1944,6 +2055,8 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     struct cp_server srv = {.o = o};
     pthread_mutex_init(&srv.crl_mu, NULL);
     pthread_mutex_init(&srv.feed_mu, NULL);
+    pthread_mutex_init(&srv.ocsp_mu, NULL);
+    srv.ocsp_cache = calloc(CP_OCSP_CACHE, sizeof(*srv.ocsp_cache));
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1964,6 +2077,10 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (!srv.ocsp_cache) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        goto out;
+    }
     if ((rc = cp_db_open(o->dir, &srv.db, err)))
         goto out;
     snprintf(srv.tmpdir, sizeof(srv.tmpdir), "%s/serve-tmp", o->dir);
@@ -2100,6 +2217,10 @@ out:
     OPENSSL_free(srv.crl_der);
     pthread_mutex_destroy(&srv.crl_mu);
     pthread_mutex_destroy(&srv.feed_mu);
+    for (size_t i = 0; srv.ocsp_cache && i < CP_OCSP_CACHE; i++)
+        free(srv.ocsp_cache[i].der);
+    free(srv.ocsp_cache);
+    pthread_mutex_destroy(&srv.ocsp_mu);
     pthread_cond_destroy(&srv.feed_cv);
     return rc;
 }

@@ -87,8 +87,10 @@ static int bare(int status, unsigned char **out, size_t *len)
 
 int cp_ocsp_respond(const struct cp_ocsp *o, const unsigned char *der, size_t len,
                     cp_ocsp_lookup_fn lookup, void *arg, int64_t now, unsigned char **out,
-                    size_t *out_len)
+                    size_t *out_len, int *cacheable)
 {
+    if (cacheable)
+        *cacheable = 0;
     const unsigned char *p = der;
     OCSP_REQUEST *req = len && len < 65536 ? d2i_OCSP_REQUEST(NULL, &p, (long)len) : NULL;
     int n = req ? OCSP_request_onereq_count(req) : 0;
@@ -156,6 +158,8 @@ int cp_ocsp_respond(const struct cp_ocsp *o, const unsigned char *der, size_t le
         if (dl > 0) {
             *out = d;
             *out_len = (size_t)dl;
+            if (cacheable)
+                *cacheable = OCSP_REQUEST_get_ext_by_NID(req, NID_id_pkix_OCSP_Nonce, -1) < 0;
         } else {
             rc = MESHTLS_ENOMEM;
         }

@@ -47,10 +47,12 @@ typedef int (*cp_ocsp_lookup_fn)(void *arg, const char *serial, int *status, int
  * and the intermediate.  A malformed request gets a malformedRequest response, a failed
  * look-up internalError (both still 0).
  * @param out a new DER response (OPENSSL_free) of *out_len bytes.
+ * @param cacheable if not NULL, 1 when the response is a successful one to a request
+ *        without a nonce (the same request bytes may get the same answer), else 0.
  * @return 0, or MESHTLS_ENOMEM.
  */
 int cp_ocsp_respond(const struct cp_ocsp *o, const unsigned char *der, size_t len,
                     cp_ocsp_lookup_fn lookup, void *arg, int64_t now, unsigned char **out,
-                    size_t *out_len);
+                    size_t *out_len, int *cacheable);
 
 #endif

@@ -613,3 +613,42 @@ def test_lifecycle_worker_rotates_once_per_interval_across_two_servers(tmp_path)
         assert (pki / "due" / "due.crt").exists()
     finally:
         assert a.stop() == 0 and b.stop() == 0
+
+
+def _metric(server, name):
+    conn = http.client.HTTPConnection("127.0.0.1", server.status_port, timeout=10)
+    conn.request("GET", "/metrics")
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_ocsp_cache_serves_repeats_and_a_revocation_invalidates_it(server, pki, tmp_path):
+    run("ca", "register", "--dir", pki / "ca", "cached", check=True)
+    run("ca", "issue", "--dir", pki / "ca", "cached", "--out", tmp_path, check=True)
+    req = tmp_path / "req.der"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(pki / "ca" / "intermediate.crt"), "-cert",
+                    str(tmp_path / "cached.crt"), "-no_nonce", "-reqout", str(req)],
+                   check=True, capture_output=True, timeout=30)
+    hdr = {"Content-Type": "application/ocsp-request"}
+
+    def status():
+        code, der = call(server, pki, "POST", "/ocsp", body=req.read_bytes(), headers=hdr)
+        assert code == 200
+        (tmp_path / "resp.der").write_bytes(der)
+        p = subprocess.run(["openssl", "ocsp", "-respin", str(tmp_path / "resp.der"), "-issuer",
+                            str(pki / "ca" / "intermediate.crt"), "-cert",
+                            str(tmp_path / "cached.crt"), "-CAfile", str(pki / "ca" / "ca.crt")],
+                           capture_output=True, text=True, timeout=30)
+        assert "Response verify OK" in p.stdout + p.stderr
+        return p.stdout
+
+    hits = _metric(server, "meshtls_ca_ocsp_cache_hits_total")
+    assert "cached.crt: good" in status()
+    assert "cached.crt: good" in status()
+    assert _metric(server, "meshtls_ca_ocsp_cache_hits_total") == hits + 1
+    code, _ = call(server, pki, "POST", f"{ADMIN}/cached/revoke",
+                   body={"reason": "keyCompromise", "replace": False}, svc="admin")
+    assert code == 200
+    assert "cached.crt: revoked" in status()  # at once: the cached "good" is gone
