@@ -5,7 +5,7 @@
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-plain test-asan test-fuzz demo clean format check-src
+.PHONY: all build deps test test-plain test-asan test-fuzz demo demo-control-plane clean format check-src
 
 all: build
 
@@ -40,6 +40,10 @@ check-src:
 
 demo: build
 	@scripts/demo.sh
+
+# the control plane (issue 10): bootstrap with a token, revocation in CRL, OCSP and feed
+demo-control-plane: build
+	@scripts/demo-control-plane.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

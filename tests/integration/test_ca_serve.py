@@ -652,3 +652,12 @@ def test_ocsp_cache_serves_repeats_and_a_revocation_invalidates_it(server, pki, 
                    body={"reason": "keyCompromise", "replace": False}, svc="admin")
     assert code == 200
     assert "cached.crt: revoked" in status()  # at once: the cached "good" is gone
+
+
+def test_control_plane_demo_script():
+    from conftest import SOURCE_DIR
+    p = subprocess.run([str(SOURCE_DIR / "scripts" / "demo-control-plane.sh")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MESHTLS_BIN": MESHTLS})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "demo: every step as expected" in p.stdout
