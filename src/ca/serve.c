@@ -2049,6 +2049,50 @@ static int add_routes(struct mt_http_router *r, struct cp_server *srv, struct me
     return ocsp_get_routes(r, srv, err);
 }
 
+int cp_serve_check(const struct cp_serve_opts *o, struct meshtls_err *err)
+{
+    int rc;
+    struct ca_store *st = NULL;
+    char *td = NULL, p[4300];
+    STACK_OF(X509) *v = NULL;
+    EVP_PKEY *key = NULL;
+    struct sockaddr_storage sa;
+    socklen_t sl;
+    if (o->leaf_days <= o->rotate_within_days)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--days %d must be longer than --rotate-within %d", o->leaf_days,
+                               o->rotate_within_days);
+    if ((rc = ca_store_open(o->dir, 0, &st, err)) ||
+        (rc = ca_store_meta_get(st, "trust_domain", &td, err)))
+        goto out;
+    snprintf(p, sizeof(p), "%s/intermediate.crt", o->dir);
+    if ((rc = meshtls_pem_read_certs(p, &v, err)))
+        goto out;
+    snprintf(p, sizeof(p), "%s/intermediate.key", o->dir);
+    if ((rc = meshtls_pem_read_key(p, &key, err)))
+        goto out;
+    snprintf(p, sizeof(p), "%s/ca.crt", o->dir);
+    sk_X509_pop_free(v, X509_free);
+    v = NULL;
+    if ((rc = meshtls_pem_read_certs(p, &v, err)))
+        goto out;
+    if ((rc = mt_resolve(o->listen, 1, &sa, &sl, err)) ||
+        (o->status && (rc = mt_resolve(o->status, 1, &sa, &sl, err))))
+        goto out;
+    for (size_t i = 0; i < o->n_admins; i++)
+        if (strncmp(o->admins[i], "spiffe://", 9) != 0) {
+            rc =
+                meshtls_err_set(err, MESHTLS_EINVAL, "--admin %s is not a SPIFFE ID", o->admins[i]);
+            goto out;
+        }
+out:
+    ca_store_close(st);
+    free(td);
+    sk_X509_pop_free(v, X509_free);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
 {
     int rc = 0;

@@ -56,6 +56,13 @@ void cp_serve_opts_default(struct cp_serve_opts *o);
  */
 int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err);
 
+/**
+ * Check what cp_serve_run() would start with, without serving or changing anything:
+ * the store opens (and would migrate), the CA files and the intermediate's key load, the
+ * addresses resolve, the options agree.  @return 0 or the first problem in `err`.
+ */
+int cp_serve_check(const struct cp_serve_opts *o, struct meshtls_err *err);
+
 /* ---- bootstrap tokens (serve_token.c) ------------------------------------------------ */
 
 #define CP_TOKEN_PREFIX "mtt_"

@@ -19,12 +19,13 @@
 static const char SERVE_USAGE[] =
     "usage: meshtls ca serve --dir DIR --listen ADDR [--admin SPIFFE-ID]... [--status ADDR]\n"
     "                        [--san NAME|IP]... [--workers N] [--peer-ttl 30s] [--days 90]\n"
-    "                        [--lifecycle-interval 24h|off] [--rotate-within 14]\n"
+    "                        [--lifecycle-interval 24h|off] [--rotate-within 14] [--check]\n"
     "  Serve the CA's HTTPS API (docs/CONTROL-PLANE.md).  At start the CA issues the server\n"
     "  a certificate (service meshtls-ca) for localhost, 127.0.0.1, ::1, the --listen host\n"
     "  and each --san, into DIR/serve/.  Client certificates are asked for, not required:\n"
     "  each endpoint decides (public, client certificate, or --admin identity).\n"
-    "  --store sqlite:DIR/meshtls.db is accepted as another way to name DIR.\n";
+    "  --store sqlite:DIR/meshtls.db is accepted as another way to name DIR.\n"
+    "  --check validates (store, CA files and key, addresses, options) and exits.\n";
 
 static const char TOKEN_USAGE[] =
     "usage: meshtls ca token --dir DIR SERVICE [--ttl 10m]\n"
@@ -43,6 +44,7 @@ enum {
     S_DAYS,
     S_LIFECYCLE,
     S_WITHIN,
+    S_CHECK,
     S_HELP
 };
 
@@ -58,6 +60,7 @@ static const struct option sopts[] = {{"dir", 1, 0, S_DIR},
                                       {"days", 1, 0, S_DAYS},
                                       {"lifecycle-interval", 1, 0, S_LIFECYCLE},
                                       {"rotate-within", 1, 0, S_WITHIN},
+                                      {"check", 0, 0, S_CHECK},
                                       {"help", 0, 0, S_HELP},
                                       {0, 0, 0, 0}};
 
@@ -80,6 +83,8 @@ static int store_dir(const char *url, char *dir, size_t cap)
     snprintf(dir, cap, "%.*s", (int)(n - s), path);
     return 0;
 }
+
+static int check_only; /* --check: validate and exit */
 
 static int parse_common(const char *sub, int argc, char **argv, struct cp_serve_opts *o,
                         int64_t *ttl_ms, char *dirbuf, size_t dircap)
@@ -134,6 +139,7 @@ static int parse_common(const char *sub, int argc, char **argv, struct cp_serve_
             if (mt_parse_int(optarg, 0, 824, &o->rotate_within_days))
                 return usage(sub, "--rotate-within: days, 0 to 824 (14)");
             break;
+        case S_CHECK: check_only = 1; break;
         case S_HELP: return 1;
         default: return 2;
         }
@@ -166,6 +172,14 @@ int cmd_ca_serve(int argc, char **argv)
         return usage("serve", "--days must be longer than --rotate-within, or every new "
                               "certificate would be due for rotation at once");
     struct meshtls_err err = MESHTLS_ERR_INIT;
+    if (check_only) {
+        if ((rc = cp_serve_check(&o, &err))) {
+            cli_print_err("ca serve --check", &err, rc);
+            return 1;
+        }
+        printf("ca serve: configuration OK (store %s, listen %s)\n", o.dir, o.listen);
+        return 0;
+    }
     if ((rc = cp_serve_run(&o, &err))) {
         cli_print_err("ca serve", &err, rc);
         return 1;

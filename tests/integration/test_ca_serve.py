@@ -661,3 +661,22 @@ def test_control_plane_demo_script():
                        env={**os.environ, "MESHTLS_BIN": MESHTLS})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "demo: every step as expected" in p.stdout
+
+
+def test_check_and_bad_options(pki, tmp_path):
+    ok = run("ca", "serve", "--dir", pki / "ca", "--listen", "127.0.0.1:0", "--check")
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+    cases = [
+        (["--dir", tmp_path / "nope", "--listen", "127.0.0.1:0", "--check"], 1, "ca init"),
+        (["--dir", pki / "ca", "--listen", "bad host:x", "--check"], 1, "bad host:x"),
+        (["--dir", pki / "ca", "--listen", "127.0.0.1:0", "--days", "10"], 2, "--rotate-within"),
+        (["--dir", pki / "ca"], 2, "--listen ADDR is required"),
+        (["--dir", pki / "ca", "--listen", ":0", "--admin", "admin"], 2, "SPIFFE ID"),
+        (["--store", "postgres://u:s3cret@h/db", "--listen", ":0"], 2, "not yet supported"),
+    ]
+    for args, rc, text in cases:
+        p = run("ca", "serve", *args)
+        assert p.returncode == rc and text in p.stderr, (args, p.stderr)
+        assert "s3cret" not in p.stderr
+    p = run("ca", "token", "--dir", pki / "ca", "nosuch")
+    assert p.returncode == 1 and "nosuch" in p.stderr and not p.stdout
