@@ -10,7 +10,11 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include "check.h"
+#include "db.h"
 #include "serve.h"
 
 static char *dns_reg[] = {"api.internal", "localhost"};
@@ -176,6 +180,142 @@ TEST(admin_list)
     CHECK_INT_EQ(cp_is_admin(admins, 0, "spiffe://example.org/svc/admin"), 0);
 }
 
+/* ---- the tables (a real SQLite store in a temporary directory) ---- */
+
+static char tmpl[] = "/tmp/meshtls-serve-XXXXXX";
+
+/* A CA store with service "api" and one certificate "abc" (active). */
+static struct ca_store *store_with_cert(void)
+{
+    struct ca_store *s = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    if (ca_store_open(tmpl, 1, &s, &err) != 0) {
+        fprintf(stderr, "open: %s\n", err.msg);
+        return NULL;
+    }
+    int updated = 0;
+    struct ca_service svc = {.name = "api", .spiffe_id = "spiffe://example.org/svc/api"};
+    struct ca_cert c = {.serial = "abc",
+                        .service = "api",
+                        .not_before = 1,
+                        .not_after = 4000000000,
+                        .status = "active",
+                        .cert_pem = "x",
+                        .pubkey_pem = "y"};
+    CHECK_INT_EQ(ca_store_service_put(s, &svc, &updated, &err), 0);
+    CHECK_INT_EQ(ca_store_cert_insert(s, &c, &err), 0);
+    return s;
+}
+
+TEST(tokens_single_use_and_expiry)
+{
+    struct mt_db *db = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(cp_db_open(tmpl, &db, &err), 0);
+    if (!db)
+        return;
+    char tok[CP_TOKEN_LEN + 1], hash[65], svc[64];
+    enum cp_token_state st;
+    CHECK_INT_EQ(cp_token_create(db, "api", 60, 1000, tok, sizeof(tok), &err), 0);
+    CHECK_INT_EQ(cp_token_hash(tok, hash, sizeof(hash)), 0);
+    CHECK_INT_EQ(cp_token_peek(db, hash, 1000, &st, svc, sizeof(svc), &err), 0);
+    CHECK_INT_EQ(st, CP_TOKEN_OK);
+    CHECK_STR_EQ(svc, "api");
+    CHECK_INT_EQ(cp_token_peek(db, hash, 1060, &st, svc, sizeof(svc), &err), 0);
+    CHECK_INT_EQ(st, CP_TOKEN_EXPIRED);
+    int won = -1;
+    CHECK_INT_EQ(cp_token_consume(db, hash, 1060, "x", &won, &err), 0);
+    CHECK_INT_EQ(won, 0); /* expired: not usable */
+    CHECK_INT_EQ(cp_token_consume(db, hash, 1001, "x", &won, &err), 0);
+    CHECK_INT_EQ(won, 1);
+    CHECK_INT_EQ(cp_token_consume(db, hash, 1002, "y", &won, &err), 0);
+    CHECK_INT_EQ(won, 0); /* used */
+    CHECK_INT_EQ(cp_token_peek(db, hash, 1002, &st, svc, sizeof(svc), &err), 0);
+    CHECK_INT_EQ(st, CP_TOKEN_USED);
+    CHECK_INT_EQ(cp_token_unconsume(db, hash, &err), 0);
+    CHECK_INT_EQ(cp_token_consume(db, hash, 1003, "z", &won, &err), 0);
+    CHECK_INT_EQ(won, 1); /* given back, usable once more */
+    char other[65];
+    memset(other, 'a', 64);
+    other[64] = '\0';
+    CHECK_INT_EQ(cp_token_peek(db, other, 1000, &st, svc, sizeof(svc), &err), 0);
+    CHECK_INT_EQ(st, CP_TOKEN_UNKNOWN);
+    CHECK_INT_EQ(cp_token_create(db, "api", 0, 1000, tok, sizeof(tok), &err), MESHTLS_EINVAL);
+    mt_db_close(db);
+}
+
+TEST(lease_one_holder_per_interval)
+{
+    struct mt_db *db = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(cp_db_open(tmpl, &db, &err), 0);
+    if (!db)
+        return;
+    int a = -1, b = -1;
+    CHECK_INT_EQ(cp_lease_take(db, "lifecycle", "a", 10000, 10900, &a, &err), 0);
+    CHECK_INT_EQ(cp_lease_take(db, "lifecycle", "b", 10000, 10900, &b, &err), 0);
+    CHECK_INT_EQ(a + b, 1);
+    CHECK_INT_EQ(a, 1);
+    CHECK_INT_EQ(cp_lease_take(db, "lifecycle", "b", 10899, 11800, &b, &err), 0);
+    CHECK_INT_EQ(b, 0); /* still held */
+    CHECK_INT_EQ(cp_lease_take(db, "lifecycle", "b", 10900, 11800, &b, &err), 0);
+    CHECK_INT_EQ(b, 1); /* ran out */
+    CHECK_INT_EQ(cp_lease_take(db, "nosuch", "b", 99999, 100000, &b, &err), 0);
+    CHECK_INT_EQ(b, 0);
+    mt_db_close(db);
+}
+
+TEST(revocation_epochs_from_the_revoking_transaction)
+{
+    struct ca_store *s = store_with_cert();
+    struct mt_db *db = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(cp_db_open(tmpl, &db, &err), 0); /* the trigger is installed */
+    if (!s || !db)
+        goto out;
+    struct ca_cert c2 = {.serial = "def",
+                         .service = "api",
+                         .not_before = 1,
+                         .not_after = 4000000000,
+                         .status = "active",
+                         .cert_pem = "x",
+                         .pubkey_pem = "y"};
+    CHECK_INT_EQ(ca_store_cert_insert(s, &c2, &err), 0);
+    /* superseding is no revocation; a rolled-back revocation takes no epoch */
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "abc", "superseded", NULL, "def", &err), 0);
+    CHECK_INT_EQ(ca_store_begin(s, &err), 0);
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "abc", "revoked", "keyCompromise", NULL, &err), 0);
+    ca_store_rollback(s);
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "def", "revoked", "superseded", NULL, &err), 0);
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "abc", "revoked", "keyCompromise", NULL, &err), 0);
+    /* revoking again is not a new revocation */
+    CHECK_INT_EQ(ca_store_cert_set_status(s, "abc", "revoked", "keyCompromise", NULL, &err), 0);
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    CHECK_INT_EQ(mt_db_acquire(db, &c, &err), 0);
+    CHECK_INT_EQ(mt_db_query(c,
+                             "SELECT epoch, serial, reason FROM serve_revocations ORDER BY epoch",
+                             NULL, 0, &r, &err),
+                 0);
+    const char *want[][2] = {{"def", "superseded"}, {"abc", "keyCompromise"}};
+    int n = 0;
+    while (r && mt_db_row_next(r, &err) > 0) {
+        CHECK(n < 2);
+        if (n < 2) {
+            CHECK_INT_EQ(mt_db_col_int64(r, 0), n + 1); /* 1, 2: no gap */
+            CHECK_STR_EQ(mt_db_col_text(r, 1), want[n][0]);
+            CHECK_STR_EQ(mt_db_col_text(r, 2), want[n][1]);
+        }
+        n++;
+    }
+    CHECK_INT_EQ(n, 2);
+    mt_db_rows_close(r);
+    mt_db_release(c);
+out:
+    mt_db_close(db);
+    ca_store_close(s);
+}
+
 int main(void)
 {
     RUN(csr_match_table);
@@ -183,5 +323,21 @@ int main(void)
     RUN(token_format_and_hash);
     RUN(token_malformed_table);
     RUN(admin_list);
+    if (!mkdtemp(tmpl))
+        return 1;
+    struct ca_store *s = store_with_cert();
+    ca_store_close(s);
+    RUN(tokens_single_use_and_expiry);
+    RUN(lease_one_holder_per_interval);
+    char p[200];
+    snprintf(p, sizeof(p), "%s/meshtls.db", tmpl);
+    unlink(p); /* a fresh store: epochs from 1 */
+    RUN(revocation_epochs_from_the_revoking_transaction);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/meshtls.db-wal", tmpl);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/meshtls.db-shm", tmpl);
+    unlink(p);
+    rmdir(tmpl);
     return check_summary();
 }
