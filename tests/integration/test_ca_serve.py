@@ -680,3 +680,47 @@ def test_check_and_bad_options(pki, tmp_path):
         assert "s3cret" not in p.stderr
     p = run("ca", "token", "--dir", pki / "ca", "nosuch")
     assert p.returncode == 1 and "nosuch" in p.stderr and not p.stdout
+
+
+def _raw_tls(server, pki, data, svc=None):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
+        with ctx(pki, svc).wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(data)
+            out = b""
+            while True:
+                try:
+                    chunk = t.recv(65536)
+                except (ssl.SSLError, ConnectionResetError):
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+
+
+def test_malformed_and_oversized_requests(server, pki):
+    cases = [
+        (b"GARBAGE\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"GET /api/peers HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+         b"HTTP/1.1 431 "),
+        (b"POST /api/v1/sign HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\nabc", b"HTTP/1.1 400 "),
+        (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 404 "),
+        (b"DELETE /api/peers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 405 "),
+    ]
+    for data, want in cases:
+        out = _raw_tls(server, pki, data, svc="api")
+        assert out.startswith(want), (data[:40], out[:200])
+        assert b"application/json" in out.split(b"\r\n\r\n")[0]
+    # sign: wrong JSON types and a body that is not JSON
+    for body in ({"token": 1, "csr": "x"}, {"token": "x"}, b"not json", b'{"token":"a","token":"b"}'):
+        code, resp = call(server, pki, "POST", "/api/v1/sign", body=body)
+        assert code == 400 and resp["error"]["code"] == "bad_request", body
+    # keep-alive: several requests on one TLS connection
+    c = http.client.HTTPSConnection("localhost", server.port, timeout=20, context=ctx(pki, "api"))
+    for _ in range(5):
+        c.request("GET", "/api/peers")
+        r = c.getresponse()
+        assert r.status == 200
+        r.read()
+    c.close()
