@@ -724,3 +724,22 @@ def test_malformed_and_oversized_requests(server, pki):
         assert r.status == 200
         r.read()
     c.close()
+
+
+def test_config_file_and_environment(pki, tmp_path):
+    y = tmp_path / "serve.yaml"
+    y.write_text(f"ca_serve:\n  dir: {pki / 'ca'}\n  listen: 127.0.0.1:0\n"
+                 f"  admin: spiffe://{TD}/svc/admin\n  lifecycle_interval: 1h\n")
+    assert run("ca", "serve", "--config", y, "--check").returncode == 0
+    # the environment wins over the file, a flag over the environment
+    env = {"MESHTLS_CA_SERVE_LISTEN": "bad host:1"}
+    p = run("ca", "serve", "--config", y, "--check", env=env)
+    assert p.returncode == 1 and "bad host:1" in p.stderr
+    assert run("ca", "serve", "--config", y, "--listen", "127.0.0.1:0", "--check",
+               env=env).returncode == 0
+    p = run("ca", "serve", "--dir", pki / "ca", "--listen", ":0", "--check",
+            env={"MESHTLS_CA_SERVE_DAYS": "abc"})
+    assert p.returncode == 2 and "MESHTLS_CA_SERVE_DAYS" in p.stderr
+    (tmp_path / "bad.yaml").write_text("ca_serve:\n  nope: 1\n")
+    p = run("ca", "serve", "--config", tmp_path / "bad.yaml", "--check")
+    assert p.returncode == 2 and "bad.yaml:2" in p.stderr and "ca_serve.nope" in p.stderr
