@@ -704,6 +704,97 @@ static int h_crl(struct mt_http_req *req, void *arg)
 /* ---- issuing: /api/v1/sign, /api/v1/renew --------------------------------------------- */
 
 /*
+ * Read a certificate row / a service from the store through the server's own pool (the
+ * PKI's tables; the same columns store_sqlite.c reads), instead of opening the store for
+ * each request.  Strings in *out are new allocations (ca_cert_clear / ca_service_clear).
+ */
+static int db_cert_get(struct mt_db *db, const char *serial, struct ca_cert *out,
+                       struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(serial)};
+    int rc = mt_db_acquire(db, &c, err);
+    if (!rc && !(rc = mt_db_query(c,
+                                  "SELECT cert_pem, not_before, not_after FROM certificates "
+                                  "WHERE serial = $1",
+                                  p, 1, &r, err))) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else if (row == 0)
+            rc = meshtls_err_set(err, MESHTLS_ESTORE, "certificate %s vanished from the store",
+                                 serial);
+        else if (!(out->cert_pem = strdup(mt_db_col_text(r, 0) ? mt_db_col_text(r, 0) : "")))
+            rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        else {
+            out->not_before = mt_db_col_int64(r, 1);
+            out->not_after = mt_db_col_int64(r, 2);
+        }
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+/* "a\nb" -> a new array of new strings. */
+static int split_lines(const char *s, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s || !*s)
+        return 0;
+    size_t cap = 1;
+    for (const char *q = s; *q; q++)
+        cap += *q == '\n';
+    char **v = calloc(cap, sizeof(*v));
+    if (!v)
+        return -1;
+    const char *b = s;
+    for (;;) {
+        const char *e = strchr(b, '\n');
+        size_t len = e ? (size_t)(e - b) : strlen(b);
+        if (len && !(v[(*n)++] = strndup(b, len))) {
+            *out = v;
+            return -1;
+        }
+        if (!e)
+            break;
+        b = e + 1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int db_service_get(struct mt_db *db, const char *name, struct ca_service *out,
+                          struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(name)};
+    memset(out, 0, sizeof(*out));
+    int rc = mt_db_acquire(db, &c, err);
+    if (!rc && !(rc = mt_db_query(c, "SELECT spiffe_id, dns, ips FROM services WHERE name = $1", p,
+                                  1, &r, err))) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else if (row == 0)
+            rc = meshtls_err_set(err, MESHTLS_ENOENT, "service '%s' is not registered", name);
+        else if (!(out->name = strdup(name)) ||
+                 !(out->spiffe_id = strdup(mt_db_col_text(r, 0) ? mt_db_col_text(r, 0) : "")) ||
+                 split_lines(mt_db_col_text(r, 1), &out->dns, &out->n_dns) ||
+                 split_lines(mt_db_col_text(r, 2), &out->ips, &out->n_ips))
+            rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    if (rc)
+        ca_service_clear(out);
+    return rc;
+}
+
+/*
  * Sign `csr` (PEM text, matched against the registration already) for `service`; the
  * answer is the new certificate with its chain.  @return 0, or an error in `jb`.
  */
@@ -741,15 +832,11 @@ static int issue_csr(struct cp_job *jb, const char *service, const char *csr_pem
             jb_error(jb, 500, "issue_failed", "%s", e.msg);
         return -1;
     }
-    struct ca_store *st = NULL;
     struct ca_cert cert = {0};
-    if ((rc = ca_store_open(srv->o->dir, 0, &st, &e)) ||
-        (rc = ca_store_cert_get(st, serial, &cert, &e))) {
-        ca_store_close(st);
+    if ((rc = db_cert_get(srv->db, serial, &cert, &e))) {
         jb_store_down(jb, &e);
         return -1;
     }
-    ca_store_close(st);
     size_t cl = strlen(cert.cert_pem), il = strlen(srv->inter_pem);
     char *chain = malloc(cl + il + 1);
     if (chain) {
@@ -781,12 +868,8 @@ static int check_csr_for(struct cp_job *jb, const char *service, const char *csr
                  "REQUEST-----, at most 64 KiB)");
         return -1;
     }
-    struct ca_store *st = NULL;
     struct ca_service svc = {0};
-    int rc = ca_store_open(jb->srv->o->dir, 0, &st, &e);
-    if (!rc)
-        rc = ca_store_service_get(st, service, &svc, &e);
-    ca_store_close(st);
+    int rc = db_service_get(jb->srv->db, service, &svc, &e);
     if (rc == MESHTLS_ENOENT) {
         X509_REQ_free(req);
         jb_error(jb, 403, "service_unknown", "service '%s' is not registered with this CA",
