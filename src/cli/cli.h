@@ -9,13 +9,15 @@
 
 struct meshtls_err;
 
-int cmd_ca(int argc, char **argv);       /* cmd_ca.c     - meshtls ca ...   */
-int cmd_ca_serve(int argc, char **argv); /* cmd_ca_serve.c - meshtls ca serve */
-int cmd_ca_token(int argc, char **argv); /* cmd_ca_serve.c - meshtls ca token */
-int cmd_cert(int argc, char **argv);     /* cmd_cert.c   - meshtls cert ... */
-int cmd_dev(int argc, char **argv);      /* cmd_dev.c    - meshtls dev ...  */
-int cmd_config(int argc, char **argv);   /* cmd_config.c - meshtls config ... */
-int cmd_proxy(int argc, char **argv);    /* cmd_proxy.c  - meshtls proxy server|client */
+int cmd_ca(int argc, char **argv);     /* cmd_ca.c     - meshtls ca ...   */
+int cmd_cert(int argc, char **argv);   /* cmd_cert.c   - meshtls cert ... */
+int cmd_dev(int argc, char **argv);    /* cmd_dev.c    - meshtls dev ...  */
+int cmd_config(int argc, char **argv); /* cmd_config.c - meshtls config ... */
+int cmd_proxy(int argc, char **argv);  /* cmd_proxy.c  - meshtls proxy server|client */
+
+/* cmd_ca_serve.c - meshtls ca serve, meshtls ca token (dispatched by cmd_ca) */
+int cmd_ca_serve(int argc, char **argv);
+int cmd_ca_token(int argc, char **argv);
 
 /** Print "meshtls <what>: <err->msg>" (or the code's name) to stderr. */
 void cli_print_err(const char *what, const struct meshtls_err *err, int code);

@@ -171,16 +171,17 @@ static int do_list(const char *store, const char *shown, int json)
 
 int cmd_ca(int argc, char **argv)
 {
+    /* the control plane (cmd_ca_serve.c) */
+    if (argc >= 2 && !strcmp(argv[1], "serve"))
+        return cmd_ca_serve(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "token"))
+        return cmd_ca_token(argc - 1, argv + 1);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    if (!strcmp(sub, "serve")) /* the control plane: cmd_ca_serve.c */
-        return cmd_ca_serve(argc - 1, argv + 1);
-    if (!strcmp(sub, "token"))
-        return cmd_ca_token(argc - 1, argv + 1);
     static const char *const subs[] = {"init",   "register", "issue", "rotate",
                                        "revoke", "crl",      "list"};
     int known = 0;
