@@ -114,15 +114,19 @@ static int ex_indexes_ready(void)
  * so without this a refused handshake could not say whose certificate it was.  Called
  * for every certificate of the chain; on success it returns at once.
  */
-static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+static void keep_rejected(X509_STORE_CTX *sctx)
 {
-    if (ok)
-        return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
     X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
     if (ssl && leaf && rejected_idx >= 0 && !SSL_get_ex_data(ssl, rejected_idx) &&
         X509_up_ref(leaf) == 1 && SSL_set_ex_data(ssl, rejected_idx, leaf) != 1)
         X509_free(leaf);
+}
+
+static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    if (!ok)
+        keep_rejected(sctx);
     return ok;
 }
 
@@ -512,6 +516,8 @@ nomem:
  */
 static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
+    if (!ok)
+        keep_rejected(sctx); /* so the error can name what the server presented */
     if (!ok || X509_STORE_CTX_get_error_depth(sctx) != 0)
         return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -533,8 +539,10 @@ static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
             match = 0;
     }
     meshtls_identity_free(id);
-    if (!match)
+    if (!match) {
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        keep_rejected(sctx);
+    }
     return match;
 }
 
@@ -636,9 +644,17 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
                      "(not built by meshtls_tls_client_ctx_new?): refused");
             return;
         }
-        snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s",
+        /* name what the server presented: the fix is on one side or the other */
+        struct meshtls_identity *id = NULL;
+        X509 *x = meshtls_tls_presented_cert(ssl);
+        if (x)
+            meshtls_identity_from_x509(x, &id, NULL);
+        snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s: it presented %s%s%s",
                  e && e->spiffe_id ? e->spiffe_id : "trust domain ",
-                 e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "");
+                 e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "",
+                 id && id->spiffe_id ? id->spiffe_id : "no SPIFFE ID",
+                 id && id->subject ? " with subject " : "", id && id->subject ? id->subject : "");
+        meshtls_identity_free(id);
         return;
     }
     snprintf(buf, cap, "%s", X509_verify_cert_error_string(v));
