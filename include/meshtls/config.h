@@ -25,6 +25,7 @@
 #define MESHTLS_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "meshtls/err.h"
 #include "meshtls/export.h"
@@ -67,8 +68,19 @@ struct meshtls_config_keydef {
     const char *flag_sets; /**< non-NULL: the flag takes no argument and sets this value */
     const char *choices;   /**< MESHTLS_CFG_ENUM: "a|b|c" */
     long min, max;         /**< MESHTLS_CFG_INT / _DURATION (ms): inclusive range */
-    const char *help;      /**< one line for `meshtls config --keys` and the docs */
+    const char *help;      /**< one line for `meshtls config --keys`, --help and the docs */
+    /* How a command takes the key on its command line (meshtls_config_parse_args) and
+     * shows it (meshtls_config_print_flags).  Zero is a good default for each. */
+    unsigned modes;      /**< the consumer's mode bits that take the flag; 0 = every mode */
+    const char *metavar; /**< the value's name in --help ("ADDR"); NULL = from the type */
+    const char *group;   /**< --help heading; NULL = the section name */
+    unsigned opts;       /**< MESHTLS_KEY_* bits */
 };
+
+/** The flag may be repeated; each use adds one item (the value lists them, '\n' between). */
+#define MESHTLS_KEY_REPEAT 0x1u
+/** Giving the flag twice is an error (a second value would silently replace the first). */
+#define MESHTLS_KEY_ONCE 0x2u
 
 struct meshtls_config;
 
@@ -133,6 +145,48 @@ MESHTLS_API int meshtls_config_load_env(struct meshtls_config *cfg, char *const 
  */
 MESHTLS_API int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *value,
                                    const char *flag, struct meshtls_err *err);
+
+/** A command's own option, beside the key flags (--config, --check, --help). */
+struct meshtls_config_opt {
+    const char *flag;   /**< "--config" */
+    int has_arg;        /**< 1: takes a value */
+    const char **value; /**< out, optional: the last value given (borrowed from argv) */
+    int *count;         /**< out, optional: incremented per use */
+};
+
+/**
+ * Parse a command line against the key table: every key whose `flag` applies sets it
+ * (source "flag"), `opts` are the command's own options.  Accepts "--flag VALUE" and
+ * "--flag=VALUE"; "--" ends the options.  A flag applies when its key is in section `role`
+ * ("server"/"client"; keys of the other role's section do not), or in any other section
+ * with `modes` & the key's modes (or the key's modes are 0).  A switch (flag_sets) takes no
+ * value.  A repeated flag replaces its value, adds an item (MESHTLS_KEY_REPEAT), or is an
+ * error (MESHTLS_KEY_ONCE).
+ * @param argv borrowed; argv[0] is an option, not the program name.
+ * @return 0; MESHTLS_EINVAL naming the flag for an unknown option (with a suggestion), a
+ *         flag of another mode, a missing value, a value the key refuses, a positional
+ *         argument.  Keys set before the error stay set.
+ */
+MESHTLS_API int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
+                                          const char *role, unsigned modes,
+                                          const struct meshtls_config_opt *opts, size_t nopts,
+                                          struct meshtls_err *err);
+
+/**
+ * Print the flags that meshtls_config_parse_args(cfg, ..., role, modes, ...) accepts, one
+ * line each, grouped by the keys' `group` in table order, each flag once: "  --max-conns N
+ * help (default 10000)".  `role` NULL and `modes` 0: every flag, a flag of only one role
+ * or mode tagged "[server]" (role sections) or with `mode_names[bit]` (may be NULL).
+ */
+MESHTLS_API void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f,
+                                            const char *role, unsigned modes,
+                                            const char *const *mode_names, size_t nmode_names);
+
+/**
+ * Apply log.level and log.format to the process's logger (meshtls_log_set_level/_json).
+ * @return 0, or MESHTLS_EINVAL (only with a broken table: values are checked when set).
+ */
+MESHTLS_API int meshtls_config_apply_log(const struct meshtls_config *cfg, struct meshtls_err *err);
 
 /**
  * The effective value of `key`, or NULL if it is unset and has no default
