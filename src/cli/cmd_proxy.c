@@ -55,13 +55,19 @@ static void proxy_usage(FILE *f, const struct meshtls_config *cfg, int mode)
           f);
 }
 
-/* --check: print every error found (the first of each class) or a one-line summary. */
-static int check(const struct px_config *c)
+/* --check: print every error found (the first of each class) or a one-line summary.
+ * `rule_error`: what px_config_rules() refused, or NULL. */
+static int check(const struct px_config *c, const char *rule_error)
 {
     static const char *const CLASS[PX_CHECK_N] = {"required", "address", "plaintext hop",
                                                   "policy",   "TLS",     "target TLS"};
     const char *m = c->mode == PX_MODE_SERVER ? "server" : "client";
     struct px_check_report rep;
+    memset(&rep, 0, sizeof(rep));
+    if (rule_error) {
+        snprintf(rep.msg[PX_CHECK_POLICY], sizeof(rep.msg[PX_CHECK_POLICY]), "%s", rule_error);
+        rep.nerrors = 1;
+    }
     if (px_config_check(c, &rep) != 0) {
         for (int i = 0; i < PX_CHECK_N; i++)
             if (rep.msg[i][0])
@@ -75,7 +81,7 @@ static int check(const struct px_config *c)
     if (c->mode == PX_MODE_SERVER)
         printf(" policy=%s%s%s rules=%zu", c->policy_file ? c->policy_file : "flags",
                c->service ? " service=" : "", c->service ? c->service : "",
-               meshtls_policy_size(c->policy));
+               c->policy ? meshtls_policy_size(c->policy) : 0);
     printf(" workers=%d\n", c->workers);
     return 0;
 }
@@ -137,8 +143,14 @@ int cmd_proxy(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (checking) {
-        status = check(&c);
+    rc = px_config_rules(cfg, &c, &err);
+    if (checking) { /* a bad rule is one error among the others --check reports */
+        status = check(&c, rc ? err.msg : NULL);
+        goto out;
+    }
+    if (rc) {
+        cli_print_err(what, &err, rc);
+        status = 2;
         goto out;
     }
     if ((rc = px_config_check_required(&c, &err)) != 0) {

@@ -159,17 +159,22 @@ int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 /**
  * Fill `out` for `mode` from the effective configuration `cfg` (flags > environment > file
  * > default; every key of px_config_keys and the role's server.* or client.* keys, log.*
- * excepted: see meshtls_config_apply_log).  The global allow rules (proxy.allow and the
- * proxy.allow_* keys) go into a new out->policy, which the caller frees with
- * px_config_release().  Strings in `out` are borrowed from `cfg`: keep `cfg` alive while
- * `out` is used.  Required keys (listen, target, certificates, a policy) are not checked
- * here: see px_config_check_required().
- * @return 0, or MESHTLS_EINVAL naming the key and the source of the value; `out` is then
- *         released already.
+ * excepted: see meshtls_config_apply_log), all but the allow rules (px_config_rules).
+ * Strings in `out` are borrowed from `cfg`: keep `cfg` alive while `out` is used.
+ * Required keys (listen, target, certificates, a policy) are not checked here: see
+ * px_config_check_required().
+ * @return 0, or MESHTLS_EINVAL naming the key and the source of the value.
  */
 int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct px_config *out,
                    struct meshtls_err *err);
-/** Free what px_config_from() allocated in `c` (the policy), and zero it.  NULL is fine. */
+/**
+ * Server: add the global allow rules (proxy.allow_all, proxy.allow_cn/_ou/_dns/_uri/
+ * _trust_domain, proxy.allow) to c->policy, creating it; free it with px_config_release().
+ * Client: nothing.  On error the rules before the bad one stay in c->policy.
+ * @return 0, or MESHTLS_EINVAL naming the flag, variable or FILE:LINE and the rule.
+ */
+int px_config_rules(const struct meshtls_config *cfg, struct px_config *c, struct meshtls_err *err);
+/** Free what px_config_rules() allocated in `c` (the policy).  NULL is fine. */
 void px_config_release(struct px_config *c);
 /**
  * What the proxy refuses before it builds anything: --listen or --target missing, a
@@ -200,6 +205,8 @@ struct px_check_report {
  * the addresses, apply the loopback rule of plaintext hops, build the policy (policy file,
  * --service, allow rules) and the TLS contexts (files load, key matches certificate, CA,
  * CRL), then free them.  `c` as filled by px_config_from() (the caches may be absent).
+ * `rep` starts zeroed by the caller; an error already in it (a rule px_config_rules
+ * refused, as PX_CHECK_POLICY) is kept and counted.
  * @return the number of classes with an error (0: the configuration is fine); `rep` holds
  *         their messages.
  */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "meshtls/meshtls.h"
+#include "parse.h"
 #include "proxy.h"
 
 /* The effective value of `key` (NULL when unset). */
@@ -70,19 +71,22 @@ static int add_rules(struct meshtls_policy *p, const struct meshtls_config *cfg,
             value = eq ? eq + 1 : NULL;
         }
         struct meshtls_err e2 = MESHTLS_ERR_INIT;
-        if (!k || meshtls_policy_add(p, (enum meshtls_rule_kind)k,
-                                     k == MESHTLS_RULE_ALLOW_ALL ? NULL : value, NULL, &e2) != 0)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %s item '%s%s%s': %s", src, key, item,
-                                   eq ? "=" : "", eq ? eq + 1 : "",
-                                   k ? e2.msg
-                                     : "expected KIND=VALUE with KIND uri, cn, ou, dns, "
-                                       "trust-domain or allow-all");
+        if (k && meshtls_policy_add(p, (enum meshtls_rule_kind)k,
+                                    k == MESHTLS_RULE_ALLOW_ALL ? NULL : value, NULL, &e2) == 0)
+            continue;
+        if (kind) /* the library's message names the flag ("--allow-uri 'x': ...") */
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s%s%s", strncmp(src, "--", 2) ? src : "",
+                                   strncmp(src, "--", 2) ? ": " : "", e2.msg);
+        return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %s item '%s%s%s': %s", src, key, item,
+                               eq ? "=" : "", eq ? eq + 1 : "",
+                               k ? e2.msg
+                                 : "expected KIND=VALUE with KIND uri, cn, ou, dns, "
+                                   "trust-domain or allow-all");
     }
     return 0;
 }
 
-static int build_policy(struct px_config *c, const struct meshtls_config *cfg,
-                        struct meshtls_err *err)
+int px_config_rules(const struct meshtls_config *cfg, struct px_config *c, struct meshtls_err *err)
 {
     static const struct {
         const char *key;
@@ -93,7 +97,9 @@ static int build_policy(struct px_config *c, const struct meshtls_config *cfg,
              {"proxy.allow_uri", MESHTLS_RULE_URI},
              {"proxy.allow_trust_domain", MESHTLS_RULE_TRUST_DOMAIN}};
     int all = 0, rc;
-    if ((rc = meshtls_policy_new(&c->policy)) != 0)
+    if (c->mode != PX_MODE_SERVER)
+        return 0;
+    if (!c->policy && (rc = meshtls_policy_new(&c->policy)) != 0)
         return meshtls_err_set(err, rc, "out of memory");
     if ((rc = get_bool(cfg, "proxy.allow_all", &all, err)) != 0)
         return rc;
@@ -225,8 +231,6 @@ int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct p
         goto fail;
     if (set)
         c.tls.num_tickets = n == 0 ? -1 : (int)n; /* 0 in the options means "the default" */
-    if ((rc = build_policy(&c, cfg, err)) != 0)
-        goto fail;
 #undef ROLE
     *out = c;
     return 0;
@@ -243,19 +247,50 @@ void px_config_release(struct px_config *c)
     c->policy = NULL;
 }
 
-int px_config_check_required(const struct px_config *c, struct meshtls_err *err)
+/* A numeric port of "host:port" must fit 16 bits (getaddrinfo would take 99999 and wrap
+ * it); a service name ("https") is left to the resolver.  @return 0 or MESHTLS_EINVAL. */
+static int port_check(const char *flag, const char *hostport, struct meshtls_err *err)
+{
+    const char *colon = hostport ? strrchr(hostport, ':') : NULL;
+    int port;
+    if (!colon || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+        return 0;
+    if (mt_parse_int(colon + 1, 0, 65535, &port) != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "%s '%s': the port must be 0 to 65535", flag,
+                               hostport);
+    return 0;
+}
+
+static int ports_check(const struct px_config *c, struct meshtls_err *err)
+{
+    int rc;
+    if ((rc = port_check("--listen", c->listen, err)) != 0 ||
+        (rc = port_check("--target", c->target, err)) != 0)
+        return rc;
+    return port_check("--status", c->status, err);
+}
+
+/* The keys start needs, and a policy for a server. */
+static int required_check(const struct px_config *c, struct meshtls_err *err)
 {
     if (!c->listen || !c->target)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--listen and --target are required (or proxy.listen / "
                                "proxy.target: MESHTLS_PROXY_LISTEN, MESHTLS_PROXY_TARGET, or "
                                "the proxy: section of --config)");
-    if (c->mode == PX_MODE_SERVER && meshtls_policy_size(c->policy) == 0 && !c->policy_file)
+    if (c->mode == PX_MODE_SERVER && (!c->policy || meshtls_policy_size(c->policy) == 0) &&
+        !c->policy_file)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "no access policy: give --allow-all or at least one "
                                "--allow-cn/-ou/-dns/-uri/-trust-domain, or --policy FILE (fail "
                                "closed)");
     return 0;
+}
+
+int px_config_check_required(const struct px_config *c, struct meshtls_err *err)
+{
+    int rc = required_check(c, err);
+    return rc ? rc : ports_check(c, err);
 }
 
 /* Is `sa` a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)?  The engine applies the
@@ -291,10 +326,11 @@ int px_config_check(const struct px_config *c, struct px_check_report *rep)
     struct sockaddr_storage la, ta, sa;
     socklen_t ll, tl, sl;
     int have_l = 0, have_t = 0;
-    memset(rep, 0, sizeof(*rep));
 
-    if (px_config_check_required(c, &err) != 0)
+    if (required_check(c, &err) != 0)
         report(rep, PX_CHECK_REQUIRED, "%s", err.msg);
+    if (ports_check(c, &err) != 0)
+        report(rep, PX_CHECK_ADDRESS, "%s", err.msg);
     /* addresses: parsed and resolved as at start, never bound */
     if (c->listen) {
         if (px_resolve(c->listen, 1, &la, &ll, &err) == 0)
