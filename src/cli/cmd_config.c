@@ -157,6 +157,50 @@ static void show(const struct meshtls_config *cfg, int json)
         puts("}");
 }
 
+/* Does any source set a proxy.* key (the configuration is a proxy's)? */
+static int uses_proxy(const struct meshtls_config *cfg)
+{
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
+        if (strncmp(k, "proxy.", 6) == 0 && meshtls_config_get(cfg, k, &src) && src &&
+            strcmp(src, "default") != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * --check of a configuration with a proxy: section: what `meshtls proxy ROLE --check`
+ * checks (the role is the mode), from the same code.  @return 0, or 1 after printing each
+ * error found.
+ */
+static int check_proxy(const struct meshtls_config *cfg, const char *role)
+{
+    struct px_config c;
+    struct px_check_report rep;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    enum px_mode mode = !strcmp(role, "server") ? PX_MODE_SERVER : PX_MODE_CLIENT;
+    int rc = px_config_from(cfg, mode, &c, &err);
+    if (rc) {
+        cli_print_err("config", &err, rc);
+        return 1;
+    }
+    memset(&rep, 0, sizeof(rep));
+    if ((rc = px_config_rules(cfg, &c, &err)) != 0) {
+        snprintf(rep.msg[PX_CHECK_POLICY], sizeof(rep.msg[PX_CHECK_POLICY]), "%s", err.msg);
+        rep.nerrors = 1;
+    }
+    if (px_config_check(&c, &rep) != 0) {
+        for (int i = 0; i < PX_CHECK_N; i++)
+            if (rep.msg[i][0])
+                fprintf(stderr, "meshtls config: proxy %s: %s: %s\n", role,
+                        px_check_class_name((enum px_check_class)i), rep.msg[i]);
+        rc = 1;
+    }
+    px_config_release(&c);
+    return rc;
+}
+
 int cmd_config(int argc, char **argv)
 {
     const char *file = NULL, *role = "server";
@@ -261,6 +305,8 @@ int cmd_config(int argc, char **argv)
                                      : meshtls_tls_client_ctx_new(&opts, &ctx, &err);
         SSL_CTX_free(ctx);
         if (rc)
+            goto out;
+        if (uses_proxy(cfg) && (status = check_proxy(cfg, role)) != 0)
             goto out;
         fprintf(stderr, "meshtls config: %s configuration OK\n", role);
     }

@@ -59,8 +59,6 @@ static void proxy_usage(FILE *f, const struct meshtls_config *cfg, int mode)
  * `rule_error`: what px_config_rules() refused, or NULL. */
 static int check(const struct px_config *c, const char *rule_error)
 {
-    static const char *const CLASS[PX_CHECK_N] = {"required", "address", "plaintext hop",
-                                                  "policy",   "TLS",     "target TLS"};
     const char *m = c->mode == PX_MODE_SERVER ? "server" : "client";
     struct px_check_report rep;
     memset(&rep, 0, sizeof(rep));
@@ -71,7 +69,8 @@ static int check(const struct px_config *c, const char *rule_error)
     if (px_config_check(c, &rep) != 0) {
         for (int i = 0; i < PX_CHECK_N; i++)
             if (rep.msg[i][0])
-                fprintf(stderr, "meshtls proxy %s: %s: %s\n", m, CLASS[i], rep.msg[i]);
+                fprintf(stderr, "meshtls proxy %s: %s: %s\n", m,
+                        px_check_class_name((enum px_check_class)i), rep.msg[i]);
         fprintf(stderr, "meshtls proxy %s: configuration has %d error%s\n", m, rep.nerrors,
                 rep.nerrors == 1 ? "" : "s");
         return 2;

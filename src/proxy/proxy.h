@@ -194,6 +194,9 @@ enum px_check_class {
     PX_CHECK_N
 };
 
+/** "required", "address", ...: the name of class `cl` in --check output (static). */
+const char *px_check_class_name(enum px_check_class cl);
+
 /** The result of px_config_check(): the first error of each class, "" when none. */
 struct px_check_report {
     int nerrors;

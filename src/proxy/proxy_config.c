@@ -306,6 +306,13 @@ static int is_loopback(const struct sockaddr_storage *sa)
     return 0;
 }
 
+const char *px_check_class_name(enum px_check_class cl)
+{
+    static const char *const N[PX_CHECK_N] = {"required", "address", "plaintext hop",
+                                              "policy",   "TLS",     "target TLS"};
+    return (unsigned)cl < PX_CHECK_N ? N[cl] : "?";
+}
+
 /* Record the first error of class `cl`. */
 static void report(struct px_check_report *rep, enum px_check_class cl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
