@@ -17,7 +17,7 @@
 #include "meshtls/meshtls.h"
 #include "proxy.h" /* the proxy's keys, shown with the rest */
 
-enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_KEY = 1000 };
+enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_MARKDOWN, O_KEY = 1000 };
 
 static const char *const TYPE_NAMES[] = {"",     "text",      "path",         "bool",    "int",
                                          "enum", "SPIFFE ID", "trust domain", "duration"};
@@ -131,6 +131,79 @@ static void list_keys(const struct meshtls_config *cfg, int json)
         puts("]");
 }
 
+/* `ms` as the largest unit that divides it: "1ms", "10s", "5m", "24h". */
+static void fmt_ms(long ms, char *buf, size_t cap)
+{
+    if (ms % 3600000 == 0)
+        snprintf(buf, cap, "%ldh", ms / 3600000);
+    else if (ms % 60000 == 0)
+        snprintf(buf, cap, "%ldm", ms / 60000);
+    else if (ms % 1000 == 0)
+        snprintf(buf, cap, "%lds", ms / 1000);
+    else
+        snprintf(buf, cap, "%ldms", ms);
+}
+
+/* Print `s` in a Markdown table cell ('|' escaped). */
+static void md_cell(const char *s)
+{
+    for (; s && *s; s++) {
+        if (*s == '|')
+            putchar('\\');
+        putchar(*s);
+    }
+}
+
+/*
+ * --keys --markdown: the reference table of docs/CONFIG.md, generated from the key tables
+ * (tests/integration/test_config_check.py holds the document to it).
+ */
+static void list_keys_markdown(const struct meshtls_config *cfg)
+{
+    puts("| key | type | default | environment | flag | used by | meaning |\n"
+         "| --- | --- | --- | --- | --- | --- | --- |");
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
+        char a[16], b[16], type[128];
+        if (d->type == MESHTLS_CFG_INT)
+            snprintf(type, sizeof(type), "int %ld–%ld", d->min, d->max);
+        else if (d->type == MESHTLS_CFG_DURATION) {
+            fmt_ms(d->min, a, sizeof(a));
+            fmt_ms(d->max, b, sizeof(b));
+            snprintf(type, sizeof(type), "duration %s–%s", a, b);
+        } else if (d->type == MESHTLS_CFG_ENUM)
+            snprintf(type, sizeof(type), "%s", d->choices);
+        else
+            snprintf(type, sizeof(type), "%s", type_of(d));
+        const char *used = !strncmp(d->name, "server.", 7)   ? "server role"
+                           : !strncmp(d->name, "client.", 7) ? "client role"
+                           : strncmp(d->name, "proxy.", 6)   ? "all"
+                           : d->modes == PX_KEY_SERVER       ? "proxy server"
+                           : d->modes == PX_KEY_CLIENT       ? "proxy client"
+                                                             : "proxy";
+        printf("| `%s` | ", d->name);
+        md_cell(type);
+        printf(" | %s%s%s | `", d->def ? "`" : "–", d->def ? d->def : "", d->def ? "`" : "");
+        const char *env = meshtls_config_key_env(cfg, d->name);
+        for (; *env; env++) /* "A, B" -> `A`, `B` */
+            if (*env == ',') {
+                fputs("`, `", stdout);
+                env++;
+            } else
+                putchar(*env);
+        printf("` | ");
+        if (d->flag)
+            printf("`%s`%s%s%s%s", d->flag, d->flag_sets ? " (sets `" : "",
+                   d->flag_sets ? d->flag_sets : "", d->flag_sets ? "`)" : "",
+                   d->opts & MESHTLS_KEY_REPEAT ? " (repeatable)" : "");
+        else
+            putchar('-');
+        printf(" | %s | ", used);
+        md_cell(d->help);
+        puts(" |");
+    }
+}
+
 static void show(const struct meshtls_config *cfg, int json)
 {
     if (json)
@@ -213,9 +286,10 @@ int cmd_config(int argc, char **argv)
         size_t key; /* index of the first key with this flag */
         const char *value;
     } *sets = NULL;
-    static const struct option fixed[] = {{"config", 1, 0, O_CONFIG}, {"role", 1, 0, O_ROLE},
-                                          {"json", 0, 0, O_JSON},     {"check", 0, 0, O_CHECK},
-                                          {"keys", 0, 0, O_KEYS},     {"help", 0, 0, O_HELP}};
+    static const struct option fixed[] = {{"config", 1, 0, O_CONFIG},    {"role", 1, 0, O_ROLE},
+                                          {"json", 0, 0, O_JSON},        {"check", 0, 0, O_CHECK},
+                                          {"keys", 0, 0, O_KEYS},        {"help", 0, 0, O_HELP},
+                                          {"markdown", 0, 0, O_MARKDOWN}};
     size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
 
     if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0) {
@@ -253,6 +327,7 @@ int cmd_config(int argc, char **argv)
         case O_JSON: json = 1; break;
         case O_CHECK: check = 1; break;
         case O_KEYS: keys = 1; break;
+        case O_MARKDOWN: keys = 2; break;
         case O_HELP:
             usage(stdout, cfg);
             status = 0;
@@ -275,7 +350,10 @@ int cmd_config(int argc, char **argv)
         goto out;
     }
     if (keys) {
-        list_keys(cfg, json);
+        if (keys == 2)
+            list_keys_markdown(cfg);
+        else
+            list_keys(cfg, json);
         status = 0;
         goto out;
     }

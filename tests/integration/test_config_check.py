@@ -217,3 +217,16 @@ def test_log_format_json_from_env_takes_effect(pki):
     lines = [line for line in p.log().splitlines() if line.strip()]
     assert lines
     assert all(isinstance(json.loads(line), dict) for line in lines), lines
+
+
+def test_config_md_reference_is_the_table():
+    """docs/CONFIG.md's reference is `meshtls config --keys --markdown`, pasted: the table is
+    the source, the page follows it."""
+    from conftest import SOURCE_DIR
+    doc = (SOURCE_DIR / "docs" / "CONFIG.md").read_text()
+    begin = "<!-- BEGIN KEYS: meshtls config --keys --markdown -->\n"
+    start = doc.index(begin) + len(begin)
+    section = doc[start:doc.index("<!-- END KEYS -->")]
+    r = meshtls("config", "--keys", "--markdown")
+    assert r.returncode == 0, r.stderr
+    assert section == r.stdout, "docs/CONFIG.md reference is stale: paste `meshtls config --keys --markdown`"
