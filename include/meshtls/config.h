@@ -15,6 +15,10 @@
  * sources are loaded in, and every value remembers where it came from ("--cert",
  * "GRPC_SERVER_CERT_PATH", "app.yaml:3", "default").
  *
+ * A command's command line comes from the same rows: meshtls_config_parse_args() sets each
+ * key from its flag, meshtls_config_print_flags() prints --help, so a command has no option
+ * table, default or number parser of its own (`meshtls proxy` is the model).
+ *
  * Ownership: struct meshtls_config is opaque and caller-owned (_new/_free).
  * Every string it returns is borrowed from it and stays valid until it is
  * freed or the same key is set again from the same source.  Not thread-safe:

@@ -31,14 +31,17 @@ static const char *type_of(const struct meshtls_config_keydef *d)
 
 static void usage(FILE *f, const struct meshtls_config *cfg)
 {
+    static const char *const MODES[] = {"proxy server", "proxy client"}; /* PX_KEY_* bits */
     fputs("usage: meshtls config [--config FILE] [--role server|client] [--json] [--check]\n"
-          "                      [--keys] [FLAG VALUE]...\n"
+          "                      [--keys [--json|--markdown]] [FLAG VALUE]...\n"
           "\n"
           "Print every configuration key with its effective value and its source. Precedence:\n"
           "command-line flags, then environment (MESHTLS_*, GRPC_*), then the YAML file, then\n"
           "defaults. --check also checks that the role's required keys are set and builds its\n"
-          "TLS context from the files; it fails (exit 1) with the error that names what is\n"
-          "wrong. --keys lists the keys themselves (type, default, variables, flag).\n"
+          "TLS context from the files, and, when a proxy.* key is set, checks what\n"
+          "`meshtls proxy ROLE --check` checks; it fails (exit 1) with the errors that name\n"
+          "what is wrong. --keys lists the keys themselves (type, default, variables, flag);\n"
+          "--markdown as the reference table of docs/CONFIG.md.\n"
           "\n"
           "  --config FILE   YAML configuration file\n"
           "  --role ROLE     server (default) or client: the role flags such as --cert set\n"
@@ -46,19 +49,8 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
           "\n"
           "Flags that set a key (server.X or client.X follows --role):\n",
           f);
-    for (size_t i = 0; cfg && meshtls_config_key(cfg, i); i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i), *p = NULL;
-        for (size_t j = 0; j < i && d->flag; j++) /* print each flag once */
-            if ((p = meshtls_config_key(cfg, j))->flag && !strcmp(p->flag, d->flag))
-                break;
-            else
-                p = NULL;
-        if (d->flag && !p)
-            fprintf(f, "  %-26s %-6s %s%s%s\n", d->flag, d->flag_sets ? "" : "VALUE",
-                    !strncmp(d->name, "server.", 7) || !strncmp(d->name, "client.", 7) ? d->name + 7
-                                                                                       : d->name,
-                    d->flag_sets ? " = " : "", d->flag_sets ? d->flag_sets : "");
-    }
+    if (cfg)
+        meshtls_config_print_flags(cfg, f, NULL, 0, MODES, 2);
     fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
 }
 
