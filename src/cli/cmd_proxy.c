@@ -88,8 +88,6 @@ static int check(const struct px_config *c, const char *rule_error)
 int cmd_proxy(int argc, char **argv)
 {
     struct px_config c;
-    struct px_tls tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
-    struct px_tls target_tls = {.mu = PTHREAD_MUTEX_INITIALIZER};
     const char *config_file = NULL;
     struct meshtls_config *cfg = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
@@ -189,22 +187,13 @@ int cmd_proxy(int argc, char **argv)
     }
     px_metrics_scache = c.tls.session_cache;
     px_metrics_vcache = c.tls.verify_cache;
-    if ((rc = px_tls_build(&c, &tls.ctx, &tls.not_after, &err)) != 0) {
-        cli_print_err(what, &err, rc);
-        goto out;
-    }
-    if (c.target_tls && (rc = px_target_tls_build(&c, &target_tls.ctx, &err)) != 0) {
-        cli_print_err("proxy server: --target-tls", &err, rc);
-        goto out;
-    }
-    if ((rc = px_run(&c, &tls, &target_tls, &err)) != 0) {
+    /* px_run builds the first snapshot (TLS contexts, policy, target) as every reload does */
+    if ((rc = px_run(&c, &err)) != 0) {
         cli_print_err(what, &err, rc);
         goto out;
     }
     status = 0;
 out:
-    SSL_CTX_free(tls.ctx);
-    SSL_CTX_free(target_tls.ctx);
     meshtls_session_cache_free(c.tls.session_cache);
     meshtls_verify_cache_free(c.tls.verify_cache);
     px_config_release(&c);

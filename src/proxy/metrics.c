@@ -76,7 +76,7 @@ static void put(char *buf, size_t cap, size_t *n, const char *fmt, ...)
 
 #define LD(x) ((unsigned long long)atomic_load(&(x)))
 
-size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
+size_t px_metrics_render(char *buf, size_t cap)
 {
     size_t n = 0;
     struct px_metrics *m = &px_metrics;
@@ -114,11 +114,13 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         "meshtls_tls_handshake_duration_seconds_count %llu\n",
         LD(m->hs_count), (double)LD(m->hs_sum_us) / 1e6, LD(m->hs_count));
     double days = 0;
-    if (tls) {
-        pthread_mutex_lock((pthread_mutex_t *)&tls->mu);
-        days = (double)(tls->not_after - (int64_t)time(NULL)) / 86400.0;
-        pthread_mutex_unlock((pthread_mutex_t *)&tls->mu);
-    }
+    struct mt_snap *s = m->snap ? mt_snap_acquire(m->snap) : NULL;
+    if (s)
+        days = (double)(s->not_after - (int64_t)time(NULL)) / 86400.0;
+    mt_snap_release(s);
+    long long active = m->lstats ? atomic_load(&m->lstats->active) : 0;
+    unsigned long long accepted = m->lstats ? LD(m->lstats->accepted) : 0;
+    unsigned long long paused = m->lstats ? LD(m->lstats->accept_paused) : 0;
     put(buf, cap, &n,
         "# HELP meshtls_cert_expiry_days Days until our own certificate expires.\n"
         "# TYPE meshtls_cert_expiry_days gauge\n"
@@ -148,9 +150,8 @@ size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls)
         "the process ran out of file descriptors (EMFILE/ENFILE).\n"
         "# TYPE meshtls_accept_paused_total counter\n"
         "meshtls_accept_paused_total %llu\n",
-        days, (long long)atomic_load(&m->active), LD(m->conns_total), LD(m->allow), LD(m->deny),
-        LD(m->bytes_up), LD(m->bytes_down), LD(m->reload_ok), LD(m->reload_fail),
-        LD(m->backend_errors), LD(m->accept_paused));
+        days, active, accepted, LD(m->allow), LD(m->deny), LD(m->bytes_up), LD(m->bytes_down),
+        LD(m->reload_ok), LD(m->reload_fail), LD(m->backend_errors), paused);
     if (px_metrics_vcache) {
         unsigned long long h = 0, mi = 0;
         meshtls_verify_cache_stats(px_metrics_vcache, &h, &mi);

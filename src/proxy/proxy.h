@@ -1,15 +1,16 @@
 /*
  * proxy.h - the data plane: `meshtls proxy server|client`.
  *
- * Threads: N workers, each with its own epoll loop, share one listening
- * socket (EPOLLEXCLUSIVE); the main thread handles signals, reloads and the
- * file watch; a status thread serves /healthz, /readyz and /metrics.
+ * The proxy is one protocol (relay.c) on the shared engine (src/net/net.h):
+ * the engine's workers accept, run the TLS handshake and call the relay's
+ * hooks; the main thread (proxy.c) handles signals, reloads and the file
+ * watch; a status thread serves /healthz, /readyz and /metrics.
  *
  * Data flows one way: the configuration is validated into a struct
- * px_config, the TLS context is built from it and published in a px_tls
- * holder; each connection takes its own reference to the context it
- * started with (SSL_new does), so a reload swaps one pointer and never
- * touches open connections.
+ * px_config; everything a connection reads is built from it into one
+ * struct px_snap and published in the listener's snapshot holder; each
+ * connection holds the snapshot it started with, so a reload swaps one
+ * pointer and never touches open connections.
  */
 #ifndef MESHTLS_PROXY_H
 #define MESHTLS_PROXY_H
@@ -24,6 +25,7 @@
 #include "meshtls/config.h"
 #include "meshtls/policy.h"
 #include "meshtls/tls.h"
+#include "net.h"
 
 enum px_mode {
     PX_MODE_SERVER = 1, /* mTLS in, plaintext (or --target-tls) out */
@@ -70,12 +72,22 @@ struct px_config {
 /** The key mode bit of `mode`. */
 #define PX_KEY_MODE(mode) ((mode) == PX_MODE_SERVER ? PX_KEY_SERVER : PX_KEY_CLIENT)
 
-/* The current TLS context, swapped whole on reload. */
-struct px_tls {
-    pthread_mutex_t mu;
-    SSL_CTX *ctx;        /* current; connections hold their own references */
-    int64_t not_after;   /* our certificate's expiry (Unix seconds) */
-    uint64_t generation; /* bumped on each successful reload */
+/*
+ * Everything a new connection reads, built whole from the configuration by
+ * px_snap_build() and published in the listener's holder (src/net/net.h): a reload
+ * builds a new one and swaps one pointer; open connections keep the one they
+ * started with.  Immutable once published.
+ */
+struct px_snap {
+    struct mt_snap base; /* base.ctx: server: the accepting context; client: the dialing one */
+    SSL_CTX *target_ctx; /* server --target-tls: the context towards the target, or NULL */
+    struct meshtls_policy *policy;  /* server: the policy file's rules, then the flags' */
+    struct sockaddr_storage target; /* resolved when the snapshot was built */
+    socklen_t target_len;
+    char target_name[256];
+    enum px_mode mode;
+    int forward_pp2, forward_http;
+    int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
 };
 
 /* Metric counters (Prometheus names in metrics.c). */
@@ -100,10 +112,12 @@ struct px_metrics {
     atomic_ullong allow, deny;
     atomic_ullong bytes_up, bytes_down; /* up: towards the target */
     atomic_ullong reload_ok, reload_fail;
-    atomic_ullong conns_total, backend_errors;
-    atomic_ullong accept_paused; /* listener paused: out of file descriptors (EMFILE/ENFILE) */
-    atomic_llong active;
+    atomic_ullong backend_errors;
     atomic_int listening;
+    /* set while the proxy runs: the listener's counters (connections, accept pauses) and
+     * the snapshot holder (our certificate's expiry) */
+    struct mt_listener_stats *lstats;
+    struct mt_snap_holder *snap;
 };
 
 extern struct px_metrics px_metrics;
@@ -116,16 +130,22 @@ extern const double px_hist_bounds[PX_HIST_N];
 void px_metrics_handshake(double seconds);
 enum px_hs_error px_metrics_classify(long verify_result, int no_cert);
 /** Render the Prometheus text exposition into buf; @return bytes written. */
-size_t px_metrics_render(char *buf, size_t cap, const struct px_tls *tls);
+size_t px_metrics_render(char *buf, size_t cap);
 
-/* engine.c */
+/* proxy.c */
 /**
- * Run the proxy until SIGTERM/SIGINT: binds cfg->listen (and cfg->status),
- * starts workers, handles reloads.  `tls` must hold a context already.
+ * Run the proxy until SIGTERM/SIGINT: builds the first snapshot (TLS contexts, policy,
+ * target), binds cfg->listen (and cfg->status), starts the engine, handles reloads.
+ * `cfg` (borrowed) must outlive the call.
  * @return 0 on a clean shutdown, or a MESHTLS_E* code with `err` set.
  */
-int px_run(const struct px_config *cfg, struct px_tls *tls, struct px_tls *target_tls,
-           struct meshtls_err *err);
+int px_run(const struct px_config *cfg, struct meshtls_err *err);
+/**
+ * Build everything a new connection reads from `cfg` (re-reading every file).
+ * Blocking (files, name resolution): never on an event loop.
+ * @param out new snapshot with one reference (mt_snap_release frees it); only on success.
+ */
+int px_snap_build(const struct px_config *cfg, struct px_snap **out, struct meshtls_err *err);
 
 /** Build a context from cfg->tls for cfg->mode. */
 int px_tls_build(const struct px_config *cfg, SSL_CTX **out, int64_t *not_after,
@@ -140,9 +160,9 @@ int px_policy_build(const struct px_config *cfg, struct meshtls_policy **out,
 /** Build the client context towards the target (--target-tls). */
 int px_target_tls_build(const struct px_config *cfg, SSL_CTX **out, struct meshtls_err *err);
 
-/** Resolve "host:port" ("[v6]:port", ":port" = all interfaces). */
-int px_resolve(const char *hostport, int passive, struct sockaddr_storage *out, socklen_t *len,
-               struct meshtls_err *err);
+/* relay.c */
+/** The relay protocol of `proxy server|client` (listener argument: the px_config). */
+extern const struct mt_proto_ops px_relay_ops;
 
 /* config_keys.c */
 /** The `proxy.*` keys (static data). */
@@ -216,8 +236,8 @@ struct px_check_report {
 int px_config_check(const struct px_config *c, struct px_check_report *rep);
 
 /* status.c */
-/** Start the status server thread on `addr`. */
-int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th, struct meshtls_err *err);
+/** Start the status server thread on `addr` (readiness reads px_metrics.snap). */
+int px_status_start(const char *addr, pthread_t *th, struct meshtls_err *err);
 /** Stop the status thread `th` started by px_status_start(), join it, close its socket. */
 void px_status_stop(pthread_t th);
 

@@ -293,19 +293,6 @@ int px_config_check_required(const struct px_config *c, struct meshtls_err *err)
     return rc ? rc : ports_check(c, err);
 }
 
-/* Is `sa` a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)?  The engine applies the
- * same rule when it starts. */
-static int is_loopback(const struct sockaddr_storage *sa)
-{
-    if (sa->ss_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-    if (sa->ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
-    }
-    return 0;
-}
-
 const char *px_check_class_name(enum px_check_class cl)
 {
     static const char *const N[PX_CHECK_N] = {"required", "address", "plaintext hop",
@@ -340,26 +327,26 @@ int px_config_check(const struct px_config *c, struct px_check_report *rep)
         report(rep, PX_CHECK_ADDRESS, "%s", err.msg);
     /* addresses: parsed and resolved as at start, never bound */
     if (c->listen) {
-        if (px_resolve(c->listen, 1, &la, &ll, &err) == 0)
+        if (mt_resolve(c->listen, 1, &la, &ll, &err) == 0)
             have_l = 1;
         else
             report(rep, PX_CHECK_ADDRESS, "--listen: %s", err.msg);
     }
     if (c->target) {
-        if (px_resolve(c->target, 0, &ta, &tl, &err) == 0)
+        if (mt_resolve(c->target, 0, &ta, &tl, &err) == 0)
             have_t = 1;
         else
             report(rep, PX_CHECK_ADDRESS, "--target: %s", err.msg);
     }
-    if (c->status && px_resolve(c->status, 1, &sa, &sl, &err) != 0)
+    if (c->status && mt_resolve(c->status, 1, &sa, &sl, &err) != 0)
         report(rep, PX_CHECK_ADDRESS, "--status: %s", err.msg);
-    if (have_l && c->mode == PX_MODE_CLIENT && !c->insecure_listen && !is_loopback(&la))
+    if (have_l && c->mode == PX_MODE_CLIENT && !c->insecure_listen && !mt_is_loopback(&la))
         report(rep, PX_CHECK_PLAINTEXT,
                "--listen %s is not a loopback address: the client side accepts plaintext; "
                "listen on 127.0.0.1 or ::1, or add --insecure-listen",
                c->listen);
     if (have_t && c->mode == PX_MODE_SERVER && !c->target_tls && !c->insecure_target &&
-        !is_loopback(&ta))
+        !mt_is_loopback(&ta))
         report(rep, PX_CHECK_PLAINTEXT,
                "--target %s is not a loopback address: the bytes would leave this host in "
                "plaintext; use --target-tls, a loopback target, or add --insecure-target",

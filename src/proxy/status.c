@@ -24,7 +24,6 @@
 
 static int status_fd = -1;
 static atomic_int status_stop;
-static struct px_tls *status_tls;
 
 static void respond(int fd, int code, const char *reason, const char *ctype, const char *body,
                     size_t blen)
@@ -41,9 +40,9 @@ static void respond(int fd, int code, const char *reason, const char *ctype, con
 /* Our certificate is still valid? */
 static int cert_valid(void)
 {
-    pthread_mutex_lock(&status_tls->mu);
-    int ok = status_tls->ctx && status_tls->not_after > (int64_t)time(NULL);
-    pthread_mutex_unlock(&status_tls->mu);
+    struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    int ok = s && s->ctx && s->not_after > (int64_t)time(NULL);
+    mt_snap_release(s);
     return ok;
 }
 
@@ -83,7 +82,7 @@ static void handle(int fd)
             respond(fd, 500, "Internal Server Error", "text/plain", "oom\n", 4);
             return;
         }
-        size_t n = px_metrics_render(body, BODY_MAX, status_tls);
+        size_t n = px_metrics_render(body, BODY_MAX);
         respond(fd, 200, "OK", "text/plain; version=0.0.4", body, n);
         free(body);
     } else {
@@ -107,14 +106,13 @@ static void *status_main(void *arg)
     return NULL;
 }
 
-int px_status_start(const char *addr, struct px_tls *tls, pthread_t *th, struct meshtls_err *err)
+int px_status_start(const char *addr, pthread_t *th, struct meshtls_err *err)
 {
     struct sockaddr_storage sa;
     socklen_t sl;
     int rc, one = 1;
-    if ((rc = px_resolve(addr, 1, &sa, &sl, err)) != 0)
+    if ((rc = mt_resolve(addr, 1, &sa, &sl, err)) != 0)
         return meshtls_err_set(err, rc, "--status: %s", err ? err->msg : "");
-    status_tls = tls;
     status_fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     setsockopt(status_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (status_fd < 0 || bind(status_fd, (struct sockaddr *)&sa, sl) != 0 ||
