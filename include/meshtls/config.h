@@ -144,7 +144,9 @@ MESHTLS_API int meshtls_config_load_env(struct meshtls_config *cfg, char *const 
 
 /**
  * Set `key` from a command-line flag.  The value is checked by the key's
- * type.  `flag` (borrowed, copied; NULL = the key's own flag) labels it.
+ * type.  For a MESHTLS_KEY_REPEAT key, a second call adds an item (the value
+ * then lists them with '\n' between); otherwise it replaces the value.  `flag` (borrowed, copied;
+ * NULL = the key's own flag) labels it.
  * @return 0; MESHTLS_EINVAL for an unknown key or an invalid value.
  */
 MESHTLS_API int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *value,

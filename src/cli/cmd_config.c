@@ -196,15 +196,35 @@ static void list_keys_markdown(const struct meshtls_config *cfg)
     }
 }
 
+/* `v` on one line: the items of a repeated flag ('\n' between) joined with ", "; "-" for
+ * NULL.  @return `v` itself or `buf`. */
+static const char *one_line(const char *v, char *buf, size_t cap)
+{
+    size_t n = 0;
+    if (!v)
+        return "-";
+    if (!strchr(v, '\n'))
+        return v;
+    for (; *v && n + 3 < cap; v++)
+        if (*v == '\n') {
+            buf[n++] = ',';
+            buf[n++] = ' ';
+        } else
+            buf[n++] = *v;
+    buf[n] = '\0';
+    return buf;
+}
+
 static void show(const struct meshtls_config *cfg, int json)
 {
+    char line[4200];
     if (json)
         putchar('{');
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
         const char *v = meshtls_config_get(cfg, k, &src);
         if (!json) {
-            printf("%-28s %-40s %s\n", k, v ? v : "-", src);
+            printf("%-28s %-40s %s\n", k, one_line(v, line, sizeof(line)), src);
             continue;
         }
         printf("%s", i ? "," : "");

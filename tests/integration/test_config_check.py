@@ -230,3 +230,12 @@ def test_config_md_reference_is_the_table():
     r = meshtls("config", "--keys", "--markdown")
     assert r.returncode == 0, r.stderr
     assert section == r.stdout, "docs/CONFIG.md reference is stale: paste `meshtls config --keys --markdown`"
+
+
+def test_repeated_flag_is_one_key_with_items():
+    r = meshtls("config", "--allow-cn", "a", "--allow-cn", "b", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["proxy.allow_cn"] == {"value": "a\nb", "source": "--allow-cn"}
+    r = meshtls("config", "--allow-cn", "a", "--allow-cn", "b")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("proxy.allow_cn"))
+    assert line.split(None, 1)[1].split() == ["a,", "b", "--allow-cn"]
