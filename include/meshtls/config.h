@@ -81,6 +81,14 @@ struct meshtls_config_keydef {
     unsigned opts;       /**< MESHTLS_KEY_* bits */
 };
 
+/**
+ * A `modes` bit no consumer uses for its own modes: the key's flag is for the library's
+ * own users (`meshtls config`, programs calling meshtls_config_parse_args with modes 0),
+ * not for a command that passes its mode bits (the proxy always requires client
+ * certificates, so it takes no --insecure-no-client-cert).
+ */
+#define MESHTLS_MODE_LIBRARY (1u << 31)
+
 /** The flag may be repeated; each use adds one item (the value lists them, '\n' between). */
 #define MESHTLS_KEY_REPEAT 0x1u
 /** Giving the flag twice is an error (a second value would silently replace the first). */
@@ -181,8 +189,9 @@ MESHTLS_API int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, 
 /**
  * Print the flags that meshtls_config_parse_args(cfg, ..., role, modes, ...) accepts, one
  * line each, grouped by the keys' `group` in table order, each flag once: "  --max-conns N
- * help (default 10000)".  `role` NULL and `modes` 0: every flag, a flag of only one role
- * or mode tagged "[server]" (role sections) or with `mode_names[bit]` (may be NULL).
+ * help (default 10000)".  `role` NULL: both roles' flags, one of only one role tagged
+ * "[server]"; several `modes` bits: a flag of only some tagged with their
+ * `mode_names[bit]` ("[server]"; `mode_names` may be NULL).
  */
 MESHTLS_API void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f,
                                             const char *role, unsigned modes,

@@ -190,7 +190,7 @@ static void list_keys_markdown(const struct meshtls_config *cfg)
                    d->opts & MESHTLS_KEY_REPEAT ? " (repeatable)" : "");
         else
             putchar('-');
-        printf(" | %s | ", used);
+        printf(" | %s%s | ", used, d->modes == MESHTLS_MODE_LIBRARY ? " (not the proxy)" : "");
         md_cell(d->help);
         puts(" |");
     }

@@ -37,9 +37,9 @@ static void proxy_usage(FILE *f, const struct meshtls_config *cfg, int mode)
           "\n",
           f);
     if (cfg)
-        meshtls_config_print_flags(cfg, f,
-                                   mode ? (mode == PX_MODE_SERVER ? "server" : "client") : NULL,
-                                   mode ? PX_KEY_MODE(mode) : 0, MODE_NAMES, 2);
+        meshtls_config_print_flags(
+            cfg, f, mode ? (mode == PX_MODE_SERVER ? "server" : "client") : NULL,
+            mode ? PX_KEY_MODE(mode) : PX_KEY_SERVER | PX_KEY_CLIENT, MODE_NAMES, 2);
     fputs("command:\n"
           "  --config FILE                  YAML file: server:/client: TLS keys, log:, proxy:\n"
           "  --check                        validate everything start would (files, keys,\n"

@@ -552,9 +552,10 @@ static int flag_applies(const struct meshtls_config_keydef *d, const char *role,
 {
     size_t sl = sec_len(d->name);
     int role_sec = (sl == 6 && (!strncmp(d->name, "server", 6) || !strncmp(d->name, "client", 6)));
+    int mode_ok = d->modes == 0 || modes == 0 || (d->modes & modes) != 0;
     if (role_sec) /* role NULL: --help of every mode lists both roles' flags */
-        return !role || (strlen(role) == 6 && !strncmp(d->name, role, 6));
-    return d->modes == 0 || modes == 0 || (d->modes & modes) != 0;
+        return mode_ok && (!role || (strlen(role) == 6 && !strncmp(d->name, role, 6)));
+    return mode_ok;
 }
 
 int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
@@ -763,10 +764,11 @@ void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f, const
             char tag[64] = "";
             if (!role && srv != cli)
                 snprintf(tag, sizeof(tag), " [%s]", srv ? "server" : "client");
-            else if (!modes && bits && mode_names) {
+            else if (bits && mode_names && (modes == 0 || (bits & modes) != modes)) {
                 size_t tl = 0;
+                unsigned shown = modes ? bits & modes : bits;
                 for (size_t b = 0; b < nmode_names && b < 32 && tl + 2 < sizeof(tag); b++)
-                    if ((bits >> b) & 1u)
+                    if ((shown >> b) & 1u)
                         tl += (size_t)snprintf(tag + tl, sizeof(tag) - tl, "%s%s", tl ? "|" : " [",
                                                mode_names[b]);
                 if (tl && tl + 2 < sizeof(tag))

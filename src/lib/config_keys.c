@@ -35,7 +35,7 @@ const struct meshtls_config_keydef mt_config_core_keys[] = {
      "CRLs (PEM) checked over the client's whole chain", 0, NULL, "TLS", 0},
     {"server.require_client_cert", B, "true", "GRPC_REQUIRE_CLIENT_CERT",
      "--insecure-no-client-cert", "false", NULL, 0, 0,
-     "require and verify a client certificate (mutual TLS)", 0, NULL, "TLS", 0},
+     "require and verify a client certificate (mutual TLS)", MESHTLS_MODE_LIBRARY, NULL, "TLS", 0},
     {"server.min_tls_version", E, "1.3", NULL, "--tls-min-version", NULL, "1.2|1.3", 0, 0,
      "lowest TLS version accepted (1.2 is an opt-in)", 0, NULL, "TLS", 0},
     {"server.expiry_warn_days", I, "30", NULL, "--expiry-warn-days", NULL, NULL, 0, 3650,
