@@ -188,32 +188,15 @@ static int parse_long(const char *v, long *out)
     return 0;
 }
 
-/* "500ms", "10s", "5m", "1h", or "10" (seconds), into milliseconds. */
+/* "500ms", "10s", "5m", "1h", or "10" (seconds), into milliseconds: parse.h's parser, so a
+ * duration means the same in a flag, a variable, a file and the policy store. */
 static int parse_duration(const char *v, long *ms)
 {
-    static const struct {
-        const char *unit;
-        long mult;
-    } U[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
-    char num[24];
-    size_t n = 0;
-    while (v[n] >= '0' && v[n] <= '9')
-        n++;
-    if (n == 0 || n >= sizeof(num))
+    int64_t x;
+    if (mt_parse_duration_ms(v, LONG_MAX, &x) != 0)
         return -1;
-    memcpy(num, v, n);
-    num[n] = '\0';
-    long x;
-    if (parse_long(num, &x))
-        return -1;
-    for (size_t i = 0; i < sizeof(U) / sizeof(U[0]); i++)
-        if (!strcmp(v + n, U[i].unit)) {
-            if (x > LONG_MAX / U[i].mult)
-                return -1;
-            *ms = x * U[i].mult;
-            return 0;
-        }
-    return -1;
+    *ms = (long)x;
+    return 0;
 }
 
 /* "a file path", "true or false", ...: what a value of key `d` must look like. */
