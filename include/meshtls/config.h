@@ -177,9 +177,11 @@ struct meshtls_config_opt {
  * value.  A repeated flag replaces its value, adds an item (MESHTLS_KEY_REPEAT), or is an
  * error (MESHTLS_KEY_ONCE).
  * @param argv borrowed; argv[0] is an option, not the program name.
- * @return 0; MESHTLS_EINVAL naming the flag for an unknown option (with a suggestion), a
- *         flag of another mode, a missing value, a value the key refuses, a positional
- *         argument.  Keys set before the error stay set.
+ * @return 0; MESHTLS_EPARSE (a usage error) naming the flag for an unknown option (with a
+ *         suggestion), a flag of another mode, a missing value, a value given to a switch, a
+ *         second MESHTLS_KEY_ONCE flag, a positional argument; MESHTLS_EINVAL for a value
+ *         the key refuses (type, range), named as "--flag: 'v' for key: expected ...".
+ *         Keys set before the error stay set.
  */
 MESHTLS_API int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
                                           const char *role, unsigned modes,

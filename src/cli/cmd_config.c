@@ -3,10 +3,10 @@
  * where each value came from (flag > environment > YAML file > default);
  * with --check, validate a role's settings and build its TLS context.
  *
- * The flags are not written here: every key of the configuration table that
- * has a flag is accepted, so a key added to the table is a flag here too.
+ * The flags are not written here: the command line is parsed by
+ * meshtls_config_parse_args() against the key tables, as `meshtls proxy` does, so a key
+ * added to a table is a flag here too, with the same checks and messages.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +16,6 @@
 #include "cli.h"
 #include "meshtls/meshtls.h"
 #include "proxy.h" /* the proxy's keys, shown with the rest */
-
-enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_MARKDOWN, O_KEY = 1000 };
 
 static const char *const TYPE_NAMES[] = {"",     "text",      "path",         "bool",    "int",
                                          "enum", "SPIFFE ID", "trust domain", "duration"};
@@ -68,23 +66,6 @@ static void json_str(const char *s)
             putchar(c);
     }
     putchar('"');
-}
-
-/* The key flag `flag` sets for `role`: the role's own key, else any key with that flag. */
-static const char *flag_key(const struct meshtls_config *cfg, const char *flag, const char *role)
-{
-    const char *any = NULL;
-    size_t rl = strlen(role);
-    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
-        if (!d->flag || strcmp(d->flag, flag))
-            continue;
-        if (!strncmp(d->name, role, rl) && d->name[rl] == '.')
-            return d->name;
-        if (!any && strncmp(d->name, "server.", 7) && strncmp(d->name, "client.", 7))
-            any = d->name;
-    }
-    return any;
 }
 
 static void list_keys(const struct meshtls_config *cfg, int json)
@@ -289,80 +270,48 @@ static int check_proxy(const struct meshtls_config *cfg, const char *role)
 int cmd_config(int argc, char **argv)
 {
     const char *file = NULL, *role = "server";
-    int json = 0, check = 0, keys = 0, opt, rc = 0, status = 2;
-    size_t nopt = 0, nset = 0;
-    struct meshtls_config *cfg = NULL;
+    int json = 0, check = 0, keys = 0, markdown = 0, help = 0, rc = 0, status = 2;
+    struct meshtls_config *cfg = NULL, *scratch = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    struct option *o = NULL;
-    struct {
-        size_t key; /* index of the first key with this flag */
-        const char *value;
-    } *sets = NULL;
-    static const struct option fixed[] = {{"config", 1, 0, O_CONFIG},    {"role", 1, 0, O_ROLE},
-                                          {"json", 0, 0, O_JSON},        {"check", 0, 0, O_CHECK},
-                                          {"keys", 0, 0, O_KEYS},        {"help", 0, 0, O_HELP},
-                                          {"markdown", 0, 0, O_MARKDOWN}};
-    size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
+    const struct meshtls_config_opt opts[] = {
+        {"--config", 1, &file, NULL}, {"--role", 1, &role, NULL},
+        {"--json", 0, NULL, &json},   {"--check", 0, NULL, &check},
+        {"--keys", 0, NULL, &keys},   {"--markdown", 0, NULL, &markdown},
+        {"--help", 0, NULL, &help}};
+    const size_t nopts = sizeof(opts) / sizeof(opts[0]);
 
-    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0) {
+    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0 ||
+        meshtls_config_new(&scratch) != 0 || px_config_register(scratch, NULL) != 0) {
         fprintf(stderr, "meshtls config: out of memory\n");
         status = 1;
         goto out;
     }
-    /* getopt table: our own options, then every distinct flag of the key table */
-    size_t nkeys = meshtls_config_key_count(cfg);
-    o = calloc(nfixed + nkeys + 1, sizeof(*o));
-    sets = calloc((size_t)argc + 1, sizeof(*sets));
-    if (!o || !sets) {
-        fprintf(stderr, "meshtls config: out of memory\n");
-        status = 1;
-        goto out;
-    }
-    memcpy(o, fixed, sizeof(fixed));
-    nopt = nfixed;
-    for (size_t i = 0; i < nkeys; i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
-        int dup = 0;
-        for (size_t j = nfixed; d->flag && j < nopt && !dup; j++)
-            dup = !strcmp(o[j].name, d->flag + 2);
-        if (!d->flag || dup)
-            continue;
-        o[nopt].name = d->flag + 2;
-        o[nopt].has_arg = d->flag_sets ? no_argument : required_argument;
-        o[nopt++].val = O_KEY + (int)i;
-    }
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", o, NULL)) != -1) {
-        switch (opt) {
-        case O_CONFIG: file = optarg; break;
-        case O_ROLE: role = optarg; break;
-        case O_JSON: json = 1; break;
-        case O_CHECK: check = 1; break;
-        case O_KEYS: keys = 1; break;
-        case O_MARKDOWN: keys = 2; break;
-        case O_HELP:
-            usage(stdout, cfg);
-            status = 0;
-            goto out;
-        default:
-            if (opt < O_KEY || (size_t)(opt - O_KEY) >= nkeys) {
-                fputs("Try 'meshtls config --help'.\n", stderr);
-                goto out;
-            }
-            sets[nset].key = (size_t)(opt - O_KEY);
-            sets[nset++].value = optarg;
-        }
-    }
-    if (optind != argc) {
-        fprintf(stderr, "meshtls config: unexpected argument '%s'\n", argv[optind]);
-        goto out;
-    }
+    /* Every flag of the key tables is ours (modes 0: the proxy's too).  --role decides which
+     * role's key a shared flag such as --cert sets, so a first pass over a scratch copy only
+     * finds --role; the second sets the keys (and reports what the first may have met). */
+    (void)meshtls_config_parse_args(scratch, argc - 1, argv + 1, NULL, 0, opts, nopts, NULL);
     if (strcmp(role, "server") && strcmp(role, "client")) {
         fprintf(stderr, "meshtls config: --role '%s': expected server or client\n", role);
         goto out;
     }
-    if (keys) {
-        if (keys == 2)
+    json = check = keys = markdown = help = 0;
+    if ((rc = meshtls_config_parse_args(cfg, argc - 1, argv + 1, role, 0, opts, nopts, &err))) {
+        cli_print_err("config", &err, rc);
+        rc = 0;
+        if (err.code == MESHTLS_EPARSE) { /* a usage error; a refused value is exit 1 */
+            fputs("Try 'meshtls config --help'.\n", stderr);
+            goto out;
+        }
+        status = 1;
+        goto out;
+    }
+    if (help) {
+        usage(stdout, cfg);
+        status = 0;
+        goto out;
+    }
+    if (keys || markdown) {
+        if (markdown)
             list_keys_markdown(cfg);
         else
             list_keys(cfg, json);
@@ -373,26 +322,14 @@ int cmd_config(int argc, char **argv)
     if ((file && (rc = meshtls_config_load_file(cfg, file, &err))) ||
         (rc = meshtls_config_load_env(cfg, NULL, &err)))
         goto out;
-    for (size_t i = 0; i < nset; i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, sets[i].key);
-        const char *key = flag_key(cfg, d->flag, role);
-        if (!key) {
-            fprintf(stderr, "meshtls config: %s sets no key of the %s role\n", d->flag, role);
-            status = 2;
-            goto out;
-        }
-        if ((rc = meshtls_config_set(cfg, key, d->flag_sets ? d->flag_sets : sets[i].value, d->flag,
-                                     &err)))
-            goto out;
-    }
     show(cfg, json);
     if (check) {
-        struct meshtls_tls_opts opts;
+        struct meshtls_tls_opts o;
         SSL_CTX *ctx = NULL;
-        if ((rc = meshtls_config_tls_opts(cfg, role, &opts, &err)))
+        if ((rc = meshtls_config_tls_opts(cfg, role, &o, &err)))
             goto out;
-        rc = !strcmp(role, "server") ? meshtls_tls_server_ctx_new(&opts, &ctx, &err)
-                                     : meshtls_tls_client_ctx_new(&opts, &ctx, &err);
+        rc = !strcmp(role, "server") ? meshtls_tls_server_ctx_new(&o, &ctx, &err)
+                                     : meshtls_tls_client_ctx_new(&o, &ctx, &err);
         SSL_CTX_free(ctx);
         if (rc)
             goto out;
@@ -404,8 +341,7 @@ int cmd_config(int argc, char **argv)
 out:
     if (rc)
         cli_print_err("config", &err, rc);
-    free(sets);
-    free(o);
+    meshtls_config_free(scratch);
     meshtls_config_free(cfg);
     return status;
 }

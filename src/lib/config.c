@@ -555,18 +555,18 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
         char name[NAME_MAX_LEN + 3];
         if (!strcmp(a, "--")) {
             if (i + 1 < argc)
-                rc = meshtls_err_set(err, MESHTLS_EINVAL, "unexpected argument '%.200s'",
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'",
                                      argv[i + 1]);
             break;
         }
         if (strncmp(a, "--", 2) != 0 || !a[2]) {
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "unexpected argument '%.200s'", a);
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'", a);
             break;
         }
         eq = strchr(a, '=');
         size_t nl = eq ? (size_t)(eq - a) : strlen(a);
         if (nl >= sizeof(name)) {
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "unknown option '%.64s...'", a);
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unknown option '%.64s...'", a);
             break;
         }
         memcpy(name, a, nl);
@@ -579,11 +579,11 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
             ;
         if (j < nopts) {
             if (opts[j].has_arg && !val && i + 1 >= argc) {
-                rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s needs a value", name);
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s needs a value", name);
                 break;
             }
             if (!opts[j].has_arg && val) {
-                rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s takes no value", name);
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s takes no value", name);
                 break;
             }
             if (opts[j].has_arg && !val)
@@ -608,7 +608,7 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
                 other = cfg->k[k];
         }
         if (!e && other) {
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s does not apply to this mode (it sets %s)",
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s does not apply to this mode (it sets %s)",
                                  name, other->d->name);
             break;
         }
@@ -627,26 +627,26 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
                     bd = distance(name, opts[k].flag);
                     best = opts[k].flag;
                 }
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "unknown option '%.64s'%s%s%s", name,
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unknown option '%.64s'%s%s%s", name,
                                  best && bd <= 2 ? " (did you mean '" : "",
                                  best && bd <= 2 ? best : "", best && bd <= 2 ? "'?)" : "");
             break;
         }
         const struct meshtls_config_keydef *d = e->d;
         if (d->flag_sets && val) {
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s takes no value (it sets %s to %s)", name,
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s takes no value (it sets %s to %s)", name,
                                  d->name, d->flag_sets);
             break;
         }
         if (!d->flag_sets && !val) {
             if (i + 1 >= argc) {
-                rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s needs a value (%s)", name, d->help);
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s needs a value (%s)", name, d->help);
                 break;
             }
             val = argv[++i];
         }
         if ((d->opts & MESHTLS_KEY_ONCE) && given[ki]) {
-            rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s is given twice: give one %s", name,
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s is given twice: give one %s", name,
                                  d->help);
             break;
         }

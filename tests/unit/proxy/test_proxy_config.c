@@ -437,9 +437,10 @@ TEST(command_line_errors_name_the_flag)
         while (argc < 4 && T[i].argv[argc])
             argc++;
         int mode = !strcmp(T[i].mode, "server") ? SRV : CLI;
-        CHECK_INT_EQ(meshtls_config_parse_args(c, argc, (char *const *)T[i].argv, T[i].mode,
-                                               PX_KEY_MODE(mode), opts, 1, &err),
-                     MESHTLS_EINVAL);
+        int rc = meshtls_config_parse_args(c, argc, (char *const *)T[i].argv, T[i].mode,
+                                           PX_KEY_MODE(mode), opts, 1, &err);
+        /* a value the key refuses is EINVAL; the shape of the command line is EPARSE */
+        CHECK_INT_EQ(rc, strstr(T[i].want, "' for proxy.") ? MESHTLS_EINVAL : MESHTLS_EPARSE);
         if (!strstr(err.msg, T[i].want)) {
             fprintf(stderr, "case %zu: '%s' does not contain '%s'\n", i, err.msg, T[i].want);
             CHECK(0);
