@@ -472,6 +472,14 @@ TEST(registered_keys)
         {{"r2.x", MESHTLS_CFG_STR, NULL, NULL, "-x", NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "must start with --"},
+        {{"r2.x", MESHTLS_CFG_STR, "d", NULL, "--x", NULL, NULL, 0, 0, "", 0, NULL, NULL,
+          MESHTLS_KEY_REPEAT},
+         MESHTLS_EINVAL,
+         "a repeatable flag takes a value and the key has no default"},
+        {{"r2.x", MESHTLS_CFG_BOOL, NULL, NULL, "--x", "true", NULL, 0, 0, "", 0, NULL, NULL,
+          MESHTLS_KEY_REPEAT},
+         MESHTLS_EINVAL,
+         "a repeatable flag"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct meshtls_config_keydef two[2] = {
