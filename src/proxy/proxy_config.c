@@ -8,8 +8,6 @@
  * table has is a key the proxy applies (tests/unit/proxy/test_proxy_config.c holds every
  * row to that).
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
