@@ -76,7 +76,7 @@ static int check(const struct px_config *c, const char *rule_error)
         return 2;
     }
     printf("configuration ok: proxy %s listen=%s target=%s%s cert=%s", m, c->listen, c->target,
-           c->target_tls ? " (mTLS)" : "", c->tls.cert_file);
+           c->target_tls ? " (mTLS)" : "", c->tls.cert_file ? c->tls.cert_file : "-");
     if (c->mode == PX_MODE_SERVER)
         printf(" policy=%s%s%s rules=%zu", c->policy_file ? c->policy_file : "flags",
                c->service ? " service=" : "", c->service ? c->service : "",

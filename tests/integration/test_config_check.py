@@ -240,3 +240,21 @@ def test_repeated_flag_is_one_key_with_items():
     r = meshtls("config", "--allow-cn", "a", "--allow-cn", "b")
     line = next(x for x in r.stdout.splitlines() if x.startswith("proxy.allow_cn"))
     assert line.split(None, 1)[1].split() == ["a,", "b", "--allow-cn"]
+
+
+def test_check_reads_env_and_yaml_like_start(pki, tmp_path):
+    """--check sees the same configuration start would: flags, MESHTLS_*/GRPC_* and the file."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"server:\n  cert_file: {pki / 'api.crt'}\n  key_file: {pki / 'api.key'}\n"
+                 "proxy:\n  listen: 127.0.0.1:0\n  allow_uri: spiffe://dev.local/svc/other\n"
+                 "  workers: 3\n")
+    env = {"GRPC_CLIENT_CA_CERT_PATH": str(pki / "ca.crt"), "MESHTLS_PROXY_TARGET": "127.0.0.1:9"}
+    r = meshtls("proxy", "server", "--config", f, "--check", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "workers=3" in r.stdout and "target=127.0.0.1:9" in r.stdout and "rules=1" in r.stdout
+    r = meshtls("proxy", "server", "--config", f, "--workers", "4", "--check", env=env)
+    assert "workers=4" in r.stdout
+    r = meshtls("proxy", "server", "--config", f, "--check")  # no CA bundle, no target
+    assert r.returncode == 2
+    assert "required: --listen and --target are required" in r.stderr
+    assert "TLS: " in r.stderr
