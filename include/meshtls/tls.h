@@ -140,6 +140,13 @@ MESHTLS_API int meshtls_tls_peer_identity(SSL *ssl, struct meshtls_identity **ou
                                           struct meshtls_err *err);
 
 /**
+ * The certificate the peer presented on `ssl` (borrowed: valid while `ssl` lives), also
+ * after its verification failed on a server built by meshtls_tls_server_ctx_new (the
+ * refused leaf is kept for the logs), or NULL if the peer sent none.
+ */
+MESHTLS_API X509 *meshtls_tls_presented_cert(SSL *ssl);
+
+/**
  * After a failed handshake, a sentence on why peer verification failed
  * (e.g. "certificate has expired (depth 0, CN=api)"), or "" if it did not.
  * Writes at most `cap` bytes to `buf`.

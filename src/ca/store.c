@@ -1,17 +1,30 @@
 /*
  * store.c - backend-independent part of the CA store (see store.h): picks
- * the backend, dispatches through its ops table, frees the row structs.
+ * the backend from the store URL, dispatches through its ops table, frees
+ * the row structs.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
 #include "store.h"
 
-int ca_store_open(const char *dir, int create, struct ca_store **out, struct meshtls_err *err)
+int ca_store_open(const char *store, int create, struct ca_store **out, struct meshtls_err *err)
 {
-    /* One backend today; a PostgreSQL one would be chosen here (e.g. by a
-     * store URL recorded in DIR), with the same contract. */
-    return ca_store_sqlite_open(dir, create, out, err);
+    /* A plain directory (today's --dir) is sqlite:DIR/meshtls.db; anything with a
+     * scheme is a database URL. */
+    if (strncmp(store, "sqlite:", 7) && !strstr(store, "://"))
+        return ca_store_sqlite_open(store, create, out, err);
+    struct mt_db_url u;
+    int rc = mt_db_url_parse(store, &u, err);
+    if (rc)
+        return rc;
+    if (u.backend == MT_DB_SQLITE)
+        return ca_store_sqlite_open_file(u.path, create, out, err);
+    return meshtls_err_set(err, MESHTLS_EINVAL,
+                           "store %s: the CA store on PostgreSQL is not yet supported (it comes "
+                           "with the control plane); use a directory or sqlite:PATH",
+                           u.redacted);
 }
 
 void ca_store_close(struct ca_store *s)

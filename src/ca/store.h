@@ -4,7 +4,11 @@
  * CA servers sharing state) can be added without touching src/ca/pki.c.
  *
  * Today there is one backend, SQLite (store_sqlite.c): one file,
- * DIR/meshtls.db, numbered migrations, parameterized SQL only.
+ * DIR/meshtls.db, numbered migrations, parameterized SQL only, through the
+ * database layer (src/db/db.h).  A store is named by a directory (as
+ * --dir: DIR/meshtls.db) or a URL: sqlite:PATH; postgres://... is refused
+ * as not yet supported until the control plane brings the CA's PostgreSQL
+ * schema.
  *
  * Rules every backend follows:
  *   - every change runs between begin() and commit(); begin() takes the
@@ -82,7 +86,7 @@ struct ca_store_ops {
 
 /**
  * The part every backend shares; a backend's own struct starts with it
- * (`struct ca_store_sqlite { struct ca_store base; sqlite3 *db; }`).
+ * (`struct sq_store { struct ca_store base; struct mt_db *db; ... }`).
  */
 struct ca_store {
     const struct ca_store_ops *ops;
@@ -90,16 +94,23 @@ struct ca_store {
 };
 
 /**
- * Open the store of the CA in `dir`.  `create` makes it (and applies the
- * migrations); otherwise it must exist.  An existing store is migrated to
- * the current schema; a store newer than this meshtls is refused.
+ * Open the CA store `store` (borrowed): a CA directory (the store is
+ * DIR/meshtls.db, as today) or a store URL (sqlite:PATH; a postgres:// URL
+ * is MESHTLS_EINVAL "not yet supported", named without its password).
+ * `create` makes it (and applies the migrations); otherwise it must exist.
+ * An existing store is migrated to the current schema; a store newer than
+ * this meshtls is refused.
  * @param out on success, a new store the caller closes with ca_store_close().
  */
-int ca_store_open(const char *dir, int create, struct ca_store **out, struct meshtls_err *err);
+int ca_store_open(const char *store, int create, struct ca_store **out, struct meshtls_err *err);
 
 /** The SQLite backend: DIR/meshtls.db.  Same contract as ca_store_open(). */
 int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
                          struct meshtls_err *err);
+
+/** The SQLite backend on the file `path`.  Same contract as ca_store_open(). */
+int ca_store_sqlite_open_file(const char *path, int create, struct ca_store **out,
+                              struct meshtls_err *err);
 
 /** Close and free `s` (NULL is fine); an open transaction is rolled back. */
 void ca_store_close(struct ca_store *s);

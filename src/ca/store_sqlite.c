@@ -1,11 +1,14 @@
 /*
- * store_sqlite.c - the SQLite backend of the CA store (see store.h).
+ * store_sqlite.c - the SQLite backend of the CA store (see store.h), on the
+ * database layer (src/db/db.h).
  *
- * Migrations are numbered and applied in order inside one transaction each;
- * schema_migrations records what is applied, so opening an older store
- * upgrades it and opening a newer one is refused.  The busy timeout is short
- * (2 s): a CA command that finds the store locked by another process says
- * so rather than hanging.
+ * The file format is that of every meshtls.db made so far: the same tables,
+ * and schema_migrations (version, applied_at) recording what is applied, so
+ * opening an older store upgrades it and opening a newer one is refused
+ * (tests/unit/ca/test_ca_store_compat.c opens a store captured from the code
+ * before src/db).  The busy timeout is short (2 s): a CA command that finds
+ * the store locked by another process says so rather than hanging.  The
+ * store keeps one connection for its whole life: a CA command is one thread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,81 +19,86 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
+#include "db.h"
 #include "store.h"
 
 /* The backend's store: the shared part first (see store.h). */
 struct sq_store {
     struct ca_store base;
-    sqlite3 *db; /* owned; closed by sq_close() */
+    struct mt_db *db;     /* owned */
+    struct mt_db_conn *c; /* acquired from db for the store's life */
 };
 
-#define DB(s) (((struct sq_store *)(s))->db)
+#define CONN(s) (((struct sq_store *)(s))->c)
 
 static const struct ca_store_ops SQ_OPS;
-static int sq_begin(struct ca_store *s, struct meshtls_err *err);
-static int sq_commit(struct ca_store *s, struct meshtls_err *err);
-static void sq_rollback(struct ca_store *s);
 static int sq_service_get(struct ca_store *s, const char *name, struct ca_service *out,
                           struct meshtls_err *err);
 static void sq_close(struct ca_store *s);
 
-static const char *const MIGRATIONS[] = {
-    /* 1: the initial schema */
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-    "CREATE TABLE services ("
-    "  name TEXT PRIMARY KEY,"
-    "  spiffe_id TEXT NOT NULL UNIQUE,"
-    "  dns TEXT NOT NULL DEFAULT ''," /* newline-separated */
-    "  ips TEXT NOT NULL DEFAULT '',"
-    "  created_at INTEGER NOT NULL,"
-    "  updated_at INTEGER NOT NULL);"
-    "CREATE TABLE certificates ("
-    "  serial TEXT PRIMARY KEY,"
-    "  service TEXT NOT NULL REFERENCES services(name),"
-    "  not_before INTEGER NOT NULL,"
-    "  not_after INTEGER NOT NULL,"
-    "  status TEXT NOT NULL CHECK (status IN ('active','superseded','revoked')),"
-    "  out_dir TEXT,"
-    "  cert_pem TEXT NOT NULL,"
-    "  pubkey_pem TEXT NOT NULL,"
-    "  key_held INTEGER NOT NULL,"
-    "  issued_at INTEGER NOT NULL,"
-    "  revoked_at INTEGER,"
-    "  reason TEXT,"
-    "  replaced_by TEXT);"
-    "CREATE INDEX certificates_service ON certificates(service, status);"
-    "CREATE TABLE audit ("
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  at INTEGER NOT NULL,"
-    "  action TEXT NOT NULL,"
-    "  service TEXT,"
-    "  serial TEXT,"
-    "  detail TEXT);",
+static const struct mt_db_migration MIGRATIONS[] = {
+    /* 1: the initial schema.  No PostgreSQL version yet: the control-plane issue adds it. */
+    {1,
+     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+     "CREATE TABLE services ("
+     "  name TEXT PRIMARY KEY,"
+     "  spiffe_id TEXT NOT NULL UNIQUE,"
+     "  dns TEXT NOT NULL DEFAULT ''," /* newline-separated */
+     "  ips TEXT NOT NULL DEFAULT '',"
+     "  created_at INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL);"
+     "CREATE TABLE certificates ("
+     "  serial TEXT PRIMARY KEY,"
+     "  service TEXT NOT NULL REFERENCES services(name),"
+     "  not_before INTEGER NOT NULL,"
+     "  not_after INTEGER NOT NULL,"
+     "  status TEXT NOT NULL CHECK (status IN ('active','superseded','revoked')),"
+     "  out_dir TEXT,"
+     "  cert_pem TEXT NOT NULL,"
+     "  pubkey_pem TEXT NOT NULL,"
+     "  key_held INTEGER NOT NULL,"
+     "  issued_at INTEGER NOT NULL,"
+     "  revoked_at INTEGER,"
+     "  reason TEXT,"
+     "  replaced_by TEXT);"
+     "CREATE INDEX certificates_service ON certificates(service, status);"
+     "CREATE TABLE audit ("
+     "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+     "  at INTEGER NOT NULL,"
+     "  action TEXT NOT NULL,"
+     "  service TEXT,"
+     "  serial TEXT,"
+     "  detail TEXT);",
+     NULL},
 };
-#define N_MIGRATIONS ((int)(sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0])))
+#define N_MIGRATIONS (sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0]))
 
-static int db_err(struct ca_store *s, struct meshtls_err *err, const char *what)
+/*
+ * Set err from a failed store call: a lock held elsewhere says so (and what
+ * to do); anything else names the store, what was done and SQLite's message.
+ * Errors that are not the database's (out of memory, ...) pass through.
+ */
+static int db_err(struct ca_store *s, int rc, struct meshtls_err *err, const char *what)
 {
-    int code = sqlite3_errcode(DB(s));
-    if (code == SQLITE_BUSY || code == SQLITE_LOCKED)
+    if (rc != MESHTLS_ESTORE)
+        return rc;
+    struct mt_db_conn *c = CONN(s);
+    if (mt_db_errkind(c) == MT_DB_ERR_RETRY)
         return meshtls_err_set(err, MESHTLS_ESTORE,
                                "store %s is locked by another process (%s); wait for it to "
                                "finish and retry",
                                s->path, what);
-    return meshtls_err_set(err, MESHTLS_ESTORE, "store %s: %s: %s", s->path, what,
-                           sqlite3_errmsg(DB(s)));
+    if (mt_db_errkind(c) == MT_DB_OK) /* set by this layer, not the database: keep it */
+        return rc;
+    return meshtls_err_set(err, MESHTLS_ESTORE, "store %s: %s: %s", s->path, what, mt_db_errmsg(c));
 }
 
-static int exec(struct ca_store *s, const char *sql, struct meshtls_err *err)
+/* Run one statement; `what` is for the message. */
+static int exec(struct ca_store *s, const char *sql, const struct mt_db_param *p, size_t n,
+                const char *what, struct meshtls_err *err)
 {
-    if (sqlite3_exec(DB(s), sql, NULL, NULL, NULL) != SQLITE_OK) {
-        char what[48]; /* the statement's start: "BEGIN IMMEDIATE", "PRAGMA ..." */
-        snprintf(what, sizeof(what), "%.40s", sql);
-        return db_err(s, err, what);
-    }
-    return 0;
+    int rc = mt_db_exec(CONN(s), sql, p, n, NULL, err);
+    return rc ? db_err(s, rc, err, what) : 0;
 }
 
 static int64_t now_s(void)
@@ -98,55 +106,12 @@ static int64_t now_s(void)
     return (int64_t)time(NULL);
 }
 
-static int migrate(struct ca_store *s, struct meshtls_err *err)
-{
-    int rc;
-    sqlite3_stmt *st = NULL;
-    if ((rc = exec(s,
-                   "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                   "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-                   err)))
-        return rc;
-    int have = 0;
-    if (sqlite3_prepare_v2(DB(s), "SELECT COALESCE(MAX(version),0) FROM schema_migrations", -1, &st,
-                           NULL) != SQLITE_OK)
-        return db_err(s, err, "reading schema version");
-    if (sqlite3_step(st) == SQLITE_ROW)
-        have = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    if (have > N_MIGRATIONS)
-        return meshtls_err_set(err, MESHTLS_ESTORE,
-                               "store %s has schema version %d, newer than this meshtls (%d); "
-                               "upgrade meshtls",
-                               s->path, have, N_MIGRATIONS);
-    for (int v = have + 1; v <= N_MIGRATIONS; v++) {
-        if ((rc = sq_begin(s, err)))
-            return rc;
-        if ((rc = exec(s, MIGRATIONS[v - 1], err))) {
-            sq_rollback(s);
-            return rc;
-        }
-        if (sqlite3_prepare_v2(DB(s), "INSERT INTO schema_migrations VALUES (?, ?)", -1, &st,
-                               NULL) != SQLITE_OK) {
-            sq_rollback(s);
-            return db_err(s, err, "recording migration");
-        }
-        sqlite3_bind_int(st, 1, v);
-        sqlite3_bind_int64(st, 2, now_s());
-        int step = sqlite3_step(st);
-        sqlite3_finalize(st);
-        if (step != SQLITE_DONE) {
-            sq_rollback(s);
-            return db_err(s, err, "recording migration");
-        }
-        if ((rc = sq_commit(s, err)))
-            return rc;
-    }
-    return 0;
-}
-
-int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
-                         struct meshtls_err *err)
+/*
+ * Open the SQLite store at `path`; `dir` (may be NULL) is the CA directory
+ * it was derived from, for the "run meshtls ca init" hint.
+ */
+static int open_file(const char *path, const char *dir, int create, struct ca_store **out,
+                     struct meshtls_err *err)
 {
     int rc;
     struct sq_store *q = calloc(1, sizeof(*q));
@@ -154,20 +119,26 @@ int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
     if (!q)
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
     s->ops = &SQ_OPS;
-    snprintf(s->path, sizeof(s->path), "%s/meshtls.db", dir);
+    snprintf(s->path, sizeof(s->path), "%s", path);
     struct stat st;
     if (!create && stat(s->path, &st) != 0) {
-        rc = meshtls_err_set(err, MESHTLS_ENOENT,
-                             "no CA in %s (no meshtls.db): run 'meshtls ca init --dir %s "
-                             "--trust-domain TD' first, or check --dir",
-                             dir, dir);
+        if (dir)
+            rc = meshtls_err_set(err, MESHTLS_ENOENT,
+                                 "no CA in %s (no meshtls.db): run 'meshtls ca init --dir %s "
+                                 "--trust-domain TD' first, or check --dir",
+                                 dir, dir);
+        else
+            rc = meshtls_err_set(err, MESHTLS_ENOENT,
+                                 "no CA store at %s: run 'meshtls ca init' with this store "
+                                 "first, or check --store",
+                                 s->path);
         goto fail;
     }
     if (!create && !S_ISREG(st.st_mode)) {
         rc = meshtls_err_set(err, MESHTLS_ESTORE, "store %s is not a regular file", s->path);
         goto fail;
     }
-    if (create) { /* 0600 from the first byte: SQLite itself would create it 0644 */
+    if (create) { /* 0600 from the first byte, and never over an existing store */
         int fd = open(s->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd == -1) {
             rc = meshtls_err_set(err, errno == EEXIST ? MESHTLS_EEXIST : MESHTLS_EIO,
@@ -176,20 +147,21 @@ int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
         }
         close(fd);
     }
-    int flags = SQLITE_OPEN_READWRITE;
-    if (sqlite3_open_v2(s->path, &DB(s), flags, NULL) != SQLITE_OK) {
-        rc = meshtls_err_set(err, MESHTLS_ESTORE, "cannot open store %s: %s", s->path,
-                             DB(s) ? sqlite3_errmsg(DB(s)) : "out of memory");
+    char url[4200];
+    snprintf(url, sizeof(url), "sqlite:%s", s->path);
+    struct mt_db_opts o = {.pool_size = 1, .busy_timeout_ms = 2000, .must_exist = 1};
+    /* a file that is no database, or one locked elsewhere, fails here naming the file */
+    if ((rc = mt_db_open(url, &o, &q->db, err)))
+        goto fail;
+    if ((rc = mt_db_acquire(q->db, &q->c, err)))
+        goto fail;
+    if ((rc =
+             exec(s, "PRAGMA journal_mode = DELETE", NULL, 0, "PRAGMA journal_mode = DELETE", err)))
+        goto fail;
+    if ((rc = mt_db_migrate_conn(q->c, "schema_migrations", MIGRATIONS, N_MIGRATIONS, NULL, err))) {
+        rc = db_err(s, rc, err, "applying migrations");
         goto fail;
     }
-    sqlite3_busy_timeout(DB(s), 2000);
-    /* Integrity of the file itself: garbage is refused here, not half-read later. */
-    if ((rc = exec(s, "PRAGMA foreign_keys = ON", err)) ||
-        (rc = exec(s, "PRAGMA journal_mode = DELETE", err)) ||
-        (rc = exec(s, "PRAGMA synchronous = FULL", err)))
-        goto fail;
-    if ((rc = migrate(s, err)))
-        goto fail;
     *out = s;
     return 0;
 fail:
@@ -197,87 +169,83 @@ fail:
     return rc;
 }
 
+int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
+                         struct meshtls_err *err)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s/meshtls.db", dir) >= sizeof(path))
+        return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory path too long: %.64s...", dir);
+    return open_file(path, dir, create, out, err);
+}
+
+int ca_store_sqlite_open_file(const char *path, int create, struct ca_store **out,
+                              struct meshtls_err *err)
+{
+    return open_file(path, NULL, create, out, err);
+}
+
 static void sq_close(struct ca_store *s)
 {
     if (!s)
         return;
-    sqlite3_close(DB(s));
-    free(s);
+    struct sq_store *q = (struct sq_store *)s;
+    mt_db_release(q->c); /* rolls back an open transaction */
+    mt_db_close(q->db);
+    free(q);
 }
 
 static int sq_begin(struct ca_store *s, struct meshtls_err *err)
 {
-    return exec(s, "BEGIN IMMEDIATE", err);
+    int rc = mt_db_begin(CONN(s), err);
+    return rc ? db_err(s, rc, err, "BEGIN IMMEDIATE") : 0;
 }
 
 static int sq_commit(struct ca_store *s, struct meshtls_err *err)
 {
-    return exec(s, "COMMIT", err);
+    int rc = mt_db_commit(CONN(s), err);
+    return rc ? db_err(s, rc, err, "COMMIT") : 0;
 }
 
 static void sq_rollback(struct ca_store *s)
 {
-    sqlite3_exec(DB(s), "ROLLBACK", NULL, NULL, NULL);
+    mt_db_rollback(CONN(s));
 }
 
-/* Prepare `sql`; on failure set err. */
-static int prep(struct ca_store *s, const char *sql, sqlite3_stmt **st, struct meshtls_err *err)
+static char *col_dup(struct mt_db_rows *r, int i)
 {
-    if (sqlite3_prepare_v2(DB(s), sql, -1, st, NULL) != SQLITE_OK)
-        return db_err(s, err, "preparing a query");
-    return 0;
-}
-
-static int step_done(struct ca_store *s, sqlite3_stmt *st, const char *what,
-                     struct meshtls_err *err)
-{
-    int r = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE)
-        return db_err(s, err, what);
-    return 0;
-}
-
-static char *col_dup(sqlite3_stmt *st, int i)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? strdup((const char *)t) : NULL;
+    const char *t = mt_db_col_text(r, i);
+    return t ? strdup(t) : NULL;
 }
 
 static int sq_meta_get(struct ca_store *s, const char *key, char **out, struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s, "SELECT value FROM meta WHERE key = ?", &st, err);
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    int rc = mt_db_query(CONN(s), "SELECT value FROM meta WHERE key = $1", p, 1, &r, err);
     if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    int r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
-        *out = col_dup(st, 0);
+        return db_err(s, rc, err, "reading meta");
+    int n = mt_db_row_next(r, err);
+    if (n == 1) {
+        *out = col_dup(r, 0);
         rc = *out ? 0 : meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
-    } else if (r == SQLITE_DONE) {
+    } else if (n == 0) {
         rc = meshtls_err_set(err, MESHTLS_ESTORE, "store %s has no '%s': is it a meshtls CA?",
                              s->path, key);
     } else {
-        rc = db_err(s, err, "reading meta");
+        rc = db_err(s, n, err, "reading meta");
     }
-    sqlite3_finalize(st);
+    mt_db_rows_close(r);
     return rc;
 }
 
 static int sq_meta_set(struct ca_store *s, const char *key, const char *value,
                        struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s,
-                  "INSERT INTO meta(key, value) VALUES (?, ?) "
-                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                  &st, err);
-    if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-    return step_done(s, st, "writing meta", err);
+    struct mt_db_param p[] = {MT_DB_TEXT(key), MT_DB_TEXT(value)};
+    return exec(s,
+                "INSERT INTO meta(key, value) VALUES ($1, $2) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                p, 2, "writing meta", err);
 }
 
 /* Join `v` with newlines into a new string. */
@@ -334,8 +302,7 @@ static int split(const char *s, char ***out, size_t *n)
 static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int *updated,
                           struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
+    int rc = 0;
     struct ca_service old = {0};
     *updated = sq_service_get(s, svc->name, &old, NULL) == 0;
     ca_service_clear(&old);
@@ -344,28 +311,22 @@ static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int 
         rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
         goto out;
     }
-    if ((rc = prep(s,
-                   "INSERT INTO services(name, spiffe_id, dns, ips, created_at, updated_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                   "spiffe_id = excluded.spiffe_id, dns = excluded.dns, ips = excluded.ips, "
-                   "updated_at = excluded.updated_at",
-                   &st, err)))
-        goto out;
-    sqlite3_bind_text(st, 1, svc->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, svc->spiffe_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, dns, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, ips, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, now_s());
-    sqlite3_bind_int64(st, 6, now_s());
-    int r = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE) {
-        if (sqlite3_extended_errcode(DB(s)) == SQLITE_CONSTRAINT_UNIQUE)
+    struct mt_db_param p[] = {MT_DB_TEXT(svc->name), MT_DB_TEXT(svc->spiffe_id),
+                              MT_DB_TEXT(dns),       MT_DB_TEXT(ips),
+                              MT_DB_INT64(now_s()),  MT_DB_INT64(now_s())};
+    rc = mt_db_exec(CONN(s),
+                    "INSERT INTO services(name, spiffe_id, dns, ips, created_at, updated_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(name) DO UPDATE SET "
+                    "spiffe_id = excluded.spiffe_id, dns = excluded.dns, ips = excluded.ips, "
+                    "updated_at = excluded.updated_at",
+                    p, 6, NULL, err);
+    if (rc) {
+        if (rc == MESHTLS_ESTORE && mt_db_errkind(CONN(s)) == MT_DB_ERR_UNIQUE)
             rc = meshtls_err_set(err, MESHTLS_EEXIST,
                                  "SPIFFE ID %s is already registered to another service",
                                  svc->spiffe_id);
         else
-            rc = db_err(s, err, "registering the service");
+            rc = db_err(s, rc, err, "registering the service");
     }
 out:
     free(dns);
@@ -376,98 +337,80 @@ out:
 static int sq_service_get(struct ca_store *s, const char *name, struct ca_service *out,
                           struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s, "SELECT name, spiffe_id, dns, ips FROM services WHERE name = ?", &st, err);
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(name)};
+    int rc = mt_db_query(CONN(s), "SELECT name, spiffe_id, dns, ips FROM services WHERE name = $1",
+                         p, 1, &r, err);
     if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    int r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
+        return db_err(s, rc, err, "reading the service");
+    int n = mt_db_row_next(r, err);
+    if (n == 1) {
         memset(out, 0, sizeof(*out));
-        out->name = col_dup(st, 0);
-        out->spiffe_id = col_dup(st, 1);
-        if (!out->name || !out->spiffe_id ||
-            split((const char *)sqlite3_column_text(st, 2), &out->dns, &out->n_dns) ||
-            split((const char *)sqlite3_column_text(st, 3), &out->ips, &out->n_ips)) {
+        out->name = col_dup(r, 0);
+        out->spiffe_id = col_dup(r, 1);
+        if (!out->name || !out->spiffe_id || split(mt_db_col_text(r, 2), &out->dns, &out->n_dns) ||
+            split(mt_db_col_text(r, 3), &out->ips, &out->n_ips)) {
             ca_service_clear(out);
             rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
         }
-    } else if (r == SQLITE_DONE) {
+    } else if (n == 0) {
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
                              "service '%s' is not registered; register it first with "
                              "'meshtls ca register --dir DIR %s'",
                              name, name);
     } else {
-        rc = db_err(s, err, "reading the service");
+        rc = db_err(s, n, err, "reading the service");
     }
-    sqlite3_finalize(st);
+    mt_db_rows_close(r);
     return rc;
 }
 
 static int sq_cert_insert(struct ca_store *s, const struct ca_cert *c, struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s,
-                  "INSERT INTO certificates(serial, service, not_before, not_after, status, "
-                  "out_dir, cert_pem, pubkey_pem, key_held, issued_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  &st, err);
-    if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, c->serial, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, c->service, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, c->not_before);
-    sqlite3_bind_int64(st, 4, c->not_after);
-    sqlite3_bind_text(st, 5, c->status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, c->out_dir, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, c->cert_pem, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 8, c->pubkey_pem, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 9, c->key_held);
-    sqlite3_bind_int64(st, 10, now_s());
-    int r = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (r == SQLITE_DONE)
+    struct mt_db_param p[] = {MT_DB_TEXT(c->serial),      MT_DB_TEXT(c->service),
+                              MT_DB_INT64(c->not_before), MT_DB_INT64(c->not_after),
+                              MT_DB_TEXT(c->status),      MT_DB_TEXT(c->out_dir),
+                              MT_DB_TEXT(c->cert_pem),    MT_DB_TEXT(c->pubkey_pem),
+                              MT_DB_INT64(c->key_held),   MT_DB_INT64(now_s())};
+    int rc = mt_db_exec(CONN(s),
+                        "INSERT INTO certificates(serial, service, not_before, not_after, status, "
+                        "out_dir, cert_pem, pubkey_pem, key_held, issued_at) "
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        p, 10, NULL, err);
+    if (!rc)
         return 0;
-    if (sqlite3_extended_errcode(DB(s)) == SQLITE_CONSTRAINT_PRIMARYKEY)
+    if (rc == MESHTLS_ESTORE && mt_db_errkind(CONN(s)) == MT_DB_ERR_UNIQUE)
         return meshtls_err_set(err, MESHTLS_EEXIST, "serial %s already issued (retry)", c->serial);
-    return db_err(s, err, "recording the certificate");
+    return db_err(s, rc, err, "recording the certificate");
 }
 
 static int sq_cert_set_status(struct ca_store *s, const char *serial, const char *status,
                               const char *reason, const char *replaced_by, struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int revoke = !strcmp(status, "revoked");
-    int rc = prep(s,
-                  "UPDATE certificates SET status = ?1, reason = COALESCE(?2, reason), "
-                  "replaced_by = COALESCE(?3, replaced_by), "
-                  "revoked_at = CASE WHEN ?4 THEN ?5 ELSE revoked_at END WHERE serial = ?6",
-                  &st, err);
-    if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, replaced_by, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 4, revoke);
-    sqlite3_bind_int64(st, 5, now_s());
-    sqlite3_bind_text(st, 6, serial, -1, SQLITE_STATIC);
-    return step_done(s, st, "updating the certificate", err);
+    struct mt_db_param p[] = {MT_DB_TEXT(status),      MT_DB_TEXT(reason),
+                              MT_DB_TEXT(replaced_by), MT_DB_INT64(!strcmp(status, "revoked")),
+                              MT_DB_INT64(now_s()),    MT_DB_TEXT(serial)};
+    return exec(s,
+                "UPDATE certificates SET status = $1, reason = COALESCE($2, reason), "
+                "replaced_by = COALESCE($3, replaced_by), "
+                "revoked_at = CASE WHEN $4 THEN $5 ELSE revoked_at END WHERE serial = $6",
+                p, 6, "updating the certificate", err);
 }
 
-static int row_to_cert(sqlite3_stmt *st, struct ca_cert *c)
+static int row_to_cert(struct mt_db_rows *r, struct ca_cert *c)
 {
     memset(c, 0, sizeof(*c));
-    c->serial = col_dup(st, 0);
-    c->service = col_dup(st, 1);
-    c->not_before = sqlite3_column_int64(st, 2);
-    c->not_after = sqlite3_column_int64(st, 3);
-    c->status = col_dup(st, 4);
-    c->out_dir = col_dup(st, 5);
-    c->cert_pem = col_dup(st, 6);
-    c->pubkey_pem = col_dup(st, 7);
-    c->key_held = sqlite3_column_int(st, 8);
-    c->revoked_at = sqlite3_column_int64(st, 9);
-    c->reason = col_dup(st, 10);
+    c->serial = col_dup(r, 0);
+    c->service = col_dup(r, 1);
+    c->not_before = mt_db_col_int64(r, 2);
+    c->not_after = mt_db_col_int64(r, 3);
+    c->status = col_dup(r, 4);
+    c->out_dir = col_dup(r, 5);
+    c->cert_pem = col_dup(r, 6);
+    c->pubkey_pem = col_dup(r, 7);
+    c->key_held = (int)mt_db_col_int64(r, 8);
+    c->revoked_at = mt_db_col_int64(r, 9);
+    c->reason = col_dup(r, 10);
     return c->serial && c->service && c->status && c->cert_pem && c->pubkey_pem ? 0
                                                                                 : MESHTLS_ENOMEM;
 }
@@ -479,42 +422,45 @@ static int row_to_cert(sqlite3_stmt *st, struct ca_cert *c)
 static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *out,
                        struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s, "SELECT " CERT_COLS " FROM certificates WHERE serial = ?", &st, err);
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(serial)};
+    int rc = mt_db_query(CONN(s), "SELECT " CERT_COLS " FROM certificates WHERE serial = $1", p, 1,
+                         &r, err);
     if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, serial, -1, SQLITE_STATIC);
-    int r = sqlite3_step(st);
-    if (r == SQLITE_ROW)
-        rc = row_to_cert(st, out) ? meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory") : 0;
-    else if (r == SQLITE_DONE)
+        return db_err(s, rc, err, "reading the certificate");
+    int n = mt_db_row_next(r, err);
+    if (n == 1) {
+        if (row_to_cert(r, out)) {
+            ca_cert_clear(out);
+            rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+        }
+    } else if (n == 0) {
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
                              "no certificate with serial %s in %s; see 'meshtls ca list'", serial,
                              s->path);
-    else
-        rc = db_err(s, err, "reading the certificate");
-    if (rc && r == SQLITE_ROW)
-        ca_cert_clear(out);
-    sqlite3_finalize(st);
+    } else {
+        rc = db_err(s, n, err, "reading the certificate");
+    }
+    mt_db_rows_close(r);
     return rc;
 }
 
 static int sq_cert_list(struct ca_store *s, const char *service, const char *status,
                         struct ca_cert **out, size_t *n, struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s,
-                  "SELECT " CERT_COLS " FROM certificates WHERE (?1 IS NULL OR service = ?1) "
-                  "AND (?2 IS NULL OR status = ?2) ORDER BY issued_at, rowid",
-                  &st, err);
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(service), MT_DB_TEXT(status)};
+    int rc =
+        mt_db_query(CONN(s),
+                    "SELECT " CERT_COLS " FROM certificates WHERE ($1 IS NULL OR service = $1) "
+                    "AND ($2 IS NULL OR status = $2) ORDER BY issued_at, rowid",
+                    p, 2, &r, err);
     if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
+        return db_err(s, rc, err, "listing certificates");
     struct ca_cert *v = NULL;
     size_t cnt = 0, cap = 0;
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    int more;
+    while ((more = mt_db_row_next(r, err)) == 1) {
         if (cnt == cap) {
             size_t nc = cap ? cap * 2 : 16;
             struct ca_cert *nv = realloc(v, nc * sizeof(*nv));
@@ -525,16 +471,16 @@ static int sq_cert_list(struct ca_store *s, const char *service, const char *sta
             v = nv;
             cap = nc;
         }
-        if (row_to_cert(st, &v[cnt])) {
+        if (row_to_cert(r, &v[cnt])) {
             ca_cert_clear(&v[cnt]);
             rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
             break;
         }
         cnt++;
     }
-    if (!rc && r != SQLITE_DONE)
-        rc = db_err(s, err, "listing certificates");
-    sqlite3_finalize(st);
+    if (!rc && more < 0)
+        rc = db_err(s, more, err, "listing certificates");
+    mt_db_rows_close(r);
     if (rc) {
         ca_cert_list_free(v, cnt);
         return rc;
@@ -547,19 +493,12 @@ static int sq_cert_list(struct ca_store *s, const char *service, const char *sta
 static int sq_audit(struct ca_store *s, const char *action, const char *service, const char *serial,
                     const char *detail, struct meshtls_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = prep(s,
-                  "INSERT INTO audit(at, action, service, serial, detail) "
-                  "VALUES (?, ?, ?, ?, ?)",
-                  &st, err);
-    if (rc)
-        return rc;
-    sqlite3_bind_int64(st, 1, now_s());
-    sqlite3_bind_text(st, 2, action, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, serial, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, detail, -1, SQLITE_STATIC);
-    return step_done(s, st, "writing the audit log", err);
+    struct mt_db_param p[] = {MT_DB_INT64(now_s()), MT_DB_TEXT(action), MT_DB_TEXT(service),
+                              MT_DB_TEXT(serial), MT_DB_TEXT(detail)};
+    return exec(s,
+                "INSERT INTO audit(at, action, service, serial, detail) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                p, 5, "writing the audit log", err);
 }
 
 static const struct ca_store_ops SQ_OPS = {

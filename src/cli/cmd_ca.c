@@ -12,6 +12,8 @@
 
 #include "ca.h"
 #include "cli.h"
+#include "db.h"
+#include "json_utf8.h"
 #include "parse.h"
 #include "meshtls/meshtls.h"
 #include "store.h"
@@ -39,7 +41,9 @@ static const char USAGE[] =
     "        cessationOfOperation; --replace issues the replacement in the same transaction\n"
     "  crl --dir DIR --out FILE\n"
     "        write the CRL signed by the intermediate, followed by the root's CRL\n"
-    "  list --dir DIR [--json]\n"
+    "  list (--dir DIR | --store URL) [--json]\n"
+    "        --store names the store alone: sqlite:PATH (PATH/.. need not hold the keys);\n"
+    "        postgres:// stores are not yet supported (docs/DATABASE.md)\n"
     "        inventory: service, serial, not-after, days left, status\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.  See docs/PKI.md.\n";
@@ -85,48 +89,50 @@ enum {
     O_REASON,
     O_REPLACE,
     O_JSON,
+    O_STORE,
     O_HELP
 };
 
-static const struct option copts[] = {{"dir", 1, 0, O_DIR},         {"trust-domain", 1, 0, O_TD},
-                                      {"key-type", 1, 0, O_KT},     {"dns", 1, 0, O_DNS},
-                                      {"ip", 1, 0, O_IP},           {"spiffe-id", 1, 0, O_SPIFFE},
-                                      {"out", 1, 0, O_OUT},         {"days", 1, 0, O_DAYS},
-                                      {"csr", 1, 0, O_CSR},         {"within-days", 1, 0, O_WITHIN},
-                                      {"serial", 1, 0, O_SERIAL},   {"reason", 1, 0, O_REASON},
-                                      {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},
-                                      {"help", 0, 0, O_HELP},       {0, 0, 0, 0}};
+static const struct option copts[] = {{"dir", 1, 0, O_DIR},
+                                      {"trust-domain", 1, 0, O_TD},
+                                      {"key-type", 1, 0, O_KT},
+                                      {"dns", 1, 0, O_DNS},
+                                      {"ip", 1, 0, O_IP},
+                                      {"spiffe-id", 1, 0, O_SPIFFE},
+                                      {"out", 1, 0, O_OUT},
+                                      {"days", 1, 0, O_DAYS},
+                                      {"csr", 1, 0, O_CSR},
+                                      {"within-days", 1, 0, O_WITHIN},
+                                      {"serial", 1, 0, O_SERIAL},
+                                      {"reason", 1, 0, O_REASON},
+                                      {"replace", 0, 0, O_REPLACE},
+                                      {"json", 0, 0, O_JSON},
+                                      {"store", 1, 0, O_STORE},
+                                      {"help", 0, 0, O_HELP},
+                                      {0, 0, 0, 0}};
 
-static void json_str(const char *s)
+/* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
+static json_t *jstr(const char *s)
 {
-    putchar('"');
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", (unsigned char)*s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
+    return mt_json_string(s ? s : "");
 }
 
-static int do_list(const char *dir, int json)
+/* `store`: the CA directory or a store URL; `shown`: how hints name it. */
+static int do_list(const char *store, const char *shown, int json)
 {
     struct ca_store *s = NULL;
     struct ca_cert *v = NULL;
     size_t n = 0;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc;
-    if ((rc = ca_store_open(dir, 0, &s, &err)) ||
+    if ((rc = ca_store_open(store, 0, &s, &err)) ||
         (rc = ca_store_cert_list(s, NULL, NULL, &v, &n, &err))) {
         ca_store_close(s);
         return fail("list", &err, rc);
     }
     int64_t now = (int64_t)time(NULL);
-    if (json)
-        putchar('[');
-    else
+    json_t *arr = json ? json_array() : NULL;
+    if (!json)
         printf("%-20s %-34s %-20s %9s  %s\n", "SERVICE", "SERIAL", "NOT AFTER", "DAYS LEFT",
                "STATUS");
     for (size_t i = 0; i < n; i++) {
@@ -139,29 +145,25 @@ static int do_list(const char *dir, int json)
         long long days = d >= 0 ? d / 86400 : -((-d + 86399) / 86400);
         const char *status = strcmp(v[i].status, "revoked") && d < 0 ? "expired" : v[i].status;
         if (json) {
-            printf("%s{\"service\":", i ? "," : "");
-            json_str(v[i].service);
-            printf(",\"serial\":");
-            json_str(v[i].serial);
-            printf(",\"not_after\":\"%s\",\"days_left\":%lld,\"status\":", na, days);
-            json_str(status);
-            printf(",\"out_dir\":");
-            json_str(v[i].out_dir);
-            printf(",\"reason\":");
-            if (v[i].reason)
-                json_str(v[i].reason);
-            else
-                printf("null");
-            putchar('}');
+            json_t *o = json_object();
+            json_object_set_new(o, "service", jstr(v[i].service));
+            json_object_set_new(o, "serial", jstr(v[i].serial));
+            json_object_set_new(o, "not_after", json_string(na));
+            json_object_set_new(o, "days_left", json_integer(days));
+            json_object_set_new(o, "status", jstr(status));
+            json_object_set_new(o, "out_dir", jstr(v[i].out_dir));
+            json_object_set_new(o, "reason", mt_json_string(v[i].reason)); /* NULL: null */
+            json_array_append_new(arr, o);
         } else {
             printf("%-20s %-34s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, na, days, status,
                    v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
         }
     }
     if (json)
-        printf("]\n");
+        mt_json_print(arr, stdout);
     else if (n == 0)
-        printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n", dir);
+        printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n",
+               shown);
     ca_cert_list_free(v, n);
     ca_store_close(s);
     return 0;
@@ -189,6 +191,8 @@ int cmd_ca(int argc, char **argv)
     const char *dns[MAX_SANS], *ips[MAX_SANS];
     size_t n_dns = 0, n_ips = 0;
     int days = CA_LEAF_DAYS_DEFAULT, within = 14, replace = 0, json = 0, opt;
+    char store[4200]; /* --store URL, possibly with a password: wiped after use */
+    int have_store = 0, rc_store;
     argc--, argv++;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", copts, NULL)) != -1) {
@@ -221,9 +225,25 @@ int cmd_ca(int argc, char **argv)
         case O_REASON: reason = optarg; break;
         case O_REPLACE: replace = 1; break;
         case O_JSON: json = 1; break;
+        case O_STORE:
+            /* Copied, then hidden from `ps` / /proc/PID/cmdline at once. */
+            snprintf(store, sizeof(store), "%s", optarg);
+            mt_db_url_hide_password(optarg);
+            have_store = 1;
+            break;
         case O_HELP: fputs(USAGE, stdout); return 0;
         default: return 2;
         }
+    }
+    if (have_store && strcmp(sub, "list"))
+        return usage_err(sub, "--store URL is accepted by 'list' only for now: the other "
+                              "subcommands keep the store with the keys in --dir DIR");
+    if (have_store && dir)
+        return usage_err(sub, "give --dir DIR or --store URL, not both");
+    if (have_store) {
+        rc_store = do_list(store, "DIR", json);
+        explicit_bzero(store, sizeof(store));
+        return rc_store;
     }
     if (!dir)
         return usage_err(sub, "--dir DIR is required (the CA directory)");
@@ -325,5 +345,5 @@ int cmd_ca(int argc, char **argv)
                CA_CRL_DAYS);
         return 0;
     }
-    return do_list(dir, json);
+    return do_list(dir, dir, json);
 }

@@ -16,6 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include "cli.h"
+#include "json_utf8.h"
 #include "parse.h"
 #include "meshtls/meshtls.h"
 
@@ -44,62 +45,43 @@ static void fmt_time(int64_t t, char *buf, size_t cap)
     strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static void json_str(FILE *f, const char *s)
+/* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
+static json_t *jstr(const char *s)
 {
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
+    return mt_json_string(s ? s : "");
 }
 
-static void json_list(FILE *f, const char *key, char **v, size_t n)
+static json_t *jlist(char **v, size_t n)
 {
-    fprintf(f, ",\"%s\":[", key);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            fputc(',', f);
-        json_str(f, v[i]);
-    }
-    fputc(']', f);
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, jstr(v[i]));
+    return a;
 }
 
-static void print_identity_json(FILE *f, const struct meshtls_identity *id)
+/* The identity as a JSON object (a new reference). */
+static json_t *identity_json(const struct meshtls_identity *id)
 {
     char nb[32], na[32];
     fmt_time(id->not_before, nb, sizeof(nb));
     fmt_time(id->not_after, na, sizeof(na));
-    fputs("{\"subject\":", f);
-    json_str(f, id->subject);
-    fputs(",\"issuer\":", f);
-    json_str(f, id->issuer);
-    fputs(",\"cn\":", f);
-    json_str(f, id->cn);
-    fputs(",\"o\":", f);
-    json_str(f, id->o);
-    fputs(",\"ou\":", f);
-    json_str(f, id->ou);
-    fputs(",\"serial\":", f);
-    json_str(f, id->serial);
-    fprintf(f, ",\"not_before\":\"%s\",\"not_after\":\"%s\",\"days_left\":%lld,\"is_ca\":%s", nb,
-            na, (long long)meshtls_identity_days_left(id, 0), id->is_ca ? "true" : "false");
-    fputs(",\"key_type\":", f);
-    json_str(f, id->key_type);
-    json_list(f, "dns", id->dns, id->n_dns);
-    json_list(f, "ip", id->ips, id->n_ips);
-    json_list(f, "uri", id->uris, id->n_uris);
-    fputs(",\"spiffe_id\":", f);
-    if (id->spiffe_id)
-        json_str(f, id->spiffe_id);
-    else
-        fputs("null", f);
-    fputc('}', f);
+    json_t *o = json_object();
+    json_object_set_new(o, "subject", jstr(id->subject));
+    json_object_set_new(o, "issuer", jstr(id->issuer));
+    json_object_set_new(o, "cn", jstr(id->cn));
+    json_object_set_new(o, "o", jstr(id->o));
+    json_object_set_new(o, "ou", jstr(id->ou));
+    json_object_set_new(o, "serial", jstr(id->serial));
+    json_object_set_new(o, "not_before", json_string(nb));
+    json_object_set_new(o, "not_after", json_string(na));
+    json_object_set_new(o, "days_left", json_integer(meshtls_identity_days_left(id, 0)));
+    json_object_set_new(o, "is_ca", json_boolean(id->is_ca));
+    json_object_set_new(o, "key_type", jstr(id->key_type));
+    json_object_set_new(o, "dns", jlist(id->dns, id->n_dns));
+    json_object_set_new(o, "ip", jlist(id->ips, id->n_ips));
+    json_object_set_new(o, "uri", jlist(id->uris, id->n_uris));
+    json_object_set_new(o, "spiffe_id", mt_json_string(id->spiffe_id)); /* NULL: null */
+    return o;
 }
 
 static void print_list(const char *label, char **v, size_t n)
@@ -159,8 +141,7 @@ static int cert_inspect(int argc, char **argv)
         cli_print_err("cert inspect", &err, rc);
         return 2;
     }
-    if (json)
-        fputc('[', stdout);
+    json_t *arr = json ? json_array() : NULL;
     for (int i = 0; i < sk_X509_num(certs); i++) {
         struct meshtls_identity *id = NULL;
         if ((rc = meshtls_identity_from_x509(sk_X509_value(certs, i), &id, &err)) != 0) {
@@ -168,9 +149,7 @@ static int cert_inspect(int argc, char **argv)
             break;
         }
         if (json) {
-            if (i)
-                fputc(',', stdout);
-            print_identity_json(stdout, id);
+            json_array_append_new(arr, identity_json(id));
         } else {
             printf("%s[%d] %s\n", i ? "\n" : "", i,
                    i == 0 ? (id->is_ca ? "CA certificate" : "leaf certificate")
@@ -180,7 +159,7 @@ static int cert_inspect(int argc, char **argv)
         meshtls_identity_free(id);
     }
     if (json)
-        fputs("]\n", stdout);
+        mt_json_print(arr, stdout);
     sk_X509_pop_free(certs, X509_free);
     return rc ? 2 : 0;
 }

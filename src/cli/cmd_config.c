@@ -14,6 +14,7 @@
 #include <openssl/ssl.h>
 
 #include "cli.h"
+#include "json_utf8.h"
 #include "meshtls/meshtls.h"
 #include "proxy.h" /* the proxy's keys, shown with the rest */
 
@@ -52,26 +53,15 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
     fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
 }
 
-/* Print `s` as a JSON string. */
-static void json_str(const char *s)
+/* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
+static json_t *jstr(const char *s)
 {
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
+    return mt_json_string(s ? s : "");
 }
 
 static void list_keys(const struct meshtls_config *cfg, int json)
 {
-    if (json)
-        putchar('[');
+    json_t *arr = json ? json_array() : NULL;
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
         const char *env = meshtls_config_key_env(cfg, d->name);
@@ -80,28 +70,17 @@ static void list_keys(const struct meshtls_config *cfg, int json)
                    d->flag ? d->flag : "-");
             continue;
         }
-        printf("%s{\"key\":", i ? "," : "");
-        json_str(d->name);
-        printf(",\"type\":");
-        json_str(type_of(d));
-        printf(",\"default\":");
-        if (d->def)
-            json_str(d->def);
-        else
-            fputs("null", stdout);
-        printf(",\"env\":");
-        json_str(env);
-        printf(",\"flag\":");
-        if (d->flag)
-            json_str(d->flag);
-        else
-            fputs("null", stdout);
-        printf(",\"help\":");
-        json_str(d->help);
-        putchar('}');
+        json_t *o = json_object();
+        json_object_set_new(o, "key", jstr(d->name));
+        json_object_set_new(o, "type", jstr(type_of(d)));
+        json_object_set_new(o, "default", mt_json_string(d->def)); /* NULL: null */
+        json_object_set_new(o, "env", jstr(env));
+        json_object_set_new(o, "flag", mt_json_string(d->flag));
+        json_object_set_new(o, "help", jstr(d->help));
+        json_array_append_new(arr, o);
     }
     if (json)
-        puts("]");
+        mt_json_print(arr, stdout);
 }
 
 /* `ms` as the largest unit that divides it: "1ms", "10s", "5m", "24h". */
@@ -199,8 +178,7 @@ static const char *one_line(const char *v, char *buf, size_t cap)
 static void show(const struct meshtls_config *cfg, int json)
 {
     char line[4200];
-    if (json)
-        putchar('{');
+    json_t *all = json ? json_object() : NULL;
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
         const char *v = meshtls_config_get(cfg, k, &src);
@@ -208,19 +186,13 @@ static void show(const struct meshtls_config *cfg, int json)
             printf("%-28s %-40s %s\n", k, one_line(v, line, sizeof(line)), src);
             continue;
         }
-        printf("%s", i ? "," : "");
-        json_str(k);
-        printf(":{\"value\":");
-        if (v)
-            json_str(v);
-        else
-            fputs("null", stdout);
-        printf(",\"source\":");
-        json_str(src);
-        putchar('}');
+        json_t *o = json_object();
+        json_object_set_new(o, "value", mt_json_string(v)); /* NULL: null */
+        json_object_set_new(o, "source", jstr(src));
+        json_object_set_new(all, k, o);
     }
     if (json)
-        puts("}");
+        mt_json_print(all, stdout);
 }
 
 /* Does any source set a proxy.* key (the configuration is a proxy's)? */

@@ -85,17 +85,53 @@ static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int id
 static CRYPTO_ONCE ex_once = CRYPTO_ONCE_STATIC_INIT;
 static int expect_idx = -1;
 static int server_idx = -1;
+static int rejected_idx = -1; /* SSL ex_data: the leaf a failed verification refused */
+
+static void rejected_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                          void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    X509_free(ptr);
+}
 
 static void ex_indexes_init(void)
 {
     expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
     server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
+    rejected_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, rejected_free);
 }
 
 /* @return 1 once the ex_data indexes exist (created on the first call), 0 if they cannot be. */
 static int ex_indexes_ready(void)
 {
-    return CRYPTO_THREAD_run_once(&ex_once, ex_indexes_init) && expect_idx >= 0 && server_idx >= 0;
+    return CRYPTO_THREAD_run_once(&ex_once, ex_indexes_init) && expect_idx >= 0 &&
+           server_idx >= 0 && rejected_idx >= 0;
+}
+
+/*
+ * Server side: remember the leaf the client presented when its verification fails.
+ * OpenSSL stores the peer certificate in the session only after the chain verified,
+ * so without this a refused handshake could not say whose certificate it was.  Called
+ * for every certificate of the chain; on success it returns at once.
+ */
+static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    if (ok)
+        return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+    if (ssl && leaf && rejected_idx >= 0 && !SSL_get_ex_data(ssl, rejected_idx) &&
+        X509_up_ref(leaf) == 1 && SSL_set_ex_data(ssl, rejected_idx, leaf) != 1)
+        X509_free(leaf);
+    return ok;
+}
+
+X509 *meshtls_tls_presented_cert(SSL *ssl)
+{
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (peer)
+        return peer;
+    return ex_indexes_ready() ? SSL_get_ex_data(ssl, rejected_idx) : NULL;
 }
 
 /* Like ex_indexes_ready(), for context builders.  @return 0, or MESHTLS_ENOMEM (with `err`). */
@@ -200,6 +236,8 @@ static int cached_verify_cb(X509_STORE_CTX *sctx, void *arg)
              EVP_DigestUpdate(md, si->trust, 32);
     for (int i = -1; ok && i < (untrusted ? sk_X509_num(untrusted) : 0); i++) {
         X509 *x = i < 0 ? leaf : sk_X509_value(untrusted, i);
+        if (i >= 0 && x == leaf)
+            continue; /* libssl passes the whole peer chain, leaf first: hash it once */
         unsigned char *der = NULL;
         int n = i2d_X509(x, &der);
         ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
@@ -303,7 +341,9 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
             meshtls_log(MESHTLS_LOG_WARN, "TLS server: client certificates are NOT required "
                                           "(insecure-no-client-cert): this is not mutual TLS");
         }
-        SSL_CTX_set_verify(ctx, mode, NULL);
+        if ((rc = ex_indexes(err)) != 0)
+            goto out;
+        SSL_CTX_set_verify(ctx, mode, server_verify_cb);
         SSL_CTX_set_session_id_context(ctx, SID_CTX, sizeof(SID_CTX) - 1);
         if (o->session_cache || o->verify_cache) {
             /* State shared across contexts (so a reload keeps it), stamped with the trust
@@ -581,8 +621,10 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
                      ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "alert");
             return;
         }
-        if (SSL_is_server(ssl) && SSL_get0_peer_certificate(ssl) == NULL &&
-            SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+        /* only when the client answered the certificate request with none: a scan, a
+         * TLS 1.2 client or junk also fail before any certificate arrives */
+        if (SSL_is_server(ssl) && e && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+            ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
             snprintf(buf, cap, "the client sent no certificate");
         return;
     }

@@ -82,8 +82,9 @@ struct mt_engine {
     struct mt_listener *ls[MT_LISTENERS_MAX];
     int nls;
     struct mt_worker *w;
-    int nw;              /* workers started */
-    atomic_int stopping; /* 1: stop accepting, drain; 2: close what is left */
+    int nw;                /* workers started */
+    atomic_int stopping;   /* 1: stop accepting, drain; 2: close what is left */
+    atomic_ullong next_id; /* connection ids */
     int joined;
     /* the job pool */
     pthread_mutex_t jmu;
@@ -112,9 +113,19 @@ int64_t mt_conn_now_ms(const struct mt_conn *c)
     return c->w->now_ms;
 }
 
+unsigned mt_conn_shard(const struct mt_conn *c)
+{
+    return (unsigned)c->w->id;
+}
+
 void *mt_conn_listener_arg(const struct mt_conn *c)
 {
     return c->l->o.arg;
+}
+
+int mt_conn_listener_tls(const struct mt_conn *c)
+{
+    return c->l->o.tls;
 }
 
 const char *mt_conn_listener_name(const struct mt_conn *c)
@@ -137,6 +148,16 @@ long long mt_engine_active(struct mt_engine *e)
     long long n = 0;
     for (int i = 0; i < e->nls; i++)
         n += atomic_load(&e->ls[i]->st.active);
+    return n;
+}
+
+/* Open connections a drain waits for (not those of drain_close listeners). */
+static long long drain_pending(struct mt_engine *e)
+{
+    long long n = 0;
+    for (int i = 0; i < e->nls; i++)
+        if (!e->ls[i]->o.drain_close)
+            n += atomic_load(&e->ls[i]->st.active);
     return n;
 }
 
@@ -408,6 +429,7 @@ static void accept_batch(struct mt_worker *w, struct mt_listener *l)
         atomic_fetch_add(&l->st.accepted, 1);
         c->l = l;
         c->w = w;
+        c->id = atomic_fetch_add_explicit(&w->e->next_id, 1, memory_order_relaxed) + 1;
         c->down = (struct mt_end){.c = c, .fd = fd, .is_down = 1};
         c->up = (struct mt_end){.c = c, .fd = -1};
         c->start_us = mt_now_us();
@@ -564,11 +586,13 @@ static void *worker_main(void *arg)
                     w->listening[i] = 1;
             }
         }
-        if (stop == 2) /* the drain timed out: close what is left, then exit to be joined */
-            for (struct mt_conn *c = w->conns, *nx; c; c = nx) {
-                nx = c->next;
-                mt_conn_close_clean(c, "shutdown timeout");
-            }
+        /* draining: close at once what is not waited for; at the timeout (2) the rest,
+         * then exit to be joined */
+        for (struct mt_conn *c = stop ? w->conns : NULL, *nx; c; c = nx) {
+            nx = c->next;
+            if (stop == 2 || c->l->o.drain_close)
+                mt_conn_close_clean(c, stop == 2 ? "shutdown timeout" : "shutting down");
+        }
         if (stop && !w->conns && !w->freeing && !w->jobs_out)
             break;
         int n = epoll_wait(w->epfd, evs, MT_EVENTS, w->ready ? 0 : 100);
@@ -765,11 +789,11 @@ int mt_engine_drain(struct mt_engine *e, int timeout_ms, long long *left)
         for (int i = 0; i < e->nls; i++)
             shutdown(e->ls[i]->fd, SHUT_RDWR);
         int64_t deadline = mt_now_ms() + timeout_ms;
-        while (mt_engine_active(e) > 0) {
+        while (drain_pending(e) > 0) {
             if (mt_now_ms() >= deadline) {
                 drained = 0;
                 if (left)
-                    *left = mt_engine_active(e);
+                    *left = drain_pending(e);
                 break;
             }
             struct timespec ts = {0, 20 * 1000000L};

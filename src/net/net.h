@@ -155,6 +155,7 @@ struct mt_conn {
     struct mt_listener *l;
     struct mt_worker *w;
     struct mt_snap *snap; /* the snapshot this connection started with (a reference) */
+    uint64_t id;          /* unique within the engine, from 1: the `conn` of log lines */
     int64_t start_us;     /* monotonic, at accept */
     int64_t deadline_ms;  /* monotonic: on_timeout (or a handshake timeout) after this; 0 none */
     int on_ready;
@@ -181,8 +182,12 @@ int64_t mt_conn_now_ms(const struct mt_conn *c);
 /** Monotonic clock, milliseconds / microseconds. */
 int64_t mt_now_ms(void);
 int64_t mt_now_us(void);
+/** The index of the worker that owns `c` (0 .. workers - 1): a metrics shard. */
+unsigned mt_conn_shard(const struct mt_conn *c);
 /** The listener's protocol argument (mt_listener_opts.arg). */
 void *mt_conn_listener_arg(const struct mt_conn *c);
+/** Whether the listener of `c` runs TLS (mt_listener_opts.tls). */
+int mt_conn_listener_tls(const struct mt_conn *c);
 /** The listener's name (mt_listener_opts.name). */
 const char *mt_conn_listener_name(const struct mt_conn *c);
 
@@ -330,6 +335,8 @@ struct mt_listener_opts {
     int max_conns;               /* simultaneous connections on this listener (> 0) */
     int handshake_timeout_ms;    /* TLS, and the time to the first byte when sniffing */
     int backlog;                 /* listen(2) backlog; 0 = 4096 */
+    int drain_close;             /* at a drain, close these connections at once (status,
+                                  * keep-alive probes) rather than wait for them */
 };
 
 struct mt_engine_opts {

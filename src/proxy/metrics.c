@@ -1,12 +1,13 @@
 /*
- * metrics.c - the proxy's counters and their Prometheus text exposition
- * (the signals of seed 003, under the meshtls_ prefix).
+ * metrics.c - the proxy's metrics on the labelled registry (src/lib/metrics.h) and their
+ * Prometheus text exposition (the signals of seed 003, under the meshtls_ prefix; the names
+ * are those docs/PROXY.md lists).
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
 #include "proxy.h"
@@ -15,31 +16,43 @@ struct px_metrics px_metrics;
 struct meshtls_verify_cache *px_metrics_vcache;
 struct meshtls_session_cache *px_metrics_scache;
 
-const double px_hist_bounds[PX_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                          0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                     0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
 
 static const char *const hse_names[PX_HSE_N] = {
-    [PX_HSE_NO_CERT] = "no_client_cert", [PX_HSE_UNTRUSTED] = "untrusted",
-    [PX_HSE_EXPIRED] = "expired",        [PX_HSE_REVOKED] = "revoked",
-    [PX_HSE_BAD_NAME] = "bad_identity",  [PX_HSE_PROTOCOL] = "protocol",
-    [PX_HSE_TIMEOUT] = "timeout",        [PX_HSE_OTHER] = "other",
+    [PX_HSE_NO_CERT] = "no_client_cert",   [PX_HSE_UNTRUSTED] = "untrusted",
+    [PX_HSE_EXPIRED] = "expired",          [PX_HSE_REVOKED] = "revoked",
+    [PX_HSE_BAD_NAME] = "bad_identity",    [PX_HSE_PROTOCOL] = "protocol",
+    [PX_HSE_TIMEOUT] = "timeout",          [PX_HSE_OTHER] = "other",
+    [PX_HSE_PLAINTEXT] = "plaintext",      [PX_HSE_VERSION] = "version",
+    [PX_HSE_TOO_LARGE] = "cert_too_large",
 };
 
-void px_metrics_handshake(double seconds)
+const char *px_hse_name(enum px_hs_error k)
 {
-    for (int i = 0; i < PX_HIST_N; i++)
-        if (seconds <= px_hist_bounds[i]) {
-            atomic_fetch_add(&px_metrics.hs_hist[i], 1);
-            break;
-        }
-    atomic_fetch_add(&px_metrics.hs_count, 1);
-    atomic_fetch_add(&px_metrics.hs_sum_us, (unsigned long long)(seconds * 1e6));
+    return k < PX_HSE_N ? hse_names[k] : "other";
 }
 
-enum px_hs_error px_metrics_classify(long v, int no_cert)
+void px_metrics_handshake(double seconds, unsigned shard)
 {
-    if (no_cert)
-        return PX_HSE_NO_CERT;
+    if (!px_metrics.reg)
+        return;
+    mt_counter_add(px_metrics.c[PX_C_HS_OK], shard, 1);
+    mt_histogram_observe(px_metrics.hs_dur, shard, seconds);
+}
+
+void px_count_hs_error(enum px_hs_error k, unsigned shard)
+{
+    if (!px_metrics.reg || k >= PX_HSE_N)
+        return;
+    mt_counter_add(px_metrics.c[PX_C_HS_FAIL], shard, 1);
+    mt_counter_add(px_metrics.hs_err[k], shard, 1);
+    if (px_metrics.cert_fail[k])
+        mt_counter_add(px_metrics.cert_fail[k], shard, 1);
+}
+
+static enum px_hs_error classify_verify(long v)
+{
     switch (v) {
     case X509_V_OK: return PX_HSE_PROTOCOL;
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -59,115 +72,181 @@ enum px_hs_error px_metrics_classify(long v, int no_cert)
     }
 }
 
-/* Append formatted text to buf; keeps *n within cap. */
-static void put(char *buf, size_t cap, size_t *n, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void put(char *buf, size_t cap, size_t *n, const char *fmt, ...)
+enum px_hs_error px_metrics_classify_ssl(SSL *ssl)
 {
-    if (*n >= cap)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    int w = vsnprintf(buf + *n, cap - *n, fmt, ap);
-    va_end(ap);
-    if (w > 0)
-        *n = (size_t)w < cap - *n ? *n + (size_t)w : cap - 1;
+    long v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK)
+        return classify_verify(v);
+    unsigned long e = ERR_peek_last_error();
+    int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
+    switch (reason) {
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return PX_HSE_NO_CERT;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+    case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION: return PX_HSE_VERSION;
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST: return PX_HSE_PLAINTEXT;
+    case SSL_R_EXCESSIVE_MESSAGE_SIZE:
+        /* the client's Certificate message is the one a client can make too large */
+        return SSL_get_state(ssl) == TLS_ST_SR_CERT ? PX_HSE_TOO_LARGE : PX_HSE_PROTOCOL;
+    default: return PX_HSE_PROTOCOL;
+    }
 }
 
-#define LD(x) ((unsigned long long)atomic_load(&(x)))
+/* ---- values computed at scrape time -------------------------------------------- */
 
-size_t px_metrics_render(char *buf, size_t cap)
+static double expiry_days(void *arg)
 {
-    size_t n = 0;
-    struct px_metrics *m = &px_metrics;
-    put(buf, cap, &n,
-        "# HELP meshtls_tls_handshakes_total TLS handshakes by result.\n"
-        "# TYPE meshtls_tls_handshakes_total counter\n"
-        "meshtls_tls_handshakes_total{result=\"success\"} %llu\n"
-        "meshtls_tls_handshakes_total{result=\"failure\"} %llu\n",
-        LD(m->hs_ok), LD(m->hs_fail));
-    put(buf, cap, &n,
-        "# HELP meshtls_tls_handshake_errors_total Failed TLS handshakes by reason.\n"
-        "# TYPE meshtls_tls_handshake_errors_total counter\n");
-    for (int i = 0; i < PX_HSE_N; i++)
-        put(buf, cap, &n, "meshtls_tls_handshake_errors_total{reason=\"%s\"} %llu\n", hse_names[i],
-            LD(m->hs_err[i]));
-    put(buf, cap, &n,
-        "# HELP meshtls_cert_validation_failures_total Peer certificates that failed validation.\n"
-        "# TYPE meshtls_cert_validation_failures_total counter\n");
-    for (int i = 0; i < PX_HSE_N; i++)
-        if (i != PX_HSE_PROTOCOL && i != PX_HSE_TIMEOUT)
-            put(buf, cap, &n, "meshtls_cert_validation_failures_total{reason=\"%s\"} %llu\n",
-                hse_names[i], LD(m->hs_err[i]));
-    put(buf, cap, &n,
-        "# HELP meshtls_tls_handshake_duration_seconds Successful handshake time.\n"
-        "# TYPE meshtls_tls_handshake_duration_seconds histogram\n");
-    unsigned long long cum = 0;
-    for (int i = 0; i < PX_HIST_N; i++) {
-        cum += LD(m->hs_hist[i]);
-        put(buf, cap, &n, "meshtls_tls_handshake_duration_seconds_bucket{le=\"%g\"} %llu\n",
-            px_hist_bounds[i], cum);
-    }
-    put(buf, cap, &n,
-        "meshtls_tls_handshake_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
-        "meshtls_tls_handshake_duration_seconds_sum %.6f\n"
-        "meshtls_tls_handshake_duration_seconds_count %llu\n",
-        LD(m->hs_count), (double)LD(m->hs_sum_us) / 1e6, LD(m->hs_count));
-    double days = 0;
-    struct mt_snap *s = m->snap ? mt_snap_acquire(m->snap) : NULL;
-    if (s)
-        days = (double)(s->not_after - (int64_t)time(NULL)) / 86400.0;
+    (void)arg;
+    struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    double days = s ? (double)(s->not_after - (int64_t)time(NULL)) / 86400.0 : 0;
     mt_snap_release(s);
-    long long active = m->lstats ? atomic_load(&m->lstats->active) : 0;
-    unsigned long long accepted = m->lstats ? LD(m->lstats->accepted) : 0;
-    unsigned long long paused = m->lstats ? LD(m->lstats->accept_paused) : 0;
-    put(buf, cap, &n,
-        "# HELP meshtls_cert_expiry_days Days until our own certificate expires.\n"
-        "# TYPE meshtls_cert_expiry_days gauge\n"
-        "meshtls_cert_expiry_days %.3f\n"
-        "# HELP meshtls_connections_active Open client connections.\n"
-        "# TYPE meshtls_connections_active gauge\n"
-        "meshtls_connections_active %lld\n"
-        "# HELP meshtls_connections_total Accepted client connections.\n"
-        "# TYPE meshtls_connections_total counter\n"
-        "meshtls_connections_total %llu\n"
-        "# HELP meshtls_policy_decisions_total Identity policy decisions.\n"
-        "# TYPE meshtls_policy_decisions_total counter\n"
-        "meshtls_policy_decisions_total{decision=\"allow\"} %llu\n"
-        "meshtls_policy_decisions_total{decision=\"deny\"} %llu\n"
-        "# HELP meshtls_bytes_total Bytes relayed; upstream is towards the target.\n"
-        "# TYPE meshtls_bytes_total counter\n"
-        "meshtls_bytes_total{direction=\"upstream\"} %llu\n"
-        "meshtls_bytes_total{direction=\"downstream\"} %llu\n"
-        "# HELP meshtls_reloads_total TLS context reloads by result.\n"
-        "# TYPE meshtls_reloads_total counter\n"
-        "meshtls_reloads_total{result=\"success\"} %llu\n"
-        "meshtls_reloads_total{result=\"failure\"} %llu\n"
-        "# HELP meshtls_backend_errors_total Connections closed because the target failed.\n"
-        "# TYPE meshtls_backend_errors_total counter\n"
-        "meshtls_backend_errors_total %llu\n"
-        "# HELP meshtls_accept_paused_total Times a worker paused accepting for 100 ms because "
-        "the process ran out of file descriptors (EMFILE/ENFILE).\n"
-        "# TYPE meshtls_accept_paused_total counter\n"
-        "meshtls_accept_paused_total %llu\n",
-        days, active, accepted, LD(m->allow), LD(m->deny), LD(m->bytes_up), LD(m->bytes_down),
-        LD(m->reload_ok), LD(m->reload_fail), LD(m->backend_errors), paused);
-    if (px_metrics_vcache) {
-        unsigned long long h = 0, mi = 0;
-        meshtls_verify_cache_stats(px_metrics_vcache, &h, &mi);
-        put(buf, cap, &n,
-            "# HELP meshtls_verify_cache_lookups_total Client chains looked up in the "
-            "verified-chain cache.\n"
-            "# TYPE meshtls_verify_cache_lookups_total counter\n"
-            "meshtls_verify_cache_lookups_total{result=\"hit\"} %llu\n"
-            "meshtls_verify_cache_lookups_total{result=\"miss\"} %llu\n",
-            h, mi);
+    return days;
+}
+
+static double conns_active(void *arg)
+{
+    (void)arg;
+    return px_metrics.lstats ? (double)atomic_load(&px_metrics.lstats->active) : 0;
+}
+
+static double conns_total(void *arg)
+{
+    (void)arg;
+    return px_metrics.lstats ? (double)atomic_load(&px_metrics.lstats->accepted) : 0;
+}
+
+static double accept_paused(void *arg)
+{
+    (void)arg;
+    return px_metrics.lstats ? (double)atomic_load(&px_metrics.lstats->accept_paused) : 0;
+}
+
+static double vcache_hits(void *arg)
+{
+    unsigned long long h = 0, m = 0;
+    meshtls_verify_cache_stats(arg, &h, &m);
+    return (double)h;
+}
+
+static double vcache_misses(void *arg)
+{
+    unsigned long long h = 0, m = 0;
+    meshtls_verify_cache_stats(arg, &h, &m);
+    return (double)m;
+}
+
+static double scache_size(void *arg)
+{
+    return (double)meshtls_session_cache_size(arg);
+}
+
+/* ---- registration --------------------------------------------------------------- */
+
+/* One counter family without labels, its one series in *out. */
+static int counter1(const char *name, const char *help, struct mt_series **out,
+                    struct meshtls_err *err)
+{
+    struct mt_family *f = NULL;
+    int rc = mt_counter_new(px_metrics.reg, name, help, NULL, &f, err);
+    return rc ? rc : mt_series_get(f, NULL, out, err);
+}
+
+int px_metrics_init(unsigned workers, struct meshtls_err *err)
+{
+    struct px_metrics *m = &px_metrics;
+    struct mt_family *hs = NULL, *hse = NULL, *cv = NULL, *dur = NULL, *f = NULL, *dec = NULL,
+                     *bytes = NULL, *rel = NULL;
+    px_metrics_fini();
+    m->main_shard = workers;
+    int rc = mt_metrics_new(workers + 1, &m->reg, err);
+    if (rc)
+        return rc;
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((rc = (x)) != 0)                                                                       \
+            goto fail;                                                                             \
+    } while (0)
+    TRY(mt_counter_new(m->reg, "meshtls_tls_handshakes_total", "TLS handshakes by result.",
+                       MT_LIST("result"), &hs, err));
+    TRY(mt_series_get(hs, MT_LIST("success"), &m->c[PX_C_HS_OK], err));
+    TRY(mt_series_get(hs, MT_LIST("failure"), &m->c[PX_C_HS_FAIL], err));
+    TRY(mt_counter_new(m->reg, "meshtls_tls_handshake_errors_total",
+                       "Failed TLS handshakes by reason.", MT_LIST("reason"), &hse, err));
+    TRY(mt_counter_new(m->reg, "meshtls_cert_validation_failures_total",
+                       "Peer certificates that failed validation.", MT_LIST("reason"), &cv, err));
+    for (int i = 0; i < PX_HSE_N; i++) {
+        TRY(mt_series_get(hse, MT_LIST(hse_names[i]), &m->hs_err[i], err));
+        /* certificate reasons only: a scan or an old client is not a certificate problem */
+        if (i != PX_HSE_PROTOCOL && i != PX_HSE_TIMEOUT && i != PX_HSE_PLAINTEXT &&
+            i != PX_HSE_VERSION)
+            TRY(mt_series_get(cv, MT_LIST(hse_names[i]), &m->cert_fail[i], err));
     }
-    if (px_metrics_scache)
-        put(buf, cap, &n,
-            "# HELP meshtls_session_cache_entries TLS sessions kept for resumption.\n"
-            "# TYPE meshtls_session_cache_entries gauge\n"
-            "meshtls_session_cache_entries %zu\n",
-            meshtls_session_cache_size(px_metrics_scache));
-    return n;
+    TRY(mt_histogram_new(m->reg, "meshtls_tls_handshake_duration_seconds",
+                         "Successful handshake time.", NULL, hist_bounds,
+                         sizeof(hist_bounds) / sizeof(hist_bounds[0]), &dur, err));
+    TRY(mt_series_get(dur, NULL, &m->hs_dur, err));
+    TRY(mt_gauge_new(m->reg, "meshtls_cert_expiry_days", "Days until our own certificate expires.",
+                     NULL, &f, err));
+    TRY(mt_series_fn(f, NULL, expiry_days, NULL, err));
+    TRY(mt_gauge_new(m->reg, "meshtls_connections_active", "Open client connections.", NULL, &f,
+                     err));
+    TRY(mt_series_fn(f, NULL, conns_active, NULL, err));
+    TRY(mt_counter_new(m->reg, "meshtls_connections_total", "Accepted client connections.", NULL,
+                       &f, err));
+    TRY(mt_series_fn(f, NULL, conns_total, NULL, err));
+    TRY(mt_counter_new(m->reg, "meshtls_policy_decisions_total", "Identity policy decisions.",
+                       MT_LIST("decision"), &dec, err));
+    TRY(mt_series_get(dec, MT_LIST("allow"), &m->c[PX_C_ALLOW], err));
+    TRY(mt_series_get(dec, MT_LIST("deny"), &m->c[PX_C_DENY], err));
+    TRY(mt_counter_new(m->reg, "meshtls_bytes_total",
+                       "Bytes relayed; upstream is towards the target.", MT_LIST("direction"),
+                       &bytes, err));
+    TRY(mt_series_get(bytes, MT_LIST("upstream"), &m->c[PX_C_BYTES_UP], err));
+    TRY(mt_series_get(bytes, MT_LIST("downstream"), &m->c[PX_C_BYTES_DOWN], err));
+    TRY(mt_counter_new(m->reg, "meshtls_reloads_total", "TLS context reloads by result.",
+                       MT_LIST("result"), &rel, err));
+    TRY(mt_series_get(rel, MT_LIST("success"), &m->c[PX_C_RELOAD_OK], err));
+    TRY(mt_series_get(rel, MT_LIST("failure"), &m->c[PX_C_RELOAD_FAIL], err));
+    TRY(counter1("meshtls_backend_errors_total", "Connections closed because the target failed.",
+                 &m->c[PX_C_BACKEND_ERR], err));
+    TRY(mt_counter_new(m->reg, "meshtls_accept_paused_total",
+                       "Times a worker paused accepting for 100 ms because the process ran out "
+                       "of file descriptors (EMFILE/ENFILE).",
+                       NULL, &f, err));
+    TRY(mt_series_fn(f, NULL, accept_paused, NULL, err));
+    if (px_metrics_vcache) {
+        TRY(mt_counter_new(m->reg, "meshtls_verify_cache_lookups_total",
+                           "Client chains looked up in the verified-chain cache.",
+                           MT_LIST("result"), &f, err));
+        TRY(mt_series_fn(f, MT_LIST("hit"), vcache_hits, px_metrics_vcache, err));
+        TRY(mt_series_fn(f, MT_LIST("miss"), vcache_misses, px_metrics_vcache, err));
+    }
+    if (px_metrics_scache) {
+        TRY(mt_gauge_new(m->reg, "meshtls_session_cache_entries",
+                         "TLS sessions kept for resumption.", NULL, &f, err));
+        TRY(mt_series_fn(f, NULL, scache_size, px_metrics_scache, err));
+    }
+#undef TRY
+    return 0;
+fail:
+    px_metrics_fini();
+    return rc;
+}
+
+void px_metrics_fini(void)
+{
+    mt_metrics_free(px_metrics.reg);
+    px_metrics.reg = NULL;
+    memset(px_metrics.c, 0, sizeof(px_metrics.c));
+    memset(px_metrics.hs_err, 0, sizeof(px_metrics.hs_err));
+    memset(px_metrics.cert_fail, 0, sizeof(px_metrics.cert_fail));
+    px_metrics.hs_dur = NULL;
+}
+
+int px_metrics_render(char **out, size_t *len, struct meshtls_err *err)
+{
+    if (!px_metrics.reg)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "metrics are not registered");
+    return mt_metrics_render(px_metrics.reg, out, len, err);
 }

@@ -258,14 +258,14 @@ static void reload(const struct px_config *c, struct mt_snap_holder *h, const ch
     struct px_snap *s = NULL;
     struct meshtls_err e = MESHTLS_ERR_INIT;
     if (px_snap_build(c, &s, &e) != 0) {
-        atomic_fetch_add(&px_metrics.reload_fail, 1);
+        px_count(PX_C_RELOAD_FAIL, px_metrics.main_shard, 1);
         meshtls_log(MESHTLS_LOG_ERROR,
                     "reload (%s) failed, keeping the current certificate and policy: %s", why,
                     e.msg);
         return;
     }
     mt_snap_publish(h, &s->base);
-    atomic_fetch_add(&px_metrics.reload_ok, 1);
+    px_count(PX_C_RELOAD_OK, px_metrics.main_shard, 1);
     meshtls_log(MESHTLS_LOG_INFO,
                 "reload (%s): new TLS context and policy in service for new connections", why);
 }
@@ -273,8 +273,9 @@ static void reload(const struct px_config *c, struct mt_snap_holder *h, const ch
 int px_run(const struct px_config *c, struct meshtls_err *err)
 {
     int rc = 0;
-    pthread_t status_th;
-    int status_started = 0;
+    struct px_status status = {0};
+    struct mt_snap_holder status_snap = MT_SNAP_HOLDER_INIT; /* empty: plain HTTP */
+    struct mt_listener *sl = NULL;
     struct mt_snap_holder holder = MT_SNAP_HOLDER_INIT;
     struct mt_engine *eng = NULL;
     struct mt_listener *l = NULL;
@@ -317,6 +318,9 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
         .arg = (void *)c,
         .snap = &holder,
         .tls = c->mode == PX_MODE_SERVER,
+        /* plaintext on the TLS port is told apart (HTTP gets a 400, PostgreSQL's
+         * SSLRequest an 'S' and then TLS): one MSG_PEEK per connection */
+        .sniff_plaintext = c->mode == PX_MODE_SERVER,
         .max_conns = c->max_conns,
         .handshake_timeout_ms = c->handshake_timeout_ms,
     };
@@ -326,11 +330,29 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", c->listen, strerror(errno));
         goto out;
     }
+    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0)
+        goto out;
     px_metrics.lstats = mt_listener_stats(l);
     px_metrics.snap = &holder;
-    if (c->status && (rc = px_status_start(c->status, &status_th, err)) != 0)
-        goto out;
-    status_started = c->status != NULL;
+    if (c->status) {
+        struct mt_listener_opts so = {
+            .name = "status",
+            .addr = c->status,
+            .ops = &mt_http_proto,
+            .arg = &status.http,
+            .snap = &status_snap,
+            .max_conns = 64,
+            .drain_close = 1, /* a scraper's keep-alive must not hold the drain */
+        };
+        if ((rc = px_status_setup(&status, err)) != 0 ||
+            (rc = mt_engine_listen(eng, &so, &sl, err)) != 0) {
+            if (rc == MESHTLS_EIO)
+                rc = meshtls_err_set(err, rc, "--status %s: %s", c->status, strerror(errno));
+            goto out;
+        }
+        printf("status on %s\n", mt_listener_addr(sl));
+        fflush(stdout);
+    }
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
     atomic_store(&px_metrics.listening, 1);
@@ -363,7 +385,8 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             meshtls_log(MESHTLS_LOG_INFO,
                         "%s: no longer accepting; draining %lld connection(s) "
                         "for up to %d ms",
-                        sig == SIGTERM ? "SIGTERM" : "SIGINT", mt_engine_active(eng),
+                        sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                        (long long)atomic_load(&mt_listener_stats(l)->active),
                         c->shutdown_timeout_ms);
             break;
         }
@@ -400,10 +423,10 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
 out:
     atomic_store(&px_metrics.listening, 0);
     mt_engine_free(eng); /* joins any thread still running (start-up failures) */
-    if (status_started)
-        px_status_stop(status_th);
+    px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;
+    px_metrics_fini(); /* no worker runs any more: nothing updates or scrapes */
     mt_snap_holder_clear(&holder);
     return rc;
 }

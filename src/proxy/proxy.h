@@ -25,6 +25,8 @@
 #include "meshtls/config.h"
 #include "meshtls/policy.h"
 #include "meshtls/tls.h"
+#include "http_net.h"
+#include "metrics.h"
 #include "net.h"
 
 enum px_mode {
@@ -100,19 +102,38 @@ enum px_hs_error {
     PX_HSE_PROTOCOL,
     PX_HSE_TIMEOUT,
     PX_HSE_OTHER,
+    PX_HSE_PLAINTEXT, /* not TLS at all: an HTTP request, random bytes */
+    PX_HSE_VERSION,   /* a TLS version below the minimum */
+    PX_HSE_TOO_LARGE, /* a certificate message over OpenSSL's limit */
     PX_HSE_N
 };
 
-#define PX_HIST_N 12
+/* Counters without labels of their own (names in metrics.c). */
+enum px_counter {
+    PX_C_HS_OK = 0,
+    PX_C_HS_FAIL,
+    PX_C_ALLOW,
+    PX_C_DENY,
+    PX_C_BYTES_UP, /* towards the target */
+    PX_C_BYTES_DOWN,
+    PX_C_RELOAD_OK,
+    PX_C_RELOAD_FAIL,
+    PX_C_BACKEND_ERR,
+    PX_C_N
+};
+
+/*
+ * The proxy's metrics on the labelled registry (src/lib/metrics.h): one shard per worker
+ * (mt_conn_shard) plus one for the main and status threads (main_shard), summed at scrape
+ * time.  The series pointers are set by px_metrics_init and read without locks.
+ */
 struct px_metrics {
-    atomic_ullong hs_ok, hs_fail;
-    atomic_ullong hs_err[PX_HSE_N];
-    atomic_ullong hs_hist[PX_HIST_N]; /* cumulative buckets filled at export */
-    atomic_ullong hs_count, hs_sum_us;
-    atomic_ullong allow, deny;
-    atomic_ullong bytes_up, bytes_down; /* up: towards the target */
-    atomic_ullong reload_ok, reload_fail;
-    atomic_ullong backend_errors;
+    struct mt_metrics *reg;
+    struct mt_series *c[PX_C_N];
+    struct mt_series *hs_err[PX_HSE_N];
+    struct mt_series *cert_fail[PX_HSE_N]; /* NULL for reasons that are not the certificate's */
+    struct mt_series *hs_dur;              /* successful handshake time, seconds */
+    unsigned main_shard;
     atomic_int listening;
     /* set while the proxy runs: the listener's counters (connections, accept pauses) and
      * the snapshot holder (our certificate's expiry) */
@@ -124,13 +145,34 @@ extern struct px_metrics px_metrics;
 /* Caches whose counters /metrics reports (set by the command; may be NULL). */
 extern struct meshtls_verify_cache *px_metrics_vcache;
 extern struct meshtls_session_cache *px_metrics_scache;
-extern const double px_hist_bounds[PX_HIST_N];
 
 /* metrics.c */
-void px_metrics_handshake(double seconds);
-enum px_hs_error px_metrics_classify(long verify_result, int no_cert);
-/** Render the Prometheus text exposition into buf; @return bytes written. */
-size_t px_metrics_render(char *buf, size_t cap);
+/** Register the proxy's metrics for `workers` worker shards.  Before the engine starts. */
+int px_metrics_init(unsigned workers, struct meshtls_err *err);
+/** Free the registry, once no thread updates or scrapes it.  Idempotent. */
+void px_metrics_fini(void);
+/** Add `n` to counter `k` on `shard` (a worker's, or px_metrics.main_shard). */
+static inline void px_count(enum px_counter k, unsigned shard, uint64_t n)
+{
+    if (px_metrics.reg)
+        mt_counter_add(px_metrics.c[k], shard, n);
+}
+/** A failed handshake of kind `k`: the failure, its reason, the certificate's if it is one. */
+void px_count_hs_error(enum px_hs_error k, unsigned shard);
+/** A successful handshake that took `seconds`. */
+void px_metrics_handshake(double seconds, unsigned shard);
+/**
+ * Classify a failed handshake on `ssl` by what happened: the verification result, else
+ * the reason of the last OpenSSL error (peek: the queue is left as it is).
+ */
+enum px_hs_error px_metrics_classify_ssl(SSL *ssl);
+/** The metric label of `k` ("no_client_cert", "plaintext", ...). */
+const char *px_hse_name(enum px_hs_error k);
+/**
+ * Render the Prometheus text exposition.
+ * @param out new buffer the caller frees (free), `*len` bytes; only on success.
+ */
+int px_metrics_render(char **out, size_t *len, struct meshtls_err *err);
 
 /* proxy.c */
 /**
@@ -236,9 +278,13 @@ struct px_check_report {
 int px_config_check(const struct px_config *c, struct px_check_report *rep);
 
 /* status.c */
-/** Start the status server thread on `addr` (readiness reads px_metrics.snap). */
-int px_status_start(const char *addr, pthread_t *th, struct meshtls_err *err);
-/** Stop the status thread `th` started by px_status_start(), join it, close its socket. */
-void px_status_stop(pthread_t th);
+/* The status listener's routes (/healthz, /readyz, /metrics) and HTTP settings. */
+struct px_status {
+    struct mt_http_router *router;
+    struct mt_http_listener http; /* the listener's argument */
+};
+/** Build the routes; the caller frees with px_status_free after the engine is freed. */
+int px_status_setup(struct px_status *st, struct meshtls_err *err);
+void px_status_free(struct px_status *st);
 
 #endif

@@ -32,7 +32,7 @@
 #define PX_RAW 16384   /* --forward-identity http-headers: unfiltered client bytes */
 #define PX_STEP_MAX 32 /* read/write rounds per event before yielding */
 
-enum px_sub { PX_IDLE = 0, PX_CONNECT, PX_RELAY };
+enum px_sub { PX_IDLE = 0, PX_SNIFF, PX_CONNECT, PX_RELAY };
 
 /* The relay's state of one connection (the engine's proto area). */
 struct px_conn {
@@ -51,6 +51,8 @@ struct px_conn {
     const char *decision; /* "allow" / "deny" (static) */
     const char *why;      /* closing reason: static, or why_owned */
     char *why_owned;
+    unsigned char first[8]; /* PX_SNIFF: the first bytes of a connection that is not TLS */
+    size_t first_len;
 };
 
 static inline struct px_conn *P(struct mt_conn *c)
@@ -88,14 +90,15 @@ static void on_close(struct mt_conn *c, const char *why)
     if (why && !p->why)
         p->why = why;
     int64_t dur = mt_now_us() - c->start_us;
-    meshtls_log(MESHTLS_LOG_INFO,
-                "close client=%s id=%s serial=%s decision=%s bytes_up=%llu bytes_down=%llu "
-                "duration_ms=%.1f reason=\"%s\"",
-                c->peer_addr, p->who ? p->who : "-", p->serial ? p->serial : "-",
-                p->decision ? p->decision : "-", p->bytes[0], p->bytes[1], (double)dur / 1000.0,
-                p->why ? p->why : "done");
-    atomic_fetch_add(&px_metrics.bytes_up, p->bytes[0]);
-    atomic_fetch_add(&px_metrics.bytes_down, p->bytes[1]);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "close", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                      MESHTLS_LF_S("serial", p->serial), MESHTLS_LF_S("decision", p->decision),
+                      MESHTLS_LF_U("bytes_up", p->bytes[0]),
+                      MESHTLS_LF_U("bytes_down", p->bytes[1]),
+                      MESHTLS_LF_D("duration_ms", (double)dur / 1000.0),
+                      MESHTLS_LF_S("reason", p->why ? p->why : "done"));
+    px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->bytes[0]);
+    px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->bytes[1]);
     mt_buf_put(c, p->buf[0]);
     mt_buf_put(c, p->buf[1]);
     p->buf[0] = p->buf[1] = NULL;
@@ -123,7 +126,7 @@ static void start_connect(struct mt_conn *c)
     if (connect(fd, (const struct sockaddr *)&s->target, s->target_len) != 0 &&
         errno != EINPROGRESS) {
         set_why(p, "cannot connect to target %s: %s", s->target_name, strerror(errno));
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
         mt_conn_close_clean(c, NULL);
         return;
     }
@@ -256,8 +259,7 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         start_relay(c);
         return;
     }
-    px_metrics_handshake((double)(mt_now_us() - c->start_us) / 1e6);
-    atomic_fetch_add(&px_metrics.hs_ok, 1);
+    px_metrics_handshake((double)(mt_now_us() - c->start_us) / 1e6, mt_conn_shard(c));
     struct meshtls_identity *id = NULL;
     if (meshtls_tls_peer_identity(t->ssl, &id, NULL) == 0) {
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
@@ -269,18 +271,20 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
          * published another since); no policy: denied (fail closed) */
         meshtls_policy_check(s->policy, id, CFG(c)->service, &d);
         p->decision = d.allow ? "allow" : "deny";
-        meshtls_log(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN,
-                    "audit policy decision=%s client=%s id=%s serial=%s rule=\"%s\" reason=\"%s\"",
-                    p->decision, c->peer_addr, p->who ? p->who : "-", p->serial ? p->serial : "-",
-                    d.rule, d.reason);
+        MESHTLS_LOG_EVENT(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "audit",
+                          MESHTLS_LF_S("action", "policy"), MESHTLS_LF_S("decision", p->decision),
+                          MESHTLS_LF_U("conn", c->id), MESHTLS_LF_S("client", c->peer_addr),
+                          MESHTLS_LF_S("id", p->who), MESHTLS_LF_S("serial", p->serial),
+                          MESHTLS_LF_S("service", CFG(c)->service), MESHTLS_LF_S("rule", d.rule),
+                          MESHTLS_LF_S("reason", d.reason));
         meshtls_identity_free(id);
         if (!d.allow) {
-            atomic_fetch_add(&px_metrics.deny, 1);
+            px_count(PX_C_DENY, mt_conn_shard(c), 1);
             mt_end_shut_write(t); /* close_notify, then close: the client reads EOF */
             mt_conn_close(c, "denied by policy");
             return;
         }
-        atomic_fetch_add(&px_metrics.allow, 1);
+        px_count(PX_C_ALLOW, mt_conn_shard(c), 1);
         start_connect(c); /* target connect starts as soon as policy allows */
         return;
     }
@@ -291,22 +295,147 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
 static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
 {
     struct px_conn *p = P(c);
-    atomic_fetch_add(&px_metrics.hs_fail, 1);
     if (timeout) {
-        atomic_fetch_add(&px_metrics.hs_err[PX_HSE_TIMEOUT], 1);
+        px_count_hs_error(PX_HSE_TIMEOUT, mt_conn_shard(c));
         p->why = "TLS handshake timeout";
         return;
     }
+    /* classify before anything drains OpenSSL's error queue */
+    enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
+    px_count_hs_error(kind, mt_conn_shard(c));
     char why[256];
     struct meshtls_err e = MESHTLS_ERR_INIT;
     meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
-    long v = SSL_get_verify_result(t->ssl);
-    int no_cert = t->is_down && v == X509_V_OK && strstr(why, "no certificate");
-    atomic_fetch_add(&px_metrics.hs_err[px_metrics_classify(v, no_cert)], 1);
+    if (!why[0] && kind == PX_HSE_NO_CERT)
+        snprintf(why, sizeof(why), "the client sent no certificate");
+    else if (!why[0] && kind == PX_HSE_VERSION)
+        snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
+                 CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2 ? "TLS 1.2" : "TLS 1.3");
+    /* whose certificate it was, even though it failed (the library keeps the refused leaf) */
+    X509 *x = meshtls_tls_presented_cert(t->ssl);
+    struct meshtls_identity *id = NULL;
+    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {
+        if (!p->who)
+            p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+        if (!p->serial && id->serial)
+            p->serial = strdup(id->serial);
+    }
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
                         t->is_down ? "client" : "target", why[0] ? ": " : "", why);
     set_why(p, "%s", e.msg);
-    meshtls_log(MESHTLS_LOG_WARN, "client=%s %s", c->peer_addr, e.msg);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr),
+                      MESHTLS_LF_S("reason", px_hse_name(kind)), MESHTLS_LF_S("error", e.msg),
+                      MESHTLS_LF_S("id", id ? id->spiffe_id : NULL),
+                      MESHTLS_LF_S("subject", id ? id->subject : NULL),
+                      MESHTLS_LF_S("serial", id ? id->serial : NULL),
+                      MESHTLS_LF_S("issuer", id ? id->issuer : NULL));
+    meshtls_identity_free(id);
+}
+
+/* ---- not TLS on the TLS port ----------------------------------------------------- */
+
+/* PostgreSQL's SSLRequest and GSSENCRequest: length 8, then 1234/5679 and 1234/5680. */
+static const unsigned char pg_sslrequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+static const unsigned char pg_gssrequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30};
+
+#define TLS_REQUIRED_BODY                                                                          \
+    "This port requires TLS with a client certificate (mutual TLS): connect with https:// and "    \
+    "present a certificate from the trusted CA.\n"
+
+/* Not TLS and not PostgreSQL: count it, answer an HTTP request in HTTP as nginx does, close. */
+static void refuse_plaintext(struct mt_conn *c)
+{
+    struct px_conn *p = P(c);
+    px_count_hs_error(PX_HSE_PLAINTEXT, mt_conn_shard(c));
+    int http = p->first_len >= 2 && p->first[0] >= 'A' && p->first[0] <= 'Z';
+    for (size_t i = 1; http && i < p->first_len && p->first[i] != ' '; i++)
+        http = p->first[i] >= 'A' && p->first[i] <= 'Z';
+    if (http) {
+        char resp[512];
+        int n = snprintf(resp, sizeof(resp),
+                         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                         sizeof(TLS_REQUIRED_BODY) - 1, TLS_REQUIRED_BODY);
+        /* read what the client sent first (bounded), so closing does not reset the
+         * connection under the answer */
+        char junk[4096];
+        for (int i = 0; i < 16 && mt_end_read(&c->down, junk, sizeof(junk)) > 0; i++)
+            ;
+        if (n > 0)
+            (void)mt_end_write(&c->down, resp, (size_t)n);
+        mt_end_shut_write(&c->down);
+    }
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("reason", "plaintext"),
+                      MESHTLS_LF_S("error", http ? "an HTTP request on the TLS port: answered "
+                                                   "HTTP 400 (TLS required)"
+                                                 : "bytes that start no TLS handshake"));
+    mt_conn_close(c, http ? "plaintext HTTP on the TLS port" : "plaintext on the TLS port");
+}
+
+static void step_sniff(struct mt_conn *c)
+{
+    struct px_conn *p = P(c);
+    if (p->first_len == 0 || p->first[0] == 0) {
+        /* maybe PostgreSQL: exactly 8 bytes, no more (the ClientHello follows our 'S') */
+        while (p->first_len < 8 && c->down.rd_ready) {
+            ssize_t n = mt_end_read(&c->down, (char *)p->first + p->first_len, 8 - p->first_len);
+            if (n == 0 || n == -2) {
+                mt_conn_close(c, "closed before TLS");
+                return;
+            }
+            if (n < 0)
+                break;
+            p->first_len += (size_t)n;
+            if (p->first[0] != 0)
+                break; /* not PostgreSQL */
+        }
+        if (p->first_len == 0 || (p->first[0] == 0 && p->first_len < 8))
+            return; /* wait for more */
+    }
+    if (p->first_len == 8 && !memcmp(p->first, pg_gssrequest, 8)) {
+        /* no GSSAPI encryption here: libpq then asks for TLS */
+        p->first_len = 0;
+        if (mt_end_write(&c->down, "N", 1) != 1)
+            mt_conn_close(c, "client closed after GSSENCRequest");
+        return;
+    }
+    if (p->first_len == 8 && !memcmp(p->first, pg_sslrequest, 8)) {
+        SSL *ssl = SSL_new(c->snap->ctx);
+        if (!ssl || mt_end_write(&c->down, "S", 1) != 1) {
+            SSL_free(ssl);
+            mt_conn_close(c, "cannot answer PostgreSQL's SSLRequest");
+            return;
+        }
+        p->sub = PX_IDLE;
+        mt_conn_start_tls(c, &c->down, ssl, 0, S(c)->handshake_timeout_ms);
+        return;
+    }
+    refuse_plaintext(c);
+}
+
+/* The engine saw a first byte that cannot start TLS (it peeked: nothing is consumed). */
+static void on_plaintext(struct mt_conn *c)
+{
+    P(c)->sub = PX_SNIFF;
+    mt_conn_set_timeout(c, S(c)->handshake_timeout_ms);
+    if (c->down.rd_ready) {
+        char b;
+        if (mt_end_read(&c->down, &b, 1) == 1) {
+            P(c)->first[0] = (unsigned char)b;
+            P(c)->first_len = 1;
+        }
+    }
+    /* for HTTP, a few more bytes tell the method */
+    while (P(c)->first[0] != 0 && P(c)->first_len < 8 && c->down.rd_ready) {
+        ssize_t n =
+            mt_end_read(&c->down, (char *)P(c)->first + P(c)->first_len, 8 - P(c)->first_len);
+        if (n <= 0)
+            break;
+        P(c)->first_len += (size_t)n;
+    }
+    step_sniff(c);
 }
 
 static void step_connect(struct mt_conn *c)
@@ -325,9 +454,10 @@ static void step_connect(struct mt_conn *c)
         return;
     if (soerr != 0) {
         set_why(p, "cannot connect to target %s: %s", s->target_name, strerror(soerr));
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
-        meshtls_log(MESHTLS_LOG_WARN, "client=%s id=%s %s", c->peer_addr, p->who ? p->who : "-",
-                    p->why);
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "target", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                          MESHTLS_LF_S("error", p->why));
         mt_conn_close_clean(c, NULL);
         return;
     }
@@ -472,6 +602,7 @@ static int on_io(struct mt_conn *c)
         /* entering the relay may have bytes to move right away */
         return p->sub == PX_RELAY && c->state == MT_CONN_PROTO ? step_relay(c) : 0;
     case PX_RELAY: return step_relay(c);
+    case PX_SNIFF: step_sniff(c); return 0;
     case PX_IDLE: return 0;
     }
     return 0;
@@ -479,8 +610,11 @@ static int on_io(struct mt_conn *c)
 
 static void on_timeout(struct mt_conn *c)
 {
-    if (P(c)->sub == PX_CONNECT) {
-        atomic_fetch_add(&px_metrics.backend_errors, 1);
+    if (P(c)->sub == PX_SNIFF) {
+        px_count_hs_error(PX_HSE_TIMEOUT, mt_conn_shard(c));
+        mt_conn_close(c, "TLS handshake timeout");
+    } else if (P(c)->sub == PX_CONNECT) {
+        px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
         mt_conn_close_clean(c, "timeout connecting to the target");
     } else {
         mt_conn_close_clean(c, "idle timeout");
@@ -491,6 +625,7 @@ const struct mt_proto_ops px_relay_ops = {
     .name = "relay",
     .proto_size = sizeof(struct px_conn),
     .on_accept = on_accept,
+    .on_plaintext = on_plaintext,
     .on_tls_done = on_tls_done,
     .on_tls_error = on_tls_error,
     .on_io = on_io,

@@ -63,3 +63,12 @@ def snapshot(path):
 @pytest.fixture
 def meshtls():
     return run
+
+
+def read_child_log(f):
+    """All of `f`, a file a child process writes to as its stderr, read without moving the
+    file offset the two share: seek(0) + read() from the parent let the child's next
+    write land at the start and overwrite lines (tests then waited for lines that were
+    gone).  os.pread reads at an offset and leaves the shared one alone."""
+    fd = f.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 
-from conftest import MESHTLS, run
+from conftest import MESHTLS, run, read_child_log
 
 
 def make_pki(d, td="test.local"):
@@ -69,9 +69,7 @@ class Proxy:
             raise AssertionError(f"proxy did not start:\n{self.log()}")
 
     def log(self):
-        self.logfile.flush()
-        self.logfile.seek(0)
-        return self.logfile.read()
+        return read_child_log(self.logfile)
 
     def metrics(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/metrics",

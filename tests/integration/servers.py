@@ -167,6 +167,69 @@ class Postgres:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+class PasswordPostgres(Postgres):
+    """A PostgreSQL on plain TCP (no TLS) with password authentication
+    (scram-sha-256), for tests of the database layer: role `user` with
+    `password` owns database `dbname`.  Stopped and removed like Postgres."""
+
+    def __init__(self, user="meshtls", password="Pw-3xample-s3cret", dbname="meshtls"):
+        self.user, self.password, self.dbname = user, password, dbname
+        self.proc = self._logf = None
+        self.base = Path(tempfile.mkdtemp(prefix="meshtls-pg-"))
+        try:
+            self._start_plain()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_plain(self):
+        os.chmod(self.base, 0o755)
+        self.data = self.base / "data"
+        self.port = free_port()
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+        r = _as_pg([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                    "--no-sync"])
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stderr}")
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.base}'\nfsync = off\n"
+                    "password_encryption = 'scram-sha-256'\nmax_connections = 50\n")
+        # the superuser over the local socket only; everyone over TCP needs a password
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n")
+        self._logf = open(self.base / "log", "w")
+        root = os.geteuid() == 0
+        self.proc = subprocess.Popen(
+            (["runuser", "-u", "postgres", "--"] if root else []) +
+            [str(PG_BIN / "postgres"), "-D", str(self.data)],
+            stdout=subprocess.DEVNULL, stderr=self._logf)
+        try:
+            wait_port(self.port, proc=self.proc, timeout=30)
+        except AssertionError as e:
+            raise AssertionError(f"PostgreSQL did not start: {e}\n{self.log()}") from None
+        # the socket may answer a moment before the server accepts logins
+        deadline = time.monotonic() + 30
+        while True:
+            r = self.sql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if r.returncode != 0:
+            raise RuntimeError(f"creating the role failed: {r.stderr}\n{self.log()}")
+        r = self.sql(f"CREATE DATABASE {self.dbname} OWNER {self.user}")
+        if r.returncode != 0:
+            raise RuntimeError(f"creating the database failed: {r.stderr}")
+
+    def url(self, password=True):
+        """postgres://user[:password]@127.0.0.1:port/dbname"""
+        auth = f"{self.user}:{self.password}" if password else self.user
+        return f"postgres://{auth}@127.0.0.1:{self.port}/{self.dbname}"
+
+
 def psql(port, user, crt, key, ca, host="127.0.0.1", sslmode="verify-full"):
     """psql with a client certificate; returns CompletedProcess."""
     conn = (f"host={host} port={port} dbname=postgres user={user} sslmode={sslmode} "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, free_port, run
+from conftest import BUILD_DIR, free_port, run, read_child_log
 
 SERVER = BUILD_DIR / "mtls_server"
 CLIENT = BUILD_DIR / "mtls_client"
@@ -57,9 +57,7 @@ class Server:
         self.port = int(line.rsplit(":", 1)[1])
 
     def log(self):
-        self.err.flush()
-        self.err.seek(0)
-        return self.err.read()
+        return read_child_log(self.err)
 
     def wait_log(self, text, timeout=10.0):
         """Wait (bounded) until the server has logged `text`; returns the log."""

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import BUILD_DIR, run
+from conftest import BUILD_DIR, run, read_child_log
 
 SERVER = BUILD_DIR / "mtls_server"
 
@@ -64,8 +64,7 @@ class Server:
         self.port = int(m.group(1))
 
     def log(self):
-        self.err.seek(0)
-        return self.err.read()
+        return read_child_log(self.err)
 
     def logged(self, text, timeout=10):
         """Whether `text` shows up in the server's log within `timeout`

@@ -110,7 +110,7 @@ def test_disallowed_identity_never_reaches_backend(pki, procs, echo):
     wait_for(lambda: "decision=deny" in p.log(), what="audit log")
     assert echo.connections == 0
     log = p.log()
-    assert "audit policy decision=deny" in log and "spiffe://test.local/svc/evil" in log
+    assert "audit action=policy decision=deny" in log and "spiffe://test.local/svc/evil" in log
     assert p.metrics()['meshtls_policy_decisions_total{decision="deny"}'] == 1
     # the allowed one gets through
     assert roundtrip(tls_client(pki, "web"), p.port) == b"ping\n"
@@ -613,12 +613,17 @@ def test_policy_file_per_service(pki, procs, echo, tmp_path):
 def test_json_logs(pki, procs, echo):
     p = server_proxy(pki, procs, echo.port, "--allow-all", "--log-format", "json")
     assert roundtrip(tls_client(pki), p.port) == b"ping\n"
-    wait_for(lambda: "bytes_up=" in p.log(), what="close line")
+    wait_for(lambda: '"bytes_up":' in p.log(), what="close line")
     text = p.log()
     text = text[:text.rfind("\n") + 1]  # a line still being written is not read half
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    assert all({"time", "level", "msg"} <= set(x) for x in lines)
-    assert any("decision=allow" in x["msg"] and x["level"] == "info" for x in lines)
+    assert all({"time", "level"} <= set(x) and ("msg" in x or "event" in x) for x in lines)
+    # each field is its own member, numbers as numbers (issue 12: not packed into "msg")
+    audit = [x for x in lines if x.get("event") == "audit"]
+    assert audit and audit[0]["decision"] == "allow" and audit[0]["level"] == "info"
+    assert audit[0]["id"] == "spiffe://test.local/svc/web" and audit[0]["action"] == "policy"
+    close = [x for x in lines if x.get("event") == "close"]
+    assert close and close[0]["bytes_up"] == 5 and isinstance(close[0]["duration_ms"], float)
 
 
 def test_curl_with_untrusted_certificate_refused(pki, procs, http):

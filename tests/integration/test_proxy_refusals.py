@@ -1,0 +1,209 @@
+"""Refusals a person can diagnose (issue 9, sections 3 and 4), on `proxy server`:
+
+- handshake failures are classified by what happened: plaintext HTTP (answered with a
+  plaintext HTTP 400 that says TLS is required, as nginx does), random bytes, a TLS
+  version below the minimum, a client that really sent no certificate; only the last is
+  `no_client_cert`, and none of the others moves `meshtls_cert_validation_failures_total`;
+- a refused client certificate (untrusted, expired, revoked) is logged with its subject,
+  SPIFFE ID, serial and issuer, taken from the certificate even though it failed;
+- PostgreSQL's SSLRequest is answered with 'S' and then mutual TLS: psql with
+  sslmode=verify-full and a client certificate talks to the proxy server directly.
+"""
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import run
+from proxy_util import EchoServer, Proxy, forge_client_cert, make_pki, wait_for
+from servers import Postgres
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = make_pki(tmp_path_factory.mktemp("pki"))
+    run("ca", "register", "--dir", d / "ca", "db", "--dns", "localhost", "--ip", "127.0.0.1",
+        check=True)
+    run("ca", "issue", "--dir", d / "ca", "db", "--out", d / "db", check=True)
+    return d
+
+
+@pytest.fixture
+def echo():
+    s = EchoServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        p.stop(signal.SIGKILL)
+
+
+def server(pki, procs, port, *extra):
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--allow-all", *extra)
+    procs.append(p)
+    return p
+
+
+def serial_of(crt):
+    out = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-serial"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return out.strip().split("=", 1)[1].lower()
+
+
+def attempt(ctx, port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"ping\n")
+                return s.recv(10)
+    except (ssl.SSLError, OSError):
+        return b""
+
+
+def errors(p):
+    m = p.metrics()
+    return ({k.split('"')[1]: v for k, v in m.items()
+             if k.startswith("meshtls_tls_handshake_errors_total")},
+            {k.split('"')[1]: v for k, v in m.items()
+             if k.startswith("meshtls_cert_validation_failures_total")})
+
+
+def test_plaintext_http_gets_a_400_that_says_tls(pki, procs, echo):
+    p = server(pki, procs, echo.port)
+    r = subprocess.run(["curl", "-sS", "-i", "--max-time", "10", f"http://127.0.0.1:{p.port}/"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.startswith("HTTP/1.1 400"), r.stdout + r.stderr
+    assert "requires TLS" in r.stdout
+    wait_for(lambda: errors(p)[0]["plaintext"] == 1, what="plaintext counted")
+    hs, cert = errors(p)
+    assert hs["no_client_cert"] == 0 and hs["protocol"] == 0
+    assert sum(cert.values()) == 0, cert  # not a certificate problem
+    assert "reason=plaintext" in p.log() and "an HTTP request" in p.log()
+    assert echo.connections == 0
+
+
+def test_random_bytes_and_old_tls_are_not_missing_certificates(pki, procs, echo):
+    p = server(pki, procs, echo.port)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(bytes(range(1, 200)))
+        try:
+            assert s.recv(100) == b""  # closed without an HTTP answer
+        except ConnectionResetError:
+            pass
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "certs" / "web.crt"), str(pki / "certs" / "web.key"))
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["version"] == 1 and errors(p)[0]["plaintext"] == 1,
+             what="version and plaintext counted")
+    hs, cert = errors(p)
+    assert hs["no_client_cert"] == 0
+    assert sum(cert.values()) == 0, cert
+    assert "no TLS version we accept (minimum TLS 1.3)" in p.log()
+
+
+def test_only_a_missing_certificate_is_no_client_cert(pki, procs, echo):
+    p = server(pki, procs, echo.port)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["no_client_cert"] == 1, what="no_client_cert counted")
+    assert errors(p)[1]["no_client_cert"] == 1
+    assert "the client sent no certificate" in p.log()
+
+
+def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
+    p = server(pki, procs, echo.port)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "intruder" / "web.crt"), str(pki / "intruder" / "web.key"))
+    assert attempt(ctx, p.port) == b""
+    forged = forge_client_cert(pki, tmp_path / "expired", expired=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["untrusted"] == 1 and errors(p)[0]["expired"] == 1,
+             what="both refusals counted")
+    log = p.log()
+    for crt, td in ((pki / "intruder" / "web.crt", "other.local"),
+                    (forged / "web.crt", "test.local")):
+        serial = serial_of(crt)
+        line = next((ln for ln in log.splitlines() if f"serial={serial}" in ln
+                     and "reason=" in ln and "handshake with client failed" in ln), None)
+        assert line, f"no refusal line names serial {serial}:\n{log}"
+        assert f"id=spiffe://{td}/svc/web" in line and 'subject="CN=web' in line, line
+        assert "issuer=" in line
+        # the close line carries the identity too, not id=- serial=-
+        assert any(f"serial={serial}" in ln and f"id=spiffe://{td}/svc/web" in ln
+                   for ln in log.splitlines() if " close conn=" in ln), log
+
+
+def test_revoked_client_is_named(procs, echo, tmp_path):
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    ca, c = d / "ca", d / "certs"
+    serial = serial_of(c / "web.crt")
+    run("ca", "revoke", "--dir", ca, "--serial", serial, "--reason", "keyCompromise", check=True)
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", ca, "--out", crl, check=True)
+    p = server(d, procs, echo.port, "--crl", crl)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(c / "ca.crt"))
+    ctx.load_cert_chain(str(c / "web.crt"), str(c / "web.key"))
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["revoked"] == 1, what="revoked counted")
+    line = next(ln for ln in p.log().splitlines() if "certificate revoked" in ln)
+    assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
+
+
+@pytest.mark.skipif(not shutil.which("psql"), reason="psql not installed")
+def test_psql_straight_to_the_proxy_server(pki, procs):
+    db = pki / "db"
+    pg = Postgres(db / "db.crt", db / "db.key", db / "ca.crt")
+    try:
+        # behind the sidecar PostgreSQL listens in plaintext on loopback: identity is the
+        # proxy's job (certificate auth over the proxy is the client's mTLS)
+        (pg.data / "pg_hba.conf").write_text("local all all trust\n"
+                                             "host all all 127.0.0.1/32 trust\n")
+        import os
+        os.kill(pg.postmaster_pid(), signal.SIGHUP)
+        c = pki / "certs"
+        p = Proxy("server", "--target", f"127.0.0.1:{pg.port}", "--cert", c / "api.crt",
+                  "--key", c / "api.key", "--cacert", c / "ca.crt",
+                  "--allow-uri", "spiffe://test.local/svc/web")
+        procs.append(p)
+        conn = (f"host=localhost hostaddr=127.0.0.1 port={p.port} dbname=postgres user=postgres "
+                f"sslmode=verify-full sslrootcert={c / 'ca.crt'} sslcert={c / 'web.crt'} "
+                f"sslkey={c / 'web.key'} gssencmode=disable")
+        r = None
+        for _ in range(50):  # the HBA reload is asynchronous: bounded retries
+            r = subprocess.run(["psql", conn, "-Atc", "select 40 + 2"], capture_output=True,
+                               text=True, timeout=30)
+            if r.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert r.returncode == 0, r.stderr + p.log()
+        assert r.stdout.strip() == "42"
+        assert "decision=allow" in p.log() and "spiffe://test.local/svc/web" in p.log()
+        # a client whose certificate the proxy does not trust gets nothing
+        bad = (f"host=localhost hostaddr=127.0.0.1 port={p.port} dbname=postgres user=postgres "
+               f"sslmode=require sslcert={pki / 'intruder' / 'web.crt'} "
+               f"sslkey={pki / 'intruder' / 'web.key'} gssencmode=disable")
+        r = subprocess.run(["psql", bad, "-Atc", "select 1"], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode != 0
+    finally:
+        pg.stop()
