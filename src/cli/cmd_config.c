@@ -116,7 +116,7 @@ static void list_keys_markdown(const struct meshtls_config *cfg)
          "| --- | --- | --- | --- | --- | --- | --- |");
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
-        char a[16], b[16], type[128];
+        char a[32], b[32], type[128];
         if (d->type == MESHTLS_CFG_INT)
             snprintf(type, sizeof(type), "int %ld–%ld", d->min, d->max);
         else if (d->type == MESHTLS_CFG_DURATION) {
