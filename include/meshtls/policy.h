@@ -82,6 +82,18 @@ MESHTLS_API int meshtls_policy_names_service(const struct meshtls_policy *p, con
 MESHTLS_API size_t meshtls_policy_size(const struct meshtls_policy *p);
 
 /**
+ * Rule `i` (0-based) of `p`, for logs and tools: its kind, value ("" for allow-all) and
+ * local service (NULL = any); the strings are borrowed from `p`.
+ * @return 0, or MESHTLS_ENOENT if there is no rule `i`.
+ */
+MESHTLS_API int meshtls_policy_rule(const struct meshtls_policy *p, size_t i,
+                                    enum meshtls_rule_kind *kind, const char **value,
+                                    const char **service);
+
+/** "allow-all", "cn", "ou", "dns", "uri", "trust-domain" (static), or "?" . */
+MESHTLS_API const char *meshtls_rule_kind_name(enum meshtls_rule_kind kind);
+
+/**
  * Decide whether `peer` (borrowed) may call the local `service` (may be NULL).
  * Pure: no I/O, no allocation, no global state.
  */

@@ -216,3 +216,20 @@ void meshtls_policy_check(const struct meshtls_policy *p, const struct meshtls_i
              peer->spiffe_id ? peer->spiffe_id : "a certificate without SPIFFE ID", peer->cn,
              service ? " to call " : "", service ? service : "");
 }
+
+int meshtls_policy_rule(const struct meshtls_policy *p, size_t i, enum meshtls_rule_kind *kind,
+                        const char **value, const char **service)
+{
+    if (!p || i >= p->n)
+        return MESHTLS_ENOENT;
+    *kind = p->rules[i].kind;
+    *value = p->rules[i].value;
+    *service = p->rules[i].service;
+    return 0;
+}
+
+const char *meshtls_rule_kind_name(enum meshtls_rule_kind kind)
+{
+    return kind >= MESHTLS_RULE_ALLOW_ALL && kind <= MESHTLS_RULE_TRUST_DOMAIN ? kind_names[kind]
+                                                                               : "?";
+}

@@ -265,6 +265,12 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
         p->serial = id->serial ? strdup(id->serial) : NULL;
     }
+    if (meshtls_log_enabled(MESHTLS_LOG_DEBUG))
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "handshake", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                          MESHTLS_LF_S("version", SSL_get_version(t->ssl)),
+                          MESHTLS_LF_S("cipher", SSL_get_cipher_name(t->ssl)),
+                          MESHTLS_LF_B("resumed", SSL_session_reused(t->ssl)));
     if (s->mode == PX_MODE_SERVER) {
         struct meshtls_decision d;
         /* the policy of the snapshot this connection started with (a reload may have

@@ -207,3 +207,46 @@ def test_psql_straight_to_the_proxy_server(pki, procs):
         assert r.returncode != 0
     finally:
         pg.stop()
+
+
+def test_debug_log_says_something_useful(pki, procs, echo, tmp_path):
+    """--log-level debug: the effective rules with their source and the files watched at
+    start; per connection the TLS version, cipher and resumption; a reload names the file
+    that changed and what is now served; a vanished file is logged."""
+    import shutil as sh
+    c = pki / "certs"
+    d = tmp_path / "certs"
+    d.mkdir()
+    for f in ("api.crt", "api.key", "ca.crt"):
+        sh.copy(c / f, d / f)
+    (d / "api.key").chmod(0o600)
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("services:\n  api:\n    allow:\n      - uri: spiffe://test.local/svc/web\n")
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", d / "api.crt", "--key",
+              d / "api.key", "--cacert", d / "ca.crt", "--policy", pol, "--service", "api",
+              "--allow-cn", "legacy", "--log-level", "debug")
+    procs.append(p)
+    log = p.log()
+    assert "rule n=1 kind=uri value=spiffe://test.local/svc/web service=api source=" + str(pol) \
+        in log, log
+    assert "rule n=2 kind=cn value=legacy" in log and 'source="flags and proxy.allow"' in log
+    wait_for(lambda: f"watch flag=--policy path={pol}" in p.log(), what="watched files")
+    assert f"watch flag=--cert path={d / 'api.crt'}" in p.log()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(c / "ca.crt"))
+    ctx.load_cert_chain(str(c / "web.crt"), str(c / "web.key"))
+    assert attempt(ctx, p.port) == b"ping\n"
+    wait_for(lambda: "handshake conn=" in p.log(), what="debug handshake line")
+    line = next(ln for ln in p.log().splitlines() if "handshake conn=" in ln)
+    assert "version=TLSv1.3" in line and "cipher=" in line and "resumed=false" in line, line
+    # a vanished file is logged; the proxy keeps serving
+    (d / "ca.crt").rename(d / "ca.crt.away")
+    wait_for(lambda: f"--cacert {d / 'ca.crt'}: No such file" in p.log(), what="vanished")
+    (d / "ca.crt.away").rename(d / "ca.crt")
+    wait_for(lambda: "is back" in p.log(), what="back")
+    # a reload names the changed file and what is served now
+    pol.write_text(pol.read_text() + "      - cn: web\n")
+    wait_for(lambda: "reload (file change: --policy" in p.log(), timeout=15, what="reload")
+    line = next(ln for ln in p.log().splitlines() if "reload (file change: --policy" in ln)
+    assert "now serving spiffe://test.local/svc/api (serial " in line and "valid until" in line
+    assert "3 rule(s)" in line, line
