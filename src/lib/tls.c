@@ -123,8 +123,23 @@ static void keep_rejected(X509_STORE_CTX *sctx)
         X509_free(leaf);
 }
 
+/*
+ * A CRL past its nextUpdate.  OpenSSL's answer is to refuse every peer (what nginx does:
+ * a whole fleet locked out when one CRL publication is late).  Failing open for revoked
+ * certificates is not acceptable either.  We keep enforcing the last CRL we have: a
+ * certificate it lists stays refused (OpenSSL goes on to the revocation check when this
+ * callback accepts the expiry), any other is accepted, and the staleness is loud elsewhere
+ * (the proxy's meshtls_crl_stale gauge and its warnings; `meshtls cert check`).
+ */
+static int crl_expiry_tolerated(int ok, X509_STORE_CTX *sctx)
+{
+    return !ok && X509_STORE_CTX_get_error(sctx) == X509_V_ERR_CRL_HAS_EXPIRED;
+}
+
 static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
+    if (crl_expiry_tolerated(ok, sctx))
+        return 1;
     if (!ok)
         keep_rejected(sctx);
     return ok;
@@ -516,6 +531,8 @@ nomem:
  */
 static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
+    if (crl_expiry_tolerated(ok, sctx))
+        ok = 1; /* the last CRL we have still decides (see crl_expiry_tolerated) */
     if (!ok)
         keep_rejected(sctx); /* so the error can name what the server presented */
     if (!ok || X509_STORE_CTX_get_error_depth(sctx) != 0)

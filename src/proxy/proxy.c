@@ -278,6 +278,46 @@ static void served(const struct px_snap *s, char *buf, size_t cap)
     meshtls_identity_free(id);
 }
 
+/* The CRLs a context checks with: the soonest nextUpdate, how many, how many stale; and a
+ * warning for each one stale or due within 7 days, naming its issuer and the fix. */
+static void crl_survey(struct px_snap *s, const char *file)
+{
+    X509_STORE *st = s->base.ctx ? SSL_CTX_get_cert_store(s->base.ctx) : NULL;
+    STACK_OF(X509_OBJECT) *objs = st ? X509_STORE_get0_objects(st) : NULL;
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+        const ASN1_TIME *nu = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
+        struct tm tm;
+        if (!crl)
+            continue;
+        s->crl_count++;
+        if (!nu || ASN1_TIME_to_tm(nu, &tm) != 1)
+            continue;
+        int64_t t = (int64_t)timegm(&tm);
+        if (!s->crl_next_update || t < s->crl_next_update)
+            s->crl_next_update = t;
+        if (t > now + 7 * 86400)
+            continue;
+        char issuer[256] = "?", when[32] = "?";
+        X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof(issuer));
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        if (t <= now) {
+            s->crl_stale++;
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "--crl %s: the CRL of %s passed its nextUpdate at %s: certificates it "
+                        "lists stay refused, others are accepted; publish a fresh one (meshtls "
+                        "ca crl --out %s)",
+                        file, issuer, when, file);
+        } else {
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "--crl %s: the CRL of %s is due for renewal at %s (nextUpdate); publish "
+                        "a fresh one before then (meshtls ca crl --out %s)",
+                        file, issuer, when, file);
+        }
+    }
+}
+
 static void snap_destroy(struct mt_snap *b)
 {
     struct px_snap *s = (struct px_snap *)b;
@@ -318,6 +358,8 @@ int px_snap_build(const struct px_config *c, struct px_snap **out, struct meshtl
         goto fail;
     if (c->mode == PX_MODE_SERVER && (rc = px_policy_build(c, &s->policy, err)) != 0)
         goto fail;
+    if (c->tls.crl_file)
+        crl_survey(s, c->tls.crl_file);
     if (c->target_tls && (rc = px_target_tls_build(c, &s->target_ctx, err)) != 0) {
         rc = meshtls_err_set(err, rc, "--target-tls: %s", err ? err->msg : "");
         goto fail;
@@ -415,7 +457,8 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", c->listen, strerror(errno));
         goto out;
     }
-    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0)
+    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0 ||
+        (c->tls.crl_file && (rc = px_metrics_add_crl(err)) != 0))
         goto out;
     px_metrics.lstats = mt_listener_stats(l);
     px_metrics.snap = &holder;

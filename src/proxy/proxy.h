@@ -90,6 +90,8 @@ struct px_snap {
     enum px_mode mode;
     int forward_pp2, forward_http;
     int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
+    int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
+    int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
 };
 
 /* Metric counters (Prometheus names in metrics.c). */
@@ -149,6 +151,8 @@ extern struct meshtls_session_cache *px_metrics_scache;
 /* metrics.c */
 /** Register the proxy's metrics for `workers` worker shards.  Before the engine starts. */
 int px_metrics_init(unsigned workers, struct meshtls_err *err);
+/** Also export the CRL gauges (meshtls_crl_next_update_seconds, meshtls_crl_stale). */
+int px_metrics_add_crl(struct meshtls_err *err);
 /** Free the registry, once no thread updates or scrapes it.  Idempotent. */
 void px_metrics_fini(void);
 /** Add `n` to counter `k` on `shard` (a worker's, or px_metrics.main_shard). */

@@ -250,3 +250,48 @@ def test_debug_log_says_something_useful(pki, procs, echo, tmp_path):
     line = next(ln for ln in p.log().splitlines() if "reload (file change: --policy" in ln)
     assert "now serving spiffe://test.local/svc/api (serial " in line and "valid until" in line
     assert "3 rule(s)" in line, line
+
+
+def stale_crls(ca, out, revoked_serial):
+    """The root's and the intermediate's CRLs, both past their nextUpdate (a publication
+    that is late: the clock moved past it), the intermediate's revoking `revoked_serial`."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    now = datetime.datetime.utcnow()
+    pem = b""
+    for name, serials in (("root", []), ("intermediate", [revoked_serial])):
+        key = serialization.load_pem_private_key((ca / f"{name}.key").read_bytes(), None)
+        crt = x509.load_pem_x509_certificate((ca / f"{name}.crt").read_bytes())
+        b = (x509.CertificateRevocationListBuilder().issuer_name(crt.subject)
+             .last_update(now - datetime.timedelta(days=10))
+             .next_update(now - datetime.timedelta(days=1)))
+        for sn in serials:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(int(sn, 16))
+                .revocation_date(now - datetime.timedelta(days=5)).build())
+        pem += b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    out.write_bytes(pem)
+    return out
+
+
+def test_stale_crl_keeps_refusing_what_it_lists_and_no_one_else(procs, echo, tmp_path):
+    """A CRL past its nextUpdate does not lock every client out (OpenSSL's and nginx's
+    answer) and does not let a revoked certificate in: the last CRL still decides, and the
+    staleness is logged and exported."""
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    c = d / "certs"
+    crl = stale_crls(d / "ca", tmp_path / "crl.pem", serial_of(c / "web.crt"))
+    p = server(d, procs, echo.port, "--crl", crl)
+    wait_for(lambda: "passed its nextUpdate" in p.log(), what="stale warning")
+    for who, ok in (("evil", True), ("web", False)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(c / "ca.crt"))
+        ctx.load_cert_chain(str(c / f"{who}.crt"), str(c / f"{who}.key"))
+        assert (attempt(ctx, p.port) == b"ping\n") == ok, (who, p.log())
+    m = p.metrics()
+    assert m["meshtls_crl_stale"] == 2
+    assert m["meshtls_crl_next_update_seconds"] < 0
+    assert m['meshtls_tls_handshake_errors_total{reason="revoked"}'] == 1
+    assert "meshtls ca crl --out" in p.log()
