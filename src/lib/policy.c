@@ -75,7 +75,7 @@ static int check_uri_pattern(const char *v, struct meshtls_err *err)
     char probe[MESHTLS_SPIFFE_ID_MAX + 1];
     size_t n = strlen(v), j = 0;
     if (n > MESHTLS_SPIFFE_ID_MAX)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-uri: longer than %d bytes",
+        return meshtls_err_set(err, MESHTLS_EINVAL, "rule uri: longer than %d bytes",
                                MESHTLS_SPIFFE_ID_MAX);
     /* Replace each wildcard segment by a letter, then validate as an ID. */
     for (size_t i = 0; i < n; i++) {
@@ -83,10 +83,10 @@ static int check_uri_pattern(const char *v, struct meshtls_err *err)
             size_t w = (i + 1 < n && v[i + 1] == '*') ? 2 : 1;
             if (i + w < n && v[i + w] != '/')
                 return meshtls_err_set(err, MESHTLS_EINVAL,
-                                       "--allow-uri '%s': '*' must be a whole path segment", v);
+                                       "rule uri '%s': '*' must be a whole path segment", v);
             if (w == 2 && i + w != n)
                 return meshtls_err_set(err, MESHTLS_EINVAL,
-                                       "--allow-uri '%s': '**' may only be the last segment", v);
+                                       "rule uri '%s': '**' may only be the last segment", v);
             probe[j++] = 'x';
             i += w - 1;
         } else {
@@ -96,7 +96,7 @@ static int check_uri_pattern(const char *v, struct meshtls_err *err)
     struct meshtls_spiffe_id id;
     struct meshtls_err e2 = MESHTLS_ERR_INIT;
     if (meshtls_spiffe_parse(probe, j, &id, &e2) != 0)
-        return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-uri '%s': %s", v, e2.msg);
+        return meshtls_err_set(err, MESHTLS_EINVAL, "rule uri '%s': %s", v, e2.msg);
     return 0;
 }
 
@@ -107,10 +107,9 @@ int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind, co
         return meshtls_err_set(err, MESHTLS_EINVAL, "unknown rule kind %d", (int)kind);
     if (kind != MESHTLS_RULE_ALLOW_ALL) {
         if (!value || !*value)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-%s needs a value",
-                                   kind_names[kind]);
+            return meshtls_err_set(err, MESHTLS_EINVAL, "rule %s needs a value", kind_names[kind]);
         if (strlen(value) > MAX_VALUE)
-            return meshtls_err_set(err, MESHTLS_EINVAL, "--allow-%s: value too long",
+            return meshtls_err_set(err, MESHTLS_EINVAL, "rule %s: value too long",
                                    kind_names[kind]);
     }
     int rc = 0;

@@ -72,9 +72,8 @@ static int add_rules(struct meshtls_policy *p, const struct meshtls_config *cfg,
         if (k && meshtls_policy_add(p, (enum meshtls_rule_kind)k,
                                     k == MESHTLS_RULE_ALLOW_ALL ? NULL : value, NULL, &e2) == 0)
             continue;
-        if (kind) /* the library's message names the flag ("--allow-uri 'x': ...") */
-            return meshtls_err_set(err, MESHTLS_EINVAL, "%s%s%s", strncmp(src, "--", 2) ? src : "",
-                                   strncmp(src, "--", 2) ? ": " : "", e2.msg);
+        if (kind) /* the library names the rule ("rule uri 'x': ..."); we name the flag */
+            return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %s", src, e2.msg);
         return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %s item '%s%s%s': %s", src, key, item,
                                eq ? "=" : "", eq ? eq + 1 : "",
                                k ? e2.msg
