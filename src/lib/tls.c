@@ -351,7 +351,7 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
     X509_STORE_set_purpose(store, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
     if (o->partial_chain)
         X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-    SSL_CTX_set_verify_depth(ctx, 4);
+    SSL_CTX_set_verify_depth(ctx, o->verify_depth > 0 ? o->verify_depth : 4);
 
     if (server) {
         int mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;

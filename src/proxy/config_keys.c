@@ -66,12 +66,18 @@ const struct meshtls_config_keydef px_config_keys[] = {
     {"proxy.allow_dns", S, NULL, NULL, "--allow-dns", NULL, NULL, 0, 0, "allow a DNS SAN NAME", SRV,
      "NAME", "server policy", REP},
     {"proxy.allow_uri", S, NULL, NULL, "--allow-uri", NULL, NULL, 0, 0,
-     "allow a URI SAN / SPIFFE ID; '*' matches one path segment, a final '**' one or more", SRV,
-     "URI", "server policy", REP},
+     "allow a SPIFFE ID ('*' matches one path segment, a final '**' one or more) or any other "
+     "URI SAN, exactly",
+     SRV, "URI", "server policy", REP},
+    {"proxy.allow_ip", S, NULL, NULL, "--allow-ip", NULL, NULL, 0, 0,
+     "allow an IP SAN inside an address or CIDR (10.0.0.0/8, 2001:db8::/32)", SRV, "CIDR",
+     "server policy", REP},
+    {"proxy.allow_email", S, NULL, NULL, "--allow-email", NULL, NULL, 0, 0,
+     "allow an email SAN, exactly", SRV, "ADDR", "server policy", REP},
     {"proxy.allow_trust_domain", S, NULL, NULL, "--allow-trust-domain", NULL, NULL, 0, 0,
      "allow any SPIFFE ID in trust domain TD", SRV, "TD", "server policy", REP},
     {"proxy.allow", S, NULL, NULL, NULL, NULL, NULL, 0, 0,
-     "allow-list \"uri=...,cn=...,dns=...,ou=...,trust-domain=...,allow-all\" "
+     "allow-list \"uri=...,cn=...,dns=...,ou=...,trust-domain=...,ip=...,email=...,allow-all\" "
      "(the --allow-* flags add to it)",
      SRV, NULL, "server policy", 0},
     {"proxy.policy_file", P, NULL, NULL, "--policy", NULL, NULL, 0, 0,
@@ -102,6 +108,8 @@ const struct meshtls_config_keydef px_config_keys[] = {
     {"proxy.verify_cache_size", I, "10000", NULL, "--verify-cache-size", NULL, NULL, 0, 10000000,
      "client chains remembered as verified under the current CA/CRL (0 = verify every chain)", SRV,
      NULL, "handshake", 0},
+    {"proxy.verify_depth", I, "4", NULL, "--verify-depth", NULL, NULL, 1, 16,
+     "most intermediates between a peer's certificate and a trusted CA", 0, "N", "handshake", 0},
     {"proxy.partial_chain", B, "false", NULL, "--partial-chain", "true", NULL, 0, 0,
      "trust chains ending at any certificate of the CA bundle (opt-in: the root is then not "
      "checked)",

@@ -78,7 +78,7 @@ static int add_rules(struct meshtls_policy *p, const struct meshtls_config *cfg,
                                eq ? "=" : "", eq ? eq + 1 : "",
                                k ? e2.msg
                                  : "expected KIND=VALUE with KIND uri, cn, ou, dns, "
-                                   "trust-domain or allow-all");
+                                   "trust-domain, ip, email or allow-all");
     }
     return 0;
 }
@@ -92,7 +92,9 @@ int px_config_rules(const struct meshtls_config *cfg, struct px_config *c, struc
              {"proxy.allow_ou", MESHTLS_RULE_OU},
              {"proxy.allow_dns", MESHTLS_RULE_DNS},
              {"proxy.allow_uri", MESHTLS_RULE_URI},
-             {"proxy.allow_trust_domain", MESHTLS_RULE_TRUST_DOMAIN}};
+             {"proxy.allow_trust_domain", MESHTLS_RULE_TRUST_DOMAIN},
+             {"proxy.allow_ip", MESHTLS_RULE_IP},
+             {"proxy.allow_email", MESHTLS_RULE_EMAIL}};
     int all = 0, rc;
     if (c->mode != PX_MODE_SERVER)
         return 0;
@@ -224,6 +226,9 @@ int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct p
     if ((rc = get_num(cfg, "proxy.verify_cache_size", &n, &set, err)) != 0)
         goto fail;
     c.verify_cache_size = (size_t)n;
+    if ((rc = get_num(cfg, "proxy.verify_depth", &n, &set, err)) != 0)
+        goto fail;
+    c.tls.verify_depth = c.target_opts.verify_depth = (int)n;
     if ((rc = get_num(cfg, "proxy.tickets", &n, &set, err)) != 0)
         goto fail;
     if (set)
@@ -277,10 +282,11 @@ static int required_check(const struct px_config *c, struct meshtls_err *err)
                                "the proxy: section of --config)");
     if (c->mode == PX_MODE_SERVER && (!c->policy || meshtls_policy_size(c->policy) == 0) &&
         !c->policy_file)
-        return meshtls_err_set(err, MESHTLS_EINVAL,
-                               "no access policy: give --allow-all or at least one "
-                               "--allow-cn/-ou/-dns/-uri/-trust-domain, or --policy FILE (fail "
-                               "closed)");
+        return meshtls_err_set(
+            err, MESHTLS_EINVAL,
+            "no access policy: give --allow-all or at least one "
+            "--allow-cn/-ou/-dns/-uri/-trust-domain/-ip/-email, or --policy FILE (fail "
+            "closed)");
     return 0;
 }
 

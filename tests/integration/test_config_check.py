@@ -109,7 +109,8 @@ def _broken(pki, tmp_path, kind):
         return server(pki, "--policy", pki / "policy.yaml", "--service", "orders"), {}, \
             "--service orders: the policy file"
     if kind == "bad allow rule":
-        return server(pki, "--allow-uri", "http://nope"), {}, "--allow-uri: rule uri 'http://nope'"
+        return (server(pki, "--allow-uri", "http://nope/*"), {},
+                "--allow-uri: rule uri 'http://nope/*'")
     if kind == "bad allow rule from env":
         return server(pki), {"MESHTLS_PROXY_ALLOW": "color=red"}, \
             "MESHTLS_PROXY_ALLOW: proxy.allow item 'color=red'"

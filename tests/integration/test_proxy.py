@@ -122,6 +122,9 @@ def test_disallowed_identity_never_reaches_backend(pki, procs, echo):
     ("--allow-trust-domain", "test.local", "web", True),
     ("--allow-trust-domain", "other.local", "web", False),
     ("--allow-dns", "localhost", "api", True), ("--allow-dns", "localhost", "web", False),
+    ("--allow-ip", "127.0.0.0/8", "api", True), ("--allow-ip", "10.0.0.0/8", "api", False),
+    ("--allow-ip", "127.0.0.1", "web", False),
+    ("--allow-uri", "https://test.local/web", "web", False),  # exact, and web has none such
     ("--allow-all", None, "evil", True)])
 def test_policy_flags(pki, procs, echo, flag, value, who, ok):
     args = [flag] + ([value] if value else [])

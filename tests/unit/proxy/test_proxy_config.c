@@ -70,6 +70,9 @@ static const struct row ROWS[] = {
      "spiffe://t/pb", "spiffe://t/pc"},
     {"proxy.allow_trust_domain", SRV, "pa.test", "pb.test", "pc.test", "pa.test", "pb.test",
      "pc.test"},
+    {"proxy.allow_ip", SRV, "10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "10.0.0.0/8", "192.0.2.7",
+     "2001:db8::/32"},
+    {"proxy.allow_email", SRV, "a@t", "b@t", "c@t", "a@t", "b@t", "c@t"},
     {"proxy.allow", SRV, NULL, "cn=pb", "cn=pc", NULL, "cn=pb", "cn=pc"},
     {"proxy.policy_file", SRV, "/f.yaml", "/e.yaml", "/y.yaml", "/f.yaml", "/e.yaml", "/y.yaml"},
     {"proxy.service", SRV, "fs", "es", "ys", "fs", "es", "ys"},
@@ -78,6 +81,7 @@ static const struct row ROWS[] = {
     {"proxy.session_cache_size", SRV, "0", "5", "6", "0", "5", "6"},
     {"proxy.session_lifetime", SRV, "1s", "2m", "1h", "1", "120", "3600"},
     {"proxy.tickets", SRV, "0", "2", "3", "-1", "2", "3"},
+    {"proxy.verify_depth", SRV, "2", "3", "5", "2", "3", "5"},
     {"proxy.verify_cache_size", SRV, "0", "5", "6", "0", "5", "6"},
     {"proxy.partial_chain", CLI, NULL, "false", "true", "1", "0", "1"},
     {"proxy.workers", SRV, "3", "4", "5", "3", "4", "5"},
@@ -111,6 +115,17 @@ static int allows(const struct meshtls_policy *p, const char *key, const char *v
     else if (!strcmp(key, "proxy.allow_dns")) {
         id.dns = &one;
         id.n_dns = 1;
+    } else if (!strcmp(key, "proxy.allow_ip")) {
+        /* an address inside the rule's range: the rule's own address part */
+        snprintf(uri, sizeof(uri), "%s", value);
+        if (strchr(uri, '/'))
+            *strchr(uri, '/') = '\0';
+        one = uri;
+        id.ips = &one;
+        id.n_ips = 1;
+    } else if (!strcmp(key, "proxy.allow_email")) {
+        id.emails = &one;
+        id.n_emails = 1;
     } else if (!strcmp(key, "proxy.allow_uri") || !strcmp(key, "proxy.allow_trust_domain")) {
         if (!strcmp(key, "proxy.allow_trust_domain"))
             snprintf(uri, sizeof(uri), "spiffe://%s/x", value);
@@ -203,6 +218,8 @@ static int field(const struct px_config *c, const struct row *r, char *buf, size
         n = c->session_lifetime_s;
     else if (!strcmp(k, "proxy.tickets"))
         n = t->num_tickets;
+    else if (!strcmp(k, "proxy.verify_depth"))
+        n = t->verify_depth;
     else if (!strcmp(k, "proxy.verify_cache_size"))
         n = (long)c->verify_cache_size;
     else if (!strcmp(k, "proxy.partial_chain"))
