@@ -122,6 +122,12 @@ static double accept_paused(void *arg)
     return px_metrics.lstats ? (double)atomic_load(&px_metrics.lstats->accept_paused) : 0;
 }
 
+static double target_up(void *arg)
+{
+    (void)arg;
+    return atomic_load(&px_metrics.target_up);
+}
+
 static double vcache_hits(void *arg)
 {
     unsigned long long h = 0, m = 0;
@@ -234,6 +240,10 @@ int px_metrics_init(unsigned workers, struct meshtls_err *err)
                        "of file descriptors (EMFILE/ENFILE).",
                        NULL, &f, err));
     TRY(mt_series_fn(f, NULL, accept_paused, NULL, err));
+    TRY(mt_gauge_new(m->reg, "meshtls_target_up",
+                     "1 if the last connect check to the target (every 5 s) worked.", NULL, &f,
+                     err));
+    TRY(mt_series_fn(f, NULL, target_up, NULL, err));
     if (px_metrics_vcache) {
         TRY(mt_counter_new(m->reg, "meshtls_verify_cache_lookups_total",
                            "Client chains looked up in the verified-chain cache.",

@@ -10,6 +10,7 @@
  * the snapshot they started with.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,45 @@ fail:
     return rc;
 }
 
+/*
+ * Readiness follows the target, as ghostunnel's backend_ok: a TCP connect to the current
+ * snapshot's target, bounded by 1 s, every 5 s from the main thread (never a worker).  A
+ * change is logged once.
+ */
+#define PX_TARGET_CHECK_MS 5000
+static void check_target(struct mt_snap_holder *h)
+{
+    struct px_snap *s = (struct px_snap *)mt_snap_acquire(h);
+    if (!s)
+        return;
+    int up = 0, fd = socket(s->target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int err = 0;
+    if (fd >= 0) {
+        if (connect(fd, (const struct sockaddr *)&s->target, s->target_len) == 0) {
+            up = 1;
+        } else if (errno == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            socklen_t sl = sizeof(err);
+            if (poll(&p, 1, 1000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0)
+                up = err == 0;
+            else if (!err)
+                err = ETIMEDOUT;
+        } else {
+            err = errno;
+        }
+        close(fd);
+    }
+    if (atomic_exchange(&px_metrics.target_up, up) != up) {
+        if (up)
+            meshtls_log(MESHTLS_LOG_INFO, "target %s answers again: ready", s->target_name);
+        else
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "target %s does not answer (%s): /readyz says not ready until it does",
+                        s->target_name, strerror(err ? err : ECONNREFUSED));
+    }
+    mt_snap_release(&s->base);
+}
+
 static void reload(const struct px_config *c, struct mt_snap_holder *h, const char *why,
                    const char *files)
 {
@@ -509,6 +549,9 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                               MESHTLS_LF_S("path", files[i].path));
     }
     int64_t next_interval = c->reload_interval_s ? mt_now_ms() + c->reload_interval_s * 1000LL : 0;
+    atomic_store(&px_metrics.target_up, 1); /* until the first check says otherwise */
+    check_target(&holder);
+    int64_t next_check = mt_now_ms() + PX_TARGET_CHECK_MS;
     int64_t pending_change = 0;
     for (;;) {
         struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
@@ -537,6 +580,10 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                 changed_files(files, PX_NFILES, names, sizeof(names));
                 reload(c, &holder, "file change", names);
             }
+        }
+        if (now >= next_check) {
+            check_target(&holder);
+            next_check = mt_now_ms() + PX_TARGET_CHECK_MS;
         }
         if (next_interval && now >= next_interval) {
             reload(c, &holder, "interval", NULL);

@@ -137,6 +137,7 @@ struct px_metrics {
     struct mt_series *hs_dur;              /* successful handshake time, seconds */
     unsigned main_shard;
     atomic_int listening;
+    atomic_int target_up; /* the last periodic connect to the target worked (readiness) */
     /* set while the proxy runs: the listener's counters (connections, accept pauses) and
      * the snapshot holder (our certificate's expiry) */
     struct mt_listener_stats *lstats;

@@ -24,14 +24,32 @@ static int ready(void)
     return ok;
 }
 
-static int health(struct mt_http_req *req, void *arg)
+/* Liveness: the process serves (listening).  A target that is down is not a reason to
+ * restart the proxy. */
+static int healthz(struct mt_http_req *req, void *arg)
 {
     (void)arg;
-    if (ready()) {
+    if (atomic_load(&px_metrics.listening)) {
         mt_http_reply(req, 200, "text/plain", "ok\n", 3);
     } else {
-        static const char b[] = "not ready: not listening or certificate expired\n";
+        static const char b[] = "not listening\n";
         mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    }
+    return MT_HTTP_DONE;
+}
+
+/* Readiness: listening, our certificate valid, and the target answering. */
+static int readyz(struct mt_http_req *req, void *arg)
+{
+    (void)arg;
+    if (!ready()) {
+        static const char b[] = "not ready: not listening or our certificate expired\n";
+        mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    } else if (!atomic_load(&px_metrics.target_up)) {
+        static const char b[] = "not ready: the target does not answer\n";
+        mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    } else {
+        mt_http_reply(req, 200, "text/plain", "ok\n", 3);
     }
     return MT_HTTP_DONE;
 }
@@ -57,8 +75,8 @@ int px_status_setup(struct px_status *st, struct meshtls_err *err)
     if (!(st->router = mt_http_router_new()))
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory for the status routes");
     int rc;
-    if ((rc = mt_http_route_add(st->router, "GET", "/healthz", health, NULL, err)) != 0 ||
-        (rc = mt_http_route_add(st->router, "GET", "/readyz", health, NULL, err)) != 0 ||
+    if ((rc = mt_http_route_add(st->router, "GET", "/healthz", healthz, NULL, err)) != 0 ||
+        (rc = mt_http_route_add(st->router, "GET", "/readyz", readyz, NULL, err)) != 0 ||
         (rc = mt_http_route_add(st->router, "GET", "/metrics", metrics, NULL, err)) != 0) {
         px_status_free(st);
         return rc;
