@@ -241,8 +241,7 @@ int px_metrics_init(unsigned workers, struct meshtls_err *err)
                        NULL, &f, err));
     TRY(mt_series_fn(f, NULL, accept_paused, NULL, err));
     TRY(mt_gauge_new(m->reg, "meshtls_target_up",
-                     "1 if the last connect check to the target (every 5 s) worked.", NULL, &f,
-                     err));
+                     "1 if the last /readyz connect check to the target worked.", NULL, &f, err));
     TRY(mt_series_fn(f, NULL, target_up, NULL, err));
     if (px_metrics_vcache) {
         TRY(mt_counter_new(m->reg, "meshtls_verify_cache_lookups_total",

@@ -10,7 +10,6 @@
  * the snapshot they started with.
  */
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,45 +371,6 @@ fail:
     return rc;
 }
 
-/*
- * Readiness follows the target, as ghostunnel's backend_ok: a TCP connect to the current
- * snapshot's target, bounded by 1 s, every 5 s from the main thread (never a worker).  A
- * change is logged once.
- */
-#define PX_TARGET_CHECK_MS 5000
-static void check_target(struct mt_snap_holder *h)
-{
-    struct px_snap *s = (struct px_snap *)mt_snap_acquire(h);
-    if (!s)
-        return;
-    int up = 0, fd = socket(s->target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int err = 0;
-    if (fd >= 0) {
-        if (connect(fd, (const struct sockaddr *)&s->target, s->target_len) == 0) {
-            up = 1;
-        } else if (errno == EINPROGRESS) {
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            socklen_t sl = sizeof(err);
-            if (poll(&p, 1, 1000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0)
-                up = err == 0;
-            else if (!err)
-                err = ETIMEDOUT;
-        } else {
-            err = errno;
-        }
-        close(fd);
-    }
-    if (atomic_exchange(&px_metrics.target_up, up) != up) {
-        if (up)
-            meshtls_log(MESHTLS_LOG_INFO, "target %s answers again: ready", s->target_name);
-        else
-            meshtls_log(MESHTLS_LOG_WARN,
-                        "target %s does not answer (%s): /readyz says not ready until it does",
-                        s->target_name, strerror(err ? err : ECONNREFUSED));
-    }
-    mt_snap_release(&s->base);
-}
-
 static void reload(const struct px_config *c, struct mt_snap_holder *h, const char *why,
                    const char *files)
 {
@@ -477,7 +437,9 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                              c->listen);
         goto out;
     }
-    struct mt_engine_opts eo = {.workers = c->workers};
+    /* one job thread: /readyz's bounded connect to the target (never on a worker) */
+    struct mt_engine_opts eo = {
+        .workers = c->workers, .job_threads = c->status ? 1 : 0, .job_queue = 16};
     struct mt_listener_opts lo = {
         .name = c->mode == PX_MODE_SERVER ? "proxy server" : "proxy client",
         .addr = c->listen,
@@ -549,9 +511,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                               MESHTLS_LF_S("path", files[i].path));
     }
     int64_t next_interval = c->reload_interval_s ? mt_now_ms() + c->reload_interval_s * 1000LL : 0;
-    atomic_store(&px_metrics.target_up, 1); /* until the first check says otherwise */
-    check_target(&holder);
-    int64_t next_check = mt_now_ms() + PX_TARGET_CHECK_MS;
+    atomic_store(&px_metrics.target_up, 1); /* until a /readyz check says otherwise */
     int64_t pending_change = 0;
     for (;;) {
         struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
@@ -580,10 +540,6 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                 changed_files(files, PX_NFILES, names, sizeof(names));
                 reload(c, &holder, "file change", names);
             }
-        }
-        if (now >= next_check) {
-            check_target(&holder);
-            next_check = mt_now_ms() + PX_TARGET_CHECK_MS;
         }
         if (next_interval && now >= next_interval) {
             reload(c, &holder, "interval", NULL);

@@ -395,7 +395,7 @@ def test_startup_errors_fail_closed(pki, tmp_path):
             "--cert", c / "api.crt", "--key", c / "api.key", "--cacert", c / "ca.crt"]
     r = run(*base)
     assert r.returncode == 2 and "no access policy" in r.stderr
-    r = run(*base, "--allow-uri", "http://nope")
+    r = run(*base, "--allow-uri", "http://nope/*")
     assert r.returncode == 2 and "--allow-uri" in r.stderr
     r = run(*base, "--allow-all", "--handshake-timeout", "soon")
     assert r.returncode == 2 and "--handshake-timeout" in r.stderr

@@ -106,7 +106,7 @@ def test_keep_alive_scraper_does_not_hold_the_drain(proxy):
 
 
 def test_readyz_follows_the_target_healthz_does_not(pki):
-    """/readyz is 503 while the target does not answer (a periodic bounded connect, as
+    """/readyz is 503 while the target does not answer (a bounded connect when asked, as
     ghostunnel's backend_ok), 200 again once it does; /healthz stays 200 (liveness)."""
     from conftest import free_port, wait_port
     import subprocess
@@ -134,7 +134,7 @@ def test_readyz_follows_the_target_healthz_does_not(pki):
                                     "127.0.0.1"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         wait_port(port, proc=backend)
-        deadline = time.monotonic() + 15  # the check runs every 5 s
+        deadline = time.monotonic() + 15  # a check at most once a second
         while status("/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert status("/readyz")[0] == 200
