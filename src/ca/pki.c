@@ -814,14 +814,11 @@ static int resolve_out_dir(struct ca *ca, const struct ca_cert *c, char *abs, si
         }
         if (strcmp(serial, c->serial) != 0)
             return meshtls_err_set(err, MESHTLS_ENOENT,
-                                   "service %s: certificate %s was issued with the relative "
-                                   "directory '%s' (stored as given by an older meshtls), and "
-                                   "from the working directory %s, %s is not that certificate; "
-                                   "run 'meshtls ca rotate' once from the directory where "
-                                   "'ca issue' ran (the absolute path is then recorded), or "
-                                   "re-issue with an absolute path: meshtls ca issue --dir %s "
-                                   "%s --out /ABSOLUTE/DIR",
-                                   c->service, c->serial, od, cwd, crt, ca->dir, c->service);
+                                   "service %s: relative directory '%s' (stored by an older "
+                                   "meshtls): %s is not certificate %s; run rotate from where "
+                                   "'ca issue' ran, or re-issue: meshtls ca issue --dir %s %s "
+                                   "--out /ABSOLUTE/DIR",
+                                   c->service, od, crt, c->serial, ca->dir, c->service);
         *migrate = 1;
         return 0;
     }
