@@ -827,11 +827,10 @@ static int resolve_out_dir(struct ca *ca, const struct ca_cert *c, char *abs, si
     if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode))
         return meshtls_err_set(err, MESHTLS_ENOENT,
                                "service %s: certificate %s goes to %s, which no longer exists "
-                               "(or is not a directory); nothing was written there. If the "
-                               "service still reads its files from %s, recreate it (mkdir -p "
-                               "%s) and rotate again; if it moved, issue into the new place: "
-                               "meshtls ca issue --dir %s %s --out NEWDIR",
-                               c->service, c->serial, abs, abs, abs, ca->dir, c->service);
+                               "(or is not a directory); nothing was written. If the service "
+                               "still reads it there: mkdir -p %s and rotate again; if it "
+                               "moved: meshtls ca issue --dir %s %s --out NEWDIR",
+                               c->service, c->serial, abs, abs, ca->dir, c->service);
     return 0;
 }
 
