@@ -144,11 +144,12 @@ int ca_renew_intermediate(const char *dir, const char *root_key_path, int new_ke
 
 /**
  * Re-sign root.crl with the root key, valid `days`, listing the retired
- * intermediates revoked with `revoke_serial` (optional; never the current
- * one).  The published CRL bundle is rewritten if a path is remembered.
+ * intermediates revoked now (`revoke_serial`, optional, with `reason`, NULL
+ * = superseded; never the current one) or before.  The published CRL bundle
+ * is rewritten if a path is remembered.
  */
 int ca_root_crl(const char *dir, const char *root_key_path, int days, const char *revoke_serial,
-                ca_warn_fn warn, void *arg, struct meshtls_err *err);
+                const char *reason, ca_warn_fn warn, void *arg, struct meshtls_err *err);
 
 /* ---- pure helpers (unit-tested as tables) ---- */
 

@@ -1443,8 +1443,8 @@ int ca_renew_intermediate(const char *dir, const char *root_key_path, int new_ke
     struct ca ca;
     EVP_PKEY *rk = NULL, *ik = NULL;
     X509 *ni = NULL;
-    char *gen = NULL, *retired = NULL, *pem = NULL, *kpem = NULL;
-    size_t plen = 0, klen = 0;
+    char *gen = NULL, *retired = NULL, *kpem = NULL;
+    size_t klen = 0;
     char old_serial[80] = "", cn[400] = "", p[4200], when[32];
     struct ca_stage stg = CA_STAGE_INIT;
     if (days < 1 || days > CA_ROOT_DAYS)
@@ -1551,8 +1551,6 @@ out:
     if (kpem)
         OPENSSL_cleanse(kpem, klen);
     free(kpem);
-    free(pem);
-    (void)plen;
     free(gen);
     free(retired);
     X509_free(ni);
@@ -1563,7 +1561,7 @@ out:
 }
 
 int ca_root_crl(const char *dir, const char *root_key_path, int days, const char *revoke_serial,
-                ca_warn_fn warn, void *arg, struct meshtls_err *err)
+                const char *reason, ca_warn_fn warn, void *arg, struct meshtls_err *err)
 {
     int rc;
     struct ca ca;
@@ -1576,6 +1574,14 @@ int ca_root_crl(const char *dir, const char *root_key_path, int days, const char
     if (days < 1 || days > CA_ROOT_DAYS)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--days %d: expected 1 to %d", days,
                                CA_ROOT_DAYS);
+    if (!reason)
+        reason = "superseded";
+    if (ca_reason_parse(reason) < 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--reason '%s': expected unspecified, keyCompromise, "
+                               "caCompromise, affiliationChanged, superseded or "
+                               "cessationOfOperation",
+                               reason);
     if (revoke_serial && ca_serial_normalize(revoke_serial, want, sizeof(want)) != 0)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--revoke-intermediate '%s' is not a hex serial number",
@@ -1615,22 +1621,30 @@ int ca_root_crl(const char *dir, const char *root_key_path, int days, const char
             goto fail;
         }
     }
-    /* revoked_intermediates: "SERIAL UNIXTIME" lines */
+    /* revoked_intermediates: "SERIAL UNIXTIME REASON" lines */
     char all[4096];
     snprintf(all, sizeof(all), "%s", revoked ? revoked : "");
     if (*want && !strstr(all, want)) {
         size_t l = strlen(all);
-        snprintf(all + l, sizeof(all) - l, "%s%s %lld", l ? "\n" : "", want, (long long)time(NULL));
+        snprintf(all + l, sizeof(all) - l, "%s%s %lld %s", l ? "\n" : "", want,
+                 (long long)time(NULL), reason);
     }
     char *save = NULL, copy[4096];
     snprintf(copy, sizeof(copy), "%s", all);
     for (char *t = strtok_r(copy, "\n", &save); t && nl < 64; t = strtok_r(NULL, "\n", &save)) {
-        char *sp = strchr(t, ' ');
+        char *sp = strchr(t, ' '), *why = NULL;
         int64_t at = 0;
-        if (!sp || mt_parse_i64(sp + 1, 0, INT64_MAX, &at) != 0)
+        if (!sp)
             continue;
         *sp = '\0';
-        list[nl++] = (struct ca_cert){.serial = t, .revoked_at = at, .reason = "superseded"};
+        if ((why = strchr(sp + 1, ' ')))
+            *why++ = '\0';
+        if (mt_parse_i64(sp + 1, 0, INT64_MAX, &at) != 0)
+            continue;
+        list[nl++] =
+            (struct ca_cert){.serial = t,
+                             .revoked_at = at,
+                             .reason = why && ca_reason_parse(why) >= 0 ? why : "superseded"};
     }
     int64_t n = 1;
     if (num && mt_parse_i64(num, 0, INT64_MAX - 1, &n) != 0)

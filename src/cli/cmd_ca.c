@@ -66,7 +66,8 @@ static const char USAGE[] =
     "        re-sign the intermediate: same key (every leaf keeps verifying), or a new key\n"
     "        (the old intermediate stays valid until its end: both chains verify; then\n"
     "        rotate --force moves the services)\n"
-    "  root-crl --dir DIR --root-key FILE [--days 365] [--revoke-intermediate SERIAL]\n"
+    "  root-crl --dir DIR --root-key FILE [--days 365] [--revoke-intermediate SERIAL\n"
+    "       [--reason R]]\n"
     "        re-sign the root's CRL (DIR/root.crl, carried by every CRL bundle) before its\n"
     "        nextUpdate; rewrites the published bundle\n"
     "\n"
@@ -615,7 +616,8 @@ int cmd_ca(int argc, char **argv)
             return usage_err(sub, "unexpected argument");
         if (!strcmp(sub, "root-crl")) {
             int d = days_given ? days : CA_ROOT_CRL_DAYS;
-            if ((rc = ca_root_crl(dir, root_key, d, revoke_inter, warn_cb, (void *)sub, &err)))
+            if ((rc = ca_root_crl(dir, root_key, d, revoke_inter, reason, warn_cb, (void *)sub,
+                                  &err)))
                 return fail(sub, &err, rc);
             printf("re-signed %s/root.crl, valid %d days%s%s\n", dir, d,
                    revoke_inter ? "; revoked intermediate " : "", revoke_inter ? revoke_inter : "");

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import MESHTLS, run, snapshot
-from proxy_util import EchoServer, Proxy
+from proxy_util import EchoServer, Proxy, wait_for
 
 
 def ok(*args, cwd=None):
@@ -364,7 +364,7 @@ def test_renew_intermediate_new_key_overlap_both_chains_verify(ca, tmp_path):
         assert handshake(p.port, ca, new, "fresh") == b"ping"  # new intermediate
         with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
             handshake(p.port, ca, old, "old")
-        assert "revoked" in p.log()
+        wait_for(lambda: "revoked" in p.log(), what="the refusal logged")
     finally:
         p.stop()
         echo.close()
@@ -387,9 +387,10 @@ def test_root_crl_ceremony(ca, tmp_path):
     r = run("ca", "root-crl", "--dir", ca, "--root-key", key, "--revoke-intermediate", cur)
     assert r.returncode == 1 and "current intermediate" in r.stderr
     r = run("ca", "root-crl", "--dir", ca, "--root-key", key, "--days", "400",
-            "--revoke-intermediate", retired, check=True)
+            "--revoke-intermediate", retired, "--reason", "caCompromise", check=True)
     assert "valid 400 days" in r.stdout
     text = openssl("crl", "-in", ca / "root.crl", "-noout", "-text").stdout
+    assert "CA Compromise" in text
     assert retired.upper() in text.upper().replace(":", "")
     assert "X509v3 CRL Number" in text
     # the published bundle carries the new root CRL
