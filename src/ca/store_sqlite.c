@@ -326,7 +326,9 @@ static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int 
     if (rc) {
         if (rc == MESHTLS_ESTORE && mt_db_errkind(CONN(s)) == MT_DB_ERR_UNIQUE)
             rc = meshtls_err_set(err, MESHTLS_EEXIST,
-                                 "SPIFFE ID %s is already registered to another service",
+                                 "SPIFFE ID %s is already registered to another service (an "
+                                 "unregistered service keeps its ID: see 'meshtls ca list' "
+                                 "for whose certificates carry it)",
                                  svc->spiffe_id);
         else
             rc = db_err(s, rc, err, "registering the service");
