@@ -331,11 +331,22 @@ int cmd_ca(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
+    /* one per line, so that adding a subcommand is a one-line change */
+    /* clang-format off */
     static const char *const subs[] = {
-        "init",     "register", "issue",    "rotate",     "revoke",
-        "crl",      "list",     "services", "unregister", "renew-intermediate",
+        "init",
+        "register",
+        "issue",
+        "rotate",
+        "revoke",
+        "crl",
+        "list",
+        "services",
+        "unregister",
+        "renew-intermediate",
         "root-crl",
     };
+    /* clang-format on */
     int known = 0;
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
         known |= !strcmp(sub, subs[i]);
