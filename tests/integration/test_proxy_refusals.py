@@ -89,7 +89,8 @@ def test_plaintext_http_gets_a_400_that_says_tls(pki, procs, echo):
     hs, cert = errors(p)
     assert hs["no_client_cert"] == 0 and hs["protocol"] == 0
     assert sum(cert.values()) == 0, cert  # not a certificate problem
-    assert "reason=plaintext" in p.log() and "an HTTP request" in p.log()
+    wait_for(lambda: "reason=plaintext" in p.log() and "an HTTP request" in p.log(),
+             what="plaintext logged")
     assert echo.connections == 0
 
 
@@ -111,7 +112,7 @@ def test_random_bytes_and_old_tls_are_not_missing_certificates(pki, procs, echo)
     hs, cert = errors(p)
     assert hs["no_client_cert"] == 0
     assert sum(cert.values()) == 0, cert
-    assert "no TLS version we accept (minimum TLS 1.3)" in p.log()
+    wait_for(lambda: "no TLS version we accept (minimum TLS 1.3)" in p.log(), what="logged")
 
 
 def test_only_a_missing_certificate_is_no_client_cert(pki, procs, echo):
@@ -121,7 +122,7 @@ def test_only_a_missing_certificate_is_no_client_cert(pki, procs, echo):
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["no_client_cert"] == 1, what="no_client_cert counted")
     assert errors(p)[1]["no_client_cert"] == 1
-    assert "the client sent no certificate" in p.log()
+    wait_for(lambda: "the client sent no certificate" in p.log(), what="logged")
 
 
 def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
@@ -137,6 +138,8 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["untrusted"] == 1 and errors(p)[0]["expired"] == 1,
              what="both refusals counted")
+    # counted just before logged, closed after: wait for both close lines
+    wait_for(lambda: p.log().count(" close conn=") >= 2, what="both close lines")
     log = p.log()
     for crt, td in ((pki / "intruder" / "web.crt", "other.local"),
                     (forged / "web.crt", "test.local")):
@@ -165,6 +168,8 @@ def test_revoked_client_is_named(procs, echo, tmp_path):
     ctx.load_cert_chain(str(c / "web.crt"), str(c / "web.key"))
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["revoked"] == 1, what="revoked counted")
+    # the count comes just before the log line: wait for the line too
+    wait_for(lambda: "certificate revoked" in p.log(), what="revoked logged")
     line = next(ln for ln in p.log().splitlines() if "certificate revoked" in ln)
     assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
 
