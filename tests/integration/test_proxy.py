@@ -146,7 +146,7 @@ def test_no_cert_and_wrong_ca_are_refused(pki, procs, echo):
     assert m['meshtls_tls_handshake_errors_total{reason="no_client_cert"}'] == 1
     assert m['meshtls_tls_handshake_errors_total{reason="untrusted"}'] == 1
     assert echo.connections == 0
-    assert "the client sent no certificate" in p.log()
+    wait_for(lambda: "the client sent no certificate" in p.log(), what="logged")
 
 
 def test_plaintext_and_garbage_on_tls_port(pki, procs, echo):
@@ -533,7 +533,7 @@ def test_expired_and_wrong_eku_clients_refused(pki, procs, echo, tmp_path, kind,
              what=f"{reason} metric")
     assert echo.connections == 0
     want = "certificate has expired" if kind == "expired" else "unsuitable certificate purpose"
-    assert want in p.log()
+    wait_for(lambda: want in p.log(), what="logged")
 
 
 def test_proxy_configured_by_env_and_yaml(pki, procs, echo, tmp_path):
