@@ -150,7 +150,8 @@ struct mt_db_param {
 };
 
 /** A text parameter; NULL becomes SQL NULL. */
-#define MT_DB_TEXT(s) ((struct mt_db_param){.type = (s) ? MT_DB_T_TEXT : MT_DB_T_NULL, .text = (s)})
+#define MT_DB_TEXT(s)                                                                              \
+    ((struct mt_db_param){.type = (s) != NULL ? MT_DB_T_TEXT : MT_DB_T_NULL, .text = (s)})
 #define MT_DB_INT64(v) ((struct mt_db_param){.type = MT_DB_T_INT64, .i64 = (int64_t)(v)})
 #define MT_DB_BLOB(p, n) ((struct mt_db_param){.type = MT_DB_T_BLOB, .blob = (p), .len = (n)})
 #define MT_DB_NULL ((struct mt_db_param){.type = MT_DB_T_NULL})

@@ -265,6 +265,12 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
         p->serial = id->serial ? strdup(id->serial) : NULL;
     }
+    if (meshtls_log_enabled(MESHTLS_LOG_DEBUG))
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "handshake", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                          MESHTLS_LF_S("version", SSL_get_version(t->ssl)),
+                          MESHTLS_LF_S("cipher", SSL_get_cipher_name(t->ssl)),
+                          MESHTLS_LF_B("resumed", SSL_session_reused(t->ssl)));
     if (s->mode == PX_MODE_SERVER) {
         struct meshtls_decision d;
         /* the policy of the snapshot this connection started with (a reload may have
@@ -476,6 +482,44 @@ static void step_connect(struct mt_conn *c)
     start_relay(c);
 }
 
+/* What a TLS alert from the peer means for the one who reads our log. */
+static const char *alert_meaning(int alert)
+{
+    switch (alert) {
+    case SSL_AD_CERTIFICATE_REVOKED:
+        return "our certificate is revoked: issue a new one (meshtls ca rotate)";
+    case SSL_AD_CERTIFICATE_EXPIRED: return "our certificate has expired: renew it";
+    case SSL_AD_UNKNOWN_CA:
+        return "the peer does not trust the CA that issued our certificate: check its --cacert";
+    case SSL_AD_BAD_CERTIFICATE:
+    case SSL_AD_UNSUPPORTED_CERTIFICATE:
+        return "the peer refused our certificate (wrong key usage or a broken chain?)";
+    case SSL_AD_ACCESS_DENIED: return "the peer's policy denies our identity";
+    case TLS13_AD_CERTIFICATE_REQUIRED:
+        return "the peer requires a client certificate and got none";
+    case SSL_AD_PROTOCOL_VERSION: return "no TLS version in common";
+    default: return "the peer ended the connection";
+    }
+}
+
+/* Why reading or writing `e` failed, in words: a peer's TLS alert when there was one. */
+static void why_end_failed(struct mt_conn *c, struct mt_end *e, const char *fallback)
+{
+    struct px_conn *p = P(c);
+    unsigned long err = e->last_err;
+    int reason = err && ERR_GET_LIB(err) == ERR_LIB_SSL ? ERR_GET_REASON(err) : 0;
+    if (e->ssl && reason >= SSL_AD_REASON_OFFSET) {
+        int alert = reason - SSL_AD_REASON_OFFSET;
+        set_why(p, "the %s sent TLS alert '%s': %s", e->is_down ? "client" : "server",
+                SSL_alert_desc_string_long(alert), alert_meaning(alert));
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr),
+                          MESHTLS_LF_S("reason", "peer_alert"), MESHTLS_LF_S("error", p->why));
+        return;
+    }
+    set_why(p, "%s", fallback);
+}
+
 /* Copy bytes both ways.  @return 1 if it stopped early (call again). */
 static int step_relay(struct mt_conn *c)
 {
@@ -545,9 +589,18 @@ static int step_relay(struct mt_conn *c)
                     if (n == 0) {
                         src->rd_eof = 1;
                         progress = 1;
+                        if (dir == 1 && src->ssl && p->bytes[1] == 0 && !p->why &&
+                            S(c)->mode == PX_MODE_CLIENT)
+                            /* TLS 1.3: a server that denies by policy completes the
+                             * handshake, then closes without a byte */
+                            p->why = "the server closed without sending anything: its policy "
+                                     "may deny our identity (see its audit log), or the "
+                                     "service behind it closed";
                     } else if (n == -2) {
-                        mt_conn_close(c, dir == 0 ? "client connection error"
-                                                  : "target connection error");
+                        why_end_failed(c, src,
+                                       dir == 0 ? "client connection error"
+                                                : "target connection error");
+                        mt_conn_close(c, NULL);
                         return 0;
                     }
                     break;
@@ -566,8 +619,10 @@ static int step_relay(struct mt_conn *c)
                     p->len[dir] -= (size_t)n;
                     progress = 1;
                 } else if (n == -2) {
-                    mt_conn_close(c, dir == 0 ? "target closed while sending"
-                                              : "client closed while receiving");
+                    why_end_failed(c, dst,
+                                   dir == 0 ? "target closed while sending"
+                                            : "client closed while receiving");
+                    mt_conn_close(c, NULL);
                     return 0;
                 }
             }
