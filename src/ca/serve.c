@@ -604,6 +604,31 @@ static int h_peers(struct mt_http_req *req, void *arg)
 
 /* ---- /crl ----------------------------------------------------------------------------- */
 
+static void crl_warn(const char *msg, void *arg)
+{
+    (void)arg;
+    meshtls_log(MESHTLS_LOG_WARN, "ca serve: %s", msg);
+}
+
+/* Whether the store's meta table has `key`. */
+static int meta_exists(struct mt_db *db, const char *key, int *out, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    int rc = mt_db_acquire(db, &c, err);
+    if (!rc && !(rc = mt_db_query(c, "SELECT 1 FROM meta WHERE key = $1", p, 1, &r, err))) {
+        int row = mt_db_row_next(r, err);
+        if (row < 0)
+            rc = row;
+        else
+            *out = row > 0;
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
 static int crl_refresh(struct cp_server *srv, struct meshtls_err *err)
 {
     /* Changes seen through the store: number of revoked certificates and the latest
@@ -632,13 +657,19 @@ static int crl_refresh(struct cp_server *srv, struct meshtls_err *err)
     if (srv->crl_der && count == srv->crl_count && last == srv->crl_last &&
         now - srv->crl_made < CP_CRL_MAX_AGE_S)
         return 0;
-    char path[4300];
-    snprintf(path, sizeof(path), "%s/crl.pem", srv->tmpdir);
-    int n = 0;
+    /* The CA publishes its CRL at one remembered path (`ca crl --out`, written again by
+     * every revocation); the server re-signs it there and serves what it wrote.  A CA that
+     * never published one gets DIR/crl.pem, remembered from then on. */
+    char path[4300], written[4300] = "";
+    int n = 0, have_out = 0;
     char *pem = NULL;
     size_t len = 0;
-    if ((rc = ca_crl(srv->o->dir, path, &n, err)) ||
-        (rc = meshtls_read_file(path, MESHTLS_PEM_FILE_MAX, &pem, &len, err)))
+    if ((rc = meta_exists(srv->db, "crl_out", &have_out, err)))
+        return rc;
+    snprintf(path, sizeof(path), "%s/crl.pem", srv->o->dir);
+    if ((rc = ca_crl(srv->o->dir, have_out ? NULL : path, &n, written, sizeof(written), crl_warn,
+                     NULL, err)) ||
+        (rc = meshtls_read_file(written, MESHTLS_PEM_FILE_MAX, &pem, &len, err)))
         return rc;
     BIO *b = BIO_new_mem_buf(pem, (int)len);
     X509_CRL *crl = b ? PEM_read_bio_X509_CRL(b, NULL, NULL, NULL) : NULL;
@@ -774,8 +805,10 @@ static int db_service_get(struct mt_db *db, const char *name, struct ca_service 
     struct mt_db_param p[] = {MT_DB_TEXT(name)};
     memset(out, 0, sizeof(*out));
     int rc = mt_db_acquire(db, &c, err);
-    if (!rc && !(rc = mt_db_query(c, "SELECT spiffe_id, dns, ips FROM services WHERE name = $1", p,
-                                  1, &r, err))) {
+    if (!rc && !(rc = mt_db_query(c,
+                                  "SELECT spiffe_id, dns, ips FROM services WHERE name = $1 AND "
+                                  "unregistered_at IS NULL",
+                                  p, 1, &r, err))) {
         int row = mt_db_row_next(r, err);
         if (row < 0)
             rc = row;
@@ -1213,8 +1246,20 @@ static void w_admin_revoke(struct cp_job *jb)
     int replace = rep ? json_is_true(rep) : 1;
     struct replaced r = {.arr = json_array()};
     int count = 0;
-    int rc = ca_revoke(srv->o->dir, NULL, jb->param, reason ? reason : "unspecified", replace,
-                       on_replaced, &r, &count, &e);
+    char crl_written[4300] = "";
+    struct ca_revoke_opts ro = {.service = jb->param,
+                                .reason = reason ? reason : "unspecified",
+                                .replace = replace,
+                                .report = on_replaced,
+                                .warn = crl_warn,
+                                .arg = &r};
+    int rc = ca_revoke(srv->o->dir, &ro, &count, crl_written, sizeof(crl_written), &e);
+    if (rc && count > 0) {
+        /* revoked and committed; only publishing the CRL file failed: GET /crl re-signs */
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: revoked %d certificate(s) of %s, but: %s", count,
+                    jb->param, e.msg);
+        rc = 0;
+    }
     if (rc) {
         json_decref(r.arr);
         if (rc == MESHTLS_ESTORE)
@@ -1705,11 +1750,15 @@ static void lifecycle_run(struct cp_server *srv)
 {
     const struct cp_serve_opts *o = srv->o;
     struct meshtls_err e = MESHTLS_ERR_INIT;
-    int rotated = 0;
-    int rc = ca_rotate(o->dir, o->rotate_within_days, o->leaf_days, NULL, 0, on_rotated, NULL,
-                       &rotated, &e);
+    int rotated = 0, failed = 0;
+    struct ca_rotate_opts ro = {.within_days = o->rotate_within_days,
+                                .days = o->leaf_days,
+                                .report = on_rotated,
+                                .warn = crl_warn};
+    int rc = ca_rotate(o->dir, &ro, &rotated, &failed, &e);
     if (rc)
-        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: rotate: %s", e.msg);
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: rotate (%d skipped): %s", failed,
+                    e.msg);
     int64_t now = (int64_t)time(NULL);
     struct meshtls_err e2 = MESHTLS_ERR_INIT;
     if (mt_db_tx(srv->db, sweep_fn, &now, &e2))

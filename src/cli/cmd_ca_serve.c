@@ -3,6 +3,8 @@
  * (a one-time bootstrap token): argument parsing only; the work is in src/ca/serve*.c.
  */
 #include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -158,27 +160,28 @@ static int parse_common(const char *sub, int argc, char **argv, struct cp_serve_
  * environment (MESHTLS_CA_SERVE_<KEY>) and the `ca_serve:` section of --config FILE */
 static const struct meshtls_config_keydef serve_keys[] = {
     {"ca_serve.dir", MESHTLS_CFG_PATH, NULL, NULL, "--dir", NULL, NULL, 0, 0,
-     "the CA directory (keys and meshtls.db)"},
+     "the CA directory (keys and meshtls.db)", 0, NULL, NULL, 0},
     {"ca_serve.listen", MESHTLS_CFG_STR, NULL, NULL, "--listen", NULL, NULL, 0, 0,
-     "address of the HTTPS API"},
+     "address of the HTTPS API", 0, NULL, NULL, 0},
     {"ca_serve.status", MESHTLS_CFG_STR, NULL, NULL, "--status", NULL, NULL, 0, 0,
-     "address of plain-HTTP /healthz, /readyz, /metrics and OCSP"},
+     "address of plain-HTTP /healthz, /readyz, /metrics and OCSP", 0, NULL, NULL, 0},
     {"ca_serve.admin", MESHTLS_CFG_STR, NULL, NULL, "--admin", NULL, NULL, 0, 0,
-     "administrator SPIFFE IDs, comma-separated (flags --admin add to it)"},
+     "administrator SPIFFE IDs, comma-separated (flags --admin add to it)", 0, NULL, NULL, 0},
     {"ca_serve.san", MESHTLS_CFG_STR, NULL, NULL, "--san", NULL, NULL, 0, 0,
-     "more DNS names / IPs of the server certificate, comma-separated"},
+     "more DNS names / IPs of the server certificate, comma-separated", 0, NULL, NULL, 0},
     {"ca_serve.workers", MESHTLS_CFG_INT, "2", NULL, "--workers", NULL, NULL, 1, 64,
-     "event-loop threads"},
+     "event-loop threads", 0, NULL, NULL, 0},
     {"ca_serve.peer_ttl", MESHTLS_CFG_DURATION, "30s", NULL, "--peer-ttl", NULL, NULL, 1000,
-     366L * 86400000L, "an /api/peers registration lives this long without a heartbeat"},
+     366L * 86400000L, "an /api/peers registration lives this long without a heartbeat", 0, NULL,
+     NULL, 0},
     {"ca_serve.days", MESHTLS_CFG_INT, "90", NULL, "--days", NULL, NULL, 1, CA_LEAF_DAYS_MAX,
-     "validity of certificates issued through the API and rotations"},
+     "validity of certificates issued through the API and rotations", 0, NULL, NULL, 0},
     {"ca_serve.lifecycle", MESHTLS_CFG_BOOL, "true", NULL, NULL, NULL, NULL, 0, 0,
-     "run the lifecycle worker (--lifecycle-interval off sets false)"},
+     "run the lifecycle worker (--lifecycle-interval off sets false)", 0, NULL, NULL, 0},
     {"ca_serve.lifecycle_interval", MESHTLS_CFG_DURATION, "24h", NULL, "--lifecycle-interval", NULL,
-     NULL, 1000, 366L * 86400000L, "how often the lifecycle worker runs"},
+     NULL, 1000, 366L * 86400000L, "how often the lifecycle worker runs", 0, NULL, NULL, 0},
     {"ca_serve.rotate_within", MESHTLS_CFG_INT, "14", NULL, "--rotate-within", NULL, NULL, 0, 824,
-     "the worker rotates certificates expiring within this many days"},
+     "the worker rotates certificates expiring within this many days", 0, NULL, NULL, 0},
 };
 #define N_SERVE_KEYS (sizeof(serve_keys) / sizeof(serve_keys[0]))
 
@@ -315,7 +318,11 @@ int cmd_ca_serve(int argc, char **argv)
         goto out;
     }
     long v;
+    static char absdir[PATH_MAX];
     o.dir = meshtls_config_get(cfg, "ca_serve.dir", NULL);
+    /* absolute: the CA records where it wrote each certificate, and rotates into it */
+    if (o.dir && realpath(o.dir, absdir))
+        o.dir = absdir;
     o.listen = meshtls_config_get(cfg, "ca_serve.listen", NULL);
     o.status = meshtls_config_get(cfg, "ca_serve.status", NULL);
     if (!o.dir) {
