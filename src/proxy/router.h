@@ -1,0 +1,191 @@
+/*
+ * router.h - `meshtls proxy router`: the mTLS bastion of 004 (docs/ROUTER.md).
+ *
+ * People hold certificates whose SPIFFE ID is spiffe://<issuer>/orgs/<org>/users/<user>.
+ * A client sends `<connect_id>\n`; the router looks the host up in the database shared
+ * with an ssh-router (tables backend_hosts, teams, users), decides with 004's rule, and
+ * answers `OK\n` and relays bytes to the host's internal_ip_addr, or answers
+ * `ERROR: <code> <message>\n` and closes.
+ *
+ * Pieces:
+ *   router_authz.c  pure logic: SPIFFE user IDs, the connect-id line, array columns, the
+ *                   decision (no I/O: unit-tested as tables)
+ *   router_db.c     schema migrations and the lookup queries (blocking: job threads only)
+ *   router.c        the protocol on the engine (struct mt_proto_ops)
+ *   router_run.c    rt_run: the engine, listeners, signals
+ */
+#ifndef MESHTLS_ROUTER_H
+#define MESHTLS_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "db.h"
+#include "meshtls/err.h"
+#include "meshtls/tls.h"
+
+#define RT_ID_MAX 128         /* longest org / user / team id accepted from a certificate */
+#define RT_CONNECT_ID_MAX 253 /* longest connect id (bytes, before the newline) */
+#define RT_DEFAULT_PORT 22    /* internal_ip_addr without a port: ssh */
+#define RT_ARRAY_MAX 4096     /* elements of a user_ids / team_ids array considered */
+
+/*
+ * The fixed set of refusal codes (the `<code>` of `ERROR: <code> <message>`); the
+ * messages are fixed too.  RT_NOT_FOUND covers an unknown connect id AND a host of
+ * another organisation: the two must look the same.
+ */
+enum rt_code {
+    RT_OK = 0,
+    RT_BAD_IDENTITY,        /* the certificate is not a user SVID of the configured issuer */
+    RT_BAD_REQUEST,         /* the line is empty, too long, or has characters not allowed */
+    RT_TIMEOUT,             /* the line did not arrive in time */
+    RT_NOT_FOUND,           /* no such connect id in your organisation */
+    RT_FORBIDDEN,           /* a host of your organisation you are not granted */
+    RT_AUTHZ_UNAVAILABLE,   /* the database did not answer in time, or failed */
+    RT_BACKEND_UNAVAILABLE, /* the host's address is bad, or it refused / did not answer */
+    RT_BUSY,                /* the router is overloaded (job queue full) */
+    RT_CODE_N
+};
+
+/** The code's wire name ("not-found"). */
+const char *rt_code_name(enum rt_code c);
+/** The whole answer line for `c`: "ERROR: not-found no such host\n" (static). */
+const char *rt_code_line(enum rt_code c);
+
+/* ---- pure logic (router_authz.c) ------------------------------------------------------ */
+
+/**
+ * Parse a SPIFFE ID (the library's parser) that must be
+ * spiffe://<issuer>/orgs/<org>/users/<user> with `issuer` as its trust domain.
+ * org and user: 1..RT_ID_MAX bytes of [A-Za-z0-9._-] (SPIFFE path characters).
+ * @param org, user buffers of RT_ID_MAX + 1 bytes; written only on success.
+ * @return 0, or MESHTLS_EINVAL with `err` saying why (for the audit log).
+ */
+int rt_identity_parse(const char *spiffe_id, const char *issuer, char *org, char *user,
+                      struct meshtls_err *err);
+
+/**
+ * Check the connect-id line `line` of `n` bytes (newline excluded; one trailing '\r' is
+ * dropped).  Allowed: 1..RT_CONNECT_ID_MAX bytes of [A-Za-z0-9._~:@+-].
+ * @param out RT_CONNECT_ID_MAX + 1 bytes; written only on success.
+ * @return RT_OK or RT_BAD_REQUEST.
+ */
+enum rt_code rt_connect_id_check(const char *line, size_t n, char *out);
+
+/**
+ * Split an array column as the database returns it: a PostgreSQL array literal
+ * ({a,"b c",NULL}) or a JSON array of strings (["a","b c"]; SQLite).  NULL and empty
+ * elements are skipped.
+ * @param out new array of new strings (free with rt_strv_free), `*n` elements.
+ * @return 0, MESHTLS_EINVAL if `text` is neither form, MESHTLS_ENOMEM.
+ */
+int rt_array_parse(const char *text, char ***out, size_t *n);
+void rt_strv_free(char **v, size_t n);
+
+/** A host as the decision reads it (borrowed strings). */
+struct rt_host {
+    const char *org_id;
+    const char *const *user_ids;
+    size_t n_user_ids;
+    const char *const *team_ids;
+    size_t n_team_ids;
+};
+
+/** A team as the decision reads it (borrowed strings). */
+struct rt_team {
+    const char *team_id;
+    const char *org_id;
+    const char *const *user_ids;
+    size_t n_user_ids;
+};
+
+/**
+ * 004's rule.  `host` NULL: no such connect id.  Allowed when the host is in the user's
+ * organisation and the user is in host->user_ids, or in a team of `teams` whose id is in
+ * host->team_ids and whose organisation is the host's.
+ * @return RT_OK, RT_NOT_FOUND (no host, or another organisation's), RT_FORBIDDEN.
+ * @param via if not NULL, set to "user" or the team id that granted (borrowed).
+ */
+enum rt_code rt_authz_decide(const struct rt_host *host, const struct rt_team *teams,
+                             size_t n_teams, const char *org, const char *user, const char **via);
+
+/**
+ * Turn internal_ip_addr ("10.0.0.5", "10.0.0.5:2222", "[fd00::5]:22", "fd00::5",
+ * "host.internal:22") into "host:port" for mt_resolve, with RT_DEFAULT_PORT when none.
+ * @return 0, or MESHTLS_EINVAL (empty, too long, a bad port).
+ */
+int rt_backend_addr(const char *addr, char *out, size_t cap);
+
+/* ---- the database (router_db.c): blocking, job threads or commands only ---------------- */
+
+/**
+ * Create 004's tables if they are missing (an existing ssh-router database is used as it
+ * is) and check that the columns the router reads are there with usable types.
+ */
+int rt_db_migrate(struct mt_db *db, struct meshtls_err *err);
+
+/** The verdict of one lookup. */
+struct rt_lookup {
+    enum rt_code code;
+    char addr[300]; /* "host:port" to connect to, when RT_OK */
+    char via[RT_ID_MAX + 8];
+};
+
+/**
+ * Look `connect_id` up for org/user and decide (two queries on one pooled connection).
+ * @return 0 with `out` filled (code RT_OK / RT_NOT_FOUND / RT_FORBIDDEN /
+ *         RT_BACKEND_UNAVAILABLE for an unusable address), or a MESHTLS_E* code (the
+ *         database failed: the caller answers RT_AUTHZ_UNAVAILABLE).
+ */
+int rt_db_lookup(struct mt_db *db, const char *connect_id, const char *org, const char *user,
+                 struct rt_lookup *out, struct meshtls_err *err);
+
+/** Whether the database answers a trivial query (readiness). */
+int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
+
+/* ---- the router (router.c, router_run.c) ------------------------------------------------ */
+
+/* Validated configuration; read-only once the router runs. */
+struct rt_config {
+    const char *listen;
+    const char *status;
+    struct meshtls_tls_opts tls; /* tls.ca_file: the first CA file */
+    const char *const *ca_files; /* every CA file (several for rotation) */
+    size_t n_ca_files;
+    const char *issuer;
+    const char *store_url; /* with its password: never logged (mt_db_url_safe) */
+    int workers;
+    int job_threads;
+    int max_conns;
+    int handshake_timeout_ms;
+    int line_timeout_ms;  /* the connect-id line must arrive within this */
+    int authz_timeout_ms; /* the decision must come within this, else authz-unavailable */
+    int connect_timeout_ms;
+    int idle_timeout_ms;
+    int shutdown_timeout_ms;
+};
+
+/** The runtime the protocol reads (the listener's argument). */
+struct rt_router {
+    const struct rt_config *cfg;
+    struct mt_db *db;
+};
+
+/** The router protocol (listener argument: struct rt_router). */
+extern const struct mt_proto_ops rt_router_ops;
+
+/**
+ * Run the router until SIGTERM/SIGINT.  `cfg` (borrowed) must outlive the call.
+ * @return 0 on a clean shutdown, or a MESHTLS_E* code with `err` set.
+ */
+int rt_run(const struct rt_config *cfg, struct meshtls_err *err);
+
+/**
+ * Build the server context: client certificates required and verified against every
+ * CA file of cfg->ca_files.  @param out new context the caller frees.
+ */
+int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
+                 struct meshtls_err *err);
+
+#endif
