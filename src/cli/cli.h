@@ -9,11 +9,14 @@
 
 struct meshtls_err;
 
-int cmd_ca(int argc, char **argv);     /* cmd_ca.c     - meshtls ca ...   */
-int cmd_cert(int argc, char **argv);   /* cmd_cert.c   - meshtls cert ... */
-int cmd_dev(int argc, char **argv);    /* cmd_dev.c    - meshtls dev ...  */
-int cmd_config(int argc, char **argv); /* cmd_config.c - meshtls config ... */
-int cmd_proxy(int argc, char **argv);  /* cmd_proxy.c  - meshtls proxy server|client */
+int cmd_ca(int argc, char **argv);           /* cmd_ca.c     - meshtls ca ...   */
+int cmd_cert(int argc, char **argv);         /* cmd_cert.c   - meshtls cert ... */
+int cmd_dev(int argc, char **argv);          /* cmd_dev.c    - meshtls dev ...  */
+int cmd_config(int argc, char **argv);       /* cmd_config.c - meshtls config ... */
+int cmd_proxy(int argc, char **argv);        /* cmd_proxy.c  - meshtls proxy server|client */
+int cmd_proxy_router(int argc, char **argv); /* cmd_router.c - meshtls proxy router */
+int cmd_router(int argc, char **argv);       /* cmd_router.c - meshtls router (data) */
+int cmd_connect(int argc, char **argv);      /* cmd_connect.c - meshtls connect */
 
 /** Print "meshtls <what>: <err->msg>" (or the code's name) to stderr. */
 void cli_print_err(const char *what, const struct meshtls_err *err, int code);

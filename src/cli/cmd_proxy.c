@@ -378,6 +378,8 @@ int cmd_proxy(int argc, char **argv)
     int rc, status = 1, opt;
     long v;
 
+    if (argc >= 2 && !strcmp(argv[1], "router")) /* the bastion: src/cli/cmd_router.c */
+        return cmd_proxy_router(argc - 1, argv + 1);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         proxy_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
