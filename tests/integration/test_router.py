@@ -1,0 +1,355 @@
+"""`meshtls proxy router` and `meshtls connect` (issue 11, docs/ROUTER.md): 004's tables on
+SQLite and on a real PostgreSQL, SPIFFE user identities, the connect-id line, the fixed
+ERROR codes, relaying to an echo backend, bounded answers with the backend or the
+database down, and ssh through it when an sshd is installed."""
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MESHTLS, free_port, read_child_log, run
+from proxy_util import EchoServer
+from servers import PasswordPostgres, pg_skip_reason
+
+TD = "test.local"
+USERS = {  # name -> SPIFFE ID
+    "alice": f"spiffe://{TD}/orgs/acme/users/alice",     # on web-01 directly
+    "bob": f"spiffe://{TD}/orgs/acme/users/bob",         # in team ops, listed by web-01
+    "carol": f"spiffe://{TD}/orgs/acme/users/carol",     # in team dev, not listed
+    "zoe": f"spiffe://{TD}/orgs/acme/users/zoe",         # in no list
+    "mallory": f"spiffe://{TD}/orgs/evil/users/mallory",  # another organisation
+}
+
+NOT_FOUND = b"ERROR: not-found no such host\n"
+
+
+@pytest.fixture(scope="module")
+def pki():
+    d = Path(tempfile.mkdtemp(prefix="meshtls-router-"))
+    ca = d / "ca"
+    run("ca", "init", "--dir", ca, "--trust-domain", TD, check=True)
+    run("ca", "register", "--dir", ca, "router", "--dns", "localhost", "--ip", "127.0.0.1",
+        check=True)
+    run("ca", "register", "--dir", ca, "web", check=True)  # a service SVID
+    for name, sid in USERS.items():
+        run("ca", "register", "--dir", ca, name, "--spiffe-id", sid, check=True)
+    for name in ("router", "web", *USERS):
+        run("ca", "issue", "--dir", ca, name, "--out", d / "certs", check=True)
+    # a second CA, trusted too (CA rotation), whose users are of another issuer
+    run("ca", "init", "--dir", d / "other", "--trust-domain", "other.local", check=True)
+    run("ca", "register", "--dir", d / "other", "alice", "--spiffe-id",
+        "spiffe://other.local/orgs/acme/users/alice", check=True)
+    run("ca", "issue", "--dir", d / "other", "alice", "--out", d / "other-certs", check=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Router:
+    """A running `meshtls proxy router`; .port, .log(), stopped by PID."""
+
+    def __init__(self, pki, *args, env=None):
+        c = pki / "certs"
+        argv = [MESHTLS, "proxy", "router", "--listen", "127.0.0.1:0",
+                "--cert", c / "router.crt", "--key", c / "router.key",
+                "--cacert", f"{c / 'ca.crt'},{pki / 'other-certs' / 'ca.crt'}",
+                "--issuer", TD, "--workers", "2", *args]
+        self.logfile = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
+                                     stderr=self.logfile, text=True,
+                                     env=dict(os.environ, **(env or {})))
+        self.port = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.match(r"listening on .*:(\d+)$", line.strip())
+            if m:
+                self.port = int(m.group(1))
+                break
+        if self.port is None:
+            self.stop()
+            raise AssertionError(f"router did not start:\n{self.log()}")
+
+    def log(self):
+        return read_child_log(self.logfile)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        log = self.log()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+            assert bad not in log, log[-4000:]
+        return self.proc.returncode
+
+
+def tls_conn(pki, port, who, certs="certs", timeout=10):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki / "certs" / "ca.crt")
+    if who:
+        ctx.load_cert_chain(pki / certs / f"{who}.crt", pki / certs / f"{who}.key")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def read_line(s, cap=1024):
+    out = b""
+    while not out.endswith(b"\n") and len(out) < cap:
+        try:
+            b = s.recv(1)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not b:
+            break
+        out += b
+    return out
+
+
+def ask(pki, port, who, line, certs="certs"):
+    """Send `line` as `who`; the router's answer line."""
+    with tls_conn(pki, port, who, certs) as s:
+        if line:
+            s.sendall(line)
+        return read_line(s)
+
+
+def connect(pki, port, who, cid, data=b"", timeout=20):
+    c = pki / "certs"
+    return subprocess.run([MESHTLS, "connect", "--proxy", f"localhost:{port}",
+                           "--cert", c / f"{who}.crt", "--key", c / f"{who}.key",
+                           "--cacert", c / "ca.crt", "--connect-id", cid],
+                          input=data, capture_output=True, timeout=timeout)
+
+
+def seed_sql(echo_port, down_port, arr):
+    """004's rows; arr(list) renders an array literal for the backend."""
+    return [
+        ("INSERT INTO backend_hosts (connect_id, internal_ip_addr, org_id, user_ids, team_ids) "
+         f"VALUES ('web-01', '127.0.0.1:{echo_port}', 'acme', {arr(['alice'])}, "
+         f"{arr(['ops', 'evilteam'])})"),
+        ("INSERT INTO backend_hosts (connect_id, internal_ip_addr, org_id, user_ids, team_ids) "
+         f"VALUES ('evil-01', '127.0.0.1:{echo_port}', 'evil', {arr(['mallory', 'alice'])}, "
+         f"{arr([])})"),
+        ("INSERT INTO backend_hosts (connect_id, internal_ip_addr, org_id, user_ids, team_ids) "
+         f"VALUES ('down-01', '127.0.0.1:{down_port}', 'acme', {arr(['alice'])}, {arr([])})"),
+        f"INSERT INTO teams (team_id, org_id, user_ids) VALUES ('ops', 'acme', {arr(['bob'])})",
+        f"INSERT INTO teams (team_id, org_id, user_ids) VALUES ('dev', 'acme', {arr(['carol'])})",
+        ("INSERT INTO teams (team_id, org_id, user_ids) VALUES ('evilteam', 'evil', "
+         f"{arr(['mallory', 'zoe'])})"),
+    ]
+
+
+def sqlite_arr(v):
+    return "'" + "[" + ",".join(f'"{x}"' for x in v) + "]'"
+
+
+def pg_arr(v):
+    return "ARRAY[" + ",".join(f"'{x}'" for x in v) + "]::text[]" if v else "'{}'::text[]"
+
+
+@pytest.fixture(scope="module")
+def echo():
+    e = EchoServer()
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def sqlite_router(pki, echo):
+    db = pki / "router.db"
+    r = run("proxy", "router", "--listen", "127.0.0.1:0", "--cert", pki / "certs/router.crt",
+            "--key", pki / "certs/router.key", "--cacert", pki / "certs/ca.crt",
+            "--issuer", TD, "--store", f"sqlite:{db}", "--check")
+    assert r.returncode == 0, r.stderr
+    assert "reachable" in r.stdout
+    con = sqlite3.connect(db)
+    for q in seed_sql(echo.port, free_port(), sqlite_arr):
+        con.execute(q)
+    con.commit()
+    con.close()
+    router = Router(pki, "--store", f"sqlite:{db}", "--line-timeout", "1s")
+    yield router
+    router.stop()
+
+
+def test_allowed_directly_relays_both_ways_with_half_close(pki, sqlite_router):
+    p = connect(pki, sqlite_router.port, "alice", "web-01", data=b"hello through the router\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"hello through the router\n"
+    with tls_conn(pki, sqlite_router.port, "alice") as s:
+        s.sendall(b"web-01\nand bytes sent with the line")  # pipelined after the line
+        assert read_line(s) == b"OK\n"
+        got = b""
+        deadline = time.monotonic() + 5
+        while len(got) < 28 and time.monotonic() < deadline:
+            got += s.recv(100)
+        assert got == b"and bytes sent with the line"
+    assert '"decision":"allow"' in sqlite_router.log() or "decision=allow" in sqlite_router.log()
+
+
+def test_allowed_through_a_team_and_crlf(pki, sqlite_router):
+    assert ask(pki, sqlite_router.port, "bob", b"web-01\r\n") == b"OK\n"
+
+
+def test_refusals_and_indistinguishable_not_found(pki, sqlite_router):
+    port = sqlite_router.port
+    forb = b"ERROR: forbidden you are not granted access to this host\n"
+    assert ask(pki, port, "carol", b"web-01\n") == forb   # team not listed
+    assert ask(pki, port, "zoe", b"web-01\n") == forb     # in no list (member of evil's team)
+    # another organisation's host, a listed team of another organisation, and an unknown id:
+    # the same bytes
+    assert ask(pki, port, "alice", b"evil-01\n") == NOT_FOUND
+    assert ask(pki, port, "mallory", b"web-01\n") == NOT_FOUND
+    assert ask(pki, port, "alice", b"no-such-host\n") == NOT_FOUND
+    p = connect(pki, port, "alice", "no-such-host")
+    assert p.returncode == 1 and p.stderr == NOT_FOUND and p.stdout == b""
+
+
+def test_bad_identities(pki, sqlite_router):
+    bad = b"ERROR: bad-identity "
+    assert ask(pki, sqlite_router.port, "web", b"web-01\n").startswith(bad)  # service SVID
+    # trusted (second CA file), but another issuer
+    assert ask(pki, sqlite_router.port, "alice", b"web-01\n", certs="other-certs").startswith(bad)
+    assert "not a user identity" in sqlite_router.log()
+
+
+@pytest.mark.parametrize("line", [
+    b"\n", b"a" * 300 + b"\n", b"a" * 5000, b"\x00\x01\xff\n", b"web 01\n",
+    b"x';DROP TABLE backend_hosts;--\n", "h\u00f4te\n".encode(), b"web-01\r\r\n"])
+def test_bad_lines(pki, sqlite_router, line):
+    assert ask(pki, sqlite_router.port, "alice", line).startswith(b"ERROR: bad-request ")
+    assert ask(pki, sqlite_router.port, "alice", b"web-01\n") == b"OK\n"  # tables intact
+
+
+def test_slow_line_times_out(pki, sqlite_router):
+    t0 = time.monotonic()
+    with tls_conn(pki, sqlite_router.port, "alice") as s:
+        s.sendall(b"web")
+        assert read_line(s) == b"ERROR: timeout the connect id line did not arrive in time\n"
+    assert time.monotonic() - t0 < 4
+
+
+def test_backend_down(pki, sqlite_router):
+    t0 = time.monotonic()
+    assert ask(pki, sqlite_router.port, "alice", b"down-01\n").startswith(
+        b"ERROR: backend-unavailable ")
+    assert time.monotonic() - t0 < 6
+
+
+def test_ssh_config_block(pki):
+    p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
+            pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
+            pki / "certs/ca.crt", "--host", "*.internal")
+    assert p.returncode == 0
+    assert "Host *.internal" in p.stdout and "--connect-id %h" in p.stdout
+    assert str(pki / "certs/alice.key") in p.stdout
+
+
+@pytest.mark.skipif(pg_skip_reason() is not None, reason=str(pg_skip_reason()))
+def test_postgres_existing_ssh_router_database(pki, echo):
+    pg = PasswordPostgres()
+    router = None
+    try:
+        # the ssh-router made these tables (004's DDL) before meshtls ever ran
+        ddl = ("CREATE TABLE backend_hosts (connect_id TEXT PRIMARY KEY, internal_ip_addr "
+               "TEXT NOT NULL, org_id TEXT NOT NULL, user_ids TEXT[] NOT NULL DEFAULT '{}', "
+               "team_ids TEXT[] NOT NULL DEFAULT '{}', host_user TEXT);"
+               "CREATE TABLE teams (team_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, user_ids "
+               "TEXT[] NOT NULL DEFAULT '{}');"
+               "CREATE TABLE users (user_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, "
+               "public_keys BYTEA[] NOT NULL DEFAULT '{}');")
+        sql = ddl + ";".join(seed_sql(echo.port, free_port(), pg_arr)) + ";"
+        r = subprocess.run(["psql", pg.url(), "-v", "ON_ERROR_STOP=1", "-c", sql],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        router = Router(pki, "--db-host", "127.0.0.1", "--db-port", pg.port, "--db-user",
+                        pg.user, "--db-name", pg.dbname, "--db-password", pg.password,
+                        "--authz-timeout", "2s", "--log-level", "debug")
+        cmdline = Path(f"/proc/{router.proc.pid}/cmdline").read_bytes()
+        assert pg.password.encode() not in cmdline
+        p = connect(pki, router.port, "alice", "web-01", data=b"pg says hi\n")
+        assert p.returncode == 0, p.stderr + router.log().encode()
+        assert p.stdout == b"pg says hi\n"
+        assert ask(pki, router.port, "bob", b"web-01\n") == b"OK\n"
+        assert ask(pki, router.port, "mallory", b"web-01\n") == NOT_FOUND
+        assert ask(pki, router.port, "alice", b"evil-01\n") == NOT_FOUND
+        assert ask(pki, router.port, "carol", b"web-01\n").startswith(b"ERROR: forbidden")
+        # the pre-existing tables were used as they are
+        r = subprocess.run(["psql", pg.url(), "-Atc",
+                            "SELECT version FROM router_schema_migrations"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "1", r.stdout + r.stderr
+        # the database goes away: a bounded answer, never a hang
+        pg.stop()
+        t0 = time.monotonic()
+        assert ask(pki, router.port, "alice", b"web-01\n").startswith(
+            b"ERROR: authz-unavailable ")
+        assert time.monotonic() - t0 < 5
+        assert pg.password not in router.log()
+    finally:
+        if router:
+            router.stop()
+        pg.stop()
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
+                    reason="/usr/sbin/sshd missing: install openssh-server")
+def test_ssh_through_the_router(pki, tmp_path):
+    hk = tmp_path / "host_key"
+    uk = tmp_path / "user_key"
+    for k in (hk, uk):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
+    auth = tmp_path / "authorized_keys"
+    shutil.copy(uk.with_suffix(".pub"), auth)
+    os.chmod(auth, 0o600)
+    port = free_port()
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                             "-h", hk, "-o", f"AuthorizedKeysFile={auth}", "-o",
+                             "StrictModes=no", "-o", "PasswordAuthentication=no",
+                             "-o", f"PidFile={tmp_path / 'sshd.pid'}"],
+                            stderr=subprocess.PIPE)
+    db = tmp_path / "r.db"
+    router = None
+    try:
+        r = run("proxy", "router", "--listen", "127.0.0.1:0", "--cert", pki / "certs/router.crt",
+                "--key", pki / "certs/router.key", "--cacert", pki / "certs/ca.crt", "--issuer",
+                TD, "--store", f"sqlite:{db}", "--check")
+        assert r.returncode == 0, r.stderr
+        con = sqlite3.connect(db)
+        con.execute("INSERT INTO backend_hosts (connect_id, internal_ip_addr, org_id, user_ids) "
+                    f"VALUES ('box', '127.0.0.1:{port}', 'acme', '[\"alice\"]')")
+        con.commit()
+        con.close()
+        router = Router(pki, "--store", f"sqlite:{db}")
+        c = pki / "certs"
+        pc = (f"{MESHTLS} connect --proxy localhost:{router.port} --cert {c}/alice.crt "
+              f"--key {c}/alice.key --cacert {c}/ca.crt --connect-id %h")
+        user = os.environ.get("USER") or "root"
+        p = subprocess.run(["ssh", "-F", "/dev/null", "-i", uk, "-o", "BatchMode=yes",
+                            "-o", "StrictHostKeyChecking=no", "-o",
+                            f"UserKnownHostsFile={tmp_path / 'kh'}", "-o",
+                            f"ProxyCommand={pc}", f"{user}@box", "echo", "via-router"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "via-router"
+    finally:
+        if router:
+            router.stop()
+        sshd.terminate()
+        sshd.wait(timeout=10)
