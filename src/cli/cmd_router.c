@@ -394,9 +394,319 @@ out:
     return status;
 }
 
+/* ---- meshtls router: the data (hosts, teams, users, grants) ------------------------- */
+
+/* Add to / remove from an id list: one statement per table, column and backend (names
+ * cannot be parameters).  Adding is idempotent; removing an absent id changes nothing. */
+#define PG_ADD(t, k, col)                                                                          \
+    "UPDATE " t " SET " col " = array_append(" col ", $2) WHERE " k " = $1 AND NOT ($2 = ANY(" col \
+    "))"
+#define PG_DEL(t, k, col) "UPDATE " t " SET " col " = array_remove(" col ", $2) WHERE " k " = $1"
+#define SQ_ADD(t, k, col)                                                                          \
+    "UPDATE " t " SET " col " = json_insert(" col ", '$[#]', $2) WHERE " k                         \
+    " = $1 AND NOT EXISTS (SELECT 1 FROM json_each(" t "." col ") WHERE value = $2)"
+#define SQ_DEL(t, k, col)                                                                          \
+    "UPDATE " t " SET " col " = (SELECT json_group_array(value) FROM json_each(" t "." col         \
+    ") WHERE value <> $2) WHERE " k " = $1"
+
+enum list_kind { L_HOST_USERS = 0, L_HOST_TEAMS, L_TEAM_USERS };
+static const char *const list_sql[3][2][2] = {
+    /* [kind][add/del][sqlite/postgres] */
+    [L_HOST_USERS] = {{SQ_ADD("backend_hosts", "connect_id", "user_ids"),
+                       PG_ADD("backend_hosts", "connect_id", "user_ids")},
+                      {SQ_DEL("backend_hosts", "connect_id", "user_ids"),
+                       PG_DEL("backend_hosts", "connect_id", "user_ids")}},
+    [L_HOST_TEAMS] = {{SQ_ADD("backend_hosts", "connect_id", "team_ids"),
+                       PG_ADD("backend_hosts", "connect_id", "team_ids")},
+                      {SQ_DEL("backend_hosts", "connect_id", "team_ids"),
+                       PG_DEL("backend_hosts", "connect_id", "team_ids")}},
+    [L_TEAM_USERS] = {{SQ_ADD("teams", "team_id", "user_ids"),
+                       PG_ADD("teams", "team_id", "user_ids")},
+                      {SQ_DEL("teams", "team_id", "user_ids"),
+                       PG_DEL("teams", "team_id", "user_ids")}},
+};
+
+static void data_usage(FILE *f)
+{
+    fprintf(f, "usage: meshtls router --store URL COMMAND ...\n"
+               "  hosts add CONNECT_ID --org ORG --addr IP[:PORT] [--host-user U]\n"
+               "  hosts rm CONNECT_ID\n"
+               "  teams add TEAM --org ORG        teams rm TEAM\n"
+               "  users add USER --org ORG        users rm USER\n"
+               "  members add|rm TEAM USER        (a user in a team)\n"
+               "  grant CONNECT_ID (--user USER | --team TEAM)\n"
+               "  revoke CONNECT_ID (--user USER | --team TEAM)\n"
+               "  orgs                            the organisations the tables name\n"
+               "  list [--org ORG]                hosts with their grants, teams with members\n"
+               "  check CONNECT_ID --org ORG --user USER   what the router would answer\n"
+               "URL: sqlite:PATH or postgres://... (004's tables are created if missing).\n"
+               "Plain SQL equivalents: docs/ROUTER.md.\n");
+}
+
+/* A valid id for the tables: what a SPIFFE path segment allows (so certificates can name it). */
+static int id_ok(const char *what, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    int ok = n > 0 && n <= RT_ID_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+             (s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == '_' || s[i] == '-';
+    if (!ok)
+        fprintf(stderr,
+                "meshtls router: %s '%s': expected 1..%d characters A-Z a-z 0-9 . _ - "
+                "(as in spiffe://ISSUER/orgs/<org>/users/<user>)\n",
+                what, s ? s : "", RT_ID_MAX);
+    return ok;
+}
+
+static int exec1(struct mt_db *db, const char *sql, const struct mt_db_param *p, size_t n,
+                 int64_t *changes, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0)
+        rc = mt_db_exec(c, sql, p, n, changes, err);
+    if (rc && c && mt_db_errkind(c) == MT_DB_ERR_UNIQUE)
+        rc = meshtls_err_set(err, MESHTLS_EEXIST, "it exists already (rm it first)");
+    mt_db_release(c);
+    return rc;
+}
+
+/* The org of a host or a team, into out (RT_ID_MAX + 1).  @return 1 found, 0 not, < 0. */
+static int org_of(struct mt_db *db, const char *sql, const char *id, char *out,
+                  struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[1] = {MT_DB_TEXT(id)};
+    int rc = mt_db_acquire(db, &c, err), found = 0;
+    if (rc == 0 && (rc = mt_db_query(c, sql, p, 1, &r, err)) == 0) {
+        found = mt_db_row_next(r, err);
+        if (found == 1)
+            snprintf(out, RT_ID_MAX + 1, "%s", mt_db_col_text(r, 0) ? mt_db_col_text(r, 0) : "");
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc ? rc : found;
+}
+
+static const char host_org_sql[] = "SELECT org_id FROM backend_hosts WHERE connect_id = $1";
+static const char team_org_sql[] = "SELECT org_id FROM teams WHERE team_id = $1";
+
+static int print_rows(struct mt_db *db, const char *sql, const char *org, int ncol,
+                      const char *head, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[1] = {MT_DB_TEXT(org)};
+    int rc = mt_db_acquire(db, &c, err), x;
+    if (rc == 0 && (rc = mt_db_query(c, sql, p, 1, &r, err)) == 0) {
+        printf("%s\n", head);
+        while ((x = mt_db_row_next(r, err)) == 1) {
+            for (int i = 0; i < ncol; i++) {
+                const char *v = mt_db_col_text(r, i);
+                printf("%s%s", i ? "\t" : "", v ? v : "-");
+            }
+            printf("\n");
+        }
+        if (x < 0)
+            rc = MESHTLS_ESTORE;
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
 int cmd_router(int argc, char **argv)
 {
-    (void)argc, (void)argv;
-    fprintf(stderr, "meshtls router: not yet implemented\n");
-    return 2;
+    enum { D_STORE = 1, D_ORG, D_ADDR, D_USER, D_TEAM, D_HOSTUSER, D_HELP };
+    static const struct option dopts[] = {
+        {"store", 1, 0, D_STORE}, {"org", 1, 0, D_ORG},   {"addr", 1, 0, D_ADDR},
+        {"user", 1, 0, D_USER},   {"team", 1, 0, D_TEAM}, {"host-user", 1, 0, D_HOSTUSER},
+        {"help", 0, 0, D_HELP},   {0, 0, 0, 0},
+    };
+    char *store = NULL;
+    const char *org = NULL, *addr = NULL, *user = NULL, *team = NULL, *host_user = NULL;
+    int opt, status = 2, rc = 0;
+    struct mt_db *db = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", dopts, NULL)) != -1) {
+        switch (opt) {
+        case D_STORE:
+            free(store);
+            if (!(store = strdup(optarg)))
+                return 1;
+            mt_db_url_hide_password(optarg);
+            break;
+        case D_ORG: org = optarg; break;
+        case D_ADDR: addr = optarg; break;
+        case D_USER: user = optarg; break;
+        case D_TEAM: team = optarg; break;
+        case D_HOSTUSER: host_user = optarg; break;
+        case D_HELP:
+            data_usage(stdout);
+            status = 0;
+            goto out;
+        default: data_usage(stderr); goto out;
+        }
+    }
+    const char *a[4] = {0};
+    int na = 0;
+    for (int i = optind; i < argc && na < 4; i++)
+        a[na++] = argv[i];
+    if (na == 0 || !store) {
+        data_usage(stderr);
+        goto out;
+    }
+    struct mt_db_opts o = {.connect_timeout_s = 10};
+    if ((rc = mt_db_open(store, &o, &db, &err)) != 0 || (rc = rt_db_migrate(db, &err)) != 0)
+        goto fail;
+    int be = mt_db_backend(db) == MT_DB_POSTGRES;
+    int64_t ch = 0;
+    const char *cmd = a[0], *sub = a[1];
+    if (!strcmp(cmd, "hosts") && sub && a[2] && !strcmp(sub, "add")) {
+        char norm[300];
+        if (!org || !addr) {
+            fprintf(stderr, "meshtls router hosts add: --org and --addr are required\n");
+            goto out;
+        }
+        if (!id_ok("--org", org))
+            goto out;
+        if (rt_connect_id_check(a[2], strlen(a[2]), (char[RT_CONNECT_ID_MAX + 1]){0}) != RT_OK) {
+            fprintf(stderr,
+                    "meshtls router: connect id '%s': 1..%d characters A-Z a-z 0-9 . _ "
+                    "~ : @ + -\n",
+                    a[2], RT_CONNECT_ID_MAX);
+            goto out;
+        }
+        if (rt_backend_addr(addr, norm, sizeof(norm)) != 0) {
+            fprintf(stderr,
+                    "meshtls router: --addr '%s': expected IP[:PORT], [IPv6]:PORT or "
+                    "NAME[:PORT]\n",
+                    addr);
+            goto out;
+        }
+        struct mt_db_param p[4] = {MT_DB_TEXT(a[2]), MT_DB_TEXT(addr), MT_DB_TEXT(org),
+                                   MT_DB_TEXT(host_user)};
+        rc = exec1(db,
+                   "INSERT INTO backend_hosts (connect_id, internal_ip_addr, org_id, host_user) "
+                   "VALUES ($1, $2, $3, $4)",
+                   p, 4, NULL, &err);
+    } else if ((!strcmp(cmd, "teams") || !strcmp(cmd, "users")) && sub && a[2] &&
+               !strcmp(sub, "add")) {
+        if (!org) {
+            fprintf(stderr, "meshtls router %s add: --org is required\n", cmd);
+            goto out;
+        }
+        if (!id_ok("--org", org) || !id_ok(cmd[0] == 't' ? "team" : "user", a[2]))
+            goto out;
+        struct mt_db_param p[2] = {MT_DB_TEXT(a[2]), MT_DB_TEXT(org)};
+        rc = exec1(db,
+                   cmd[0] == 't' ? "INSERT INTO teams (team_id, org_id) VALUES ($1, $2)"
+                                 : "INSERT INTO users (user_id, org_id) VALUES ($1, $2)",
+                   p, 2, NULL, &err);
+    } else if ((!strcmp(cmd, "hosts") || !strcmp(cmd, "teams") || !strcmp(cmd, "users")) && sub &&
+               a[2] && !strcmp(sub, "rm")) {
+        struct mt_db_param p[1] = {MT_DB_TEXT(a[2])};
+        rc = exec1(db,
+                   cmd[0] == 'h'   ? "DELETE FROM backend_hosts WHERE connect_id = $1"
+                   : cmd[0] == 't' ? "DELETE FROM teams WHERE team_id = $1"
+                                   : "DELETE FROM users WHERE user_id = $1",
+                   p, 1, &ch, &err);
+        if (rc == 0 && ch == 0)
+            rc = meshtls_err_set(&err, MESHTLS_ENOENT, "no %s '%s'", cmd, a[2]);
+    } else if (!strcmp(cmd, "members") && sub && a[2] && a[3] &&
+               (!strcmp(sub, "add") || !strcmp(sub, "rm"))) {
+        if (!id_ok("user", a[3]))
+            goto out;
+        struct mt_db_param p[2] = {MT_DB_TEXT(a[2]), MT_DB_TEXT(a[3])};
+        rc = exec1(db, list_sql[L_TEAM_USERS][sub[0] == 'r'][be], p, 2, &ch, &err);
+        char torg[RT_ID_MAX + 1];
+        if (rc == 0 && ch == 0 && org_of(db, team_org_sql, a[2], torg, &err) == 0)
+            rc = meshtls_err_set(&err, MESHTLS_ENOENT, "no team '%s' (teams add it first)", a[2]);
+    } else if ((!strcmp(cmd, "grant") || !strcmp(cmd, "revoke")) && sub) {
+        if (!user == !team) {
+            fprintf(stderr, "meshtls router %s: give --user USER or --team TEAM\n", cmd);
+            goto out;
+        }
+        char horg[RT_ID_MAX + 1], torg[RT_ID_MAX + 1];
+        int f = org_of(db, host_org_sql, sub, horg, &err);
+        if (f < 0) {
+            rc = f;
+            goto fail;
+        }
+        if (f == 0) {
+            rc = meshtls_err_set(&err, MESHTLS_ENOENT, "no host '%s' (hosts add it first)", sub);
+            goto fail;
+        }
+        if (team && cmd[0] == 'g') {
+            /* 004's rule counts only teams of the host's organisation: say so now */
+            f = org_of(db, team_org_sql, team, torg, &err);
+            if (f < 0) {
+                rc = f;
+                goto fail;
+            }
+            if (f == 0 || strcmp(torg, horg) != 0) {
+                rc = meshtls_err_set(&err, MESHTLS_EINVAL,
+                                     "team '%s' is not a team of organisation '%s' (the host's); "
+                                     "it would grant nothing",
+                                     team, horg);
+                goto fail;
+            }
+        }
+        if (user && !id_ok("--user", user))
+            goto out;
+        struct mt_db_param p[2] = {MT_DB_TEXT(sub), MT_DB_TEXT(user ? user : team)};
+        rc = exec1(db, list_sql[user ? L_HOST_USERS : L_HOST_TEAMS][cmd[0] == 'r'][be], p, 2, &ch,
+                   &err);
+    } else if (!strcmp(cmd, "orgs")) {
+        rc = print_rows(
+            db,
+            "SELECT org_id FROM backend_hosts WHERE CAST($1 AS TEXT) IS NULL OR 1 = 1 UNION "
+            "SELECT org_id FROM teams UNION SELECT org_id FROM users ORDER BY 1",
+            NULL, 1, "ORG", &err);
+    } else if (!strcmp(cmd, "list")) {
+        rc = print_rows(
+            db,
+            "SELECT connect_id, org_id, internal_ip_addr, user_ids, team_ids FROM "
+            "backend_hosts WHERE CAST($1 AS TEXT) IS NULL OR org_id = $1 ORDER BY org_id, "
+            "connect_id",
+            org, 5, "HOST\tORG\tADDRESS\tUSERS\tTEAMS", &err);
+        if (rc == 0)
+            rc = print_rows(
+                db,
+                "SELECT team_id, org_id, user_ids FROM teams WHERE CAST($1 AS TEXT) IS NULL "
+                "OR org_id = $1 ORDER BY org_id, team_id",
+                org, 3, "TEAM\tORG\tMEMBERS", &err);
+    } else if (!strcmp(cmd, "check") && sub) {
+        if (!org || !user) {
+            fprintf(stderr, "meshtls router check: --org and --user are required\n");
+            goto out;
+        }
+        struct rt_lookup lk;
+        if ((rc = rt_db_lookup(db, sub, org, user, &lk, &err)) == 0) {
+            printf("%s", rt_code_line(lk.code));
+            if (lk.code == RT_OK)
+                printf("# to %s, granted by %s\n", lk.addr, lk.via);
+            status = lk.code == RT_OK ? 0 : 1;
+            goto out;
+        }
+    } else {
+        data_usage(stderr);
+        goto out;
+    }
+fail:
+    if (rc) {
+        cli_print_err("router", &err, rc);
+        status = cli_exit_code(rc);
+    } else {
+        status = 0;
+    }
+out:
+    mt_db_close(db);
+    if (store)
+        memset(store, 0, strlen(store));
+    free(store);
+    return status;
 }

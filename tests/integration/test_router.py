@@ -258,6 +258,46 @@ def test_ssh_config_block(pki):
     assert str(pki / "certs/alice.key") in p.stdout
 
 
+def data_commands(store, echo_port):
+    """Build 004's data with `meshtls router` alone; returns the `check` answers."""
+    def r(*a, ok=True):
+        p = run("router", "--store", store, *a)
+        assert (p.returncode == 0) == ok, (a, p.stdout, p.stderr)
+        return p
+    r("hosts", "add", "app-01", "--org", "acme", "--addr", f"127.0.0.1:{echo_port}")
+    r("teams", "add", "ops2", "--org", "acme")
+    r("teams", "add", "evil2", "--org", "evil")
+    r("members", "add", "ops2", "bob")
+    r("grant", "app-01", "--user", "alice")
+    r("grant", "app-01", "--user", "alice")  # idempotent
+    r("grant", "app-01", "--team", "ops2")
+    r("grant", "app-01", "--team", "evil2", ok=False)  # another organisation's team
+    r("hosts", "add", "bad", "--org", "acme", "--addr", "1.2.3.4:99999", ok=False)
+    r("hosts", "add", "x';--", "--org", "acme", "--addr", "1.2.3.4", ok=False)
+    out = r("list", "--org", "acme").stdout
+    assert "app-01\tacme" in out and "alice" in out and "ops2" in out
+    assert r("orgs").stdout.split() == ["ORG", "acme", "evil"]
+    assert r("check", "app-01", "--org", "acme", "--user", "bob").stdout.startswith("OK\n")
+    assert r("check", "app-01", "--org", "evil", "--user", "bob",
+             ok=False).stdout == NOT_FOUND.decode()
+    r("members", "rm", "ops2", "bob")
+    assert r("check", "app-01", "--org", "acme", "--user", "bob",
+             ok=False).stdout.startswith("ERROR: forbidden")
+
+
+def test_data_commands_sqlite(pki, echo, tmp_path):
+    store = f"sqlite:{tmp_path / 'cmd.db'}"
+    data_commands(store, echo.port)
+    router = Router(pki, "--store", store)
+    try:
+        assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
+        assert ask(pki, router.port, "bob", b"app-01\n").startswith(b"ERROR: forbidden")
+        run("router", "--store", store, "revoke", "app-01", "--user", "alice", check=True)
+        assert ask(pki, router.port, "alice", b"app-01\n").startswith(b"ERROR: forbidden")
+    finally:
+        router.stop()
+
+
 @pytest.mark.skipif(pg_skip_reason() is not None, reason=str(pg_skip_reason()))
 def test_postgres_existing_ssh_router_database(pki, echo):
     pg = PasswordPostgres()
@@ -292,6 +332,9 @@ def test_postgres_existing_ssh_router_database(pki, echo):
                             "SELECT version FROM router_schema_migrations"],
                            capture_output=True, text=True, timeout=30)
         assert r.stdout.strip() == "1", r.stdout + r.stderr
+        # the data commands work on the ssh-router's TEXT[] columns too
+        data_commands(pg.url(), echo.port)
+        assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
         # the database goes away: a bounded answer, never a hang
         pg.stop()
         t0 = time.monotonic()
