@@ -28,6 +28,8 @@
 #include "proxy.h"
 #include "router.h"
 
+struct rt_metrics rt_metrics;
+
 enum rt_sub { RT_S_HS = 0, RT_S_LINE, RT_S_AUTHZ, RT_S_CONNECT, RT_S_RELAY, RT_S_DONE };
 
 struct rt_job;
@@ -71,6 +73,11 @@ static inline const struct rt_router *RT(const struct mt_conn *c)
 static void audit(struct mt_conn *c, enum rt_code code, const char *reason)
 {
     struct rt_conn *p = R(c);
+    if (rt_metrics.decisions[code])
+        mt_counter_add(rt_metrics.decisions[code], mt_conn_shard(c), 1);
+    if (p->decision_us && rt_metrics.decision_time)
+        mt_histogram_observe(rt_metrics.decision_time, mt_conn_shard(c),
+                             (double)p->decision_us / 1e6);
     MESHTLS_LOG_EVENT(code == RT_OK ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "audit",
                       MESHTLS_LF_S("action", "route"),
                       MESHTLS_LF_S("decision", code == RT_OK ? "allow" : "deny"),
@@ -120,6 +127,8 @@ static void on_close(struct mt_conn *c, const char *why)
     px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->pipe.bytes[0]);
     px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->pipe.bytes[1]);
     px_pipe_release(c, &p->pipe);
+    if (p->sub == RT_S_RELAY && rt_metrics.relays)
+        mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), -1);
     free(p->lb);
     free(p->who);
     free(p->org);
@@ -361,6 +370,8 @@ static int step_connect(struct mt_conn *c)
     p->lb = NULL;
     p->result = "ok";
     p->sub = RT_S_RELAY;
+    if (rt_metrics.relays)
+        mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), 1);
     mt_conn_set_timeout(c, RT(c)->cfg->idle_timeout_ms);
     c->down.rd_ready = c->down.wr_ready = c->up.rd_ready = c->up.wr_ready = 1;
     return px_pipe_step(c, &p->pipe, NULL, RT(c)->cfg->idle_timeout_ms);

@@ -17,6 +17,7 @@
 #ifndef MESHTLS_ROUTER_H
 #define MESHTLS_ROUTER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -24,6 +25,7 @@
 #include "db.h"
 #include "meshtls/err.h"
 #include "meshtls/tls.h"
+#include "metrics.h"
 
 #define RT_ID_MAX 128         /* longest org / user / team id accepted from a certificate */
 #define RT_CONNECT_ID_MAX 253 /* longest connect id (bytes, before the newline) */
@@ -171,6 +173,18 @@ struct rt_router {
     const struct rt_config *cfg;
     struct mt_db *db;
 };
+
+/*
+ * The router's own metrics, on the proxy's registry (px_metrics.reg), set by rt_run before
+ * the engine starts; NULL series when there is no registry (tests).
+ */
+struct rt_metrics {
+    struct mt_series *decisions[RT_CODE_N]; /* meshtls_router_decisions_total{code} */
+    struct mt_series *decision_time;        /* meshtls_router_decision_duration_seconds */
+    struct mt_series *relays;               /* meshtls_router_relays_active */
+    atomic_int db_up;                       /* the last database ping answered */
+};
+extern struct rt_metrics rt_metrics;
 
 /** The router protocol (listener argument: struct rt_router). */
 extern const struct mt_proto_ops rt_router_ops;

@@ -14,6 +14,7 @@
 
 #include <openssl/x509.h>
 
+#include "http_net.h"
 #include "meshtls/log.h"
 #include "proxy.h"
 #include "router.h"
@@ -51,6 +52,138 @@ int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
     return 0;
 }
 
+/* ---- status: /healthz (listening, certificate valid), /readyz (and the database answers),
+ * /metrics (the proxy's families plus meshtls_router_*) ---------------------------------- */
+
+static int live(void)
+{
+    if (!atomic_load(&px_metrics.listening))
+        return 0;
+    struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    int ok = s && s->ctx && s->not_after > (int64_t)time(NULL);
+    mt_snap_release(s);
+    return ok;
+}
+
+static int st_health(struct mt_http_req *req, void *arg)
+{
+    int need_db = arg != NULL;
+    if (!live()) {
+        static const char b[] = "not ready: not listening or certificate expired\n";
+        mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    } else if (need_db && !atomic_load(&rt_metrics.db_up)) {
+        static const char b[] = "not ready: the database does not answer\n";
+        mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    } else {
+        mt_http_reply(req, 200, "text/plain", "ok\n", 3);
+    }
+    return MT_HTTP_DONE;
+}
+
+static int st_metrics(struct mt_http_req *req, void *arg)
+{
+    (void)arg;
+    char *body = NULL;
+    size_t n = 0;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    if (px_metrics_render(&body, &n, &e) != 0) {
+        mt_http_reply_error(req, 500, "metrics_unavailable", e.msg);
+        return MT_HTTP_DONE;
+    }
+    mt_http_reply(req, 200, "text/plain; version=0.0.4", body, n);
+    free(body);
+    return MT_HTTP_DONE;
+}
+
+static int status_setup(struct px_status *st, struct meshtls_err *err)
+{
+    memset(&st->http, 0, sizeof(st->http));
+    if (!(st->router = mt_http_router_new()))
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory for the status routes");
+    static int with_db = 1;
+    int rc;
+    if ((rc = mt_http_route_add(st->router, "GET", "/healthz", st_health, NULL, err)) != 0 ||
+        (rc = mt_http_route_add(st->router, "GET", "/readyz", st_health, &with_db, err)) != 0 ||
+        (rc = mt_http_route_add(st->router, "GET", "/metrics", st_metrics, NULL, err)) != 0) {
+        px_status_free(st);
+        return rc;
+    }
+    st->http.router = st->router;
+    mt_http_limits_default(&st->http.limits);
+    st->http.limits.max_head = 8192;
+    st->http.limits.max_body = 1024;
+    st->http.limits.head_ms = 2000;
+    st->http.limits.idle_ms = 10000;
+    st->http.write_timeout_ms = 5000;
+    return 0;
+}
+
+static double db_up_value(void *arg)
+{
+    (void)arg;
+    return atomic_load(&rt_metrics.db_up) ? 1.0 : 0.0;
+}
+
+static int metrics_setup(struct meshtls_err *err)
+{
+    static const double bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                    0.025,  0.05,    0.1,    0.25,  1,      3};
+    struct mt_family *f = NULL;
+    int rc = mt_counter_new(px_metrics.reg, "meshtls_router_decisions_total",
+                            "Router answers by code (ok, not-found, forbidden, ...).",
+                            MT_LIST("code"), &f, err);
+    for (int i = 0; rc == 0 && i < RT_CODE_N; i++)
+        rc =
+            mt_series_get(f, MT_LIST(rt_code_name((enum rt_code)i)), &rt_metrics.decisions[i], err);
+    if (rc == 0)
+        rc = mt_histogram_new(px_metrics.reg, "meshtls_router_decision_duration_seconds",
+                              "From the connect-id line to the verdict (database included).", NULL,
+                              bounds, sizeof(bounds) / sizeof(bounds[0]), &f, err);
+    if (rc == 0)
+        rc = mt_series_get(f, NULL, &rt_metrics.decision_time, err);
+    if (rc == 0)
+        rc = mt_gauge_new(px_metrics.reg, "meshtls_router_relays_active",
+                          "Connections relaying to a host.", NULL, &f, err);
+    if (rc == 0)
+        rc = mt_series_get(f, NULL, &rt_metrics.relays, err);
+    if (rc == 0)
+        rc = mt_gauge_new(px_metrics.reg, "meshtls_router_database_up",
+                          "1 if the last database ping (every second) answered.", NULL, &f, err);
+    if (rc == 0)
+        rc = mt_series_fn(f, NULL, db_up_value, NULL, err);
+    return rc;
+}
+
+static void metrics_clear(void)
+{
+    memset(rt_metrics.decisions, 0, sizeof(rt_metrics.decisions));
+    rt_metrics.decision_time = rt_metrics.relays = NULL;
+}
+
+/* The database pinger: readiness, once a second, off the event loops. */
+struct pinger {
+    pthread_t t;
+    struct mt_db *db;
+    atomic_int stop;
+    int started;
+};
+
+static void *ping_loop(void *arg)
+{
+    struct pinger *pg = arg;
+    while (!atomic_load(&pg->stop)) {
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        int up = rt_db_ping(pg->db, &e) == 0;
+        if (up != atomic_exchange(&rt_metrics.db_up, up))
+            meshtls_log(up ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "database %s: %s%s",
+                        mt_db_url_safe(pg->db),
+                        up ? "answers again" : "does not answer: ", up ? "" : e.msg);
+        for (int i = 0; i < 10 && !atomic_load(&pg->stop); i++)
+            nanosleep(&(struct timespec){0, 100 * 1000000L}, NULL);
+    }
+    return NULL;
+}
+
 static void snap_destroy(struct mt_snap *s)
 {
     SSL_CTX_free(s->ctx);
@@ -81,6 +214,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     struct mt_engine *eng = NULL;
     struct mt_listener *l = NULL, *sl = NULL;
     struct rt_router r = {.cfg = cfg};
+    struct pinger pg = {0};
 
     sigset_t set;
     sigemptyset(&set);
@@ -122,8 +256,9 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", cfg->listen, strerror(errno));
         goto out;
     }
-    if ((rc = px_metrics_init((unsigned)cfg->workers, err)) != 0)
+    if ((rc = px_metrics_init((unsigned)cfg->workers, err)) != 0 || (rc = metrics_setup(err)) != 0)
         goto out;
+    atomic_store(&rt_metrics.db_up, 1); /* it answered the migration just now */
     px_metrics.lstats = mt_listener_stats(l);
     px_metrics.snap = &holder;
     if (cfg->status) {
@@ -136,7 +271,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
             .max_conns = 64,
             .drain_close = 1,
         };
-        if ((rc = px_status_setup(&status, err)) != 0 ||
+        if ((rc = status_setup(&status, err)) != 0 ||
             (rc = mt_engine_listen(eng, &so, &sl, err)) != 0) {
             if (rc == MESHTLS_EIO)
                 rc = meshtls_err_set(err, rc, "--status %s: %s", cfg->status, strerror(errno));
@@ -147,6 +282,9 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     }
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
+    pg.db = r.db;
+    if (pthread_create(&pg.t, NULL, ping_loop, &pg) == 0)
+        pg.started = 1;
     atomic_store(&px_metrics.listening, 1);
     meshtls_log(MESHTLS_LOG_INFO,
                 "router listening on %s, issuer %s, database %s (%s), %d worker(s), %d job "
@@ -183,10 +321,15 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     rc = 0;
 out:
     atomic_store(&px_metrics.listening, 0);
+    if (pg.started) {
+        atomic_store(&pg.stop, 1);
+        pthread_join(pg.t, NULL);
+    }
     mt_engine_free(eng);
     px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;
+    metrics_clear();
     px_metrics_fini();
     mt_snap_holder_clear(&holder);
     mt_db_close(r.db);

@@ -11,6 +11,8 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,27 +62,37 @@ class Router:
         argv = [MESHTLS, "proxy", "router", "--listen", "127.0.0.1:0",
                 "--cert", c / "router.crt", "--key", c / "router.key",
                 "--cacert", f"{c / 'ca.crt'},{pki / 'other-certs' / 'ca.crt'}",
-                "--issuer", TD, "--workers", "2", *args]
+                "--issuer", TD, "--workers", "2", "--status", "127.0.0.1:0", *args]
         self.logfile = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
                                      stderr=self.logfile, text=True,
                                      env=dict(os.environ, **(env or {})))
-        self.port = None
+        self.port = self.status_port = None
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.port is None:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            m = re.match(r"listening on .*:(\d+)$", line.strip())
-            if m:
-                self.port = int(m.group(1))
-                break
+            m = re.match(r"(listening|status) on .*:(\d+)$", line.strip())
+            if m and m.group(1) == "listening":
+                self.port = int(m.group(2))
+            elif m:
+                self.status_port = int(m.group(2))
         if self.port is None:
             self.stop()
             raise AssertionError(f"router did not start:\n{self.log()}")
 
     def log(self):
         return read_child_log(self.logfile)
+
+    def get(self, path):
+        """(status, body) of GET path on the status listener."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}",
+                                        timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -249,6 +261,20 @@ def test_backend_down(pki, sqlite_router):
     assert time.monotonic() - t0 < 6
 
 
+def test_status_endpoints(pki, sqlite_router):
+    assert ask(pki, sqlite_router.port, "alice", b"web-01\n") == b"OK\n"
+    assert sqlite_router.get("/healthz")[0] == 200
+    assert sqlite_router.get("/readyz")[0] == 200
+    code, body = sqlite_router.get("/metrics")
+    assert code == 200
+    ok = re.search(r'^meshtls_router_decisions_total\{code="ok"\} (\d+)', body, re.M)
+    assert ok and int(ok.group(1)) >= 1
+    assert re.search(r'^meshtls_router_decisions_total\{code="not-found"\} [1-9]', body, re.M)
+    assert "meshtls_router_decision_duration_seconds_count" in body
+    assert "meshtls_router_relays_active" in body
+    assert re.search(r"^meshtls_router_database_up 1", body, re.M)
+
+
 def test_ssh_config_block(pki):
     p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
             pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
@@ -341,6 +367,11 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         assert ask(pki, router.port, "alice", b"web-01\n").startswith(
             b"ERROR: authz-unavailable ")
         assert time.monotonic() - t0 < 5
+        deadline = time.monotonic() + 5
+        while router.get("/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert router.get("/readyz")[0] == 503
+        assert router.get("/healthz")[0] == 200
         assert pg.password not in router.log()
     finally:
         if router:
