@@ -56,6 +56,7 @@ static void router_usage(FILE *f)
             "  --idle-timeout D         relay idle time (default 1h)\n"
             "  --handshake-timeout D    TLS handshake (default 10s)\n"
             "  --max-conns N            simultaneous connections (default 10000)\n"
+            "  --no-connection-log      do not write router_connections\n"
             "  --check                  validate everything (files, database) and exit\n",
             RT_DEFAULT_PORT);
 }
@@ -85,6 +86,7 @@ enum {
     O_HS_TO,
     O_MAXCONN,
     O_CHECK,
+    O_NOLOG,
     O_HELP,
 };
 
@@ -116,6 +118,7 @@ static const struct option ropts[] = {
     {"handshake-timeout", 1, 0, O_HS_TO},
     {"max-conns", 1, 0, O_MAXCONN},
     {"check", 0, 0, O_CHECK},
+    {"no-connection-log", 0, 0, O_NOLOG},
     {"help", 0, 0, O_HELP},
     {0, 0, 0, 0},
 };
@@ -211,6 +214,7 @@ int cmd_proxy_router(int argc, char **argv)
     c.connect_timeout_ms = 5000;
     c.idle_timeout_ms = 3600000;
     c.shutdown_timeout_ms = 30000;
+    c.connlog = 1;
 
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", ropts, NULL)) != -1) {
@@ -311,6 +315,7 @@ int cmd_proxy_router(int argc, char **argv)
                 goto out;
             break;
         case O_CHECK: check = 1; break;
+        case O_NOLOG: c.connlog = 0; break;
         case O_HELP:
             router_usage(stdout);
             status = 0;
@@ -439,6 +444,7 @@ static void data_usage(FILE *f)
                "  orgs                            the organisations the tables name\n"
                "  list [--org ORG]                hosts with their grants, teams with members\n"
                "  check CONNECT_ID --org ORG --user USER   what the router would answer\n"
+               "  connections [--org ORG]         the last 50 connections (router_connections)\n"
                "URL: sqlite:PATH or postgres://... (004's tables are created if missing).\n"
                "Plain SQL equivalents: docs/ROUTER.md.\n");
 }
@@ -679,6 +685,15 @@ int cmd_router(int argc, char **argv)
                 "SELECT team_id, org_id, user_ids FROM teams WHERE CAST($1 AS TEXT) IS NULL "
                 "OR org_id = $1 ORDER BY org_id, team_id",
                 org, 3, "TEAM\tORG\tMEMBERS", &err);
+    } else if (!strcmp(cmd, "connections")) {
+        rc = print_rows(db,
+                        "SELECT started_at_ms, org_id, user_id, connect_id, client_addr, result, "
+                        "reason, bytes_up, bytes_down, duration_ms, decision_us FROM "
+                        "router_connections WHERE CAST($1 AS TEXT) IS NULL OR org_id = $1 ORDER "
+                        "BY id DESC LIMIT 50",
+                        org, 11,
+                        "AT_MS\tORG\tUSER\tHOST\tCLIENT\tRESULT\tREASON\tUP\tDOWN\tMS\tDECISION_US",
+                        &err);
     } else if (!strcmp(cmd, "check") && sub) {
         if (!org || !user) {
             fprintf(stderr, "meshtls router check: --org and --user are required\n");

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "meshtls/log.h"
@@ -46,6 +47,7 @@ struct rt_conn {
     const char *why;
     int64_t line_us; /* when the line was complete (decision time starts) */
     int64_t decision_us;
+    int64_t start_unix_ms; /* wall clock at the handshake's end, for the connection log */
 };
 
 /* One decision: filled on the event loop, `work` runs on a pool thread. */
@@ -126,6 +128,23 @@ static void on_close(struct mt_conn *c, const char *why)
                       MESHTLS_LF_S("reason", p->why ? p->why : "done"));
     px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->pipe.bytes[0]);
     px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->pipe.bytes[1]);
+    if (RT(c)->log && p->who) { /* connections past the handshake */
+        struct rt_logentry le = {
+            .at_ms = p->start_unix_ms,
+            .org = p->org,
+            .user = p->user,
+            .connect_id = p->connect_id,
+            .client = c->peer_addr,
+            .target = p->target,
+            .result = p->result ? p->result : "closed",
+            .reason = p->why ? p->why : "done",
+            .bytes_up = p->pipe.bytes[0],
+            .bytes_down = p->pipe.bytes[1],
+            .duration_ms = dur / 1000,
+            .decision_us = p->decision_us,
+        };
+        rt_connlog_push(RT(c)->log, &le);
+    }
     px_pipe_release(c, &p->pipe);
     if (p->sub == RT_S_RELAY && rt_metrics.relays)
         mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), -1);
@@ -146,6 +165,9 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
     struct rt_conn *p = R(c);
     const struct rt_router *r = RT(c);
     px_metrics_handshake((double)(mt_now_us() - c->start_us) / 1e6, mt_conn_shard(c));
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    p->start_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     struct meshtls_identity *id = NULL;
     char org[RT_ID_MAX + 1], user[RT_ID_MAX + 1];
     struct meshtls_err e = MESHTLS_ERR_INIT;

@@ -17,6 +17,7 @@
 #ifndef MESHTLS_ROUTER_H
 #define MESHTLS_ROUTER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -166,12 +167,43 @@ struct rt_config {
     int connect_timeout_ms;
     int idle_timeout_ms;
     int shutdown_timeout_ms;
+    int connlog; /* write router_connections (default on) */
 };
+
+/* ---- the connection log (router_log.c): table router_connections ---------------------- */
+
+/** One finished connection (strings borrowed for the call; NULL allowed). */
+struct rt_logentry {
+    int64_t at_ms; /* Unix milliseconds at accept */
+    const char *org, *user, *connect_id, *client, *target, *result, *reason;
+    uint64_t bytes_up, bytes_down;
+    int64_t duration_ms, decision_us;
+};
+
+/** The writer: a bounded queue and one thread (see router_log.c). */
+struct rt_connlog {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct rt_logrec *head, *tail;
+    size_t n, max;
+    int stop, running;
+    pthread_t t;
+    struct mt_db *db;
+    atomic_ullong written, dropped;
+};
+
+/** Start the writer on `db` (borrowed; outlives rt_connlog_stop) with at most `max` queued. */
+int rt_connlog_start(struct rt_connlog *l, struct mt_db *db, size_t max, struct meshtls_err *err);
+/** Queue `e` (copied); drops and counts it when the queue is full.  Any thread. */
+void rt_connlog_push(struct rt_connlog *l, const struct rt_logentry *e);
+/** Write what is queued, stop and join the thread. */
+void rt_connlog_stop(struct rt_connlog *l);
 
 /** The runtime the protocol reads (the listener's argument). */
 struct rt_router {
     const struct rt_config *cfg;
     struct mt_db *db;
+    struct rt_connlog *log; /* NULL: no connection log */
 };
 
 /*

@@ -55,6 +55,22 @@ static const struct mt_db_migration rt_migrations[] = {
      " user_id TEXT PRIMARY KEY,"
      " org_id TEXT NOT NULL,"
      " public_keys BYTEA[] NOT NULL DEFAULT '{}');"},
+    /* the connection log (the router's own table, not 004's) */
+    {2,
+     "CREATE TABLE IF NOT EXISTS router_connections ("
+     " id INTEGER PRIMARY KEY AUTOINCREMENT, started_at_ms INTEGER NOT NULL, org_id TEXT,"
+     " user_id TEXT, connect_id TEXT, client_addr TEXT, target TEXT, result TEXT NOT NULL,"
+     " reason TEXT, bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,"
+     " duration_ms INTEGER NOT NULL, decision_us INTEGER NOT NULL);"
+     "CREATE INDEX IF NOT EXISTS router_connections_user ON router_connections"
+     " (org_id, user_id, started_at_ms);",
+     "CREATE TABLE IF NOT EXISTS router_connections ("
+     " id BIGSERIAL PRIMARY KEY, started_at_ms BIGINT NOT NULL, org_id TEXT,"
+     " user_id TEXT, connect_id TEXT, client_addr TEXT, target TEXT, result TEXT NOT NULL,"
+     " reason TEXT, bytes_up BIGINT NOT NULL, bytes_down BIGINT NOT NULL,"
+     " duration_ms BIGINT NOT NULL, decision_us BIGINT NOT NULL);"
+     "CREATE INDEX IF NOT EXISTS router_connections_user ON router_connections"
+     " (org_id, user_id, started_at_ms);"},
 };
 
 /* The columns the router reads, per table: an existing database must have them. */

@@ -215,6 +215,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     struct mt_listener *l = NULL, *sl = NULL;
     struct rt_router r = {.cfg = cfg};
     struct pinger pg = {0};
+    struct rt_connlog clog;
+    memset(&clog, 0, sizeof(clog));
 
     sigset_t set;
     sigemptyset(&set);
@@ -234,6 +236,11 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
         (rc = rt_db_migrate(r.db, err)) != 0)
         goto out;
 
+    if (cfg->connlog) {
+        if ((rc = rt_connlog_start(&clog, r.db, 10000, err)) != 0)
+            goto out;
+        r.log = &clog;
+    }
     struct mt_snap *first = NULL;
     if ((rc = snap_build(cfg, &first, err)) != 0)
         goto out;
@@ -326,6 +333,7 @@ out:
         pthread_join(pg.t, NULL);
     }
     mt_engine_free(eng);
+    rt_connlog_stop(&clog); /* after the engine: no worker pushes any more */
     px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;

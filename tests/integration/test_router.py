@@ -275,6 +275,29 @@ def test_status_endpoints(pki, sqlite_router):
     assert re.search(r"^meshtls_router_database_up 1", body, re.M)
 
 
+def test_connection_log(pki, sqlite_router):
+    assert ask(pki, sqlite_router.port, "bob", b"web-01\n") == b"OK\n"
+    assert ask(pki, sqlite_router.port, "carol", b"web-01\n").startswith(b"ERROR: forbidden")
+    db = pki / "router.db"
+    rows = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        con = sqlite3.connect(db, timeout=5)
+        rows = con.execute("SELECT org_id, user_id, connect_id, result, bytes_up, "
+                           "decision_us FROM router_connections WHERE user_id IN "
+                           "('bob', 'carol')").fetchall()
+        con.close()
+        if {r[1] for r in rows} >= {"bob", "carol"}:
+            break
+        time.sleep(0.1)
+    got = {(r[0], r[1], r[2], r[3]) for r in rows}
+    assert ("acme", "bob", "web-01", "ok") in got
+    assert ("acme", "carol", "web-01", "forbidden") in got
+    assert all(r[5] > 0 for r in rows)
+    out = run("router", "--store", f"sqlite:{db}", "connections", "--org", "acme").stdout
+    assert "carol" in out and "forbidden" in out
+
+
 def test_ssh_config_block(pki):
     p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
             pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
@@ -355,9 +378,9 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         assert ask(pki, router.port, "carol", b"web-01\n").startswith(b"ERROR: forbidden")
         # the pre-existing tables were used as they are
         r = subprocess.run(["psql", pg.url(), "-Atc",
-                            "SELECT version FROM router_schema_migrations"],
+                            "SELECT max(version) FROM router_schema_migrations"],
                            capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "1", r.stdout + r.stderr
+        assert r.stdout.strip() == "2", r.stdout + r.stderr
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
