@@ -57,6 +57,8 @@ static void router_usage(FILE *f)
             "  --handshake-timeout D    TLS handshake (default 10s)\n"
             "  --max-conns N            simultaneous connections (default 10000)\n"
             "  --no-connection-log      do not write router_connections\n"
+            "  --user-rate N, --org-rate N   connection attempts per minute (120, 6000; 0: off)\n"
+            "  --user-sessions N, --org-sessions N   open sessions at once (50, 2000; 0: off)\n"
             "  --check                  validate everything (files, database) and exit\n",
             RT_DEFAULT_PORT);
 }
@@ -87,6 +89,10 @@ enum {
     O_MAXCONN,
     O_CHECK,
     O_NOLOG,
+    O_UR,
+    O_OR,
+    O_US,
+    O_OS,
     O_HELP,
 };
 
@@ -119,6 +125,10 @@ static const struct option ropts[] = {
     {"max-conns", 1, 0, O_MAXCONN},
     {"check", 0, 0, O_CHECK},
     {"no-connection-log", 0, 0, O_NOLOG},
+    {"user-rate", 1, 0, O_UR},
+    {"org-rate", 1, 0, O_OR},
+    {"user-sessions", 1, 0, O_US},
+    {"org-sessions", 1, 0, O_OS},
     {"help", 0, 0, O_HELP},
     {0, 0, 0, 0},
 };
@@ -215,6 +225,8 @@ int cmd_proxy_router(int argc, char **argv)
     c.idle_timeout_ms = 3600000;
     c.shutdown_timeout_ms = 30000;
     c.connlog = 1;
+    c.limits = (struct rt_limit_opts){
+        .user_rate = 120, .org_rate = 6000, .user_sessions = 50, .org_sessions = 2000};
 
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", ropts, NULL)) != -1) {
@@ -316,6 +328,24 @@ int cmd_proxy_router(int argc, char **argv)
             break;
         case O_CHECK: check = 1; break;
         case O_NOLOG: c.connlog = 0; break;
+        case O_UR:
+        case O_OR:
+        case O_US:
+        case O_OS: {
+            int *dst = opt == O_UR   ? &c.limits.user_rate
+                       : opt == O_OR ? &c.limits.org_rate
+                       : opt == O_US ? &c.limits.user_sessions
+                                     : &c.limits.org_sessions;
+            if (mt_parse_int(optarg, 0, 10000000, dst) != 0) {
+                status = bad(opt == O_UR   ? "--user-rate"
+                             : opt == O_OR ? "--org-rate"
+                             : opt == O_US ? "--user-sessions"
+                                           : "--org-sessions",
+                             optarg, "expected a number >= 0 (0: no limit)");
+                goto out;
+            }
+            break;
+        }
         case O_HELP:
             router_usage(stdout);
             status = 0;

@@ -48,6 +48,7 @@ struct rt_conn {
     int64_t line_us; /* when the line was complete (decision time starts) */
     int64_t decision_us;
     int64_t start_unix_ms; /* wall clock at the handshake's end, for the connection log */
+    int session;           /* counted in the limits: released on close */
 };
 
 /* One decision: filled on the event loop, `work` runs on a pool thread. */
@@ -146,6 +147,8 @@ static void on_close(struct mt_conn *c, const char *why)
         rt_connlog_push(RT(c)->log, &le);
     }
     px_pipe_release(c, &p->pipe);
+    if (p->session)
+        rt_limits_release(RT(c)->limits, p->org, p->user);
     if (p->sub == RT_S_RELAY && rt_metrics.relays)
         mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), -1);
     free(p->lb);
@@ -272,6 +275,13 @@ static void job_done(struct mt_job *j)
                                               : "refused");
     } else {
         p->target = strdup(rj->res.addr);
+        enum rt_code lc = rt_limits_acquire(RT(c)->limits, p->org, p->user);
+        if (lc != RT_OK) {
+            refuse(c, lc, "open sessions over the limit");
+            free(rj);
+            return;
+        }
+        p->session = 1;
         audit(c, RT_OK, rj->res.via);
         px_count(PX_C_ALLOW, mt_conn_shard(c), 1);
         start_connect(c, rj);
@@ -324,6 +334,11 @@ static void step_line(struct mt_conn *c)
     }
     if (!(p->connect_id = strdup(cid))) {
         mt_conn_close(c, "out of memory");
+        return;
+    }
+    enum rt_code lc = rt_limits_attempt(RT(c)->limits, p->org, p->user, mt_conn_now_ms(c));
+    if (lc != RT_OK) {
+        refuse(c, lc, "connection attempts over the limit");
         return;
     }
     submit(c);

@@ -48,6 +48,8 @@ enum rt_code {
     RT_AUTHZ_UNAVAILABLE,   /* the database did not answer in time, or failed */
     RT_BACKEND_UNAVAILABLE, /* the host's address is bad, or it refused / did not answer */
     RT_BUSY,                /* the router is overloaded (job queue full) */
+    RT_RATE_LIMITED,        /* too many connection attempts by this user or organisation */
+    RT_TOO_MANY_SESSIONS,   /* too many open sessions of this user or organisation */
     RT_CODE_N
 };
 
@@ -149,6 +151,12 @@ int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
 
 /* ---- the router (router.c, router_run.c) ------------------------------------------------ */
 
+/** 0 = no limit.  Rates are attempts per minute (bursts up to the same number). */
+struct rt_limit_opts {
+    int user_rate, org_rate;         /* connect-id lines per minute */
+    int user_sessions, org_sessions; /* open relays at once */
+};
+
 /* Validated configuration; read-only once the router runs. */
 struct rt_config {
     const char *listen;
@@ -168,6 +176,7 @@ struct rt_config {
     int idle_timeout_ms;
     int shutdown_timeout_ms;
     int connlog; /* write router_connections (default on) */
+    struct rt_limit_opts limits;
 };
 
 /* ---- the connection log (router_log.c): table router_connections ---------------------- */
@@ -199,11 +208,32 @@ void rt_connlog_push(struct rt_connlog *l, const struct rt_logentry *e);
 /** Write what is queued, stop and join the thread. */
 void rt_connlog_stop(struct rt_connlog *l);
 
+/* ---- limits (router_limits.c) ---------------------------------------------------------- */
+
+struct rt_limits {
+    struct rt_limit_opts o;
+    pthread_mutex_t mu;
+    struct lim_ent **b;
+    size_t entries;
+};
+
+int rt_limits_init(struct rt_limits *l, const struct rt_limit_opts *o);
+void rt_limits_free(struct rt_limits *l);
+/** Take one attempt token for org/user at `now_ms` (monotonic).  RT_OK or RT_RATE_LIMITED. */
+enum rt_code rt_limits_attempt(struct rt_limits *l, const char *org, const char *user,
+                               int64_t now_ms);
+/** Open one session (RT_OK, RT_TOO_MANY_SESSIONS); rt_limits_release after an RT_OK. */
+enum rt_code rt_limits_acquire(struct rt_limits *l, const char *org, const char *user);
+void rt_limits_release(struct rt_limits *l, const char *org, const char *user);
+/** Forget idle entries; @return the entries left. */
+size_t rt_limits_sweep(struct rt_limits *l, int64_t now_ms);
+
 /** The runtime the protocol reads (the listener's argument). */
 struct rt_router {
     const struct rt_config *cfg;
     struct mt_db *db;
-    struct rt_connlog *log; /* NULL: no connection log */
+    struct rt_connlog *log;   /* NULL: no connection log */
+    struct rt_limits *limits; /* NULL: none */
 };
 
 /*

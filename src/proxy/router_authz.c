@@ -20,6 +20,8 @@ static const char *const code_names[RT_CODE_N] = {
     [RT_AUTHZ_UNAVAILABLE] = "authz-unavailable",
     [RT_BACKEND_UNAVAILABLE] = "backend-unavailable",
     [RT_BUSY] = "busy",
+    [RT_RATE_LIMITED] = "rate-limited",
+    [RT_TOO_MANY_SESSIONS] = "too-many-sessions",
 };
 
 /* Fixed lines: nothing from the request or the database is ever echoed back. */
@@ -37,6 +39,9 @@ static const char *const code_lines[RT_CODE_N] = {
     [RT_BACKEND_UNAVAILABLE] = "ERROR: backend-unavailable the host did not accept the "
                                "connection\n",
     [RT_BUSY] = "ERROR: busy the router is overloaded; try again later\n",
+    [RT_RATE_LIMITED] = "ERROR: rate-limited too many connection attempts; try again later\n",
+    [RT_TOO_MANY_SESSIONS] = "ERROR: too-many-sessions too many open sessions; close one "
+                             "first\n",
 };
 
 const char *rt_code_name(enum rt_code c)

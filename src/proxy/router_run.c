@@ -217,6 +217,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     struct pinger pg = {0};
     struct rt_connlog clog;
     memset(&clog, 0, sizeof(clog));
+    struct rt_limits lim;
+    memset(&lim, 0, sizeof(lim));
 
     sigset_t set;
     sigemptyset(&set);
@@ -241,6 +243,11 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
             goto out;
         r.log = &clog;
     }
+    if ((rc = rt_limits_init(&lim, &cfg->limits)) != 0) {
+        rc = meshtls_err_set(err, rc, "out of memory for the limits");
+        goto out;
+    }
+    r.limits = &lim;
     struct mt_snap *first = NULL;
     if ((rc = snap_build(cfg, &first, err)) != 0)
         goto out;
@@ -309,6 +316,12 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
                         sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->shutdown_timeout_ms);
             break;
         }
+        int64_t now_ms = mt_now_ms();
+        static int64_t last_sweep;
+        if (now_ms - last_sweep >= 1000) {
+            rt_limits_sweep(&lim, now_ms);
+            last_sweep = now_ms;
+        }
         if (sig == SIGHUP) {
             struct mt_snap *s = NULL;
             struct meshtls_err e = MESHTLS_ERR_INIT;
@@ -334,6 +347,7 @@ out:
     }
     mt_engine_free(eng);
     rt_connlog_stop(&clog); /* after the engine: no worker pushes any more */
+    rt_limits_free(&lim);
     px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;

@@ -298,6 +298,28 @@ def test_connection_log(pki, sqlite_router):
     assert "carol" in out and "forbidden" in out
 
 
+def test_limits(pki, echo, tmp_path):
+    store = f"sqlite:{tmp_path / 'lim.db'}"
+    run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
+        f"127.0.0.1:{echo.port}", check=True)
+    run("router", "--store", store, "grant", "h", "--user", "alice", check=True)
+    run("router", "--store", store, "grant", "h", "--user", "bob", check=True)
+    router = Router(pki, "--store", store, "--user-rate", "3", "--user-sessions", "1")
+    try:
+        first = tls_conn(pki, router.port, "alice")
+        first.sendall(b"h\n")
+        assert read_line(first) == b"OK\n"
+        assert ask(pki, router.port, "alice", b"h\n") == (
+            b"ERROR: too-many-sessions too many open sessions; close one first\n")
+        assert ask(pki, router.port, "bob", b"h\n") == b"OK\n"  # per user
+        first.close()
+        time.sleep(0.3)
+        assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"  # released
+        assert ask(pki, router.port, "alice", b"h\n").startswith(b"ERROR: rate-limited ")
+    finally:
+        router.stop()
+
+
 def test_ssh_config_block(pki):
     p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
             pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
