@@ -57,6 +57,10 @@ static void router_usage(FILE *f)
             "  --handshake-timeout D    TLS handshake (default 10s)\n"
             "  --max-conns N            simultaneous connections (default 10000)\n"
             "  --no-connection-log      do not write router_connections\n"
+            "  --cache-ttl D            answer repeated decisions from memory this long (500ms;\n"
+            "                           a removed grant refuses new connects after it; 0: off)\n"
+            "  --stale-max D            with the database down, cached decisions answer this\n"
+            "                           long, then authz-unavailable (30s; 0: fail at once)\n"
             "  --user-rate N, --org-rate N   connection attempts per minute (120, 6000; 0: off)\n"
             "  --user-sessions N, --org-sessions N   open sessions at once (50, 2000; 0: off)\n"
             "  --check                  validate everything (files, database) and exit\n",
@@ -89,6 +93,8 @@ enum {
     O_MAXCONN,
     O_CHECK,
     O_NOLOG,
+    O_TTL,
+    O_STALE,
     O_UR,
     O_OR,
     O_US,
@@ -125,6 +131,8 @@ static const struct option ropts[] = {
     {"max-conns", 1, 0, O_MAXCONN},
     {"check", 0, 0, O_CHECK},
     {"no-connection-log", 0, 0, O_NOLOG},
+    {"cache-ttl", 1, 0, O_TTL},
+    {"stale-max", 1, 0, O_STALE},
     {"user-rate", 1, 0, O_UR},
     {"org-rate", 1, 0, O_OR},
     {"user-sessions", 1, 0, O_US},
@@ -225,6 +233,8 @@ int cmd_proxy_router(int argc, char **argv)
     c.idle_timeout_ms = 3600000;
     c.shutdown_timeout_ms = 30000;
     c.connlog = 1;
+    c.cache_ttl_ms = 500;
+    c.stale_max_ms = 30000;
     c.limits = (struct rt_limit_opts){
         .user_rate = 120, .org_rate = 6000, .user_sessions = 50, .org_sessions = 2000};
 
@@ -328,6 +338,17 @@ int cmd_proxy_router(int argc, char **argv)
             break;
         case O_CHECK: check = 1; break;
         case O_NOLOG: c.connlog = 0; break;
+        case O_TTL:
+        case O_STALE: {
+            int64_t ms = 0;
+            if (mt_parse_duration_ms(optarg, 3600000, &ms) != 0) {
+                status = bad(opt == O_TTL ? "--cache-ttl" : "--stale-max", optarg,
+                             "expected a duration such as 0, 500ms, 30s (0: off)");
+                goto out;
+            }
+            *(opt == O_TTL ? &c.cache_ttl_ms : &c.stale_max_ms) = (int)ms;
+            break;
+        }
         case O_UR:
         case O_OR:
         case O_US:

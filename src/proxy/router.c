@@ -61,6 +61,9 @@ struct rt_job {
     struct rt_lookup res;
     struct sockaddr_storage sa;
     socklen_t salen;
+    struct rt_cache *cache;
+    int stale_max_ms;
+    int stale; /* the database failed; answered from the cache */
 };
 
 static inline struct rt_conn *R(struct mt_conn *c)
@@ -78,7 +81,7 @@ static void audit(struct mt_conn *c, enum rt_code code, const char *reason)
     struct rt_conn *p = R(c);
     if (rt_metrics.decisions[code])
         mt_counter_add(rt_metrics.decisions[code], mt_conn_shard(c), 1);
-    if (p->decision_us && rt_metrics.decision_time)
+    if (p->line_us && rt_metrics.decision_time)
         mt_histogram_observe(rt_metrics.decision_time, mt_conn_shard(c),
                              (double)p->decision_us / 1e6);
     MESHTLS_LOG_EVENT(code == RT_OK ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "audit",
@@ -234,6 +237,19 @@ static void job_work(struct mt_job *j)
     struct meshtls_err e = MESHTLS_ERR_INIT;
     rj->rc = rt_db_lookup(rj->db, rj->cid, rj->org, rj->user, &rj->res, &e);
     if (rj->rc) {
+        struct rt_cached cv;
+        if (rt_cache_get(rj->cache, rj->org, rj->user, rj->cid, mt_now_ms(), rj->stale_max_ms,
+                         &cv)) {
+            /* the database fails: a verdict younger than --stale-max still answers */
+            rj->rc = 0;
+            rj->stale = 1;
+            rj->res.code = cv.code;
+            memcpy(rj->res.addr, cv.addr, sizeof(cv.addr));
+            memcpy(rj->res.via, cv.via, sizeof(cv.via));
+            rj->sa = cv.sa;
+            rj->salen = cv.salen;
+            return;
+        }
         snprintf(rj->err, sizeof(rj->err), "%.600s", e.msg);
         return;
     }
@@ -247,9 +263,42 @@ static void job_work(struct mt_job *j)
     } else if (rj->res.code == RT_BACKEND_UNAVAILABLE) {
         snprintf(rj->err, sizeof(rj->err), "the host's internal_ip_addr is not host[:port]");
     }
+    if (rj->res.code == RT_OK || rj->res.code == RT_NOT_FOUND || rj->res.code == RT_FORBIDDEN) {
+        struct rt_cached cv = {.code = rj->res.code, .sa = rj->sa, .salen = rj->salen};
+        memcpy(cv.addr, rj->res.addr, sizeof(cv.addr));
+        memcpy(cv.via, rj->res.via, sizeof(cv.via));
+        rt_cache_put(rj->cache, rj->org, rj->user, rj->cid, mt_now_ms(), &cv);
+    }
 }
 
-static void start_connect(struct mt_conn *c, const struct rt_job *rj);
+static void start_connect(struct mt_conn *c, const struct sockaddr_storage *sa, socklen_t salen);
+
+/* The verdict, from a job or the cache: refuse, or count the session and connect. */
+static void verdict(struct mt_conn *c, enum rt_code code, const char *addr, const char *via,
+                    const struct sockaddr_storage *sa, socklen_t salen, const char *err)
+{
+    struct rt_conn *p = R(c);
+    p->decision_us = mt_now_us() - p->line_us;
+    free(p->target);
+    p->target = addr && addr[0] ? strdup(addr) : NULL;
+    if (code != RT_OK) {
+        refuse(c, code,
+               err && err[0]          ? err
+               : code == RT_NOT_FOUND ? "no such connect id in the user's organisation"
+               : code == RT_FORBIDDEN ? "the user is not granted this host"
+                                      : "refused");
+        return;
+    }
+    enum rt_code lc = rt_limits_acquire(RT(c)->limits, p->org, p->user);
+    if (lc != RT_OK) {
+        refuse(c, lc, "open sessions over the limit");
+        return;
+    }
+    p->session = 1;
+    audit(c, RT_OK, via);
+    px_count(PX_C_ALLOW, mt_conn_shard(c), 1);
+    start_connect(c, sa, salen);
+}
 
 static void job_done(struct mt_job *j)
 {
@@ -262,29 +311,16 @@ static void job_done(struct mt_job *j)
         free(rj);
         return;
     }
-    p->decision_us = mt_now_us() - p->line_us;
     if (rj->rc) {
+        p->decision_us = mt_now_us() - p->line_us;
         refuse(c, RT_AUTHZ_UNAVAILABLE, rj->err);
-    } else if (rj->res.code != RT_OK) {
-        free(p->target);
-        p->target = rj->res.addr[0] ? strdup(rj->res.addr) : NULL;
-        refuse(c, rj->res.code,
-               rj->err[0]                     ? rj->err
-               : rj->res.code == RT_NOT_FOUND ? "no such connect id in the user's organisation"
-               : rj->res.code == RT_FORBIDDEN ? "the user is not granted this host"
-                                              : "refused");
     } else {
-        p->target = strdup(rj->res.addr);
-        enum rt_code lc = rt_limits_acquire(RT(c)->limits, p->org, p->user);
-        if (lc != RT_OK) {
-            refuse(c, lc, "open sessions over the limit");
-            free(rj);
-            return;
-        }
-        p->session = 1;
-        audit(c, RT_OK, rj->res.via);
-        px_count(PX_C_ALLOW, mt_conn_shard(c), 1);
-        start_connect(c, rj);
+        if (rj->stale)
+            MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "stale", MESHTLS_LF_U("conn", c->id),
+                              MESHTLS_LF_S("connect_id", p->connect_id),
+                              MESHTLS_LF_S("reason", "the database failed: answered from the "
+                                                     "cache (within --stale-max)"));
+        verdict(c, rj->res.code, rj->res.addr, rj->res.via, &rj->sa, rj->salen, rj->err);
     }
     free(rj);
 }
@@ -300,6 +336,8 @@ static void submit(struct mt_conn *c)
     rj->j.work = job_work;
     rj->j.done = job_done;
     rj->db = RT(c)->db;
+    rj->cache = RT(c)->cache;
+    rj->stale_max_ms = RT(c)->cfg->stale_max_ms;
     snprintf(rj->org, sizeof(rj->org), "%s", p->org);
     snprintf(rj->user, sizeof(rj->user), "%s", p->user);
     snprintf(rj->cid, sizeof(rj->cid), "%s", p->connect_id);
@@ -341,15 +379,23 @@ static void step_line(struct mt_conn *c)
         refuse(c, lc, "connection attempts over the limit");
         return;
     }
+    struct rt_cached cv;
+    if (rt_cache_get(RT(c)->cache, p->org, p->user, p->connect_id, mt_now_ms(),
+                     RT(c)->cfg->cache_ttl_ms, &cv)) {
+        p->line_us = mt_now_us();
+        p->sub = RT_S_AUTHZ;
+        verdict(c, cv.code, cv.addr, cv.via, &cv.sa, cv.salen, NULL);
+        return;
+    }
     submit(c);
 }
 
 /* ---- the host ------------------------------------------------------------------- */
 
-static void start_connect(struct mt_conn *c, const struct rt_job *rj)
+static void start_connect(struct mt_conn *c, const struct sockaddr_storage *sa, socklen_t salen)
 {
     struct rt_conn *p = R(c);
-    int fd = socket(rj->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         refuse(c, RT_BACKEND_UNAVAILABLE, "cannot create a socket");
         return;
@@ -358,7 +404,7 @@ static void start_connect(struct mt_conn *c, const struct rt_job *rj)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     c->up.fd = fd;
-    if (connect(fd, (const struct sockaddr *)&rj->sa, rj->salen) != 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)sa, salen) != 0 && errno != EINPROGRESS) {
         refuse(c, RT_BACKEND_UNAVAILABLE, strerror(errno));
         return;
     }

@@ -177,6 +177,8 @@ struct rt_config {
     int shutdown_timeout_ms;
     int connlog; /* write router_connections (default on) */
     struct rt_limit_opts limits;
+    int cache_ttl_ms; /* answer from the cache without a query this long (0: off) */
+    int stale_max_ms; /* with the database failing, answer from the cache this long */
 };
 
 /* ---- the connection log (router_log.c): table router_connections ---------------------- */
@@ -228,12 +230,39 @@ void rt_limits_release(struct rt_limits *l, const char *org, const char *user);
 /** Forget idle entries; @return the entries left. */
 size_t rt_limits_sweep(struct rt_limits *l, int64_t now_ms);
 
+/* ---- the decision cache (router_cache.c) ------------------------------------------------ */
+
+/** A cached verdict (RT_OK with the resolved address, RT_NOT_FOUND or RT_FORBIDDEN). */
+struct rt_cached {
+    enum rt_code code;
+    char addr[300];
+    char via[RT_ID_MAX + 8];
+    struct sockaddr_storage sa;
+    socklen_t salen;
+};
+
+struct rt_cache {
+    pthread_mutex_t mu;
+    struct rt_cent **b;
+    size_t n;
+};
+
+int rt_cache_init(struct rt_cache *c);
+void rt_cache_free(struct rt_cache *c);
+/** The verdict for org/user/cid if it is at most `max_age_ms` old at `now_ms` (1), else 0. */
+int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
+                 int64_t now_ms, int64_t max_age_ms, struct rt_cached *out);
+/** Store (or refresh) the verdict, copied. */
+void rt_cache_put(struct rt_cache *c, const char *org, const char *user, const char *cid,
+                  int64_t now_ms, const struct rt_cached *v);
+
 /** The runtime the protocol reads (the listener's argument). */
 struct rt_router {
     const struct rt_config *cfg;
     struct mt_db *db;
     struct rt_connlog *log;   /* NULL: no connection log */
     struct rt_limits *limits; /* NULL: none */
+    struct rt_cache *cache;   /* NULL: none */
 };
 
 /*

@@ -219,6 +219,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     memset(&clog, 0, sizeof(clog));
     struct rt_limits lim;
     memset(&lim, 0, sizeof(lim));
+    struct rt_cache cache;
+    memset(&cache, 0, sizeof(cache));
 
     sigset_t set;
     sigemptyset(&set);
@@ -248,6 +250,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
         goto out;
     }
     r.limits = &lim;
+    if ((cfg->cache_ttl_ms > 0 || cfg->stale_max_ms > 0) && rt_cache_init(&cache) == 0)
+        r.cache = &cache;
     struct mt_snap *first = NULL;
     if ((rc = snap_build(cfg, &first, err)) != 0)
         goto out;
@@ -348,6 +352,7 @@ out:
     mt_engine_free(eng);
     rt_connlog_stop(&clog); /* after the engine: no worker pushes any more */
     rt_limits_free(&lim);
+    rt_cache_free(&cache);
     px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;

@@ -364,7 +364,11 @@ def test_data_commands_sqlite(pki, echo, tmp_path):
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
         assert ask(pki, router.port, "bob", b"app-01\n").startswith(b"ERROR: forbidden")
         run("router", "--store", store, "revoke", "app-01", "--user", "alice", check=True)
-        assert ask(pki, router.port, "alice", b"app-01\n").startswith(b"ERROR: forbidden")
+        # the decision cache (--cache-ttl 500ms) lets a removed grant refuse within a second
+        t0 = time.monotonic()
+        while ask(pki, router.port, "alice", b"app-01\n") == b"OK\n":
+            assert time.monotonic() - t0 < 1.0, "a removed grant still allowed after 1 s"
+            time.sleep(0.05)
     finally:
         router.stop()
 
@@ -388,7 +392,7 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         assert r.returncode == 0, r.stderr
         router = Router(pki, "--db-host", "127.0.0.1", "--db-port", pg.port, "--db-user",
                         pg.user, "--db-name", pg.dbname, "--db-password", pg.password,
-                        "--authz-timeout", "2s", "--log-level", "debug")
+                        "--authz-timeout", "2s", "--log-level", "debug", "--stale-max", "3s")
         cmdline = Path(f"/proc/{router.proc.pid}/cmdline").read_bytes()
         assert pg.password.encode() not in cmdline
         p = connect(pki, router.port, "alice", "web-01", data=b"pg says hi\n")
@@ -406,8 +410,19 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
-        # the database goes away: a bounded answer, never a hang
+        # the database goes away: decisions made within --stale-max still answer, anything
+        # else gets a bounded authz-unavailable, and after --stale-max everything does
+        assert ask(pki, router.port, "alice", b"web-01\n") == b"OK\n"
         pg.stop()
+        t_down = time.monotonic()
+        time.sleep(0.6)  # past --cache-ttl: the database is asked, fails, the cache answers
+        assert ask(pki, router.port, "alice", b"web-01\n") == b"OK\n"  # stale, in bound
+        assert "answered from the cache" in router.log()
+        t0 = time.monotonic()
+        assert ask(pki, router.port, "bob", b"evil-01\n").startswith(b"ERROR: authz-unavailable ")
+        assert time.monotonic() - t0 < 5
+        while time.monotonic() - t_down < 3.5:
+            time.sleep(0.1)
         t0 = time.monotonic()
         assert ask(pki, router.port, "alice", b"web-01\n").startswith(
             b"ERROR: authz-unavailable ")
