@@ -61,6 +61,8 @@ static void router_usage(FILE *f)
             "                           a removed grant refuses new connects after it; 0: off)\n"
             "  --stale-max D            with the database down, cached decisions answer this\n"
             "                           long, then authz-unavailable (30s; 0: fail at once)\n"
+            "  --recheck-interval D     check live relays' grants this often; a removed grant\n"
+            "                           closes the relay (1s; 0: off)\n"
             "  --user-rate N, --org-rate N   connection attempts per minute (120, 6000; 0: off)\n"
             "  --user-sessions N, --org-sessions N   open sessions at once (50, 2000; 0: off)\n"
             "  --check                  validate everything (files, database) and exit\n",
@@ -94,6 +96,7 @@ enum {
     O_CHECK,
     O_NOLOG,
     O_TTL,
+    O_RECHECK,
     O_STALE,
     O_UR,
     O_OR,
@@ -132,6 +135,7 @@ static const struct option ropts[] = {
     {"check", 0, 0, O_CHECK},
     {"no-connection-log", 0, 0, O_NOLOG},
     {"cache-ttl", 1, 0, O_TTL},
+    {"recheck-interval", 1, 0, O_RECHECK},
     {"stale-max", 1, 0, O_STALE},
     {"user-rate", 1, 0, O_UR},
     {"org-rate", 1, 0, O_OR},
@@ -235,6 +239,7 @@ int cmd_proxy_router(int argc, char **argv)
     c.connlog = 1;
     c.cache_ttl_ms = 500;
     c.stale_max_ms = 30000;
+    c.recheck_ms = 1000;
     c.limits = (struct rt_limit_opts){
         .user_rate = 120, .org_rate = 6000, .user_sessions = 50, .org_sessions = 2000};
 
@@ -338,6 +343,15 @@ int cmd_proxy_router(int argc, char **argv)
             break;
         case O_CHECK: check = 1; break;
         case O_NOLOG: c.connlog = 0; break;
+        case O_RECHECK: {
+            int64_t ms = 0;
+            if (mt_parse_duration_ms(optarg, 3600000, &ms) != 0) {
+                status = bad("--recheck-interval", optarg, "expected a duration (0: off)");
+                goto out;
+            }
+            c.recheck_ms = (int)ms;
+            break;
+        }
         case O_TTL:
         case O_STALE: {
             int64_t ms = 0;

@@ -49,6 +49,9 @@ struct rt_conn {
     int64_t decision_us;
     int64_t start_unix_ms; /* wall clock at the handshake's end, for the connection log */
     int session;           /* counted in the limits: released on close */
+    int64_t next_check_ms; /* RT_S_RELAY: when the grant is checked again (monotonic) */
+    int64_t last_active_ms;
+    unsigned long long last_bytes;
 };
 
 /* One decision: filled on the event loop, `work` runs on a pool thread. */
@@ -63,7 +66,8 @@ struct rt_job {
     socklen_t salen;
     struct rt_cache *cache;
     int stale_max_ms;
-    int stale; /* the database failed; answered from the cache */
+    int stale;   /* the database failed; answered from the cache */
+    int recheck; /* a live relay's periodic check, not a new decision */
 };
 
 static inline struct rt_conn *R(struct mt_conn *c)
@@ -165,6 +169,8 @@ static void on_close(struct mt_conn *c, const char *why)
 }
 
 static void step_line(struct mt_conn *c);
+static int relay_tick(const struct mt_conn *c);
+static int relay_step(struct mt_conn *c);
 
 static void on_tls_done(struct mt_conn *c, struct mt_end *t)
 {
@@ -273,6 +279,19 @@ static void job_work(struct mt_job *j)
 
 static void start_connect(struct mt_conn *c, const struct sockaddr_storage *sa, socklen_t salen);
 
+/* A live relay whose grant went away: audit, count, close. */
+static void cut(struct mt_conn *c, enum rt_code code)
+{
+    struct rt_conn *p = R(c);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "audit", MESHTLS_LF_S("action", "recheck"),
+                      MESHTLS_LF_S("decision", "deny"), MESHTLS_LF_S("code", rt_code_name(code)),
+                      MESHTLS_LF_U("conn", c->id), MESHTLS_LF_S("id", p->who),
+                      MESHTLS_LF_S("connect_id", p->connect_id),
+                      MESHTLS_LF_S("reason", "the grant was removed: relay closed"));
+    p->result = "revoked";
+    mt_conn_close_clean(c, "the grant was removed during the relay");
+}
+
 /* The verdict, from a job or the cache: refuse, or count the session and connect. */
 static void verdict(struct mt_conn *c, enum rt_code code, const char *addr, const char *via,
                     const struct sockaddr_storage *sa, socklen_t salen, const char *err)
@@ -307,6 +326,13 @@ static void job_done(struct mt_job *j)
     struct rt_conn *p = R(c);
     if (p->job == rj)
         p->job = NULL;
+    if (rj->recheck) {
+        if (!mt_conn_closed(c) && p->sub == RT_S_RELAY && !rj->rc && rj->res.code != RT_OK)
+            cut(c, rj->res.code);
+        /* the database failing keeps live relays: only new decisions fail closed */
+        free(rj);
+        return;
+    }
     if (mt_conn_closed(c) || p->sub != RT_S_AUTHZ) { /* answered already (timeout) */
         free(rj);
         return;
@@ -325,7 +351,7 @@ static void job_done(struct mt_job *j)
     free(rj);
 }
 
-static void submit(struct mt_conn *c)
+static void submit(struct mt_conn *c, int recheck)
 {
     struct rt_conn *p = R(c);
     struct rt_job *rj = calloc(1, sizeof(*rj));
@@ -341,12 +367,16 @@ static void submit(struct mt_conn *c)
     snprintf(rj->org, sizeof(rj->org), "%s", p->org);
     snprintf(rj->user, sizeof(rj->user), "%s", p->user);
     snprintf(rj->cid, sizeof(rj->cid), "%s", p->connect_id);
-    p->sub = RT_S_AUTHZ;
-    p->line_us = mt_now_us();
-    mt_conn_set_timeout(c, RT(c)->cfg->authz_timeout_ms);
+    rj->recheck = recheck;
+    if (!recheck) {
+        p->sub = RT_S_AUTHZ;
+        p->line_us = mt_now_us();
+        mt_conn_set_timeout(c, RT(c)->cfg->authz_timeout_ms);
+    }
     if (mt_job_submit(c, &rj->j) != 0) {
         free(rj);
-        refuse(c, RT_BUSY, "the job queue is full");
+        if (!recheck)
+            refuse(c, RT_BUSY, "the job queue is full");
         return;
     }
     p->job = rj;
@@ -387,7 +417,7 @@ static void step_line(struct mt_conn *c)
         verdict(c, cv.code, cv.addr, cv.via, &cv.sa, cv.salen, NULL);
         return;
     }
-    submit(c);
+    submit(c, 0);
 }
 
 /* ---- the host ------------------------------------------------------------------- */
@@ -455,9 +485,58 @@ static int step_connect(struct mt_conn *c)
     p->sub = RT_S_RELAY;
     if (rt_metrics.relays)
         mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), 1);
-    mt_conn_set_timeout(c, RT(c)->cfg->idle_timeout_ms);
+    p->last_active_ms = mt_conn_now_ms(c);
+    p->next_check_ms = p->last_active_ms + relay_tick(c);
+    mt_conn_set_timeout(c, relay_tick(c));
     c->down.rd_ready = c->down.wr_ready = c->up.rd_ready = c->up.wr_ready = 1;
-    return px_pipe_step(c, &p->pipe, NULL, RT(c)->cfg->idle_timeout_ms);
+    return relay_step(c);
+}
+
+/*
+ * The relay's deadline is the next grant check (--recheck-interval) or the idle timeout,
+ * whichever comes first: the pipe re-arms it with the time left, so steady traffic does
+ * not push the check away.
+ */
+static int relay_tick(const struct mt_conn *c)
+{
+    const struct rt_config *cfg = RT(c)->cfg;
+    return cfg->recheck_ms > 0 && cfg->recheck_ms < cfg->idle_timeout_ms ? cfg->recheck_ms
+                                                                         : cfg->idle_timeout_ms;
+}
+
+static int relay_step(struct mt_conn *c)
+{
+    struct rt_conn *p = R(c);
+    int64_t left = p->next_check_ms - mt_conn_now_ms(c);
+    return px_pipe_step(c, &p->pipe, NULL, left > 1 ? (int)left : 1);
+}
+
+static void relay_timeout(struct mt_conn *c)
+{
+    struct rt_conn *p = R(c);
+    const struct rt_config *cfg = RT(c)->cfg;
+    int64_t now = mt_conn_now_ms(c);
+    unsigned long long total = p->pipe.bytes[0] + p->pipe.bytes[1];
+    if (total != p->last_bytes) {
+        p->last_bytes = total;
+        p->last_active_ms = now;
+    }
+    if (now - p->last_active_ms >= cfg->idle_timeout_ms) {
+        mt_conn_close_clean(c, "idle timeout");
+        return;
+    }
+    p->next_check_ms = now + relay_tick(c);
+    mt_conn_set_timeout(c, relay_tick(c));
+    if (cfg->recheck_ms <= 0 || p->job)
+        return;
+    struct rt_cached cv;
+    if (rt_cache_get(RT(c)->cache, p->org, p->user, p->connect_id, mt_now_ms(), cfg->cache_ttl_ms,
+                     &cv)) {
+        if (cv.code != RT_OK)
+            cut(c, cv.code);
+        return;
+    }
+    submit(c, 1);
 }
 
 static int on_io(struct mt_conn *c)
@@ -466,7 +545,7 @@ static int on_io(struct mt_conn *c)
     switch (p->sub) {
     case RT_S_LINE: step_line(c); return 0;
     case RT_S_CONNECT: return step_connect(c);
-    case RT_S_RELAY: return px_pipe_step(c, &p->pipe, NULL, RT(c)->cfg->idle_timeout_ms);
+    case RT_S_RELAY: return relay_step(c);
     default: return 0; /* the decision runs; client bytes wait in the socket */
     }
 }
@@ -484,6 +563,7 @@ static void on_timeout(struct mt_conn *c)
         px_count(PX_C_BACKEND_ERR, mt_conn_shard(c), 1);
         refuse(c, RT_BACKEND_UNAVAILABLE, "timeout connecting to the host");
         break;
+    case RT_S_RELAY: relay_timeout(c); break;
     default: mt_conn_close_clean(c, "idle timeout"); break;
     }
 }

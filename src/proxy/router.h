@@ -179,6 +179,7 @@ struct rt_config {
     struct rt_limit_opts limits;
     int cache_ttl_ms; /* answer from the cache without a query this long (0: off) */
     int stale_max_ms; /* with the database failing, answer from the cache this long */
+    int recheck_ms;   /* live relays: check the grant again this often (0: never) */
 };
 
 /* ---- the connection log (router_log.c): table router_connections ---------------------- */

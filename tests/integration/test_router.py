@@ -363,12 +363,27 @@ def test_data_commands_sqlite(pki, echo, tmp_path):
     try:
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
         assert ask(pki, router.port, "bob", b"app-01\n").startswith(b"ERROR: forbidden")
+        live = tls_conn(pki, router.port, "alice")
+        live.sendall(b"app-01\nping")
+        assert read_line(live) == b"OK\n"
+        assert live.recv(4) == b"ping"
         run("router", "--store", store, "revoke", "app-01", "--user", "alice", check=True)
+        t_revoke = time.monotonic()
         # the decision cache (--cache-ttl 500ms) lets a removed grant refuse within a second
         t0 = time.monotonic()
         while ask(pki, router.port, "alice", b"app-01\n") == b"OK\n":
             assert time.monotonic() - t0 < 1.0, "a removed grant still allowed after 1 s"
             time.sleep(0.05)
+        # the live relay is cut within two seconds (--recheck-interval 1s)
+        live.settimeout(3)
+        try:
+            while live.recv(100):
+                pass
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        assert time.monotonic() - t_revoke < 2.5
+        live.close()
+        assert "the grant was removed" in router.log()
     finally:
         router.stop()
 
