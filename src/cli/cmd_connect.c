@@ -285,7 +285,11 @@ int cmd_connect(int argc, char **argv)
     }
     line[got] = '\0';
     if (strcmp(line, "OK\n") != 0) {
-        if (got == 0)
+        unsigned long e = ERR_peek_last_error();
+        if (got == 0 && e) /* TLS 1.3: a refused certificate shows as an alert here */
+            fprintf(stderr, "meshtls connect: the router %s refused the connection: %s\n", proxy,
+                    ERR_reason_error_string(e));
+        else if (got == 0)
             fprintf(stderr, "meshtls connect: the router %s closed without an answer\n", proxy);
         else
             fprintf(stderr, "%s%s", line, line[got - 1] == '\n' ? "" : "\n");

@@ -320,6 +320,43 @@ def test_limits(pki, echo, tmp_path):
         router.stop()
 
 
+def test_revoked_certificate(pki, echo, tmp_path):
+    """--crl: a revoked user certificate is refused at the handshake, at once."""
+    ca = pki / "ca"
+    run("ca", "register", "--dir", ca, "rev", "--spiffe-id", f"spiffe://{TD}/orgs/acme/users/rev",
+        check=True)
+    run("ca", "issue", "--dir", ca, "rev", "--out", tmp_path, check=True)
+    run("ca", "revoke", "--dir", ca, "rev", check=True)
+    run("ca", "crl", "--dir", ca, "--out", tmp_path / "crl.pem", check=True)
+    store = f"sqlite:{tmp_path / 'rev.db'}"
+    run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
+        f"127.0.0.1:{echo.port}", check=True)
+    run("router", "--store", store, "grant", "h", "--user", "rev", check=True)
+    run("router", "--store", store, "grant", "h", "--user", "alice", check=True)
+    router = Router(pki, "--store", store, "--crl", tmp_path / "crl.pem")
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(pki / "certs" / "ca.crt")
+        ctx.load_cert_chain(tmp_path / "rev.crt", tmp_path / "rev.key")
+        t0 = time.monotonic()
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", router.port), timeout=5),
+                                 server_hostname="localhost") as s:
+                s.sendall(b"h\n")
+                if not s.recv(100):
+                    raise ConnectionResetError("closed")
+        assert time.monotonic() - t0 < 5
+        p = subprocess.run([MESHTLS, "connect", "--proxy", f"localhost:{router.port}",
+                            "--cert", tmp_path / "rev.crt", "--key", tmp_path / "rev.key",
+                            "--cacert", pki / "certs" / "ca.crt", "--connect-id", "h"],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 1 and "revoked" in p.stderr, p.stderr
+        assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"
+        assert "revoked" in router.log()
+    finally:
+        router.stop()
+
+
 def test_ssh_config_block(pki):
     p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
             pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
@@ -425,6 +462,20 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
+        # a second router on the same database behaves as one with the first
+        router2 = Router(pki, "--store", pg.url(), "--stale-max", "0")
+        try:
+            assert ask(pki, router2.port, "alice", b"app-01\n") == b"OK\n"
+            assert ask(pki, router2.port, "mallory", b"app-01\n") == NOT_FOUND
+            run("router", "--store", pg.url(), "revoke", "app-01", "--user", "alice", check=True)
+            time.sleep(1.0)  # past --cache-ttl on both
+            for r in (router, router2):
+                assert ask(pki, r.port, "alice", b"app-01\n").startswith(b"ERROR: forbidden")
+            run("router", "--store", pg.url(), "grant", "app-01", "--user", "alice", check=True)
+            cmdline = Path(f"/proc/{router2.proc.pid}/cmdline").read_bytes()
+            assert pg.password.encode() not in cmdline  # --store URL: hidden too
+        finally:
+            router2.stop()
         # the database goes away: decisions made within --stale-max still answer, anything
         # else gets a bounded authz-unavailable, and after --stale-max everything does
         assert ask(pki, router.port, "alice", b"web-01\n") == b"OK\n"
