@@ -5,7 +5,7 @@
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-plain test-asan test-fuzz demo clean format check-src
+.PHONY: all build deps test test-plain test-asan test-fuzz demo clean format check-src demo-router
 
 all: build
 
@@ -40,6 +40,9 @@ check-src:
 
 demo: build
 	@scripts/demo.sh
+
+demo-router: build
+	@scripts/demo-router.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
