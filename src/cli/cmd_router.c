@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "db.h"
+#include "meshtls/config.h"
 #include "meshtls/log.h"
 #include "parse.h"
 #include "router.h"
@@ -69,80 +70,55 @@ static void router_usage(FILE *f)
             RT_DEFAULT_PORT);
 }
 
+/* Flags that set a `router.*` key (src/proxy/router_config_keys.c); 004's names are
+ * aliases.  The others are handled here. */
+struct rflag {
+    const char *name;
+    const char *key; /* NULL: special */
+};
+
+static const struct rflag rflags[] = {
+    {"listen", "router.listen"},
+    {"cert", "router.cert"},
+    {"server-cert", "router.cert"},
+    {"key", "router.key"},
+    {"server-key", "router.key"},
+    {"crl", "router.crl"},
+    {"issuer", "router.issuer"},
+    {"status", "router.status"},
+    {"workers", "router.workers"},
+    {"job-threads", "router.job_threads"},
+    {"max-conns", "router.max_conns"},
+    {"handshake-timeout", "router.handshake_timeout"},
+    {"line-timeout", "router.line_timeout"},
+    {"authz-timeout", "router.authz_timeout"},
+    {"connect-timeout", "router.connect_timeout"},
+    {"idle-timeout", "router.idle_timeout"},
+    {"cache-ttl", "router.cache_ttl"},
+    {"stale-max", "router.stale_max"},
+    {"recheck-interval", "router.recheck_interval"},
+    {"user-rate", "router.user_rate"},
+    {"org-rate", "router.org_rate"},
+    {"user-sessions", "router.user_sessions"},
+    {"org-sessions", "router.org_sessions"},
+};
+#define N_RFLAGS (sizeof(rflags) / sizeof(rflags[0]))
+
 enum {
-    O_LISTEN = 1,
-    O_CERT,
-    O_KEY,
-    O_CACERT,
-    O_CRL,
-    O_ISSUER,
+    O_KEYED = 1, /* + index into rflags */
+    O_CACERT = 100,
     O_STORE,
     O_DBHOST,
     O_DBPORT,
     O_DBUSER,
     O_DBNAME,
     O_DBPASS,
-    O_STATUS,
     O_LOGLEVEL,
     O_LOGFMT,
-    O_WORKERS,
-    O_JOBS,
-    O_LINE_TO,
-    O_AUTHZ_TO,
-    O_CONN_TO,
-    O_IDLE_TO,
-    O_HS_TO,
-    O_MAXCONN,
-    O_CHECK,
+    O_CONFIG,
     O_NOLOG,
-    O_TTL,
-    O_RECHECK,
-    O_STALE,
-    O_UR,
-    O_OR,
-    O_US,
-    O_OS,
+    O_CHECK,
     O_HELP,
-};
-
-static const struct option ropts[] = {
-    {"listen", 1, 0, O_LISTEN},
-    {"cert", 1, 0, O_CERT},
-    {"server-cert", 1, 0, O_CERT},
-    {"key", 1, 0, O_KEY},
-    {"server-key", 1, 0, O_KEY},
-    {"cacert", 1, 0, O_CACERT},
-    {"ca-certs", 1, 0, O_CACERT},
-    {"crl", 1, 0, O_CRL},
-    {"issuer", 1, 0, O_ISSUER},
-    {"store", 1, 0, O_STORE},
-    {"db-host", 1, 0, O_DBHOST},
-    {"db-port", 1, 0, O_DBPORT},
-    {"db-user", 1, 0, O_DBUSER},
-    {"db-name", 1, 0, O_DBNAME},
-    {"db-password", 1, 0, O_DBPASS},
-    {"status", 1, 0, O_STATUS},
-    {"log-level", 1, 0, O_LOGLEVEL},
-    {"log-format", 1, 0, O_LOGFMT},
-    {"workers", 1, 0, O_WORKERS},
-    {"job-threads", 1, 0, O_JOBS},
-    {"line-timeout", 1, 0, O_LINE_TO},
-    {"authz-timeout", 1, 0, O_AUTHZ_TO},
-    {"connect-timeout", 1, 0, O_CONN_TO},
-    {"idle-timeout", 1, 0, O_IDLE_TO},
-    {"handshake-timeout", 1, 0, O_HS_TO},
-    {"max-conns", 1, 0, O_MAXCONN},
-    {"check", 0, 0, O_CHECK},
-    {"no-connection-log", 0, 0, O_NOLOG},
-    {"cache-ttl", 1, 0, O_TTL},
-    {"recheck-interval", 1, 0, O_RECHECK},
-    {"stale-max", 1, 0, O_STALE},
-    {"user-rate", 1, 0, O_UR},
-    {"org-rate", 1, 0, O_OR},
-    {"user-sessions", 1, 0, O_US},
-    {"org-sessions", 1, 0, O_OS},
-    {"help", 0, 0, O_HELP},
-    {0, 0, 0, 0},
 };
 
 static int bad(const char *flag, const char *val, const char *want)
@@ -206,12 +182,31 @@ static int build_pg_url(char *out, size_t cap, const char *host, const char *por
     return 0;
 }
 
-static int dur(const char *flag, const char *v, int *out)
+/* One flag's value for a key (applied after the file and the environment). */
+struct kv {
+    const char *key, *val, *flag;
+};
+
+/* A duration key into milliseconds (the configuration checked its range already). */
+static int dur_key(const struct meshtls_config *cfg, const char *key, int *out)
 {
+    const char *v = meshtls_config_get(cfg, key, NULL);
     int64_t ms = 0;
-    if (mt_parse_duration_ms(v, 86400000LL * 7, &ms) != 0 || ms <= 0)
-        return bad(flag, v, "expected a duration such as 500ms, 5s, 1m");
+    if (!v)
+        return 0;
+    if (mt_parse_duration_ms(v, 7 * 86400000LL, &ms) != 0) {
+        fprintf(stderr, "meshtls proxy router: %s '%s': expected a duration\n", key, v);
+        return 2;
+    }
     *out = (int)ms;
+    return 0;
+}
+
+static int int_key(const struct meshtls_config *cfg, const char *key, int *out)
+{
+    long v = 0;
+    if (meshtls_config_get_int(cfg, key, &v, NULL) == 0)
+        *out = (int)v;
     return 0;
 }
 
@@ -219,53 +214,50 @@ int cmd_proxy_router(int argc, char **argv)
 {
     struct rt_config c = {0};
     const char *ca_files[RT_MAX_CA];
-    size_t n_ca = 0, n_copies = 0;
-    char *ca_copies[RT_MAX_CA] = {0}, *store = NULL, *dbpass = NULL;
+    size_t n_ca = 0;
+    char *store = NULL, *dbpass = NULL, *cacerts = NULL, *ca_copy = NULL;
     const char *dbhost = NULL, *dbport = NULL, *dbuser = NULL, *dbname = NULL;
-    int check = 0, status = 2, opt, v;
+    const char *config_file = NULL;
+    int check = 0, status = 2, opt, rc;
     char pgurl[1024];
     struct meshtls_err err = MESHTLS_ERR_INIT;
-
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    c.workers = ncpu > 0 && ncpu < 256 ? (int)ncpu : 1;
-    c.job_threads = 4;
-    c.max_conns = 10000;
-    c.handshake_timeout_ms = 10000;
-    c.line_timeout_ms = 5000;
-    c.authz_timeout_ms = 3000;
-    c.connect_timeout_ms = 5000;
-    c.idle_timeout_ms = 3600000;
-    c.shutdown_timeout_ms = 30000;
-    c.connlog = 1;
-    c.cache_ttl_ms = 500;
-    c.stale_max_ms = 30000;
-    c.recheck_ms = 1000;
-    c.limits = (struct rt_limit_opts){
-        .user_rate = 120, .org_rate = 6000, .user_sessions = 50, .org_sessions = 2000};
+    struct meshtls_config *cfg = NULL;
+    struct kv set[64];
+    size_t nset = 0;
+    struct option lo[N_RFLAGS + 16];
+    size_t nlo = 0;
+    for (size_t i = 0; i < N_RFLAGS; i++)
+        lo[nlo++] = (struct option){rflags[i].name, 1, 0, O_KEYED + (int)i};
+    static const struct option special[] = {
+        {"cacert", 1, 0, O_CACERT},      {"ca-certs", 1, 0, O_CACERT},
+        {"store", 1, 0, O_STORE},        {"db-host", 1, 0, O_DBHOST},
+        {"db-port", 1, 0, O_DBPORT},     {"db-user", 1, 0, O_DBUSER},
+        {"db-name", 1, 0, O_DBNAME},     {"db-password", 1, 0, O_DBPASS},
+        {"log-level", 1, 0, O_LOGLEVEL}, {"log-format", 1, 0, O_LOGFMT},
+        {"config", 1, 0, O_CONFIG},      {"no-connection-log", 0, 0, O_NOLOG},
+        {"check", 0, 0, O_CHECK},        {"help", 0, 0, O_HELP},
+    };
+    for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); i++)
+        lo[nlo++] = special[i];
+    lo[nlo] = (struct option){0, 0, 0, 0};
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "", ropts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (opt >= O_KEYED && opt < O_KEYED + (int)N_RFLAGS) {
+            if (nset < sizeof(set) / sizeof(set[0]))
+                set[nset++] = (struct kv){rflags[opt - O_KEYED].key, optarg, NULL};
+            continue;
+        }
         switch (opt) {
-        case O_LISTEN: c.listen = optarg; break;
-        case O_CERT: c.tls.cert_file = optarg; break;
-        case O_KEY: c.tls.key_file = optarg; break;
-        case O_CRL: c.tls.crl_file = optarg; break;
-        case O_ISSUER: c.issuer = optarg; break;
-        case O_STATUS: c.status = optarg; break;
-        case O_CACERT: {
-            char *dup = n_copies < RT_MAX_CA ? strdup(optarg) : NULL, *save = NULL;
-            if (!dup) {
-                status = bad("--cacert", optarg, "at most 8 CA files");
+        case O_CACERT: { /* repeatable: the lists join */
+            size_t have = cacerts ? strlen(cacerts) : 0, add = strlen(optarg);
+            char *n = realloc(cacerts, have + add + 2);
+            if (!n)
                 goto out;
-            }
-            ca_copies[n_copies++] = dup; /* the tokens point into it */
-            for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-                if (n_ca == RT_MAX_CA) {
-                    status = bad("--cacert", optarg, "at most 8 CA files");
-                    goto out;
-                }
-                ca_files[n_ca++] = t;
-            }
+            cacerts = n;
+            if (have)
+                cacerts[have++] = ',';
+            memcpy(cacerts + have, optarg, add + 1);
             break;
         }
         case O_STORE:
@@ -300,103 +292,97 @@ int cmd_proxy_router(int argc, char **argv)
             }
             meshtls_log_set_json(!strcmp(optarg, "json"));
             break;
-        case O_WORKERS:
-            if (mt_parse_int(optarg, 1, 256, &v) != 0) {
-                status = bad("--workers", optarg, "expected 1..256");
-                goto out;
-            }
-            c.workers = v;
-            break;
-        case O_JOBS:
-            if (mt_parse_int(optarg, 1, 64, &v) != 0) {
-                status = bad("--job-threads", optarg, "expected 1..64");
-                goto out;
-            }
-            c.job_threads = v;
-            break;
-        case O_MAXCONN:
-            if (mt_parse_int(optarg, 1, 1000000, &v) != 0) {
-                status = bad("--max-conns", optarg, "expected 1..1000000");
-                goto out;
-            }
-            c.max_conns = v;
-            break;
-        case O_LINE_TO:
-            if (dur("--line-timeout", optarg, &c.line_timeout_ms))
-                goto out;
-            break;
-        case O_AUTHZ_TO:
-            if (dur("--authz-timeout", optarg, &c.authz_timeout_ms))
-                goto out;
-            break;
-        case O_CONN_TO:
-            if (dur("--connect-timeout", optarg, &c.connect_timeout_ms))
-                goto out;
-            break;
-        case O_IDLE_TO:
-            if (dur("--idle-timeout", optarg, &c.idle_timeout_ms))
-                goto out;
-            break;
-        case O_HS_TO:
-            if (dur("--handshake-timeout", optarg, &c.handshake_timeout_ms))
-                goto out;
+        case O_CONFIG: config_file = optarg; break;
+        case O_NOLOG:
+            set[nset++] = (struct kv){"router.connection_log", "false", "--no-connection-log"};
             break;
         case O_CHECK: check = 1; break;
-        case O_NOLOG: c.connlog = 0; break;
-        case O_RECHECK: {
-            int64_t ms = 0;
-            if (mt_parse_duration_ms(optarg, 3600000, &ms) != 0) {
-                status = bad("--recheck-interval", optarg, "expected a duration (0: off)");
-                goto out;
-            }
-            c.recheck_ms = (int)ms;
-            break;
-        }
-        case O_TTL:
-        case O_STALE: {
-            int64_t ms = 0;
-            if (mt_parse_duration_ms(optarg, 3600000, &ms) != 0) {
-                status = bad(opt == O_TTL ? "--cache-ttl" : "--stale-max", optarg,
-                             "expected a duration such as 0, 500ms, 30s (0: off)");
-                goto out;
-            }
-            *(opt == O_TTL ? &c.cache_ttl_ms : &c.stale_max_ms) = (int)ms;
-            break;
-        }
-        case O_UR:
-        case O_OR:
-        case O_US:
-        case O_OS: {
-            int *dst = opt == O_UR   ? &c.limits.user_rate
-                       : opt == O_OR ? &c.limits.org_rate
-                       : opt == O_US ? &c.limits.user_sessions
-                                     : &c.limits.org_sessions;
-            if (mt_parse_int(optarg, 0, 10000000, dst) != 0) {
-                status = bad(opt == O_UR   ? "--user-rate"
-                             : opt == O_OR ? "--org-rate"
-                             : opt == O_US ? "--user-sessions"
-                                           : "--org-sessions",
-                             optarg, "expected a number >= 0 (0: no limit)");
-                goto out;
-            }
-            break;
-        }
         case O_HELP:
             router_usage(stdout);
             status = 0;
             goto out;
         default: router_usage(stderr); goto out;
         }
+        if (nset >= sizeof(set) / sizeof(set[0]) - 2) {
+            fprintf(stderr, "meshtls proxy router: too many flags\n");
+            goto out;
+        }
     }
     if (optind < argc) {
         fprintf(stderr, "meshtls proxy router: unexpected argument '%s'\n", argv[optind]);
         goto out;
     }
-    if (store && (dbhost || dbport || dbuser || dbname)) {
+    if (cacerts)
+        set[nset++] = (struct kv){"router.cacert", cacerts, "--cacert"};
+    if (store)
+        set[nset++] = (struct kv){"router.store", store, "--store"};
+
+    /* flags > MESHTLS_ROUTER_* > the YAML file's router: section > defaults */
+    if (meshtls_config_new(&cfg) != 0 || rt_config_register(cfg, &err) != 0) {
+        cli_print_err("proxy router", &err, MESHTLS_ENOMEM);
+        status = 1;
+        goto out;
+    }
+    if ((config_file && (rc = meshtls_config_load_file(cfg, config_file, &err)) != 0) ||
+        (rc = meshtls_config_load_env(cfg, NULL, &err)) != 0) {
+        cli_print_err("proxy router", &err, rc);
+        status = cli_exit_code(rc);
+        goto out;
+    }
+    for (size_t i = 0; i < nset; i++)
+        if ((rc = meshtls_config_set(cfg, set[i].key, set[i].val, set[i].flag, &err)) != 0) {
+            cli_print_err("proxy router", &err, rc);
+            status = cli_exit_code(rc);
+            goto out;
+        }
+
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    c.workers = ncpu > 0 && ncpu < 256 ? (int)ncpu : 1;
+    c.shutdown_timeout_ms = 30000;
+    c.listen = meshtls_config_get(cfg, "router.listen", NULL);
+    c.tls.cert_file = meshtls_config_get(cfg, "router.cert", NULL);
+    c.tls.key_file = meshtls_config_get(cfg, "router.key", NULL);
+    c.tls.crl_file = meshtls_config_get(cfg, "router.crl", NULL);
+    c.issuer = meshtls_config_get(cfg, "router.issuer", NULL);
+    c.status = meshtls_config_get(cfg, "router.status", NULL);
+    const char *store_url = meshtls_config_get(cfg, "router.store", NULL);
+    int connlog = 1;
+    meshtls_config_get_bool(cfg, "router.connection_log", &connlog, NULL);
+    c.connlog = connlog;
+    int_key(cfg, "router.workers", &c.workers);
+    int_key(cfg, "router.job_threads", &c.job_threads);
+    int_key(cfg, "router.max_conns", &c.max_conns);
+    int_key(cfg, "router.user_rate", &c.limits.user_rate);
+    int_key(cfg, "router.org_rate", &c.limits.org_rate);
+    int_key(cfg, "router.user_sessions", &c.limits.user_sessions);
+    int_key(cfg, "router.org_sessions", &c.limits.org_sessions);
+    if (dur_key(cfg, "router.handshake_timeout", &c.handshake_timeout_ms) ||
+        dur_key(cfg, "router.line_timeout", &c.line_timeout_ms) ||
+        dur_key(cfg, "router.authz_timeout", &c.authz_timeout_ms) ||
+        dur_key(cfg, "router.connect_timeout", &c.connect_timeout_ms) ||
+        dur_key(cfg, "router.idle_timeout", &c.idle_timeout_ms) ||
+        dur_key(cfg, "router.cache_ttl", &c.cache_ttl_ms) ||
+        dur_key(cfg, "router.stale_max", &c.stale_max_ms) ||
+        dur_key(cfg, "router.recheck_interval", &c.recheck_ms))
+        goto out;
+    const char *ca_list = meshtls_config_get(cfg, "router.cacert", NULL);
+    if (ca_list) {
+        char *save = NULL;
+        if (!(ca_copy = strdup(ca_list)))
+            goto out;
+        for (char *t = strtok_r(ca_copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (n_ca == RT_MAX_CA) {
+                status = bad("--cacert", ca_list, "at most 8 CA files");
+                goto out;
+            }
+            ca_files[n_ca++] = t;
+        }
+    }
+    if (store_url && (dbhost || dbport || dbuser || dbname)) {
         fprintf(stderr, "meshtls proxy router: give --store or the --db-* flags, not both\n");
         goto out;
     }
-    if (!store && (dbhost || dbport || dbuser || dbname || dbpass)) {
+    if (!store_url && (dbhost || dbport || dbuser || dbname || dbpass)) {
         int r = build_pg_url(pgurl, sizeof(pgurl), dbhost, dbport, dbuser, dbname);
         if (r == -2) {
             status = bad("--db-port", dbport, "expected 1..65535");
@@ -406,25 +392,23 @@ int cmd_proxy_router(int argc, char **argv)
             fprintf(stderr, "meshtls proxy router: the --db-* values are too long\n");
             goto out;
         }
-        c.store_url = pgurl;
-    } else {
-        c.store_url = store;
+        store_url = pgurl;
     }
+    c.store_url = store_url;
     if (dbpass && setenv("PGPASSWORD", dbpass, 1) != 0)
         goto out;
-    const char *missing = !c.listen          ? "--listen"
-                          : !c.tls.cert_file ? "--cert"
-                          : !c.tls.key_file  ? "--key"
-                          : n_ca == 0        ? "--cacert"
-                          : !c.issuer        ? "--issuer"
-                          : !c.store_url     ? "--store (or --db-host ...)"
+    const char *missing = !c.listen          ? "--listen (router.listen)"
+                          : !c.tls.cert_file ? "--cert (router.cert)"
+                          : !c.tls.key_file  ? "--key (router.key)"
+                          : n_ca == 0        ? "--cacert (router.cacert)"
+                          : !c.issuer        ? "--issuer (router.issuer)"
+                          : !c.store_url     ? "--store (router.store) or --db-host ..."
                                              : NULL;
     if (missing) {
-        fprintf(stderr, "meshtls proxy router: %s is required (see --help)\n", missing);
-        goto out;
-    }
-    if (meshtls_trust_domain_validate(c.issuer, &err) != 0) {
-        status = bad("--issuer", c.issuer, err.msg);
+        fprintf(stderr,
+                "meshtls proxy router: %s is required (a flag, MESHTLS_ROUTER_* or the "
+                "--config file's router: section; see --help)\n",
+                missing);
         goto out;
     }
     c.tls.ca_file = ca_files[0];
@@ -435,7 +419,7 @@ int cmd_proxy_router(int argc, char **argv)
         int64_t na = 0;
         struct mt_db *db = NULL;
         struct mt_db_opts o = {.connect_timeout_s = 5, .acquire_timeout_ms = 5000};
-        int rc = rt_tls_build(&c, &ctx, &na, &err);
+        rc = rt_tls_build(&c, &ctx, &na, &err);
         SSL_CTX_free(ctx);
         if (rc == 0 && (rc = mt_db_open(c.store_url, &o, &db, &err)) == 0)
             rc = rt_db_migrate(db, &err);
@@ -448,13 +432,14 @@ int cmd_proxy_router(int argc, char **argv)
         status = rc ? cli_exit_code(rc) : 0;
         goto out;
     }
-    int rc = rt_run(&c, &err);
+    rc = rt_run(&c, &err);
     if (rc)
         cli_print_err("proxy router", &err, rc);
     status = rc ? cli_exit_code(rc) : 0;
 out:
-    for (size_t i = 0; i < RT_MAX_CA; i++)
-        free(ca_copies[i]);
+    meshtls_config_free(cfg);
+    free(ca_copy);
+    free(cacerts);
     if (store)
         memset(store, 0, strlen(store));
     if (dbpass)

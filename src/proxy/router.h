@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 
 #include "db.h"
+#include "meshtls/config.h"
 #include "meshtls/err.h"
 #include "meshtls/tls.h"
 #include "metrics.h"
@@ -277,6 +278,12 @@ struct rt_metrics {
     atomic_int db_up;                       /* the last database ping answered */
 };
 extern struct rt_metrics rt_metrics;
+
+/* router_config_keys.c: the `router.*` keys (flags, MESHTLS_ROUTER_* variables, YAML) */
+extern const struct meshtls_config_keydef rt_config_keys[];
+extern const size_t rt_config_nkeys;
+/** Register the `router.*` keys with `cfg` (borrowed), right after meshtls_config_new(). */
+int rt_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
 
 /** The router protocol (listener argument: struct rt_router). */
 extern const struct mt_proto_ops rt_router_ops;

@@ -357,6 +357,27 @@ def test_revoked_certificate(pki, echo, tmp_path):
         router.stop()
 
 
+def test_config_file_and_environment(pki, tmp_path):
+    """The same keys from YAML (router: section) and MESHTLS_ROUTER_*; flags win."""
+    c = pki / "certs"
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"router:\n  listen: 127.0.0.1:0\n  cert: {c / 'router.crt'}\n"
+                   f"  key: {c / 'router.key'}\n  cacert: {c / 'ca.crt'}\n"
+                   f"  issuer: wrong.example\n  line_timeout: 2s\n")
+    env = {"MESHTLS_ROUTER_STORE": f"sqlite:{tmp_path / 'env.db'}"}
+    p = run("proxy", "router", "--config", cfg, "--issuer", TD, "--check", env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"issuer {TD}" in p.stdout and "env.db" in p.stdout
+    p = run("proxy", "router", "--config", cfg, "--check", env=env)
+    assert p.returncode == 0 and "issuer wrong.example" in p.stdout  # from the file
+    cfg.write_text(cfg.read_text() + "  user_rate: lots\n")
+    p = run("proxy", "router", "--config", cfg, "--check", env=env)
+    assert p.returncode != 0 and "router.yaml:8" in p.stderr and "user_rate" in p.stderr, p.stderr
+    cfg.write_text(cfg.read_text().replace("  user_rate: lots\n", ""))
+    p = run("proxy", "router", "--config", cfg, "--check")  # no store anywhere
+    assert p.returncode == 2 and "router.store" in p.stderr, p.stderr
+
+
 def test_ssh_config_block(pki):
     p = run("connect", "--ssh-config", "--proxy", "router.example:4443", "--cert",
             pki / "certs/alice.crt", "--key", pki / "certs/alice.key", "--cacert",
