@@ -214,6 +214,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     struct mt_engine *eng = NULL;
     struct mt_listener *l = NULL, *sl = NULL;
     struct rt_router r = {.cfg = cfg};
+    struct meshtls_session_cache *scache = NULL;
     struct pinger pg = {0};
     struct rt_connlog clog;
     memset(&clog, 0, sizeof(clog));
@@ -252,6 +253,16 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     r.limits = &lim;
     if ((cfg->cache_ttl_ms > 0 || cfg->stale_max_ms > 0) && rt_cache_init(&cache) == 0)
         r.cache = &cache;
+    /* TLS session resumption across every context a reload builds (stateful, as the
+     * proxy's): a returning user skips the full handshake; the cache is stamped with the
+     * trust (CA files, CRL), so a new CRL never resumes an old session */
+    struct rt_config tcfg = *cfg;
+    if (meshtls_session_cache_new(20000, 300, &scache) != 0) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory for the session cache");
+        goto out;
+    }
+    tcfg.tls.session_cache = scache;
+    cfg = &tcfg;
     struct mt_snap *first = NULL;
     if ((rc = snap_build(cfg, &first, err)) != 0)
         goto out;
@@ -353,6 +364,7 @@ out:
     rt_connlog_stop(&clog); /* after the engine: no worker pushes any more */
     rt_limits_free(&lim);
     rt_cache_free(&cache);
+    meshtls_session_cache_free(scache);
     px_status_free(&status);
     px_metrics.lstats = NULL;
     px_metrics.snap = NULL;

@@ -216,6 +216,21 @@ def test_allowed_through_a_team_and_crlf(pki, sqlite_router):
     assert ask(pki, sqlite_router.port, "bob", b"web-01\r\n") == b"OK\n"
 
 
+def test_session_resumption(pki, sqlite_router):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki / "certs" / "ca.crt")
+    ctx.load_cert_chain(pki / "certs" / "bob.crt", pki / "certs" / "bob.key")
+    session = None
+    for attempt in range(2):
+        raw = socket.create_connection(("127.0.0.1", sqlite_router.port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"web-01\n")
+            assert read_line(s) == b"OK\n"
+            if attempt:
+                assert s.session_reused
+            session = s.session
+
+
 def test_refusals_and_indistinguishable_not_found(pki, sqlite_router):
     port = sqlite_router.port
     forb = b"ERROR: forbidden you are not granted access to this host\n"
