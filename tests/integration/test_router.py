@@ -308,7 +308,7 @@ def test_connection_log(pki, sqlite_router):
     got = {(r[0], r[1], r[2], r[3]) for r in rows}
     assert ("acme", "bob", "web-01", "ok") in got
     assert ("acme", "carol", "web-01", "forbidden") in got
-    assert all(r[5] > 0 for r in rows)
+    assert all(r[5] >= 0 for r in rows)  # 0 when the cache answered within a microsecond
     out = run("router", "--store", f"sqlite:{db}", "connections", "--org", "acme").stdout
     assert "carol" in out and "forbidden" in out
 
