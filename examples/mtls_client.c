@@ -8,11 +8,15 @@
  * and its name or SPIFFE ID), sends "GET / HTTP/1.0" and prints the reply.
  * Exit 0 on success, 1 when the connection or verification fails (with why).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* getopt_long, struct timeval: builds with a plain `cc -std=c17` too */
+#endif
 #include <getopt.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>

@@ -13,6 +13,9 @@
  * lines.  One connection at a time, 5-second read timeout: a teaching
  * example, not a server to deploy (that is `meshtls proxy`).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* getopt_long, struct timeval: builds with a plain `cc -std=c17` too */
+#endif
 #include <arpa/inet.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>

@@ -15,6 +15,10 @@
  * sources are loaded in, and every value remembers where it came from ("--cert",
  * "GRPC_SERVER_CERT_PATH", "app.yaml:3", "default").
  *
+ * A command's command line comes from the same rows: meshtls_config_parse_args() sets each
+ * key from its flag, meshtls_config_print_flags() prints --help, so a command has no option
+ * table, default or number parser of its own (`meshtls proxy` is the model).
+ *
  * Ownership: struct meshtls_config is opaque and caller-owned (_new/_free).
  * Every string it returns is borrowed from it and stays valid until it is
  * freed or the same key is set again from the same source.  Not thread-safe:
@@ -25,6 +29,7 @@
 #define MESHTLS_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "meshtls/err.h"
 #include "meshtls/export.h"
@@ -67,8 +72,27 @@ struct meshtls_config_keydef {
     const char *flag_sets; /**< non-NULL: the flag takes no argument and sets this value */
     const char *choices;   /**< MESHTLS_CFG_ENUM: "a|b|c" */
     long min, max;         /**< MESHTLS_CFG_INT / _DURATION (ms): inclusive range */
-    const char *help;      /**< one line for `meshtls config --keys` and the docs */
+    const char *help;      /**< one line for `meshtls config --keys`, --help and the docs */
+    /* How a command takes the key on its command line (meshtls_config_parse_args) and
+     * shows it (meshtls_config_print_flags).  Zero is a good default for each. */
+    unsigned modes;      /**< the consumer's mode bits that take the flag; 0 = every mode */
+    const char *metavar; /**< the value's name in --help ("ADDR"); NULL = from the type */
+    const char *group;   /**< --help heading; NULL = the section name */
+    unsigned opts;       /**< MESHTLS_KEY_* bits */
 };
+
+/**
+ * A `modes` bit no consumer uses for its own modes: the key's flag is for the library's
+ * own users (`meshtls config`, programs calling meshtls_config_parse_args with modes 0),
+ * not for a command that passes its mode bits (the proxy always requires client
+ * certificates, so it takes no --insecure-no-client-cert).
+ */
+#define MESHTLS_MODE_LIBRARY (1u << 31)
+
+/** The flag may be repeated; each use adds one item (the value lists them, '\n' between). */
+#define MESHTLS_KEY_REPEAT 0x1u
+/** Giving the flag twice is an error (a second value would silently replace the first). */
+#define MESHTLS_KEY_ONCE 0x2u
 
 struct meshtls_config;
 
@@ -128,11 +152,58 @@ MESHTLS_API int meshtls_config_load_env(struct meshtls_config *cfg, char *const 
 
 /**
  * Set `key` from a command-line flag.  The value is checked by the key's
- * type.  `flag` (borrowed, copied; NULL = the key's own flag) labels it.
+ * type.  For a MESHTLS_KEY_REPEAT key, a second call adds an item (the value
+ * then lists them with '\n' between); otherwise it replaces the value.  `flag` (borrowed, copied;
+ * NULL = the key's own flag) labels it.
  * @return 0; MESHTLS_EINVAL for an unknown key or an invalid value.
  */
 MESHTLS_API int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *value,
                                    const char *flag, struct meshtls_err *err);
+
+/** A command's own option, beside the key flags (--config, --check, --help). */
+struct meshtls_config_opt {
+    const char *flag;   /**< "--config" */
+    int has_arg;        /**< 1: takes a value */
+    const char **value; /**< out, optional: the last value given (borrowed from argv) */
+    int *count;         /**< out, optional: incremented per use */
+};
+
+/**
+ * Parse a command line against the key table: every key whose `flag` applies sets it
+ * (source "flag"), `opts` are the command's own options.  Accepts "--flag VALUE" and
+ * "--flag=VALUE"; "--" ends the options.  A flag applies when its key is in section `role`
+ * ("server"/"client"; keys of the other role's section do not), or in any other section
+ * with `modes` & the key's modes (or the key's modes are 0).  A switch (flag_sets) takes no
+ * value.  A repeated flag replaces its value, adds an item (MESHTLS_KEY_REPEAT), or is an
+ * error (MESHTLS_KEY_ONCE).
+ * @param argv borrowed; argv[0] is an option, not the program name.
+ * @return 0; MESHTLS_EPARSE (a usage error) naming the flag for an unknown option (with a
+ *         suggestion), a flag of another mode, a missing value, a value given to a switch, a
+ *         second MESHTLS_KEY_ONCE flag, a positional argument; MESHTLS_EINVAL for a value
+ *         the key refuses (type, range), named as "--flag: 'v' for key: expected ...".
+ *         Keys set before the error stay set.
+ */
+MESHTLS_API int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
+                                          const char *role, unsigned modes,
+                                          const struct meshtls_config_opt *opts, size_t nopts,
+                                          struct meshtls_err *err);
+
+/**
+ * Print the flags that meshtls_config_parse_args(cfg, ..., role, modes, ...) accepts, one
+ * line each, grouped by the keys' `group` in table order, each flag once: "  --max-conns N
+ * help (default 10000)".  `role` NULL: both roles' flags, one of only one role tagged
+ * "[server]"; several `modes` bits: a flag of only some tagged with their
+ * `mode_names[bit]` ("[server]"; `mode_names` may be NULL).
+ */
+MESHTLS_API void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f,
+                                            const char *role, unsigned modes,
+                                            const char *const *mode_names, size_t nmode_names);
+
+/**
+ * Apply log.level and log.format to the process's logger (meshtls_log_set_level/_json).
+ * @return 0, or MESHTLS_EINVAL (only with a broken table: values are checked when set).
+ */
+MESHTLS_API int meshtls_config_apply_log(const struct meshtls_config *cfg, struct meshtls_err *err);
 
 /**
  * The effective value of `key`, or NULL if it is unset and has no default

@@ -44,6 +44,8 @@ struct meshtls_identity {
     struct meshtls_spiffe_id spiffe; /**< parsed `spiffe_id`; zeroed if NULL */
     int is_ca;                       /**< basicConstraints CA:TRUE */
     char *key_type;                  /**< "EC P-256", "RSA 2048", "ED25519", ... */
+    char **emails;                   /**< rfc822Name (email) SANs */
+    size_t n_emails;
 };
 
 /** Extract the identity of `cert` (borrowed). */

@@ -38,6 +38,8 @@ enum meshtls_rule_kind {
     MESHTLS_RULE_DNS,
     MESHTLS_RULE_URI,
     MESHTLS_RULE_TRUST_DOMAIN,
+    MESHTLS_RULE_IP,    /**< an IP SAN inside an address or CIDR ("10.0.0.0/8", "::1") */
+    MESHTLS_RULE_EMAIL, /**< an email SAN, exactly */
 };
 
 struct meshtls_policy;
@@ -63,7 +65,12 @@ MESHTLS_API void meshtls_policy_free(struct meshtls_policy *p);
 MESHTLS_API int meshtls_policy_add(struct meshtls_policy *p, enum meshtls_rule_kind kind,
                                    const char *value, const char *service, struct meshtls_err *err);
 
-/** Parse "allow-all|cn|ou|dns|uri|trust-domain"; @return kind or 0. */
+/**
+ * Rule values: `uri` is a SPIFFE ID or a pattern of one ("*" a whole segment, a final "**"),
+ * or any other absolute URI matched exactly against every URI SAN; `ip` an address or a
+ * CIDR; `email` an address matched exactly (case-sensitively) against the email SANs.
+ */
+/** Parse "allow-all|cn|ou|dns|uri|trust-domain|ip|email"; @return kind or 0. */
 MESHTLS_API int meshtls_rule_kind_parse(const char *s);
 
 /**
@@ -80,6 +87,18 @@ MESHTLS_API int meshtls_policy_names_service(const struct meshtls_policy *p, con
 
 /** Number of rules in `p`. */
 MESHTLS_API size_t meshtls_policy_size(const struct meshtls_policy *p);
+
+/**
+ * Rule `i` (0-based) of `p`, for logs and tools: its kind, value ("" for allow-all) and
+ * local service (NULL = any); the strings are borrowed from `p`.
+ * @return 0, or MESHTLS_ENOENT if there is no rule `i`.
+ */
+MESHTLS_API int meshtls_policy_rule(const struct meshtls_policy *p, size_t i,
+                                    enum meshtls_rule_kind *kind, const char **value,
+                                    const char **service);
+
+/** "allow-all", "cn", "ou", "dns", "uri", "trust-domain", "ip", "email" (static), or "?". */
+MESHTLS_API const char *meshtls_rule_kind_name(enum meshtls_rule_kind kind);
 
 /**
  * Decide whether `peer` (borrowed) may call the local `service` (may be NULL).

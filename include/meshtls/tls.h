@@ -56,6 +56,8 @@ struct meshtls_tls_opts {
     int partial_chain; /**< accept a chain ending at any certificate in the bundle (e.g.
                             the intermediate), not only at a root; opt-in: the root's
                             validity and constraints are then not checked */
+    int verify_depth;  /**< most intermediates allowed between the peer's certificate and a
+                            trust anchor; 0 = the default (4) */
 };
 
 /**

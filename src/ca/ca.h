@@ -11,6 +11,7 @@
 #define MESHTLS_CA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "meshtls/err.h"
 #include "x509gen.h"
@@ -21,6 +22,8 @@
 #define CA_CRL_DAYS 7
 #define CA_LEAF_DAYS_DEFAULT 90
 #define CA_LEAF_DAYS_MAX 825
+/* ca crl and ca rotate warn this far ahead of root.crl's nextUpdate */
+#define CA_ROOT_CRL_WARN_DAYS 30
 
 /** Create a CA in `dir` (created 0700 if missing); refuses an existing one. */
 int ca_init(const char *dir, const char *trust_domain, enum mt_key_type kt,
@@ -45,28 +48,124 @@ int ca_issue(const char *dir, const char *service, const char *out_dir, int days
 /** Called for each certificate rotate/revoke --replace re-issued. */
 typedef void (*ca_report_fn)(const char *service, const char *old_serial, const char *new_serial,
                              const char *out_dir, void *arg);
+/** Called with each serial revoked (borrowed strings). */
+typedef void (*ca_serial_fn)(const char *service, const char *serial, void *arg);
+/** Called with a warning the operator must see: a migrated path, a CRL near nextUpdate. */
+typedef void (*ca_warn_fn)(const char *msg, void *arg);
+
+/** What `ca rotate` does; everything borrowed. */
+struct ca_rotate_opts {
+    int within_days;             /* re-issue what expires within this many days (0-3650) */
+    int days;                    /* validity of the new ones: > within_days unless force */
+    int force;                   /* re-issue now, whatever the expiry (after an incident) */
+    const char *const *services; /* only these (each must be registered); n == 0: all */
+    size_t n;
+    ca_report_fn report; /* optional */
+    ca_warn_fn warn;     /* optional */
+    void *arg;
+};
 
 /**
- * Re-issue every active certificate expiring within `within_days` (of the
- * listed services, or all if n == 0), each valid `days` (which must exceed
- * the window, so that a second run finds nothing to do).  *count = how many.
+ * Re-issue every active certificate due (expiring within the window, or
+ * all with `force`) into the absolute directory it was issued to.  A
+ * certificate whose directory no longer exists, or whose relative directory
+ * (stored by meshtls before 0.x kept absolute paths) cannot be resolved,
+ * is skipped with a warning naming the path and the fix, and the others
+ * are still rotated: *failed counts the skipped ones and the call then
+ * returns MESHTLS_ENOENT.  A relative directory that holds the stored
+ * certificate when seen from the working directory is migrated to its
+ * absolute path, with a warning.  *count = how many were re-issued.
  */
-int ca_rotate(const char *dir, int within_days, int days, const char *const *services, size_t n,
-              ca_report_fn report, void *arg, int *count, struct meshtls_err *err);
+int ca_rotate(const char *dir, const struct ca_rotate_opts *o, int *count, int *failed,
+              struct meshtls_err *err);
 
 /** Valid --reason values (RFC 5280 CRLReason names). */
 int ca_reason_parse(const char *s);
 
-/**
- * Revoke the certificate `serial` (hex, any case) or, if `service` is given,
- * every unexpired unrevoked certificate of it; with `replace`, issue the
- * replacement in the same transaction.  *count = revoked.
- */
-int ca_revoke(const char *dir, const char *serial, const char *service, const char *reason,
-              int replace, ca_report_fn report, void *arg, int *count, struct meshtls_err *err);
+/** What `ca revoke` does; everything borrowed. */
+struct ca_revoke_opts {
+    const char *serial;   /* one certificate (hex, any case), or */
+    const char *service;  /* every unexpired unrevoked certificate of it */
+    const char *reason;   /* NULL = unspecified */
+    int replace;          /* issue the replacement in the same transaction */
+    ca_report_fn report;  /* the replacement (optional) */
+    ca_serial_fn revoked; /* each serial revoked (optional) */
+    ca_warn_fn warn;      /* optional */
+    void *arg;
+};
 
-/** Write the CRL (intermediate-signed, then the root's) to `out`. */
-int ca_crl(const char *dir, const char *out, int *revoked, struct meshtls_err *err);
+/**
+ * Revoke, then write the CRL where the CA publishes it (see ca_crl(): the
+ * path remembered from `ca crl --out` or `init --crl-out`).  `crl_written`
+ * (cap bytes) gets that path, or "" when none is remembered.  A failure to
+ * write the CRL after the revocation committed returns the error with
+ * *count > 0: the revocation stands, the CRL must be written again.
+ */
+int ca_revoke(const char *dir, const struct ca_revoke_opts *o, int *count, char *crl_written,
+              size_t cap, struct meshtls_err *err);
+
+/**
+ * Write the CRL bundle: one CRL per intermediate still valid (the current
+ * one, and one retired by `renew-intermediate --new-key` during its
+ * overlap), then the root's CRL.  `out` NULL: the remembered path (an error
+ * if none); otherwise `out` is written and remembered (absolute) for the
+ * next `crl` and `revoke`.  `written` (cap bytes) gets the path.  Warns
+ * (through `warn`) when the root's CRL is within 30 days of its nextUpdate.
+ */
+int ca_crl(const char *dir, const char *out, int *revoked, char *written, size_t cap,
+           ca_warn_fn warn, void *arg, struct meshtls_err *err);
+
+/** Remember `path` (made absolute) as where the CRL is published; write it now. */
+int ca_set_crl_out(const char *dir, const char *path, struct meshtls_err *err);
+
+/**
+ * Unregister `service`: refused (MESHTLS_EEXIST, naming the serials) while
+ * it has unexpired unrevoked certificates, unless `revoke`: then they are
+ * revoked (cessationOfOperation) in the same transaction and the CRL is
+ * written as ca_revoke() does.  *count = revoked.
+ */
+int ca_unregister(const char *dir, const char *service, int revoke, ca_serial_fn revoked, void *arg,
+                  int *count, char *crl_written, size_t cap, struct meshtls_err *err);
+
+/* ---- the offline root's duties (a ceremony: run with the root key brought back) ---- */
+
+/**
+ * Re-sign the intermediate with the root key at `root_key_path` (checked to
+ * match root.crt), valid `days` (capped at the root's notAfter).  Same key:
+ * the new certificate has the same subject and key, so every leaf issued
+ * keeps verifying.  `new_key`: a new key and a new name ("... G2"); the old
+ * intermediate (kept as intermediate-SERIAL.crt/.key) stays valid until its
+ * notAfter, so leaves issued under it keep verifying (the overlap) and its
+ * CRL stays in the bundle; rotate --force moves services to the new one.
+ * `serial_out` (80 bytes) gets the new intermediate's serial.
+ */
+int ca_renew_intermediate(const char *dir, const char *root_key_path, int new_key, int days,
+                          char *serial_out, ca_warn_fn warn, void *arg, struct meshtls_err *err);
+
+/**
+ * Re-sign root.crl with the root key, valid `days`, listing the retired
+ * intermediates revoked now (`revoke_serial`, optional, with `reason`, NULL
+ * = superseded; never the current one) or before.  The published CRL bundle
+ * is rewritten if a path is remembered.
+ */
+int ca_root_crl(const char *dir, const char *root_key_path, int days, const char *revoke_serial,
+                const char *reason, ca_warn_fn warn, void *arg, struct meshtls_err *err);
+
+/* ---- pure helpers (unit-tested as tables) ---- */
+
+/**
+ * `path` made absolute against `cwd` and normalised lexically (".", "..",
+ * repeated and trailing slashes) into `out`.  @return 0, or -1 if it does
+ * not fit in `cap` or `cwd` is not absolute.
+ */
+int ca_path_absolute(const char *cwd, const char *path, char *out, size_t cap);
+
+/** A certificate is due for rotation at `now`: force, or not_after <= now + within_days. */
+int ca_rotate_due(int64_t not_after, int64_t now, int within_days, int force);
+
+enum ca_crl_fresh { CA_CRL_FRESH = 0, CA_CRL_NEAR = 1, CA_CRL_STALE = 2 };
+/** How a CRL with `next_update` stands at `now` when warning `warn_secs` ahead. */
+enum ca_crl_fresh ca_crl_freshness(int64_t next_update, int64_t now, int64_t warn_secs);
 
 /** Canonical lower-case hex of a serial given in any case, with or without 0x. */
 int ca_serial_normalize(const char *in, char *out, size_t cap);

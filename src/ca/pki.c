@@ -16,6 +16,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,6 +222,102 @@ int ca_serial_normalize(const char *in, char *out, size_t cap)
     if (!BN_hex2bn(&bn, clean))
         return -1;
     return bn_to_hex(bn, out, cap);
+}
+
+/* ---- pure helpers ------------------------------------------------------------ */
+
+int ca_path_absolute(const char *cwd, const char *path, char *out, size_t cap)
+{
+    char buf[8192];
+    int n;
+    if (path[0] == '/')
+        n = snprintf(buf, sizeof(buf), "%s", path);
+    else if (cwd && cwd[0] == '/')
+        n = snprintf(buf, sizeof(buf), "%s/%s", cwd, path);
+    else
+        return -1;
+    if (n < 0 || (size_t)n >= sizeof(buf) || cap < 2)
+        return -1;
+    /* Lexical: the directory may not exist yet (issue creates it). */
+    size_t o = 0;
+    char *save = NULL;
+    for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(c, "."))
+            continue;
+        if (!strcmp(c, "..")) {
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--; /* the slash before the dropped component */
+            continue;
+        }
+        size_t l = strlen(c);
+        if (o + 1 + l + 1 > cap)
+            return -1;
+        out[o++] = '/';
+        memcpy(out + o, c, l);
+        o += l;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+    return 0;
+}
+
+int ca_rotate_due(int64_t not_after, int64_t now, int within_days, int force)
+{
+    return force || not_after <= now + (int64_t)within_days * 86400;
+}
+
+enum ca_crl_fresh ca_crl_freshness(int64_t next_update, int64_t now, int64_t warn_secs)
+{
+    if (next_update <= now)
+        return CA_CRL_STALE;
+    return next_update - now <= warn_secs ? CA_CRL_NEAR : CA_CRL_FRESH;
+}
+
+static void warnf(ca_warn_fn warn, void *arg, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void warnf(ca_warn_fn warn, void *arg, const char *fmt, ...)
+{
+    if (!warn)
+        return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    warn(msg, arg);
+}
+
+static void fmt_date(int64_t t, char *buf, size_t cap)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int64_t asn1_to_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/* `path` absolute against the working directory; EINVAL naming it if it cannot be. */
+static int absolute_here(const char *path, char *out, size_t cap, struct meshtls_err *err)
+{
+    char cwd[4096];
+    if (path[0] != '/' && !getcwd(cwd, sizeof(cwd)))
+        return meshtls_err_set(err, MESHTLS_EIO,
+                               "cannot resolve '%s': the working directory is unknown (%s); "
+                               "give an absolute path",
+                               path, strerror(errno));
+    if (ca_path_absolute(path[0] == '/' ? NULL : cwd, path, out, cap) != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "path too long: %.64s...", path);
+    return 0;
 }
 
 /* ---- init ---------------------------------------------------------------- */
@@ -613,6 +710,11 @@ int ca_issue(const char *dir, const char *service, const char *out_dir, int days
     if (days < 1 || days > CA_LEAF_DAYS_MAX)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--days %d: expected 1 to %d", days,
                                CA_LEAF_DAYS_MAX);
+    /* Stored absolute: rotate runs from cron, in another working directory. */
+    char abs_out[4096];
+    if ((rc = absolute_here(out_dir, abs_out, sizeof(abs_out), err)))
+        return rc;
+    out_dir = abs_out;
     if (csr_path && (rc = read_csr(csr_path, &req, err)))
         return rc;
     if ((rc = ca_open(&ca, dir, 1, err))) {
@@ -652,8 +754,8 @@ out:
  * issue_locked()).  A new key if we held the old one; for a CSR-issued
  * certificate the same public key is re-signed (the key is the service's).
  */
-static int reissue(struct ca *ca, const struct ca_cert *old, int days, struct ca_stage *stg,
-                   char *serial_out, struct meshtls_err *err)
+static int reissue(struct ca *ca, const struct ca_cert *old, const char *out_dir, int days,
+                   struct ca_stage *stg, char *serial_out, struct meshtls_err *err)
 {
     int rc;
     struct ca_service svc = {0};
@@ -672,8 +774,7 @@ static int reissue(struct ca *ca, const struct ca_cert *old, int days, struct ca
                                    old->serial);
     }
     if (!rc)
-        rc = issue_locked(ca, &svc, pub, key, old->out_dir ? old->out_dir : ".", days, stg,
-                          serial_out, err);
+        rc = issue_locked(ca, &svc, pub, key, out_dir, days, stg, serial_out, err);
     if (!old->key_held)
         EVP_PKEY_free(pub);
     EVP_PKEY_free(key);
@@ -681,56 +782,135 @@ static int reissue(struct ca *ca, const struct ca_cert *old, int days, struct ca
     return rc;
 }
 
-int ca_rotate(const char *dir, int within_days, int days, const char *const *services, size_t n,
-              ca_report_fn report, void *arg, int *count, struct meshtls_err *err)
+/*
+ * Where `c`'s files go, as an absolute path in `abs`.  A relative path (as
+ * stored before meshtls kept absolute ones) is resolved against the working
+ * directory only if the certificate there is `c` itself; *migrate is then
+ * set so that the caller records it.  A directory that no longer exists is
+ * refused: writing there would create a directory nobody reads (the outage
+ * of issue 9).
+ */
+static int resolve_out_dir(struct ca *ca, const struct ca_cert *c, char *abs, size_t cap,
+                           int *migrate, struct meshtls_err *err)
+{
+    const char *od = c->out_dir && *c->out_dir ? c->out_dir : ".";
+    int rc;
+    struct stat st;
+    *migrate = 0;
+    if (od[0] != '/') {
+        char cwd[4096] = "?", crt[4200], serial[80] = "";
+        if (!getcwd(cwd, sizeof(cwd)) || ca_path_absolute(cwd, od, abs, cap) != 0)
+            return meshtls_err_set(err, MESHTLS_ENOENT,
+                                   "service %s: certificate %s was issued with the relative "
+                                   "directory '%s', which cannot be resolved here; re-issue it "
+                                   "with an absolute path: meshtls ca issue --dir %s %s --out "
+                                   "/ABSOLUTE/DIR",
+                                   c->service, c->serial, od, ca->dir, c->service);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", abs, c->service);
+        X509 *x = NULL;
+        if (read_one_cert(crt, &x, NULL) == 0 && x) {
+            serial_hex(x, serial, sizeof(serial));
+            X509_free(x);
+        }
+        if (strcmp(serial, c->serial) != 0)
+            return meshtls_err_set(err, MESHTLS_ENOENT,
+                                   "service %s: relative directory '%s' (stored by an older "
+                                   "meshtls): %s is not certificate %s; run rotate from where "
+                                   "'ca issue' ran, or re-issue: meshtls ca issue --dir %s %s "
+                                   "--out /ABSOLUTE/DIR",
+                                   c->service, od, crt, c->serial, ca->dir, c->service);
+        *migrate = 1;
+        return 0;
+    }
+    if ((rc = ca_path_absolute(NULL, od, abs, cap)) != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "stored directory too long: %.64s...", od);
+    if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode))
+        return meshtls_err_set(err, MESHTLS_ENOENT,
+                               "service %s: certificate %s goes to %s, which no longer exists "
+                               "(or is not a directory); nothing was written. If the service "
+                               "still reads it there: mkdir -p %s and rotate again; if it "
+                               "moved: meshtls ca issue --dir %s %s --out NEWDIR",
+                               c->service, c->serial, abs, abs, ca->dir, c->service);
+    return 0;
+}
+
+/* Warn about what the CA itself is close to: root.crl's nextUpdate, the intermediate's end. */
+static void warn_ca_health(struct ca *ca, ca_warn_fn warn, void *arg);
+
+int ca_rotate(const char *dir, const struct ca_rotate_opts *o, int *count, int *failed,
+              struct meshtls_err *err)
 {
     int rc;
     struct ca ca;
     struct ca_cert *v = NULL;
     size_t nv = 0;
+    char first[1024] = "";
     *count = 0;
-    if (within_days < 0 || within_days > 3650)
+    *failed = 0;
+    if (o->within_days < 0 || o->within_days > 3650)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--within-days %d: expected 0 to 3650",
-                               within_days);
-    if (days <= within_days || days > CA_LEAF_DAYS_MAX)
+                               o->within_days);
+    if (o->days < 1 || o->days > CA_LEAF_DAYS_MAX || (!o->force && o->days <= o->within_days))
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--days %d must be longer than --within-days %d (and at most "
                                "%d), or the new certificates would be due again at once",
-                               days, within_days, CA_LEAF_DAYS_MAX);
+                               o->days, o->within_days, CA_LEAF_DAYS_MAX);
     if ((rc = ca_open(&ca, dir, 1, err)))
         return rc;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < o->n; i++) {
         struct ca_service svc = {0};
-        rc = ca_store_service_get(ca.store, services[i], &svc, err);
+        rc = ca_store_service_get(ca.store, o->services[i], &svc, err);
         ca_service_clear(&svc);
         if (rc)
             goto out;
     }
+    warn_ca_health(&ca, o->warn, o->arg);
     if ((rc = ca_store_cert_list(ca.store, NULL, "active", &v, &nv, err)))
         goto out;
-    int64_t horizon = (int64_t)time(NULL) + (int64_t)within_days * 86400;
+    int64_t now = (int64_t)time(NULL);
     for (size_t i = 0; i < nv; i++) {
-        int wanted = n == 0;
-        for (size_t j = 0; j < n; j++)
-            wanted |= !strcmp(services[j], v[i].service);
-        if (!wanted || v[i].not_after > horizon)
+        int wanted = o->n == 0;
+        for (size_t j = 0; j < o->n; j++)
+            wanted |= !strcmp(o->services[j], v[i].service);
+        if (!wanted || !ca_rotate_due(v[i].not_after, now, o->within_days, o->force))
             continue;
-        char serial[80];
+        char serial[80], abs[4096];
+        int migrate = 0;
+        struct meshtls_err e2 = MESHTLS_ERR_INIT;
+        if (resolve_out_dir(&ca, &v[i], abs, sizeof(abs), &migrate, &e2)) {
+            /* Skip it and go on: one moved service must not hold back the others' rotation. */
+            warnf(o->warn, o->arg, "not rotated: %s", e2.msg);
+            if (!*first)
+                snprintf(first, sizeof(first), "%s", e2.msg);
+            (*failed)++;
+            continue;
+        }
         if ((rc = ca_store_begin(ca.store, err)))
             goto out;
         struct ca_stage stg = CA_STAGE_INIT;
-        if ((rc = reissue(&ca, &v[i], days, &stg, serial, err)) ||
-            (rc = ca_store_audit(ca.store, "rotate", v[i].service, serial, v[i].serial, err)) ||
+        if ((migrate && (rc = ca_store_cert_set_out_dir(ca.store, v[i].serial, abs, err))) ||
+            (rc = reissue(&ca, &v[i], abs, o->days, &stg, serial, err)) ||
+            (rc = ca_store_audit(ca.store, o->force ? "rotate-force" : "rotate", v[i].service,
+                                 serial, v[i].serial, err)) ||
             (rc = ca_store_commit(ca.store, err))) {
             ca_store_rollback(ca.store);
             ca_stage_undo(&stg);
             goto out;
         }
         ca_stage_done(&stg);
+        if (migrate)
+            warnf(o->warn, o->arg,
+                  "service %s: the relative directory '%s' stored for it (by an older "
+                  "meshtls) is now recorded as %s",
+                  v[i].service, v[i].out_dir ? v[i].out_dir : ".", abs);
         (*count)++;
-        if (report)
-            report(v[i].service, v[i].serial, serial, v[i].out_dir, arg);
+        if (o->report)
+            o->report(v[i].service, v[i].serial, serial, abs, o->arg);
     }
+    if (*failed)
+        rc = meshtls_err_set(err, MESHTLS_ENOENT,
+                             "%d certificate(s) not rotated (the others were): %s%s", *failed,
+                             first, *failed > 1 ? " (and more above)" : "");
 out:
     ca_cert_list_free(v, nv);
     ca_close(&ca);
@@ -750,33 +930,81 @@ int ca_reason_parse(const char *s)
     return -1;
 }
 
-int ca_revoke(const char *dir, const char *serial, const char *service, const char *reason,
-              int replace, ca_report_fn report, void *arg, int *count, struct meshtls_err *err)
+/*
+ * Within an open transaction: revoke the live ones of `v` (skip revoked and
+ * expired), calling nothing yet; *count = revoked, *last = the last one.
+ */
+static int revoke_locked(struct ca *ca, struct ca_cert *v, size_t nv, const char *reason,
+                         int *count, struct ca_cert **last, struct meshtls_err *err)
+{
+    int rc = 0;
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < nv; i++) {
+        if (!strcmp(v[i].status, "revoked") || v[i].not_after < now)
+            continue;
+        if ((rc = ca_store_cert_set_status(ca->store, v[i].serial, "revoked", reason, NULL, err)) ||
+            (rc = ca_store_audit(ca->store, "revoke", v[i].service, v[i].serial, reason, err)))
+            return rc;
+        v[i].revoked_at = 1; /* marks it for the callback below */
+        (*count)++;
+        *last = &v[i];
+    }
+    return 0;
+}
+
+static int crl_write_locked(struct ca *ca, const char *out_path, int *revoked, ca_warn_fn warn,
+                            void *arg, struct meshtls_err *err);
+
+/* After a committed revocation: write the CRL where it is published, if a place is known. */
+static int publish_crl(struct ca *ca, char *written, size_t cap, ca_warn_fn warn, void *arg,
+                       struct meshtls_err *err)
+{
+    char *where = NULL;
+    int n = 0, rc;
+    if (written && cap)
+        written[0] = '\0';
+    if ((rc = ca_store_meta_find(ca->store, "crl_out", &where, err)) || !where)
+        return rc;
+    struct meshtls_err e2 = MESHTLS_ERR_INIT;
+    if ((rc = crl_write_locked(ca, where, &n, warn, arg, &e2)))
+        meshtls_err_set(err, rc,
+                        "the revocation is recorded, but the CRL could not be written to %s: "
+                        "%s; fix that and run 'meshtls ca crl --dir %s'",
+                        where, e2.msg, ca->dir);
+    else if (written)
+        snprintf(written, cap, "%s", where);
+    free(where);
+    return rc;
+}
+
+int ca_revoke(const char *dir, const struct ca_revoke_opts *o, int *count, char *crl_written,
+              size_t cap, struct meshtls_err *err)
 {
     int rc;
     struct ca ca;
     struct ca_cert *v = NULL;
     size_t nv = 0;
     char want[80] = "";
+    const char *reason = o->reason ? o->reason : "unspecified";
     *count = 0;
-    if (!reason)
-        reason = "unspecified";
+    if (crl_written && cap)
+        crl_written[0] = '\0';
     if (ca_reason_parse(reason) < 0)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "--reason '%s': expected unspecified, keyCompromise, "
                                "caCompromise, affiliationChanged, superseded or "
                                "cessationOfOperation",
                                reason);
-    if (serial && ca_serial_normalize(serial, want, sizeof(want)) != 0)
+    if (o->serial && ca_serial_normalize(o->serial, want, sizeof(want)) != 0)
         return meshtls_err_set(err, MESHTLS_EINVAL, "--serial '%s' is not a hex serial number",
-                               serial);
+                               o->serial);
     if ((rc = ca_open(&ca, dir, 1, err)))
         return rc;
-    if (service) {
+    if (o->service) {
         struct ca_service svc = {0};
-        rc = ca_store_service_get(ca.store, service, &svc, err);
+        rc = ca_store_service_get(ca.store, o->service, &svc, err);
         ca_service_clear(&svc);
-        if (rc || (rc = ca_store_cert_list(ca.store, service, NULL, &v, &nv, err)))
+        if (rc || (rc = ca_store_cert_list(ca.store, o->service, NULL, &v, &nv, err)))
             goto out;
     } else {
         if (!(v = calloc(1, sizeof(*v)))) {
@@ -792,40 +1020,102 @@ int ca_revoke(const char *dir, const char *serial, const char *service, const ch
             goto out;
         }
     }
+    for (size_t i = 0; i < nv; i++)
+        v[i].revoked_at = 0; /* reused as "revoked now" by revoke_locked() */
     if ((rc = ca_store_begin(ca.store, err)))
         goto out;
-    int64_t now = (int64_t)time(NULL);
     struct ca_cert *last = NULL;
-    for (size_t i = 0; i < nv; i++) {
-        if (!strcmp(v[i].status, "revoked") || v[i].not_after < now)
-            continue;
-        if ((rc = ca_store_cert_set_status(ca.store, v[i].serial, "revoked", reason, NULL, err)) ||
-            (rc = ca_store_audit(ca.store, "revoke", v[i].service, v[i].serial, reason, err)))
-            break;
-        (*count)++;
-        last = &v[i];
-    }
+    rc = revoke_locked(&ca, v, nv, reason, count, &last, err);
     if (!rc && *count == 0)
         rc = meshtls_err_set(err, MESHTLS_ENOENT,
                              "service '%s' has no unexpired, unrevoked certificate to revoke",
-                             service ? service : want);
-    char new_serial[80] = "";
+                             o->service ? o->service : want);
+    char new_serial[80] = "", abs[4096] = "";
+    int migrate = 0;
     struct ca_stage stg = CA_STAGE_INIT;
-    if (!rc && replace && last &&
-        !(rc = reissue(&ca, last, CA_LEAF_DAYS_DEFAULT, &stg, new_serial, err)) &&
+    if (!rc && o->replace && last &&
+        !(rc = resolve_out_dir(&ca, last, abs, sizeof(abs), &migrate, err)) &&
+        !(rc = reissue(&ca, last, abs, CA_LEAF_DAYS_DEFAULT, &stg, new_serial, err)) &&
         !(rc = ca_store_cert_set_status(ca.store, last->serial, "revoked", NULL, new_serial, err)))
         rc = ca_store_audit(ca.store, "replace", last->service, new_serial, last->serial, err);
+    if (!rc && migrate)
+        rc = ca_store_cert_set_out_dir(ca.store, last->serial, abs, err);
     if (!rc)
         rc = ca_store_commit(ca.store, err);
     if (rc) {
         ca_store_rollback(ca.store);
         ca_stage_undo(&stg);
-    } else {
-        ca_stage_done(&stg);
+        *count = 0;
+        goto out;
     }
-    if (!rc && report && replace && last)
-        report(last->service, last->serial, new_serial, last->out_dir, arg);
+    ca_stage_done(&stg);
+    for (size_t i = 0; i < nv && o->revoked; i++)
+        if (v[i].revoked_at == 1)
+            o->revoked(v[i].service, v[i].serial, o->arg);
+    if (o->report && o->replace && last)
+        o->report(last->service, last->serial, new_serial, abs, o->arg);
+    rc = publish_crl(&ca, crl_written, cap, o->warn, o->arg, err);
 out:
+    ca_cert_list_free(v, nv);
+    ca_close(&ca);
+    return rc;
+}
+
+int ca_unregister(const char *dir, const char *service, int revoke, ca_serial_fn revoked, void *arg,
+                  int *count, char *crl_written, size_t cap, struct meshtls_err *err)
+{
+    int rc;
+    struct ca ca;
+    struct ca_cert *v = NULL;
+    size_t nv = 0;
+    struct ca_service svc = {0};
+    *count = 0;
+    if (crl_written && cap)
+        crl_written[0] = '\0';
+    if ((rc = ca_open(&ca, dir, revoke, err)))
+        return rc;
+    if ((rc = ca_store_service_get(ca.store, service, &svc, err)) ||
+        (rc = ca_store_cert_list(ca.store, service, NULL, &v, &nv, err)))
+        goto out;
+    int64_t now = (int64_t)time(NULL);
+    char live[512] = "";
+    size_t n_live = 0, used = 0;
+    for (size_t i = 0; i < nv; i++) {
+        v[i].revoked_at = 0;
+        if (!strcmp(v[i].status, "revoked") || v[i].not_after < now)
+            continue;
+        n_live++;
+        int w = snprintf(live + used, sizeof(live) - used, "%s%s", used ? ", " : "", v[i].serial);
+        if (w > 0 && (size_t)w < sizeof(live) - used)
+            used += (size_t)w;
+    }
+    /* Superseded certificates count: they still authenticate until they expire. */
+    if (n_live && !revoke) {
+        rc = meshtls_err_set(err, MESHTLS_EEXIST,
+                             "service %s still has %zu valid certificate(s) (%s), which would "
+                             "keep authenticating after it is unregistered; revoke them with "
+                             "it: meshtls ca unregister --dir %s %s --revoke",
+                             service, n_live, live, dir, service);
+        goto out;
+    }
+    if ((rc = ca_store_begin(ca.store, err)))
+        goto out;
+    struct ca_cert *last = NULL;
+    if ((rc = revoke_locked(&ca, v, nv, "cessationOfOperation", count, &last, err)) ||
+        (rc = ca_store_service_unregister(ca.store, service, err)) ||
+        (rc = ca_store_audit(ca.store, "unregister", service, NULL, svc.spiffe_id, err)) ||
+        (rc = ca_store_commit(ca.store, err))) {
+        ca_store_rollback(ca.store);
+        *count = 0;
+        goto out;
+    }
+    for (size_t i = 0; i < nv && revoked; i++)
+        if (v[i].revoked_at == 1)
+            revoked(v[i].service, v[i].serial, arg);
+    if (*count)
+        rc = publish_crl(&ca, crl_written, cap, NULL, NULL, err);
+out:
+    ca_service_clear(&svc);
     ca_cert_list_free(v, nv);
     ca_close(&ca);
     return rc;
@@ -898,61 +1188,512 @@ out:
     return rc;
 }
 
-int ca_crl(const char *dir, const char *out_path, int *revoked, struct meshtls_err *err)
+/* A CRL in PEM appended to `b`. */
+static int crl_pem(BIO *b, X509_CRL *crl, struct meshtls_err *err)
+{
+    return PEM_write_bio_X509_CRL(b, crl)
+               ? 0
+               : meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot encode the CRL");
+}
+
+#define CA_RETIRED_MAX 16
+
+/* The intermediates retired by renew-intermediate --new-key (meta retired_intermediates)
+ * that are still valid: certs[i] with keys[i], *n of them (owned by the caller). */
+static int load_retired(struct ca *ca, X509 **certs, EVP_PKEY **keys, int *n,
+                        struct meshtls_err *err)
+{
+    char *list = NULL;
+    int rc = ca_store_meta_find(ca->store, "retired_intermediates", &list, err);
+    int64_t now = (int64_t)time(NULL);
+    char *save = NULL;
+    *n = 0;
+    for (char *sn = list ? strtok_r(list, "\n", &save) : NULL; sn && !rc && *n < CA_RETIRED_MAX;
+         sn = strtok_r(NULL, "\n", &save)) {
+        char p[4200];
+        X509 *x = NULL;
+        EVP_PKEY *k = NULL;
+        snprintf(p, sizeof(p), "%s/intermediate-%s.crt", ca->dir, sn);
+        if ((rc = read_one_cert(p, &x, err)))
+            break;
+        if (asn1_to_unix(X509_get0_notAfter(x)) <= now) { /* its leaves have expired too */
+            X509_free(x);
+            continue;
+        }
+        snprintf(p, sizeof(p), "%s/intermediate-%s.key", ca->dir, sn);
+        if ((rc = meshtls_pem_read_key(p, &k, err))) {
+            X509_free(x);
+            break;
+        }
+        certs[*n] = x;
+        keys[(*n)++] = k;
+    }
+    free(list);
+    return rc;
+}
+
+/*
+ * Check root.crl's nextUpdate and the intermediate's notAfter; warn ahead.
+ * A root CRL past nextUpdate makes every proxy run with --crl refuse every
+ * client (docs/PKI.md "When a CRL goes stale"): that must never be a surprise.
+ */
+static void warn_ca_health(struct ca *ca, ca_warn_fn warn, void *arg)
+{
+    char p[4200], when[32];
+    STACK_OF(X509_CRL) *crls = NULL;
+    int64_t now = (int64_t)time(NULL);
+    snprintf(p, sizeof(p), "%s/root.crl", ca->dir);
+    if (meshtls_pem_read_crls(p, &crls, NULL) == 0 && sk_X509_CRL_num(crls) > 0) {
+        int64_t nu = asn1_to_unix(X509_CRL_get0_nextUpdate(sk_X509_CRL_value(crls, 0)));
+        fmt_date(nu, when, sizeof(when));
+        enum ca_crl_fresh f = ca_crl_freshness(nu, now, (int64_t)CA_ROOT_CRL_WARN_DAYS * 86400);
+        if (f != CA_CRL_FRESH)
+            warnf(warn, arg,
+                  "the root's CRL %s %s %s (%lld days): every 'meshtls proxy server --crl' "
+                  "refuses clients once a CRL in its file is past nextUpdate; bring the root key "
+                  "back and run 'meshtls ca root-crl --dir %s --root-key FILE' (docs/PKI.md, "
+                  "the ceremony)",
+                  p, f == CA_CRL_STALE ? "went stale on" : "goes stale on", when,
+                  (long long)((nu - now) / 86400), ca->dir);
+    }
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    int64_t na = asn1_to_unix(X509_get0_notAfter(ca->inter));
+    if (na - now < (int64_t)90 * 86400) {
+        fmt_date(na, when, sizeof(when));
+        warnf(warn, arg,
+              "the intermediate CA %s/intermediate.crt expires on %s; leaves are capped at that "
+              "date: renew it with the root key ('meshtls ca renew-intermediate --dir %s "
+              "--root-key FILE')",
+              ca->dir, when, ca->dir);
+    }
+}
+
+/*
+ * Write the CRL bundle to `out_path` in its own transaction: a CRL per live
+ * intermediate (current first), each listing the revoked leaves it issued,
+ * then root.crl.  Each CRL's number comes from the one crl_number counter,
+ * so it increases for every issuer.
+ */
+static int crl_write_locked(struct ca *ca, const char *out_path, int *revoked, ca_warn_fn warn,
+                            void *arg, struct meshtls_err *err)
 {
     int rc;
-    struct ca ca;
     struct ca_cert *v = NULL;
     size_t nv = 0;
     char *num = NULL, *root_crl = NULL, p[4096];
     size_t root_len = 0;
-    X509_CRL *crl = NULL;
     BIO *b = NULL;
-    if ((rc = ca_open(&ca, dir, 1, err)))
-        return rc;
-    path_of(p, sizeof(p), dir, "root.crl");
+    X509 *ret[CA_RETIRED_MAX];
+    EVP_PKEY *ret_keys[CA_RETIRED_MAX];
+    int n_ret = 0;
+    X509 **leaves = NULL;
+    struct ca_cert *sub = NULL;
+    warn_ca_health(ca, warn, arg);
+    path_of(p, sizeof(p), ca->dir, "root.crl");
     if ((rc = meshtls_read_file(p, MESHTLS_PEM_FILE_MAX, &root_crl, &root_len, err)))
         goto out;
-    if ((rc = ca_store_begin(ca.store, err)))
+    if ((rc = ca_store_begin(ca->store, err)))
         goto out;
-    if ((rc = ca_store_meta_get(ca.store, "crl_number", &num, err)) ||
-        (rc = ca_store_cert_list(ca.store, NULL, "revoked", &v, &nv, err)))
+    if ((rc = ca_store_meta_get(ca->store, "crl_number", &num, err)) ||
+        (rc = ca_store_cert_list(ca->store, NULL, "revoked", &v, &nv, err)) ||
+        (rc = load_retired(ca, ret, ret_keys, &n_ret, err)))
         goto fail;
     int64_t n;
     if (mt_parse_i64(num, 0, INT64_MAX - 1, &n) != 0) {
         rc = meshtls_err_set(err, MESHTLS_ESTORE,
                              "store %s: crl_number '%.32s' is not a number; the store was "
                              "edited by hand or is damaged: restore it from a backup",
-                             dir, num);
+                             ca->dir, num);
         goto fail;
     }
     n++;
     char nbuf[32];
     snprintf(nbuf, sizeof(nbuf), "%lld", (long long)n);
-    if ((rc = sign_crl(ca.inter, ca.inter_key, n, CA_CRL_DAYS, v, nv, &crl, err)) ||
-        (rc = ca_store_meta_set(ca.store, "crl_number", nbuf, err)) ||
-        (rc = ca_store_audit(ca.store, "crl", NULL, NULL, nbuf, err)))
+    if (!(b = BIO_new(BIO_s_mem())) || (nv && !(leaves = calloc(nv, sizeof(*leaves)))) ||
+        (nv && !(sub = calloc(nv, sizeof(*sub))))) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
         goto fail;
-    b = BIO_new(BIO_s_mem());
-    if (!b || !PEM_write_bio_X509_CRL(b, crl) || BIO_write(b, root_crl, (int)root_len) <= 0) {
+    }
+    for (size_t i = 0; i < nv; i++) {
+        BIO *cb = BIO_new_mem_buf(v[i].cert_pem, -1);
+        leaves[i] = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
+        BIO_free(cb);
+    }
+    ERR_clear_error();
+    /* issuer 0 is the current intermediate; it also takes what matches no retired one */
+    int n_iss = 1 + n_ret;
+    for (int k = 0; k < n_iss && !rc; k++) {
+        X509 *iss = k ? ret[k - 1] : ca->inter;
+        EVP_PKEY *key = k ? ret_keys[k - 1] : ca->inter_key;
+        size_t ns = 0;
+        for (size_t i = 0; i < nv; i++) {
+            int mine = leaves[i] && X509_check_issued(iss, leaves[i]) == X509_V_OK;
+            if (k == 0 && !mine) { /* unparsable or from no retired one: the current CRL */
+                mine = 1;
+                for (int j = 0; j < n_ret; j++)
+                    if (leaves[i] && X509_check_issued(ret[j], leaves[i]) == X509_V_OK)
+                        mine = 0;
+            }
+            if (mine)
+                sub[ns++] = v[i];
+        }
+        X509_CRL *crl = NULL;
+        if (!(rc = sign_crl(iss, key, n, CA_CRL_DAYS, sub, ns, &crl, err)))
+            rc = crl_pem(b, crl, err);
+        X509_CRL_free(crl);
+    }
+    if (rc)
+        goto fail;
+    if ((rc = ca_store_meta_set(ca->store, "crl_number", nbuf, err)) ||
+        (rc = ca_store_audit(ca->store, "crl", NULL, NULL, nbuf, err)))
+        goto fail;
+    if (BIO_write(b, root_crl, (int)root_len) <= 0) {
         rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot encode the CRL");
         goto fail;
     }
     char *data = NULL;
     long len = BIO_get_mem_data(b, &data);
     if ((rc = meshtls_write_file_atomic(out_path, data, (size_t)len, 0644, 0, err)) ||
-        (rc = ca_store_commit(ca.store, err)))
+        (rc = ca_store_commit(ca->store, err)))
         goto fail;
     *revoked = (int)nv;
+    goto out;
+fail:
+    ca_store_rollback(ca->store);
+out:
+    for (size_t i = 0; leaves && i < nv; i++)
+        X509_free(leaves[i]);
+    free(leaves);
+    free(sub);
+    for (int k = 0; k < n_ret; k++) {
+        X509_free(ret[k]);
+        EVP_PKEY_free(ret_keys[k]);
+    }
+    BIO_free(b);
+    free(num);
+    free(root_crl);
+    ca_cert_list_free(v, nv);
+    return rc;
+}
+
+int ca_crl(const char *dir, const char *out, int *revoked, char *written, size_t cap,
+           ca_warn_fn warn, void *arg, struct meshtls_err *err)
+{
+    int rc;
+    struct ca ca;
+    char abs[4096], *remembered = NULL;
+    if (out && (rc = absolute_here(out, abs, sizeof(abs), err)))
+        return rc;
+    if ((rc = ca_open(&ca, dir, 1, err)))
+        return rc;
+    if (!out) {
+        if ((rc = ca_store_meta_find(ca.store, "crl_out", &remembered, err)))
+            goto out;
+        if (!remembered) {
+            rc = meshtls_err_set(err, MESHTLS_EINVAL,
+                                 "no --out FILE given, and this CA has no CRL path yet: give "
+                                 "--out FILE once (it is remembered for crl and revoke)");
+            goto out;
+        }
+        snprintf(abs, sizeof(abs), "%s", remembered);
+    }
+    if ((rc = crl_write_locked(&ca, abs, revoked, warn, arg, err)))
+        goto out;
+    if (out) { /* remembered after a successful write: revoke publishes here from now on */
+        if ((rc = ca_store_begin(ca.store, err)))
+            goto out;
+        if ((rc = ca_store_meta_set(ca.store, "crl_out", abs, err)) ||
+            (rc = ca_store_commit(ca.store, err))) {
+            ca_store_rollback(ca.store);
+            goto out;
+        }
+    }
+    if (written)
+        snprintf(written, cap, "%s", abs);
+out:
+    free(remembered);
+    ca_close(&ca);
+    return rc;
+}
+
+/* ---- the offline root's duties ------------------------------------------------ */
+
+/* The root key at `path`, checked against root.crt. */
+static int load_root_key(struct ca *ca, const char *path, EVP_PKEY **out, struct meshtls_err *err)
+{
+    int rc = meshtls_pem_read_key(path, out, err);
+    if (rc)
+        return rc;
+    if (X509_check_private_key(ca->root, *out) != 1) {
+        ERR_clear_error();
+        EVP_PKEY_free(*out);
+        *out = NULL;
+        return meshtls_err_set(err, MESHTLS_EDENIED,
+                               "--root-key %s is not the key of %s/root.crt; bring back the "
+                               "root key made by 'ca init' for this CA",
+                               path, ca->dir);
+    }
+    return 0;
+}
+
+int ca_renew_intermediate(const char *dir, const char *root_key_path, int new_key, int days,
+                          char *serial_out, ca_warn_fn warn, void *arg, struct meshtls_err *err)
+{
+    int rc;
+    struct ca ca;
+    EVP_PKEY *rk = NULL, *ik = NULL;
+    X509 *ni = NULL;
+    char *gen = NULL, *retired = NULL, *kpem = NULL;
+    size_t klen = 0;
+    char old_serial[80] = "", cn[400] = "", p[4200], when[32];
+    struct ca_stage stg = CA_STAGE_INIT;
+    if (days < 1 || days > CA_ROOT_DAYS)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "--days %d: expected 1 to %d", days,
+                               CA_ROOT_DAYS);
+    if ((rc = ca_open(&ca, dir, 1, err)))
+        return rc;
+    if ((rc = load_root_key(&ca, root_key_path, &rk, err)))
+        goto out;
+    serial_hex(ca.inter, old_serial, sizeof(old_serial));
+    int left_days = 0, left_secs = 0;
+    if (!ASN1_TIME_diff(&left_days, &left_secs, NULL, X509_get0_notAfter(ca.root)) ||
+        left_days < 2) {
+        rc = meshtls_err_set(err, MESHTLS_EEXPIRED,
+                             "the root CA %s/root.crt expires within two days: a new root (and "
+                             "trust bundle) is needed, not a renewed intermediate",
+                             dir);
+        goto out;
+    }
+    if (days > left_days - 1)
+        days = left_days - 1; /* an intermediate never outlives the root */
+    if ((rc = ca_store_meta_find(ca.store, "intermediate_generation", &gen, err)))
+        goto out;
+    long g = 1;
+    if (gen) {
+        int64_t gv = 1;
+        if (mt_parse_i64(gen, 1, 1000000, &gv) == 0)
+            g = (long)gv;
+    }
+    if (new_key) {
+        /* A new name too: leaves and CRLs of the two intermediates never get mixed up. */
+        snprintf(cn, sizeof(cn), "%s Intermediate CA G%ld", ca.td, g + 1);
+        if ((rc = mt_key_generate(ca.kt, &ik, err)))
+            goto out;
+    } else {
+        X509_NAME_get_text_by_NID(X509_get_subject_name(ca.inter), NID_commonName, cn, sizeof(cn));
+        ik = ca.inter_key;
+        EVP_PKEY_up_ref(ik);
+    }
+    struct mt_cert_spec is = {.cn = cn, .o = "meshtls", .is_ca = 1, .pathlen = 0, .days = days};
+    if ((rc = mt_cert_sign(&is, ik, ca.root, rk, &ni, err)))
+        goto out;
+    serial_hex(ni, serial_out, 80);
+    if ((rc = ca_store_begin(ca.store, err)))
+        goto out;
+    /* the old certificate (and key) kept under their serial, then the new pair */
+    snprintf(p, sizeof(p), "%s/intermediate-%s.crt", dir, old_serial);
+    if ((rc = stage_cert(&stg, p, ca.inter, NULL, err)))
+        goto fail;
+    if (new_key) {
+        snprintf(p, sizeof(p), "%s/intermediate-%s.key", dir, old_serial);
+        if ((rc = mt_key_to_pem(ca.inter_key, &kpem, &klen, err)) ||
+            (rc = ca_stage_add(&stg, p, kpem, klen, 0600, err)))
+            goto fail;
+        path_of(p, sizeof(p), dir, "intermediate.key");
+        if ((rc = stage_key(&stg, p, ik, err)))
+            goto fail;
+    }
+    path_of(p, sizeof(p), dir, "intermediate.crt");
+    if ((rc = stage_cert(&stg, p, ni, NULL, err)))
+        goto fail;
+    char gbuf[32], detail[256];
+    snprintf(gbuf, sizeof(gbuf), "%ld", g + 1);
+    snprintf(detail, sizeof(detail), "%s key; replaces %s", new_key ? "new" : "same", old_serial);
+    if (new_key) {
+        if ((rc = ca_store_meta_find(ca.store, "retired_intermediates", &retired, err)))
+            goto fail;
+        char list[4096];
+        snprintf(list, sizeof(list), "%s%s%s", retired ? retired : "", retired ? "\n" : "",
+                 old_serial);
+        if ((rc = ca_store_meta_set(ca.store, "retired_intermediates", list, err)) ||
+            (rc = ca_store_meta_set(ca.store, "intermediate_generation", gbuf, err)))
+            goto fail;
+    }
+    if ((rc = ca_store_audit(ca.store, "renew-intermediate", NULL, serial_out, detail, err)) ||
+        (rc = ca_stage_apply(&stg, err)) || (rc = ca_store_commit(ca.store, err)))
+        goto fail;
+    ca_stage_done(&stg);
+    fmt_date(asn1_to_unix(X509_get0_notAfter(ca.inter)), when, sizeof(when));
+    warnf(warn, arg,
+          "every service's chain file (SERVICE.crt) still carries the previous intermediate "
+          "%s, valid until %s%s; move them all to the new one before then: meshtls ca rotate "
+          "--dir %s --force",
+          old_serial, when,
+          new_key ? ", which keeps verifying (and has its own CRL in the bundle) until then" : "",
+          dir);
+    /* republish: the bundle gains (or renews) the new intermediate's CRL */
+    {
+        char *where = NULL;
+        int nrev = 0;
+        ca_close(&ca);
+        if ((rc = ca_open(&ca, dir, 1, err)) ||
+            (rc = ca_store_meta_find(ca.store, "crl_out", &where, err)))
+            goto out;
+        if (where)
+            rc = crl_write_locked(&ca, where, &nrev, warn, arg, err);
+        free(where);
+    }
+    goto out;
+fail:
+    ca_store_rollback(ca.store);
+    ca_stage_undo(&stg);
+out:
+    if (kpem)
+        OPENSSL_cleanse(kpem, klen);
+    free(kpem);
+    free(gen);
+    free(retired);
+    X509_free(ni);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(rk);
+    ca_close(&ca);
+    return rc;
+}
+
+int ca_root_crl(const char *dir, const char *root_key_path, int days, const char *revoke_serial,
+                const char *reason, ca_warn_fn warn, void *arg, struct meshtls_err *err)
+{
+    int rc;
+    struct ca ca;
+    EVP_PKEY *rk = NULL;
+    X509_CRL *crl = NULL;
+    char *num = NULL, *retired = NULL, *revoked = NULL, want[80] = "", cur[80] = "", p[4200];
+    struct ca_cert list[64];
+    size_t nl = 0;
+    BIO *b = NULL;
+    if (days < 1 || days > CA_ROOT_DAYS)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "--days %d: expected 1 to %d", days,
+                               CA_ROOT_DAYS);
+    if (!reason)
+        reason = "superseded";
+    if (ca_reason_parse(reason) < 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--reason '%s': expected unspecified, keyCompromise, "
+                               "caCompromise, affiliationChanged, superseded or "
+                               "cessationOfOperation",
+                               reason);
+    if (revoke_serial && ca_serial_normalize(revoke_serial, want, sizeof(want)) != 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "--revoke-intermediate '%s' is not a hex serial number",
+                               revoke_serial);
+    if ((rc = ca_open(&ca, dir, 0, err)))
+        return rc;
+    if ((rc = load_root_key(&ca, root_key_path, &rk, err)))
+        goto out;
+    serial_hex(ca.inter, cur, sizeof(cur));
+    if ((rc = ca_store_begin(ca.store, err)))
+        goto out;
+    if ((rc = ca_store_meta_find(ca.store, "root_crl_number", &num, err)) ||
+        (rc = ca_store_meta_find(ca.store, "retired_intermediates", &retired, err)) ||
+        (rc = ca_store_meta_find(ca.store, "revoked_intermediates", &revoked, err)))
+        goto fail;
+    if (*want) {
+        int known = 0;
+        char *save = NULL, *copy = retired ? strdup(retired) : NULL;
+        for (char *t = copy ? strtok_r(copy, "\n", &save) : NULL; t;
+             t = strtok_r(NULL, "\n", &save))
+            known |= !strcmp(t, want);
+        free(copy);
+        if (!strcmp(want, cur)) {
+            rc = meshtls_err_set(err, MESHTLS_EDENIED,
+                                 "--revoke-intermediate %s is the current intermediate, which "
+                                 "signs every leaf: renew it with a new key first "
+                                 "(renew-intermediate --new-key), move the services (rotate "
+                                 "--force), then revoke the old one",
+                                 want);
+            goto fail;
+        }
+        if (!known) {
+            rc = meshtls_err_set(err, MESHTLS_ENOENT,
+                                 "--revoke-intermediate %s is not an intermediate this CA retired "
+                                 "(retired: %s)",
+                                 want, retired ? retired : "none");
+            goto fail;
+        }
+    }
+    /* revoked_intermediates: "SERIAL UNIXTIME REASON" lines */
+    char all[4096];
+    snprintf(all, sizeof(all), "%s", revoked ? revoked : "");
+    if (*want && !strstr(all, want)) {
+        size_t l = strlen(all);
+        snprintf(all + l, sizeof(all) - l, "%s%s %lld %s", l ? "\n" : "", want,
+                 (long long)time(NULL), reason);
+    }
+    char *save = NULL, copy[4096];
+    snprintf(copy, sizeof(copy), "%s", all);
+    for (char *t = strtok_r(copy, "\n", &save); t && nl < 64; t = strtok_r(NULL, "\n", &save)) {
+        char *sp = strchr(t, ' '), *why = NULL;
+        int64_t at = 0;
+        if (!sp)
+            continue;
+        *sp = '\0';
+        if ((why = strchr(sp + 1, ' ')))
+            *why++ = '\0';
+        if (mt_parse_i64(sp + 1, 0, INT64_MAX, &at) != 0)
+            continue;
+        list[nl++] =
+            (struct ca_cert){.serial = t,
+                             .revoked_at = at,
+                             .reason = why && ca_reason_parse(why) >= 0 ? why : "superseded"};
+    }
+    int64_t n = 1;
+    if (num && mt_parse_i64(num, 0, INT64_MAX - 1, &n) != 0)
+        n = 1;
+    n++;
+    char nbuf[32];
+    snprintf(nbuf, sizeof(nbuf), "%lld", (long long)n);
+    char *data = NULL;
+    long len = 0;
+    if ((rc = sign_crl(ca.root, rk, n, days, list, nl, &crl, err)))
+        goto fail;
+    if (!(b = BIO_new(BIO_s_mem())) || !PEM_write_bio_X509_CRL(b, crl) ||
+        (len = BIO_get_mem_data(b, &data)) <= 0) {
+        rc = meshtls_err_set_ssl(err, MESHTLS_ETLS, "cannot encode the root CRL");
+        goto fail;
+    }
+    path_of(p, sizeof(p), dir, "root.crl");
+    if ((rc = ca_store_meta_set(ca.store, "root_crl_number", nbuf, err)) ||
+        (*all && (rc = ca_store_meta_set(ca.store, "revoked_intermediates", all, err))) ||
+        (rc = ca_store_audit(ca.store, "root-crl", NULL, *want ? want : NULL, nbuf, err)) ||
+        (rc = meshtls_write_file_atomic(p, data, (size_t)len, 0644, 0, err)) ||
+        (rc = ca_store_commit(ca.store, err)))
+        goto fail;
+    {
+        char *where = NULL;
+        int nrev = 0;
+        ca_close(&ca);
+        if ((rc = ca_open(&ca, dir, 1, err)) ||
+            (rc = ca_store_meta_find(ca.store, "crl_out", &where, err)))
+            goto out;
+        if (where)
+            rc = crl_write_locked(&ca, where, &nrev, warn, arg, err);
+        else
+            warnf(warn, arg,
+                  "no CRL path is remembered: publish the new bundle with 'meshtls ca crl --dir "
+                  "%s --out FILE' (it carries root.crl)",
+                  dir);
+        free(where);
+    }
     goto out;
 fail:
     ca_store_rollback(ca.store);
 out:
     BIO_free(b);
     X509_CRL_free(crl);
+    EVP_PKEY_free(rk);
     free(num);
-    free(root_crl);
-    ca_cert_list_free(v, nv);
+    free(retired);
+    free(revoked);
     ca_close(&ca);
     return rc;
 }

@@ -100,6 +100,28 @@ int ca_store_audit(struct ca_store *s, const char *action, const char *service, 
     return s->ops->audit(s, action, service, serial, detail, err);
 }
 
+int ca_store_meta_find(struct ca_store *s, const char *key, char **out, struct meshtls_err *err)
+{
+    return s->ops->meta_find(s, key, out, err);
+}
+
+int ca_store_service_list(struct ca_store *s, struct ca_service **out, size_t *n,
+                          struct meshtls_err *err)
+{
+    return s->ops->service_list(s, out, n, err);
+}
+
+int ca_store_service_unregister(struct ca_store *s, const char *name, struct meshtls_err *err)
+{
+    return s->ops->service_unregister(s, name, err);
+}
+
+int ca_store_cert_set_out_dir(struct ca_store *s, const char *serial, const char *out_dir,
+                              struct meshtls_err *err)
+{
+    return s->ops->cert_set_out_dir(s, serial, out_dir, err);
+}
+
 const char *ca_store_path(const struct ca_store *s)
 {
     return s->path;
@@ -119,6 +141,13 @@ void ca_service_clear(struct ca_service *svc)
     free_list(svc->dns, svc->n_dns);
     free_list(svc->ips, svc->n_ips);
     memset(svc, 0, sizeof(*svc));
+}
+
+void ca_service_list_free(struct ca_service *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ca_service_clear(&v[i]);
+    free(v);
 }
 
 void ca_cert_clear(struct ca_cert *c)

@@ -82,6 +82,12 @@ struct ca_store_ops {
                      struct ca_cert **out, size_t *n, struct meshtls_err *err);
     int (*audit)(struct ca_store *s, const char *action, const char *service, const char *serial,
                  const char *detail, struct meshtls_err *err);
+    int (*meta_find)(struct ca_store *s, const char *key, char **out, struct meshtls_err *err);
+    int (*service_list)(struct ca_store *s, struct ca_service **out, size_t *n,
+                        struct meshtls_err *err);
+    int (*service_unregister)(struct ca_store *s, const char *name, struct meshtls_err *err);
+    int (*cert_set_out_dir)(struct ca_store *s, const char *serial, const char *out_dir,
+                            struct meshtls_err *err);
 };
 
 /**
@@ -169,6 +175,32 @@ void ca_cert_list_free(struct ca_cert *v, size_t n);
 /** Append an audit event (init, register, issue, rotate, revoke, replace, crl). */
 int ca_store_audit(struct ca_store *s, const char *action, const char *service, const char *serial,
                    const char *detail, struct meshtls_err *err);
+
+/**
+ * Metadata that may be absent (crl_out, root_crl_number, ...).
+ * @param out a new string the caller frees, or NULL when the key is absent (not an error).
+ */
+int ca_store_meta_find(struct ca_store *s, const char *key, char **out, struct meshtls_err *err);
+
+/**
+ * The registered services, by name (unregistered ones are left out).
+ * @param out a new array of *n entries; free with ca_service_list_free().
+ */
+int ca_store_service_list(struct ca_store *s, struct ca_service **out, size_t *n,
+                          struct meshtls_err *err);
+/** Free an array from ca_store_service_list() (NULL is fine). */
+void ca_service_list_free(struct ca_service *v, size_t n);
+
+/**
+ * Mark `name` unregistered: service_get() no longer finds it, its rows and
+ * certificates stay (revoked ones stay in the CRL until they expire).
+ * Registering the name again clears the mark.
+ */
+int ca_store_service_unregister(struct ca_store *s, const char *name, struct meshtls_err *err);
+
+/** Record that `serial`'s files now live in `out_dir` (borrowed; absolute). */
+int ca_store_cert_set_out_dir(struct ca_store *s, const char *serial, const char *out_dir,
+                              struct meshtls_err *err);
 
 /** Path of the store (for messages); borrowed from `s`. */
 const char *ca_store_path(const struct ca_store *s);

@@ -70,6 +70,9 @@ static const struct mt_db_migration MIGRATIONS[] = {
      "  serial TEXT,"
      "  detail TEXT);",
      NULL},
+    /* 2: `ca unregister` (issue 9).  A service row stays while certificates name it
+     * (revoked ones must stay in the CRL until they expire), so unregistering marks it. */
+    {2, "ALTER TABLE services ADD COLUMN unregistered_at INTEGER;", NULL},
 };
 #define N_MIGRATIONS (sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0]))
 
@@ -318,12 +321,14 @@ static int sq_service_put(struct ca_store *s, const struct ca_service *svc, int 
                     "INSERT INTO services(name, spiffe_id, dns, ips, created_at, updated_at) "
                     "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(name) DO UPDATE SET "
                     "spiffe_id = excluded.spiffe_id, dns = excluded.dns, ips = excluded.ips, "
-                    "updated_at = excluded.updated_at",
+                    "updated_at = excluded.updated_at, unregistered_at = NULL",
                     p, 6, NULL, err);
     if (rc) {
         if (rc == MESHTLS_ESTORE && mt_db_errkind(CONN(s)) == MT_DB_ERR_UNIQUE)
             rc = meshtls_err_set(err, MESHTLS_EEXIST,
-                                 "SPIFFE ID %s is already registered to another service",
+                                 "SPIFFE ID %s is already registered to another service (an "
+                                 "unregistered service keeps its ID: see 'meshtls ca list' "
+                                 "for whose certificates carry it)",
                                  svc->spiffe_id);
         else
             rc = db_err(s, rc, err, "registering the service");
@@ -339,7 +344,9 @@ static int sq_service_get(struct ca_store *s, const char *name, struct ca_servic
 {
     struct mt_db_rows *r = NULL;
     struct mt_db_param p[] = {MT_DB_TEXT(name)};
-    int rc = mt_db_query(CONN(s), "SELECT name, spiffe_id, dns, ips FROM services WHERE name = $1",
+    int rc = mt_db_query(CONN(s),
+                         "SELECT name, spiffe_id, dns, ips FROM services WHERE name = $1 "
+                         "AND unregistered_at IS NULL",
                          p, 1, &r, err);
     if (rc)
         return db_err(s, rc, err, "reading the service");
@@ -363,6 +370,85 @@ static int sq_service_get(struct ca_store *s, const char *name, struct ca_servic
     }
     mt_db_rows_close(r);
     return rc;
+}
+
+static int sq_service_list(struct ca_store *s, struct ca_service **out, size_t *n,
+                           struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_query(CONN(s),
+                         "SELECT name, spiffe_id, dns, ips FROM services WHERE unregistered_at IS "
+                         "NULL ORDER BY name",
+                         NULL, 0, &r, err);
+    if (rc)
+        return db_err(s, rc, err, "listing services");
+    struct ca_service *v = NULL;
+    size_t cnt = 0, cap = 0;
+    int more;
+    while ((more = mt_db_row_next(r, err)) == 1) {
+        if (cnt == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            struct ca_service *nv = realloc(v, nc * sizeof(*nv));
+            if (!nv) {
+                rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+            cap = nc;
+        }
+        struct ca_service *o = &v[cnt];
+        memset(o, 0, sizeof(*o));
+        o->name = col_dup(r, 0);
+        o->spiffe_id = col_dup(r, 1);
+        cnt++;
+        if (!o->name || !o->spiffe_id || split(mt_db_col_text(r, 2), &o->dns, &o->n_dns) ||
+            split(mt_db_col_text(r, 3), &o->ips, &o->n_ips)) {
+            rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+            break;
+        }
+    }
+    if (!rc && more < 0)
+        rc = db_err(s, more, err, "listing services");
+    mt_db_rows_close(r);
+    if (rc) {
+        ca_service_list_free(v, cnt);
+        return rc;
+    }
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+static int sq_service_unregister(struct ca_store *s, const char *name, struct meshtls_err *err)
+{
+    struct mt_db_param p[] = {MT_DB_INT64(now_s()), MT_DB_TEXT(name)};
+    return exec(s, "UPDATE services SET unregistered_at = $1 WHERE name = $2", p, 2,
+                "unregistering the service", err);
+}
+
+static int sq_meta_find(struct ca_store *s, const char *key, char **out, struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    *out = NULL;
+    int rc = mt_db_query(CONN(s), "SELECT value FROM meta WHERE key = $1", p, 1, &r, err);
+    if (rc)
+        return db_err(s, rc, err, "reading meta");
+    int n = mt_db_row_next(r, err);
+    if (n == 1 && !(*out = col_dup(r, 0)))
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    else if (n < 0)
+        rc = db_err(s, n, err, "reading meta");
+    mt_db_rows_close(r);
+    return rc;
+}
+
+static int sq_cert_set_out_dir(struct ca_store *s, const char *serial, const char *out_dir,
+                               struct meshtls_err *err)
+{
+    struct mt_db_param p[] = {MT_DB_TEXT(out_dir), MT_DB_TEXT(serial)};
+    return exec(s, "UPDATE certificates SET out_dir = $1 WHERE serial = $2", p, 2,
+                "updating the certificate's directory", err);
 }
 
 static int sq_cert_insert(struct ca_store *s, const struct ca_cert *c, struct meshtls_err *err)
@@ -516,4 +602,8 @@ static const struct ca_store_ops SQ_OPS = {
     .cert_get = sq_cert_get,
     .cert_list = sq_cert_list,
     .audit = sq_audit,
+    .meta_find = sq_meta_find,
+    .service_list = sq_service_list,
+    .service_unregister = sq_service_unregister,
+    .cert_set_out_dir = sq_cert_set_out_dir,
 };

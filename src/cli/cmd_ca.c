@@ -18,14 +18,19 @@
 #include "meshtls/meshtls.h"
 #include "store.h"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
 #define MAX_SANS 64
 
 static const char USAGE[] =
     "usage: meshtls ca <subcommand> --dir DIR [options]\n"
     "\n"
     "  init --dir DIR --trust-domain TD [--key-type ec-p256|ec-p384|rsa-2048|ed25519]\n"
+    "       [--crl-out FILE]\n"
     "        create the root (10 years) and intermediate (5 years, pathlen 0) CAs and the\n"
-    "        store DIR/meshtls.db; the root key is written 0400: move it offline\n"
+    "        store DIR/meshtls.db; the root key is written 0400: move it offline;\n"
+    "        --crl-out: publish the CRL there now and after every revoke\n"
     "  register --dir DIR SERVICE [--dns NAME]... [--ip ADDR]... [--spiffe-id URI]\n"
     "        add SERVICE to the registered-services allow-list (default SPIFFE ID\n"
     "        spiffe://TD/svc/SERVICE); registering again updates it\n"
@@ -33,18 +38,38 @@ static const char USAGE[] =
     "        issue a leaf (CN=SERVICE, SPIFFE URI SAN + DNS/IP SANs, serverAuth+clientAuth):\n"
     "        OUTDIR/SERVICE.crt (leaf then intermediate), OUTDIR/SERVICE.key (0600),\n"
     "        OUTDIR/ca.crt; with --csr, sign the CSR (no key is written)\n"
-    "  rotate --dir DIR [--within-days 14] [--days 90] [SERVICE...]\n"
-    "        re-issue active certificates expiring within the window, into the directory\n"
-    "        they were issued to; the old ones stay valid until they expire (overlap)\n"
+    "  rotate --dir DIR [--within-days 14] [--days 90] [--force] [SERVICE...]\n"
+    "        re-issue active certificates expiring within the window (--force: all of\n"
+    "        them, now), into the absolute directory they were issued to (a directory\n"
+    "        that no longer exists is refused, naming it); the old ones stay valid until\n"
+    "        they expire (overlap).  Safe from cron: no dependence on the working directory\n"
     "  revoke --dir DIR (--serial HEX | SERVICE) [--reason R] [--replace]\n"
     "        R: unspecified keyCompromise caCompromise affiliationChanged superseded\n"
-    "        cessationOfOperation; --replace issues the replacement in the same transaction\n"
-    "  crl --dir DIR --out FILE\n"
-    "        write the CRL signed by the intermediate, followed by the root's CRL\n"
-    "  list (--dir DIR | --store URL) [--json]\n"
+    "        cessationOfOperation; --replace issues the replacement in the same transaction;\n"
+    "        prints each serial revoked and writes the CRL where it is published\n"
+    "  crl --dir DIR [--out FILE]\n"
+    "        write the CRLs (one per live intermediate) followed by the root's CRL; --out is\n"
+    "        remembered (revoke writes there too); without it, the remembered path\n"
+    "  list (--dir DIR | --store URL) [--service S] [--status active|superseded|revoked|\n"
+    "       expired] [--expiring-within DAYS] [--json]\n"
+    "        inventory sorted by service: serial, SPIFFE ID, not-after, days left, status;\n"
     "        --store names the store alone: sqlite:PATH (PATH/.. need not hold the keys);\n"
     "        postgres:// stores are not yet supported (docs/DATABASE.md)\n"
-    "        inventory: service, serial, not-after, days left, status\n"
+    "  services --dir DIR [--json]\n"
+    "        the registered services: SPIFFE ID, DNS and IP SANs, valid certificates\n"
+    "  unregister --dir DIR SERVICE [--revoke]\n"
+    "        remove SERVICE from the allow-list; refused while it has valid certificates,\n"
+    "        unless --revoke (cessationOfOperation; the CRL is written as by revoke)\n"
+    "\n"
+    "  The offline root's duties (bring root.key back for the ceremony, docs/PKI.md):\n"
+    "  renew-intermediate --dir DIR --root-key FILE [--new-key] [--days 1825]\n"
+    "        re-sign the intermediate: same key (every leaf keeps verifying), or a new key\n"
+    "        (the old intermediate stays valid until its end: both chains verify; then\n"
+    "        rotate --force moves the services)\n"
+    "  root-crl --dir DIR --root-key FILE [--days 365] [--revoke-intermediate SERIAL\n"
+    "       [--reason R]]\n"
+    "        re-sign the root's CRL (DIR/root.crl, carried by every CRL bundle) before its\n"
+    "        nextUpdate; rewrites the published bundle\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.  See docs/PKI.md.\n";
 
@@ -65,6 +90,26 @@ static int fail(const char *sub, struct meshtls_err *err, int rc)
 static int parse_int(const char *s, int min, int max, int *out)
 {
     return mt_parse_int(s, min, max, out) == 0 ? 0 : -1;
+}
+
+/* Warnings from src/ca (migrated paths, skipped services, CRLs near nextUpdate) on stderr. */
+static void warn_cb(const char *msg, void *arg)
+{
+    fprintf(stderr, "meshtls ca %s: warning: %s\n", (const char *)arg, msg);
+}
+
+static void revoked_cb(const char *service, const char *serial, void *arg)
+{
+    (void)arg;
+    printf("revoked %s %s\n", serial, service);
+}
+
+static void fmt_utc(int64_t t, char *buf, size_t cap)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 static void report(const char *service, const char *old_serial, const char *new_serial,
@@ -90,26 +135,32 @@ enum {
     O_REPLACE,
     O_JSON,
     O_STORE,
+    O_FORCE,
+    O_CRL_OUT,
+    O_SERVICE,
+    O_STATUS,
+    O_EXPIRING,
+    O_REVOKE,
+    O_ROOT_KEY,
+    O_NEW_KEY,
+    O_REVOKE_INTER,
     O_HELP
 };
 
-static const struct option copts[] = {{"dir", 1, 0, O_DIR},
-                                      {"trust-domain", 1, 0, O_TD},
-                                      {"key-type", 1, 0, O_KT},
-                                      {"dns", 1, 0, O_DNS},
-                                      {"ip", 1, 0, O_IP},
-                                      {"spiffe-id", 1, 0, O_SPIFFE},
-                                      {"out", 1, 0, O_OUT},
-                                      {"days", 1, 0, O_DAYS},
-                                      {"csr", 1, 0, O_CSR},
-                                      {"within-days", 1, 0, O_WITHIN},
-                                      {"serial", 1, 0, O_SERIAL},
-                                      {"reason", 1, 0, O_REASON},
-                                      {"replace", 0, 0, O_REPLACE},
-                                      {"json", 0, 0, O_JSON},
-                                      {"store", 1, 0, O_STORE},
-                                      {"help", 0, 0, O_HELP},
-                                      {0, 0, 0, 0}};
+static const struct option copts[] = {
+    {"dir", 1, 0, O_DIR},         {"trust-domain", 1, 0, O_TD},
+    {"key-type", 1, 0, O_KT},     {"dns", 1, 0, O_DNS},
+    {"ip", 1, 0, O_IP},           {"spiffe-id", 1, 0, O_SPIFFE},
+    {"out", 1, 0, O_OUT},         {"days", 1, 0, O_DAYS},
+    {"csr", 1, 0, O_CSR},         {"within-days", 1, 0, O_WITHIN},
+    {"serial", 1, 0, O_SERIAL},   {"reason", 1, 0, O_REASON},
+    {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},
+    {"store", 1, 0, O_STORE},     {"force", 0, 0, O_FORCE},
+    {"crl-out", 1, 0, O_CRL_OUT}, {"service", 1, 0, O_SERVICE},
+    {"status", 1, 0, O_STATUS},   {"expiring-within", 1, 0, O_EXPIRING},
+    {"revoke", 0, 0, O_REVOKE},   {"root-key", 1, 0, O_ROOT_KEY},
+    {"new-key", 0, 0, O_NEW_KEY}, {"revoke-intermediate", 1, 0, O_REVOKE_INTER},
+    {"help", 0, 0, O_HELP},       {0, 0, 0, 0}};
 
 /* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
 static json_t *jstr(const char *s)
@@ -117,37 +168,83 @@ static json_t *jstr(const char *s)
     return mt_json_string(s ? s : "");
 }
 
+/* Filters of `ca list`; NULL / -1 = any. */
+struct list_filter {
+    const char *service;
+    const char *status;  /* active superseded revoked expired */
+    int expiring_within; /* days, -1 = any */
+};
+
+static int cmp_cert(const void *a, const void *b)
+{
+    const struct ca_cert *x = a, *y = b;
+    int c = strcmp(x->service, y->service);
+    if (c)
+        return c;
+    return x->not_after < y->not_after ? -1 : x->not_after > y->not_after;
+}
+
+/* The SPIFFE ID of a stored certificate ("-" if none); into buf. */
+static void cert_spiffe(const char *pem, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "-");
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    struct meshtls_identity *id = NULL;
+    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0 && id->spiffe_id)
+        snprintf(buf, cap, "%s", id->spiffe_id);
+    meshtls_identity_free(id);
+    X509_free(x);
+    ERR_clear_error();
+}
+
 /* `store`: the CA directory or a store URL; `shown`: how hints name it. */
-static int do_list(const char *store, const char *shown, int json)
+static int do_list(const char *store, const char *shown, int json, const struct list_filter *f)
 {
     struct ca_store *s = NULL;
     struct ca_cert *v = NULL;
-    size_t n = 0;
+    size_t n = 0, shown_n = 0;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc;
+    /* "expired" is computed, so it is filtered here, not in SQL */
+    const char *sql_status = f->status && strcmp(f->status, "expired") ? f->status : NULL;
     if ((rc = ca_store_open(store, 0, &s, &err)) ||
-        (rc = ca_store_cert_list(s, NULL, NULL, &v, &n, &err))) {
+        (rc = ca_store_cert_list(s, f->service, sql_status, &v, &n, &err))) {
         ca_store_close(s);
         return fail("list", &err, rc);
     }
+    if (n)
+        qsort(v, n, sizeof(*v), cmp_cert);
     int64_t now = (int64_t)time(NULL);
     json_t *arr = json ? json_array() : NULL;
     if (!json)
-        printf("%-20s %-34s %-20s %9s  %s\n", "SERVICE", "SERIAL", "NOT AFTER", "DAYS LEFT",
-               "STATUS");
+        printf("%-20s %-34s %-44s %-20s %9s  %s\n", "SERVICE", "SERIAL", "SPIFFE ID", "NOT AFTER",
+               "DAYS LEFT", "STATUS");
     for (size_t i = 0; i < n; i++) {
-        char na[32];
-        time_t t = (time_t)v[i].not_after;
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(na, sizeof(na), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        char na[32], sid[600];
+        fmt_utc(v[i].not_after, na, sizeof(na));
         int64_t d = v[i].not_after - now;
         long long days = d >= 0 ? d / 86400 : -((-d + 86399) / 86400);
         const char *status = strcmp(v[i].status, "revoked") && d < 0 ? "expired" : v[i].status;
+        if (f->status && strcmp(f->status, status))
+            continue;
+        if (f->expiring_within >= 0 && v[i].not_after > now + (int64_t)f->expiring_within * 86400)
+            continue;
+        shown_n++;
+        cert_spiffe(v[i].cert_pem, sid, sizeof(sid));
+        if (!strcmp(status, "active") && (!v[i].out_dir || v[i].out_dir[0] != '/'))
+            fprintf(stderr,
+                    "meshtls ca list: warning: %s %s was issued with the relative directory "
+                    "'%s' (an older meshtls stored it as given): 'ca rotate' records the "
+                    "absolute path when run from the directory 'ca issue' ran in, and refuses "
+                    "elsewhere\n",
+                    v[i].service, v[i].serial, v[i].out_dir ? v[i].out_dir : ".");
         if (json) {
             json_t *o = json_object();
             json_object_set_new(o, "service", jstr(v[i].service));
             json_object_set_new(o, "serial", jstr(v[i].serial));
+            json_object_set_new(o, "spiffe_id", strcmp(sid, "-") ? jstr(sid) : json_null());
             json_object_set_new(o, "not_after", json_string(na));
             json_object_set_new(o, "days_left", json_integer(days));
             json_object_set_new(o, "status", jstr(status));
@@ -155,16 +252,73 @@ static int do_list(const char *store, const char *shown, int json)
             json_object_set_new(o, "reason", mt_json_string(v[i].reason)); /* NULL: null */
             json_array_append_new(arr, o);
         } else {
-            printf("%-20s %-34s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, na, days, status,
-                   v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
+            printf("%-20s %-34s %-44s %-20s %9lld  %s%s%s\n", v[i].service, v[i].serial, sid, na,
+                   days, status, v[i].reason ? " " : "", v[i].reason ? v[i].reason : "");
         }
     }
     if (json)
         mt_json_print(arr, stdout);
-    else if (n == 0)
+    else if (n == 0 && !f->service && !f->status && f->expiring_within < 0)
         printf("(no certificates issued yet: meshtls ca issue --dir %s SERVICE --out DIR)\n",
                shown);
+    else if (shown_n == 0)
+        printf("(no certificate matches)\n");
     ca_cert_list_free(v, n);
+    ca_store_close(s);
+    return 0;
+}
+
+/* `ca services`: the registrations, with how many valid certificates each has. */
+static int do_services(const char *dir, int json)
+{
+    struct ca_store *s = NULL;
+    struct ca_service *v = NULL;
+    size_t n = 0;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    int rc;
+    if ((rc = ca_store_open(dir, 0, &s, &err)) || (rc = ca_store_service_list(s, &v, &n, &err))) {
+        ca_store_close(s);
+        return fail("services", &err, rc);
+    }
+    int64_t now = (int64_t)time(NULL);
+    json_t *arr = json ? json_array() : NULL;
+    if (!json)
+        printf("%-20s %-44s %5s  %s\n", "SERVICE", "SPIFFE ID", "CERTS", "SANS");
+    for (size_t i = 0; i < n; i++) {
+        struct ca_cert *c = NULL;
+        size_t nc = 0, live = 0;
+        if (ca_store_cert_list(s, v[i].name, NULL, &c, &nc, &err) == 0)
+            for (size_t j = 0; j < nc; j++)
+                live += strcmp(c[j].status, "revoked") && c[j].not_after > now;
+        ca_cert_list_free(c, nc);
+        if (json) {
+            json_t *o = json_object(), *d = json_array(), *ip = json_array();
+            for (size_t j = 0; j < v[i].n_dns; j++)
+                json_array_append_new(d, jstr(v[i].dns[j]));
+            for (size_t j = 0; j < v[i].n_ips; j++)
+                json_array_append_new(ip, jstr(v[i].ips[j]));
+            json_object_set_new(o, "service", jstr(v[i].name));
+            json_object_set_new(o, "spiffe_id", jstr(v[i].spiffe_id));
+            json_object_set_new(o, "dns", d);
+            json_object_set_new(o, "ip", ip);
+            json_object_set_new(o, "valid_certificates", json_integer((json_int_t)live));
+            json_array_append_new(arr, o);
+            continue;
+        }
+        printf("%-20s %-44s %5zu  ", v[i].name, v[i].spiffe_id, live);
+        if (v[i].n_dns + v[i].n_ips == 0)
+            printf("-");
+        for (size_t j = 0; j < v[i].n_dns; j++)
+            printf("%sDNS:%s", j ? "," : "", v[i].dns[j]);
+        for (size_t j = 0; j < v[i].n_ips; j++)
+            printf("%sIP:%s", j || v[i].n_dns ? "," : "", v[i].ips[j]);
+        printf("\n");
+    }
+    if (json)
+        mt_json_print(arr, stdout);
+    else if (n == 0)
+        printf("(no services registered: meshtls ca register --dir %s SERVICE)\n", dir);
+    ca_service_list_free(v, n);
     ca_store_close(s);
     return 0;
 }
@@ -177,8 +331,22 @@ int cmd_ca(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    static const char *const subs[] = {"init",   "register", "issue", "rotate",
-                                       "revoke", "crl",      "list"};
+    /* one per line, so that adding a subcommand is a one-line change */
+    /* clang-format off */
+    static const char *const subs[] = {
+        "init",
+        "register",
+        "issue",
+        "rotate",
+        "revoke",
+        "crl",
+        "list",
+        "services",
+        "unregister",
+        "renew-intermediate",
+        "root-crl",
+    };
+    /* clang-format on */
     int known = 0;
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
         known |= !strcmp(sub, subs[i]);
@@ -187,10 +355,13 @@ int cmd_ca(int argc, char **argv)
         return 2;
     }
     const char *dir = NULL, *td = NULL, *kt = "ec-p256", *spiffe = NULL, *out = NULL, *csr = NULL,
-               *serial = NULL, *reason = NULL;
+               *serial = NULL, *reason = NULL, *crl_out = NULL, *root_key = NULL,
+               *revoke_inter = NULL;
+    struct list_filter lf = {NULL, NULL, -1};
     const char *dns[MAX_SANS], *ips[MAX_SANS];
     size_t n_dns = 0, n_ips = 0;
-    int days = CA_LEAF_DAYS_DEFAULT, within = 14, replace = 0, json = 0, opt;
+    int days = CA_LEAF_DAYS_DEFAULT, within = 14, replace = 0, json = 0, force = 0, revoke = 0,
+        new_key = 0, days_given = 0, opt;
     char store[4200]; /* --store URL, possibly with a password: wiped after use */
     int have_store = 0, rc_store;
     argc--, argv++;
@@ -213,7 +384,12 @@ int cmd_ca(int argc, char **argv)
         case O_SPIFFE: spiffe = optarg; break;
         case O_OUT: out = optarg; break;
         case O_DAYS:
-            if (parse_int(optarg, 1, CA_LEAF_DAYS_MAX, &days))
+            days_given = 1;
+            /* the ceremony's --days are CA lifetimes: checked below */
+            if (!strcmp(sub, "renew-intermediate") || !strcmp(sub, "root-crl")) {
+                if (parse_int(optarg, 1, CA_ROOT_DAYS, &days))
+                    return usage_err(sub, "--days: expected a number of days from 1 to 3650");
+            } else if (parse_int(optarg, 1, CA_LEAF_DAYS_MAX, &days))
                 return usage_err(sub, "--days: expected a number of days from 1 to 825");
             break;
         case O_CSR: csr = optarg; break;
@@ -225,6 +401,24 @@ int cmd_ca(int argc, char **argv)
         case O_REASON: reason = optarg; break;
         case O_REPLACE: replace = 1; break;
         case O_JSON: json = 1; break;
+        case O_FORCE: force = 1; break;
+        case O_CRL_OUT: crl_out = optarg; break;
+        case O_SERVICE: lf.service = optarg; break;
+        case O_STATUS:
+            if (strcmp(optarg, "active") && strcmp(optarg, "superseded") &&
+                strcmp(optarg, "revoked") && strcmp(optarg, "expired"))
+                return usage_err(sub, "--status: expected active, superseded, revoked or expired");
+            lf.status = optarg;
+            break;
+        case O_EXPIRING:
+            if (parse_int(optarg, 0, 3650, &lf.expiring_within))
+                return usage_err(sub, "--expiring-within: expected a number of days from 0 to "
+                                      "3650");
+            break;
+        case O_REVOKE: revoke = 1; break;
+        case O_ROOT_KEY: root_key = optarg; break;
+        case O_NEW_KEY: new_key = 1; break;
+        case O_REVOKE_INTER: revoke_inter = optarg; break;
         case O_STORE:
             /* Copied, then hidden from `ps` / /proc/PID/cmdline at once. */
             snprintf(store, sizeof(store), "%s", optarg);
@@ -241,7 +435,7 @@ int cmd_ca(int argc, char **argv)
     if (have_store && dir)
         return usage_err(sub, "give --dir DIR or --store URL, not both");
     if (have_store) {
-        rc_store = do_list(store, "DIR", json);
+        rc_store = do_list(store, "DIR", json, &lf);
         explicit_bzero(store, sizeof(store));
         return rc_store;
     }
@@ -260,7 +454,27 @@ int cmd_ca(int argc, char **argv)
             return usage_err(sub, "unexpected argument");
         if ((rc = mt_key_type_parse(kt, &t, &err)))
             return usage_err(sub, err.msg);
+        if (crl_out) { /* checked first: a failed publish must not leave a CA half set up */
+            char parent[4096];
+            snprintf(parent, sizeof(parent), "%s", crl_out);
+            char *slash = strrchr(parent, '/');
+            if (slash)
+                *(slash == parent ? slash + 1 : slash) = '\0';
+            else
+                snprintf(parent, sizeof(parent), ".");
+            if (access(parent, W_OK) != 0) {
+                char m[4300];
+                snprintf(m, sizeof(m), "--crl-out %s: the directory %s %s; create it first",
+                         crl_out, parent, errno == ENOENT ? "does not exist" : "is not writable");
+                return usage_err(sub, m);
+            }
+        }
         if ((rc = ca_init(dir, td, t, &err)))
+            return fail(sub, &err, rc);
+        char published[4096] = "";
+        int nrev = 0;
+        if (crl_out && (rc = ca_crl(dir, crl_out, &nrev, published, sizeof(published), warn_cb,
+                                    (void *)sub, &err)))
             return fail(sub, &err, rc);
         printf("created CA for trust domain %s in %s (%s keys)\n"
                "  root CA          %s/root.crt (10 years)\n"
@@ -270,6 +484,8 @@ int cmd_ca(int argc, char **argv)
                "IMPORTANT: %s/root.key (mode 0400) is only needed to re-sign the intermediate;\n"
                "move it offline now (e.g. to an encrypted USB key or a vault).\n",
                td, dir, kt, dir, dir, dir, dir, dir);
+        if (*published)
+            printf("CRL published to %s (rewritten after every revoke)\n", published);
         return 0;
     }
     if (!strcmp(sub, "register")) {
@@ -296,8 +512,20 @@ int cmd_ca(int argc, char **argv)
         char s[80];
         if ((rc = ca_issue(dir, pos[0], out, days, csr, s, &err)))
             return fail(sub, &err, rc);
-        printf("issued %s certificate %s valid %d days\n  %s/%s.crt (leaf + intermediate)\n",
-               pos[0], s, days, out, pos[0]);
+        /* the end date as the certificate says it (capped at the intermediate's end) */
+        char kp0[4200], until[32] = "?";
+        snprintf(kp0, sizeof(kp0), "%s/%s.crt", out, pos[0]);
+        STACK_OF(X509) *issued = NULL;
+        if (meshtls_pem_read_certs(kp0, &issued, NULL) == 0) {
+            struct meshtls_identity *id = NULL;
+            if (meshtls_identity_from_x509(sk_X509_value(issued, 0), &id, NULL) == 0)
+                fmt_utc(id->not_after, until, sizeof(until));
+            meshtls_identity_free(id);
+        }
+        sk_X509_pop_free(issued, X509_free);
+        printf("issued %s certificate %s valid until %s (%d days)\n  %s/%s.crt (leaf + "
+               "intermediate)\n",
+               pos[0], s, until, days, out, pos[0]);
         if (!csr)
             printf("  %s/%s.key (private key, mode 0600)\n", out, pos[0]);
         char kp[4200];
@@ -312,38 +540,121 @@ int cmd_ca(int argc, char **argv)
         return 0;
     }
     if (!strcmp(sub, "rotate")) {
-        int count = 0;
-        if ((rc = ca_rotate(dir, within, days, (const char *const *)pos, (size_t)npos, report,
-                            "rotated", &count, &err)))
+        int count = 0, failed = 0;
+        if (!force && days <= within) {
+            char m[160];
+            snprintf(m, sizeof(m),
+                     "--days %d must be longer than --within-days %d, or the new certificates "
+                     "would be due again at once",
+                     days, within);
+            return usage_err(sub, m);
+        }
+        struct ca_rotate_opts ro = {.within_days = within,
+                                    .days = days,
+                                    .force = force,
+                                    .services = (const char *const *)pos,
+                                    .n = (size_t)npos,
+                                    .report = report,
+                                    .warn = warn_cb,
+                                    .arg = "rotate"};
+        rc = ca_rotate(dir, &ro, &count, &failed, &err);
+        if (rc && !failed)
             return fail(sub, &err, rc);
-        if (count == 0)
-            printf("nothing to rotate: no active certificate expires within %d days\n", within);
-        else
+        if (count == 0 && !failed)
+            printf(force ? "nothing to rotate: no active certificate\n"
+                         : "nothing to rotate: no active certificate expires within %d days\n",
+                   within);
+        else if (count)
             printf("rotated %d certificate(s); the previous ones stay valid until they expire\n",
                    count);
-        return 0;
+        return rc ? fail(sub, &err, rc) : 0;
     }
     if (!strcmp(sub, "revoke")) {
         if ((serial && npos) || (!serial && npos != 1))
             return usage_err(sub, "give either --serial HEX or one SERVICE");
         int count = 0;
-        if ((rc = ca_revoke(dir, serial, serial ? NULL : pos[0], reason, replace, report,
-                            "replacement for", &count, &err)))
+        char published[4096] = "";
+        struct ca_revoke_opts ro = {.serial = serial,
+                                    .service = serial ? NULL : pos[0],
+                                    .reason = reason,
+                                    .replace = replace,
+                                    .report = report,
+                                    .revoked = revoked_cb,
+                                    .warn = warn_cb,
+                                    .arg = "replacement for"};
+        rc = ca_revoke(dir, &ro, &count, published, sizeof(published), &err);
+        if (rc && count == 0)
             return fail(sub, &err, rc);
-        printf("revoked %d certificate(s); publish a new CRL: meshtls ca crl --dir %s --out "
-               "FILE\n",
-               count, dir);
+        printf("revoked %d certificate(s)\n", count);
+        if (rc)
+            return fail(sub, &err, rc);
+        if (*published)
+            printf("CRL written to %s\n", published);
+        else
+            printf("publish a new CRL: meshtls ca crl --dir %s --out FILE (remembered: revoke "
+                   "then writes it by itself)\n",
+                   dir);
+        return 0;
+    }
+    if (!strcmp(sub, "unregister")) {
+        if (npos != 1)
+            return usage_err(sub, "give exactly one SERVICE name");
+        int count = 0;
+        char published[4096] = "";
+        rc = ca_unregister(dir, pos[0], revoke, revoked_cb, NULL, &count, published,
+                           sizeof(published), &err);
+        if (rc && (count == 0 || rc == MESHTLS_EEXIST))
+            return fail(sub, &err, rc);
+        printf("unregistered %s%s", pos[0], count ? "" : "\n");
+        if (count)
+            printf(" (revoked %d certificate(s))\n", count);
+        if (rc)
+            return fail(sub, &err, rc);
+        if (*published)
+            printf("CRL written to %s\n", published);
+        return 0;
+    }
+    if (!strcmp(sub, "services")) {
+        if (npos)
+            return usage_err(sub, "unexpected argument");
+        return do_services(dir, json);
+    }
+    if (!strcmp(sub, "renew-intermediate") || !strcmp(sub, "root-crl")) {
+        if (!root_key)
+            return usage_err(sub, "--root-key FILE is required (the root key brought back for "
+                                  "the ceremony)");
+        if (npos)
+            return usage_err(sub, "unexpected argument");
+        if (!strcmp(sub, "root-crl")) {
+            int d = days_given ? days : CA_ROOT_CRL_DAYS;
+            if ((rc = ca_root_crl(dir, root_key, d, revoke_inter, reason, warn_cb, (void *)sub,
+                                  &err)))
+                return fail(sub, &err, rc);
+            printf("re-signed %s/root.crl, valid %d days%s%s\n", dir, d,
+                   revoke_inter ? "; revoked intermediate " : "", revoke_inter ? revoke_inter : "");
+            printf("put the root key offline again\n");
+            return 0;
+        }
+        char s[80];
+        int d = days_given ? days : CA_INTERMEDIATE_DAYS;
+        if ((rc = ca_renew_intermediate(dir, root_key, new_key, d, s, warn_cb, (void *)sub, &err)))
+            return fail(sub, &err, rc);
+        printf("renewed the intermediate CA (%s key): %s/intermediate.crt, serial %s\n",
+               new_key ? "new" : "same", dir, s);
+        printf("put the root key offline again\n");
         return 0;
     }
     if (!strcmp(sub, "crl")) {
-        if (!out)
-            return usage_err(sub, "--out FILE is required");
         int n = 0;
-        if ((rc = ca_crl(dir, out, &n, &err)))
+        char written[4096] = "";
+        if ((rc = ca_crl(dir, out, &n, written, sizeof(written), warn_cb, (void *)sub, &err))) {
+            if (!out && rc == MESHTLS_EINVAL) /* nothing remembered: a usage error */
+                return usage_err(sub, err.msg);
             return fail(sub, &err, rc);
-        printf("wrote %s: %d revoked certificate(s), valid %d days, plus the root's CRL\n", out, n,
-               CA_CRL_DAYS);
+        }
+        printf("wrote %s: %d revoked certificate(s), valid %d days, plus the root's CRL\n", written,
+               n, CA_CRL_DAYS);
         return 0;
     }
-    return do_list(dir, dir, json);
+    return do_list(dir, dir, json, &lf);
 }

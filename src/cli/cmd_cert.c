@@ -15,6 +15,7 @@
 
 #include <openssl/x509v3.h>
 
+#include "ca.h"
 #include "cli.h"
 #include "json_utf8.h"
 #include "parse.h"
@@ -29,7 +30,10 @@ static void cert_usage(FILE *f)
           "                                 DNS/IP/URI SANs and the SPIFFE ID\n"
           "  check FILE --min-days N        exit 0 if the first certificate is valid for at\n"
           "                                 least N more days, 1 if it expires sooner or has\n"
-          "                                 expired, 2 if the file cannot be read\n"
+          "                                 expired, 2 if the file cannot be read; a file of\n"
+          "                                 CRLs (ca crl's bundle): every CRL's nextUpdate at\n"
+          "                                 least N days ahead, 1 if one is nearer or past\n"
+          "                                 (STALE: a proxy run with --crl refuses clients)\n"
           "  verify --ca FILE [--crl FILE] [--purpose client|server] FILE\n"
           "                                 verify the chain in FILE (leaf first) against the\n"
           "                                 CA bundle, and against the CRLs if given; exit 0\n"
@@ -170,6 +174,80 @@ static int parse_days(const char *s, int *out)
     return mt_parse_int(s, 0, 100000, out) == 0 ? 0 : -1;
 }
 
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/*
+ * `cert check` on a CRL file: each CRL's nextUpdate against --min-days.  A
+ * CRL past nextUpdate is the outage of issue 9 (a proxy with --crl refuses
+ * every client whose chain it covers), so it is its own word: STALE.
+ */
+static int check_crls(const char *path, int min_days)
+{
+    STACK_OF(X509_CRL) *crls = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    int rc = meshtls_pem_read_crls(path, &crls, &err), status = 0;
+    if (rc != 0) {
+        cli_print_err("cert check", &err, rc);
+        fprintf(stderr, "meshtls cert check: UNKNOWN: %s cannot be read\n", path);
+        return 2;
+    }
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < sk_X509_CRL_num(crls); i++) {
+        X509_CRL *c = sk_X509_CRL_value(crls, i);
+        char issuer[512], when[32];
+        X509_NAME_oneline(X509_CRL_get_issuer(c), issuer, sizeof(issuer));
+        const ASN1_TIME *nu = X509_CRL_get0_nextUpdate(c);
+        if (!nu) {
+            printf("OK: %s: the CRL of %s has no nextUpdate\n", path, issuer);
+            continue;
+        }
+        int64_t t = asn1_unix(nu);
+        fmt_time(t, when, sizeof(when));
+        long long hours = (long long)((t - now) / 3600);
+        switch (ca_crl_freshness(t, now, (int64_t)min_days * 86400)) {
+        case CA_CRL_FRESH:
+            printf("OK: %s: the CRL of %s is valid until %s (%lld days; at least %d required)\n",
+                   path, issuer, when, hours / 24, min_days);
+            break;
+        case CA_CRL_NEAR:
+            printf("EXPIRING: %s: the CRL of %s goes stale on %s (in %lld hours, fewer than the "
+                   "%d days required); publish a new one (meshtls ca crl; the root's: meshtls ca "
+                   "root-crl with the root key)\n",
+                   path, issuer, when, hours, min_days);
+            status = 1;
+            break;
+        case CA_CRL_STALE:
+            printf("STALE: %s: the CRL of %s passed its nextUpdate on %s (%lld hours ago): a "
+                   "proxy run with --crl refuses every client whose chain it covers; publish a "
+                   "new one now (meshtls ca crl; the root's: meshtls ca root-crl with the root "
+                   "key)\n",
+                   path, issuer, when, -hours);
+            status = 1;
+            break;
+        }
+    }
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    return status;
+}
+
+/* 1 if `path` holds a PEM CRL (and no certificate): `cert check` checks CRLs then. */
+static int is_crl_file(const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    if (meshtls_read_file(path, MESHTLS_PEM_FILE_MAX, &buf, &len, NULL) != 0)
+        return 0;
+    int crl = strstr(buf, "-----BEGIN X509 CRL-----") && !strstr(buf, "-----BEGIN CERTIFICATE");
+    free(buf);
+    return crl;
+}
+
 static int cert_check(int argc, char **argv)
 {
     int c, min_days = -1;
@@ -196,6 +274,8 @@ static int cert_check(int argc, char **argv)
         return 2;
     }
     const char *path = argv[optind];
+    if (is_crl_file(path))
+        return check_crls(path, min_days);
     STACK_OF(X509) *certs = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc = meshtls_pem_read_certs(path, &certs, &err);

@@ -3,10 +3,10 @@
  * where each value came from (flag > environment > YAML file > default);
  * with --check, validate a role's settings and build its TLS context.
  *
- * The flags are not written here: every key of the configuration table that
- * has a flag is accepted, so a key added to the table is a flag here too.
+ * The flags are not written here: the command line is parsed by
+ * meshtls_config_parse_args() against the key tables, as `meshtls proxy` does, so a key
+ * added to a table is a flag here too, with the same checks and messages.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +17,6 @@
 #include "json_utf8.h"
 #include "meshtls/meshtls.h"
 #include "proxy.h" /* the proxy's keys, shown with the rest */
-
-enum { O_CONFIG = 1, O_ROLE, O_JSON, O_CHECK, O_KEYS, O_HELP, O_KEY = 1000 };
 
 static const char *const TYPE_NAMES[] = {"",     "text",      "path",         "bool",    "int",
                                          "enum", "SPIFFE ID", "trust domain", "duration"};
@@ -32,14 +30,17 @@ static const char *type_of(const struct meshtls_config_keydef *d)
 
 static void usage(FILE *f, const struct meshtls_config *cfg)
 {
+    static const char *const MODES[] = {"proxy server", "proxy client"}; /* PX_KEY_* bits */
     fputs("usage: meshtls config [--config FILE] [--role server|client] [--json] [--check]\n"
-          "                      [--keys] [FLAG VALUE]...\n"
+          "                      [--keys [--json|--markdown]] [FLAG VALUE]...\n"
           "\n"
           "Print every configuration key with its effective value and its source. Precedence:\n"
           "command-line flags, then environment (MESHTLS_*, GRPC_*), then the YAML file, then\n"
           "defaults. --check also checks that the role's required keys are set and builds its\n"
-          "TLS context from the files; it fails (exit 1) with the error that names what is\n"
-          "wrong. --keys lists the keys themselves (type, default, variables, flag).\n"
+          "TLS context from the files, and, when a proxy.* key is set, checks what\n"
+          "`meshtls proxy ROLE --check` checks; it fails (exit 1) with the errors that name\n"
+          "what is wrong. --keys lists the keys themselves (type, default, variables, flag);\n"
+          "--markdown as the reference table of docs/CONFIG.md.\n"
           "\n"
           "  --config FILE   YAML configuration file\n"
           "  --role ROLE     server (default) or client: the role flags such as --cert set\n"
@@ -47,19 +48,8 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
           "\n"
           "Flags that set a key (server.X or client.X follows --role):\n",
           f);
-    for (size_t i = 0; cfg && meshtls_config_key(cfg, i); i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i), *p = NULL;
-        for (size_t j = 0; j < i && d->flag; j++) /* print each flag once */
-            if ((p = meshtls_config_key(cfg, j))->flag && !strcmp(p->flag, d->flag))
-                break;
-            else
-                p = NULL;
-        if (d->flag && !p)
-            fprintf(f, "  %-26s %-6s %s%s%s\n", d->flag, d->flag_sets ? "" : "VALUE",
-                    !strncmp(d->name, "server.", 7) || !strncmp(d->name, "client.", 7) ? d->name + 7
-                                                                                       : d->name,
-                    d->flag_sets ? " = " : "", d->flag_sets ? d->flag_sets : "");
-    }
+    if (cfg)
+        meshtls_config_print_flags(cfg, f, NULL, 0, MODES, 2);
     fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
 }
 
@@ -67,23 +57,6 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
 static json_t *jstr(const char *s)
 {
     return mt_json_string(s ? s : "");
-}
-
-/* The key flag `flag` sets for `role`: the role's own key, else any key with that flag. */
-static const char *flag_key(const struct meshtls_config *cfg, const char *flag, const char *role)
-{
-    const char *any = NULL;
-    size_t rl = strlen(role);
-    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
-        if (!d->flag || strcmp(d->flag, flag))
-            continue;
-        if (!strncmp(d->name, role, rl) && d->name[rl] == '.')
-            return d->name;
-        if (!any && strncmp(d->name, "server.", 7) && strncmp(d->name, "client.", 7))
-            any = d->name;
-    }
-    return any;
 }
 
 static void list_keys(const struct meshtls_config *cfg, int json)
@@ -110,14 +83,107 @@ static void list_keys(const struct meshtls_config *cfg, int json)
         mt_json_print(arr, stdout);
 }
 
+/* `ms` as the largest unit that divides it: "1ms", "10s", "5m", "24h". */
+static void fmt_ms(long ms, char *buf, size_t cap)
+{
+    if (ms % 3600000 == 0)
+        snprintf(buf, cap, "%ldh", ms / 3600000);
+    else if (ms % 60000 == 0)
+        snprintf(buf, cap, "%ldm", ms / 60000);
+    else if (ms % 1000 == 0)
+        snprintf(buf, cap, "%lds", ms / 1000);
+    else
+        snprintf(buf, cap, "%ldms", ms);
+}
+
+/* Print `s` in a Markdown table cell ('|' escaped). */
+static void md_cell(const char *s)
+{
+    for (; s && *s; s++) {
+        if (*s == '|')
+            putchar('\\');
+        putchar(*s);
+    }
+}
+
+/*
+ * --keys --markdown: the reference table of docs/CONFIG.md, generated from the key tables
+ * (tests/integration/test_config_check.py holds the document to it).
+ */
+static void list_keys_markdown(const struct meshtls_config *cfg)
+{
+    puts("| key | type | default | environment | flag | used by | meaning |\n"
+         "| --- | --- | --- | --- | --- | --- | --- |");
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
+        char a[32], b[32], type[128];
+        if (d->type == MESHTLS_CFG_INT)
+            snprintf(type, sizeof(type), "int %ld–%ld", d->min, d->max);
+        else if (d->type == MESHTLS_CFG_DURATION) {
+            fmt_ms(d->min, a, sizeof(a));
+            fmt_ms(d->max, b, sizeof(b));
+            snprintf(type, sizeof(type), "duration %s–%s", a, b);
+        } else if (d->type == MESHTLS_CFG_ENUM)
+            snprintf(type, sizeof(type), "%s", d->choices);
+        else
+            snprintf(type, sizeof(type), "%s", type_of(d));
+        const char *used = !strncmp(d->name, "server.", 7)   ? "server role"
+                           : !strncmp(d->name, "client.", 7) ? "client role"
+                           : strncmp(d->name, "proxy.", 6)   ? "all"
+                           : d->modes == PX_KEY_SERVER       ? "proxy server"
+                           : d->modes == PX_KEY_CLIENT       ? "proxy client"
+                                                             : "proxy";
+        printf("| `%s` | ", d->name);
+        md_cell(type);
+        printf(" | %s%s%s | `", d->def ? "`" : "–", d->def ? d->def : "", d->def ? "`" : "");
+        const char *env = meshtls_config_key_env(cfg, d->name);
+        for (; *env; env++) /* "A, B" -> `A`, `B` */
+            if (*env == ',') {
+                fputs("`, `", stdout);
+                env++;
+            } else
+                putchar(*env);
+        printf("` | ");
+        if (d->flag)
+            printf("`%s`%s%s%s%s", d->flag, d->flag_sets ? " (sets `" : "",
+                   d->flag_sets ? d->flag_sets : "", d->flag_sets ? "`)" : "",
+                   d->opts & MESHTLS_KEY_REPEAT ? " (repeatable)" : "");
+        else
+            putchar('-');
+        printf(" | %s%s | ", used, d->modes == MESHTLS_MODE_LIBRARY ? " (not the proxy)" : "");
+        md_cell(d->help);
+        puts(" |");
+    }
+}
+
+/* `v` on one line: the items of a repeated flag ('\n' between) joined with ", "; "-" for
+ * NULL.  @return `v` itself or `buf`. */
+static const char *one_line(const char *v, char *buf, size_t cap)
+{
+    size_t n = 0;
+    if (!v)
+        return "-";
+    if (!strchr(v, '\n'))
+        return v;
+    for (; *v && n + 3 < cap; v++)
+        if (*v == '\n') {
+            buf[n++] = ',';
+            buf[n++] = ' ';
+        } else
+            buf[n++] = *v;
+    buf[n] = '\0';
+    return buf;
+}
+
 static void show(const struct meshtls_config *cfg, int json)
 {
+    char line[4200];
     json_t *all = json ? json_object() : NULL;
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
         const char *v = meshtls_config_get(cfg, k, &src);
         if (!json) {
-            printf("%-28s %-40s %s\n", k, v ? v : "-", src);
+            printf("%-28s %-40s %s\n", k, one_line(v, line, sizeof(line)), src);
             continue;
         }
         json_t *o = json_object();
@@ -129,81 +195,98 @@ static void show(const struct meshtls_config *cfg, int json)
         mt_json_print(all, stdout);
 }
 
+/* Does any source set a proxy.* key (the configuration is a proxy's)? */
+static int uses_proxy(const struct meshtls_config *cfg)
+{
+    for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
+        const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
+        if (strncmp(k, "proxy.", 6) == 0 && meshtls_config_get(cfg, k, &src) && src &&
+            strcmp(src, "default") != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * --check of a configuration with a proxy: section: what `meshtls proxy ROLE --check`
+ * checks (the role is the mode), from the same code.  @return 0, or 1 after printing each
+ * error found.
+ */
+static int check_proxy(const struct meshtls_config *cfg, const char *role)
+{
+    struct px_config c;
+    struct px_check_report rep;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    enum px_mode mode = !strcmp(role, "server") ? PX_MODE_SERVER : PX_MODE_CLIENT;
+    int rc = px_config_from(cfg, mode, &c, &err);
+    if (rc) {
+        cli_print_err("config", &err, rc);
+        return 1;
+    }
+    memset(&rep, 0, sizeof(rep));
+    if ((rc = px_config_rules(cfg, &c, &err)) != 0) {
+        snprintf(rep.msg[PX_CHECK_POLICY], sizeof(rep.msg[PX_CHECK_POLICY]), "%s", err.msg);
+        rep.nerrors = 1;
+    }
+    if (px_config_check(&c, &rep) != 0) {
+        for (int i = 0; i < PX_CHECK_N; i++)
+            if (rep.msg[i][0])
+                fprintf(stderr, "meshtls config: proxy %s: %s: %s\n", role,
+                        px_check_class_name((enum px_check_class)i), rep.msg[i]);
+        rc = 1;
+    }
+    px_config_release(&c);
+    return rc;
+}
+
 int cmd_config(int argc, char **argv)
 {
     const char *file = NULL, *role = "server";
-    int json = 0, check = 0, keys = 0, opt, rc = 0, status = 2;
-    size_t nopt = 0, nset = 0;
-    struct meshtls_config *cfg = NULL;
+    int json = 0, check = 0, keys = 0, markdown = 0, help = 0, rc = 0, status = 2;
+    struct meshtls_config *cfg = NULL, *scratch = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    struct option *o = NULL;
-    struct {
-        size_t key; /* index of the first key with this flag */
-        const char *value;
-    } *sets = NULL;
-    static const struct option fixed[] = {{"config", 1, 0, O_CONFIG}, {"role", 1, 0, O_ROLE},
-                                          {"json", 0, 0, O_JSON},     {"check", 0, 0, O_CHECK},
-                                          {"keys", 0, 0, O_KEYS},     {"help", 0, 0, O_HELP}};
-    size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
+    const struct meshtls_config_opt opts[] = {
+        {"--config", 1, &file, NULL}, {"--role", 1, &role, NULL},
+        {"--json", 0, NULL, &json},   {"--check", 0, NULL, &check},
+        {"--keys", 0, NULL, &keys},   {"--markdown", 0, NULL, &markdown},
+        {"--help", 0, NULL, &help}};
+    const size_t nopts = sizeof(opts) / sizeof(opts[0]);
 
-    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0) {
+    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0 ||
+        meshtls_config_new(&scratch) != 0 || px_config_register(scratch, NULL) != 0) {
         fprintf(stderr, "meshtls config: out of memory\n");
         status = 1;
         goto out;
     }
-    /* getopt table: our own options, then every distinct flag of the key table */
-    size_t nkeys = meshtls_config_key_count(cfg);
-    o = calloc(nfixed + nkeys + 1, sizeof(*o));
-    sets = calloc((size_t)argc + 1, sizeof(*sets));
-    if (!o || !sets) {
-        fprintf(stderr, "meshtls config: out of memory\n");
-        status = 1;
-        goto out;
-    }
-    memcpy(o, fixed, sizeof(fixed));
-    nopt = nfixed;
-    for (size_t i = 0; i < nkeys; i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
-        int dup = 0;
-        for (size_t j = nfixed; d->flag && j < nopt && !dup; j++)
-            dup = !strcmp(o[j].name, d->flag + 2);
-        if (!d->flag || dup)
-            continue;
-        o[nopt].name = d->flag + 2;
-        o[nopt].has_arg = d->flag_sets ? no_argument : required_argument;
-        o[nopt++].val = O_KEY + (int)i;
-    }
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", o, NULL)) != -1) {
-        switch (opt) {
-        case O_CONFIG: file = optarg; break;
-        case O_ROLE: role = optarg; break;
-        case O_JSON: json = 1; break;
-        case O_CHECK: check = 1; break;
-        case O_KEYS: keys = 1; break;
-        case O_HELP:
-            usage(stdout, cfg);
-            status = 0;
-            goto out;
-        default:
-            if (opt < O_KEY || (size_t)(opt - O_KEY) >= nkeys) {
-                fputs("Try 'meshtls config --help'.\n", stderr);
-                goto out;
-            }
-            sets[nset].key = (size_t)(opt - O_KEY);
-            sets[nset++].value = optarg;
-        }
-    }
-    if (optind != argc) {
-        fprintf(stderr, "meshtls config: unexpected argument '%s'\n", argv[optind]);
-        goto out;
-    }
+    /* Every flag of the key tables is ours (modes 0: the proxy's too).  --role decides which
+     * role's key a shared flag such as --cert sets, so a first pass over a scratch copy only
+     * finds --role; the second sets the keys (and reports what the first may have met). */
+    (void)meshtls_config_parse_args(scratch, argc - 1, argv + 1, NULL, 0, opts, nopts, NULL);
     if (strcmp(role, "server") && strcmp(role, "client")) {
         fprintf(stderr, "meshtls config: --role '%s': expected server or client\n", role);
         goto out;
     }
-    if (keys) {
-        list_keys(cfg, json);
+    json = check = keys = markdown = help = 0;
+    if ((rc = meshtls_config_parse_args(cfg, argc - 1, argv + 1, role, 0, opts, nopts, &err))) {
+        cli_print_err("config", &err, rc);
+        rc = 0;
+        if (err.code == MESHTLS_EPARSE) { /* a usage error; a refused value is exit 1 */
+            fputs("Try 'meshtls config --help'.\n", stderr);
+            goto out;
+        }
+        status = 1;
+        goto out;
+    }
+    if (help) {
+        usage(stdout, cfg);
+        status = 0;
+        goto out;
+    }
+    if (keys || markdown) {
+        if (markdown)
+            list_keys_markdown(cfg);
+        else
+            list_keys(cfg, json);
         status = 0;
         goto out;
     }
@@ -211,28 +294,18 @@ int cmd_config(int argc, char **argv)
     if ((file && (rc = meshtls_config_load_file(cfg, file, &err))) ||
         (rc = meshtls_config_load_env(cfg, NULL, &err)))
         goto out;
-    for (size_t i = 0; i < nset; i++) {
-        const struct meshtls_config_keydef *d = meshtls_config_key(cfg, sets[i].key);
-        const char *key = flag_key(cfg, d->flag, role);
-        if (!key) {
-            fprintf(stderr, "meshtls config: %s sets no key of the %s role\n", d->flag, role);
-            status = 2;
-            goto out;
-        }
-        if ((rc = meshtls_config_set(cfg, key, d->flag_sets ? d->flag_sets : sets[i].value, d->flag,
-                                     &err)))
-            goto out;
-    }
     show(cfg, json);
     if (check) {
-        struct meshtls_tls_opts opts;
+        struct meshtls_tls_opts o;
         SSL_CTX *ctx = NULL;
-        if ((rc = meshtls_config_tls_opts(cfg, role, &opts, &err)))
+        if ((rc = meshtls_config_tls_opts(cfg, role, &o, &err)))
             goto out;
-        rc = !strcmp(role, "server") ? meshtls_tls_server_ctx_new(&opts, &ctx, &err)
-                                     : meshtls_tls_client_ctx_new(&opts, &ctx, &err);
+        rc = !strcmp(role, "server") ? meshtls_tls_server_ctx_new(&o, &ctx, &err)
+                                     : meshtls_tls_client_ctx_new(&o, &ctx, &err);
         SSL_CTX_free(ctx);
         if (rc)
+            goto out;
+        if (uses_proxy(cfg) && (status = check_proxy(cfg, role)) != 0)
             goto out;
         fprintf(stderr, "meshtls config: %s configuration OK\n", role);
     }
@@ -240,8 +313,7 @@ int cmd_config(int argc, char **argv)
 out:
     if (rc)
         cli_print_err("config", &err, rc);
-    free(sets);
-    free(o);
+    meshtls_config_free(scratch);
     meshtls_config_free(cfg);
     return status;
 }

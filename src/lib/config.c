@@ -188,32 +188,15 @@ static int parse_long(const char *v, long *out)
     return 0;
 }
 
-/* "500ms", "10s", "5m", "1h", or "10" (seconds), into milliseconds. */
+/* "500ms", "10s", "5m", "1h", or "10" (seconds), into milliseconds: parse.h's parser, so a
+ * duration means the same in a flag, a variable, a file and the policy store. */
 static int parse_duration(const char *v, long *ms)
 {
-    static const struct {
-        const char *unit;
-        long mult;
-    } U[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
-    char num[24];
-    size_t n = 0;
-    while (v[n] >= '0' && v[n] <= '9')
-        n++;
-    if (n == 0 || n >= sizeof(num))
+    int64_t x;
+    if (mt_parse_duration_ms(v, LONG_MAX, &x) != 0)
         return -1;
-    memcpy(num, v, n);
-    num[n] = '\0';
-    long x;
-    if (parse_long(num, &x))
-        return -1;
-    for (size_t i = 0; i < sizeof(U) / sizeof(U[0]); i++)
-        if (!strcmp(v + n, U[i].unit)) {
-            if (x > LONG_MAX / U[i].mult)
-                return -1;
-            *ms = x * U[i].mult;
-            return 0;
-        }
-    return -1;
+    *ms = (long)x;
+    return 0;
 }
 
 /* "a file path", "true or false", ...: what a value of key `d` must look like. */
@@ -387,6 +370,11 @@ static int row_check(const struct meshtls_config *cfg, struct kent *news, size_t
                                "config key '%s': flag '%s' must start "
                                "with --",
                                d->name, d->flag);
+    if ((d->opts & MESHTLS_KEY_REPEAT) && (d->flag_sets || !d->flag || d->def))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "config key '%s': a repeatable flag takes a value and the key "
+                               "has no default",
+                               d->name);
     size_t j = 0;
     j += (size_t)snprintf(e->env, sizeof(e->env), "MESHTLS_");
     for (const char *p = d->name; *p; p++)
@@ -506,17 +494,298 @@ const char *meshtls_config_key_env(const struct meshtls_config *cfg, const char 
 
 /* ---- values ------------------------------------------------------------------------ */
 
+/* A repeatable key's flag given again: check `v` as one item and add it ('\n' between). */
+static int slot_append(struct slot *s, const struct kent *e, const char *v, const char *label,
+                       struct meshtls_err *err)
+{
+    int rc = validate(e->d, v, label, err);
+    if (rc)
+        return rc;
+    size_t a = strlen(s->value), b = strlen(v);
+    if (a + 1 + b > VALUE_MAX)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "%s: the values of %s are longer than %d bytes",
+                               label, e->d->name, VALUE_MAX);
+    char *nv = malloc(a + 1 + b + 1);
+    if (!nv)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    memcpy(nv, s->value, a);
+    nv[a] = '\n';
+    memcpy(nv + a + 1, v, b + 1);
+    free(s->value);
+    s->value = nv;
+    return 0;
+}
+
 int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *value,
                        const char *flag, struct meshtls_err *err)
 {
     struct kent *e = find(cfg, key);
     if (!e)
         return meshtls_err_set(err, MESHTLS_EINVAL, "unknown configuration key '%.64s'", key);
-    return slot_put(&e->v[MESHTLS_SRC_FLAG], e, value,
-                    flag         ? flag
-                    : e->d->flag ? e->d->flag
-                                 : e->d->name,
-                    0, err);
+    const char *label = flag ? flag : e->d->flag ? e->d->flag : e->d->name;
+    if ((e->d->opts & MESHTLS_KEY_REPEAT) && e->v[MESHTLS_SRC_FLAG].value)
+        return slot_append(&e->v[MESHTLS_SRC_FLAG], e, value, label, err);
+    return slot_put(&e->v[MESHTLS_SRC_FLAG], e, value, label, 0, err);
+}
+
+/* ---- command lines --------------------------------------------------------------- */
+
+/* Does key `d`'s flag apply to a command of `role` and `modes`? */
+static int flag_applies(const struct meshtls_config_keydef *d, const char *role, unsigned modes)
+{
+    size_t sl = sec_len(d->name);
+    int role_sec = (sl == 6 && (!strncmp(d->name, "server", 6) || !strncmp(d->name, "client", 6)));
+    int mode_ok = d->modes == 0 || modes == 0 || (d->modes & modes) != 0;
+    if (role_sec) /* role NULL: --help of every mode lists both roles' flags */
+        return mode_ok && (!role || (strlen(role) == 6 && !strncmp(d->name, role, 6)));
+    return mode_ok;
+}
+
+int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
+                              const char *role, unsigned modes,
+                              const struct meshtls_config_opt *opts, size_t nopts,
+                              struct meshtls_err *err)
+{
+    unsigned char *given = calloc(cfg->n + 1, 1); /* MESHTLS_KEY_ONCE */
+    int rc = 0;
+    if (!given)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    for (int i = 0; i < argc && rc == 0; i++) {
+        const char *a = argv[i], *eq, *val = NULL;
+        char name[NAME_MAX_LEN + 3];
+        if (!strcmp(a, "--")) {
+            if (i + 1 < argc)
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'",
+                                     argv[i + 1]);
+            break;
+        }
+        if (strncmp(a, "--", 2) != 0 || !a[2]) {
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'", a);
+            break;
+        }
+        eq = strchr(a, '=');
+        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        if (nl >= sizeof(name)) {
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unknown option '%.64s...'", a);
+            break;
+        }
+        memcpy(name, a, nl);
+        name[nl] = '\0';
+        if (eq)
+            val = eq + 1;
+        /* the command's own options first */
+        size_t j;
+        for (j = 0; j < nopts && strcmp(opts[j].flag, name); j++)
+            ;
+        if (j < nopts) {
+            if (opts[j].has_arg && !val && i + 1 >= argc) {
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s needs a value", name);
+                break;
+            }
+            if (!opts[j].has_arg && val) {
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s takes no value", name);
+                break;
+            }
+            if (opts[j].has_arg && !val)
+                val = argv[++i];
+            if (opts[j].value)
+                *opts[j].value = val;
+            if (opts[j].count)
+                (*opts[j].count)++;
+            continue;
+        }
+        /* then the keys: the one that applies here, else say whose flag it is */
+        struct kent *e = NULL, *other = NULL;
+        size_t ki = 0;
+        for (size_t k = 0; k < cfg->n && !e; k++) {
+            const struct meshtls_config_keydef *d = cfg->k[k]->d;
+            if (!d->flag || strcmp(d->flag, name))
+                continue;
+            if (flag_applies(d, role, modes)) {
+                e = cfg->k[k];
+                ki = k;
+            } else if (!other)
+                other = cfg->k[k];
+        }
+        if (!e && other) {
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s does not apply to this mode (it sets %s)",
+                                 name, other->d->name);
+            break;
+        }
+        if (!e) {
+            const char *best = NULL;
+            size_t bd = 99;
+            for (size_t k = 0; k < cfg->n; k++) {
+                const struct meshtls_config_keydef *d = cfg->k[k]->d;
+                if (d->flag && flag_applies(d, role, modes) && distance(name, d->flag) < bd) {
+                    bd = distance(name, d->flag);
+                    best = d->flag;
+                }
+            }
+            for (size_t k = 0; k < nopts; k++)
+                if (distance(name, opts[k].flag) < bd) {
+                    bd = distance(name, opts[k].flag);
+                    best = opts[k].flag;
+                }
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unknown option '%.64s'%s%s%s", name,
+                                 best && bd <= 2 ? " (did you mean '" : "",
+                                 best && bd <= 2 ? best : "", best && bd <= 2 ? "'?)" : "");
+            break;
+        }
+        const struct meshtls_config_keydef *d = e->d;
+        if (d->flag_sets && val) {
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s takes no value (it sets %s to %s)", name,
+                                 d->name, d->flag_sets);
+            break;
+        }
+        if (!d->flag_sets && !val) {
+            if (i + 1 >= argc) {
+                rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s needs a value (%s)", name, d->help);
+                break;
+            }
+            val = argv[++i];
+        }
+        if ((d->opts & MESHTLS_KEY_ONCE) && given[ki]) {
+            rc = meshtls_err_set(err, MESHTLS_EPARSE, "%s is given twice: give one %s", name,
+                                 d->help);
+            break;
+        }
+        given[ki] = 1;
+        rc = meshtls_config_set(cfg, d->name, d->flag_sets ? d->flag_sets : val, name, err);
+    }
+    free(given);
+    return rc;
+}
+
+/* The value's name in --help: the row's metavar, else one from the type. */
+static const char *metavar_of(const struct meshtls_config_keydef *d)
+{
+    if (d->flag_sets)
+        return "";
+    if (d->metavar)
+        return d->metavar;
+    switch (d->type) {
+    case MESHTLS_CFG_PATH: return "FILE";
+    case MESHTLS_CFG_INT: return "N";
+    case MESHTLS_CFG_DURATION: return "D";
+    case MESHTLS_CFG_ENUM: return d->choices;
+    case MESHTLS_CFG_SPIFFE_ID: return "URI";
+    case MESHTLS_CFG_TRUST_DOMAIN: return "TD";
+    case MESHTLS_CFG_BOOL: return "BOOL";
+    default: return "VALUE";
+    }
+}
+
+/* The heading key `d` is listed under. */
+static void group_of(const struct meshtls_config_keydef *d, char *buf, size_t cap)
+{
+    if (d->group)
+        snprintf(buf, cap, "%s", d->group);
+    else
+        snprintf(buf, cap, "%.*s", (int)sec_len(d->name), d->name);
+}
+
+/* "  LHS   TEXT" with TEXT word-wrapped to 80 columns under column 33. */
+static void print_wrapped(FILE *f, const char *lhs, const char *text)
+{
+    enum { COL = 33, WIDTH = 80 };
+    int col = fprintf(f, "  %s", lhs);
+    if (col > COL - 1) {
+        fputc('\n', f);
+        col = 0;
+    }
+    fprintf(f, "%*s", COL - col, "");
+    col = COL;
+    for (const char *p = text; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t w = strcspn(p, " ");
+        if (!w)
+            break;
+        if (col > COL && col + 1 + (int)w > WIDTH) {
+            fprintf(f, "\n%*s", COL, "");
+            col = COL;
+        }
+        col += fprintf(f, "%s%.*s", col > COL ? " " : "", (int)w, p);
+        p += w;
+    }
+    fputc('\n', f);
+}
+
+void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f, const char *role,
+                                unsigned modes, const char *const *mode_names, size_t nmode_names)
+{
+    char g[64], g2[64];
+    unsigned char *done = calloc(cfg->n + 1, 1);
+    if (!done)
+        return;
+    for (size_t i = 0; i < cfg->n; i++) { /* each group, in order of first appearance */
+        const struct meshtls_config_keydef *d = cfg->k[i]->d;
+        if (done[i] || !d->flag || !flag_applies(d, role, modes))
+            continue;
+        group_of(d, g, sizeof(g));
+        fprintf(f, "%s:\n", g);
+        for (size_t j = i; j < cfg->n; j++) {
+            const struct meshtls_config_keydef *e = cfg->k[j]->d;
+            if (done[j] || !e->flag || !flag_applies(e, role, modes))
+                continue;
+            group_of(e, g2, sizeof(g2));
+            if (strcmp(g, g2) != 0)
+                continue;
+            /* the same flag for both roles (--cert): one line; tag a flag of one role/mode */
+            int srv = 0, cli = 0;
+            unsigned bits = 0;
+            for (size_t k = j; k < cfg->n; k++) {
+                const struct meshtls_config_keydef *x = cfg->k[k]->d;
+                if (!x->flag || strcmp(x->flag, e->flag) || !flag_applies(x, role, modes))
+                    continue;
+                done[k] = 1;
+                srv |= !strncmp(x->name, "server.", 7);
+                cli |= !strncmp(x->name, "client.", 7);
+                bits |= x->modes;
+            }
+            char tag[64] = "";
+            if (!role && srv != cli)
+                snprintf(tag, sizeof(tag), " [%s]", srv ? "server" : "client");
+            else if (bits && mode_names && (modes == 0 || (bits & modes) != modes)) {
+                size_t tl = 0;
+                unsigned shown = modes ? bits & modes : bits;
+                for (size_t b = 0; b < nmode_names && b < 32 && tl + 2 < sizeof(tag); b++)
+                    if ((shown >> b) & 1u)
+                        tl += (size_t)snprintf(tag + tl, sizeof(tag) - tl, "%s%s", tl ? "|" : " [",
+                                               mode_names[b]);
+                if (tl && tl + 2 < sizeof(tag))
+                    snprintf(tag + tl, sizeof(tag) - tl, "]");
+            }
+            char lhs[80], text[1024];
+            const char *mv = metavar_of(e);
+            snprintf(lhs, sizeof(lhs), "%s%s%s", e->flag, *mv ? " " : "", mv);
+            snprintf(text, sizeof(text), "%s%s%s%s%s%s%s",
+                     e->flag_sets && !strcmp(e->flag_sets, "false") ? "turns off: " : "",
+                     e->help ? e->help : "", tag, e->def && !e->flag_sets ? " (default " : "",
+                     e->def && !e->flag_sets ? e->def : "", e->def && !e->flag_sets ? ")" : "",
+                     e->opts & MESHTLS_KEY_REPEAT ? " (repeatable)" : "");
+            print_wrapped(f, lhs, text);
+        }
+    }
+    free(done);
+}
+
+int meshtls_config_apply_log(const struct meshtls_config *cfg, struct meshtls_err *err)
+{
+    const char *src = NULL, *lv = meshtls_config_get(cfg, "log.level", &src);
+    int lvl = lv ? meshtls_log_level_parse(lv) : MESHTLS_LOG_INFO;
+    if (lvl < 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "%s: '%.64s' for log.level: expected debug, info, warn or error",
+                               src, lv);
+    const char *fv = meshtls_config_get(cfg, "log.format", &src);
+    if (fv && strcmp(fv, "text") && strcmp(fv, "json"))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "%s: '%.64s' for log.format: expected text or json", src, fv);
+    meshtls_log_set_level(lvl);
+    meshtls_log_set_json(fv && !strcmp(fv, "json"));
+    return 0;
 }
 
 const char *meshtls_config_get(const struct meshtls_config *cfg, const char *key,

@@ -115,16 +115,19 @@ static int add_sans(struct meshtls_identity *id, X509 *cert)
         return crit == -1 ? 0 : MESHTLS_EPARSE; /* -1: absent; otherwise malformed */
     for (int i = 0; i < sk_GENERAL_NAME_num(gens) && rc == 0; i++) {
         GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
-        if (g->type == GEN_DNS || g->type == GEN_URI) {
-            ASN1_IA5STRING *s = g->type == GEN_DNS ? g->d.dNSName : g->d.uniformResourceIdentifier;
+        if (g->type == GEN_DNS || g->type == GEN_URI || g->type == GEN_EMAIL) {
+            ASN1_IA5STRING *s = g->type == GEN_DNS   ? g->d.dNSName
+                                : g->type == GEN_URI ? g->d.uniformResourceIdentifier
+                                                     : g->d.rfc822Name;
             const char *data = (const char *)ASN1_STRING_get0_data(s);
             size_t len = (size_t)ASN1_STRING_length(s);
             if (memchr(data, '\0', len)) {
                 rc = MESHTLS_EPARSE; /* embedded NUL: never a valid name */
                 break;
             }
-            rc = g->type == GEN_DNS ? push(&id->dns, &id->n_dns, data, len)
-                                    : push(&id->uris, &id->n_uris, data, len);
+            rc = g->type == GEN_DNS   ? push(&id->dns, &id->n_dns, data, len)
+                 : g->type == GEN_URI ? push(&id->uris, &id->n_uris, data, len)
+                                      : push(&id->emails, &id->n_emails, data, len);
         } else if (g->type == GEN_IPADD) {
             char buf[INET6_ADDRSTRLEN];
             const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
@@ -250,6 +253,7 @@ void meshtls_identity_free(struct meshtls_identity *id)
     free_list(id->dns, id->n_dns);
     free_list(id->ips, id->n_ips);
     free_list(id->uris, id->n_uris);
+    free_list(id->emails, id->n_emails);
     free(id);
 }
 

@@ -272,8 +272,13 @@ static void put_field(struct lbuf *b, const struct meshtls_log_field *f)
         return;
     }
     put_raw(b, "\"", 1);
+    if (b->cut)
+        return; /* not even the opening quote fit: finish() ends the line with "..." */
     if (put_escaped(b, s, 1) == 0) {
-        put_raw(b, "\"", 1);
+        /* the closing quote always goes in, past `lim` if need be (CUT_RESERVE holds it) */
+        b->p[b->n++] = '"';
+        if (b->n > b->lim)
+            b->cut = 1;
     } else {
         /* cut inside the quotes: close them, so the line still splits (CUT_RESERVE) */
         memcpy(b->p + b->n, "...\"", 4);

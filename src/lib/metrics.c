@@ -39,7 +39,12 @@ struct mt_series {
     double (*fn)(void *arg); /* callback series: value computed at scrape, no slots */
     void *fn_arg;
     _Atomic uint64_t set_bits; /* gauge: the double last given to mt_gauge_set */
-    unsigned char *slots;      /* nshards x fam->stride bytes, 64-aligned (owned) */
+    unsigned char *slots;      /* nshards x stride bytes, 64-aligned (owned) */
+    /* Copies of the family's and registry's constants, so a hot-path update reads one line
+     * of this struct and no other object. */
+    enum mt_type type;
+    unsigned nshards;
+    size_t stride;
 };
 
 struct mt_family {
@@ -66,10 +71,9 @@ struct mt_metrics {
 
 static _Atomic uint64_t *slot_u64(struct mt_series *s, unsigned shard)
 {
-    unsigned n = s->fam->reg->nshards;
-    if (shard >= n)
-        shard = n - 1;
-    return (_Atomic uint64_t *)(void *)(s->slots + (size_t)shard * s->fam->stride);
+    if (shard >= s->nshards)
+        shard = s->nshards - 1;
+    return (_Atomic uint64_t *)(void *)(s->slots + (size_t)shard * s->stride);
 }
 
 static uint64_t dbl_bits(double d)
@@ -88,14 +92,14 @@ static double bits_dbl(uint64_t u)
 
 void mt_counter_add(struct mt_series *s, unsigned shard, uint64_t n)
 {
-    if (s->fam->type != MT_COUNTER || !s->slots)
+    if (s->type != MT_COUNTER || !s->slots)
         return;
     atomic_fetch_add_explicit(slot_u64(s, shard), n, memory_order_relaxed);
 }
 
 void mt_gauge_add(struct mt_series *s, unsigned shard, int64_t delta)
 {
-    if (s->fam->type != MT_GAUGE || !s->slots)
+    if (s->type != MT_GAUGE || !s->slots)
         return;
     /* two's complement: adding the uint64 image of a negative delta subtracts */
     atomic_fetch_add_explicit(slot_u64(s, shard), (uint64_t)delta, memory_order_relaxed);
@@ -103,7 +107,7 @@ void mt_gauge_add(struct mt_series *s, unsigned shard, int64_t delta)
 
 void mt_gauge_set(struct mt_series *s, double v)
 {
-    if (s->fam->type != MT_GAUGE)
+    if (s->type != MT_GAUGE)
         return;
     atomic_store_explicit(&s->set_bits, dbl_bits(v), memory_order_relaxed);
 }
@@ -130,7 +134,7 @@ void mt_histogram_observe(struct mt_series *s, unsigned shard, double v)
 static uint64_t sum_word(struct mt_series *s, size_t i)
 {
     uint64_t t = 0;
-    for (unsigned k = 0; k < s->fam->reg->nshards; k++)
+    for (unsigned k = 0; k < s->nshards; k++)
         t += atomic_load_explicit(&slot_u64(s, k)[i], memory_order_relaxed);
     return t;
 }
@@ -396,6 +400,9 @@ static int series_new(struct mt_family *f, const char *const *values, struct mt_
     if (!s)
         return meshtls_err_set(err, MESHTLS_ENOMEM, "metric %s: out of memory", f->name);
     s->fam = f;
+    s->type = f->type;
+    s->nshards = f->reg->nshards;
+    s->stride = f->stride;
     if (f->nlabels && !(s->values = calloc(f->nlabels, sizeof(char *))))
         goto nomem;
     for (size_t i = 0; i < f->nlabels; i++)

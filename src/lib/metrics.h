@@ -108,7 +108,9 @@ int mt_series_get(struct mt_family *f, const char *const *values, struct mt_seri
 /**
  * A series of a counter or gauge family whose value `fn(arg)` computes at each scrape
  * (seconds to a certificate's expiry, a cache's size).  `fn` runs under the registry mutex
- * on the scraping thread: it must not call into the registry.  `arg` is borrowed and must
+ * on the scraping thread: it must not register, create series or render (they take that
+ * mutex); reading other series with mt_series_value() is fine (one family derived from
+ * another, like validation failures from handshake errors).  `arg` is borrowed and must
  * outlive the registry or the caller's last scrape.  Fails with MESHTLS_EEXIST when the tuple
  * already has a series.  Same bounds and errors as mt_series_get().
  */

@@ -42,7 +42,7 @@ static int parse_allow(struct pf *f, const char *service)
                                    "%s:%zu: each rule is a mapping such as '- uri: spiffe://...'",
                                    f->y.name, line(f));
         if ((rc = expect(f, YAML_SCALAR_EVENT,
-                         "a rule kind (uri, cn, ou, dns, trust-domain, "
+                         "a rule kind (uri, cn, ou, dns, trust-domain, ip, email, "
                          "allow-all)")) != 0)
             return rc;
         size_t l = line(f);
@@ -50,7 +50,7 @@ static int parse_allow(struct pf *f, const char *service)
         if (!kind)
             return meshtls_err_set(f->y.err, MESHTLS_EINVAL,
                                    "%s:%zu: unknown rule '%.64s' (use uri, cn, ou, dns, "
-                                   "trust-domain or allow-all)",
+                                   "trust-domain, ip, email or allow-all)",
                                    f->y.name, l, scalar(f));
         if ((rc = expect(f, YAML_SCALAR_EVENT, "a value for the rule")) != 0)
             return rc;

@@ -114,15 +114,34 @@ static int ex_indexes_ready(void)
  * so without this a refused handshake could not say whose certificate it was.  Called
  * for every certificate of the chain; on success it returns at once.
  */
-static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+static void keep_rejected(X509_STORE_CTX *sctx)
 {
-    if (ok)
-        return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
     X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
     if (ssl && leaf && rejected_idx >= 0 && !SSL_get_ex_data(ssl, rejected_idx) &&
         X509_up_ref(leaf) == 1 && SSL_set_ex_data(ssl, rejected_idx, leaf) != 1)
         X509_free(leaf);
+}
+
+/*
+ * A CRL past its nextUpdate.  OpenSSL's answer is to refuse every peer (what nginx does:
+ * a whole fleet locked out when one CRL publication is late).  Failing open for revoked
+ * certificates is not acceptable either.  We keep enforcing the last CRL we have: a
+ * certificate it lists stays refused (OpenSSL goes on to the revocation check when this
+ * callback accepts the expiry), any other is accepted, and the staleness is loud elsewhere
+ * (the proxy's meshtls_crl_stale gauge and its warnings; `meshtls cert check`).
+ */
+static int crl_expiry_tolerated(int ok, X509_STORE_CTX *sctx)
+{
+    return !ok && X509_STORE_CTX_get_error(sctx) == X509_V_ERR_CRL_HAS_EXPIRED;
+}
+
+static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    if (crl_expiry_tolerated(ok, sctx))
+        return 1;
+    if (!ok)
+        keep_rejected(sctx);
     return ok;
 }
 
@@ -332,7 +351,7 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
     X509_STORE_set_purpose(store, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
     if (o->partial_chain)
         X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-    SSL_CTX_set_verify_depth(ctx, 4);
+    SSL_CTX_set_verify_depth(ctx, o->verify_depth > 0 ? o->verify_depth : 4);
 
     if (server) {
         int mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
@@ -512,6 +531,10 @@ nomem:
  */
 static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
+    if (crl_expiry_tolerated(ok, sctx))
+        ok = 1; /* the last CRL we have still decides (see crl_expiry_tolerated) */
+    if (!ok)
+        keep_rejected(sctx); /* so the error can name what the server presented */
     if (!ok || X509_STORE_CTX_get_error_depth(sctx) != 0)
         return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -533,8 +556,10 @@ static int client_verify_cb(int ok, X509_STORE_CTX *sctx)
             match = 0;
     }
     meshtls_identity_free(id);
-    if (!match)
+    if (!match) {
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        keep_rejected(sctx);
+    }
     return match;
 }
 
@@ -636,9 +661,17 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
                      "(not built by meshtls_tls_client_ctx_new?): refused");
             return;
         }
-        snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s",
+        /* name what the server presented: the fix is on one side or the other */
+        struct meshtls_identity *id = NULL;
+        X509 *x = meshtls_tls_presented_cert(ssl);
+        if (x)
+            meshtls_identity_from_x509(x, &id, NULL);
+        snprintf(buf, cap, "the server's SPIFFE ID does not match %s%s: it presented %s%s%s",
                  e && e->spiffe_id ? e->spiffe_id : "trust domain ",
-                 e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "");
+                 e && !e->spiffe_id && e->trust_domain ? e->trust_domain : "",
+                 id && id->spiffe_id ? id->spiffe_id : "no SPIFFE ID",
+                 id && id->subject ? " with subject " : "", id && id->subject ? id->subject : "");
+        meshtls_identity_free(id);
         return;
     }
     snprintf(buf, cap, "%s", X509_verify_cert_error_string(v));

@@ -96,7 +96,10 @@ ssize_t mt_end_read(struct mt_end *e, char *buf, size_t n)
         if (ERR_peek_error() == 0 && errno == 0)
             return 0; /* EOF without close_notify: treat as end of stream */
         /* fall through */
-    default: ERR_clear_error(); return -2;
+    default:
+        e->last_err = ERR_peek_last_error(); /* for the closing reason (a peer's alert) */
+        ERR_clear_error();
+        return -2;
     }
 }
 
@@ -126,6 +129,7 @@ ssize_t mt_end_write(struct mt_end *e, const char *buf, size_t n)
         e->rd_ready = 0; /* retried on EPOLLIN */
         return -1;
     }
+    e->last_err = ERR_peek_last_error();
     ERR_clear_error();
     return -2;
 }

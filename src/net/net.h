@@ -115,6 +115,7 @@ struct mt_end {
     int wr_ready;     /* a write may make progress */
     int drained;      /* TLS end: OpenSSL's last read(2) since the last event came back short */
     int rdhup;        /* the peer's FIN (or an error) arrived: read until EOF */
+    unsigned long last_err; /* TLS end: OpenSSL's error at the last -2 (e.g. a peer's alert) */
 };
 
 /** Read up to `n` bytes.  @return >0 bytes, 0 end of stream, -1 would block, -2 error. */

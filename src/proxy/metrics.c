@@ -122,6 +122,12 @@ static double accept_paused(void *arg)
     return px_metrics.lstats ? (double)atomic_load(&px_metrics.lstats->accept_paused) : 0;
 }
 
+static double target_up(void *arg)
+{
+    (void)arg;
+    return atomic_load(&px_metrics.target_up);
+}
+
 static double vcache_hits(void *arg)
 {
     unsigned long long h = 0, m = 0;
@@ -139,6 +145,25 @@ static double vcache_misses(void *arg)
 static double scache_size(void *arg)
 {
     return (double)meshtls_session_cache_size(arg);
+}
+
+static double crl_next_update(void *arg)
+{
+    (void)arg;
+    struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    const struct px_snap *ps = (const struct px_snap *)s;
+    double v = ps && ps->crl_next_update ? (double)(ps->crl_next_update - (int64_t)time(NULL)) : 0;
+    mt_snap_release(s);
+    return v;
+}
+
+static double crl_stale(void *arg)
+{
+    (void)arg;
+    struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    double v = s ? (double)((const struct px_snap *)s)->crl_stale : 0;
+    mt_snap_release(s);
+    return v;
 }
 
 /* ---- registration --------------------------------------------------------------- */
@@ -215,6 +240,9 @@ int px_metrics_init(unsigned workers, struct meshtls_err *err)
                        "of file descriptors (EMFILE/ENFILE).",
                        NULL, &f, err));
     TRY(mt_series_fn(f, NULL, accept_paused, NULL, err));
+    TRY(mt_gauge_new(m->reg, "meshtls_target_up",
+                     "1 if the last /readyz connect check to the target worked.", NULL, &f, err));
+    TRY(mt_series_fn(f, NULL, target_up, NULL, err));
     if (px_metrics_vcache) {
         TRY(mt_counter_new(m->reg, "meshtls_verify_cache_lookups_total",
                            "Client chains looked up in the verified-chain cache.",
@@ -232,6 +260,23 @@ int px_metrics_init(unsigned workers, struct meshtls_err *err)
 fail:
     px_metrics_fini();
     return rc;
+}
+
+int px_metrics_add_crl(struct meshtls_err *err)
+{
+    struct mt_family *f = NULL;
+    int rc;
+    if (!px_metrics.reg)
+        return meshtls_err_set(err, MESHTLS_EINVAL, "metrics are not registered");
+    if ((rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_next_update_seconds",
+                           "Seconds until the soonest nextUpdate of the CRLs in use (negative: "
+                           "stale; the last CRL still refuses what it lists).",
+                           NULL, &f, err)) != 0 ||
+        (rc = mt_series_fn(f, NULL, crl_next_update, NULL, err)) != 0 ||
+        (rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_stale",
+                           "CRLs in use that are past their nextUpdate.", NULL, &f, err)) != 0)
+        return rc;
+    return mt_series_fn(f, NULL, crl_stale, NULL, err);
 }
 
 void px_metrics_fini(void)

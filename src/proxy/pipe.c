@@ -5,7 +5,19 @@
  */
 #include "pipe.h"
 
-int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_filter *f,
+/* End `e` failed: the protocol's reason if it has a hook, else `fallback`. */
+static void failed(struct mt_conn *c, const struct px_pipe_hooks *f, struct mt_end *e,
+                   const char *fallback)
+{
+    if (f && f->fail) {
+        f->fail(c, e, fallback, f->arg);
+        mt_conn_close(c, NULL);
+    } else {
+        mt_conn_close(c, fallback);
+    }
+}
+
+int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_hooks *f,
                  int idle_timeout_ms)
 {
     int progress = 1, rounds = 0;
@@ -16,7 +28,7 @@ int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_filt
             struct mt_end *dst = dir == 0 ? &c->up : &c->down;
             if (dst->shut_pending)
                 mt_end_flush_shutdown(dst);
-            if (dir == 0 && f && p->len[0] == 0) {
+            if (dir == 0 && f && f->fill && p->len[0] == 0) {
                 if (f->fill(c, p, f->arg, &progress) != 0)
                     return 0;
             } else if (p->len[dir] == 0 && !src->rd_eof && src->rd_ready) {
@@ -38,9 +50,11 @@ int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_filt
                     if (n == 0) {
                         src->rd_eof = 1;
                         progress = 1;
+                        if (f && f->eof)
+                            f->eof(c, p, dir, f->arg);
                     } else if (n == -2) {
-                        mt_conn_close(c, dir == 0 ? "client connection error"
-                                                  : "target connection error");
+                        failed(c, f, src,
+                               dir == 0 ? "client connection error" : "target connection error");
                         return 0;
                     }
                     break;
@@ -59,13 +73,14 @@ int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_filt
                     p->len[dir] -= (size_t)n;
                     progress = 1;
                 } else if (n == -2) {
-                    mt_conn_close(c, dir == 0 ? "target closed while sending"
-                                              : "client closed while receiving");
+                    failed(c, f, dst,
+                           dir == 0 ? "target closed while sending"
+                                    : "client closed while receiving");
                     return 0;
                 }
             }
             if (src->rd_eof && p->len[dir] == 0 && !dst->wr_shut &&
-                !(dir == 0 && f && f->holding(f->arg))) {
+                !(dir == 0 && f && f->fill && f->holding(f->arg))) {
                 mt_end_shut_write(dst); /* half-close follows the source */
                 progress = 1;
             }

@@ -20,15 +20,22 @@ struct px_pipe {
 };
 
 /*
- * Optional: a filter that produces direction 0's bytes instead of a plain read (the
- * proxy's HTTP/1.1 identity headers).  fill() runs when buf[0] is empty: it reads the
- * client, writes into buf[0] (getting it from the pool), counts bytes[0], sets *progress;
- * @return 0, or -1 if it closed the connection.  holding() says it still has bytes not yet
- * in buf[0], so the half-close towards the target waits.
+ * Optional hooks of the protocol (any may be NULL):
+ *   fill()    produces direction 0's bytes instead of a plain read (the proxy's HTTP/1.1
+ *             identity headers): runs when buf[0] is empty, reads the client, writes into
+ *             buf[0] (getting it from the pool), counts bytes[0], sets *progress;
+ *             @return 0, or -1 if it closed the connection;
+ *   holding() with fill: it still has bytes not yet in buf[0] (the half-close waits);
+ *   eof()     direction `dir`'s source reached end of stream (a place to note why);
+ *   fail()    reading or writing end `e` failed: record the closing reason (`fallback` is
+ *             the plain one); the pipe then closes with mt_conn_close(c, NULL).  Without
+ *             it the pipe closes with `fallback`.
  */
-struct px_pipe_filter {
+struct px_pipe_hooks {
     int (*fill)(struct mt_conn *c, struct px_pipe *p, void *arg, int *progress);
     int (*holding)(void *arg);
+    void (*eof)(struct mt_conn *c, struct px_pipe *p, int dir, void *arg);
+    void (*fail)(struct mt_conn *c, struct mt_end *e, const char *fallback, void *arg);
     void *arg;
 };
 
@@ -40,7 +47,7 @@ struct px_pipe_filter {
  * @param f NULL for a plain copy.
  * @return 1 if it stopped early (call again: on_io's return), else 0.
  */
-int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_filter *f,
+int px_pipe_step(struct mt_conn *c, struct px_pipe *p, const struct px_pipe_hooks *f,
                  int idle_timeout_ms);
 
 /** Give the buffers back (on_close).  Idempotent. */

@@ -178,28 +178,144 @@ int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls
 
 struct file_stamp {
     const char *path;
+    const char *flag; /* how the operator named it: "--cert", "--policy" */
     struct timespec mtime;
     ino_t ino;
     off_t size;
+    int missing; /* the last stat failed (logged once) */
+    int changed; /* changed since the last reload */
 };
 
+/* Read the file's identity.  A file that vanishes is logged once (a rotation that
+ * deletes before it writes, or a mistake): the current snapshot stays in service. */
 static void stamp(struct file_stamp *s)
 {
     struct stat st;
-    if (s->path && stat(s->path, &st) == 0) {
-        s->mtime = st.st_mtim;
-        s->ino = st.st_ino;
-        s->size = st.st_size;
+    if (!s->path)
+        return;
+    if (stat(s->path, &st) != 0) {
+        if (!s->missing)
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "%s %s: %s; the certificate and policy in service stay until it is "
+                        "back",
+                        s->flag, s->path, strerror(errno));
+        s->missing = 1;
+        return;
     }
+    if (s->missing)
+        meshtls_log(MESHTLS_LOG_INFO, "%s %s is back", s->flag, s->path);
+    s->missing = 0;
+    s->mtime = st.st_mtim;
+    s->ino = st.st_ino;
+    s->size = st.st_size;
 }
 
 static int stamp_changed(struct file_stamp *s)
 {
     struct file_stamp old = *s;
     stamp(s);
-    return s->path &&
-           (old.mtime.tv_sec != s->mtime.tv_sec || old.mtime.tv_nsec != s->mtime.tv_nsec ||
-            old.ino != s->ino || old.size != s->size);
+    int ch = s->path && !s->missing &&
+             (old.mtime.tv_sec != s->mtime.tv_sec || old.mtime.tv_nsec != s->mtime.tv_nsec ||
+              old.ino != s->ino || old.size != s->size);
+    s->changed |= ch;
+    return ch;
+}
+
+/* "--cert certs/api.crt, --policy p.yaml": the files changed since the last reload. */
+static void changed_files(struct file_stamp *f, int n, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && used + 1 < cap; i++)
+        if (f[i].changed) {
+            int w =
+                snprintf(buf + used, cap - used, "%s%s %s", used ? ", " : "", f[i].flag, f[i].path);
+            used = w > 0 && (size_t)w < cap - used ? used + (size_t)w : cap - 1;
+            f[i].changed = 0;
+        }
+}
+
+/* Debug: the rules a snapshot decides with, in order, with where each came from. */
+static void log_rules(const struct px_config *c, const struct px_snap *s)
+{
+    if (!meshtls_log_enabled(MESHTLS_LOG_DEBUG) || !s->policy)
+        return;
+    size_t n = meshtls_policy_size(s->policy), from_flags = meshtls_policy_size(c->policy);
+    for (size_t i = 0; i < n; i++) {
+        enum meshtls_rule_kind k;
+        const char *v = NULL, *svc = NULL;
+        if (meshtls_policy_rule(s->policy, i, &k, &v, &svc) != 0)
+            break;
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "rule", MESHTLS_LF_U("n", i + 1),
+                          MESHTLS_LF_S("kind", meshtls_rule_kind_name(k)), MESHTLS_LF_S("value", v),
+                          MESHTLS_LF_S("service", svc),
+                          MESHTLS_LF_S("source", i + from_flags >= n || !c->policy_file
+                                                     ? "flags and proxy.allow"
+                                                     : c->policy_file));
+    }
+}
+
+/* What a snapshot serves, for the reload line. */
+static void served(const struct px_snap *s, char *buf, size_t cap)
+{
+    X509 *leaf = s->base.ctx ? SSL_CTX_get0_certificate(s->base.ctx) : NULL;
+    struct meshtls_identity *id = NULL;
+    if (!leaf || meshtls_identity_from_x509(leaf, &id, NULL) != 0) {
+        snprintf(buf, cap, "no certificate");
+        return;
+    }
+    char until[32] = "?";
+    time_t na = (time_t)id->not_after;
+    struct tm tm;
+    if (gmtime_r(&na, &tm))
+        strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char rules[48] = ""; /* client mode has no policy */
+    if (s->policy)
+        snprintf(rules, sizeof(rules), ", %zu rule(s)", meshtls_policy_size(s->policy));
+    snprintf(buf, cap, "%s (serial %s, valid until %s)%s",
+             id->spiffe_id ? id->spiffe_id : id->subject, id->serial ? id->serial : "?", until,
+             rules);
+    meshtls_identity_free(id);
+}
+
+/* The CRLs a context checks with: the soonest nextUpdate, how many, how many stale; and a
+ * warning for each one stale or due within 7 days, naming its issuer and the fix. */
+static void crl_survey(struct px_snap *s, const char *file)
+{
+    X509_STORE *st = s->base.ctx ? SSL_CTX_get_cert_store(s->base.ctx) : NULL;
+    STACK_OF(X509_OBJECT) *objs = st ? X509_STORE_get0_objects(st) : NULL;
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+        const ASN1_TIME *nu = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
+        struct tm tm;
+        if (!crl)
+            continue;
+        s->crl_count++;
+        if (!nu || ASN1_TIME_to_tm(nu, &tm) != 1)
+            continue;
+        int64_t t = (int64_t)timegm(&tm);
+        if (!s->crl_next_update || t < s->crl_next_update)
+            s->crl_next_update = t;
+        if (t > now + 7 * 86400)
+            continue;
+        char issuer[256] = "?", when[32] = "?";
+        X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof(issuer));
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        if (t <= now) {
+            s->crl_stale++;
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "--crl %s: the CRL of %s passed its nextUpdate at %s: certificates it "
+                        "lists stay refused, others are accepted; publish a fresh one (meshtls "
+                        "ca crl --out %s)",
+                        file, issuer, when, file);
+        } else {
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "--crl %s: the CRL of %s is due for renewal at %s (nextUpdate); publish "
+                        "a fresh one before then (meshtls ca crl --out %s)",
+                        file, issuer, when, file);
+        }
+    }
 }
 
 static void snap_destroy(struct mt_snap *b)
@@ -242,6 +358,8 @@ int px_snap_build(const struct px_config *c, struct px_snap **out, struct meshtl
         goto fail;
     if (c->mode == PX_MODE_SERVER && (rc = px_policy_build(c, &s->policy, err)) != 0)
         goto fail;
+    if (c->tls.crl_file)
+        crl_survey(s, c->tls.crl_file);
     if (c->target_tls && (rc = px_target_tls_build(c, &s->target_ctx, err)) != 0) {
         rc = meshtls_err_set(err, rc, "--target-tls: %s", err ? err->msg : "");
         goto fail;
@@ -253,21 +371,29 @@ fail:
     return rc;
 }
 
-static void reload(const struct px_config *c, struct mt_snap_holder *h, const char *why)
+static void reload(const struct px_config *c, struct mt_snap_holder *h, const char *why,
+                   const char *files)
 {
     struct px_snap *s = NULL;
     struct meshtls_err e = MESHTLS_ERR_INIT;
+    char what[300];
+    snprintf(what, sizeof(what), "%s%s%s", why, files && *files ? ": " : "", files ? files : "");
     if (px_snap_build(c, &s, &e) != 0) {
         px_count(PX_C_RELOAD_FAIL, px_metrics.main_shard, 1);
         meshtls_log(MESHTLS_LOG_ERROR,
-                    "reload (%s) failed, keeping the current certificate and policy: %s", why,
+                    "reload (%s) failed, keeping the current certificate and policy: %s", what,
                     e.msg);
         return;
     }
+    char now[400];
+    served(s, now, sizeof(now));
+    log_rules(c, s);
     mt_snap_publish(h, &s->base);
     px_count(PX_C_RELOAD_OK, px_metrics.main_shard, 1);
     meshtls_log(MESHTLS_LOG_INFO,
-                "reload (%s): new TLS context and policy in service for new connections", why);
+                "reload (%s): now serving %s; new TLS context and policy in service for new "
+                "connections",
+                what, now);
 }
 
 int px_run(const struct px_config *c, struct meshtls_err *err)
@@ -292,6 +418,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
     struct px_snap *first = NULL;
     if ((rc = px_snap_build(c, &first, err)) != 0)
         return rc;
+    log_rules(c, first);
     mt_snap_publish(&holder, &first->base);
 
     struct sockaddr_storage la;
@@ -310,7 +437,9 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                              c->listen);
         goto out;
     }
-    struct mt_engine_opts eo = {.workers = c->workers};
+    /* one job thread: /readyz's bounded connect to the target (never on a worker) */
+    struct mt_engine_opts eo = {
+        .workers = c->workers, .job_threads = c->status ? 1 : 0, .job_queue = 16};
     struct mt_listener_opts lo = {
         .name = c->mode == PX_MODE_SERVER ? "proxy server" : "proxy client",
         .addr = c->listen,
@@ -330,7 +459,8 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", c->listen, strerror(errno));
         goto out;
     }
-    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0)
+    if ((rc = px_metrics_init((unsigned)c->workers, err)) != 0 ||
+        (c->tls.crl_file && (rc = px_metrics_add_crl(err)) != 0))
         goto out;
     px_metrics.lstats = mt_listener_stats(l);
     px_metrics.snap = &holder;
@@ -365,18 +495,23 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
 
     /* every file a reload reads: TLS files both ways, and the policy file */
     struct file_stamp files[PX_NFILES] = {
-        {.path = c->tls.cert_file},
-        {.path = c->tls.key_file},
-        {.path = c->tls.ca_file},
-        {.path = c->tls.crl_file},
-        {.path = c->target_opts.cert_file},
-        {.path = c->target_opts.key_file},
-        {.path = c->target_opts.ca_file},
-        {.path = c->target_opts.crl_file},
-        {.path = c->mode == PX_MODE_SERVER ? c->policy_file : NULL}};
-    for (int i = 0; i < PX_NFILES; i++)
+        {.path = c->tls.cert_file, .flag = "--cert"},
+        {.path = c->tls.key_file, .flag = "--key"},
+        {.path = c->tls.ca_file, .flag = "--cacert"},
+        {.path = c->tls.crl_file, .flag = "--crl"},
+        {.path = c->target_opts.cert_file, .flag = "--target-cert"},
+        {.path = c->target_opts.key_file, .flag = "--target-key"},
+        {.path = c->target_opts.ca_file, .flag = "--target-cacert"},
+        {.path = c->target_opts.crl_file, .flag = "--target-crl"},
+        {.path = c->mode == PX_MODE_SERVER ? c->policy_file : NULL, .flag = "--policy"}};
+    for (int i = 0; i < PX_NFILES; i++) {
         stamp(&files[i]);
+        if (files[i].path && c->watch_files)
+            MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "watch", MESHTLS_LF_S("flag", files[i].flag),
+                              MESHTLS_LF_S("path", files[i].path));
+    }
     int64_t next_interval = c->reload_interval_s ? mt_now_ms() + c->reload_interval_s * 1000LL : 0;
+    atomic_store(&px_metrics.target_up, 1); /* until a /readyz check says otherwise */
     int64_t pending_change = 0;
     for (;;) {
         struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
@@ -391,7 +526,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             break;
         }
         if (sig == SIGHUP)
-            reload(c, &holder, "SIGHUP");
+            reload(c, &holder, "SIGHUP", NULL);
         int64_t now = mt_now_ms();
         if (c->watch_files) {
             int changed = 0;
@@ -401,11 +536,13 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                 pending_change = now; /* let the writer finish: settle 500 ms */
             else if (pending_change && now - pending_change >= 500) {
                 pending_change = 0;
-                reload(c, &holder, "file change");
+                char names[512];
+                changed_files(files, PX_NFILES, names, sizeof(names));
+                reload(c, &holder, "file change", names);
             }
         }
         if (next_interval && now >= next_interval) {
-            reload(c, &holder, "interval");
+            reload(c, &holder, "interval", NULL);
             next_interval = now + c->reload_interval_s * 1000LL;
         }
     }

@@ -61,7 +61,18 @@ struct px_config {
     int insecure_listen;   /* client: allow a plaintext listener off loopback */
     int insecure_target;   /* server: allow a plaintext target off loopback */
     struct meshtls_tls_opts target_opts; /* server: TLS towards the target (--target-*) */
+    /* added by the configuration rework (issue 12 s.5); px_config_from fills them, the
+     * command creates the caches from them */
+    size_t session_cache_size; /* server: sessions kept for resumption; 0 = none */
+    int session_lifetime_s;    /* server: how long a session may be resumed */
+    size_t verify_cache_size;  /* server: verified chains remembered; 0 = none */
 };
+
+/* Mode bits of the `modes` field of px_config_keys rows: which mode takes the key. */
+#define PX_KEY_SERVER (1u << 0)
+#define PX_KEY_CLIENT (1u << 1)
+/** The key mode bit of `mode`. */
+#define PX_KEY_MODE(mode) ((mode) == PX_MODE_SERVER ? PX_KEY_SERVER : PX_KEY_CLIENT)
 
 /*
  * Everything a new connection reads, built whole from the configuration by
@@ -79,6 +90,8 @@ struct px_snap {
     enum px_mode mode;
     int forward_pp2, forward_http;
     int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
+    int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
+    int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
 };
 
 /* Metric counters (Prometheus names in metrics.c). */
@@ -124,6 +137,7 @@ struct px_metrics {
     struct mt_series *hs_dur;              /* successful handshake time, seconds */
     unsigned main_shard;
     atomic_int listening;
+    atomic_int target_up; /* the last periodic connect to the target worked (readiness) */
     /* set while the proxy runs: the listener's counters (connections, accept pauses) and
      * the snapshot holder (our certificate's expiry) */
     struct mt_listener_stats *lstats;
@@ -138,6 +152,8 @@ extern struct meshtls_session_cache *px_metrics_scache;
 /* metrics.c */
 /** Register the proxy's metrics for `workers` worker shards.  Before the engine starts. */
 int px_metrics_init(unsigned workers, struct meshtls_err *err);
+/** Also export the CRL gauges (meshtls_crl_next_update_seconds, meshtls_crl_stale). */
+int px_metrics_add_crl(struct meshtls_err *err);
 /** Free the registry, once no thread updates or scrapes it.  Idempotent. */
 void px_metrics_fini(void);
 /** Add `n` to counter `k` on `shard` (a worker's, or px_metrics.main_shard). */
@@ -205,6 +221,66 @@ extern const size_t px_config_nkeys;
  * @return 0, or as meshtls_config_add_keys() (e.g. MESHTLS_EEXIST if registered twice).
  */
 int px_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
+
+/* proxy_config.c */
+/**
+ * Fill `out` for `mode` from the effective configuration `cfg` (flags > environment > file
+ * > default; every key of px_config_keys and the role's server.* or client.* keys, log.*
+ * excepted: see meshtls_config_apply_log), all but the allow rules (px_config_rules).
+ * Strings in `out` are borrowed from `cfg`: keep `cfg` alive while `out` is used.
+ * Required keys (listen, target, certificates, a policy) are not checked here: see
+ * px_config_check_required().
+ * @return 0, or MESHTLS_EINVAL naming the key and the source of the value.
+ */
+int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct px_config *out,
+                   struct meshtls_err *err);
+/**
+ * Server: add the global allow rules (proxy.allow_all, proxy.allow_cn/_ou/_dns/_uri/
+ * _trust_domain, proxy.allow) to c->policy, creating it; free it with px_config_release().
+ * Client: nothing.  On error the rules before the bad one stay in c->policy.
+ * @return 0, or MESHTLS_EINVAL naming the flag, variable or FILE:LINE and the rule.
+ */
+int px_config_rules(const struct meshtls_config *cfg, struct px_config *c, struct meshtls_err *err);
+/** Free what px_config_rules() allocated in `c` (the policy).  NULL is fine. */
+void px_config_release(struct px_config *c);
+/**
+ * What the proxy refuses before it builds anything: --listen or --target missing, a
+ * server with no access policy (no rule and no policy file), --target-tls in client mode.
+ * @return 0 or MESHTLS_EINVAL with the message the command prints.
+ */
+int px_config_check_required(const struct px_config *c, struct meshtls_err *err);
+
+/** One class of configuration error found by px_config_check(). */
+enum px_check_class {
+    PX_CHECK_REQUIRED = 0, /* a required key is missing */
+    PX_CHECK_ADDRESS,      /* --listen, --target or --status does not parse or resolve */
+    PX_CHECK_PLAINTEXT,    /* a plaintext hop off loopback without --insecure-* */
+    PX_CHECK_POLICY,       /* the policy file, --service, the allow rules */
+    PX_CHECK_TLS,          /* our certificate, key, CA bundle, CRL, ALPN */
+    PX_CHECK_TARGET_TLS,   /* --target-tls files and identity */
+    PX_CHECK_N
+};
+
+/** "required", "address", ...: the name of class `cl` in --check output (static). */
+const char *px_check_class_name(enum px_check_class cl);
+
+/** The result of px_config_check(): the first error of each class, "" when none. */
+struct px_check_report {
+    int nerrors;
+    char msg[PX_CHECK_N][MESHTLS_ERR_MSG_MAX];
+};
+
+/**
+ * Build everything the proxy would build at start, and bind nothing (`--check`): resolve
+ * the addresses, apply the loopback rule of plaintext hops, build the policy (policy file,
+ * --service, allow rules) and the TLS contexts (files load, key matches certificate, CA,
+ * CRL), then free them.  `c` as filled by px_config_from() (the caches may be absent).
+ * `rep` starts zeroed by the caller; an error already in it (a rule px_config_rules
+ * refused, as PX_CHECK_POLICY) is kept and counted.
+ * @return the number of classes with an error (0: the configuration is fine); `rep` holds
+ *         their messages.
+ */
+int px_config_check(const struct px_config *c, struct px_check_report *rep);
 
 /* status.c */
 /* The status listener's routes (/healthz, /readyz, /metrics) and HTTP settings. */

@@ -261,6 +261,12 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
         p->serial = id->serial ? strdup(id->serial) : NULL;
     }
+    if (meshtls_log_enabled(MESHTLS_LOG_DEBUG))
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "handshake", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
+                          MESHTLS_LF_S("version", SSL_get_version(t->ssl)),
+                          MESHTLS_LF_S("cipher", SSL_get_cipher_name(t->ssl)),
+                          MESHTLS_LF_B("resumed", SSL_session_reused(t->ssl)));
     if (s->mode == PX_MODE_SERVER) {
         struct meshtls_decision d;
         /* the policy of the snapshot this connection started with (a reload may have
@@ -472,6 +478,44 @@ static void step_connect(struct mt_conn *c)
     start_relay(c);
 }
 
+/* What a TLS alert from the peer means for the one who reads our log. */
+static const char *alert_meaning(int alert)
+{
+    switch (alert) {
+    case SSL_AD_CERTIFICATE_REVOKED:
+        return "our certificate is revoked: issue a new one (meshtls ca rotate)";
+    case SSL_AD_CERTIFICATE_EXPIRED: return "our certificate has expired: renew it";
+    case SSL_AD_UNKNOWN_CA:
+        return "the peer does not trust the CA that issued our certificate: check its --cacert";
+    case SSL_AD_BAD_CERTIFICATE:
+    case SSL_AD_UNSUPPORTED_CERTIFICATE:
+        return "the peer refused our certificate (wrong key usage or a broken chain?)";
+    case SSL_AD_ACCESS_DENIED: return "the peer's policy denies our identity";
+    case TLS13_AD_CERTIFICATE_REQUIRED:
+        return "the peer requires a client certificate and got none";
+    case SSL_AD_PROTOCOL_VERSION: return "no TLS version in common";
+    default: return "the peer ended the connection";
+    }
+}
+
+/* Why reading or writing `e` failed, in words: a peer's TLS alert when there was one. */
+static void why_end_failed(struct mt_conn *c, struct mt_end *e, const char *fallback)
+{
+    struct px_conn *p = P(c);
+    unsigned long err = e->last_err;
+    int reason = err && ERR_GET_LIB(err) == ERR_LIB_SSL ? ERR_GET_REASON(err) : 0;
+    if (e->ssl && reason >= SSL_AD_REASON_OFFSET) {
+        int alert = reason - SSL_AD_REASON_OFFSET;
+        set_why(p, "the %s sent TLS alert '%s': %s", e->is_down ? "client" : "server",
+                SSL_alert_desc_string_long(alert), alert_meaning(alert));
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                          MESHTLS_LF_S("client", c->peer_addr),
+                          MESHTLS_LF_S("reason", "peer_alert"), MESHTLS_LF_S("error", p->why));
+        return;
+    }
+    set_why(p, "%s", fallback);
+}
+
 /* --forward-identity http-headers: the pipe's direction 0 goes raw bytes -> the HTTP/1.1
  * filter -> buf[0].  @return 0, or -1 if the connection was closed. */
 static int h1_fill(struct mt_conn *c, struct px_pipe *pp, void *arg, int *progress)
@@ -523,15 +567,29 @@ static int h1_holding(void *arg)
     return p->raw_len || p->h1->pending;
 }
 
+/* A source's end of stream: in client mode, a server that closes before a byte. */
+static void relay_eof(struct mt_conn *c, struct px_pipe *pp, int dir, void *arg)
+{
+    struct px_conn *p = arg;
+    if (dir == 1 && c->up.ssl && pp->bytes[1] == 0 && !p->why && S(c)->mode == PX_MODE_CLIENT)
+        /* TLS 1.3: a server that denies by policy completes the handshake, then closes
+         * without a byte */
+        p->why = "the server closed without sending anything: its policy may deny our "
+                 "identity (see its audit log), or the service behind it closed";
+}
+
+static void relay_fail(struct mt_conn *c, struct mt_end *e, const char *fallback, void *arg)
+{
+    (void)arg;
+    why_end_failed(c, e, fallback);
+}
+
 /* Copy bytes both ways (pipe.c).  @return 1 if it stopped early (call again). */
 static int step_relay(struct mt_conn *c)
 {
     struct px_conn *p = P(c);
-    if (p->h1) {
-        const struct px_pipe_filter f = {h1_fill, h1_holding, p};
-        return px_pipe_step(c, &p->pipe, &f, S(c)->idle_timeout_ms);
-    }
-    return px_pipe_step(c, &p->pipe, NULL, S(c)->idle_timeout_ms);
+    const struct px_pipe_hooks h = {p->h1 ? h1_fill : NULL, h1_holding, relay_eof, relay_fail, p};
+    return px_pipe_step(c, &p->pipe, &h, S(c)->idle_timeout_ms);
 }
 
 static int on_io(struct mt_conn *c)

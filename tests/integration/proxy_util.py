@@ -111,17 +111,23 @@ def wait_for(pred, timeout=10.0, what="condition"):
 
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self):
-        self.server.connections += 1
+        counted = False
         while True:
             data = self.request.recv(65536)
             if not data:
                 break
+            if not counted:
+                # a connection counts once it carries a byte: the proxy's readiness check
+                # (a bare connect every 5 s) is not a client reaching the backend
+                self.server.connections += 1
+                counted = True
             self.request.sendall(data)
         self.request.shutdown(socket.SHUT_WR)
 
 
 class EchoServer(socketserver.ThreadingTCPServer):
-    """Plaintext echo backend that counts connections; echoes until EOF then half-closes."""
+    """Plaintext echo backend that counts connections that sent data; echoes until EOF then
+    half-closes."""
     daemon_threads = True
     allow_reuse_address = True
 

@@ -122,10 +122,16 @@ class Postgres:
 
     def postmaster_pid(self):
         """The postmaster's own PID (self.proc may be runuser, which forwards few signals)."""
-        try:
-            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (AttributeError, OSError, ValueError):
-            return None
+        # PostgreSQL rewrites the file while it starts: a read may see it empty; retry
+        # (bounded) rather than return None to a caller that signals the PID
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+            except (AttributeError, OSError, ValueError):
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
 
     def reload_crl(self, crl):
         """Install a new CRL and have the server re-read its SSL files (SIGHUP)."""

@@ -93,7 +93,7 @@ def test_policy_change_under_load_sighup_watch_and_broken_file(pki, procs, echo,
         # 2. the file watch picks up a removal, no signal
         write_policy(policy, "web")
         wait_for(lambda: not allowed(evil, p.port), timeout=15, what="evil denied by the watch")
-        assert "reload (file change)" in p.log()
+        assert "reload (file change: --policy" in p.log()
         # 3. a broken file keeps the whole old policy, and says why
         policy.write_text("services:\n  api:\n    allow:\n      - nonsense: [\n")
         p.signal(signal.SIGHUP)

@@ -89,7 +89,8 @@ def test_plaintext_http_gets_a_400_that_says_tls(pki, procs, echo):
     hs, cert = errors(p)
     assert hs["no_client_cert"] == 0 and hs["protocol"] == 0
     assert sum(cert.values()) == 0, cert  # not a certificate problem
-    assert "reason=plaintext" in p.log() and "an HTTP request" in p.log()
+    wait_for(lambda: "reason=plaintext" in p.log() and "an HTTP request" in p.log(),
+             what="plaintext logged")
     assert echo.connections == 0
 
 
@@ -111,7 +112,7 @@ def test_random_bytes_and_old_tls_are_not_missing_certificates(pki, procs, echo)
     hs, cert = errors(p)
     assert hs["no_client_cert"] == 0
     assert sum(cert.values()) == 0, cert
-    assert "no TLS version we accept (minimum TLS 1.3)" in p.log()
+    wait_for(lambda: "no TLS version we accept (minimum TLS 1.3)" in p.log(), what="logged")
 
 
 def test_only_a_missing_certificate_is_no_client_cert(pki, procs, echo):
@@ -121,7 +122,7 @@ def test_only_a_missing_certificate_is_no_client_cert(pki, procs, echo):
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["no_client_cert"] == 1, what="no_client_cert counted")
     assert errors(p)[1]["no_client_cert"] == 1
-    assert "the client sent no certificate" in p.log()
+    wait_for(lambda: "the client sent no certificate" in p.log(), what="logged")
 
 
 def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
@@ -137,6 +138,8 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["untrusted"] == 1 and errors(p)[0]["expired"] == 1,
              what="both refusals counted")
+    # counted just before logged, closed after: wait for both close lines
+    wait_for(lambda: p.log().count(" close conn=") >= 2, what="both close lines")
     log = p.log()
     for crt, td in ((pki / "intruder" / "web.crt", "other.local"),
                     (forged / "web.crt", "test.local")):
@@ -165,6 +168,8 @@ def test_revoked_client_is_named(procs, echo, tmp_path):
     ctx.load_cert_chain(str(c / "web.crt"), str(c / "web.key"))
     assert attempt(ctx, p.port) == b""
     wait_for(lambda: errors(p)[0]["revoked"] == 1, what="revoked counted")
+    # the count comes just before the log line: wait for the line too
+    wait_for(lambda: "certificate revoked" in p.log(), what="revoked logged")
     line = next(ln for ln in p.log().splitlines() if "certificate revoked" in ln)
     assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
 
@@ -207,3 +212,91 @@ def test_psql_straight_to_the_proxy_server(pki, procs):
         assert r.returncode != 0
     finally:
         pg.stop()
+
+
+def test_debug_log_says_something_useful(pki, procs, echo, tmp_path):
+    """--log-level debug: the effective rules with their source and the files watched at
+    start; per connection the TLS version, cipher and resumption; a reload names the file
+    that changed and what is now served; a vanished file is logged."""
+    import shutil as sh
+    c = pki / "certs"
+    d = tmp_path / "certs"
+    d.mkdir()
+    for f in ("api.crt", "api.key", "ca.crt"):
+        sh.copy(c / f, d / f)
+    (d / "api.key").chmod(0o600)
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("services:\n  api:\n    allow:\n      - uri: spiffe://test.local/svc/web\n")
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", d / "api.crt", "--key",
+              d / "api.key", "--cacert", d / "ca.crt", "--policy", pol, "--service", "api",
+              "--allow-cn", "legacy", "--log-level", "debug")
+    procs.append(p)
+    log = p.log()
+    assert "rule n=1 kind=uri value=spiffe://test.local/svc/web service=api source=" + str(pol) \
+        in log, log
+    assert "rule n=2 kind=cn value=legacy" in log and 'source="flags and proxy.allow"' in log
+    wait_for(lambda: f"watch flag=--policy path={pol}" in p.log(), what="watched files")
+    assert f"watch flag=--cert path={d / 'api.crt'}" in p.log()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(c / "ca.crt"))
+    ctx.load_cert_chain(str(c / "web.crt"), str(c / "web.key"))
+    assert attempt(ctx, p.port) == b"ping\n"
+    wait_for(lambda: "handshake conn=" in p.log(), what="debug handshake line")
+    line = next(ln for ln in p.log().splitlines() if "handshake conn=" in ln)
+    assert "version=TLSv1.3" in line and "cipher=" in line and "resumed=false" in line, line
+    # a vanished file is logged; the proxy keeps serving
+    (d / "ca.crt").rename(d / "ca.crt.away")
+    wait_for(lambda: f"--cacert {d / 'ca.crt'}: No such file" in p.log(), what="vanished")
+    (d / "ca.crt.away").rename(d / "ca.crt")
+    wait_for(lambda: "is back" in p.log(), what="back")
+    # a reload names the changed file and what is served now
+    pol.write_text(pol.read_text() + "      - cn: web\n")
+    wait_for(lambda: "reload (file change: --policy" in p.log(), timeout=15, what="reload")
+    line = next(ln for ln in p.log().splitlines() if "reload (file change: --policy" in ln)
+    assert "now serving spiffe://test.local/svc/api (serial " in line and "valid until" in line
+    assert "3 rule(s)" in line, line
+
+
+def stale_crls(ca, out, revoked_serial):
+    """The root's and the intermediate's CRLs, both past their nextUpdate (a publication
+    that is late: the clock moved past it), the intermediate's revoking `revoked_serial`."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    now = datetime.datetime.utcnow()
+    pem = b""
+    for name, serials in (("root", []), ("intermediate", [revoked_serial])):
+        key = serialization.load_pem_private_key((ca / f"{name}.key").read_bytes(), None)
+        crt = x509.load_pem_x509_certificate((ca / f"{name}.crt").read_bytes())
+        b = (x509.CertificateRevocationListBuilder().issuer_name(crt.subject)
+             .last_update(now - datetime.timedelta(days=10))
+             .next_update(now - datetime.timedelta(days=1)))
+        for sn in serials:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(int(sn, 16))
+                .revocation_date(now - datetime.timedelta(days=5)).build())
+        pem += b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    out.write_bytes(pem)
+    return out
+
+
+def test_stale_crl_keeps_refusing_what_it_lists_and_no_one_else(procs, echo, tmp_path):
+    """A CRL past its nextUpdate does not lock every client out (OpenSSL's and nginx's
+    answer) and does not let a revoked certificate in: the last CRL still decides, and the
+    staleness is logged and exported."""
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    c = d / "certs"
+    crl = stale_crls(d / "ca", tmp_path / "crl.pem", serial_of(c / "web.crt"))
+    p = server(d, procs, echo.port, "--crl", crl)
+    wait_for(lambda: "passed its nextUpdate" in p.log(), what="stale warning")
+    for who, ok in (("evil", True), ("web", False)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(c / "ca.crt"))
+        ctx.load_cert_chain(str(c / f"{who}.crt"), str(c / f"{who}.key"))
+        assert (attempt(ctx, p.port) == b"ping\n") == ok, (who, p.log())
+    m = p.metrics()
+    assert m["meshtls_crl_stale"] == 2
+    assert m["meshtls_crl_next_update_seconds"] < 0
+    assert m['meshtls_tls_handshake_errors_total{reason="revoked"}'] == 1
+    assert "meshtls ca crl --out" in p.log()

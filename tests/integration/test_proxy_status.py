@@ -103,3 +103,45 @@ def test_keep_alive_scraper_does_not_hold_the_drain(proxy):
     assert time.monotonic() - t0 < 15
     assert "shutdown complete: all connections drained" in proxy.log()
     c.close()
+
+
+def test_readyz_follows_the_target_healthz_does_not(pki):
+    """/readyz is 503 while the target does not answer (a bounded connect when asked, as
+    ghostunnel's backend_ok), 200 again once it does; /healthz stays 200 (liveness)."""
+    from conftest import free_port, wait_port
+    import subprocess
+    port = free_port()
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--allow-all")
+    backend = None
+    try:
+        def status(path):
+            conn = http.client.HTTPConnection("127.0.0.1", p.status_port, timeout=5)
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            return r.status, body
+        deadline = time.monotonic() + 10
+        while status("/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status("/readyz") == (503, b"not ready: the target does not answer\n")
+        assert status("/healthz")[0] == 200
+        assert p.metrics()["meshtls_target_up"] == 0
+        assert "does not answer" in p.log()
+        backend = subprocess.Popen(["python3", "-m", "http.server", str(port), "--bind",
+                                    "127.0.0.1"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        wait_port(port, proc=backend)
+        deadline = time.monotonic() + 15  # a check at most once a second
+        while status("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status("/readyz")[0] == 200
+        assert p.metrics()["meshtls_target_up"] == 1
+        assert "answers again" in p.log()
+    finally:
+        p.stop(signal.SIGKILL)
+        if backend:
+            backend.terminate()
+            backend.wait(10)

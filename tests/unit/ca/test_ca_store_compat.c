@@ -3,7 +3,8 @@
  * unchanged with today's store: the fixture tests/unit/ca/fixtures/store_v1.sql
  * (a dump of a real store: init, register, issue, revoke --replace) is loaded
  * into a fresh file, which ca_store_open() then opens by directory and by
- * sqlite: URL, lists, reads and writes - without touching its schema.
+ * sqlite: URL, lists, reads and writes.  Its schema changes only by the
+ * numbered migration 2 (services.unregistered_at, for `ca unregister`).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,10 +165,16 @@ static void list_and_issue(const char *name)
     ca_cert_list_free(v, n);
     ca_store_close(s);
 
-    /* unchanged: same schema, no migration added, no table added */
+    /* migrated once: migration 2 adds services.unregistered_at (ca unregister, issue 9);
+     * nothing else changed, and no table was added */
     char *after = schema();
-    CHECK_STR_EQ(after, before);
-    CHECK_INT_EQ(count("SELECT COUNT(*) FROM schema_migrations"), 1);
+    CHECK(strstr(before, "unregistered_at") == NULL);
+    CHECK(strstr(after, "unregistered_at INTEGER") != NULL);
+    CHECK_INT_EQ(count("SELECT COUNT(*) FROM schema_migrations"), 2);
+    CHECK_INT_EQ(count("SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'"),
+                 count("SELECT 6")); /* meta services certificates audit schema_migrations
+                                        sqlite_sequence */
+    CHECK_INT_EQ(count("SELECT COUNT(*) FROM services WHERE unregistered_at IS NULL"), 1);
     CHECK_INT_EQ(count("SELECT MAX(id) FROM audit"), 6);
     struct stat sb;
     CHECK(stat(dbpath, &sb) == 0 && (sb.st_mode & 0777) == 0600);

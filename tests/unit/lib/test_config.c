@@ -400,10 +400,12 @@ TEST(missing_required_names_key_env_and_flag)
 /* A consumer's own keys (as the proxy registers its section). */
 static const struct meshtls_config_keydef extra[] = {
     {"router.listen", MESHTLS_CFG_STR, "127.0.0.1:7000", NULL, "--router-listen", NULL, NULL, 0, 0,
-     "where the router listens"},
-    {"router.db", MESHTLS_CFG_PATH, NULL, "ROUTER_DB", NULL, NULL, NULL, 0, 0, "database"},
-    {"router.strict", MESHTLS_CFG_BOOL, "yes", NULL, "--router-lax", "false", NULL, 0, 0, "x"},
-    {"router.max", MESHTLS_CFG_INT, "5", NULL, NULL, NULL, NULL, 1, 10, "x"},
+     "where the router listens", 0, NULL, NULL, 0},
+    {"router.db", MESHTLS_CFG_PATH, NULL, "ROUTER_DB", NULL, NULL, NULL, 0, 0, "database", 0, NULL,
+     NULL, 0},
+    {"router.strict", MESHTLS_CFG_BOOL, "yes", NULL, "--router-lax", "false", NULL, 0, 0, "x", 0,
+     NULL, NULL, 0},
+    {"router.max", MESHTLS_CFG_INT, "5", NULL, NULL, NULL, NULL, 1, 10, "x", 0, NULL, NULL, 0},
 };
 
 TEST(registered_keys)
@@ -436,41 +438,53 @@ TEST(registered_keys)
         int rc;
         const char *want;
     } rows[] = {
-        {{"router.db", MESHTLS_CFG_PATH, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"router.db", MESHTLS_CFG_PATH, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EEXIST,
          "already registered"},
-        {{"Router.X", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"Router.X", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "expected section.key"},
-        {{"router", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"router", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "expected section.key"},
-        {{"a.b.c", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"a.b.c", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "expected section.key"},
-        {{"peer_tls.x", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"peer_tls.x", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "section not peer_tls"},
-        {{"r2.x", 99, NULL, NULL, NULL, NULL, NULL, 0, 0, ""}, MESHTLS_EINVAL, "unknown type"},
-        {{"r2.x", MESHTLS_CFG_ENUM, NULL, NULL, NULL, NULL, NULL, 0, 0, ""},
+        {{"r2.x", 99, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
+         MESHTLS_EINVAL,
+         "unknown type"},
+        {{"r2.x", MESHTLS_CFG_ENUM, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "needs choices"},
-        {{"r2.x", MESHTLS_CFG_INT, "3", NULL, NULL, NULL, NULL, 5, 1, ""},
+        {{"r2.x", MESHTLS_CFG_INT, "3", NULL, NULL, NULL, NULL, 5, 1, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "empty range"},
-        {{"r2.x", MESHTLS_CFG_INT, "30", NULL, NULL, NULL, NULL, 1, 5, ""},
+        {{"r2.x", MESHTLS_CFG_INT, "30", NULL, NULL, NULL, NULL, 1, 5, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "default: '30' for r2.x"},
-        {{"r2.x", MESHTLS_CFG_STR, NULL, "GRPC_SERVER_DOMAIN", NULL, NULL, NULL, 0, 0, ""},
+        {{"r2.x", MESHTLS_CFG_STR, NULL, "GRPC_SERVER_DOMAIN", NULL, NULL, NULL, 0, 0, "", 0, NULL,
+          NULL, 0},
          MESHTLS_EEXIST,
          "environment variable is already used"},
-        {{"r2.x", MESHTLS_CFG_STR, NULL, NULL, "-x", NULL, NULL, 0, 0, ""},
+        {{"r2.x", MESHTLS_CFG_STR, NULL, NULL, "-x", NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
          MESHTLS_EINVAL,
          "must start with --"},
+        {{"r2.x", MESHTLS_CFG_STR, "d", NULL, "--x", NULL, NULL, 0, 0, "", 0, NULL, NULL,
+          MESHTLS_KEY_REPEAT},
+         MESHTLS_EINVAL,
+         "a repeatable flag takes a value and the key has no default"},
+        {{"r2.x", MESHTLS_CFG_BOOL, NULL, NULL, "--x", "true", NULL, 0, 0, "", 0, NULL, NULL,
+          MESHTLS_KEY_REPEAT},
+         MESHTLS_EINVAL,
+         "a repeatable flag"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct meshtls_config_keydef two[2] = {
-            {"r3.ok", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, ""}, rows[i].d};
+            {"r3.ok", MESHTLS_CFG_STR, NULL, NULL, NULL, NULL, NULL, 0, 0, "", 0, NULL, NULL, 0},
+            rows[i].d};
         size_t count = meshtls_config_key_count(c);
         CHECK_INT_EQ(meshtls_config_add_keys(c, two, 2, &err), rows[i].rc);
         CHECK(has(err.msg, rows[i].want));

@@ -371,6 +371,45 @@ TEST(long_values)
     free(utf);
 }
 
+/* Every cut point near the end of a text line: the line stays bounded, one line, and its
+ * quotes balanced (so it still splits), whether the cut falls in a key, before an opening
+ * quote, inside a quoted value or in a bare one. */
+TEST(text_cut_sweep)
+{
+    char *pad = malloc(MESHTLS_LOG_LINE_MAX + 1);
+    meshtls_log_set_json(0);
+    for (size_t L = MESHTLS_LOG_LINE_MAX - 90; L <= MESHTLS_LOG_LINE_MAX; L++) {
+        memset(pad, 'a', L);
+        pad[L] = '\0';
+        cap_begin();
+        MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "ev", MESHTLS_LF_S("pad", pad),
+                          MESHTLS_LF_S("reason", "x \"y\" z"), MESHTLS_LF_U("n", 5),
+                          MESHTLS_LF_S("q", "a b"));
+        size_t len;
+        char *out = cap_end(&len);
+        CHECK(len <= MESHTLS_LOG_LINE_MAX);
+        CHECK(len > 0 && strchr(out, '\n') == out + len - 1);
+        int quotes = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (out[i] == '\\')
+                i++;
+            else if (out[i] == '"')
+                quotes++;
+        }
+        CHECK(quotes % 2 == 0);
+        int whole = strstr(out, " q=\"a b\"\n") != NULL;
+        CHECK(whole || (len >= 4 && !memcmp(out + len - 4, "...\n", 4)) ||
+              (len >= 5 && !memcmp(out + len - 5, "...\"\n", 5)));
+        if (check_failures) {
+            fprintf(stderr, "L=%zu: ...%s", L, out + (len > 120 ? len - 120 : 0));
+            free(out);
+            break;
+        }
+        free(out);
+    }
+    free(pad);
+}
+
 static char sink_buf[256];
 static int sink_level = -1;
 static void text_sink(int level, const char *msg, void *arg)
@@ -489,6 +528,7 @@ int main(void)
     RUN(json_free_and_reserved);
     RUN(level_filter);
     RUN(long_values);
+    RUN(text_cut_sweep);
     RUN(sinks);
     RUN(errno_kept);
     RUN(threads_whole_lines);

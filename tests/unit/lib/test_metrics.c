@@ -171,6 +171,31 @@ TEST(escaping)
     }
 }
 
+/* A callback may read other series: one family derived from another. */
+static double derived(void *arg)
+{
+    return mt_series_value(arg);
+}
+
+TEST(derived_series)
+{
+    struct mt_metrics *r = NULL;
+    struct mt_family *err_f, *val_f;
+    struct mt_series *expired;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    CHECK_INT_EQ(mt_metrics_new(2, &r, &e), 0);
+    CHECK_INT_EQ(mt_counter_new(r, "hs_errors_total", "h", MT_LIST("reason"), &err_f, &e), 0);
+    CHECK_INT_EQ(mt_counter_new(r, "validation_failures_total", "v", MT_LIST("reason"), &val_f, &e),
+                 0);
+    CHECK_INT_EQ(mt_series_get(err_f, MT_LIST("expired"), &expired, &e), 0);
+    CHECK_INT_EQ(mt_series_fn(val_f, MT_LIST("expired"), derived, expired, &e), 0);
+    mt_counter_add(expired, 1, 3);
+    char *page = render(r);
+    CHECK(strstr(page, "\nvalidation_failures_total{reason=\"expired\"} 3\n") != NULL);
+    free(page);
+    mt_metrics_free(r);
+}
+
 /* ---- threads ------------------------------------------------------------------------------ */
 
 #define WORKERS 4
@@ -328,6 +353,7 @@ int main(void)
 {
     RUN(render_page);
     RUN(escaping);
+    RUN(derived_series);
     RUN(threads_exact_totals);
     RUN(bounds);
     return check_summary();

@@ -11,6 +11,9 @@
 static char *dns_api[] = {"api.internal", "api"};
 static char *uri_orders[] = {"spiffe://acme.org/svc/orders"};
 static char *uri_two[] = {"spiffe://acme.org/a", "spiffe://other.org/b"};
+static char *uri_https[] = {"https://acme.org/id/web"};
+static char *ips_web[] = {"10.1.2.3", "2001:db8::5"};
+static char *emails_web[] = {"ops@acme.org"};
 
 /* A peer as the identity parser would produce it. */
 static struct meshtls_identity peer(const char *cn, const char *ou, char **dns, size_t n_dns,
@@ -39,7 +42,7 @@ struct rule_in {
 struct pcase {
     const char *name;
     struct rule_in rules[3];
-    int which_peer; /* 0 orders (SPIFFE), 1 api (DNS, OU), 2 two URIs */
+    int which_peer; /* 0 orders (SPIFFE), 1 api (DNS, OU), 2 two URIs, 3 web (IP, email, https) */
     const char *service;
     int allow;
     const char *rule_has;
@@ -83,6 +86,21 @@ static const struct pcase cases[] = {
      "inventory",
      0,
      ""},
+    {"ip inside a CIDR", {{MESHTLS_RULE_IP, "10.0.0.0/8", NULL}}, 3, NULL, 1, "ip 10.0.0.0/8"},
+    {"ip exact", {{MESHTLS_RULE_IP, "10.1.2.3", NULL}}, 3, NULL, 1, "ip"},
+    {"ip outside", {{MESHTLS_RULE_IP, "10.1.2.0/31", NULL}}, 3, NULL, 0, ""},
+    {"ip odd prefix", {{MESHTLS_RULE_IP, "10.1.2.0/30", NULL}}, 3, NULL, 1, "ip"},
+    {"ipv6 CIDR", {{MESHTLS_RULE_IP, "2001:db8::/32", NULL}}, 3, NULL, 1, "ip"},
+    {"ipv4 rule never matches ipv6", {{MESHTLS_RULE_IP, "0.0.0.0/0", NULL}}, 1, NULL, 0, ""},
+    {"email exact", {{MESHTLS_RULE_EMAIL, "ops@acme.org", NULL}}, 3, NULL, 1, "email"},
+    {"email other", {{MESHTLS_RULE_EMAIL, "dev@acme.org", NULL}}, 3, NULL, 0, ""},
+    {"non-SPIFFE URI exact",
+     {{MESHTLS_RULE_URI, "https://acme.org/id/web", NULL}},
+     3,
+     NULL,
+     1,
+     "uri https"},
+    {"non-SPIFFE URI is exact", {{MESHTLS_RULE_URI, "https://acme.org/id", NULL}}, 3, NULL, 0, ""},
     {"second rule matches",
      {{MESHTLS_RULE_CN, "x", NULL}, {MESHTLS_RULE_URI, "spiffe://acme.org/svc/orders", NULL}},
      0,
@@ -93,11 +111,16 @@ static const struct pcase cases[] = {
 
 TEST(decisions)
 {
-    struct meshtls_identity peers[3] = {
+    struct meshtls_identity peers[4] = {
         peer("orders", "", NULL, 0, uri_orders, 1, "acme.org"),
         peer("api", "payments", dns_api, 2, NULL, 0, NULL),
         peer("two", "", NULL, 0, uri_two, 2, NULL),
+        peer("web", "", NULL, 0, uri_https, 1, NULL),
     };
+    peers[3].ips = ips_web;
+    peers[3].n_ips = 2;
+    peers[3].emails = emails_web;
+    peers[3].n_emails = 1;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const struct pcase *c = &cases[i];
         struct meshtls_policy *p = NULL;
@@ -124,8 +147,10 @@ TEST(invalid_rules)
     struct meshtls_policy *p = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     CHECK_INT_EQ(meshtls_policy_new(&p), 0);
-    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "http://x/y", NULL, &err), MESHTLS_EINVAL);
-    CHECK(strstr(err.msg, "--allow-uri 'http://x/y'") != NULL);
+    /* wildcards are for SPIFFE IDs only; any other URI is exact */
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "http://x/*", NULL, &err), MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "rule uri 'http://x/*'") != NULL);
+    CHECK(strstr(err.msg, "--") == NULL); /* a C program has no flags */
     CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "spiffe://td/a*", NULL, &err),
                  MESHTLS_EINVAL);
     CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "spiffe://td/**/x", NULL, &err),
@@ -133,6 +158,12 @@ TEST(invalid_rules)
     CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_TRUST_DOMAIN, "Acme.org", NULL, &err),
                  MESHTLS_EINVAL);
     CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_CN, "", NULL, &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_URI, "no scheme", NULL, &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_IP, "10.0.0.0/33", NULL, &err), MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "rule ip '10.0.0.0/33'") != NULL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_IP, "10.0.0.300", NULL, &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_IP, "::1/", NULL, &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(meshtls_policy_add(p, MESHTLS_RULE_EMAIL, "nobody", NULL, &err), MESHTLS_EINVAL);
     CHECK_INT_EQ(meshtls_policy_size(p), 0);
     struct meshtls_decision d;
     meshtls_policy_check(p, NULL, NULL, &d);
@@ -161,7 +192,7 @@ static const struct file_case file_cases[] = {
     {"alow:\n  - cn: x\n", MESHTLS_EINVAL, "p.yaml:1: unknown key 'alow'", NULL, 0},
     {"allow:\n  - cn: a\n  - color: red\n", MESHTLS_EINVAL, "p.yaml:3: unknown rule 'color'", NULL,
      0},
-    {"allow:\n  - uri: http://x/y\n", MESHTLS_EINVAL, "p.yaml:2: --allow-uri", NULL, 0},
+    {"allow:\n  - uri: http://x/*\n", MESHTLS_EINVAL, "p.yaml:2: rule uri", NULL, 0},
     {"allow:\n  - trust-domain: Bad.Org\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0},
     {"allow:\n  - allow-all: yes please\n", MESHTLS_EINVAL, "takes the value true", NULL, 0},
     {"allow:\n  - cn: a\n    ou: b\n", MESHTLS_EPARSE, "one key per rule", NULL, 0},
