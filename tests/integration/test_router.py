@@ -253,6 +253,55 @@ def test_bad_identities(pki, sqlite_router):
     assert "not a user identity" in sqlite_router.log()
 
 
+def forge(pki, out, name, uris, expired=False):
+    """A client certificate from pki's intermediate with URI SANs `uris` (any number),
+    possibly expired: what `meshtls ca` refuses to make."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca = pki / "ca"
+    ikey = serialization.load_pem_private_key((ca / "intermediate.key").read_bytes(), None)
+    icert = x509.load_pem_x509_certificate((ca / "intermediate.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.utcnow()
+    nb, na = ((now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) if expired
+              else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)))
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+         .issuer_name(icert.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(nb).not_valid_after(na)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False))
+    if uris:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in uris]), False)
+    cert = b.sign(ikey, hashes.SHA256())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
+                                      icert.public_bytes(serialization.Encoding.PEM))
+    (out / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (out / f"{name}.key").chmod(0o600)
+
+
+def test_forged_identities(pki, sqlite_router):
+    out = pki / "forged"
+    alice = USERS["alice"]
+    forge(pki, out, "two", [alice, f"spiffe://{TD}/orgs/acme/users/bob"])
+    forge(pki, out, "nosan", [])
+    forge(pki, out, "expired", [alice], expired=True)
+    for who in ("two", "nosan"):
+        assert ask(pki, sqlite_router.port, who, b"web-01\n", certs="forged").startswith(
+            b"ERROR: bad-identity "), who
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        got = ask(pki, sqlite_router.port, "expired", b"web-01\n", certs="forged")
+        if not got:
+            raise ConnectionResetError("closed without an answer")
+    assert "no SPIFFE ID" in sqlite_router.log()
+
+
 @pytest.mark.parametrize("line", [
     b"\n", b"a" * 300 + b"\n", b"a" * 5000, b"\x00\x01\xff\n", b"web 01\n",
     b"x';DROP TABLE backend_hosts;--\n", "h\u00f4te\n".encode(), b"web-01\r\r\n"])
