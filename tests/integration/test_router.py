@@ -561,6 +561,22 @@ def test_postgres_existing_ssh_router_database(pki, echo):
             assert pg.password.encode() not in cmdline  # --store URL: hidden too
         finally:
             router2.stop()
+        # the database refuses the router (logins off, sessions cut), then takes it back: a
+        # bounded authz-unavailable meanwhile, and recovery without a restart
+        r = pg.sql(f"ALTER ROLE {pg.user} NOLOGIN; SELECT pg_terminate_backend(pid) FROM "
+                   f"pg_stat_activity WHERE usename = '{pg.user}'")
+        assert r.returncode == 0, r.stderr
+        t0 = time.monotonic()
+        assert ask(pki, router.port, "bob", b"evil-01\n").startswith(b"ERROR: authz-unavailable ")
+        assert time.monotonic() - t0 < 5
+        assert pg.sql(f"ALTER ROLE {pg.user} LOGIN").returncode == 0
+        deadline = time.monotonic() + 10
+        while True:
+            got = ask(pki, router.port, "zoe", b"web-01\n")
+            if got.startswith(b"ERROR: forbidden") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert got.startswith(b"ERROR: forbidden"), got  # a database answer again
         # the database goes away: decisions made within --stale-max still answer, anything
         # else gets a bounded authz-unavailable, and after --stale-max everything does
         assert ask(pki, router.port, "alice", b"web-01\n") == b"OK\n"
