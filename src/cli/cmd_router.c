@@ -762,6 +762,8 @@ int cmd_router(int argc, char **argv)
         goto out;
     }
 fail:
+    if (rc == 0 && strcmp(a[0], "list") && strcmp(a[0], "orgs") && strcmp(a[0], "connections"))
+        rc = rt_db_bump(db, &err); /* running routers drop their decision caches */
     if (rc) {
         cli_print_err("router", &err, rc);
         status = cli_exit_code(rc);

@@ -147,6 +147,11 @@ struct rt_lookup {
 int rt_db_lookup(struct mt_db *db, const char *connect_id, const char *org, const char *user,
                  struct rt_lookup *out, struct meshtls_err *err);
 
+/** The change counter (router_changes.version): a successful read is also a ping. */
+int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err);
+/** Move the change counter on: running routers drop their decision caches within 100 ms. */
+int rt_db_bump(struct mt_db *db, struct meshtls_err *err);
+
 /** Whether the database answers a trivial query (readiness). */
 int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
 
@@ -254,6 +259,8 @@ void rt_cache_free(struct rt_cache *c);
 /** The verdict for org/user/cid if it is at most `max_age_ms` old at `now_ms` (1), else 0. */
 int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
                  int64_t now_ms, int64_t max_age_ms, struct rt_cached *out);
+/** Forget every verdict (the data changed). */
+void rt_cache_clear(struct rt_cache *c);
 /** Store (or refresh) the verdict, copied. */
 void rt_cache_put(struct rt_cache *c, const char *org, const char *user, const char *cid,
                   int64_t now_ms, const struct rt_cached *v);

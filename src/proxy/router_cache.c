@@ -73,6 +73,15 @@ void rt_cache_free(struct rt_cache *c)
     pthread_mutex_destroy(&c->mu);
 }
 
+void rt_cache_clear(struct rt_cache *c)
+{
+    if (!c || !c->b)
+        return;
+    pthread_mutex_lock(&c->mu);
+    clear(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
 int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
                  int64_t now_ms, int64_t max_age_ms, struct rt_cached *out)
 {

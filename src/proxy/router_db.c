@@ -71,6 +71,15 @@ static const struct mt_db_migration rt_migrations[] = {
      " duration_ms BIGINT NOT NULL, decision_us BIGINT NOT NULL);"
      "CREATE INDEX IF NOT EXISTS router_connections_user ON router_connections"
      " (org_id, user_id, started_at_ms);"},
+    /* a change counter that `meshtls router` commands bump: running routers poll it (every
+     * 100 ms) and drop their decision cache when it moves */
+    {3,
+     "CREATE TABLE IF NOT EXISTS router_changes (id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " version INTEGER NOT NULL);"
+     "INSERT INTO router_changes (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+     "CREATE TABLE IF NOT EXISTS router_changes (id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " version BIGINT NOT NULL);"
+     "INSERT INTO router_changes (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;"},
 };
 
 /* The columns the router reads, per table: an existing database must have them. */
@@ -282,6 +291,35 @@ out:
     mt_db_release(c);
     free(team_text);
     lookup_free(&L);
+    return rc;
+}
+
+int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0 && (rc = mt_db_query(c, "SELECT version FROM router_changes WHERE id = 1", NULL, 0,
+                                     &r, err)) == 0) {
+        int x = mt_db_row_next(r, err);
+        if (x == 1)
+            *out = mt_db_col_int64(r, 0);
+        else
+            rc = x < 0 ? MESHTLS_ESTORE : meshtls_err_set(err, MESHTLS_ESTORE, "no row");
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+int rt_db_bump(struct mt_db *db, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0)
+        rc = mt_db_exec(c, "UPDATE router_changes SET version = version + 1 WHERE id = 1", NULL, 0,
+                        NULL, err);
+    mt_db_release(c);
     return rc;
 }
 

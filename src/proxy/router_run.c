@@ -164,6 +164,7 @@ static void metrics_clear(void)
 struct pinger {
     pthread_t t;
     struct mt_db *db;
+    struct rt_cache *cache;
     atomic_int stop;
     int started;
 };
@@ -171,15 +172,26 @@ struct pinger {
 static void *ping_loop(void *arg)
 {
     struct pinger *pg = arg;
+    int64_t seen = -1;
     while (!atomic_load(&pg->stop)) {
         struct meshtls_err e = MESHTLS_ERR_INIT;
-        int up = rt_db_ping(pg->db, &e) == 0;
+        int64_t v = -1;
+        int up = rt_db_version(pg->db, &v, &e) == 0;
         if (up != atomic_exchange(&rt_metrics.db_up, up))
             meshtls_log(up ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "database %s: %s%s",
                         mt_db_url_safe(pg->db),
                         up ? "answers again" : "does not answer: ", up ? "" : e.msg);
-        for (int i = 0; i < 10 && !atomic_load(&pg->stop); i++)
-            nanosleep(&(struct timespec){0, 100 * 1000000L}, NULL);
+        if (up && v != seen) {
+            if (seen >= 0) { /* `meshtls router` changed the data: no stale verdict */
+                rt_cache_clear(pg->cache);
+                meshtls_log(MESHTLS_LOG_DEBUG,
+                            "router data changed (version %lld): decision "
+                            "cache cleared",
+                            (long long)v);
+            }
+            seen = v;
+        }
+        nanosleep(&(struct timespec){0, 100 * 1000000L}, NULL);
     }
     return NULL;
 }
@@ -312,6 +324,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
     pg.db = r.db;
+    pg.cache = r.cache;
     if (pthread_create(&pg.t, NULL, ping_loop, &pg) == 0)
         pg.started = 1;
     atomic_store(&px_metrics.listening, 1);

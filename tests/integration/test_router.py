@@ -362,6 +362,25 @@ def test_connection_log(pki, sqlite_router):
     assert "carol" in out and "forbidden" in out
 
 
+def test_commands_invalidate_the_cache(pki, echo, tmp_path):
+    """A long --cache-ttl, yet a `meshtls router` change refuses at once (router_changes)."""
+    store = f"sqlite:{tmp_path / 'inv.db'}"
+    run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
+        f"127.0.0.1:{echo.port}", check=True)
+    run("router", "--store", store, "grant", "h", "--user", "alice", check=True)
+    router = Router(pki, "--store", store, "--cache-ttl", "60s", "--recheck-interval", "0")
+    try:
+        assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"
+        assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"  # from the cache
+        run("router", "--store", store, "revoke", "h", "--user", "alice", check=True)
+        t0 = time.monotonic()
+        while ask(pki, router.port, "alice", b"h\n") == b"OK\n":
+            assert time.monotonic() - t0 < 1.0, "the cache outlived a meshtls router change"
+            time.sleep(0.05)
+    finally:
+        router.stop()
+
+
 def test_limits(pki, echo, tmp_path):
     store = f"sqlite:{tmp_path / 'lim.db'}"
     run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
@@ -543,7 +562,7 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         r = subprocess.run(["psql", pg.url(), "-Atc",
                             "SELECT max(version) FROM router_schema_migrations"],
                            capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "2", r.stdout + r.stderr
+        assert r.stdout.strip() == "3", r.stdout + r.stderr
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
