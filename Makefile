@@ -5,7 +5,7 @@
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-plain test-asan test-fuzz demo demo-control-plane clean format check-src
+.PHONY: all build deps test test-plain test-asan test-fuzz demo demo-control-plane demo-router clean format check-src
 
 all: build
 
@@ -44,6 +44,10 @@ demo: build
 # the control plane (issue 10): bootstrap with a token, revocation in CRL, OCSP and feed
 demo-control-plane: build
 	@scripts/demo-control-plane.sh
+
+# the router (issue 11): ssh by connect id through the mTLS bastion
+demo-router: build
+	@scripts/demo-router.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

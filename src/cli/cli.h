@@ -9,11 +9,14 @@
 
 struct meshtls_err;
 
-int cmd_ca(int argc, char **argv);     /* cmd_ca.c     - meshtls ca ...   */
-int cmd_cert(int argc, char **argv);   /* cmd_cert.c   - meshtls cert ... */
-int cmd_dev(int argc, char **argv);    /* cmd_dev.c    - meshtls dev ...  */
-int cmd_config(int argc, char **argv); /* cmd_config.c - meshtls config ... */
-int cmd_proxy(int argc, char **argv);  /* cmd_proxy.c  - meshtls proxy server|client */
+int cmd_ca(int argc, char **argv);           /* cmd_ca.c     - meshtls ca ...   */
+int cmd_cert(int argc, char **argv);         /* cmd_cert.c   - meshtls cert ... */
+int cmd_dev(int argc, char **argv);          /* cmd_dev.c    - meshtls dev ...  */
+int cmd_config(int argc, char **argv);       /* cmd_config.c - meshtls config ... */
+int cmd_proxy(int argc, char **argv);        /* cmd_proxy.c  - meshtls proxy server|client */
+int cmd_proxy_router(int argc, char **argv); /* cmd_router.c - meshtls proxy router */
+int cmd_router(int argc, char **argv);       /* cmd_router.c - meshtls router (data) */
+int cmd_connect(int argc, char **argv);      /* cmd_connect.c - meshtls connect */
 
 /* cmd_ca_serve.c - meshtls ca serve, meshtls ca token (dispatched by cmd_ca) */
 int cmd_ca_serve(int argc, char **argv);

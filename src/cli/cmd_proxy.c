@@ -94,6 +94,8 @@ int cmd_proxy(int argc, char **argv)
     int rc, status = 1, help = 0, checking = 0;
     const char *what;
 
+    if (argc >= 2 && !strcmp(argv[1], "router")) /* the bastion: src/cli/cmd_router.c */
+        return cmd_proxy_router(argc - 1, argv + 1);
     memset(&c, 0, sizeof(c));
     if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, &err) != 0) {
         fprintf(stderr, "meshtls proxy: out of memory\n");

@@ -50,6 +50,8 @@ static const struct command commands[] = {
     {"cert", cmd_cert, "inspect, check expiry of, and verify certificate files"},
     {"dev", cmd_dev, "make a throwaway PKI and certificates for local development"},
     {"proxy", cmd_proxy, "the mTLS sidecar: proxy server (mTLS in) and proxy client (mTLS out)"},
+    {"router", cmd_router, "the router's data: orgs, hosts, teams, users, grants (docs/ROUTER.md)"},
+    {"connect", cmd_connect, "reach a host through `meshtls proxy router` (an ssh ProxyCommand)"},
     {"config", cmd_config, "show the effective TLS configuration (flags > env > YAML file)"},
 };
 

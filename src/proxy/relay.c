@@ -26,24 +26,22 @@
 #include "meshtls/log.h"
 #include "meshtls/x509.h"
 #include "http1.h"
+#include "pipe.h"
 #include "proxy.h"
 #include "proxyv2.h"
 
-#define PX_RAW 16384   /* --forward-identity http-headers: unfiltered client bytes */
-#define PX_STEP_MAX 32 /* read/write rounds per event before yielding */
+#define PX_RAW 16384 /* --forward-identity http-headers: unfiltered client bytes */
 
 enum px_sub { PX_IDLE = 0, PX_SNIFF, PX_CONNECT, PX_RELAY };
 
 /* The relay's state of one connection (the engine's proto area). */
 struct px_conn {
     enum px_sub sub;
-    char *buf[2];     /* [0] down->up, [1] up->down; MT_BUF each, only while bytes are in flight */
-    struct px_h1 *h1; /* --forward-identity http-headers: request filter (down->up) */
-    char *inject;     /* the identity headers for each request */
-    char *raw;        /* unfiltered client bytes waiting for the filter */
+    struct px_pipe pipe; /* the bytes in flight both ways (pipe.c) */
+    struct px_h1 *h1;    /* --forward-identity http-headers: request filter (down->up) */
+    char *inject;        /* the identity headers for each request */
+    char *raw;           /* unfiltered client bytes waiting for the filter */
     size_t raw_off, raw_len;
-    size_t off[2], len[2];
-    unsigned long long bytes[2];
     /* Text for the logs, allocated only when there is some: an idle connection keeps
      * ~100 bytes here instead of a kilobyte of fixed buffers. */
     char *who;            /* peer identity (SPIFFE ID or subject) */
@@ -93,15 +91,13 @@ static void on_close(struct mt_conn *c, const char *why)
     MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "close", MESHTLS_LF_U("conn", c->id),
                       MESHTLS_LF_S("client", c->peer_addr), MESHTLS_LF_S("id", p->who),
                       MESHTLS_LF_S("serial", p->serial), MESHTLS_LF_S("decision", p->decision),
-                      MESHTLS_LF_U("bytes_up", p->bytes[0]),
-                      MESHTLS_LF_U("bytes_down", p->bytes[1]),
+                      MESHTLS_LF_U("bytes_up", p->pipe.bytes[0]),
+                      MESHTLS_LF_U("bytes_down", p->pipe.bytes[1]),
                       MESHTLS_LF_D("duration_ms", (double)dur / 1000.0),
                       MESHTLS_LF_S("reason", p->why ? p->why : "done"));
-    px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->bytes[0]);
-    px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->bytes[1]);
-    mt_buf_put(c, p->buf[0]);
-    mt_buf_put(c, p->buf[1]);
-    p->buf[0] = p->buf[1] = NULL;
+    px_count(PX_C_BYTES_UP, mt_conn_shard(c), p->pipe.bytes[0]);
+    px_count(PX_C_BYTES_DOWN, mt_conn_shard(c), p->pipe.bytes[1]);
+    px_pipe_release(c, &p->pipe);
     free(p->h1);
     free(p->inject);
     free(p->raw);
@@ -162,11 +158,11 @@ static void queue_pp2(struct mt_conn *c)
         .cn = id ? id->cn : NULL,
         .spiffe_id = id ? id->spiffe_id : NULL,
     };
-    size_t n = px_pp2_build((unsigned char *)p->buf[0], MT_BUF, &c->peer_sa.sa,
+    size_t n = px_pp2_build((unsigned char *)p->pipe.buf[0], MT_BUF, &c->peer_sa.sa,
                             (struct sockaddr *)&local, &t);
     meshtls_identity_free(id);
-    p->off[0] = 0;
-    p->len[0] = n;
+    p->pipe.off[0] = 0;
+    p->pipe.len[0] = n;
 }
 
 /* Copy `s` into a header value: no control characters, quotes escaped if `q`. */
@@ -225,7 +221,7 @@ static int start_relay(struct mt_conn *c)
         }
     }
     if (s->mode == PX_MODE_SERVER && s->forward_pp2) {
-        if (!(p->buf[0] = mt_buf_get(c))) {
+        if (!(p->pipe.buf[0] = mt_buf_get(c))) {
             mt_conn_close(c, "out of memory");
             return -1;
         }
@@ -520,132 +516,80 @@ static void why_end_failed(struct mt_conn *c, struct mt_end *e, const char *fall
     set_why(p, "%s", fallback);
 }
 
-/* Copy bytes both ways.  @return 1 if it stopped early (call again). */
+/* --forward-identity http-headers: the pipe's direction 0 goes raw bytes -> the HTTP/1.1
+ * filter -> buf[0].  @return 0, or -1 if the connection was closed. */
+static int h1_fill(struct mt_conn *c, struct px_pipe *pp, void *arg, int *progress)
+{
+    struct px_conn *p = arg;
+    struct mt_end *src = &c->down;
+    if (p->raw_len == 0 && !src->rd_eof && src->rd_ready) {
+        ssize_t n = mt_end_read(src, p->raw, PX_RAW);
+        if (n > 0) {
+            p->raw_off = 0;
+            p->raw_len = (size_t)n;
+            pp->bytes[0] += (unsigned long long)n;
+            *progress = 1;
+        } else if (n == 0) {
+            src->rd_eof = 1;
+            *progress = 1;
+        } else if (n == -2) {
+            mt_conn_close(c, "client connection error");
+            return -1;
+        }
+    }
+    if (p->raw_len || p->h1->pending) {
+        if (!pp->buf[0] && !(pp->buf[0] = mt_buf_get(c))) {
+            mt_conn_close(c, "out of memory");
+            return -1;
+        }
+        size_t used = 0, made = 0;
+        int hr = px_h1_feed(p->h1, p->raw + p->raw_off, p->raw_len, &used, pp->buf[0], MT_BUF,
+                            &made, p->inject);
+        p->raw_off += used;
+        p->raw_len -= used;
+        pp->off[0] = 0;
+        pp->len[0] = made;
+        if (hr != 0) {
+            mt_conn_close(c, hr == PX_H1_E_TOO_BIG ? "HTTP request head too large (16 KiB)"
+                                                   : "malformed HTTP/1.1 request");
+            return -1;
+        }
+        if (used || made)
+            *progress = 1;
+    }
+    return 0;
+}
+
+/* The filter still holds client bytes: the half-close towards the target waits. */
+static int h1_holding(void *arg)
+{
+    struct px_conn *p = arg;
+    return p->raw_len || p->h1->pending;
+}
+
+/* A source's end of stream: in client mode, a server that closes before a byte. */
+static void relay_eof(struct mt_conn *c, struct px_pipe *pp, int dir, void *arg)
+{
+    struct px_conn *p = arg;
+    if (dir == 1 && c->up.ssl && pp->bytes[1] == 0 && !p->why && S(c)->mode == PX_MODE_CLIENT)
+        /* TLS 1.3: a server that denies by policy completes the handshake, then closes
+         * without a byte */
+        p->why = "the server closed without sending anything: its policy may deny our "
+                 "identity (see its audit log), or the service behind it closed";
+}
+
+static void relay_fail(struct mt_conn *c, struct mt_end *e, const char *fallback, void *arg)
+{
+    (void)arg;
+    why_end_failed(c, e, fallback);
+}
+
+/* Copy bytes both ways (pipe.c).  @return 1 if it stopped early (call again). */
 static int step_relay(struct mt_conn *c)
 {
     struct px_conn *p = P(c);
-    int progress = 1, rounds = 0;
-    while (progress && rounds++ < PX_STEP_MAX) {
-        progress = 0;
-        for (int dir = 0; dir < 2; dir++) {
-            struct mt_end *src = dir == 0 ? &c->down : &c->up;
-            struct mt_end *dst = dir == 0 ? &c->up : &c->down;
-            if (dst->shut_pending)
-                mt_end_flush_shutdown(dst);
-            if (dir == 0 && p->h1 && p->len[0] == 0) {
-                /* HTTP/1.1 identity forwarding: raw bytes -> filter -> buf[0] */
-                if (p->raw_len == 0 && !src->rd_eof && src->rd_ready) {
-                    ssize_t n = mt_end_read(src, p->raw, PX_RAW);
-                    if (n > 0) {
-                        p->raw_off = 0;
-                        p->raw_len = (size_t)n;
-                        p->bytes[0] += (unsigned long long)n;
-                        progress = 1;
-                    } else if (n == 0) {
-                        src->rd_eof = 1;
-                        progress = 1;
-                    } else if (n == -2) {
-                        mt_conn_close(c, "client connection error");
-                        return 0;
-                    }
-                }
-                if (p->raw_len || p->h1->pending) {
-                    if (!p->buf[0] && !(p->buf[0] = mt_buf_get(c))) {
-                        mt_conn_close(c, "out of memory");
-                        return 0;
-                    }
-                    size_t used = 0, made = 0;
-                    int hr = px_h1_feed(p->h1, p->raw + p->raw_off, p->raw_len, &used, p->buf[0],
-                                        MT_BUF, &made, p->inject);
-                    p->raw_off += used;
-                    p->raw_len -= used;
-                    p->off[0] = 0;
-                    p->len[0] = made;
-                    if (hr != 0) {
-                        mt_conn_close(c, hr == PX_H1_E_TOO_BIG
-                                             ? "HTTP request head too large (16 KiB)"
-                                             : "malformed HTTP/1.1 request");
-                        return 0;
-                    }
-                    if (used || made)
-                        progress = 1;
-                }
-            } else if (p->len[dir] == 0 && !src->rd_eof && src->rd_ready) {
-                if (!p->buf[dir] && !(p->buf[dir] = mt_buf_get(c))) {
-                    mt_conn_close(c, "out of memory");
-                    return 0;
-                }
-                /* Fill the buffer before writing: a TLS end yields one record (<= 16 KiB)
-                 * per call, so bulk data goes out in 64 KiB sends, not one per record. */
-                size_t got = 0;
-                for (;;) {
-                    ssize_t n = mt_end_read(src, p->buf[dir] + got, MT_BUF - got);
-                    if (n > 0) {
-                        got += (size_t)n;
-                        if (!src->ssl || got == MT_BUF || !src->rd_ready)
-                            break; /* a plain read(2) already took all the socket had */
-                        continue;
-                    }
-                    if (n == 0) {
-                        src->rd_eof = 1;
-                        progress = 1;
-                        if (dir == 1 && src->ssl && p->bytes[1] == 0 && !p->why &&
-                            S(c)->mode == PX_MODE_CLIENT)
-                            /* TLS 1.3: a server that denies by policy completes the
-                             * handshake, then closes without a byte */
-                            p->why = "the server closed without sending anything: its policy "
-                                     "may deny our identity (see its audit log), or the "
-                                     "service behind it closed";
-                    } else if (n == -2) {
-                        why_end_failed(c, src,
-                                       dir == 0 ? "client connection error"
-                                                : "target connection error");
-                        mt_conn_close(c, NULL);
-                        return 0;
-                    }
-                    break;
-                }
-                if (got) {
-                    p->off[dir] = 0;
-                    p->len[dir] = got;
-                    p->bytes[dir] += (unsigned long long)got;
-                    progress = 1;
-                }
-            }
-            if (p->len[dir] > 0 && dst->wr_ready) {
-                ssize_t n = mt_end_write(dst, p->buf[dir] + p->off[dir], p->len[dir]);
-                if (n > 0) {
-                    p->off[dir] += (size_t)n;
-                    p->len[dir] -= (size_t)n;
-                    progress = 1;
-                } else if (n == -2) {
-                    why_end_failed(c, dst,
-                                   dir == 0 ? "target closed while sending"
-                                            : "client closed while receiving");
-                    mt_conn_close(c, NULL);
-                    return 0;
-                }
-            }
-            if (src->rd_eof && p->len[dir] == 0 && !dst->wr_shut &&
-                !(dir == 0 && p->h1 && (p->raw_len || p->h1->pending))) {
-                mt_end_shut_write(dst); /* half-close follows the source */
-                progress = 1;
-            }
-        }
-        if (progress)
-            mt_conn_set_timeout(c, S(c)->idle_timeout_ms);
-    }
-    /* Nothing in flight: give the buffers back, an idle connection holds none. */
-    for (int dir = 0; dir < 2; dir++)
-        if (p->len[dir] == 0 && p->buf[dir]) {
-            mt_buf_put(c, p->buf[dir]);
-            p->buf[dir] = NULL;
-        }
-    if (c->down.rd_eof && c->up.rd_eof && !p->len[0] && !p->len[1]) {
-        mt_conn_close(c, NULL);
-        return 0;
-    }
-    return progress; /* still progressing after PX_STEP_MAX rounds: yield */
+    const struct px_pipe_hooks h = {p->h1 ? h1_fill : NULL, h1_holding, relay_eof, relay_fail, p};
+    return px_pipe_step(c, &p->pipe, &h, S(c)->idle_timeout_ms);
 }
 
 static int on_io(struct mt_conn *c)

@@ -1,0 +1,311 @@
+/*
+ * router.h - `meshtls proxy router`: the mTLS bastion of 004 (docs/ROUTER.md).
+ *
+ * People hold certificates whose SPIFFE ID is spiffe://<issuer>/orgs/<org>/users/<user>.
+ * A client sends `<connect_id>\n`; the router looks the host up in the database shared
+ * with an ssh-router (tables backend_hosts, teams, users), decides with 004's rule, and
+ * answers `OK\n` and relays bytes to the host's internal_ip_addr, or answers
+ * `ERROR: <code> <message>\n` and closes.
+ *
+ * Pieces:
+ *   router_authz.c  pure logic: SPIFFE user IDs, the connect-id line, array columns, the
+ *                   decision (no I/O: unit-tested as tables)
+ *   router_db.c     schema migrations and the lookup queries (blocking: job threads only)
+ *   router.c        the protocol on the engine (struct mt_proto_ops)
+ *   router_run.c    rt_run: the engine, listeners, signals
+ */
+#ifndef MESHTLS_ROUTER_H
+#define MESHTLS_ROUTER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "db.h"
+#include "meshtls/config.h"
+#include "meshtls/err.h"
+#include "meshtls/tls.h"
+#include "metrics.h"
+
+#define RT_ID_MAX 128         /* longest org / user / team id accepted from a certificate */
+#define RT_CONNECT_ID_MAX 253 /* longest connect id (bytes, before the newline) */
+#define RT_DEFAULT_PORT 22    /* internal_ip_addr without a port: ssh */
+#define RT_ARRAY_MAX 4096     /* elements of a user_ids / team_ids array considered */
+
+/*
+ * The fixed set of refusal codes (the `<code>` of `ERROR: <code> <message>`); the
+ * messages are fixed too.  RT_NOT_FOUND covers an unknown connect id AND a host of
+ * another organisation: the two must look the same.
+ */
+enum rt_code {
+    RT_OK = 0,
+    RT_BAD_IDENTITY,        /* the certificate is not a user SVID of the configured issuer */
+    RT_BAD_REQUEST,         /* the line is empty, too long, or has characters not allowed */
+    RT_TIMEOUT,             /* the line did not arrive in time */
+    RT_NOT_FOUND,           /* no such connect id in your organisation */
+    RT_FORBIDDEN,           /* a host of your organisation you are not granted */
+    RT_AUTHZ_UNAVAILABLE,   /* the database did not answer in time, or failed */
+    RT_BACKEND_UNAVAILABLE, /* the host's address is bad, or it refused / did not answer */
+    RT_BUSY,                /* the router is overloaded (job queue full) */
+    RT_RATE_LIMITED,        /* too many connection attempts by this user or organisation */
+    RT_TOO_MANY_SESSIONS,   /* too many open sessions of this user or organisation */
+    RT_CODE_N
+};
+
+/** The code's wire name ("not-found"). */
+const char *rt_code_name(enum rt_code c);
+/** The whole answer line for `c`: "ERROR: not-found no such host\n" (static). */
+const char *rt_code_line(enum rt_code c);
+
+/* ---- pure logic (router_authz.c) ------------------------------------------------------ */
+
+/**
+ * Parse a SPIFFE ID (the library's parser) that must be
+ * spiffe://<issuer>/orgs/<org>/users/<user> with `issuer` as its trust domain.
+ * org and user: 1..RT_ID_MAX bytes of [A-Za-z0-9._-] (SPIFFE path characters).
+ * @param org, user buffers of RT_ID_MAX + 1 bytes; written only on success.
+ * @return 0, or MESHTLS_EINVAL with `err` saying why (for the audit log).
+ */
+int rt_identity_parse(const char *spiffe_id, const char *issuer, char *org, char *user,
+                      struct meshtls_err *err);
+
+/**
+ * Check the connect-id line `line` of `n` bytes (newline excluded; one trailing '\r' is
+ * dropped).  Allowed: 1..RT_CONNECT_ID_MAX bytes of [A-Za-z0-9._~:@+-].
+ * @param out RT_CONNECT_ID_MAX + 1 bytes; written only on success.
+ * @return RT_OK or RT_BAD_REQUEST.
+ */
+enum rt_code rt_connect_id_check(const char *line, size_t n, char *out);
+
+/**
+ * Split an array column as the database returns it: a PostgreSQL array literal
+ * ({a,"b c",NULL}) or a JSON array of strings (["a","b c"]; SQLite).  NULL and empty
+ * elements are skipped.
+ * @param out new array of new strings (free with rt_strv_free), `*n` elements.
+ * @return 0, MESHTLS_EINVAL if `text` is neither form, MESHTLS_ENOMEM.
+ */
+int rt_array_parse(const char *text, char ***out, size_t *n);
+void rt_strv_free(char **v, size_t n);
+
+/** A host as the decision reads it (borrowed strings). */
+struct rt_host {
+    const char *org_id;
+    const char *const *user_ids;
+    size_t n_user_ids;
+    const char *const *team_ids;
+    size_t n_team_ids;
+};
+
+/** A team as the decision reads it (borrowed strings). */
+struct rt_team {
+    const char *team_id;
+    const char *org_id;
+    const char *const *user_ids;
+    size_t n_user_ids;
+};
+
+/**
+ * 004's rule.  `host` NULL: no such connect id.  Allowed when the host is in the user's
+ * organisation and the user is in host->user_ids, or in a team of `teams` whose id is in
+ * host->team_ids and whose organisation is the host's.
+ * @return RT_OK, RT_NOT_FOUND (no host, or another organisation's), RT_FORBIDDEN.
+ * @param via if not NULL, set to "user" or the team id that granted (borrowed).
+ */
+enum rt_code rt_authz_decide(const struct rt_host *host, const struct rt_team *teams,
+                             size_t n_teams, const char *org, const char *user, const char **via);
+
+/**
+ * Turn internal_ip_addr ("10.0.0.5", "10.0.0.5:2222", "[fd00::5]:22", "fd00::5",
+ * "host.internal:22") into "host:port" for mt_resolve, with RT_DEFAULT_PORT when none.
+ * @return 0, or MESHTLS_EINVAL (empty, too long, a bad port).
+ */
+int rt_backend_addr(const char *addr, char *out, size_t cap);
+
+/* ---- the database (router_db.c): blocking, job threads or commands only ---------------- */
+
+/**
+ * Create 004's tables if they are missing (an existing ssh-router database is used as it
+ * is) and check that the columns the router reads are there with usable types.
+ */
+int rt_db_migrate(struct mt_db *db, struct meshtls_err *err);
+
+/** The verdict of one lookup. */
+struct rt_lookup {
+    enum rt_code code;
+    char addr[300]; /* "host:port" to connect to, when RT_OK */
+    char via[RT_ID_MAX + 8];
+};
+
+/**
+ * Look `connect_id` up for org/user and decide (two queries on one pooled connection).
+ * @return 0 with `out` filled (code RT_OK / RT_NOT_FOUND / RT_FORBIDDEN /
+ *         RT_BACKEND_UNAVAILABLE for an unusable address), or a MESHTLS_E* code (the
+ *         database failed: the caller answers RT_AUTHZ_UNAVAILABLE).
+ */
+int rt_db_lookup(struct mt_db *db, const char *connect_id, const char *org, const char *user,
+                 struct rt_lookup *out, struct meshtls_err *err);
+
+/** The change counter (router_changes.version): a successful read is also a ping. */
+int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err);
+/** Move the change counter on: running routers drop their decision caches within 100 ms. */
+int rt_db_bump(struct mt_db *db, struct meshtls_err *err);
+
+/** Whether the database answers a trivial query (readiness). */
+int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
+
+/* ---- the router (router.c, router_run.c) ------------------------------------------------ */
+
+/** 0 = no limit.  Rates are attempts per minute (bursts up to the same number). */
+struct rt_limit_opts {
+    int user_rate, org_rate;         /* connect-id lines per minute */
+    int user_sessions, org_sessions; /* open relays at once */
+};
+
+/* Validated configuration; read-only once the router runs. */
+struct rt_config {
+    const char *listen;
+    const char *status;
+    struct meshtls_tls_opts tls; /* tls.ca_file: the first CA file */
+    const char *const *ca_files; /* every CA file (several for rotation) */
+    size_t n_ca_files;
+    const char *issuer;
+    const char *store_url; /* with its password: never logged (mt_db_url_safe) */
+    int workers;
+    int job_threads;
+    int max_conns;
+    int handshake_timeout_ms;
+    int line_timeout_ms;  /* the connect-id line must arrive within this */
+    int authz_timeout_ms; /* the decision must come within this, else authz-unavailable */
+    int connect_timeout_ms;
+    int idle_timeout_ms;
+    int shutdown_timeout_ms;
+    int connlog; /* write router_connections (default on) */
+    struct rt_limit_opts limits;
+    int cache_ttl_ms; /* answer from the cache without a query this long (0: off) */
+    int stale_max_ms; /* with the database failing, answer from the cache this long */
+    int recheck_ms;   /* live relays: check the grant again this often (0: never) */
+};
+
+/* ---- the connection log (router_log.c): table router_connections ---------------------- */
+
+/** One finished connection (strings borrowed for the call; NULL allowed). */
+struct rt_logentry {
+    int64_t at_ms; /* Unix milliseconds at accept */
+    const char *org, *user, *connect_id, *client, *target, *result, *reason;
+    uint64_t bytes_up, bytes_down;
+    int64_t duration_ms, decision_us;
+};
+
+/** The writer: a bounded queue and one thread (see router_log.c). */
+struct rt_connlog {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct rt_logrec *head, *tail;
+    size_t n, max;
+    int stop, running;
+    pthread_t t;
+    struct mt_db *db;
+    atomic_ullong written, dropped;
+};
+
+/** Start the writer on `db` (borrowed; outlives rt_connlog_stop) with at most `max` queued. */
+int rt_connlog_start(struct rt_connlog *l, struct mt_db *db, size_t max, struct meshtls_err *err);
+/** Queue `e` (copied); drops and counts it when the queue is full.  Any thread. */
+void rt_connlog_push(struct rt_connlog *l, const struct rt_logentry *e);
+/** Write what is queued, stop and join the thread. */
+void rt_connlog_stop(struct rt_connlog *l);
+
+/* ---- limits (router_limits.c) ---------------------------------------------------------- */
+
+struct rt_limits {
+    struct rt_limit_opts o;
+    pthread_mutex_t mu;
+    struct lim_ent **b;
+    size_t entries;
+};
+
+int rt_limits_init(struct rt_limits *l, const struct rt_limit_opts *o);
+void rt_limits_free(struct rt_limits *l);
+/** Take one attempt token for org/user at `now_ms` (monotonic).  RT_OK or RT_RATE_LIMITED. */
+enum rt_code rt_limits_attempt(struct rt_limits *l, const char *org, const char *user,
+                               int64_t now_ms);
+/** Open one session (RT_OK, RT_TOO_MANY_SESSIONS); rt_limits_release after an RT_OK. */
+enum rt_code rt_limits_acquire(struct rt_limits *l, const char *org, const char *user);
+void rt_limits_release(struct rt_limits *l, const char *org, const char *user);
+/** Forget idle entries; @return the entries left. */
+size_t rt_limits_sweep(struct rt_limits *l, int64_t now_ms);
+
+/* ---- the decision cache (router_cache.c) ------------------------------------------------ */
+
+/** A cached verdict (RT_OK with the resolved address, RT_NOT_FOUND or RT_FORBIDDEN). */
+struct rt_cached {
+    enum rt_code code;
+    char addr[300];
+    char via[RT_ID_MAX + 8];
+    struct sockaddr_storage sa;
+    socklen_t salen;
+};
+
+struct rt_cache {
+    pthread_mutex_t mu;
+    struct rt_cent **b;
+    size_t n;
+};
+
+int rt_cache_init(struct rt_cache *c);
+void rt_cache_free(struct rt_cache *c);
+/** The verdict for org/user/cid if it is at most `max_age_ms` old at `now_ms` (1), else 0. */
+int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
+                 int64_t now_ms, int64_t max_age_ms, struct rt_cached *out);
+/** Forget every verdict (the data changed). */
+void rt_cache_clear(struct rt_cache *c);
+/** Store (or refresh) the verdict, copied. */
+void rt_cache_put(struct rt_cache *c, const char *org, const char *user, const char *cid,
+                  int64_t now_ms, const struct rt_cached *v);
+
+/** The runtime the protocol reads (the listener's argument). */
+struct rt_router {
+    const struct rt_config *cfg;
+    struct mt_db *db;
+    struct rt_connlog *log;   /* NULL: no connection log */
+    struct rt_limits *limits; /* NULL: none */
+    struct rt_cache *cache;   /* NULL: none */
+};
+
+/*
+ * The router's own metrics, on the proxy's registry (px_metrics.reg), set by rt_run before
+ * the engine starts; NULL series when there is no registry (tests).
+ */
+struct rt_metrics {
+    struct mt_series *decisions[RT_CODE_N]; /* meshtls_router_decisions_total{code} */
+    struct mt_series *decision_time;        /* meshtls_router_decision_duration_seconds */
+    struct mt_series *relays;               /* meshtls_router_relays_active */
+    atomic_int db_up;                       /* the last database ping answered */
+};
+extern struct rt_metrics rt_metrics;
+
+/* router_config_keys.c: the `router.*` keys (flags, MESHTLS_ROUTER_* variables, YAML) */
+extern const struct meshtls_config_keydef rt_config_keys[];
+extern const size_t rt_config_nkeys;
+/** Register the `router.*` keys with `cfg` (borrowed), right after meshtls_config_new(). */
+int rt_config_register(struct meshtls_config *cfg, struct meshtls_err *err);
+
+/** The router protocol (listener argument: struct rt_router). */
+extern const struct mt_proto_ops rt_router_ops;
+
+/**
+ * Run the router until SIGTERM/SIGINT.  `cfg` (borrowed) must outlive the call.
+ * @return 0 on a clean shutdown, or a MESHTLS_E* code with `err` set.
+ */
+int rt_run(const struct rt_config *cfg, struct meshtls_err *err);
+
+/**
+ * Build the server context: client certificates required and verified against every
+ * CA file of cfg->ca_files.  @param out new context the caller frees.
+ */
+int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
+                 struct meshtls_err *err);
+
+#endif

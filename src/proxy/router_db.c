@@ -1,0 +1,337 @@
+/*
+ * router_db.c - the router's tables and lookups, through src/db.
+ *
+ * Schema: exactly 004's (the ssh-router's) tables.  On PostgreSQL they are created only if
+ * missing (CREATE TABLE IF NOT EXISTS), so a database an ssh-router already uses is taken
+ * as it is, and then checked: the columns the router reads must exist, and the id lists
+ * must be arrays.  On SQLite (no array type) the id lists are JSON arrays of strings in TEXT
+ * columns, checked by CHECK constraints; docs/ROUTER.md shows both in plain SQL.
+ *
+ * Blocking: job threads and commands only, never an event loop.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router.h"
+
+#define JSON_ARRAY_CHECK(col) "CHECK (json_valid(" col ") AND json_type(" col ") = 'array')"
+
+static const struct mt_db_migration rt_migrations[] = {
+    {1,
+     /* SQLite: TEXT[] becomes a JSON array of strings; BYTEA[] a JSON array of base64 */
+     "CREATE TABLE IF NOT EXISTS backend_hosts ("
+     " connect_id TEXT PRIMARY KEY,"
+     " internal_ip_addr TEXT NOT NULL,"
+     " org_id TEXT NOT NULL,"
+     " user_ids TEXT NOT NULL DEFAULT '[]' " JSON_ARRAY_CHECK(
+         "user_ids") ","
+                     " team_ids TEXT NOT NULL DEFAULT '[]' " JSON_ARRAY_CHECK(
+                         "team_ids") ","
+                                     " host_user TEXT);"
+                                     "CREATE TABLE IF NOT EXISTS teams ("
+                                     " team_id TEXT PRIMARY KEY,"
+                                     " org_id TEXT NOT NULL,"
+                                     " user_ids TEXT NOT NULL DEFAULT '[]' " JSON_ARRAY_CHECK(
+                                         "user_ids") ");"
+                                                     "CREATE TABLE IF NOT EXISTS users ("
+                                                     " user_id TEXT PRIMARY KEY,"
+                                                     " org_id TEXT NOT NULL,"
+                                                     " public_keys TEXT NOT NULL DEFAULT "
+                                                     "'[]' " JSON_ARRAY_CHECK("public_keys") ");",
+     /* PostgreSQL: 004's DDL, word for word, if the tables are not there yet */
+     "CREATE TABLE IF NOT EXISTS backend_hosts ("
+     " connect_id TEXT PRIMARY KEY,"
+     " internal_ip_addr TEXT NOT NULL,"
+     " org_id TEXT NOT NULL,"
+     " user_ids TEXT[] NOT NULL DEFAULT '{}',"
+     " team_ids TEXT[] NOT NULL DEFAULT '{}',"
+     " host_user TEXT);"
+     "CREATE TABLE IF NOT EXISTS teams ("
+     " team_id TEXT PRIMARY KEY,"
+     " org_id TEXT NOT NULL,"
+     " user_ids TEXT[] NOT NULL DEFAULT '{}');"
+     "CREATE TABLE IF NOT EXISTS users ("
+     " user_id TEXT PRIMARY KEY,"
+     " org_id TEXT NOT NULL,"
+     " public_keys BYTEA[] NOT NULL DEFAULT '{}');"},
+    /* the connection log (the router's own table, not 004's) */
+    {2,
+     "CREATE TABLE IF NOT EXISTS router_connections ("
+     " id INTEGER PRIMARY KEY AUTOINCREMENT, started_at_ms INTEGER NOT NULL, org_id TEXT,"
+     " user_id TEXT, connect_id TEXT, client_addr TEXT, target TEXT, result TEXT NOT NULL,"
+     " reason TEXT, bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,"
+     " duration_ms INTEGER NOT NULL, decision_us INTEGER NOT NULL);"
+     "CREATE INDEX IF NOT EXISTS router_connections_user ON router_connections"
+     " (org_id, user_id, started_at_ms);",
+     "CREATE TABLE IF NOT EXISTS router_connections ("
+     " id BIGSERIAL PRIMARY KEY, started_at_ms BIGINT NOT NULL, org_id TEXT,"
+     " user_id TEXT, connect_id TEXT, client_addr TEXT, target TEXT, result TEXT NOT NULL,"
+     " reason TEXT, bytes_up BIGINT NOT NULL, bytes_down BIGINT NOT NULL,"
+     " duration_ms BIGINT NOT NULL, decision_us BIGINT NOT NULL);"
+     "CREATE INDEX IF NOT EXISTS router_connections_user ON router_connections"
+     " (org_id, user_id, started_at_ms);"},
+    /* a change counter that `meshtls router` commands bump: running routers poll it (every
+     * 100 ms) and drop their decision cache when it moves */
+    {3,
+     "CREATE TABLE IF NOT EXISTS router_changes (id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " version INTEGER NOT NULL);"
+     "INSERT INTO router_changes (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+     "CREATE TABLE IF NOT EXISTS router_changes (id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " version BIGINT NOT NULL);"
+     "INSERT INTO router_changes (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;"},
+};
+
+/* The columns the router reads, per table: an existing database must have them. */
+static const char *const probe_sql[] = {
+    "SELECT connect_id, internal_ip_addr, org_id, user_ids, team_ids FROM backend_hosts "
+    "WHERE 1 = 0",
+    "SELECT team_id, org_id, user_ids FROM teams WHERE 1 = 0",
+    "SELECT user_id, org_id FROM users WHERE 1 = 0",
+};
+
+/* PostgreSQL: the id lists must be arrays (an ssh-router database made them TEXT[]). */
+static const char pg_array_sql[] =
+    "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND ((table_name = 'backend_hosts' AND "
+    "column_name IN ('user_ids', 'team_ids')) OR (table_name = 'teams' AND column_name = "
+    "'user_ids'))";
+
+int rt_db_migrate(struct mt_db *db, struct meshtls_err *err)
+{
+    int rc = mt_db_migrate(db, "router_schema_migrations", rt_migrations,
+                           sizeof(rt_migrations) / sizeof(rt_migrations[0]), NULL, err);
+    if (rc)
+        return rc;
+    struct mt_db_conn *c = NULL;
+    if ((rc = mt_db_acquire(db, &c, err)) != 0)
+        return rc;
+    for (size_t i = 0; i < sizeof(probe_sql) / sizeof(probe_sql[0]) && !rc; i++) {
+        struct mt_db_rows *r = NULL;
+        struct meshtls_err qe = MESHTLS_ERR_INIT;
+        if (mt_db_query(c, probe_sql[i], NULL, 0, &r, &qe) != 0 || mt_db_row_next(r, &qe) < 0)
+            rc = meshtls_err_set(err, MESHTLS_ESTORE,
+                                 "database %s: the router's tables are not as 004's schema "
+                                 "(docs/ROUTER.md): %s",
+                                 mt_db_url_safe(db), qe.msg);
+        mt_db_rows_close(r);
+    }
+    if (!rc && mt_db_backend(db) == MT_DB_POSTGRES) {
+        struct mt_db_rows *r = NULL;
+        struct meshtls_err qe = MESHTLS_ERR_INIT;
+        if ((rc = mt_db_query(c, pg_array_sql, NULL, 0, &r, &qe)) != 0)
+            rc =
+                meshtls_err_set(err, MESHTLS_ESTORE, "database %s: %s", mt_db_url_safe(db), qe.msg);
+        int x;
+        while (!rc && (x = mt_db_row_next(r, &qe)) == 1) {
+            const char *col = mt_db_col_text(r, 0), *type = mt_db_col_text(r, 1);
+            if (!type || strcmp(type, "ARRAY") != 0)
+                rc = meshtls_err_set(err, MESHTLS_ESTORE,
+                                     "database %s: column %s is %s, but 004's schema has "
+                                     "TEXT[] (docs/ROUTER.md)",
+                                     mt_db_url_safe(db), col ? col : "?", type ? type : "?");
+        }
+        mt_db_rows_close(r);
+    }
+    mt_db_release(c);
+    return rc;
+}
+
+/* The host row; the teams it lists come in a second query that takes the array text back. */
+static const char host_sql[] =
+    "SELECT internal_ip_addr, org_id, user_ids, team_ids FROM backend_hosts WHERE connect_id = $1";
+static const char teams_pg_sql[] =
+    "SELECT team_id, org_id, user_ids FROM teams WHERE team_id = ANY($1::text[]) AND org_id = $2";
+static const char teams_sqlite_sql[] =
+    "SELECT team_id, org_id, user_ids FROM teams WHERE "
+    "team_id IN (SELECT value FROM json_each($1)) AND org_id = $2";
+
+/* The parsed rows of one lookup (freed by lookup_free). */
+struct lookup_rows {
+    char *addr, *org, **hu, **ht;
+    size_t nhu, nht;
+    struct rt_team *teams;
+    char **tid, **torg, ***tu;
+    size_t *ntu, nteams, cap;
+};
+
+static void lookup_free(struct lookup_rows *L)
+{
+    free(L->addr);
+    free(L->org);
+    rt_strv_free(L->hu, L->nhu);
+    rt_strv_free(L->ht, L->nht);
+    for (size_t i = 0; i < L->nteams; i++) {
+        free(L->tid[i]);
+        free(L->torg[i]);
+        rt_strv_free(L->tu[i], L->ntu[i]);
+    }
+    free(L->teams);
+    free(L->tid);
+    free(L->torg);
+    free(L->tu);
+    free(L->ntu);
+}
+
+static int dup_col(struct mt_db_rows *r, int i, char **out)
+{
+    const char *s = mt_db_col_text(r, i);
+    *out = strdup(s ? s : "");
+    return *out ? 0 : MESHTLS_ENOMEM;
+}
+
+static int add_team(struct lookup_rows *L, struct mt_db_rows *r)
+{
+    if (L->nteams == L->cap) {
+        size_t nc = L->cap ? L->cap * 2 : 8;
+        void *a = realloc(L->tid, nc * sizeof(*L->tid));
+        if (a)
+            L->tid = a;
+        void *b = a ? realloc(L->torg, nc * sizeof(*L->torg)) : NULL;
+        if (b)
+            L->torg = b;
+        void *d = b ? realloc(L->tu, nc * sizeof(*L->tu)) : NULL;
+        if (d)
+            L->tu = d;
+        void *e = d ? realloc(L->ntu, nc * sizeof(*L->ntu)) : NULL;
+        if (!e)
+            return MESHTLS_ENOMEM;
+        L->ntu = e;
+        L->cap = nc;
+    }
+    size_t i = L->nteams;
+    L->tid[i] = L->torg[i] = NULL, L->tu[i] = NULL, L->ntu[i] = 0;
+    L->nteams++;
+    int rc;
+    if ((rc = dup_col(r, 0, &L->tid[i])) != 0 || (rc = dup_col(r, 1, &L->torg[i])) != 0)
+        return rc;
+    rc = rt_array_parse(mt_db_col_text(r, 2), &L->tu[i], &L->ntu[i]);
+    return rc == MESHTLS_EINVAL ? 0 : rc; /* a malformed list grants nothing */
+}
+
+int rt_db_lookup(struct mt_db *db, const char *connect_id, const char *org, const char *user,
+                 struct rt_lookup *out, struct meshtls_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    struct lookup_rows L = {0};
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc)
+        return rc;
+    char *team_text = NULL;
+    int found = 0;
+    struct mt_db_param p[2] = {MT_DB_TEXT(connect_id), MT_DB_TEXT(org)};
+    if ((rc = mt_db_query(c, host_sql, p, 1, &r, err)) != 0)
+        goto out;
+    int x = mt_db_row_next(r, err);
+    if (x < 0) {
+        rc = MESHTLS_ESTORE;
+        goto out;
+    }
+    if (x == 1) {
+        found = 1;
+        if ((rc = dup_col(r, 0, &L.addr)) != 0 || (rc = dup_col(r, 1, &L.org)) != 0)
+            goto out;
+        const char *tt = mt_db_col_text(r, 3);
+        if (tt && !(team_text = strdup(tt))) {
+            rc = MESHTLS_ENOMEM;
+            goto out;
+        }
+        if (rt_array_parse(mt_db_col_text(r, 2), &L.hu, &L.nhu) == MESHTLS_ENOMEM ||
+            rt_array_parse(tt, &L.ht, &L.nht) == MESHTLS_ENOMEM) {
+            rc = MESHTLS_ENOMEM;
+            goto out;
+        }
+    }
+    mt_db_rows_close(r);
+    r = NULL;
+    /* teams only matter for a host of the user's organisation that the user is not
+     * listed on directly: skip the second query otherwise */
+    int direct = 0;
+    for (size_t i = 0; i < L.nhu; i++)
+        direct |= !strcmp(L.hu[i], user);
+    if (found && !direct && L.nht > 0 && team_text && !strcmp(L.org, org)) {
+        struct mt_db_param tp[2] = {MT_DB_TEXT(team_text), MT_DB_TEXT(org)};
+        const char *sql = mt_db_backend(db) == MT_DB_POSTGRES ? teams_pg_sql : teams_sqlite_sql;
+        if ((rc = mt_db_query(c, sql, tp, 2, &r, err)) != 0)
+            goto out;
+        while ((x = mt_db_row_next(r, err)) == 1 && L.nteams < RT_ARRAY_MAX)
+            if ((rc = add_team(&L, r)) != 0)
+                goto out;
+        if (x < 0) {
+            rc = MESHTLS_ESTORE;
+            goto out;
+        }
+    }
+    if (L.nteams && !(L.teams = calloc(L.nteams, sizeof(*L.teams)))) {
+        rc = MESHTLS_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < L.nteams; i++)
+        L.teams[i] = (struct rt_team){.team_id = L.tid[i],
+                                      .org_id = L.torg[i],
+                                      .user_ids = (const char *const *)L.tu[i],
+                                      .n_user_ids = L.ntu[i]};
+    struct rt_host h = {.org_id = L.org,
+                        .user_ids = (const char *const *)L.hu,
+                        .n_user_ids = L.nhu,
+                        .team_ids = (const char *const *)L.ht,
+                        .n_team_ids = L.nht};
+    const char *via = NULL;
+    out->code = rt_authz_decide(found ? &h : NULL, L.teams, L.nteams, org, user, &via);
+    if (via)
+        snprintf(out->via, sizeof(out->via), "%s%s", strcmp(via, "user") ? "team:" : "", via);
+    if (out->code == RT_OK && rt_backend_addr(L.addr, out->addr, sizeof(out->addr)) != 0)
+        out->code = RT_BACKEND_UNAVAILABLE;
+out:
+    if (rc == MESHTLS_ENOMEM)
+        meshtls_err_set(err, rc, "out of memory reading host %s", connect_id);
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    free(team_text);
+    lookup_free(&L);
+    return rc;
+}
+
+int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0 && (rc = mt_db_query(c, "SELECT version FROM router_changes WHERE id = 1", NULL, 0,
+                                     &r, err)) == 0) {
+        int x = mt_db_row_next(r, err);
+        if (x == 1)
+            *out = mt_db_col_int64(r, 0);
+        else
+            rc = x < 0 ? MESHTLS_ESTORE : meshtls_err_set(err, MESHTLS_ESTORE, "no row");
+    }
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
+
+int rt_db_bump(struct mt_db *db, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0)
+        rc = mt_db_exec(c, "UPDATE router_changes SET version = version + 1 WHERE id = 1", NULL, 0,
+                        NULL, err);
+    mt_db_release(c);
+    return rc;
+}
+
+int rt_db_ping(struct mt_db *db, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0 && (rc = mt_db_query(c, "SELECT 1", NULL, 0, &r, err)) == 0 &&
+        mt_db_row_next(r, err) != 1)
+        rc = MESHTLS_ESTORE;
+    mt_db_rows_close(r);
+    mt_db_release(c);
+    return rc;
+}
