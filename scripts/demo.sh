@@ -247,7 +247,9 @@ fi
 
 step "the proxy's Prometheus metrics counted both decisions"
 show sh -c "curl -s http://127.0.0.1:$STATUS_PORT/metrics | grep -E '^meshtls_(policy_decisions_total|tls_handshakes_total|connections_active)'"
-if curl -s "http://127.0.0.1:$STATUS_PORT/metrics" | grep -q 'decision="deny"} 1'; then
+# read the page whole first: with pipefail, grep -q leaving early would fail curl (SIGPIPE)
+metrics=$(curl -s "http://127.0.0.1:$STATUS_PORT/metrics")
+if grep -q 'decision="deny"} 1' <<<"$metrics"; then
     ok "one allow, one deny, as seen at http://127.0.0.1:$STATUS_PORT/metrics (also /healthz, /readyz)"
 else
     bad "the metrics should show one denial"
