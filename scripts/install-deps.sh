@@ -10,6 +10,7 @@ PKGS=(
   libjansson-dev libhttp-parser-dev libpq-dev
   python3 python3-pytest python3-cryptography python3-grpcio
   postgresql postgresql-client redis-server redis-tools curl
+  openssh-server openssh-client
 )
 
 missing=()
@@ -30,6 +31,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # Debian starts the packaged servers; the tests start their own on loopback.
-for svc in postgresql redis-server; do
+for svc in postgresql redis-server ssh; do
   $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MESHTLS, free_port, read_child_log, run
+from conftest import MESHTLS, free_port, read_child_log, run, wait_port
 from proxy_util import EchoServer
 from servers import PasswordPostgres, pg_skip_reason
 
@@ -639,6 +639,10 @@ def test_ssh_through_the_router(pki, tmp_path):
     shutil.copy(uk.with_suffix(".pub"), auth)
     os.chmod(auth, 0o600)
     port = free_port()
+    if os.geteuid() == 0 and not Path("/run/sshd").exists():
+        # sshd as root wants its privilege-separation directory (the Debian service makes it
+        # at boot; a container or CI runner may not have run the service)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
                              "-h", hk, "-o", f"AuthorizedKeysFile={auth}", "-o",
                              "StrictModes=no", "-o", "PasswordAuthentication=no",
@@ -647,6 +651,7 @@ def test_ssh_through_the_router(pki, tmp_path):
     db = tmp_path / "r.db"
     router = None
     try:
+        wait_port(port, proc=sshd)
         r = run("proxy", "router", "--listen", "127.0.0.1:0", "--cert", pki / "certs/router.crt",
                 "--key", pki / "certs/router.key", "--cacert", pki / "certs/ca.crt", "--issuer",
                 TD, "--store", f"sqlite:{db}", "--check")
