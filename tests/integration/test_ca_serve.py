@@ -526,7 +526,8 @@ def test_ocsp_get_rfc5019_and_malformed(server, pki, tmp_path):
     # RFC 5019 URL-encodes the base64; the HTTP layer refuses an encoded '/' (%2F) in a
     # path, so '/' goes raw (as many clients send it) or as base64url
     forms = [b64.translate(str.maketrans("+/", "-_"))]
-    if not b64.rstrip("=").endswith("/"):
+    if not b64.rstrip("=").endswith("/") and "//" not in b64 and not b64.startswith("/"):
+        # (an empty path segment matches no route: such a request goes as base64url)
         forms.append(urllib.parse.quote(b64, safe="/"))
     for enc in forms:
         code, der = call(server, pki, "GET", f"/ocsp/{enc}")
