@@ -84,8 +84,8 @@ static const struct mt_db_migration rt_migrations[] = {
 
 /* The columns the router reads, per table: an existing database must have them. */
 static const char *const probe_sql[] = {
-    "SELECT connect_id, internal_ip_addr, org_id, user_ids, team_ids FROM backend_hosts "
-    "WHERE 1 = 0",
+    ("SELECT connect_id, internal_ip_addr, org_id, user_ids, team_ids FROM backend_hosts "
+     "WHERE 1 = 0"),
     "SELECT team_id, org_id, user_ids FROM teams WHERE 1 = 0",
     "SELECT user_id, org_id FROM users WHERE 1 = 0",
 };
