@@ -10,6 +10,8 @@
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
+#include "meshtls/log.h"
+#include "meshtls/x509.h"
 #include "proxy.h"
 
 struct px_metrics px_metrics;
@@ -91,6 +93,40 @@ enum px_hs_error px_metrics_classify_ssl(SSL *ssl)
         return SSL_get_state(ssl) == TLS_ST_SR_CERT ? PX_HSE_TOO_LARGE : PX_HSE_PROTOCOL;
     default: return PX_HSE_PROTOCOL;
     }
+}
+
+void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, char **who,
+                         char **serial, char *msg, size_t cap)
+{
+    enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
+    px_count_hs_error(kind, mt_conn_shard(c));
+    char why[256];
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
+    if (!why[0] && kind == PX_HSE_NO_CERT)
+        snprintf(why, sizeof(why), "the client sent no certificate");
+    else if (!why[0] && kind == PX_HSE_VERSION)
+        snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
+                 min_tls12 ? "TLS 1.2" : "TLS 1.3");
+    X509 *x = meshtls_tls_presented_cert(t->ssl);
+    struct meshtls_identity *id = NULL;
+    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {
+        if (!*who)
+            *who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+        if (!*serial && id->serial)
+            *serial = strdup(id->serial);
+    }
+    meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
+                        t->is_down ? "client" : "target", why[0] ? ": " : "", why);
+    snprintf(msg, cap, "%s", e.msg);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
+                      MESHTLS_LF_S("client", c->peer_addr),
+                      MESHTLS_LF_S("reason", px_hse_name(kind)), MESHTLS_LF_S("error", e.msg),
+                      MESHTLS_LF_S("id", id ? id->spiffe_id : NULL),
+                      MESHTLS_LF_S("subject", id ? id->subject : NULL),
+                      MESHTLS_LF_S("serial", id ? id->serial : NULL),
+                      MESHTLS_LF_S("issuer", id ? id->issuer : NULL));
+    meshtls_identity_free(id);
 }
 
 /* ---- values computed at scrape time -------------------------------------------- */

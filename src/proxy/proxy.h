@@ -171,6 +171,15 @@ void px_metrics_handshake(double seconds, unsigned shard);
  * the reason of the last OpenSSL error (peek: the queue is left as it is).
  */
 enum px_hs_error px_metrics_classify_ssl(SSL *ssl);
+/**
+ * A failed handshake on `t` of `c` (not a timeout): classify and count it, say why in
+ * words into `msg` ("TLS handshake with client failed: certificate revoked"), name the
+ * certificate presented (kept by the library even though it failed) in *who and *serial
+ * (strdup'd when still NULL; the caller frees them) and log one `refused` event.  Shared by
+ * the relay and the router.  Call before anything drains OpenSSL's error queue.
+ */
+void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, char **who,
+                         char **serial, char *msg, size_t cap);
 /** The metric label of `k` ("no_client_cert", "plaintext", ...). */
 const char *px_hse_name(enum px_hs_error k);
 /**

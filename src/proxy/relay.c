@@ -302,37 +302,10 @@ static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
         p->why = "TLS handshake timeout";
         return;
     }
-    /* classify before anything drains OpenSSL's error queue */
-    enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
-    px_count_hs_error(kind, mt_conn_shard(c));
-    char why[256];
-    struct meshtls_err e = MESHTLS_ERR_INIT;
-    meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
-    if (!why[0] && kind == PX_HSE_NO_CERT)
-        snprintf(why, sizeof(why), "the client sent no certificate");
-    else if (!why[0] && kind == PX_HSE_VERSION)
-        snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
-                 CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2 ? "TLS 1.2" : "TLS 1.3");
-    /* whose certificate it was, even though it failed (the library keeps the refused leaf) */
-    X509 *x = meshtls_tls_presented_cert(t->ssl);
-    struct meshtls_identity *id = NULL;
-    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {
-        if (!p->who)
-            p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
-        if (!p->serial && id->serial)
-            p->serial = strdup(id->serial);
-    }
-    meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
-                        t->is_down ? "client" : "target", why[0] ? ": " : "", why);
-    set_why(p, "%s", e.msg);
-    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
-                      MESHTLS_LF_S("client", c->peer_addr),
-                      MESHTLS_LF_S("reason", px_hse_name(kind)), MESHTLS_LF_S("error", e.msg),
-                      MESHTLS_LF_S("id", id ? id->spiffe_id : NULL),
-                      MESHTLS_LF_S("subject", id ? id->subject : NULL),
-                      MESHTLS_LF_S("serial", id ? id->serial : NULL),
-                      MESHTLS_LF_S("issuer", id ? id->issuer : NULL));
-    meshtls_identity_free(id);
+    char msg[MESHTLS_ERR_MSG_MAX];
+    px_handshake_failed(c, t, CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2, &p->who, &p->serial,
+                        msg, sizeof(msg));
+    set_why(p, "%s", msg);
 }
 
 /* ---- not TLS on the TLS port ----------------------------------------------------- */

@@ -235,20 +235,9 @@ static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
         p->why = "TLS handshake timeout";
         return;
     }
-    enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
-    px_count_hs_error(kind, mt_conn_shard(c));
-    char why[256];
-    meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
-    X509 *x = meshtls_tls_presented_cert(t->ssl);
-    struct meshtls_identity *id = NULL;
-    if (x && meshtls_identity_from_x509(x, &id, NULL) == 0 && !p->who)
-        p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
-    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
-                      MESHTLS_LF_S("client", c->peer_addr),
-                      MESHTLS_LF_S("reason", px_hse_name(kind)),
-                      MESHTLS_LF_S("error", why[0] ? why : "TLS handshake failed"),
-                      MESHTLS_LF_S("id", p->who), MESHTLS_LF_S("serial", id ? id->serial : NULL));
-    meshtls_identity_free(id);
+    char msg[MESHTLS_ERR_MSG_MAX], *serial = NULL;
+    px_handshake_failed(c, t, 0, &p->who, &serial, msg, sizeof(msg)); /* counts and logs */
+    free(serial);
     p->why = "TLS handshake failed";
 }
 
