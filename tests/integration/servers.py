@@ -105,15 +105,44 @@ class Postgres:
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "hostssl all all 127.0.0.1/32 cert clientcert=verify-full\n")
-        self._logf = open(self.base / "log", "w")
-        self.proc = subprocess.Popen(
-            (["runuser", "-u", "postgres", "--"] if root else []) +
-            [str(PG_BIN / "postgres"), "-D", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=self._logf)
-        try:
-            wait_port(self.port, proc=self.proc, timeout=30)
-        except AssertionError as e:
-            raise AssertionError(f"PostgreSQL did not start: {e}\n{self.log()}") from None
+        self._launch()
+
+    def _launch(self):
+        """Start the server and wait until its log says it accepts connections.
+        free_port()'s port was free a moment ago only: a parallel test may take it
+        first, and then wait_port() alone would see that other process listening
+        (CI saw every connection refused afterwards).  So the server's own
+        "ready" line is the signal, and a bind failure retries on a new port."""
+        root = os.geteuid() == 0
+        for attempt in range(3):
+            if attempt:
+                self.port = free_port()
+                with open(self.data / "postgresql.conf", "a") as f:
+                    f.write(f"port = {self.port}\n")  # the last setting wins
+            if self._logf:
+                self._logf.close()
+            self._logf = open(self.base / "log", "w")
+            self.proc = subprocess.Popen(
+                (["runuser", "-u", "postgres", "--"] if root else []) +
+                [str(PG_BIN / "postgres"), "-D", str(self.data)],
+                stdout=subprocess.DEVNULL, stderr=self._logf)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if "ready to accept connections" in self.log() or self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if self.proc.poll() is None and "ready to accept connections" in self.log():
+                try:
+                    wait_port(self.port, proc=self.proc, timeout=10)
+                    return
+                except AssertionError as e:
+                    raise AssertionError(f"PostgreSQL did not start: {e}\n{self.log()}") from None
+            if self.proc.poll() is None:
+                raise AssertionError(f"PostgreSQL not ready after 30 s:\n{self.log()}")
+            if "could not bind" not in self.log() and "already in use" not in self.log():
+                raise AssertionError(f"PostgreSQL exited with {self.proc.returncode}:\n"
+                                     f"{self.log()}")
+        raise AssertionError(f"PostgreSQL could not bind a free port in 3 tries:\n{self.log()}")
 
     def sql(self, query):
         """Run SQL over the local socket as the superuser."""
@@ -207,16 +236,7 @@ class PasswordPostgres(Postgres):
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n")
-        self._logf = open(self.base / "log", "w")
-        root = os.geteuid() == 0
-        self.proc = subprocess.Popen(
-            (["runuser", "-u", "postgres", "--"] if root else []) +
-            [str(PG_BIN / "postgres"), "-D", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=self._logf)
-        try:
-            wait_port(self.port, proc=self.proc, timeout=30)
-        except AssertionError as e:
-            raise AssertionError(f"PostgreSQL did not start: {e}\n{self.log()}") from None
+        self._launch()
         # the socket may answer a moment before the server accepts logins
         deadline = time.monotonic() + 30
         while True:

@@ -200,7 +200,7 @@ def test_psql_straight_to_the_proxy_server(pki, procs):
             if r.returncode == 0:
                 break
             time.sleep(0.1)
-        assert r.returncode == 0, r.stderr + p.log()
+        assert r.returncode == 0, r.stderr + p.log() + pg.log()
         assert r.stdout.strip() == "42"
         assert "decision=allow" in p.log() and "spiffe://test.local/svc/web" in p.log()
         # a client whose certificate the proxy does not trust gets nothing
