@@ -49,8 +49,9 @@ static void proxy_usage(FILE *f, const struct meshtls_config *cfg, int mode)
           "\n"
           "Every flag is also a key: MESHTLS_<KEY> in the environment (MESHTLS_PROXY_MAX_CONNS,\n"
           "GRPC_* aliases) and KEY under its section of --config. Flags beat the environment,\n"
-          "which beats the file. SIGHUP (and a change of a watched file) reloads the TLS context\n"
-          "and the policy; a failed reload keeps the current ones. `meshtls config --keys`\n"
+          "which beats the file. SIGHUP (and a change of a watched file, --config included)\n"
+          "reads the configuration again and rebuilds TLS, policy, target and ALPN for new\n"
+          "connections; a failed reload keeps everything in service. `meshtls config --keys`\n"
           "lists the keys; see docs/PROXY.md and docs/CONFIG.md.\n",
           f);
 }
