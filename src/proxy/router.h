@@ -325,7 +325,9 @@ struct rt_watch {
     pthread_t t;
     int started;
     atomic_int stop;
-    struct mt_db *db; /* its own handle: one connection, never one of the job threads' */
+    struct mt_db *db;        /* its own handle: one connection, never one of the job threads' */
+    struct mt_db_conn *conn; /* listening since rt_watch_start (the thread's from then on) */
+    int64_t seen;            /* the change counter when it started listening */
     struct rt_cache *cache;
     struct rt_live *live;
     atomic_ullong flushes; /* cache flushes for a change (metric) */

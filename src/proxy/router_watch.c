@@ -57,9 +57,9 @@ static void *watch_loop(void *arg)
 {
     struct rt_watch *w = arg;
     int pg = mt_db_backend(w->db) == MT_DB_POSTGRES;
-    struct mt_db_conn *c = NULL;
-    int64_t seen = -1;
-    int missed = 0; /* the connection was lost: a change may have gone unheard */
+    struct mt_db_conn *c = w->conn; /* listening since rt_watch_start, or NULL */
+    int64_t seen = w->seen;
+    int missed = !c; /* the connection was lost: a change may have gone unheard */
     while (!atomic_load(&w->stop)) {
         struct meshtls_err e = MESHTLS_ERR_INIT;
         if (!c && (mt_db_acquire(w->db, &c, &e) != 0 || mt_db_listen(c, RT_DB_CHANNEL, &e) != 0)) {
@@ -81,19 +81,19 @@ static void *watch_loop(void *arg)
             pause_ms(WATCH_TICK_MS);
             continue;
         }
-        set_up(w, 1, NULL);
         /* PostgreSQL: every notification is a change; fold what else is queued into it */
         int flush = pg && got == 1;
         while (flush && mt_db_wait_change(c, 0, NULL, 0, NULL) == 1)
             ;
         if (seen >= 0 && v != seen)
             flush = 1;
-        if (missed && seen >= 0)
+        if (missed)
             flush = 1;
         if (flush)
             changed(w, pg && got == 1 ? payload : missed ? "reconnected" : "change counter");
         seen = v;
         missed = 0;
+        set_up(w, 1, NULL); /* after the flush: "ready" means no verdict from before a gap */
     }
     mt_db_release(c);
     return NULL;
@@ -120,7 +120,20 @@ int rt_watch_start(struct rt_watch *w, const char *url, struct rt_cache *cache,
                     "seen only after --cache-ttl and --recheck-interval; have their owner run "
                     "the trigger SQL of docs/ROUTER.md",
                     mt_db_url_safe(w->db), missing);
+    /* the baseline before the engine starts: a change between now and the thread's first
+     * look must not become the baseline, with decisions cached before it */
+    struct meshtls_err le = MESHTLS_ERR_INIT;
+    w->seen = -1;
+    if (mt_db_acquire(w->db, &w->conn, &le) != 0 ||
+        mt_db_listen(w->conn, RT_DB_CHANNEL, &le) != 0 ||
+        rt_db_version_conn(w->conn, &w->seen, &le) != 0) {
+        meshtls_log(MESHTLS_LOG_WARN, "database watcher: %s (retrying)", le.msg);
+        mt_db_release(w->conn);
+        w->conn = NULL;
+    }
     if (pthread_create(&w->t, NULL, watch_loop, w) != 0) {
+        mt_db_release(w->conn);
+        w->conn = NULL;
         mt_db_close(w->db);
         w->db = NULL;
         return meshtls_err_set(err, MESHTLS_ENOMEM, "cannot start the database watcher thread");
