@@ -591,6 +591,7 @@ static void relay_timeout(struct mt_conn *c)
     /* a check in flight may have read the old data: the next tick asks again */
     if ((!periodic && g == p->data_gen) || p->job)
         return;
+    uint64_t was = p->data_gen;
     p->data_gen = g;
     if (cfg->recheck_ms > 0)
         p->next_recheck_ms = now + cfg->recheck_ms;
@@ -602,6 +603,8 @@ static void relay_timeout(struct mt_conn *c)
         return;
     }
     submit(c, 1);
+    if (!p->job && !mt_conn_closed(c))
+        p->data_gen = was; /* the job queue was full: try again at the next tick */
 }
 
 static int on_io(struct mt_conn *c)
