@@ -26,6 +26,10 @@ def help_flags(*args):
 # command line, the flags its --help must list (each exactly once)
 HELP = [
     (["dev"], ["--out", "--config", "--help", "--log-level"]),
+    (["cert", "inspect"], ["--json", "--config"]),
+    (["cert", "check"], ["--min-days"]),
+    (["cert", "verify"], ["--ca", "--cacert", "--crl", "--purpose"]),
+    (["cert"], ["--json", "--min-days", "--ca", "--crl", "--purpose"]),
 ]
 
 
@@ -41,6 +45,8 @@ def test_help_is_generated_each_flag_once(cmd, want):
 # command line, bad flag, bad value, the key the message must name
 BAD = [
     (["dev", "api"], "--out", "", "dev.out"),
+    (["cert", "check", "x.crt"], "--min-days", "soon", "cert.min_days"),
+    (["cert", "verify", "x.crt"], "--purpose", "both", "cert.purpose"),
 ]
 
 
@@ -63,7 +69,16 @@ def test_bad_environment_and_file_values_name_the_key(tmp_path):
 
 ENV_FILE_BAD = [
     (["dev", "api"], ("MESHTLS_DEV_OUT", ""), "dev:\n  out: [a]\n", "dev.out"),
+    (["cert", "check", "x.crt"], ("MESHTLS_CERT_MIN_DAYS", "-1"), "cert:\n  min_days: x\n",
+     "cert.min_days"),
 ]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    run("dev", "--out", d, "api", "router", "alice", check=True)
+    return d
 
 
 # ---- one key per command from each source ---------------------------------------------
@@ -78,3 +93,19 @@ def test_dev_out_from_flag_env_and_file(tmp_path):
     assert (b / "api.crt").exists()
     run("dev", "--config", y, "--out", a, "api", env={"MESHTLS_DEV_OUT": str(b)}, check=True)
     assert (a / "api.crt").exists()
+
+
+def test_cert_min_days_from_flag_env_and_file(pki, tmp_path):
+    crt = pki / "api.crt"
+    y = tmp_path / "cert.yaml"
+    y.write_text("cert:\n  min_days: 1\n")
+    assert run("cert", "check", "--config", y, crt).returncode == 0
+    env = {"MESHTLS_CERT_MIN_DAYS": "100000"}
+    r = run("cert", "check", "--config", y, crt, env=env)
+    assert r.returncode == 1 and "at least" not in r.stdout and "100000" in r.stdout, r.stdout
+    assert run("cert", "check", "--config", y, crt, "--min-days", "1", env=env).returncode == 0
+    # verify: the CA bundle from the environment; a flag of another subcommand is refused
+    r = run("cert", "verify", crt, env={"MESHTLS_CERT_CA": str(pki / "ca.crt")})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    r = run("cert", "inspect", "--min-days", "3", crt)
+    assert r.returncode == 2 and "cert.min_days" in r.stderr
