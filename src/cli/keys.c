@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "ca.h"
+#include "db.h"
 #include "cli.h"
 #include "keys.h"
 #include "proxy.h"
@@ -342,4 +343,28 @@ void cli_usage(FILE *f, const struct cli_cmd *c, const char *head, const char *e
             "environment, which beats the file. `meshtls config --keys` lists them all\n"
             "(docs/CONFIG.md).\n",
             extra ? extra : "");
+}
+
+/*
+ * Overwrite the passwords of argv[0..argc) in place, so that `ps` and /proc/PID/cmdline
+ * stop showing them: a --store URL's password and --db-password's value (both were copied
+ * into the configuration already).
+ */
+void cli_hide_passwords(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        char *a = argv[i], *v = NULL;
+        int store = !strncmp(a, "--store", 7) && (a[7] == '=' || !a[7]);
+        int pw = !strncmp(a, "--db-password", 13) && (a[13] == '=' || !a[13]);
+        if (!store && !pw)
+            continue;
+        if (strchr(a, '='))
+            v = strchr(a, '=') + 1;
+        else if (i + 1 < argc)
+            v = argv[++i];
+        if (v && store)
+            mt_db_url_hide_password(v);
+        else if (v)
+            memset(v, '*', strlen(v));
+    }
 }

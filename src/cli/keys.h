@@ -101,4 +101,10 @@ int cli_bool(const struct meshtls_config *cfg, const char *key, int dflt);
  */
 void cli_usage(FILE *f, const struct cli_cmd *c, const char *head, const char *extra);
 
+/**
+ * Overwrite in place the passwords of argv[0..argc) (a --store URL's, --db-password's) once
+ * the configuration holds copies, so that `ps` and /proc/PID/cmdline stop showing them.
+ */
+void cli_hide_passwords(int argc, char **argv);
+
 #endif

@@ -30,6 +30,18 @@ HELP = [
     (["cert", "check"], ["--min-days"]),
     (["cert", "verify"], ["--ca", "--cacert", "--crl", "--purpose"]),
     (["cert"], ["--json", "--min-days", "--ca", "--crl", "--purpose"]),
+    (["connect"], ["--proxy", "--cert", "--key", "--cacert", "--connect-id", "--server-name",
+                   "--server-spiffe-id", "--server-trust-domain", "--timeout", "--ssh-config",
+                   "--host"]),
+    (["proxy", "router"], ["--listen", "--cert", "--server-cert", "--key", "--server-key",
+                           "--cacert", "--ca-certs", "--crl", "--issuer", "--store", "--db-host",
+                           "--db-port", "--db-user", "--db-name", "--db-password", "--status",
+                           "--cache-ttl", "--no-connection-log", "--check", "--log-format"]),
+    (["router"], ["--store", "--org", "--addr", "--user", "--team", "--host-user"]),
+    (["ca", "serve"], ["--dir", "--store", "--listen", "--status", "--admin", "--san",
+                       "--workers", "--peer-ttl", "--days", "--lifecycle-interval",
+                       "--rotate-within", "--check", "--config"]),
+    (["ca", "token"], ["--dir", "--store", "--ttl"]),
 ]
 
 
@@ -47,6 +59,11 @@ BAD = [
     (["dev", "api"], "--out", "", "dev.out"),
     (["cert", "check", "x.crt"], "--min-days", "soon", "cert.min_days"),
     (["cert", "verify", "x.crt"], "--purpose", "both", "cert.purpose"),
+    (["connect", "--connect-id", "h"], "--timeout", "soon", "connect.timeout"),
+    (["proxy", "router"], "--db-port", "99999", "router.db_port"),
+    (["router", "orgs"], "--org", "", "router.org"),
+    (["ca", "serve", "--dir", "x"], "--workers", "0", "ca_serve.workers"),
+    (["ca", "token", "svc"], "--ttl", "forever", "ca.token_ttl"),
 ]
 
 
@@ -71,6 +88,14 @@ ENV_FILE_BAD = [
     (["dev", "api"], ("MESHTLS_DEV_OUT", ""), "dev:\n  out: [a]\n", "dev.out"),
     (["cert", "check", "x.crt"], ("MESHTLS_CERT_MIN_DAYS", "-1"), "cert:\n  min_days: x\n",
      "cert.min_days"),
+    (["connect"], ("MESHTLS_CONNECT_TIMEOUT", "0"), "connect:\n  timeout: 2h\n",
+     "connect.timeout"),
+    (["proxy", "router"], ("MESHTLS_ROUTER_CACHE_TTL", "2h"), "router:\n  user_rate: -1\n",
+     "router."),
+    (["ca", "serve"], ("MESHTLS_CA_SERVE_PEER_TTL", "1ms"), "ca_serve:\n  days: 900\n",
+     "ca_serve."),
+    (["ca", "token", "svc"], ("MESHTLS_CA_TOKEN_TTL", "0"), "ca:\n  token_ttl: x\n",
+     "ca.token_ttl"),
 ]
 
 
@@ -109,3 +134,69 @@ def test_cert_min_days_from_flag_env_and_file(pki, tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
     r = run("cert", "inspect", "--min-days", "3", crt)
     assert r.returncode == 2 and "cert.min_days" in r.stderr
+
+
+def test_connect_proxy_from_flag_env_and_file(pki, tmp_path):
+    """--ssh-config prints where it would connect: the key's effective value."""
+    base = ["connect", "--ssh-config", "--cert", pki / "alice.crt", "--key", pki / "alice.key",
+            "--cacert", pki / "ca.crt"]
+    y = tmp_path / "c.yaml"
+    y.write_text("connect:\n  proxy: file.example:4443\n")
+    out = run(*base, "--config", y, check=True).stdout
+    assert "--proxy file.example:4443" in out
+    env = {"MESHTLS_CONNECT_PROXY": "env.example:4443"}
+    assert "--proxy env.example:4443" in run(*base, "--config", y, env=env, check=True).stdout
+    out = run(*base, "--config", y, "--proxy", "flag.example:1", env=env, check=True).stdout
+    assert "--proxy flag.example:1" in out
+    # an argument of one invocation has no variable
+    r = run("connect", "--proxy", "x:1", "--cert", "a", "--key", "b", "--cacert", "c",
+            env={"MESHTLS_CONNECT_CONNECT_ID": "h"})
+    assert r.returncode == 2 and "give --connect-id" in r.stderr, r.stderr
+
+
+def test_router_issuer_from_flag_env_and_file(pki, tmp_path):
+    """`proxy router --check` prints the effective issuer and database."""
+    y = tmp_path / "r.yaml"
+    y.write_text(f"router:\n  listen: 127.0.0.1:0\n  cert: {pki / 'router.crt'}\n"
+                 f"  key: {pki / 'router.key'}\n  cacert: {pki / 'ca.crt'}\n"
+                 f"  issuer: file.example\n  store: sqlite:{tmp_path / 'f.db'}\n")
+    r = run("proxy", "router", "--config", y, "--check")
+    assert r.returncode == 0 and "issuer file.example" in r.stdout, r.stderr
+    env = {"MESHTLS_ROUTER_ISSUER": "env.example"}
+    r = run("proxy", "router", "--config", y, "--check", env=env)
+    assert r.returncode == 0 and "issuer env.example" in r.stdout, r.stderr
+    r = run("proxy", "router", "--config", y, "--check", "--issuer", "flag.example", env=env)
+    assert r.returncode == 0 and "issuer flag.example" in r.stdout, r.stderr
+    # 004's alias of --cert, and a flag of the data commands refused by name
+    r = run("proxy", "router", "--config", y, "--check", "--server-cert", pki / "router.crt")
+    assert r.returncode == 0, r.stderr
+    r = run("proxy", "router", "--config", y, "--check", "--org", "acme")
+    assert r.returncode == 2 and "router.org" in r.stderr
+    # the data commands share router.store
+    env = {"MESHTLS_ROUTER_STORE": f"sqlite:{tmp_path / 'data.db'}"}
+    run("router", "users", "add", "alice", "--org", "acme", env=env, check=True)
+    assert "acme" in run("router", "orgs", env=env, check=True).stdout
+
+
+def test_ca_serve_and_token_keys_from_flag_env_and_file(tmp_path):
+    ca = tmp_path / "ca"
+    run("ca", "init", "--dir", ca, "--trust-domain", "example.org", check=True)
+    run("ca", "register", "--dir", ca, "svc", check=True)
+    y = tmp_path / "s.yaml"
+    y.write_text(f"ca_serve:\n  dir: {ca}\n  listen: 127.0.0.1:0\n")
+    r = run("ca", "serve", "--config", y, "--check")
+    assert r.returncode == 0 and "listen 127.0.0.1:0" in r.stdout, r.stderr
+    env = {"MESHTLS_CA_SERVE_LISTEN": "127.0.0.1:1"}
+    r = run("ca", "serve", "--config", y, "--check", env=env)
+    assert r.returncode == 0 and "listen 127.0.0.1:1" in r.stdout, r.stderr
+    r = run("ca", "serve", "--config", y, "--check", "--listen", "[::1]:0", env=env)
+    assert r.returncode == 0 and "listen [::1]:0" in r.stdout, r.stderr
+    # token: ca.dir and ca.token_ttl from the file, the environment and a flag
+    y2 = tmp_path / "t.yaml"
+    y2.write_text(f"ca:\n  dir: {ca}\n  token_ttl: 2m\n")
+    r = run("ca", "token", "--config", y2, "svc")
+    assert r.returncode == 0 and "valid 120 s" in r.stderr, r.stderr
+    r = run("ca", "token", "--config", y2, "svc", env={"MESHTLS_CA_TOKEN_TTL": "3m"})
+    assert r.returncode == 0 and "valid 180 s" in r.stderr, r.stderr
+    r = run("ca", "token", "--config", y2, "svc", "--ttl", "4m", env={"MESHTLS_CA_TOKEN_TTL": "3m"})
+    assert r.returncode == 0 and "valid 240 s" in r.stderr, r.stderr
