@@ -42,6 +42,11 @@ HELP = [
                        "--workers", "--peer-ttl", "--days", "--lifecycle-interval",
                        "--rotate-within", "--check", "--config"]),
     (["ca", "token"], ["--dir", "--store", "--ttl"]),
+    (["ca", "issue"], ["--dir", "--out", "--days", "--csr"]),
+    (["ca", "revoke"], ["--dir", "--serial", "--reason", "--replace"]),
+    (["ca", "list"], ["--dir", "--store", "--json", "--service", "--status",
+                      "--expiring-within"]),
+    (["ca", "root-crl"], ["--root-key", "--days", "--reason", "--revoke-intermediate"]),
 ]
 
 
@@ -64,6 +69,9 @@ BAD = [
     (["router", "orgs"], "--org", "", "router.org"),
     (["ca", "serve", "--dir", "x"], "--workers", "0", "ca_serve.workers"),
     (["ca", "token", "svc"], "--ttl", "forever", "ca.token_ttl"),
+    (["ca", "issue", "--dir", "x", "svc", "--out", "o"], "--days", "826", "ca.days"),
+    (["ca", "root-crl", "--dir", "x", "--root-key", "k"], "--days", "3651", "ca.ca_days"),
+    (["ca", "list", "--dir", "x"], "--status", "gone", "ca.status"),
 ]
 
 
@@ -96,6 +104,8 @@ ENV_FILE_BAD = [
      "ca_serve."),
     (["ca", "token", "svc"], ("MESHTLS_CA_TOKEN_TTL", "0"), "ca:\n  token_ttl: x\n",
      "ca.token_ttl"),
+    (["ca", "rotate", "--dir", "x"], ("MESHTLS_CA_WITHIN_DAYS", "x"), "ca:\n  days: 0\n",
+     "ca."),
 ]
 
 
@@ -200,3 +210,25 @@ def test_ca_serve_and_token_keys_from_flag_env_and_file(tmp_path):
     assert r.returncode == 0 and "valid 180 s" in r.stderr, r.stderr
     r = run("ca", "token", "--config", y2, "svc", "--ttl", "4m", env={"MESHTLS_CA_TOKEN_TTL": "3m"})
     assert r.returncode == 0 and "valid 240 s" in r.stderr, r.stderr
+
+
+def test_ca_days_and_dir_from_flag_env_and_file(tmp_path):
+    ca = tmp_path / "ca"
+    run("ca", "init", "--dir", ca, "--trust-domain", "example.org", check=True)
+    y = tmp_path / "ca.yaml"
+    y.write_text(f"ca:\n  dir: {ca}\n  days: 10\n")
+    run("ca", "register", "--config", y, "svc", check=True)  # ca.dir from the file
+    r = run("ca", "issue", "--config", y, "svc", "--out", tmp_path / "o", check=True)
+    assert "(10 days)" in r.stdout
+    env = {"MESHTLS_CA_DAYS": "20", "MESHTLS_CA_DIR": str(ca)}
+    r = run("ca", "issue", "svc", "--out", tmp_path / "o", env=env, check=True)
+    assert "(20 days)" in r.stdout
+    r = run("ca", "issue", "--config", y, "svc", "--out", tmp_path / "o", "--days", "30",
+            env=env, check=True)
+    assert "(30 days)" in r.stdout
+    # arguments of one invocation: no variable, no YAML key
+    r = run("ca", "rotate", "--dir", ca, env={"MESHTLS_CA_FORCE": "true"}, check=True)
+    assert "nothing to rotate" in r.stdout and "MESHTLS_CA_FORCE" in r.stderr
+    y.write_text("ca:\n  force: true\n")
+    r = run("ca", "rotate", "--dir", ca, "--config", y)
+    assert r.returncode == 2 and "give --force" in r.stderr, r.stderr
