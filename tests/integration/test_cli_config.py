@@ -2,6 +2,7 @@
 (issue 12 s.5): for each command, a key applied from a flag, from MESHTLS_<SECTION>_<KEY>
 and from the --config file's section (flag > environment > file); --help generated from
 the tables, each flag once; a bad value refused with exit 2, naming the key."""
+import json
 import re
 
 import pytest
@@ -232,3 +233,23 @@ def test_ca_days_and_dir_from_flag_env_and_file(tmp_path):
     y.write_text("ca:\n  force: true\n")
     r = run("ca", "rotate", "--dir", ca, "--config", y)
     assert r.returncode == 2 and "give --force" in r.stderr, r.stderr
+
+
+def test_config_lists_every_command_and_hides_passwords(tmp_path):
+    keys = {k["key"]: k for k in json.loads(run("config", "--keys", "--json", check=True).stdout)}
+    for k in ("ca.dir", "ca_serve.listen", "router.store", "router.db_password", "connect.proxy",
+              "cert.min_days", "dev.out"):
+        assert k in keys, k
+    assert keys["ca.serial"]["env"] == ""  # an argument of one invocation
+    y = tmp_path / "r.yaml"
+    y.write_text("router:\n  db_password: fromfile-s3cret\n")
+    env = {"MESHTLS_ROUTER_STORE": "postgres://u:env-s3cret@db.example/x",
+           "MESHTLS_CONNECT_TIMEOUT": "3s"}
+    for args in (["config", "--config", y], ["config", "--config", y, "--json"]):
+        r = run(*args, env=env, check=True)
+        assert "s3cret" not in r.stdout + r.stderr, r.stdout
+        assert "postgres://u:***@db.example/x" in r.stdout and "***" in r.stdout
+        assert "3s" in r.stdout  # shown as effective: `meshtls connect` applies it
+    # `meshtls config` takes the library's and the proxy's flags only
+    r = run("config", "--store", "sqlite:x")
+    assert r.returncode == 2 and "router.store" in r.stderr
