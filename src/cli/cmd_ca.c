@@ -555,15 +555,7 @@ int cmd_ca(int argc, char **argv)
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         /* every subcommand's flags, each once and tagged with the subcommands that take it */
-        struct cli_cmd all = {
-            .what = "ca", .tables = CLI_TABLE_CA, .role = "ca", .modes = CA_KEY_OFFLINE};
-        if (meshtls_config_new(&all.cfg) == 0 &&
-            cli_config_register(all.cfg, all.tables, NULL) != 0) {
-            meshtls_config_free(all.cfg);
-            all.cfg = NULL;
-        }
-        cli_usage(argc < 2 ? stderr : stdout, &all, USAGE, NULL);
-        meshtls_config_free(all.cfg);
+        cli_usage_of(argc < 2 ? stderr : stdout, CLI_TABLE_CA, "ca", CA_KEY_OFFLINE, USAGE);
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];

@@ -45,16 +45,10 @@ static const struct {
 
 static void cert_usage(FILE *f)
 {
-    struct cli_cmd c = {.what = "cert",
-                        .tables = CLI_TABLE_CERT,
-                        .role = "cert",
-                        .modes = CLI_KEY_INSPECT | CLI_KEY_CHECK | CLI_KEY_VERIFY};
-    if (meshtls_config_new(&c.cfg) == 0 && cli_config_register(c.cfg, c.tables, NULL) != 0) {
-        meshtls_config_free(c.cfg);
-        c.cfg = NULL;
-    }
-    cli_usage(f, &c, HEAD, NULL);
-    meshtls_config_free(c.cfg);
+    cli_usage_of(f, CLI_TABLE_CERT, "cert", CLI_KEY_INSPECT | CLI_KEY_CHECK | CLI_KEY_VERIFY, HEAD);
+}
+cli_usage(f, &c, HEAD, NULL);
+meshtls_config_free(c.cfg);
 }
 
 static void fmt_time(int64_t t, char *buf, size_t cap)

@@ -368,3 +368,14 @@ void cli_hide_passwords(int argc, char **argv)
             memset(v, '*', strlen(v));
     }
 }
+
+void cli_usage_of(FILE *f, unsigned tables, const char *role, unsigned modes, const char *head)
+{
+    struct cli_cmd c = {.what = role, .tables = tables, .role = role, .modes = modes};
+    if (meshtls_config_new(&c.cfg) == 0 && cli_config_register(c.cfg, tables, NULL) != 0) {
+        meshtls_config_free(c.cfg); /* a broken table: print the head alone */
+        c.cfg = NULL;
+    }
+    cli_usage(f, &c, head, NULL);
+    meshtls_config_free(c.cfg);
+}

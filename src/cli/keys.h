@@ -101,6 +101,10 @@ int cli_bool(const struct meshtls_config *cfg, const char *key, int dflt);
  */
 void cli_usage(FILE *f, const struct cli_cmd *c, const char *head, const char *extra);
 
+/** cli_usage() of a command line not parsed yet (`meshtls ca --help`): the flags of `modes`
+ *  of section `role` in `tables`, each once and tagged with the modes that take it. */
+void cli_usage_of(FILE *f, unsigned tables, const char *role, unsigned modes, const char *head);
+
 /**
  * Overwrite in place the passwords of argv[0..argc) (a --store URL's, --db-password's) once
  * the configuration holds copies, so that `ps` and /proc/PID/cmdline stop showing them.
