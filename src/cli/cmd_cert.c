@@ -47,9 +47,6 @@ static void cert_usage(FILE *f)
 {
     cli_usage_of(f, CLI_TABLE_CERT, "cert", CLI_KEY_INSPECT | CLI_KEY_CHECK | CLI_KEY_VERIFY, HEAD);
 }
-cli_usage(f, &c, HEAD, NULL);
-meshtls_config_free(c.cfg);
-}
 
 static void fmt_time(int64_t t, char *buf, size_t cap)
 {
