@@ -253,3 +253,26 @@ def test_config_lists_every_command_and_hides_passwords(tmp_path):
     # `meshtls config` takes the library's and the proxy's flags only
     r = run("config", "--store", "sqlite:x")
     assert r.returncode == 2 and "router.store" in r.stderr
+
+
+# section -> the help pages that together must list every flag of its keys
+SECTIONS = {
+    "ca": [["ca"], ["ca", "token"]],
+    "ca_serve": [["ca", "serve"]],
+    "router": [["proxy", "router"], ["router"]],
+    "connect": [["connect"]],
+    "cert": [["cert"]],
+    "dev": [["dev"]],
+}
+
+
+def test_every_key_of_every_command_is_in_its_help():
+    keys = json.loads(run("config", "--keys", "--json", check=True).stdout)
+    for section, pages in SECTIONS.items():
+        flags = set()
+        for page in pages:
+            flags |= set(help_flags(*page))
+        mine = [k for k in keys if k["key"].startswith(section + ".")]
+        assert mine, section
+        missing = {k["flag"] for k in mine if k["flag"]} - flags
+        assert not missing, (section, missing)
