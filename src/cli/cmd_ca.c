@@ -322,8 +322,18 @@ static int ca_sub(const struct cli_cmd *c, const char *sub, char **pos, int npos
     snprintf(ipbuf, sizeof(ipbuf), "%s", ip_v ? ip_v : "");
     if (split_items(dnsbuf, dns, &n_dns, MAX_SANS) || split_items(ipbuf, ips, &n_ips, MAX_SANS))
         return usage_err(sub, "too many --dns or --ip (64 at most)");
-    if (store && dir)
-        return usage_err(sub, "give --dir DIR or --store URL, not both");
+    if (store && dir) {
+        /* a flag names what this invocation is about: it beats the other key configured in
+         * the environment or a file (MESHTLS_CA_DIR set, `ca list --store URL` given) */
+        const char *ssrc = NULL, *dsrc = NULL;
+        meshtls_config_get(cfg, "ca.store", &ssrc);
+        meshtls_config_get(cfg, "ca.dir", &dsrc);
+        int sflag = !strncmp(ssrc, "--", 2), dflag = !strncmp(dsrc, "--", 2);
+        if (sflag == dflag)
+            return usage_err(sub, "give --dir DIR or --store URL, not both");
+        if (dflag)
+            store = NULL;
+    }
     if (store) /* list alone takes it (its mode bit) */
         return do_list(store, "DIR", json, &lf);
     if (!dir)
