@@ -56,7 +56,8 @@ enum meshtls_config_type {
     MESHTLS_CFG_ENUM,         /**< one of `choices` ("a|b|c") */
     MESHTLS_CFG_SPIFFE_ID,    /**< a SPIFFE ID (spiffe://td/path) */
     MESHTLS_CFG_TRUST_DOMAIN, /**< a SPIFFE trust domain */
-    MESHTLS_CFG_DURATION, /**< N followed by ms, s, m or h (bare N = seconds); [min, max] in ms */
+    MESHTLS_CFG_DURATION,     /**< N followed by ms, s, m or h (bare N = seconds), or "off" (0);
+                                   [min, max] in ms */
 };
 
 /**
@@ -81,6 +82,19 @@ struct meshtls_config_keydef {
     unsigned opts;       /**< MESHTLS_KEY_* bits */
 };
 
+/** A second name of a key's flag, kept for old command lines ("--server-cert" of 004). */
+struct meshtls_config_flag_alias {
+    const char *flag; /**< "--server-cert" */
+    const char *key;  /**< "router.cert": the key whose flag it also is */
+};
+
+/*
+ * `modes` bits.  `meshtls config` registers every command's table and passes the proxy's
+ * bits, so each consumer keeps to its own bits: the proxy 0-1 (PX_KEY_*), `meshtls ca` 2-15
+ * (CA_KEY_*, src/cli/keys.h), the router 16-17 (RT_KEY_*), `meshtls connect` 18, `meshtls
+ * cert` 19-21, `meshtls dev` 22, the library 31.
+ */
+
 /**
  * A `modes` bit no consumer uses for its own modes: the key's flag is for the library's
  * own users (`meshtls config`, programs calling meshtls_config_parse_args with modes 0),
@@ -93,6 +107,16 @@ struct meshtls_config_keydef {
 #define MESHTLS_KEY_REPEAT 0x1u
 /** Giving the flag twice is an error (a second value would silently replace the first). */
 #define MESHTLS_KEY_ONCE 0x2u
+/**
+ * An argument of one invocation (`meshtls ca revoke --serial X`), not a setting: only its flag
+ * sets it.  It has no environment variable and no YAML key, so a variable left in a shell can
+ * never make every `ca rotate` a `--force` one.  meshtls_config_key_env() returns "".
+ */
+#define MESHTLS_KEY_ARG 0x4u
+/** A secret (a password): meshtls_config_shown() prints "***" for it, never the value. */
+#define MESHTLS_KEY_SECRET 0x8u
+/** A URL that may carry a password (postgres://u:PW@h/db): shown with the password as ***. */
+#define MESHTLS_KEY_URL 0x10u
 
 struct meshtls_config;
 
@@ -117,6 +141,17 @@ MESHTLS_API void meshtls_config_free(struct meshtls_config *cfg);
 MESHTLS_API int meshtls_config_add_keys(struct meshtls_config *cfg,
                                         const struct meshtls_config_keydef *defs, size_t n,
                                         struct meshtls_err *err);
+
+/**
+ * Register more names for keys' flags.  meshtls_config_parse_args() takes each like the key's
+ * own flag (where that applies); --help prints it beside it ("--cert, --server-cert FILE").
+ * `v` is borrowed and must outlive `cfg` (a static table).
+ * @return 0; MESHTLS_EINVAL for an unknown key, a key without a flag or a name not "--x";
+ *         MESHTLS_ENOMEM.  On error no alias of `v` is added.
+ */
+MESHTLS_API int meshtls_config_add_flag_aliases(struct meshtls_config *cfg,
+                                                const struct meshtls_config_flag_alias *v, size_t n,
+                                                struct meshtls_err *err);
 
 /**
  * Load a YAML file of at most 1 MiB: one document whose top level maps
@@ -189,6 +224,20 @@ MESHTLS_API int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, 
                                           struct meshtls_err *err);
 
 /**
+ * meshtls_config_parse_args() for a command that also takes positional arguments
+ * (`meshtls ca issue SERVICE`): each argument that is not an option, and each one after
+ * "--", goes to `pos` in order (borrowed from argv), at most `maxpos` of them; "-" alone is
+ * positional.  `*npos` (may be NULL when `maxpos` is 0) is set to the number stored.
+ * @return as meshtls_config_parse_args(); one positional argument more than `maxpos` is
+ *         MESHTLS_EPARSE naming it.
+ */
+MESHTLS_API int meshtls_config_parse_cmdline(struct meshtls_config *cfg, int argc,
+                                             char *const *argv, const char *role, unsigned modes,
+                                             const struct meshtls_config_opt *opts, size_t nopts,
+                                             const char **pos, size_t maxpos, size_t *npos,
+                                             struct meshtls_err *err);
+
+/**
  * Print the flags that meshtls_config_parse_args(cfg, ..., role, modes, ...) accepts, one
  * line each, grouped by the keys' `group` in table order, each flag once: "  --max-conns N
  * help (default 10000)".  `role` NULL: both roles' flags, one of only one role tagged
@@ -213,6 +262,26 @@ MESHTLS_API int meshtls_config_apply_log(const struct meshtls_config *cfg, struc
  */
 MESHTLS_API const char *meshtls_config_get(const struct meshtls_config *cfg, const char *key,
                                            const char **source);
+
+/**
+ * The effective value of `key` as it may be printed: "***" for a MESHTLS_KEY_SECRET key, the
+ * URL with its password replaced by "***" for a MESHTLS_KEY_URL key, else the value itself.
+ * `meshtls config` prints only this.
+ * @param buf caller's buffer the redacted form is written to (`cap` bytes).
+ * @param source optional, as meshtls_config_get().
+ * @return `buf`, the value (borrowed from `cfg`), or NULL when unset.
+ */
+MESHTLS_API const char *meshtls_config_shown(const struct meshtls_config *cfg, const char *key,
+                                             char *buf, size_t cap, const char **source);
+
+/**
+ * The effective value of a key a command cannot do without.
+ * @param out written on success (borrowed from `cfg`).
+ * @return 0; MESHTLS_EINVAL "KEY is not set: give --flag, set MESHTLS_..., or add 'k:' under
+ *         's:' in the config file" (an argument key: "give --flag").
+ */
+MESHTLS_API int meshtls_config_need(const struct meshtls_config *cfg, const char *key,
+                                    const char **out, struct meshtls_err *err);
 
 /**
  * The effective value of a boolean key.

@@ -3,7 +3,6 @@
  * argument parsing and output; the work is in src/ca.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +13,7 @@
 #include "cli.h"
 #include "db.h"
 #include "json_utf8.h"
-#include "parse.h"
+#include "keys.h"
 #include "meshtls/meshtls.h"
 #include "store.h"
 
@@ -87,11 +86,6 @@ static int fail(const char *sub, struct meshtls_err *err, int rc)
     return 1;
 }
 
-static int parse_int(const char *s, int min, int max, int *out)
-{
-    return mt_parse_int(s, min, max, out) == 0 ? 0 : -1;
-}
-
 /* Warnings from src/ca (migrated paths, skipped services, CRLs near nextUpdate) on stderr. */
 static void warn_cb(const char *msg, void *arg)
 {
@@ -118,49 +112,6 @@ static void report(const char *service, const char *old_serial, const char *new_
     printf("%s %s: new certificate %s (replaces %s) written to %s\n", (const char *)arg, service,
            new_serial, old_serial, out_dir ? out_dir : "?");
 }
-
-enum {
-    O_DIR = 256,
-    O_TD,
-    O_KT,
-    O_DNS,
-    O_IP,
-    O_SPIFFE,
-    O_OUT,
-    O_DAYS,
-    O_CSR,
-    O_WITHIN,
-    O_SERIAL,
-    O_REASON,
-    O_REPLACE,
-    O_JSON,
-    O_STORE,
-    O_FORCE,
-    O_CRL_OUT,
-    O_SERVICE,
-    O_STATUS,
-    O_EXPIRING,
-    O_REVOKE,
-    O_ROOT_KEY,
-    O_NEW_KEY,
-    O_REVOKE_INTER,
-    O_HELP
-};
-
-static const struct option copts[] = {
-    {"dir", 1, 0, O_DIR},         {"trust-domain", 1, 0, O_TD},
-    {"key-type", 1, 0, O_KT},     {"dns", 1, 0, O_DNS},
-    {"ip", 1, 0, O_IP},           {"spiffe-id", 1, 0, O_SPIFFE},
-    {"out", 1, 0, O_OUT},         {"days", 1, 0, O_DAYS},
-    {"csr", 1, 0, O_CSR},         {"within-days", 1, 0, O_WITHIN},
-    {"serial", 1, 0, O_SERIAL},   {"reason", 1, 0, O_REASON},
-    {"replace", 0, 0, O_REPLACE}, {"json", 0, 0, O_JSON},
-    {"store", 1, 0, O_STORE},     {"force", 0, 0, O_FORCE},
-    {"crl-out", 1, 0, O_CRL_OUT}, {"service", 1, 0, O_SERVICE},
-    {"status", 1, 0, O_STATUS},   {"expiring-within", 1, 0, O_EXPIRING},
-    {"revoke", 0, 0, O_REVOKE},   {"root-key", 1, 0, O_ROOT_KEY},
-    {"new-key", 0, 0, O_NEW_KEY}, {"revoke-intermediate", 1, 0, O_REVOKE_INTER},
-    {"help", 0, 0, O_HELP},       {0, 0, 0, 0}};
 
 /* A JSON string of `s` ("" when NULL), valid even when `s` is not UTF-8. */
 static json_t *jstr(const char *s)
@@ -323,131 +274,71 @@ static int do_services(const char *dir, int json)
     return 0;
 }
 
-int cmd_ca(int argc, char **argv)
+/* Split a '\n'-separated list (a repeated flag's items) into v[0..*n), in `buf` (modified). */
+static int split_items(char *buf, const char **v, size_t *n, size_t cap)
 {
-    /* the control plane (cmd_ca_serve.c) */
-    if (argc >= 2 && !strcmp(argv[1], "serve"))
-        return cmd_ca_serve(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "token"))
-        return cmd_ca_token(argc - 1, argv + 1);
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
-        !strcmp(argv[1], "help")) {
-        fputs(USAGE, argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    for (char *save = NULL, *t = strtok_r(buf, "\n", &save); t; t = strtok_r(NULL, "\n", &save)) {
+        if (*n == cap)
+            return -1;
+        v[(*n)++] = t;
     }
-    const char *sub = argv[1];
-    /* one per line, so that adding a subcommand is a one-line change */
-    /* clang-format off */
-    static const char *const subs[] = {
-        "init",
-        "register",
-        "issue",
-        "rotate",
-        "revoke",
-        "crl",
-        "list",
-        "services",
-        "unregister",
-        "renew-intermediate",
-        "root-crl",
-    };
-    /* clang-format on */
-    int known = 0;
-    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
-        known |= !strcmp(sub, subs[i]);
-    if (!known) {
-        fprintf(stderr, "meshtls ca: unknown subcommand '%s'\n\n%s", sub, USAGE);
-        return 2;
-    }
-    const char *dir = NULL, *td = NULL, *kt = "ec-p256", *spiffe = NULL, *out = NULL, *csr = NULL,
-               *serial = NULL, *reason = NULL, *crl_out = NULL, *root_key = NULL,
-               *revoke_inter = NULL;
-    struct list_filter lf = {NULL, NULL, -1};
+    return 0;
+}
+
+/* One subcommand `sub` of the offline CA with the configuration of `c` and its positional
+ * arguments `pos[0..npos)`.  @return the exit status. */
+static int ca_sub(const struct cli_cmd *c, const char *sub, char **pos, int npos)
+{
+    const struct meshtls_config *cfg = c->cfg;
+    static char dnsbuf[8192], ipbuf[4096];
+    const char *dir = meshtls_config_get(cfg, "ca.dir", NULL);
+    const char *td = meshtls_config_get(cfg, "ca.trust_domain", NULL);
+    const char *kt = meshtls_config_get(cfg, "ca.key_type", NULL);
+    const char *spiffe = meshtls_config_get(cfg, "ca.spiffe_id", NULL);
+    const char *out = meshtls_config_get(cfg, "ca.out", NULL);
+    const char *csr = meshtls_config_get(cfg, "ca.csr", NULL);
+    const char *serial = meshtls_config_get(cfg, "ca.serial", NULL);
+    const char *reason = meshtls_config_get(cfg, "ca.reason", NULL);
+    const char *crl_out = meshtls_config_get(cfg, "ca.crl_out", NULL);
+    const char *root_key = meshtls_config_get(cfg, "ca.root_key", NULL);
+    const char *revoke_inter = meshtls_config_get(cfg, "ca.revoke_intermediate", NULL);
+    const char *store = meshtls_config_get(cfg, "ca.store", NULL);
+    const char *dns_v = meshtls_config_get(cfg, "ca.dns", NULL);
+    const char *ip_v = meshtls_config_get(cfg, "ca.ip", NULL);
+    struct list_filter lf = {meshtls_config_get(cfg, "ca.service", NULL),
+                             meshtls_config_get(cfg, "ca.status", NULL),
+                             (int)cli_int(cfg, "ca.expiring_within", -1)};
     const char *dns[MAX_SANS], *ips[MAX_SANS];
     size_t n_dns = 0, n_ips = 0;
-    int days = CA_LEAF_DAYS_DEFAULT, within = 14, replace = 0, json = 0, force = 0, revoke = 0,
-        new_key = 0, days_given = 0, opt;
-    char store[4200]; /* --store URL, possibly with a password: wiped after use */
-    int have_store = 0, rc_store;
-    argc--, argv++;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", copts, NULL)) != -1) {
-        switch (opt) {
-        case O_DIR: dir = optarg; break;
-        case O_TD: td = optarg; break;
-        case O_KT: kt = optarg; break;
-        case O_DNS:
-            if (n_dns == MAX_SANS)
-                return usage_err(sub, "too many --dns (64 at most)");
-            dns[n_dns++] = optarg;
-            break;
-        case O_IP:
-            if (n_ips == MAX_SANS)
-                return usage_err(sub, "too many --ip (64 at most)");
-            ips[n_ips++] = optarg;
-            break;
-        case O_SPIFFE: spiffe = optarg; break;
-        case O_OUT: out = optarg; break;
-        case O_DAYS:
-            days_given = 1;
-            /* the ceremony's --days are CA lifetimes: checked below */
-            if (!strcmp(sub, "renew-intermediate") || !strcmp(sub, "root-crl")) {
-                if (parse_int(optarg, 1, CA_ROOT_DAYS, &days))
-                    return usage_err(sub, "--days: expected a number of days from 1 to 3650");
-            } else if (parse_int(optarg, 1, CA_LEAF_DAYS_MAX, &days))
-                return usage_err(sub, "--days: expected a number of days from 1 to 825");
-            break;
-        case O_CSR: csr = optarg; break;
-        case O_WITHIN:
-            if (parse_int(optarg, 0, 3650, &within))
-                return usage_err(sub, "--within-days: expected a number from 0 to 3650");
-            break;
-        case O_SERIAL: serial = optarg; break;
-        case O_REASON: reason = optarg; break;
-        case O_REPLACE: replace = 1; break;
-        case O_JSON: json = 1; break;
-        case O_FORCE: force = 1; break;
-        case O_CRL_OUT: crl_out = optarg; break;
-        case O_SERVICE: lf.service = optarg; break;
-        case O_STATUS:
-            if (strcmp(optarg, "active") && strcmp(optarg, "superseded") &&
-                strcmp(optarg, "revoked") && strcmp(optarg, "expired"))
-                return usage_err(sub, "--status: expected active, superseded, revoked or expired");
-            lf.status = optarg;
-            break;
-        case O_EXPIRING:
-            if (parse_int(optarg, 0, 3650, &lf.expiring_within))
-                return usage_err(sub, "--expiring-within: expected a number of days from 0 to "
-                                      "3650");
-            break;
-        case O_REVOKE: revoke = 1; break;
-        case O_ROOT_KEY: root_key = optarg; break;
-        case O_NEW_KEY: new_key = 1; break;
-        case O_REVOKE_INTER: revoke_inter = optarg; break;
-        case O_STORE:
-            /* Copied, then hidden from `ps` / /proc/PID/cmdline at once. */
-            snprintf(store, sizeof(store), "%s", optarg);
-            mt_db_url_hide_password(optarg);
-            have_store = 1;
-            break;
-        case O_HELP: fputs(USAGE, stdout); return 0;
-        default: return 2;
-        }
+    /* ranges were checked when each value was set (src/cli/keys.c) */
+    int ceremony = !strcmp(sub, "renew-intermediate") || !strcmp(sub, "root-crl");
+    int days_given = meshtls_config_get(cfg, ceremony ? "ca.ca_days" : "ca.days", NULL) != NULL;
+    int days = (int)cli_int(cfg, ceremony ? "ca.ca_days" : "ca.days", CA_LEAF_DAYS_DEFAULT);
+    int within = (int)cli_int(cfg, "ca.within_days", 14);
+    int replace = cli_bool(cfg, "ca.replace", 0), json = cli_bool(cfg, "ca.json", 0);
+    int force = cli_bool(cfg, "ca.force", 0), revoke = cli_bool(cfg, "ca.revoke", 0);
+    int new_key = cli_bool(cfg, "ca.new_key", 0);
+    snprintf(dnsbuf, sizeof(dnsbuf), "%s", dns_v ? dns_v : "");
+    snprintf(ipbuf, sizeof(ipbuf), "%s", ip_v ? ip_v : "");
+    if (split_items(dnsbuf, dns, &n_dns, MAX_SANS) || split_items(ipbuf, ips, &n_ips, MAX_SANS))
+        return usage_err(sub, "too many --dns or --ip (64 at most)");
+    if (store && dir) {
+        /* a flag names what this invocation is about: it beats the other key configured in
+         * the environment or a file (MESHTLS_CA_DIR set, `ca list --store URL` given) */
+        const char *ssrc = NULL, *dsrc = NULL;
+        meshtls_config_get(cfg, "ca.store", &ssrc);
+        meshtls_config_get(cfg, "ca.dir", &dsrc);
+        int sflag = !strncmp(ssrc, "--", 2), dflag = !strncmp(dsrc, "--", 2);
+        if (sflag == dflag)
+            return usage_err(sub, "give --dir DIR or --store URL, not both");
+        if (dflag)
+            store = NULL;
     }
-    if (have_store && strcmp(sub, "list"))
-        return usage_err(sub, "--store URL is accepted by 'list' only for now: the other "
-                              "subcommands keep the store with the keys in --dir DIR");
-    if (have_store && dir)
-        return usage_err(sub, "give --dir DIR or --store URL, not both");
-    if (have_store) {
-        rc_store = do_list(store, "DIR", json, &lf);
-        explicit_bzero(store, sizeof(store));
-        return rc_store;
-    }
+    if (store) /* list alone takes it (its mode bit) */
+        return do_list(store, "DIR", json, &lf);
     if (!dir)
-        return usage_err(sub, "--dir DIR is required (the CA directory)");
-    char **pos = argv + optind;
-    int npos = argc - optind;
+        return usage_err(sub, "--dir DIR is required (the CA directory; or ca.dir, "
+                              "MESHTLS_CA_DIR)");
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc;
 
@@ -662,4 +553,63 @@ int cmd_ca(int argc, char **argv)
         return 0;
     }
     return do_list(dir, dir, json, &lf);
+}
+
+int cmd_ca(int argc, char **argv)
+{
+    /* the control plane (cmd_ca_serve.c) */
+    if (argc >= 2 && !strcmp(argv[1], "serve"))
+        return cmd_ca_serve(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "token"))
+        return cmd_ca_token(argc - 1, argv + 1);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        /* every subcommand's flags, each once and tagged with the subcommands that take it */
+        cli_usage_of(argc < 2 ? stderr : stdout, CLI_TABLE_CA, "ca", CA_KEY_OFFLINE, USAGE);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *sub = argv[1];
+    /* the subcommands and their mode bits (src/cli/keys.h), one per line */
+    /* clang-format off */
+    static const struct {
+        const char *name;
+        unsigned mode;
+    } subs[] = {
+        {"init", CA_KEY_INIT},
+        {"register", CA_KEY_REGISTER},
+        {"issue", CA_KEY_ISSUE},
+        {"rotate", CA_KEY_ROTATE},
+        {"revoke", CA_KEY_REVOKE},
+        {"crl", CA_KEY_CRL},
+        {"list", CA_KEY_LIST},
+        {"services", CA_KEY_SERVICES},
+        {"unregister", CA_KEY_UNREGISTER},
+        {"renew-intermediate", CA_KEY_RENEW},
+        {"root-crl", CA_KEY_ROOT_CRL},
+    };
+    /* clang-format on */
+    size_t k;
+    for (k = 0; k < sizeof(subs) / sizeof(subs[0]) && strcmp(sub, subs[k].name); k++)
+        ;
+    if (k == sizeof(subs) / sizeof(subs[0])) {
+        fprintf(stderr, "meshtls ca: unknown subcommand '%s'\n\n%s", sub, USAGE);
+        return 2;
+    }
+    char what[48];
+    const char *pos[MAX_SANS];
+    snprintf(what, sizeof(what), "ca %s", sub);
+    struct cli_cmd c = {.what = what,
+                        .tables = CLI_TABLE_CA,
+                        .role = "ca",
+                        .modes = subs[k].mode,
+                        .pos = pos,
+                        .maxpos = MAX_SANS};
+    int status = cli_config_load(&c, argc - 2, argv + 2);
+    cli_hide_passwords(argc - 2, argv + 2);
+    if (status == 0 && c.help)
+        cli_usage(stdout, &c, USAGE, NULL);
+    if (status == 0 && !c.help)
+        status = ca_sub(&c, sub, (char **)pos, (int)c.npos);
+    meshtls_config_free(c.cfg);
+    return status;
 }

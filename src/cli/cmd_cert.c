@@ -6,7 +6,6 @@
  * expired, 2 unreadable.  `verify` exits 0 trusted, 1 not trusted, 2 unreadable.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,27 +17,35 @@
 #include "ca.h"
 #include "cli.h"
 #include "json_utf8.h"
-#include "parse.h"
+#include "keys.h"
 #include "meshtls/meshtls.h"
+
+static const char HEAD[] =
+    "usage: meshtls cert <subcommand> [options] FILE\n"
+    "\n"
+    "  inspect FILE [--json]          show the identity of every certificate in FILE:\n"
+    "                                 subject, issuer, serial, validity, days left,\n"
+    "                                 DNS/IP/URI SANs and the SPIFFE ID\n"
+    "  check FILE --min-days N        exit 0 if the first certificate is valid for at\n"
+    "                                 least N more days, 1 if it expires sooner or has\n"
+    "                                 expired, 2 if the file cannot be read; a file of\n"
+    "                                 CRLs (ca crl's bundle): every CRL's nextUpdate at\n"
+    "                                 least N days ahead, 1 if one is nearer or past\n"
+    "                                 (STALE: a proxy run with --crl refuses clients)\n"
+    "  verify --ca FILE [--crl FILE] [--purpose client|server] FILE\n"
+    "                                 verify the chain in FILE (leaf first) against the\n"
+    "                                 CA bundle, and against the CRLs if given; exit 0\n"
+    "                                 trusted, 1 not trusted, 2 unreadable\n";
+
+/* The subcommands and their mode bits (keys.h). */
+static const struct {
+    const char *name;
+    unsigned mode;
+} SUBS[] = {{"inspect", CLI_KEY_INSPECT}, {"check", CLI_KEY_CHECK}, {"verify", CLI_KEY_VERIFY}};
 
 static void cert_usage(FILE *f)
 {
-    fputs("usage: meshtls cert <subcommand> [options] FILE\n"
-          "\n"
-          "  inspect FILE [--json]          show the identity of every certificate in FILE:\n"
-          "                                 subject, issuer, serial, validity, days left,\n"
-          "                                 DNS/IP/URI SANs and the SPIFFE ID\n"
-          "  check FILE --min-days N        exit 0 if the first certificate is valid for at\n"
-          "                                 least N more days, 1 if it expires sooner or has\n"
-          "                                 expired, 2 if the file cannot be read; a file of\n"
-          "                                 CRLs (ca crl's bundle): every CRL's nextUpdate at\n"
-          "                                 least N days ahead, 1 if one is nearer or past\n"
-          "                                 (STALE: a proxy run with --crl refuses clients)\n"
-          "  verify --ca FILE [--crl FILE] [--purpose client|server] FILE\n"
-          "                                 verify the chain in FILE (leaf first) against the\n"
-          "                                 CA bundle, and against the CRLs if given; exit 0\n"
-          "                                 trusted, 1 not trusted, 2 unreadable\n",
-          f);
+    cli_usage_of(f, CLI_TABLE_CERT, "cert", CLI_KEY_INSPECT | CLI_KEY_CHECK | CLI_KEY_VERIFY, HEAD);
 }
 
 static void fmt_time(int64_t t, char *buf, size_t cap)
@@ -119,26 +126,9 @@ static void print_identity_text(const struct meshtls_identity *id)
                             : "(none)");
 }
 
-static int cert_inspect(int argc, char **argv)
+static int cert_inspect(const struct meshtls_config *cfg, const char *path)
 {
-    int json = 0, c, rc = 0;
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'h') {
-            cert_usage(stdout);
-            return 0;
-        } else
-            return 2;
-    }
-    if (optind != argc - 1) {
-        cert_usage(stderr);
-        return 2;
-    }
-    const char *path = argv[optind];
+    int json = cli_bool(cfg, "cert.json", 0), rc = 0;
     STACK_OF(X509) *certs = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     if ((rc = meshtls_pem_read_certs(path, &certs, &err)) != 0) {
@@ -168,12 +158,6 @@ static int cert_inspect(int argc, char **argv)
     return rc ? 2 : 0;
 }
 
-/* Parse a non-negative decimal int; @return 0 or -1. */
-static int parse_days(const char *s, int *out)
-{
-    return mt_parse_int(s, 0, 100000, out) == 0 ? 0 : -1;
-}
-
 static int64_t asn1_unix(const ASN1_TIME *t)
 {
     struct tm tm;
@@ -182,11 +166,6 @@ static int64_t asn1_unix(const ASN1_TIME *t)
     return (int64_t)timegm(&tm);
 }
 
-/*
- * `cert check` on a CRL file: each CRL's nextUpdate against --min-days.  A
- * CRL past nextUpdate is the outage of issue 9 (a proxy with --crl refuses
- * every client whose chain it covers), so it is its own word: STALE.
- */
 static int check_crls(const char *path, int min_days)
 {
     STACK_OF(X509_CRL) *crls = NULL;
@@ -248,32 +227,9 @@ static int is_crl_file(const char *path)
     return crl;
 }
 
-static int cert_check(int argc, char **argv)
+static int cert_check(const struct meshtls_config *cfg, const char *path)
 {
-    int c, min_days = -1;
-    static const struct option opts[] = {
-        {"min-days", required_argument, NULL, 'm'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
-        if (c == 'm') {
-            if (parse_days(optarg, &min_days) != 0) {
-                fprintf(stderr,
-                        "meshtls cert check: --min-days '%s' is not a number of days "
-                        "(0-100000)\n",
-                        optarg);
-                return 2;
-            }
-        } else if (c == 'h') {
-            cert_usage(stdout);
-            return 0;
-        } else
-            return 2;
-    }
-    if (optind != argc - 1 || min_days < 0) {
-        fprintf(stderr, "meshtls cert check: usage: meshtls cert check FILE --min-days N\n");
-        return 2;
-    }
-    const char *path = argv[optind];
+    int min_days = (int)cli_int(cfg, "cert.min_days", 0); /* required: checked by the caller */
     if (is_crl_file(path))
         return check_crls(path, min_days);
     STACK_OF(X509) *certs = NULL;
@@ -304,39 +260,15 @@ static int cert_check(int argc, char **argv)
     return 2;
 }
 
-static int cert_verify(int argc, char **argv)
+static int cert_verify(const struct meshtls_config *cfg, const char *path)
 {
-    int c, rc, purpose = 0, status = 2;
-    const char *ca = NULL, *crl = NULL;
-    static const struct option opts[] = {
-        {"ca", required_argument, NULL, 'c'},  {"cacert", required_argument, NULL, 'c'},
-        {"crl", required_argument, NULL, 'r'}, {"purpose", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},      {0, 0, 0, 0}};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:r:p:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': ca = optarg; break;
-        case 'r': crl = optarg; break;
-        case 'p':
-            if (!strcmp(optarg, "client"))
-                purpose = X509_PURPOSE_SSL_CLIENT;
-            else if (!strcmp(optarg, "server"))
-                purpose = X509_PURPOSE_SSL_SERVER;
-            else {
-                fprintf(stderr, "meshtls cert verify: --purpose must be client or server\n");
-                return 2;
-            }
-            break;
-        case 'h': cert_usage(stdout); return 0;
-        default: return 2;
-        }
-    }
-    if (optind != argc - 1 || !ca) {
-        fprintf(stderr, "meshtls cert verify: usage: meshtls cert verify --ca FILE [--crl FILE] "
-                        "FILE\n");
-        return 2;
-    }
-    const char *path = argv[optind];
+    int rc, status = 2;
+    const char *ca = meshtls_config_get(cfg, "cert.ca", NULL);
+    const char *crl = meshtls_config_get(cfg, "cert.crl", NULL);
+    const char *pv = meshtls_config_get(cfg, "cert.purpose", NULL);
+    int purpose = !pv                     ? 0
+                  : !strcmp(pv, "client") ? X509_PURPOSE_SSL_CLIENT
+                                          : X509_PURPOSE_SSL_SERVER;
     STACK_OF(X509) *chain = NULL, *anchors = NULL;
     STACK_OF(X509_CRL) *crls = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
@@ -374,13 +306,40 @@ int cmd_cert(int argc, char **argv)
         cert_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "inspect"))
-        return cert_inspect(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "check"))
-        return cert_check(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "verify"))
-        return cert_verify(argc - 1, argv + 1);
-    fprintf(stderr, "meshtls cert: unknown subcommand '%s'\n", argv[1]);
-    cert_usage(stderr);
-    return 2;
+    size_t k;
+    for (k = 0; k < sizeof(SUBS) / sizeof(SUBS[0]) && strcmp(argv[1], SUBS[k].name); k++)
+        ;
+    if (k == sizeof(SUBS) / sizeof(SUBS[0])) {
+        fprintf(stderr, "meshtls cert: unknown subcommand '%s'\n", argv[1]);
+        cert_usage(stderr);
+        return 2;
+    }
+    char what[32];
+    snprintf(what, sizeof(what), "cert %s", SUBS[k].name);
+    const char *file = NULL;
+    struct cli_cmd c = {.what = what,
+                        .tables = CLI_TABLE_CERT,
+                        .role = "cert",
+                        .modes = SUBS[k].mode,
+                        .pos = &file,
+                        .maxpos = 1};
+    int status = cli_config_load(&c, argc - 2, argv + 2);
+    if (status == 0 && c.help)
+        cli_usage(stdout, &c, HEAD, NULL);
+    if (status || c.help)
+        goto out;
+    status = 2;
+    if (!file) {
+        fprintf(stderr, "meshtls %s: give the FILE to read (see --help)\n", what);
+        goto out;
+    }
+    if (SUBS[k].mode == CLI_KEY_INSPECT)
+        status = cert_inspect(c.cfg, file);
+    else if (SUBS[k].mode == CLI_KEY_CHECK)
+        status = cli_need(&c, "cert.min_days") ? cert_check(c.cfg, file) : 2;
+    else
+        status = cli_need(&c, "cert.ca") ? cert_verify(c.cfg, file) : 2;
+out:
+    meshtls_config_free(c.cfg);
+    return status;
 }

@@ -15,8 +15,15 @@
 
 #include "cli.h"
 #include "json_utf8.h"
+#include "keys.h"
 #include "meshtls/meshtls.h"
-#include "proxy.h" /* the proxy's keys, shown with the rest */
+#include "proxy.h"
+#include "router_keys.h"
+
+/* The flags `meshtls config` takes: the library's and the proxy's.  The other commands'
+ * keys are shown and listed, but set from their own command lines (a --store here would be
+ * ambiguous between router.store, ca.store and ca_serve.store). */
+#define CONFIG_MODES (PX_KEY_SERVER | PX_KEY_CLIENT | MESHTLS_MODE_LIBRARY)
 
 static const char *const TYPE_NAMES[] = {"",     "text",      "path",         "bool",    "int",
                                          "enum", "SPIFFE ID", "trust domain", "duration"};
@@ -49,7 +56,7 @@ static void usage(FILE *f, const struct meshtls_config *cfg)
           "Flags that set a key (server.X or client.X follows --role):\n",
           f);
     if (cfg)
-        meshtls_config_print_flags(cfg, f, NULL, 0, MODES, 2);
+        meshtls_config_print_flags(cfg, f, NULL, CONFIG_MODES, MODES, 2);
     fputs("\nExit status: 0 fine, 1 configuration error, 2 usage error. See docs/CONFIG.md.\n", f);
 }
 
@@ -66,8 +73,8 @@ static void list_keys(const struct meshtls_config *cfg, int json)
         const struct meshtls_config_keydef *d = meshtls_config_key(cfg, i);
         const char *env = meshtls_config_key_env(cfg, d->name);
         if (!json) {
-            printf("%-28s %-10s %-8s %-40s %s\n", d->name, type_of(d), d->def ? d->def : "-", env,
-                   d->flag ? d->flag : "-");
+            printf("%-28s %-10s %-8s %-40s %s\n", d->name, type_of(d), d->def ? d->def : "-",
+                   *env ? env : "-", d->flag ? d->flag : "-");
             continue;
         }
         json_t *o = json_object();
@@ -106,6 +113,49 @@ static void md_cell(const char *s)
     }
 }
 
+/* "Used by" of key `d`: the command and subcommands whose flags (modes) take it. */
+static void used_by(const struct meshtls_config_keydef *d, char *buf, size_t cap)
+{
+    static const struct {
+        const char *section, *command;
+        unsigned all; /* every mode of the command: name none */
+    } CMDS[] = {{"ca.", "ca", CA_KEY_OFFLINE | CA_KEY_TOKEN},
+                {"ca_serve.", "ca serve", CA_KEY_SERVE},
+                {"connect.", "connect", CLI_KEY_CONNECT},
+                {"cert.", "cert", CLI_KEY_INSPECT | CLI_KEY_CHECK | CLI_KEY_VERIFY},
+                {"dev.", "dev", CLI_KEY_DEV}};
+    if (!strncmp(d->name, "server.", 7) || !strncmp(d->name, "client.", 7)) {
+        snprintf(buf, cap, "%s role", !strncmp(d->name, "server.", 7) ? "server" : "client");
+        return;
+    }
+    if (!strncmp(d->name, "proxy.", 6)) {
+        snprintf(buf, cap, "%s",
+                 d->modes == PX_KEY_SERVER   ? "proxy server"
+                 : d->modes == PX_KEY_CLIENT ? "proxy client"
+                                             : "proxy");
+        return;
+    }
+    if (!strncmp(d->name, "router.", 7)) {
+        snprintf(buf, cap, "%s%s%s", d->modes & RT_KEY_SERVE ? "proxy router" : "",
+                 (d->modes & RT_KEY_SERVE) && (d->modes & RT_KEY_DATA) ? ", " : "",
+                 d->modes & RT_KEY_DATA ? "router" : "");
+        return;
+    }
+    for (size_t i = 0; i < sizeof(CMDS) / sizeof(CMDS[0]); i++) {
+        if (strncmp(d->name, CMDS[i].section, strlen(CMDS[i].section)) != 0)
+            continue;
+        size_t n = (size_t)snprintf(buf, cap, "%s", CMDS[i].command);
+        if ((d->modes & CMDS[i].all) != CMDS[i].all) /* some subcommands: name them */
+            for (unsigned b = 0; b < 32 && n < cap; b++)
+                if ((d->modes >> b) & 1u)
+                    n += (size_t)snprintf(buf + n, cap - n, "%s%s",
+                                          n > strlen(CMDS[i].command) ? ", " : " ",
+                                          cli_mode_names[b]);
+        return;
+    }
+    snprintf(buf, cap, "all");
+}
+
 /*
  * --keys --markdown: the reference table of docs/CONFIG.md, generated from the key tables
  * (tests/integration/test_config_check.py holds the document to it).
@@ -127,23 +177,23 @@ static void list_keys_markdown(const struct meshtls_config *cfg)
             snprintf(type, sizeof(type), "%s", d->choices);
         else
             snprintf(type, sizeof(type), "%s", type_of(d));
-        const char *used = !strncmp(d->name, "server.", 7)   ? "server role"
-                           : !strncmp(d->name, "client.", 7) ? "client role"
-                           : strncmp(d->name, "proxy.", 6)   ? "all"
-                           : d->modes == PX_KEY_SERVER       ? "proxy server"
-                           : d->modes == PX_KEY_CLIENT       ? "proxy client"
-                                                             : "proxy";
+        char used[256];
+        used_by(d, used, sizeof(used));
         printf("| `%s` | ", d->name);
         md_cell(type);
-        printf(" | %s%s%s | `", d->def ? "`" : "–", d->def ? d->def : "", d->def ? "`" : "");
+        printf(" | %s%s%s | ", d->def ? "`" : "–", d->def ? d->def : "", d->def ? "`" : "");
         const char *env = meshtls_config_key_env(cfg, d->name);
+        if (!*env) /* an argument key: its flag alone */
+            fputs("–", stdout);
+        else
+            putchar('`');
         for (; *env; env++) /* "A, B" -> `A`, `B` */
             if (*env == ',') {
                 fputs("`, `", stdout);
                 env++;
             } else
                 putchar(*env);
-        printf("` | ");
+        printf("%s | ", *meshtls_config_key_env(cfg, d->name) ? "`" : "");
         if (d->flag)
             printf("`%s`%s%s%s%s", d->flag, d->flag_sets ? " (sets `" : "",
                    d->flag_sets ? d->flag_sets : "", d->flag_sets ? "`)" : "",
@@ -181,7 +231,9 @@ static void show(const struct meshtls_config *cfg, int json)
     json_t *all = json ? json_object() : NULL;
     for (size_t i = 0; meshtls_config_key(cfg, i); i++) {
         const char *k = meshtls_config_key(cfg, i)->name, *src = NULL;
-        const char *v = meshtls_config_get(cfg, k, &src);
+        char safe[4200];
+        /* a password (or a URL's) is never printed */
+        const char *v = meshtls_config_shown(cfg, k, safe, sizeof(safe), &src);
         if (!json) {
             printf("%-28s %-40s %s\n", k, one_line(v, line, sizeof(line)), src);
             continue;
@@ -252,8 +304,10 @@ int cmd_config(int argc, char **argv)
         {"--help", 0, NULL, &help}};
     const size_t nopts = sizeof(opts) / sizeof(opts[0]);
 
-    if (meshtls_config_new(&cfg) != 0 || px_config_register(cfg, NULL) != 0 ||
-        meshtls_config_new(&scratch) != 0 || px_config_register(scratch, NULL) != 0) {
+    /* every command's table: the keys shown, listed and documented are all of them */
+    if (meshtls_config_new(&cfg) != 0 || cli_config_register(cfg, CLI_TABLE_ALL, NULL) != 0 ||
+        meshtls_config_new(&scratch) != 0 ||
+        cli_config_register(scratch, CLI_TABLE_ALL, NULL) != 0) {
         fprintf(stderr, "meshtls config: out of memory\n");
         status = 1;
         goto out;
@@ -261,13 +315,15 @@ int cmd_config(int argc, char **argv)
     /* Every flag of the key tables is ours (modes 0: the proxy's too).  --role decides which
      * role's key a shared flag such as --cert sets, so a first pass over a scratch copy only
      * finds --role; the second sets the keys (and reports what the first may have met). */
-    (void)meshtls_config_parse_args(scratch, argc - 1, argv + 1, NULL, 0, opts, nopts, NULL);
+    (void)meshtls_config_parse_args(scratch, argc - 1, argv + 1, NULL, CONFIG_MODES, opts, nopts,
+                                    NULL);
     if (strcmp(role, "server") && strcmp(role, "client")) {
         fprintf(stderr, "meshtls config: --role '%s': expected server or client\n", role);
         goto out;
     }
     json = check = keys = markdown = help = 0;
-    if ((rc = meshtls_config_parse_args(cfg, argc - 1, argv + 1, role, 0, opts, nopts, &err))) {
+    if ((rc = meshtls_config_parse_args(cfg, argc - 1, argv + 1, role, CONFIG_MODES, opts, nopts,
+                                        &err))) {
         cli_print_err("config", &err, rc);
         rc = 0;
         if (err.code == MESHTLS_EPARSE) { /* a usage error; a refused value is exit 1 */

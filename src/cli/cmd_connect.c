@@ -7,7 +7,6 @@
  * and exits 1.  `--ssh-config` prints the ~/.ssh/config block instead.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,59 +20,21 @@
 #include <openssl/ssl.h>
 
 #include "cli.h"
+#include "keys.h"
 #include "meshtls/tls.h"
 #include "net.h"
-#include "parse.h"
 
 #define RT_LINE_MAX_CLIENT 512 /* the connect-id line out, the answer line in */
 
-static void connect_usage(FILE *f)
-{
-    fprintf(f, "usage: meshtls connect --proxy HOST:PORT --cert FILE --key FILE --cacert FILE\n"
-               "                       --connect-id ID [--server-name NAME] [--timeout D]\n"
-               "       meshtls connect --ssh-config --proxy HOST:PORT --cert FILE --key FILE\n"
-               "                       --cacert FILE [--host PATTERN]\n"
-               "\n"
-               "Reach host ID through the mTLS router: standard input and output become the\n"
-               "connection (an OpenSSH ProxyCommand: --connect-id %%h).  On refusal the router's\n"
-               "'ERROR: <code> <message>' goes to stderr and the exit status is 1.\n"
-               "  --server-name NAME   the name the router's certificate must carry (default:\n"
-               "                       the host of --proxy)\n"
-               "  --server-spiffe-id ID, --server-trust-domain TD  check the router's SPIFFE ID\n"
-               "  --timeout D          connect, handshake and answer (default 15s)\n"
-               "  --ssh-config         print a ~/.ssh/config block; --host sets its pattern\n");
-}
-
-enum {
-    C_PROXY = 1,
-    C_CERT,
-    C_KEY,
-    C_CACERT,
-    C_ID,
-    C_NAME,
-    C_SPIFFE,
-    C_TD,
-    C_TO,
-    C_SSH,
-    C_HOST,
-    C_HELP
-};
-
-static const struct option copts[] = {
-    {"proxy", 1, 0, C_PROXY},
-    {"cert", 1, 0, C_CERT},
-    {"key", 1, 0, C_KEY},
-    {"cacert", 1, 0, C_CACERT},
-    {"connect-id", 1, 0, C_ID},
-    {"server-name", 1, 0, C_NAME},
-    {"server-spiffe-id", 1, 0, C_SPIFFE},
-    {"server-trust-domain", 1, 0, C_TD},
-    {"timeout", 1, 0, C_TO},
-    {"ssh-config", 0, 0, C_SSH},
-    {"host", 1, 0, C_HOST},
-    {"help", 0, 0, C_HELP},
-    {0, 0, 0, 0},
-};
+static const char HEAD[] =
+    "usage: meshtls connect --proxy HOST:PORT --cert FILE --key FILE --cacert FILE\n"
+    "                       --connect-id ID [--server-name NAME] [--timeout D]\n"
+    "       meshtls connect --ssh-config --proxy HOST:PORT --cert FILE --key FILE\n"
+    "                       --cacert FILE [--host PATTERN]\n"
+    "\n"
+    "Reach host ID through the mTLS router: standard input and output become the\n"
+    "connection (an OpenSSH ProxyCommand: --connect-id %h).  On refusal the router's\n"
+    "'ERROR: <code> <message>' goes to stderr and the exit status is 1.\n";
 
 /* The host part of "host:port" / "[v6]:port". */
 static void host_of(const char *hp, char *out, size_t cap)
@@ -170,47 +131,11 @@ static int relay(SSL *ssl, int fd)
     return 0;
 }
 
-int cmd_connect(int argc, char **argv)
+/* Connect through the router (or print the ssh block), then relay.  @return the exit status. */
+static int connect_run(struct meshtls_tls_opts *oo, const char *proxy, const char *cid, int ssh,
+                       const char *host_pat, int timeout_ms)
 {
-    struct meshtls_tls_opts o = {0};
-    const char *proxy = NULL, *cid = NULL, *host_pat = NULL;
-    int ssh = 0, opt, timeout_ms = 15000;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", copts, NULL)) != -1) {
-        switch (opt) {
-        case C_PROXY: proxy = optarg; break;
-        case C_CERT: o.cert_file = optarg; break;
-        case C_KEY: o.key_file = optarg; break;
-        case C_CACERT: o.ca_file = optarg; break;
-        case C_ID: cid = optarg; break;
-        case C_NAME: o.server_name = optarg; break;
-        case C_SPIFFE: o.verify_spiffe_id = optarg; break;
-        case C_TD: o.verify_trust_domain = optarg; break;
-        case C_SSH: ssh = 1; break;
-        case C_HOST: host_pat = optarg; break;
-        case C_TO: {
-            int64_t ms = 0;
-            if (mt_parse_duration_ms(optarg, 3600000, &ms) != 0 || ms <= 0) {
-                fprintf(stderr, "meshtls connect: --timeout '%s': expected e.g. 10s\n", optarg);
-                return 2;
-            }
-            timeout_ms = (int)ms;
-            break;
-        }
-        case C_HELP: connect_usage(stdout); return 0;
-        default: connect_usage(stderr); return 2;
-        }
-    }
-    const char *missing = !proxy         ? "--proxy"
-                          : !o.cert_file ? "--cert"
-                          : !o.key_file  ? "--key"
-                          : !o.ca_file   ? "--cacert"
-                          : !ssh && !cid ? "--connect-id"
-                                         : NULL;
-    if (missing) {
-        fprintf(stderr, "meshtls connect: %s is required (see --help)\n", missing);
-        return 2;
-    }
+    struct meshtls_tls_opts o = *oo;
     if (ssh) {
         /* absolute paths: ssh runs the command from wherever it was started */
         char *c = realpath(o.cert_file, NULL), *k = realpath(o.key_file, NULL),
@@ -302,5 +227,39 @@ out:
     SSL_CTX_free(ctx);
     if (fd >= 0)
         close(fd);
+    return status;
+}
+
+int cmd_connect(int argc, char **argv)
+{
+    struct meshtls_tls_opts o = {0};
+    struct cli_cmd cc = {.what = "connect",
+                         .tables = CLI_TABLE_CONNECT,
+                         .role = "connect",
+                         .modes = CLI_KEY_CONNECT};
+    int st = cli_config_load(&cc, argc - 1, argv + 1);
+    if (st == 0 && cc.help)
+        cli_usage(stdout, &cc, HEAD, NULL);
+    if (st || cc.help) {
+        meshtls_config_free(cc.cfg);
+        return st;
+    }
+    const struct meshtls_config *cfg = cc.cfg;
+    const char *proxy, *cid = NULL, *host_pat = meshtls_config_get(cfg, "connect.host", NULL);
+    int ssh = cli_bool(cfg, "connect.ssh_config", 0);
+    int timeout_ms = (int)cli_int(cfg, "connect.timeout", 15000); /* 1ms..1h: checked */
+    o.server_name = meshtls_config_get(cfg, "connect.server_name", NULL);
+    o.verify_spiffe_id = meshtls_config_get(cfg, "connect.server_spiffe_id", NULL);
+    o.verify_trust_domain = meshtls_config_get(cfg, "connect.server_trust_domain", NULL);
+    if (!(proxy = cli_need(&cc, "connect.proxy")) ||
+        !(o.cert_file = cli_need(&cc, "connect.cert")) ||
+        !(o.key_file = cli_need(&cc, "connect.key")) ||
+        !(o.ca_file = cli_need(&cc, "connect.cacert")) ||
+        (!ssh && !(cid = cli_need(&cc, "connect.connect_id")))) {
+        meshtls_config_free(cc.cfg);
+        return 2;
+    }
+    int status = connect_run(&o, proxy, cid, ssh, host_pat, timeout_ms);
+    meshtls_config_free(cc.cfg);
     return status;
 }

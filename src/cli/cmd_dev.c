@@ -3,7 +3,6 @@
  * development in one command.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,9 +10,12 @@
 
 #include "ca.h"
 #include "cli.h"
+#include "keys.h"
 #include "meshtls/meshtls.h"
 
-static const char USAGE[] =
+#define DEV_SERVICES_MAX 64
+
+static const char HEAD[] =
     "usage: meshtls dev --out DIR SERVICE...\n"
     "\n"
     "Make a throwaway PKI for development: a CA for trust domain dev.local in DIR/ca, and\n"
@@ -22,31 +24,15 @@ static const char USAGE[] =
     "Running it again reuses DIR/ca and re-issues (adding new services).\n"
     "DEVELOPMENT ONLY: the CA keys sit next to the certificates.\n";
 
-int cmd_dev(int argc, char **argv)
+/* Make or reuse the CA in `out`/ca and issue each of `svc[0..n)`.  @return the exit status. */
+static int dev_run(const char *out, const char *const *svc, size_t n)
 {
-    const char *out = NULL;
-    int opt;
-    static const struct option o[] = {{"out", 1, 0, 'o'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "o:h", o, NULL)) != -1) {
-        if (opt == 'o')
-            out = optarg;
-        else if (opt == 'h') {
-            fputs(USAGE, stdout);
-            return 0;
-        } else
-            return 2;
-    }
-    if (!out || optind >= argc) {
-        fprintf(stderr, "meshtls dev: give --out DIR and at least one SERVICE\n\n%s", USAGE);
-        return 2;
-    }
-    for (int i = optind; i < argc; i++)
-        if (!ca_service_name_valid(argv[i])) {
+    for (size_t i = 0; i < n; i++)
+        if (!ca_service_name_valid(svc[i])) {
             fprintf(stderr,
                     "meshtls dev: service name '%s': use 1-63 characters of a-z 0-9 . _ "
                     "-, starting with a letter or digit\n",
-                    argv[i]);
+                    svc[i]);
             return 1;
         }
     char cadir[4096];
@@ -67,20 +53,49 @@ int cmd_dev(int argc, char **argv)
     printf("meshtls dev: DEVELOPMENT ONLY PKI, never use it in production\n"
            "  %s CA for trust domain dev.local in %s\n",
            reuse ? "reusing the" : "created a", cadir);
-    for (int i = optind; i < argc; i++) {
-        const char *dns[] = {argv[i], "localhost"};
+    for (size_t i = 0; i < n; i++) {
+        const char *dns[] = {svc[i], "localhost"};
         const char *ips[] = {"127.0.0.1", "::1"};
         char sid[MESHTLS_SPIFFE_ID_MAX + 1], serial[80];
         int updated;
-        if ((rc = ca_register(cadir, argv[i], dns, 2, ips, 2, NULL, &updated, sid, sizeof(sid),
+        if ((rc = ca_register(cadir, svc[i], dns, 2, ips, 2, NULL, &updated, sid, sizeof(sid),
                               &err)) ||
-            (rc = ca_issue(cadir, argv[i], out, CA_LEAF_DAYS_DEFAULT, NULL, serial, &err))) {
+            (rc = ca_issue(cadir, svc[i], out, CA_LEAF_DAYS_DEFAULT, NULL, serial, &err))) {
             cli_print_err("dev", &err, rc);
             return 1;
         }
-        printf("  %-16s %s/%s.crt  %s/%s.key  (%s)\n", argv[i], out, argv[i], out, argv[i], sid);
+        printf("  %-16s %s/%s.crt  %s/%s.key  (%s)\n", svc[i], out, svc[i], out, svc[i], sid);
     }
     printf("  trust bundle     %s/ca.crt\n  CA               %s (meshtls ca ... --dir %s)\n", out,
            cadir, cadir);
     return 0;
+}
+
+int cmd_dev(int argc, char **argv)
+{
+    const char *svc[DEV_SERVICES_MAX];
+    struct cli_cmd c = {.what = "dev",
+                        .tables = CLI_TABLE_DEV,
+                        .role = "dev",
+                        .modes = CLI_KEY_DEV,
+                        .pos = svc,
+                        .maxpos = DEV_SERVICES_MAX};
+    int status = cli_config_load(&c, argc - 1, argv + 1);
+    if (status == 0 && c.help)
+        cli_usage(stdout, &c, HEAD, NULL);
+    if (status || c.help)
+        goto out;
+    status = 2;
+    const char *out = cli_need(&c, "dev.out");
+    if (!out)
+        goto out;
+    if (c.npos == 0) {
+        fprintf(stderr, "meshtls dev: give at least one SERVICE (e.g. meshtls dev --out %s api)\n",
+                out);
+        goto out;
+    }
+    status = dev_run(out, svc, c.npos);
+out:
+    meshtls_config_free(c.cfg);
+    return status;
 }

@@ -8,7 +8,6 @@
  * through PGPASSWORD (this process's environment only), never through a URL that a
  * message could print.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,116 +15,23 @@
 
 #include "cli.h"
 #include "db.h"
+#include "keys.h"
 #include "meshtls/config.h"
-#include "meshtls/log.h"
-#include "parse.h"
 #include "router.h"
+#include "router_keys.h"
 
 #define RT_MAX_CA 8
 
-static void router_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: meshtls proxy router --listen ADDR --cert FILE --key FILE\n"
-            "                            --cacert FILE[,FILE...] --issuer DOMAIN\n"
-            "                            --store sqlite:PATH|postgres://... [options]\n"
-            "\n"
-            "The mTLS router (bastion): clients present a user certificate\n"
-            "spiffe://DOMAIN/orgs/<org>/users/<user>, send '<connect_id>\\n', and are relayed to\n"
-            "backend_hosts.internal_ip_addr (default port %d) when 004's rule allows, with\n"
-            "'OK\\n'; otherwise 'ERROR: <code> <message>\\n' (docs/ROUTER.md).\n"
-            "\n"
-            "  --listen ADDR            host:port to accept mTLS on\n"
-            "  --cert, --server-cert F  our certificate chain (PEM)\n"
-            "  --key, --server-key F    our private key (PEM, mode 0600)\n"
-            "  --cacert, --ca-certs F,F CA bundles trusted for client certificates (several at\n"
-            "                           once for CA rotation; repeatable)\n"
-            "  --crl FILE               CRLs (PEM): revoked client certificates are refused\n"
-            "  --issuer DOMAIN          the trust domain of user SPIFFE IDs\n"
-            "  --store URL              sqlite:PATH or postgres://USER@HOST[:PORT]/DB (a password\n"
-            "                           is better in PGPASSWORD or ~/.pgpass)\n"
-            "  --db-host H --db-port P --db-user U --db-name D --db-password PW\n"
-            "                           004's PostgreSQL flags (instead of --store)\n"
-            "  --status ADDR            plain HTTP /healthz, /readyz, /metrics (loopback)\n"
-            "  --log-level L            debug|info|warn|error\n"
-            "  --log-format text|json\n"
-            "  --workers N              event-loop threads (default: CPUs)\n"
-            "  --job-threads N          database threads (default 4)\n"
-            "  --line-timeout D         time for the connect-id line (default 5s)\n"
-            "  --authz-timeout D        time for the decision (default 3s)\n"
-            "  --connect-timeout D      time to connect to the host (default 5s)\n"
-            "  --idle-timeout D         relay idle time (default 1h)\n"
-            "  --handshake-timeout D    TLS handshake (default 10s)\n"
-            "  --max-conns N            simultaneous connections (default 10000)\n"
-            "  --no-connection-log      do not write router_connections\n"
-            "  --cache-ttl D            answer repeated decisions from memory this long (500ms;\n"
-            "                           a removed grant refuses new connects after it; 0: off)\n"
-            "  --stale-max D            with the database down, cached decisions answer this\n"
-            "                           long, then authz-unavailable (30s; 0: fail at once)\n"
-            "  --recheck-interval D     check live relays' grants this often; a removed grant\n"
-            "                           closes the relay (1s; 0: off)\n"
-            "  --user-rate N, --org-rate N   connection attempts per minute (120, 6000; 0: off)\n"
-            "  --user-sessions N, --org-sessions N   open sessions at once (50, 2000; 0: off)\n"
-            "  --check                  validate everything (files, database) and exit\n",
-            RT_DEFAULT_PORT);
-}
-
-/* Flags that set a `router.*` key (src/proxy/router_config_keys.c); 004's names are
- * aliases.  The others are handled here. */
-struct rflag {
-    const char *name;
-    const char *key; /* NULL: special */
-};
-
-static const struct rflag rflags[] = {
-    {"listen", "router.listen"},
-    {"cert", "router.cert"},
-    {"server-cert", "router.cert"},
-    {"key", "router.key"},
-    {"server-key", "router.key"},
-    {"crl", "router.crl"},
-    {"issuer", "router.issuer"},
-    {"status", "router.status"},
-    {"workers", "router.workers"},
-    {"job-threads", "router.job_threads"},
-    {"max-conns", "router.max_conns"},
-    {"handshake-timeout", "router.handshake_timeout"},
-    {"line-timeout", "router.line_timeout"},
-    {"authz-timeout", "router.authz_timeout"},
-    {"connect-timeout", "router.connect_timeout"},
-    {"idle-timeout", "router.idle_timeout"},
-    {"cache-ttl", "router.cache_ttl"},
-    {"stale-max", "router.stale_max"},
-    {"recheck-interval", "router.recheck_interval"},
-    {"user-rate", "router.user_rate"},
-    {"org-rate", "router.org_rate"},
-    {"user-sessions", "router.user_sessions"},
-    {"org-sessions", "router.org_sessions"},
-};
-#define N_RFLAGS (sizeof(rflags) / sizeof(rflags[0]))
-
-enum {
-    O_KEYED = 1, /* + index into rflags */
-    O_CACERT = 100,
-    O_STORE,
-    O_DBHOST,
-    O_DBPORT,
-    O_DBUSER,
-    O_DBNAME,
-    O_DBPASS,
-    O_LOGLEVEL,
-    O_LOGFMT,
-    O_CONFIG,
-    O_NOLOG,
-    O_CHECK,
-    O_HELP,
-};
-
-static int bad(const char *flag, const char *val, const char *want)
-{
-    fprintf(stderr, "meshtls proxy router: %s '%s': %s\n", flag, val, want);
-    return 2;
-}
+static const char ROUTER_HEAD[] =
+    "usage: meshtls proxy router --listen ADDR --cert FILE --key FILE\n"
+    "                            --cacert FILE[,FILE...] --issuer DOMAIN\n"
+    "                            --store sqlite:PATH|postgres://... [options]\n"
+    "\n"
+    "The mTLS router (bastion): clients present a user certificate\n"
+    "spiffe://DOMAIN/orgs/<org>/users/<user>, send '<connect_id>\\n', and are relayed to\n"
+    "backend_hosts.internal_ip_addr when 004's rule allows, with 'OK\\n'; otherwise\n"
+    "'ERROR: <code> <message>\\n' (docs/ROUTER.md).  A --store URL's password and\n"
+    "--db-password are hidden from ps at once; prefer PGPASSWORD or ~/.pgpass.\n";
 
 /* Percent-encode `s` for a URL component (RFC 3986 unreserved kept). */
 static int url_part(char *out, size_t cap, size_t *at, const char *s)
@@ -149,8 +55,9 @@ static int url_part(char *out, size_t cap, size_t *at, const char *s)
     return 0;
 }
 
-/* postgres://[USER@][HOST][:PORT]/[DB] from 004's flags (the password goes by PGPASSWORD). */
-static int build_pg_url(char *out, size_t cap, const char *host, const char *port, const char *user,
+/* postgres://[USER@][HOST][:PORT]/[DB] from 004's flags (`port` 0: none; the password goes
+ * by PGPASSWORD). */
+static int build_pg_url(char *out, size_t cap, const char *host, long port, const char *user,
                         const char *name)
 {
     size_t at = 0;
@@ -165,10 +72,7 @@ static int build_pg_url(char *out, size_t cap, const char *host, const char *por
     if (host && url_part(out, cap, &at, host) != 0)
         return -1;
     if (port) {
-        int p = 0;
-        if (mt_parse_int(port, 1, 65535, &p) != 0)
-            return -2;
-        w = snprintf(out + at, cap - at, ":%d", p);
+        w = snprintf(out + at, cap - at, ":%ld", port);
         if (w < 0 || (size_t)w >= cap - at)
             return -1;
         at += (size_t)w;
@@ -182,238 +86,115 @@ static int build_pg_url(char *out, size_t cap, const char *host, const char *por
     return 0;
 }
 
-/* One flag's value for a key (applied after the file and the environment). */
-struct kv {
-    const char *key, *val, *flag;
-};
-
-/* A duration key into milliseconds (the configuration checked its range already). */
-static int dur_key(const struct meshtls_config *cfg, const char *key, int *out)
+/* The router.* keys into `c` (strings borrowed from `cfg`; CA files into `ca_files`, their
+ * text in *ca_copy, owned by the caller).  @return 0, or 2 after printing what is wrong. */
+static int router_config_from(const struct cli_cmd *cc, struct rt_config *c, char **ca_copy,
+                              const char **ca_files, char *pgurl, size_t pgcap)
 {
-    const char *v = meshtls_config_get(cfg, key, NULL);
-    int64_t ms = 0;
-    if (!v)
-        return 0;
-    if (mt_parse_duration_ms(v, 7 * 86400000LL, &ms) != 0) {
-        fprintf(stderr, "meshtls proxy router: %s '%s': expected a duration\n", key, v);
+    const struct meshtls_config *cfg = cc->cfg;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n_ca = 0;
+    c->shutdown_timeout_ms = 30000;
+    c->workers = (int)cli_int(cfg, "router.workers", ncpu > 0 && ncpu < 256 ? ncpu : 1);
+    c->job_threads = (int)cli_int(cfg, "router.job_threads", 4);
+    c->max_conns = (int)cli_int(cfg, "router.max_conns", 10000);
+    c->limits.user_rate = (int)cli_int(cfg, "router.user_rate", 0);
+    c->limits.org_rate = (int)cli_int(cfg, "router.org_rate", 0);
+    c->limits.user_sessions = (int)cli_int(cfg, "router.user_sessions", 0);
+    c->limits.org_sessions = (int)cli_int(cfg, "router.org_sessions", 0);
+    /* durations in ms; every range is at most 7 days, so each fits an int */
+    c->handshake_timeout_ms = (int)cli_int(cfg, "router.handshake_timeout", 0);
+    c->line_timeout_ms = (int)cli_int(cfg, "router.line_timeout", 0);
+    c->authz_timeout_ms = (int)cli_int(cfg, "router.authz_timeout", 0);
+    c->connect_timeout_ms = (int)cli_int(cfg, "router.connect_timeout", 0);
+    c->idle_timeout_ms = (int)cli_int(cfg, "router.idle_timeout", 0);
+    c->cache_ttl_ms = (int)cli_int(cfg, "router.cache_ttl", 0);
+    c->stale_max_ms = (int)cli_int(cfg, "router.stale_max", 0);
+    c->recheck_ms = (int)cli_int(cfg, "router.recheck_interval", 0);
+    c->connlog = cli_bool(cfg, "router.connection_log", 1);
+    c->status = meshtls_config_get(cfg, "router.status", NULL);
+    c->tls.crl_file = meshtls_config_get(cfg, "router.crl", NULL);
+    const char *ca_list;
+    if (!(c->listen = cli_need(cc, "router.listen")) ||
+        !(c->tls.cert_file = cli_need(cc, "router.cert")) ||
+        !(c->tls.key_file = cli_need(cc, "router.key")) ||
+        !(ca_list = cli_need(cc, "router.cacert")) || !(c->issuer = cli_need(cc, "router.issuer")))
+        return 2;
+    /* a comma-separated list, or one item per repeated --cacert */
+    if (!(*ca_copy = strdup(ca_list)))
+        return 1;
+    for (char *save = NULL, *t = strtok_r(*ca_copy, ",\n", &save); t;
+         t = strtok_r(NULL, ",\n", &save)) {
+        if (n_ca == RT_MAX_CA) {
+            fprintf(stderr, "meshtls proxy router: router.cacert: at most %d CA files\n",
+                    RT_MAX_CA);
+            return 2;
+        }
+        ca_files[n_ca++] = t;
+    }
+    if (n_ca == 0) {
+        fprintf(stderr, "meshtls proxy router: router.cacert names no file\n");
         return 2;
     }
-    *out = (int)ms;
-    return 0;
-}
-
-static int int_key(const struct meshtls_config *cfg, const char *key, int *out)
-{
-    long v = 0;
-    if (meshtls_config_get_int(cfg, key, &v, NULL) == 0)
-        *out = (int)v;
+    c->tls.ca_file = ca_files[0];
+    c->ca_files = ca_files;
+    c->n_ca_files = n_ca;
+    /* the database: a URL, or 004's --db-* flags (the password through PGPASSWORD) */
+    const char *host = meshtls_config_get(cfg, "router.db_host", NULL);
+    const char *user = meshtls_config_get(cfg, "router.db_user", NULL);
+    const char *name = meshtls_config_get(cfg, "router.db_name", NULL);
+    const char *pass = meshtls_config_get(cfg, "router.db_password", NULL);
+    long port = cli_int(cfg, "router.db_port", 0);
+    c->store_url = meshtls_config_get(cfg, "router.store", NULL);
+    if (c->store_url && (host || port || user || name)) {
+        fprintf(stderr, "meshtls proxy router: give --store or the --db-* flags, not both\n");
+        return 2;
+    }
+    if (!c->store_url && (host || port || user || name || pass)) {
+        if (build_pg_url(pgurl, pgcap, host, port, user, name) != 0) {
+            fprintf(stderr, "meshtls proxy router: the --db-* values are too long\n");
+            return 2;
+        }
+        c->store_url = pgurl;
+    }
+    if (!c->store_url) {
+        fprintf(stderr, "meshtls proxy router: router.store is not set: give --store URL (or "
+                        "004's --db-host ...), set MESHTLS_ROUTER_STORE, or add 'store:' under "
+                        "'router:' in the config file\n");
+        return 2;
+    }
+    if (pass && setenv("PGPASSWORD", pass, 1) != 0)
+        return 1;
     return 0;
 }
 
 int cmd_proxy_router(int argc, char **argv)
 {
-    struct rt_config c = {0};
+    struct rt_config c;
     const char *ca_files[RT_MAX_CA];
-    size_t n_ca = 0;
-    char *store = NULL, *dbpass = NULL, *cacerts = NULL, *ca_copy = NULL;
-    const char *dbhost = NULL, *dbport = NULL, *dbuser = NULL, *dbname = NULL;
-    const char *config_file = NULL;
-    int check = 0, status = 2, opt, rc;
-    char pgurl[1024];
+    char *ca_copy = NULL, pgurl[1024];
+    int check = 0, status, rc;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    struct meshtls_config *cfg = NULL;
-    struct kv set[64];
-    size_t nset = 0;
-    struct option lo[N_RFLAGS + 16];
-    size_t nlo = 0;
-    for (size_t i = 0; i < N_RFLAGS; i++)
-        lo[nlo++] = (struct option){rflags[i].name, 1, 0, O_KEYED + (int)i};
-    static const struct option special[] = {
-        {"cacert", 1, 0, O_CACERT},      {"ca-certs", 1, 0, O_CACERT},
-        {"store", 1, 0, O_STORE},        {"db-host", 1, 0, O_DBHOST},
-        {"db-port", 1, 0, O_DBPORT},     {"db-user", 1, 0, O_DBUSER},
-        {"db-name", 1, 0, O_DBNAME},     {"db-password", 1, 0, O_DBPASS},
-        {"log-level", 1, 0, O_LOGLEVEL}, {"log-format", 1, 0, O_LOGFMT},
-        {"config", 1, 0, O_CONFIG},      {"no-connection-log", 0, 0, O_NOLOG},
-        {"check", 0, 0, O_CHECK},        {"help", 0, 0, O_HELP},
-    };
-    for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); i++)
-        lo[nlo++] = special[i];
-    lo[nlo] = (struct option){0, 0, 0, 0};
-
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        if (opt >= O_KEYED && opt < O_KEYED + (int)N_RFLAGS) {
-            if (nset < sizeof(set) / sizeof(set[0]))
-                set[nset++] = (struct kv){rflags[opt - O_KEYED].key, optarg, NULL};
-            continue;
-        }
-        switch (opt) {
-        case O_CACERT: { /* repeatable: the lists join */
-            size_t have = cacerts ? strlen(cacerts) : 0, add = strlen(optarg);
-            char *n = realloc(cacerts, have + add + 2);
-            if (!n)
-                goto out;
-            cacerts = n;
-            if (have)
-                cacerts[have++] = ',';
-            memcpy(cacerts + have, optarg, add + 1);
-            break;
-        }
-        case O_STORE:
-            free(store);
-            if (!(store = strdup(optarg)))
-                goto out;
-            mt_db_url_hide_password(optarg);
-            break;
-        case O_DBHOST: dbhost = optarg; break;
-        case O_DBPORT: dbport = optarg; break;
-        case O_DBUSER: dbuser = optarg; break;
-        case O_DBNAME: dbname = optarg; break;
-        case O_DBPASS:
-            free(dbpass);
-            if (!(dbpass = strdup(optarg)))
-                goto out;
-            memset(optarg, '*', strlen(optarg));
-            break;
-        case O_LOGLEVEL: {
-            int lvl = meshtls_log_level_parse(optarg);
-            if (lvl < 0) {
-                status = bad("--log-level", optarg, "expected debug, info, warn or error");
-                goto out;
-            }
-            meshtls_log_set_level(lvl);
-            break;
-        }
-        case O_LOGFMT:
-            if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
-                status = bad("--log-format", optarg, "expected text or json");
-                goto out;
-            }
-            meshtls_log_set_json(!strcmp(optarg, "json"));
-            break;
-        case O_CONFIG: config_file = optarg; break;
-        case O_NOLOG:
-            set[nset++] = (struct kv){"router.connection_log", "false", "--no-connection-log"};
-            break;
-        case O_CHECK: check = 1; break;
-        case O_HELP:
-            router_usage(stdout);
-            status = 0;
-            goto out;
-        default: router_usage(stderr); goto out;
-        }
-        if (nset >= sizeof(set) / sizeof(set[0]) - 2) {
-            fprintf(stderr, "meshtls proxy router: too many flags\n");
-            goto out;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "meshtls proxy router: unexpected argument '%s'\n", argv[optind]);
-        goto out;
-    }
-    if (cacerts)
-        set[nset++] = (struct kv){"router.cacert", cacerts, "--cacert"};
-    if (store)
-        set[nset++] = (struct kv){"router.store", store, "--store"};
-
+    const struct meshtls_config_opt own[] = {{"--check", 0, NULL, &check}};
+    struct cli_cmd cc = {.what = "proxy router",
+                         .tables = CLI_TABLE_ROUTER,
+                         .role = "router",
+                         .modes = RT_KEY_SERVE,
+                         .opts = own,
+                         .nopts = 1};
+    memset(&c, 0, sizeof(c));
     /* flags > MESHTLS_ROUTER_* > the YAML file's router: section > defaults */
-    if (meshtls_config_new(&cfg) != 0 || rt_config_register(cfg, &err) != 0) {
-        cli_print_err("proxy router", &err, MESHTLS_ENOMEM);
-        status = 1;
+    status = cli_config_load(&cc, argc - 1, argv + 1);
+    cli_hide_passwords(argc - 1, argv + 1);
+    if (status == 0 && cc.help)
+        cli_usage(stdout, &cc, ROUTER_HEAD,
+                  "  --check                        validate everything (TLS files, database and\n"
+                  "                                 004's tables) and exit 0, or 1 naming the\n"
+                  "                                 problem (2: a configuration error)\n");
+    if (status || cc.help)
         goto out;
-    }
-    if ((config_file && (rc = meshtls_config_load_file(cfg, config_file, &err)) != 0) ||
-        (rc = meshtls_config_load_env(cfg, NULL, &err)) != 0) {
-        cli_print_err("proxy router", &err, rc);
-        status = cli_exit_code(rc);
+    if ((status = router_config_from(&cc, &c, &ca_copy, ca_files, pgurl, sizeof(pgurl))) != 0)
         goto out;
-    }
-    for (size_t i = 0; i < nset; i++)
-        if ((rc = meshtls_config_set(cfg, set[i].key, set[i].val, set[i].flag, &err)) != 0) {
-            cli_print_err("proxy router", &err, rc);
-            status = cli_exit_code(rc);
-            goto out;
-        }
-
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    c.workers = ncpu > 0 && ncpu < 256 ? (int)ncpu : 1;
-    c.shutdown_timeout_ms = 30000;
-    c.listen = meshtls_config_get(cfg, "router.listen", NULL);
-    c.tls.cert_file = meshtls_config_get(cfg, "router.cert", NULL);
-    c.tls.key_file = meshtls_config_get(cfg, "router.key", NULL);
-    c.tls.crl_file = meshtls_config_get(cfg, "router.crl", NULL);
-    c.issuer = meshtls_config_get(cfg, "router.issuer", NULL);
-    c.status = meshtls_config_get(cfg, "router.status", NULL);
-    const char *store_url = meshtls_config_get(cfg, "router.store", NULL);
-    int connlog = 1;
-    meshtls_config_get_bool(cfg, "router.connection_log", &connlog, NULL);
-    c.connlog = connlog;
-    int_key(cfg, "router.workers", &c.workers);
-    int_key(cfg, "router.job_threads", &c.job_threads);
-    int_key(cfg, "router.max_conns", &c.max_conns);
-    int_key(cfg, "router.user_rate", &c.limits.user_rate);
-    int_key(cfg, "router.org_rate", &c.limits.org_rate);
-    int_key(cfg, "router.user_sessions", &c.limits.user_sessions);
-    int_key(cfg, "router.org_sessions", &c.limits.org_sessions);
-    if (dur_key(cfg, "router.handshake_timeout", &c.handshake_timeout_ms) ||
-        dur_key(cfg, "router.line_timeout", &c.line_timeout_ms) ||
-        dur_key(cfg, "router.authz_timeout", &c.authz_timeout_ms) ||
-        dur_key(cfg, "router.connect_timeout", &c.connect_timeout_ms) ||
-        dur_key(cfg, "router.idle_timeout", &c.idle_timeout_ms) ||
-        dur_key(cfg, "router.cache_ttl", &c.cache_ttl_ms) ||
-        dur_key(cfg, "router.stale_max", &c.stale_max_ms) ||
-        dur_key(cfg, "router.recheck_interval", &c.recheck_ms))
-        goto out;
-    const char *ca_list = meshtls_config_get(cfg, "router.cacert", NULL);
-    if (ca_list) {
-        char *save = NULL;
-        if (!(ca_copy = strdup(ca_list)))
-            goto out;
-        for (char *t = strtok_r(ca_copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-            if (n_ca == RT_MAX_CA) {
-                status = bad("--cacert", ca_list, "at most 8 CA files");
-                goto out;
-            }
-            ca_files[n_ca++] = t;
-        }
-    }
-    if (store_url && (dbhost || dbport || dbuser || dbname)) {
-        fprintf(stderr, "meshtls proxy router: give --store or the --db-* flags, not both\n");
-        goto out;
-    }
-    if (!store_url && (dbhost || dbport || dbuser || dbname || dbpass)) {
-        int r = build_pg_url(pgurl, sizeof(pgurl), dbhost, dbport, dbuser, dbname);
-        if (r == -2) {
-            status = bad("--db-port", dbport, "expected 1..65535");
-            goto out;
-        }
-        if (r != 0) {
-            fprintf(stderr, "meshtls proxy router: the --db-* values are too long\n");
-            goto out;
-        }
-        store_url = pgurl;
-    }
-    c.store_url = store_url;
-    if (dbpass && setenv("PGPASSWORD", dbpass, 1) != 0)
-        goto out;
-    const char *missing = !c.listen          ? "--listen (router.listen)"
-                          : !c.tls.cert_file ? "--cert (router.cert)"
-                          : !c.tls.key_file  ? "--key (router.key)"
-                          : n_ca == 0        ? "--cacert (router.cacert)"
-                          : !c.issuer        ? "--issuer (router.issuer)"
-                          : !c.store_url     ? "--store (router.store) or --db-host ..."
-                                             : NULL;
-    if (missing) {
-        fprintf(stderr,
-                "meshtls proxy router: %s is required (a flag, MESHTLS_ROUTER_* or the "
-                "--config file's router: section; see --help)\n",
-                missing);
-        goto out;
-    }
-    c.tls.ca_file = ca_files[0];
-    c.ca_files = ca_files;
-    c.n_ca_files = n_ca;
     if (check) {
         SSL_CTX *ctx = NULL;
         int64_t na = 0;
@@ -437,15 +218,8 @@ int cmd_proxy_router(int argc, char **argv)
         cli_print_err("proxy router", &err, rc);
     status = rc ? cli_exit_code(rc) : 0;
 out:
-    meshtls_config_free(cfg);
+    meshtls_config_free(cc.cfg);
     free(ca_copy);
-    free(cacerts);
-    if (store)
-        memset(store, 0, strlen(store));
-    if (dbpass)
-        memset(dbpass, 0, strlen(dbpass));
-    free(store);
-    free(dbpass);
     return status;
 }
 
@@ -481,23 +255,21 @@ static const char *const list_sql[3][2][2] = {
                        PG_DEL("teams", "team_id", "user_ids")}},
 };
 
-static void data_usage(FILE *f)
-{
-    fprintf(f, "usage: meshtls router --store URL COMMAND ...\n"
-               "  hosts add CONNECT_ID --org ORG --addr IP[:PORT] [--host-user U]\n"
-               "  hosts rm CONNECT_ID\n"
-               "  teams add TEAM --org ORG        teams rm TEAM\n"
-               "  users add USER --org ORG        users rm USER\n"
-               "  members add|rm TEAM USER        (a user in a team)\n"
-               "  grant CONNECT_ID (--user USER | --team TEAM)\n"
-               "  revoke CONNECT_ID (--user USER | --team TEAM)\n"
-               "  orgs                            the organisations the tables name\n"
-               "  list [--org ORG]                hosts with their grants, teams with members\n"
-               "  check CONNECT_ID --org ORG --user USER   what the router would answer\n"
-               "  connections [--org ORG]         the last 50 connections (router_connections)\n"
-               "URL: sqlite:PATH or postgres://... (004's tables are created if missing).\n"
-               "Plain SQL equivalents: docs/ROUTER.md.\n");
-}
+static const char DATA_HEAD[] =
+    "usage: meshtls router --store URL COMMAND ...\n"
+    "  hosts add CONNECT_ID --org ORG --addr IP[:PORT] [--host-user U]\n"
+    "  hosts rm CONNECT_ID\n"
+    "  teams add TEAM --org ORG        teams rm TEAM\n"
+    "  users add USER --org ORG        users rm USER\n"
+    "  members add|rm TEAM USER        (a user in a team)\n"
+    "  grant CONNECT_ID (--user USER | --team TEAM)\n"
+    "  revoke CONNECT_ID (--user USER | --team TEAM)\n"
+    "  orgs                            the organisations the tables name\n"
+    "  list [--org ORG]                hosts with their grants, teams with members\n"
+    "  check CONNECT_ID --org ORG --user USER   what the router would answer\n"
+    "  connections [--org ORG]         the last 50 connections (router_connections)\n"
+    "URL: sqlite:PATH or postgres://... (004's tables are created if missing); the router's\n"
+    "MESHTLS_ROUTER_STORE and router: store: serve too.  Plain SQL equivalents: docs/ROUTER.md.\n";
 
 /* A valid id for the tables: what a SPIFFE path segment allows (so certificates can name it). */
 static int id_ok(const char *what, const char *s)
@@ -575,46 +347,37 @@ static int print_rows(struct mt_db *db, const char *sql, const char *org, int nc
 
 int cmd_router(int argc, char **argv)
 {
-    enum { D_STORE = 1, D_ORG, D_ADDR, D_USER, D_TEAM, D_HOSTUSER, D_HELP };
-    static const struct option dopts[] = {
-        {"store", 1, 0, D_STORE}, {"org", 1, 0, D_ORG},   {"addr", 1, 0, D_ADDR},
-        {"user", 1, 0, D_USER},   {"team", 1, 0, D_TEAM}, {"host-user", 1, 0, D_HOSTUSER},
-        {"help", 0, 0, D_HELP},   {0, 0, 0, 0},
-    };
-    char *store = NULL;
-    const char *org = NULL, *addr = NULL, *user = NULL, *team = NULL, *host_user = NULL;
-    int opt, status = 2, rc = 0;
+    const char *a[4] = {0};
+    int status = 2, rc = 0;
     struct mt_db *db = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", dopts, NULL)) != -1) {
-        switch (opt) {
-        case D_STORE:
-            free(store);
-            if (!(store = strdup(optarg)))
-                return 1;
-            mt_db_url_hide_password(optarg);
-            break;
-        case D_ORG: org = optarg; break;
-        case D_ADDR: addr = optarg; break;
-        case D_USER: user = optarg; break;
-        case D_TEAM: team = optarg; break;
-        case D_HOSTUSER: host_user = optarg; break;
-        case D_HELP:
-            data_usage(stdout);
-            status = 0;
-            goto out;
-        default: data_usage(stderr); goto out;
-        }
-    }
-    const char *a[4] = {0};
-    int na = 0;
-    for (int i = optind; i < argc && na < 4; i++)
-        a[na++] = argv[i];
-    if (na == 0 || !store) {
-        data_usage(stderr);
+    struct cli_cmd cc = {.what = "router",
+                         .tables = CLI_TABLE_ROUTER,
+                         .role = "router",
+                         .modes = RT_KEY_DATA,
+                         .pos = a,
+                         .maxpos = 4};
+    status = cli_config_load(&cc, argc - 1, argv + 1);
+    cli_hide_passwords(argc - 1, argv + 1);
+    if (status == 0 && cc.help)
+        cli_usage(stdout, &cc, DATA_HEAD, NULL);
+    if (status || cc.help)
+        goto out;
+    status = 2;
+    const struct meshtls_config *cfg = cc.cfg;
+    const char *store = meshtls_config_get(cfg, "router.store", NULL);
+    const char *org = meshtls_config_get(cfg, "router.org", NULL);
+    const char *addr = meshtls_config_get(cfg, "router.addr", NULL);
+    const char *user = meshtls_config_get(cfg, "router.user", NULL);
+    const char *team = meshtls_config_get(cfg, "router.team", NULL);
+    const char *host_user = meshtls_config_get(cfg, "router.host_user", NULL);
+    int na = (int)cc.npos;
+    if (na == 0) {
+        fprintf(stderr, "meshtls router: give a COMMAND (see --help)\n");
         goto out;
     }
+    if (!(store = cli_need(&cc, "router.store")))
+        goto out;
     struct mt_db_opts o = {.connect_timeout_s = 10};
     if ((rc = mt_db_open(store, &o, &db, &err)) != 0 || (rc = rt_db_migrate(db, &err)) != 0)
         goto fail;
@@ -758,7 +521,7 @@ int cmd_router(int argc, char **argv)
             goto out;
         }
     } else {
-        data_usage(stderr);
+        fprintf(stderr, "meshtls router: unknown or incomplete command '%s' (see --help)\n", cmd);
         goto out;
     }
 fail:
@@ -772,8 +535,6 @@ fail:
     }
 out:
     mt_db_close(db);
-    if (store)
-        memset(store, 0, strlen(store));
-    free(store);
+    meshtls_config_free(cc.cfg);
     return status;
 }

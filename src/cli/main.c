@@ -52,7 +52,8 @@ static const struct command commands[] = {
     {"proxy", cmd_proxy, "the mTLS sidecar: proxy server (mTLS in) and proxy client (mTLS out)"},
     {"router", cmd_router, "the router's data: orgs, hosts, teams, users, grants (docs/ROUTER.md)"},
     {"connect", cmd_connect, "reach a host through `meshtls proxy router` (an ssh ProxyCommand)"},
-    {"config", cmd_config, "show the effective TLS configuration (flags > env > YAML file)"},
+    {"config", cmd_config,
+     "show the effective configuration of every command (flags > env > file)"},
 };
 
 static void usage(FILE *f)

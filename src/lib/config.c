@@ -61,6 +61,8 @@ struct kent {
 struct meshtls_config {
     struct kent **k; /* owned entries, registration order */
     size_t n, cap;
+    const struct meshtls_config_flag_alias **fa; /* owned array of borrowed rows */
+    size_t nfa;
 };
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -193,6 +195,10 @@ static int parse_long(const char *v, long *out)
 static int parse_duration(const char *v, long *ms)
 {
     int64_t x;
+    if (!strcmp(v, "off")) { /* "--cache-ttl off": 0, which a key with min > 0 refuses */
+        *ms = 0;
+        return 0;
+    }
     if (mt_parse_duration_ms(v, LONG_MAX, &x) != 0)
         return -1;
     *ms = (long)x;
@@ -370,6 +376,10 @@ static int row_check(const struct meshtls_config *cfg, struct kent *news, size_t
                                "config key '%s': flag '%s' must start "
                                "with --",
                                d->name, d->flag);
+    if ((d->opts & MESHTLS_KEY_ARG) && (!d->flag || d->alias))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "config key '%s': an argument key needs a flag and no alias",
+                               d->name);
     if ((d->opts & MESHTLS_KEY_REPEAT) && (d->flag_sets || !d->flag || d->def))
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "config key '%s': a repeatable flag takes a value and the key "
@@ -380,8 +390,11 @@ static int row_check(const struct meshtls_config *cfg, struct kent *news, size_t
     for (const char *p = d->name; *p; p++)
         e->env[j++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
     e->env[j] = '\0';
-    snprintf(e->envs, sizeof(e->envs), "%s%s%s", e->env, d->alias ? ", " : "",
-             d->alias ? d->alias : "");
+    if (d->opts & MESHTLS_KEY_ARG) /* set by its flag alone: no variable to name */
+        e->envs[0] = '\0';
+    else
+        snprintf(e->envs, sizeof(e->envs), "%s%s%s", e->env, d->alias ? ", " : "",
+                 d->alias ? d->alias : "");
     if (find(cfg, d->name))
         return meshtls_err_set(err, MESHTLS_EEXIST, "config key '%s' is already registered",
                                d->name);
@@ -473,6 +486,7 @@ void meshtls_config_free(struct meshtls_config *cfg)
         free(cfg->k[i]);
     }
     free(cfg->k);
+    free(cfg->fa);
     free(cfg);
 }
 
@@ -530,6 +544,49 @@ int meshtls_config_set(struct meshtls_config *cfg, const char *key, const char *
 
 /* ---- command lines --------------------------------------------------------------- */
 
+/* The alias of key `d`'s flag, or NULL. */
+static const char *alias_of(const struct meshtls_config *cfg, const struct meshtls_config_keydef *d)
+{
+    for (size_t i = 0; i < cfg->nfa; i++)
+        if (!strcmp(cfg->fa[i]->key, d->name))
+            return cfg->fa[i]->flag;
+    return NULL;
+}
+
+/* Is `name` key `d`'s flag or its alias? */
+static int flag_is(const struct meshtls_config *cfg, const struct meshtls_config_keydef *d,
+                   const char *name)
+{
+    if (d->flag && !strcmp(d->flag, name))
+        return 1;
+    for (size_t i = 0; i < cfg->nfa; i++)
+        if (!strcmp(cfg->fa[i]->flag, name) && !strcmp(cfg->fa[i]->key, d->name))
+            return 1;
+    return 0;
+}
+
+int meshtls_config_add_flag_aliases(struct meshtls_config *cfg,
+                                    const struct meshtls_config_flag_alias *v, size_t n,
+                                    struct meshtls_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct kent *e = v[i].key ? find(cfg, v[i].key) : NULL;
+        if (!e || !e->d->flag || !v[i].flag || strncmp(v[i].flag, "--", 2) != 0 || !v[i].flag[2])
+            return meshtls_err_set(err, MESHTLS_EINVAL,
+                                   "flag alias '%s' for key '%s': expected --name and a key with "
+                                   "a flag",
+                                   v[i].flag ? v[i].flag : "(null)", v[i].key ? v[i].key : "");
+    }
+    const struct meshtls_config_flag_alias **fa =
+        realloc(cfg->fa, (cfg->nfa + n + 1) * sizeof(*fa));
+    if (!fa)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    cfg->fa = fa;
+    for (size_t i = 0; i < n; i++)
+        cfg->fa[cfg->nfa++] = &v[i];
+    return 0;
+}
+
 /* Does key `d`'s flag apply to a command of `role` and `modes`? */
 static int flag_applies(const struct meshtls_config_keydef *d, const char *role, unsigned modes)
 {
@@ -541,26 +598,53 @@ static int flag_applies(const struct meshtls_config_keydef *d, const char *role,
     return mode_ok;
 }
 
+/* Store positional argument `a` in `pos`, or refuse it (none expected, or one too many). */
+static int positional(const char *a, const char **pos, size_t maxpos, size_t *npos,
+                      struct meshtls_err *err)
+{
+    if (*npos >= maxpos)
+        return meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'", a);
+    pos[(*npos)++] = a;
+    return 0;
+}
+
 int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const *argv,
                               const char *role, unsigned modes,
                               const struct meshtls_config_opt *opts, size_t nopts,
                               struct meshtls_err *err)
 {
+    return meshtls_config_parse_cmdline(cfg, argc, argv, role, modes, opts, nopts, NULL, 0, NULL,
+                                        err);
+}
+
+int meshtls_config_parse_cmdline(struct meshtls_config *cfg, int argc, char *const *argv,
+                                 const char *role, unsigned modes,
+                                 const struct meshtls_config_opt *opts, size_t nopts,
+                                 const char **pos, size_t maxpos, size_t *npos,
+                                 struct meshtls_err *err)
+{
     unsigned char *given = calloc(cfg->n + 1, 1); /* MESHTLS_KEY_ONCE */
+    size_t np = 0;
     int rc = 0;
     if (!given)
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    if (!pos)
+        maxpos = 0;
     for (int i = 0; i < argc && rc == 0; i++) {
         const char *a = argv[i], *eq, *val = NULL;
         char name[NAME_MAX_LEN + 3];
-        if (!strcmp(a, "--")) {
-            if (i + 1 < argc)
-                rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'",
-                                     argv[i + 1]);
+        if (!strcmp(a, "--")) { /* the rest is positional, even "--x" */
+            for (int j = i + 1; j < argc && rc == 0; j++)
+                rc = positional(argv[j], pos, maxpos, &np, err);
             break;
         }
+        if (!strcmp(a, "-") || a[0] != '-') {
+            rc = positional(a, pos, maxpos, &np, err);
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0 || !a[2]) {
-            rc = meshtls_err_set(err, MESHTLS_EPARSE, "unexpected argument '%.200s'", a);
+            rc = meshtls_err_set(err, MESHTLS_EPARSE,
+                                 "unexpected argument '%.200s' (options are written --name)", a);
             break;
         }
         eq = strchr(a, '=');
@@ -599,7 +683,7 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
         size_t ki = 0;
         for (size_t k = 0; k < cfg->n && !e; k++) {
             const struct meshtls_config_keydef *d = cfg->k[k]->d;
-            if (!d->flag || strcmp(d->flag, name))
+            if (!flag_is(cfg, d, name))
                 continue;
             if (flag_applies(d, role, modes)) {
                 e = cfg->k[k];
@@ -654,6 +738,8 @@ int meshtls_config_parse_args(struct meshtls_config *cfg, int argc, char *const 
         rc = meshtls_config_set(cfg, d->name, d->flag_sets ? d->flag_sets : val, name, err);
     }
     free(given);
+    if (npos)
+        *npos = np;
     return rc;
 }
 
@@ -759,7 +845,9 @@ void meshtls_config_print_flags(const struct meshtls_config *cfg, FILE *f, const
             }
             char lhs[80], text[1024];
             const char *mv = metavar_of(e);
-            snprintf(lhs, sizeof(lhs), "%s%s%s", e->flag, *mv ? " " : "", mv);
+            const char *al = alias_of(cfg, e);
+            snprintf(lhs, sizeof(lhs), "%s%s%s%s%s", e->flag, al ? ", " : "", al ? al : "",
+                     *mv ? " " : "", mv);
             snprintf(text, sizeof(text), "%s%s%s%s%s%s%s",
                      e->flag_sets && !strcmp(e->flag_sets, "false") ? "turns off: " : "",
                      e->help ? e->help : "", tag, e->def && !e->flag_sets ? " (default " : "",
@@ -803,6 +891,36 @@ const char *meshtls_config_get(const struct meshtls_config *cfg, const char *key
     if (source)
         *source = e->d->def ? "default" : "unset";
     return e->d->def;
+}
+
+const char *meshtls_config_shown(const struct meshtls_config *cfg, const char *key, char *buf,
+                                 size_t cap, const char **source)
+{
+    const struct kent *e = find(cfg, key);
+    const char *v = meshtls_config_get(cfg, key, source);
+    if (!v || !e || cap == 0)
+        return v;
+    if (e->d->opts & MESHTLS_KEY_SECRET) {
+        snprintf(buf, cap, "***");
+        return buf;
+    }
+    if (!(e->d->opts & MESHTLS_KEY_URL))
+        return v;
+    /* scheme://user:PASSWORD@host...: the userinfo ends at the last '@' before the path */
+    const char *auth = strstr(v, "://");
+    if (!auth)
+        return v;
+    auth += 3;
+    size_t alen = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + alen; p++)
+        if (*p == '@')
+            at = p;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (!colon)
+        return v;
+    snprintf(buf, cap, "%.*s***%s", (int)(colon + 1 - v), v, at);
+    return buf;
 }
 
 /* The effective value of `key` of type `type`, for the typed getters. */
@@ -874,7 +992,8 @@ static void env_strays(const struct meshtls_config *cfg, char *const *envp)
         int known = 0, sec = 0;
         for (size_t i = 0; i < cfg->n && !known; i++) {
             const struct kent *e = cfg->k[i];
-            known = strlen(e->env) == nl && !strncmp(e->env, *v, nl);
+            known =
+                strlen(e->env) == nl && !strncmp(e->env, *v, nl) && !(e->d->opts & MESHTLS_KEY_ARG);
             size_t sl = 8 + sec_len(e->d->name) + 1; /* "MESHTLS_SERVER_" */
             if (nl > sl && !strncmp(e->env, *v, sl))
                 sec = 1;
@@ -896,6 +1015,8 @@ int meshtls_config_load_env(struct meshtls_config *cfg, char *const *envp, struc
         return 0;
     for (size_t i = 0; i < cfg->n; i++) {
         struct kent *e = cfg->k[i];
+        if (e->d->opts & MESHTLS_KEY_ARG)
+            continue; /* only its flag sets it; env_strays() warns about the variable */
         const char *canon = env_find(envp, e->env);
         const char *alias = e->d->alias ? env_find(envp, e->d->alias) : NULL;
         if (canon && alias)
@@ -1088,6 +1209,11 @@ static int ysection(struct yp *y, const char *sec)
                                    y->label, sec, key,
                                    *hint ? hint : " (docs/CONFIG.md lists the keys)");
         }
+        if (e->d->opts & MESHTLS_KEY_ARG)
+            return meshtls_err_set(y->y.err, MESHTLS_EINVAL,
+                                   "%s: %s is an argument of one command, not a setting: give "
+                                   "%s on the command line",
+                                   y->label, e->d->name, e->d->flag);
         if ((rc = yvalue(y, e, e->d->name)) || (rc = ystage(y, e, 0)))
             return rc;
     }
@@ -1216,6 +1342,10 @@ static void how_to_set(const struct meshtls_config *cfg, const char *key, char *
         buf[0] = '\0';
         return;
     }
+    if (e->d->opts & MESHTLS_KEY_ARG) {
+        snprintf(buf, cap, "give %s", e->d->flag);
+        return;
+    }
     snprintf(buf, cap, "%s%s%sset %s%s%s%s, or add '%s:' under '%.*s:'%s in the config file",
              e->d->flag ? "give " : "", e->d->flag ? e->d->flag : "", e->d->flag ? ", " : "",
              e->env, e->d->alias ? " (or " : "", e->d->alias ? e->d->alias : "",
@@ -1233,6 +1363,16 @@ static const char *need(const struct meshtls_config *cfg, const char *key, int *
         *rc = meshtls_err_set(err, MESHTLS_EINVAL, "%s is not set: %s", key, how);
     }
     return v;
+}
+
+int meshtls_config_need(const struct meshtls_config *cfg, const char *key, const char **out,
+                        struct meshtls_err *err)
+{
+    int rc = 0;
+    const char *v = need(cfg, key, &rc, err);
+    if (rc == 0)
+        *out = v;
+    return rc;
 }
 
 int meshtls_config_tls_opts(const struct meshtls_config *cfg, const char *role,

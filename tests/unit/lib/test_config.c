@@ -584,8 +584,100 @@ TEST(the_library_knows_no_proxy_keys_until_the_proxy_registers_them)
     meshtls_config_free(c);
 }
 
+/* A command's table with the kinds of key the other commands use (meshtls ca, router). */
+static const struct meshtls_config_keydef cmd_keys[] = {
+    {"tool.dir", MESHTLS_CFG_PATH, NULL, NULL, "--dir", NULL, NULL, 0, 0, "directory", 0, NULL,
+     NULL, 0},
+    {"tool.serial", MESHTLS_CFG_STR, NULL, NULL, "--serial", NULL, NULL, 0, 0, "one serial", 0,
+     NULL, NULL, MESHTLS_KEY_ARG},
+    {"tool.password", MESHTLS_CFG_STR, NULL, NULL, "--password", NULL, NULL, 0, 0, "a password", 0,
+     NULL, NULL, MESHTLS_KEY_SECRET},
+    {"tool.store", MESHTLS_CFG_STR, NULL, NULL, "--store", NULL, NULL, 0, 0, "a URL", 0, NULL, NULL,
+     MESHTLS_KEY_URL},
+    {"tool.ttl", MESHTLS_CFG_DURATION, "1s", NULL, "--ttl", NULL, NULL, 0, 3600000, "0: off", 0,
+     NULL, NULL, 0},
+    {"tool.wait", MESHTLS_CFG_DURATION, "1s", NULL, "--wait", NULL, NULL, 1, 3600000, "x", 0, NULL,
+     NULL, 0},
+};
+static const struct meshtls_config_flag_alias cmd_aliases[] = {{"--directory", "tool.dir"}};
+
+TEST(positional_arguments_sit_between_flags)
+{
+    struct meshtls_config *c = fresh();
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    const char *pos[4] = {0};
+    size_t np = 9;
+    CHECK_INT_EQ(meshtls_config_add_keys(c, cmd_keys, 6, &err), 0);
+    char *argv[] = {"a", "--dir", "/d", "-", "b", "--", "--c"};
+    CHECK_INT_EQ(meshtls_config_parse_cmdline(c, 7, argv, "tool", 0, NULL, 0, pos, 4, &np, &err),
+                 0);
+    CHECK_INT_EQ(np, 4);
+    CHECK_STR_EQ(pos[3], "--c");
+    CHECK_STR_EQ(pos[0], "a");
+    CHECK_STR_EQ(pos[1], "-");
+    CHECK_STR_EQ(pos[2], "b");
+    CHECK_STR_EQ(meshtls_config_get(c, "tool.dir", NULL), "/d");
+    /* one too many; and none at all where the command takes none */
+    char *more[] = {"a", "b"};
+    CHECK_INT_EQ(meshtls_config_parse_cmdline(c, 2, more, "tool", 0, NULL, 0, pos, 1, &np, &err),
+                 MESHTLS_EPARSE);
+    CHECK(has(err.msg, "unexpected argument 'b'"));
+    CHECK_INT_EQ(meshtls_config_parse_args(c, 1, more, "tool", 0, NULL, 0, &err), MESHTLS_EPARSE);
+    char *dash[] = {"-x"};
+    CHECK_INT_EQ(meshtls_config_parse_cmdline(c, 1, dash, "tool", 0, NULL, 0, pos, 3, &np, &err),
+                 MESHTLS_EPARSE);
+    meshtls_config_free(c);
+}
+
+TEST(argument_keys_secrets_urls_aliases_off)
+{
+    struct meshtls_config *c = fresh();
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    char buf[128];
+    long ms = -1;
+    CHECK_INT_EQ(meshtls_config_add_keys(c, cmd_keys, 6, &err), 0);
+    CHECK_INT_EQ(meshtls_config_add_flag_aliases(c, cmd_aliases, 1, &err), 0);
+    static const struct meshtls_config_flag_alias bad_alias[] = {{"--x", "tool.nope"}};
+    CHECK_INT_EQ(meshtls_config_add_flag_aliases(c, bad_alias, 1, &err), MESHTLS_EINVAL);
+    /* an argument key: its flag only; no variable, no YAML key */
+    CHECK_STR_EQ(meshtls_config_key_env(c, "tool.serial"), "");
+    char *env[] = {"MESHTLS_TOOL_SERIAL=01", "MESHTLS_TOOL_PASSWORD=pw",
+                   "MESHTLS_TOOL_STORE=postgres://u:hunter2@db:5432/x?sslmode=require", NULL};
+    CHECK_INT_EQ(meshtls_config_load_env(c, env, &err), 0);
+    CHECK(meshtls_config_get(c, "tool.serial", NULL) == NULL);
+    CHECK_INT_EQ(load(c, "tool:\n  serial: 01\n", &err), MESHTLS_EINVAL);
+    CHECK(has(err.msg, "b.yaml:2") && has(err.msg, "give --serial"));
+    const char *v = NULL;
+    CHECK_INT_EQ(meshtls_config_need(c, "tool.serial", &v, &err), MESHTLS_EINVAL);
+    CHECK(has(err.msg, "tool.serial is not set: give --serial"));
+    char *argv[] = {"--serial", "0A", "--directory=/d", "--ttl", "off"};
+    CHECK_INT_EQ(meshtls_config_parse_args(c, 5, argv, "tool", 0, NULL, 0, &err), 0);
+    CHECK_STR_EQ(meshtls_config_get(c, "tool.serial", NULL), "0A");
+    CHECK_STR_EQ(meshtls_config_get(c, "tool.dir", NULL), "/d");
+    CHECK_INT_EQ(meshtls_config_get_int(c, "tool.ttl", &ms, &err), 0);
+    CHECK_INT_EQ(ms, 0);
+    CHECK_INT_EQ(meshtls_config_set(c, "tool.wait", "off", NULL, &err), MESHTLS_EINVAL);
+    /* what may be printed */
+    CHECK_STR_EQ(meshtls_config_shown(c, "tool.password", buf, sizeof(buf), NULL), "***");
+    CHECK_STR_EQ(meshtls_config_shown(c, "tool.store", buf, sizeof(buf), NULL),
+                 "postgres://u:***@db:5432/x?sslmode=require");
+    CHECK_INT_EQ(meshtls_config_set(c, "tool.store", "postgres://u@db/x", NULL, &err), 0);
+    CHECK_STR_EQ(meshtls_config_shown(c, "tool.store", buf, sizeof(buf), NULL),
+                 "postgres://u@db/x");
+    CHECK_STR_EQ(meshtls_config_shown(c, "tool.dir", buf, sizeof(buf), NULL), "/d");
+    /* --help shows the alias beside the flag */
+    static char out[32768];
+    FILE *f = fmemopen(out, sizeof(out) - 1, "w");
+    meshtls_config_print_flags(c, f, "tool", 0, NULL, 0);
+    fclose(f);
+    CHECK(has(out, "--dir, --directory FILE"));
+    meshtls_config_free(c);
+}
+
 int main(void)
 {
+    RUN(positional_arguments_sit_between_flags);
+    RUN(argument_keys_secrets_urls_aliases_off);
     RUN(the_library_knows_no_proxy_keys_until_the_proxy_registers_them);
     RUN(precedence_flag_env_file_default);
     RUN(grpc_names_map_exactly);
