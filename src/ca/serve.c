@@ -615,7 +615,9 @@ static int meta_exists(struct mt_db *db, const char *key, int *out, struct mesht
 {
     struct mt_db_conn *c = NULL;
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    char k[CA_META_KEY_MAX]; /* as the store names it (per host on PostgreSQL) */
+    ca_store_meta_key(mt_db_backend(db) == MT_DB_POSTGRES, key, k, sizeof(k));
+    struct mt_db_param p[] = {MT_DB_TEXT(k)};
     int rc = mt_db_acquire(db, &c, err);
     if (!rc && !(rc = mt_db_query(c, "SELECT 1 FROM meta WHERE key = $1", p, 1, &r, err))) {
         int row = mt_db_row_next(r, err);
@@ -1853,8 +1855,9 @@ static void w_metrics(struct cp_job *jb)
     struct mt_db_param p[] = {MT_DB_INT64(now)};
     if (!rc &&
         !(rc = mt_db_query(c,
-                           "SELECT COALESCE(SUM(expires_at > $1), 0), "
-                           "COALESCE(SUM(expires_at <= $1), 0) FROM serve_peers",
+                           "SELECT COALESCE(SUM(CASE WHEN expires_at > $1 THEN 1 ELSE 0 END), 0), "
+                           "COALESCE(SUM(CASE WHEN expires_at <= $1 THEN 1 ELSE 0 END), 0) "
+                           "FROM serve_peers",
                            p, 1, &r, &e)) &&
         (row = mt_db_row_next(r, &e)) > 0) {
         alive = mt_db_col_int64(r, 0);

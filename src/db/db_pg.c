@@ -94,13 +94,19 @@ static int pg_connect(struct mt_db *db, struct mt_db_conn **out, struct meshtls_
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
     q->base.db = db;
     /* Ours first: the URL's own values (expanded from dbname) override them. */
-    const char *kw[4], *val[4];
-    char timeout[16];
+    const char *kw[5], *val[5];
+    char timeout[16], options[48];
     int k = 0;
     if (!getenv("PGCONNECT_TIMEOUT")) {
         snprintf(timeout, sizeof(timeout), "%d", db->opts.connect_timeout_s);
         kw[k] = "connect_timeout";
         val[k++] = timeout;
+    }
+    if (db->opts.statement_timeout_ms > 0) {
+        snprintf(options, sizeof(options), "-c statement_timeout=%d",
+                 db->opts.statement_timeout_ms);
+        kw[k] = "options";
+        val[k++] = options;
     }
     kw[k] = "fallback_application_name";
     val[k++] = "meshtls";
