@@ -273,12 +273,13 @@ int ca_store_pg_open(const char *url, const char *dir, int create, struct ca_sto
     }
     if (create && (rc = s->ops->meta_find(s, "trust_domain", &td, err)) == 0 && td) {
         /* another host made this CA: its key files are what this host needs */
-        rc = meshtls_err_set(err, MESHTLS_EEXIST,
-                             "database %s already holds a CA (trust domain %s): refusing to "
-                             "create another; to serve it from this host too, copy root.crt, "
-                             "intermediate.crt, intermediate.key (0600) and ca.crt from the "
-                             "first host's CA directory",
-                             s->path, td);
+        rc = meshtls_err_set(
+            err, MESHTLS_EEXIST,
+            "database %s already holds a CA (trust domain %s): refusing to "
+            "create another; to serve it from this host too, copy root.crt, root.crl, "
+            "intermediate.crt, intermediate.key (0600) and ca.crt from the "
+            "first host's CA directory",
+            s->path, td);
         free(td);
         goto fail;
     }
