@@ -1781,6 +1781,41 @@ static void lifecycle_run(struct cp_server *srv)
                       MESHTLS_LF_B("rotate_ok", rc == 0), MESHTLS_LF_B("crl_ok", crc == 0));
 }
 
+/*
+ * PostgreSQL: run the worker only while holding a session advisory lock, so that a run
+ * that outlasts its lease (a slow rotation) never overlaps the next server's run; the
+ * lock goes with the session if this server dies.  SQLite: the lease alone (one host).
+ */
+static void lifecycle_locked_run(struct cp_server *srv)
+{
+    if (mt_db_backend(srv->db) != MT_DB_POSTGRES) {
+        lifecycle_run(srv);
+        return;
+    }
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int got = 0, rc = mt_db_acquire(srv->db, &c, &e);
+    /* the key: FNV-1a of "meshtls:ca-lifecycle" */
+    if (!rc &&
+        !(rc = mt_db_query(c, "SELECT pg_try_advisory_lock(3832509412160895794)", NULL, 0, &r, &e)))
+        got = mt_db_row_next(r, &e) == 1 && mt_db_col_int64(r, 0) == 1;
+    mt_db_rows_close(r);
+    r = NULL;
+    if (rc)
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: lock: %s", e.msg);
+    else if (!got)
+        meshtls_log(MESHTLS_LOG_INFO, "ca serve: lifecycle: another server's run is still going; "
+                                      "skipping this one");
+    if (got) {
+        lifecycle_run(srv);
+        if (!mt_db_query(c, "SELECT pg_advisory_unlock(3832509412160895794)", NULL, 0, &r, NULL))
+            mt_db_row_next(r, NULL);
+        mt_db_rows_close(r);
+    }
+    mt_db_release(c);
+}
+
 static void *lifecycle_main(void *arg)
 {
     struct cp_server *srv = arg;
@@ -1806,7 +1841,7 @@ static void *lifecycle_main(void *arg)
             if (cp_lease_take(srv->db, "lifecycle", holder, wms, wms + iv - iv / 10, &won, &e))
                 meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: lease: %s", e.msg);
             else if (won)
-                lifecycle_run(srv);
+                lifecycle_locked_run(srv);
             pthread_mutex_lock(&srv->feed_mu);
             next.tv_sec += (time_t)(iv / 1000);
             next.tv_nsec += (long)(iv % 1000) * 1000000L;

@@ -199,3 +199,153 @@ def test_ca_commands_on_postgres_from_two_hosts(pg, tmp_path):
     assert len(nums) >= 1 + 8 and nums == list(range(nums[0], nums[0] + len(nums))), nums
     for r in results:
         assert pg.password not in r.stdout + r.stderr
+
+
+# ---- several servers on one database ------------------------------------------------------
+
+def start_together(pg, dirs, *args):
+    """Start one server per directory at the same moment; returns them in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(dirs)) as ex:
+        futs = [ex.submit(Server, pg, d, *args) for d in dirs]
+        out, errors = [], []
+        for f in futs:
+            try:
+                out.append(f.result(timeout=60))
+            except Exception as e:  # stop the others before failing
+                errors.append(e)
+        if errors:
+            for s in out:
+                s.stop()
+            raise errors[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(pg, tmp_path_factory):
+    """Three servers (a, b and a third host c) on database `multi`, started together."""
+    root = tmp_path_factory.mktemp("multi")
+    make_ca(pg, root, "multi")
+    c = root / "c"
+    c.mkdir(mode=0o700)
+    shutil.copy2(root / "a" / "store.url", c / "store.url")
+    for f in KEY_FILES:
+        shutil.copy2(root / "a" / f, c / f)
+    servers = start_together(pg, [root / "a", root / "b", c])
+    yield root, servers
+    logs = [s.log() for s in servers]
+    codes = [s.stop() for s in servers]
+    assert codes == [0, 0, 0], logs
+    for log in logs:
+        assert pg.password not in log
+
+
+def test_three_servers_started_together_migrate_once(pg, cluster):
+    root, servers = cluster
+    # each migration of each table once, however many servers raced for it
+    assert db_rows(pg, "multi", "SELECT version FROM serve_migrations ORDER BY 1") == \
+        ["1", "2", "3"]
+    assert db_rows(pg, "multi", "SELECT version FROM schema_migrations ORDER BY 1") == ["1", "2"]
+    for s in servers:
+        assert call(s, root, "GET", "/readyz")[0] == 200
+        code, body = call(s, root, "GET", "/api/peers", svc="web")
+        assert code == 200, body
+
+
+def test_concurrent_sign_at_three_servers_unique_serials(pg, cluster, tmp_path):
+    root, servers = cluster
+    csr = make_csr(tmp_path, "web")
+    toks = [token(pg, root / "a", "web") for _ in range(30)]
+
+    def sign(i):
+        return call(servers[i % 3], root, "POST", "/api/v1/sign",
+                    body={"token": toks[i], "csr": csr})
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        res = list(ex.map(sign, range(len(toks))))
+    assert all(code == 200 for code, _ in res), [b for c, b in res if c != 200][:3]
+    serials = [b["serial"] for _, b in res]
+    assert len(set(serials)) == len(serials)
+    stored = set(db_rows(pg, "multi", "SELECT serial FROM certificates"))
+    assert set(serials) <= stored
+    # every token used once, by the server that answered
+    assert db_rows(pg, "multi", "SELECT count(*) FROM serve_tokens WHERE used_at IS NULL "
+                                "AND hash IN (SELECT hash FROM serve_tokens)") == ["0"]
+
+
+def test_token_presented_to_two_servers_at_once_redeemed_once(pg, cluster, tmp_path):
+    root, servers = cluster
+    csr = make_csr(tmp_path, "web")
+    for _ in range(6):
+        tok = token(pg, root / "a", "web")
+        barrier = threading.Barrier(2)
+
+        def sign(s):
+            barrier.wait(timeout=10)
+            return call(s, root, "POST", "/api/v1/sign", body={"token": tok, "csr": csr})
+
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            res = list(ex.map(sign, servers[:2]))
+        codes = sorted(code for code, _ in res)
+        assert codes == [200, 403], res
+        loser = [b for c, b in res if c == 403][0]
+        assert loser["error"]["code"] == "token_used"
+
+
+def _ocsp(server, root, cert):
+    d = server.dir
+    p = subprocess.run(["openssl", "ocsp", "-issuer", str(d / "intermediate.crt"), "-cert",
+                        str(cert), "-url", f"http://127.0.0.1:{server.status_port}/ocsp",
+                        "-CAfile", str(d / "ca.crt"), "-no_nonce"],
+                       capture_output=True, text=True, timeout=30)
+    assert "Response verify OK" in p.stdout + p.stderr, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_revocation_at_one_server_in_the_others_feed_ocsp_and_crl_within_a_second(pg, cluster):
+    root, (a, b, c) = cluster
+    ca_run(pg, "ca", "register", "--dir", root / "a", "feedme")
+    ca_run(pg, "ca", "issue", "--dir", root / "a", "feedme", "--out", root / "feedme")
+    cert = root / "feedme" / "feedme.crt"
+    serial = json.loads(ca_run(pg, "ca", "list", "--dir", root / "b", "--json",
+                               "--service", "feedme").stdout)
+    serial = (serial if isinstance(serial, list) else serial["certificates"])[0]["serial"]
+    code, body = call(b, root, "GET", f"{FEED}?since=0", svc="web")
+    assert code == 200
+    since = body["epoch"]
+    # c has a cached "good" answer for it
+    assert "feedme.crt: good" in _ocsp(c, root, cert)
+    assert "feedme.crt: good" in _ocsp(c, root, cert)
+    result = {}
+
+    def follow():
+        result["resp"] = call(b, root, "GET", f"{FEED}?since={since}&wait=20", svc="web")
+        result["at"] = time.monotonic()
+
+    th = threading.Thread(target=follow)
+    th.start()
+    time.sleep(0.5)  # the follower at b is held: nothing newer yet
+    assert "resp" not in result
+    code, body = call(a, root, "POST", f"{ADMIN}/feedme/revoke",
+                      body={"reason": "keyCompromise", "replace": False}, svc="admin")
+    revoked_at = time.monotonic()
+    assert code == 200 and body["revoked"] == 1, body
+    th.join(timeout=25)
+    code, feed = result["resp"]
+    assert code == 200
+    assert [(r["serial"], r["epoch"]) for r in feed["revocations"]] == [(serial, since + 1)]
+    assert result["at"] - revoked_at < 1.0
+    # c: OCSP (its cache invalidated by the epoch it saw move) and the CRL it serves
+    deadline = revoked_at + 1.0
+    while "feedme.crt: revoked" not in _ocsp(c, root, cert):
+        assert time.monotonic() < deadline, "c's OCSP still says good a second later"
+        time.sleep(0.05)
+    code, pem = call(c, root, "GET", "/crl", headers={"Accept": "application/x-pem-file"})
+    assert code == 200 and time.monotonic() < revoked_at + 1.0
+    crl = subprocess.run(["openssl", "crl", "-noout", "-text"], input=pem, capture_output=True,
+                         check=True, timeout=30).stdout.decode()
+    assert serial.upper() in crl.replace(":", "").upper()
+    # and every server's feed agrees: one epoch per revocation, no gaps
+    for s in (a, b, c):
+        code, body = call(s, root, "GET", f"{FEED}?since=0", svc="web")
+        epochs = [r["epoch"] for r in body["revocations"]]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == since + 1
