@@ -349,3 +349,187 @@ def test_revocation_at_one_server_in_the_others_feed_ocsp_and_crl_within_a_secon
         code, body = call(s, root, "GET", f"{FEED}?since=0", svc="web")
         epochs = [r["epoch"] for r in body["revocations"]]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == since + 1
+
+
+def _active(pg, dbname, svc):
+    return db_rows(pg, dbname, f"SELECT serial FROM certificates WHERE service = '{svc}' "
+                               "AND status = 'active'")
+
+
+def test_lifecycle_runs_once_per_interval_across_two_servers(pg, tmp_path):
+    make_ca(pg, tmp_path, "life")
+    ca_run(pg, "ca", "register", "--dir", tmp_path / "a", "due")
+    ca_run(pg, "ca", "issue", "--dir", tmp_path / "a", "due", "--out", tmp_path / "due",
+           "--days", "2")
+    old = _active(pg, "life", "due")
+    assert len(old) == 1
+    servers = start_together(pg, [tmp_path / "a", tmp_path / "b"], "--lifecycle-interval", "1s")
+    try:
+        deadline = time.monotonic() + 15
+        while _active(pg, "life", "due") == old and time.monotonic() < deadline:
+            time.sleep(0.2)
+        new = _active(pg, "life", "due")
+        assert len(new) == 1 and new != old
+        t0 = time.monotonic()
+        time.sleep(3.2)
+        logs = [s.log() for s in servers]
+        runs = [l for log in logs for l in log.splitlines() if " lifecycle " in l]
+        rotated = [l for log in logs for l in log.splitlines()
+                   if " rotate " in l and "service=due" in l]
+        # one rotation in all (idempotent); about one run per interval in all, not one per
+        # server per interval (the lease in the database, and the advisory lock)
+        assert len(rotated) == 1, rotated
+        elapsed = time.monotonic() - t0 + 15
+        assert 2 <= len(runs) <= elapsed + 2, runs
+        import datetime
+        at = sorted(datetime.datetime.strptime(l[:23], "%Y-%m-%dT%H:%M:%S.%f") for l in runs)
+        gaps = [(y - x).total_seconds() for x, y in zip(at, at[1:])]
+        assert all(g >= 0.5 for g in gaps), gaps
+        assert _active(pg, "life", "due") == new
+    finally:
+        for s in servers:
+            assert s.stop() == 0
+
+
+class Load:
+    """Threads that keep sending one request each to the servers in turn until stopped;
+    every answer is recorded as (monotonic time sent, seconds taken, status, body)."""
+
+    def __init__(self, servers, root, n=2):
+        self.servers, self.root = servers, root
+        self.done = threading.Event()
+        self.results, self.lock = [], threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(i,)) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self, i):
+        k = i
+        for _ in range(100000):  # bounded; stop() ends it long before
+            if self.done.is_set():
+                return
+            s = self.servers[k % len(self.servers)]
+            k += 1
+            t0 = time.monotonic()
+            try:
+                code, body = call(s, self.root, "GET", "/api/peers", svc="web", timeout=20)
+            except Exception as e:  # a hang (timeout) or a broken connection
+                code, body = None, repr(e)
+            with self.lock:
+                self.results.append((t0, time.monotonic() - t0, code, body))
+            time.sleep(0.02)
+
+    def since(self, t):
+        with self.lock:
+            return [r for r in self.results if r[0] >= t]
+
+    def stop(self):
+        self.done.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def test_postgres_stopped_and_started_under_load(tmp_path):
+    pg2 = PasswordPostgres()
+    servers, load = [], None
+    try:
+        make_ca(pg2, tmp_path, "down")
+        servers = start_together(pg2, [tmp_path / "a", tmp_path / "b"])
+        load = Load(servers, tmp_path)
+        time.sleep(1.0)
+        assert load.results and all(r[2] == 200 for r in load.results), load.results[:3]
+        pg2.halt()
+        down_at = time.monotonic()
+        time.sleep(3.0)
+        # while it is down: every request answered, a JSON 503 that says what to do, within
+        # the bounded waits (connect_timeout 2 s), never a hang
+        during = load.since(down_at + 0.5)
+        assert during, "no requests while PostgreSQL was down"
+        assert all(r[2] == 503 for r in during), [r for r in during if r[2] != 503][:3]
+        assert all(r[3]["error"]["code"] == "store_unavailable" for r in during)
+        assert max(r[1] for r in during) < 10, max(r[1] for r in during)
+        for s in servers:
+            assert call(s, tmp_path, "GET", "/readyz")[0] == 503
+            assert call(s, tmp_path, "GET", "/healthz")[0] == 200  # alive, not ready
+            code, body = call(s, tmp_path, "POST", "/api/v1/sign",
+                              body={"token": "mtt_" + "A" * 43, "csr": "x"})
+            assert code == 503 and body["error"]["code"] == "store_unavailable", body
+        pg2.start()
+        up_at = time.monotonic()
+        # back by themselves, without a restart: every server answers 200 again
+        ok = set()
+        deadline = up_at + 30
+        while len(ok) < len(servers):
+            assert time.monotonic() < deadline, [s.log()[-2000:] for s in servers]
+            for i, s in enumerate(servers):
+                if call(s, tmp_path, "GET", "/api/peers", svc="web")[0] == 200:
+                    ok.add(i)
+            time.sleep(0.1)
+        t = time.monotonic()
+        time.sleep(1.0)
+        after = load.since(t)
+        assert after and all(r[2] == 200 for r in after), [r for r in after if r[2] != 200][:3]
+        load.stop()
+        assert all(r[2] is not None for r in load.results), \
+            [r for r in load.results if r[2] is None][:3]
+        # a token works again end to end
+        csr = make_csr(tmp_path, "web")
+        code, body = call(servers[1], tmp_path, "POST", "/api/v1/sign",
+                          body={"token": token(pg2, tmp_path / "a", "web"), "csr": csr})
+        assert code == 200, body
+        for s in servers:
+            log = s.log()
+            assert pg2.password not in log
+            assert "/api/peers: store: " in log  # each 503 logged with the database's reason
+    finally:
+        if load:
+            load.stop()
+        for s in servers:
+            s.stop()
+        pg2.stop()
+
+
+def test_one_server_killed_under_load_loses_nothing_acknowledged(pg, tmp_path):
+    make_ca(pg, tmp_path, "kill")
+    a, b = start_together(pg, [tmp_path / "a", tmp_path / "b"])
+    try:
+        csr = make_csr(tmp_path, "web")
+        toks = [token(pg, tmp_path / "a", "web") for _ in range(40)]
+        acked, failed, lock = [], [], threading.Lock()
+        killed = threading.Event()
+
+        def sign(i):
+            s = (a, b)[i % 2]
+            try:
+                code, body = call(s, tmp_path, "POST", "/api/v1/sign",
+                                  body={"token": toks[i], "csr": csr})
+            except Exception as e:  # a's connections die with it: not acknowledged
+                with lock:
+                    failed.append((i, repr(e)))
+                return
+            with lock:
+                if code == 200:
+                    acked.append((i, body["serial"]))
+                else:
+                    failed.append((i, code, body))
+                if len(acked) >= 8 and not killed.is_set():
+                    killed.set()
+                    a.proc.send_signal(signal.SIGKILL)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            list(ex.map(sign, range(len(toks))))
+        assert killed.is_set() and a.proc.wait(timeout=10) == -signal.SIGKILL
+        # b answered every request sent to it; what a acknowledged before dying is stored
+        assert all(i % 2 == 0 for i, *_ in failed), failed
+        stored = dict(r.split("|") for r in db_rows(
+            pg, "kill", "SELECT serial, status FROM certificates WHERE service = 'web'"))
+        for i, serial in acked:
+            assert serial in stored, (i, serial)
+        # b keeps serving
+        assert call(b, tmp_path, "GET", "/readyz")[0] == 200
+        code, body = call(b, tmp_path, "POST", "/api/v1/sign",
+                          body={"token": token(pg, tmp_path / "b", "web"), "csr": csr})
+        assert code == 200, body
+    finally:
+        a.stop()
+        assert b.stop() == 0
