@@ -361,6 +361,10 @@ void mt_db_release(struct mt_db_conn *c)
     struct mt_db *db = c->db;
     if (c->in_tx)
         mt_db_rollback(c);
+    if (c->listening) { /* the next holder must not inherit our channels */
+        db->ops->unlisten(c);
+        c->listening = 0;
+    }
     pthread_mutex_lock(&db->mu);
     c->next = db->idle;
     db->idle = c;
@@ -645,4 +649,74 @@ int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migrat
     rc = mt_db_migrate_conn(c, table, m, n, applied, err);
     mt_db_release(c);
     return rc;
+}
+
+/* ---- change notification ------------------------------------------------------------------ */
+
+int64_t mt_db_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* [a-z_]{1,40}: PostgreSQL's LISTEN takes an identifier, never a parameter. */
+static int channel_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s && *s; s++, n++)
+        if (!((*s >= 'a' && *s <= 'z') || *s == '_'))
+            return 0;
+    return n >= 1 && n <= 40;
+}
+
+static int bad_channel(const struct mt_db_conn *c, const char *channel, struct meshtls_err *err)
+{
+    return meshtls_err_set(err, MESHTLS_EINVAL,
+                           "database %s: notification channel '%.48s' is not 1 to 40 of a-z and "
+                           "'_'",
+                           c->db->u.redacted, channel ? channel : "(null)");
+}
+
+int mt_db_listen(struct mt_db_conn *c, const char *channel, struct meshtls_err *err)
+{
+    if (!channel_ok(channel))
+        return bad_channel(c, channel, err);
+    c->kind = MT_DB_OK;
+    int rc = c->db->ops->listen(c, channel, err);
+    if (!rc)
+        c->listening = 1;
+    return rc;
+}
+
+int mt_db_notify(struct mt_db_conn *c, const char *channel, const char *payload,
+                 struct meshtls_err *err)
+{
+    if (!channel_ok(channel))
+        return bad_channel(c, channel, err);
+    if (!payload)
+        payload = "";
+    if (strlen(payload) > MT_DB_NOTIFY_PAYLOAD_MAX)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "database %s: notification on '%s': payload of %zu bytes, more "
+                               "than %d",
+                               c->db->u.redacted, channel, strlen(payload),
+                               MT_DB_NOTIFY_PAYLOAD_MAX);
+    c->kind = MT_DB_OK;
+    return c->db->ops->notify(c, channel, payload, err);
+}
+
+int mt_db_wait_change(struct mt_db_conn *c, int timeout_ms, char *payload, size_t cap,
+                      struct meshtls_err *err)
+{
+    if (payload && cap)
+        payload[0] = '\0';
+    if (!c->listening)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "database %s: waiting for changes on a connection that does not "
+                               "listen (call mt_db_listen first)",
+                               c->db->u.redacted);
+    c->kind = MT_DB_OK;
+    int64_t deadline = mt_db_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    return c->db->ops->wait_change(c, deadline, payload, cap, err);
 }

@@ -264,4 +264,51 @@ int mt_db_migrate(struct mt_db *db, const char *table, const struct mt_db_migrat
 int mt_db_migrate_conn(struct mt_db_conn *c, const char *table, const struct mt_db_migration *m,
                        size_t n, int *applied, struct meshtls_err *err);
 
+/* ---- change notification -------------------------------------------------------------------
+ */
+
+/** The longest payload mt_db_notify() takes (PostgreSQL's own limit is 8000 bytes). */
+#define MT_DB_NOTIFY_PAYLOAD_MAX 1024
+
+/**
+ * Start listening for changes on `channel` (borrowed; [a-z_]{1,40}, else
+ * MESHTLS_EINVAL) on `c`.  The caller keeps `c` acquired for as long as it
+ * listens, on a thread of its own (mt_db_wait_change() blocks); releasing `c`
+ * forgets every channel.
+ *   PostgreSQL: LISTEN channel (several calls listen to several channels).
+ *   SQLite: remembers PRAGMA data_version; any commit to the file by another
+ *   connection (this process's pool or another process) counts as a change,
+ *   whatever the channel.
+ */
+int mt_db_listen(struct mt_db_conn *c, const char *channel, struct meshtls_err *err);
+
+/**
+ * Tell listeners of `channel` (as in mt_db_listen) that something changed;
+ * `payload` (borrowed; NULL is "", at most MT_DB_NOTIFY_PAYLOAD_MAX bytes) goes
+ * with it.
+ *   PostgreSQL: SELECT pg_notify($1, $2): delivered when the transaction on
+ *   `c` commits (at once outside one); several equal notifications in one
+ *   transaction arrive once.
+ *   SQLite: nothing to do (a listener sees data_version move when a commit by
+ *   any other connection lands); validated like PostgreSQL's so that callers
+ *   behave the same on both.
+ */
+int mt_db_notify(struct mt_db_conn *c, const char *channel, const char *payload,
+                 struct meshtls_err *err);
+
+/**
+ * Wait at most `timeout_ms` (0: only look) for a change on `c`, which must be
+ * listening (else MESHTLS_EINVAL).  Returns 1 when one arrived, 0 on timeout,
+ * or an error code (err set; the connection may be lost: release it and listen
+ * on a fresh one, and assume that changes were missed meanwhile).
+ * @param payload if not NULL, receives the notification's payload, terminated
+ *                and truncated to `cap` (SQLite: always "").
+ *   PostgreSQL: one notification per call, oldest first (call with 0 to drain
+ *   the rest); waits in poll() on the connection's socket.
+ *   SQLite: polls PRAGMA data_version every 25 ms; commits by `c` itself do not
+ *   count, and several commits between two calls are one change.
+ */
+int mt_db_wait_change(struct mt_db_conn *c, int timeout_ms, char *payload, size_t cap,
+                      struct meshtls_err *err);
+
 #endif

@@ -30,6 +30,15 @@ struct db_ops {
     const void *(*col_blob)(struct mt_db_rows *r, int i, size_t *len);
     void (*rows_close)(struct mt_db_rows *r);
     const char *begin_sql;
+    /* Change notification (db.h); the wrappers have checked channel and payload. */
+    int (*listen)(struct mt_db_conn *c, const char *channel, struct meshtls_err *err);
+    int (*notify)(struct mt_db_conn *c, const char *channel, const char *payload,
+                  struct meshtls_err *err);
+    /* 1 a change, 0 none before the deadline (CLOCK_MONOTONIC ms), or an error. */
+    int (*wait_change)(struct mt_db_conn *c, int64_t deadline_ms, char *payload, size_t cap,
+                       struct meshtls_err *err);
+    /* Forget every channel (on release); errors ignored: a lost session listens to nothing. */
+    void (*unlisten)(struct mt_db_conn *c);
 };
 
 extern const struct db_ops mt_db_sqlite_ops;
@@ -51,6 +60,7 @@ struct mt_db_conn {
     struct mt_db *db;
     struct mt_db_conn *next; /* in db->idle */
     int in_tx;
+    int listening; /* mt_db_listen() succeeded: release forgets the channels */
     enum mt_db_errkind kind;
     char msg[MESHTLS_ERR_MSG_MAX]; /* the database's last message, scrubbed */
 };
@@ -72,6 +82,9 @@ int mt_db_conn_err(struct mt_db_conn *c, struct meshtls_err *err, const char *wh
 
 /* Replace, in msg (cap bytes), every password of `url` (and PGPASSWORD) by "***". */
 void mt_db_scrub(const char *url, char *msg, size_t cap);
+
+/* CLOCK_MONOTONIC in milliseconds: the deadlines of mt_db_wait_change(). */
+int64_t mt_db_now_ms(void);
 
 /* The first `cap - 1` characters of sql on one line, for messages. */
 void mt_db_sql_head(const char *sql, char *buf, size_t cap);

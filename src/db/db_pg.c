@@ -6,9 +6,13 @@
  * only add a default connect_timeout and application name.  Statements are
  * prepared once per connection (PQprepare, named "mtN") and cached by their
  * SQL; parameter types are left to the server, values go as text except
- * blobs (binary); results come back as text.  Notices (CREATE ... IF NOT
+ * blobs (binary); results come back as text.  Change notification is
+ * LISTEN / pg_notify() / poll() on the connection's socket.  Notices (CREATE ... IF NOT
  * EXISTS "skipping") are dropped rather than printed to stderr.
  */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,6 +334,69 @@ static void pg_rows_close(struct mt_db_rows *r)
     free(r);
 }
 
+static int pg_listen(struct mt_db_conn *c, const char *channel, struct meshtls_err *err)
+{
+    /* LISTEN takes no parameter: the channel is an identifier checked by mt_db_listen. */
+    char sql[64];
+    snprintf(sql, sizeof(sql), "LISTEN %s", channel);
+    return pg_script(c, sql, err);
+}
+
+static int pg_notify(struct mt_db_conn *c, const char *channel, const char *payload,
+                     struct meshtls_err *err)
+{
+    struct mt_db_param p[] = {MT_DB_TEXT(channel), MT_DB_TEXT(payload)};
+    return pg_exec(c, "SELECT pg_notify($1, $2)", p, 2, NULL, err);
+}
+
+/* One queued notification into payload: 1, or 0 if none is queued. */
+static int take_notify(PGconn *h, char *payload, size_t cap)
+{
+    PGnotify *n = PQnotifies(h);
+    if (!n)
+        return 0;
+    if (payload && cap)
+        snprintf(payload, cap, "%s", n->extra ? n->extra : "");
+    PQfreemem(n);
+    return 1;
+}
+
+static int pg_wait_change(struct mt_db_conn *c, int64_t deadline_ms, char *payload, size_t cap,
+                          struct meshtls_err *err)
+{
+    PGconn *h = PG(c)->h;
+    for (;;) {
+        /* Read what the socket holds without blocking; a closed session fails here. */
+        if (!PQconsumeInput(h) || PQstatus(h) != CONNECTION_OK) {
+            mt_db_conn_fail(c, MT_DB_ERR_OTHER, PQerrorMessage(h));
+            return mt_db_conn_err(c, err, "waiting for notifications (connection lost)");
+        }
+        if (take_notify(h, payload, cap))
+            return 1;
+        int64_t left = deadline_ms - mt_db_now_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {.fd = PQsocket(h), .events = POLLIN};
+        if (pfd.fd < 0) {
+            mt_db_conn_fail(c, MT_DB_ERR_OTHER, "no socket");
+            return mt_db_conn_err(c, err, "waiting for notifications (connection lost)");
+        }
+        if (poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left) < 0 && errno != EINTR) {
+            mt_db_conn_fail(c, MT_DB_ERR_OTHER, strerror(errno));
+            return mt_db_conn_err(c, err, "waiting for notifications");
+        }
+    }
+}
+
+static void pg_unlisten(struct mt_db_conn *c)
+{
+    PGconn *h = PG(c)->h;
+    if (PQstatus(h) == CONNECTION_OK)
+        PQclear(PQexec(h, "UNLISTEN *"));
+    while (take_notify(h, NULL, 0)) /* what is queued was for the previous holder */
+        ;
+}
+
 const struct db_ops mt_db_pg_ops = {
     .name = "postgres",
     .connect = pg_connect,
@@ -345,4 +412,8 @@ const struct db_ops mt_db_pg_ops = {
     .col_blob = pg_col_blob,
     .rows_close = pg_rows_close,
     .begin_sql = "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    .listen = pg_listen,
+    .notify = pg_notify,
+    .wait_change = pg_wait_change,
+    .unlisten = pg_unlisten,
 };

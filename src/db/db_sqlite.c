@@ -5,13 +5,16 @@
  * pool gives a connection to one thread at a time.  Statements are prepared
  * once per connection (SQLITE_PREPARE_PERSISTENT) and kept in a small cache
  * keyed by their SQL; $N placeholders become ?N.  The busy timeout makes a
- * locked file wait a little, then fail as MT_DB_ERR_RETRY.
+ * locked file wait a little, then fail as MT_DB_ERR_RETRY.  Change
+ * notification is PRAGMA data_version, polled: SQLite has no message between
+ * connections, and the counter moves on every commit by another connection.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -31,7 +34,11 @@ struct sq_conn {
     sqlite3 *h;
     struct sq_stmt cache[CACHE_MAX];
     size_t n_cache;
+    int64_t data_version; /* as mt_db_listen / the last change saw it */
 };
+
+/* How often mt_db_wait_change reads PRAGMA data_version: a cheap read of the file header. */
+#define POLL_MS 25
 
 struct sq_rows {
     struct mt_db_rows base;
@@ -329,6 +336,60 @@ static void sq_rows_close(struct mt_db_rows *r)
     free(r);
 }
 
+static int data_version(struct mt_db_conn *c, int64_t *v, struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    int rc = sq_query(c, "PRAGMA data_version", NULL, 0, &r, err);
+    if (rc)
+        return rc;
+    rc = sq_row_next(r, err);
+    if (rc == 1)
+        *v = sq_col_int64(r, 0);
+    sq_rows_close(r);
+    return rc == 1 ? 0 : rc < 0 ? rc : fail(c, err, "PRAGMA data_version");
+}
+
+static int sq_listen(struct mt_db_conn *c, const char *channel, struct meshtls_err *err)
+{
+    (void)channel; /* every commit to the file is a change */
+    return data_version(c, &SQ(c)->data_version, err);
+}
+
+static int sq_notify(struct mt_db_conn *c, const char *channel, const char *payload,
+                     struct meshtls_err *err)
+{
+    (void)c, (void)channel, (void)payload, (void)err;
+    return 0;
+}
+
+static int sq_wait_change(struct mt_db_conn *c, int64_t deadline_ms, char *payload, size_t cap,
+                          struct meshtls_err *err)
+{
+    (void)payload, (void)cap; /* already "" */
+    for (;;) {
+        int64_t v = 0;
+        int rc = data_version(c, &v, err);
+        if (rc)
+            return rc;
+        if (v != SQ(c)->data_version) {
+            SQ(c)->data_version = v;
+            return 1;
+        }
+        int64_t left = deadline_ms - mt_db_now_ms();
+        if (left <= 0)
+            return 0;
+        if (left > POLL_MS)
+            left = POLL_MS;
+        struct timespec ts = {0, (long)left * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void sq_unlisten(struct mt_db_conn *c)
+{
+    (void)c;
+}
+
 const struct db_ops mt_db_sqlite_ops = {
     .name = "sqlite",
     .connect = sq_connect,
@@ -344,4 +405,8 @@ const struct db_ops mt_db_sqlite_ops = {
     .col_blob = sq_col_blob,
     .rows_close = sq_rows_close,
     .begin_sql = "BEGIN IMMEDIATE",
+    .listen = sq_listen,
+    .notify = sq_notify,
+    .wait_change = sq_wait_change,
+    .unlisten = sq_unlisten,
 };

@@ -5,7 +5,8 @@
  *
  * Tables: URL parsing (each bad URL named without its password), then per
  * backend: migrations applied once, parameters of each type, transactions
- * with retry, threads sharing one handle, errors.
+ * with retry, threads sharing one handle, errors, change notification
+ * (LISTEN / NOTIFY on PostgreSQL, PRAGMA data_version on SQLite).
  *
  * Modes for the integration test (the URL's password is hidden from `ps`
  * as soon as it is copied):
@@ -162,9 +163,10 @@ static const struct mt_db_migration MIGS[] = {
 static void clean(struct mt_db *db)
 {
     static const char *const drops[] = {
-        "DROP TABLE IF EXISTS mt_t1",  "DROP TABLE IF EXISTS mt_t2",
-        "DROP TABLE IF EXISTS mt_mig", "DROP TABLE IF EXISTS mt_params",
-        "DROP TABLE IF EXISTS mt_ctr", "DROP TABLE IF EXISTS mt_other_mig",
+        "DROP TABLE IF EXISTS mt_t1",    "DROP TABLE IF EXISTS mt_t2",
+        "DROP TABLE IF EXISTS mt_mig",   "DROP TABLE IF EXISTS mt_params",
+        "DROP TABLE IF EXISTS mt_ctr",   "DROP TABLE IF EXISTS mt_other_mig",
+        "DROP TABLE IF EXISTS mt_notes",
     };
     for (size_t i = 0; i < sizeof(drops) / sizeof(drops[0]); i++)
         run(db, drops[i], NULL, 0, NULL);
@@ -590,6 +592,140 @@ TEST(errors)
     mt_db_close(db);
 }
 
+/* ---- change notification ------------------------------------------------------------------ */
+
+static const struct {
+    const char *channel;
+    int rc;
+} CHANNELS[] = {
+    {"router_authz", 0},
+    {"a", 0},
+    {"abcdefghij_abcdefghij_abcdefghij_abcdefg", 0},               /* 40 */
+    {"abcdefghij_abcdefghij_abcdefghij_abcdefgh", MESHTLS_EINVAL}, /* 41 */
+    {"", MESHTLS_EINVAL},
+    {NULL, MESHTLS_EINVAL},
+    {"Router", MESHTLS_EINVAL},
+    {"router1", MESHTLS_EINVAL},
+    {"router authz", MESHTLS_EINVAL},
+    {"x; DROP TABLE mt_notes", MESHTLS_EINVAL},
+    {"\"quoted\"", MESHTLS_EINVAL},
+};
+
+/* A change committed by `c`: a row (SQLite sees data_version move) and a notification. */
+static int change(struct mt_db_conn *c, const char *payload, struct meshtls_err *err)
+{
+    int rc = mt_db_exec(c, "INSERT INTO mt_notes (v) VALUES (1)", NULL, 0, NULL, err);
+    return rc ? rc : mt_db_notify(c, "mt_test", payload, err);
+}
+
+struct waiter {
+    struct mt_db_conn *c;
+    int rc;
+    char payload[64];
+};
+
+static void *wait_thread(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = mt_db_wait_change(w->c, 10000, w->payload, sizeof(w->payload), NULL);
+    return NULL;
+}
+
+TEST(notifications)
+{
+    struct mt_db *db = open_db(NULL);
+    CHECK(db != NULL);
+    if (!db)
+        return;
+    clean(db);
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    int pg = backend == MT_DB_POSTGRES;
+    CHECK_INT_EQ(run(db, "CREATE TABLE mt_notes (v INTEGER)", NULL, 0, &err), 0);
+    struct mt_db_conn *lc = NULL, *wc = NULL; /* the listener, and a writer beside it */
+    CHECK_INT_EQ(mt_db_acquire(db, &lc, &err), 0);
+    CHECK_INT_EQ(mt_db_acquire(db, &wc, &err), 0);
+    if (!lc || !wc)
+        goto out;
+    char buf[64] = "x";
+    /* waiting before listening is a mistake, said so */
+    CHECK_INT_EQ(mt_db_wait_change(lc, 0, buf, sizeof(buf), &err), MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "mt_db_listen") != NULL);
+    CHECK_STR_EQ(buf, "");
+    /* channel names: a table, the same on both backends and for listen and notify (whose
+     * notifications are rolled back, so that none arrives later) */
+    CHECK_INT_EQ(mt_db_begin(wc, &err), 0);
+    for (size_t i = 0; i < sizeof(CHANNELS) / sizeof(CHANNELS[0]); i++) {
+        CHECK_INT_EQ(mt_db_listen(lc, CHANNELS[i].channel, &err), CHANNELS[i].rc);
+        CHECK_INT_EQ(mt_db_notify(wc, CHANNELS[i].channel, "p", &err), CHANNELS[i].rc);
+        if (CHANNELS[i].rc)
+            CHECK(strstr(err.msg, "notification channel") != NULL);
+    }
+    char big[MT_DB_NOTIFY_PAYLOAD_MAX + 2];
+    memset(big, 'p', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CHECK_INT_EQ(mt_db_notify(wc, "mt_test", big, &err), MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "payload") != NULL);
+    mt_db_rollback(wc);
+    int64_t pid = 0;
+    if (pg) {
+        struct mt_db_rows *r = NULL;
+        CHECK_INT_EQ(mt_db_query(lc, "SELECT pg_backend_pid()", NULL, 0, &r, &err), 0);
+        if (r && mt_db_row_next(r, &err) == 1)
+            pid = mt_db_col_int64(r, 0);
+        mt_db_rows_close(r);
+    }
+    CHECK_INT_EQ(mt_db_listen(lc, "mt_test", &err), 0);
+    CHECK_INT_EQ(mt_db_wait_change(lc, 0, buf, sizeof(buf), &err), 0);  /* nothing yet */
+    CHECK_INT_EQ(mt_db_wait_change(lc, 50, buf, sizeof(buf), &err), 0); /* bounded */
+    /* not before the commit, then once */
+    CHECK_INT_EQ(mt_db_begin(wc, &err), 0);
+    CHECK_INT_EQ(change(wc, "row 1", &err), 0);
+    CHECK_INT_EQ(mt_db_notify(wc, "mt_test", "row 1", &err), 0); /* the same again: folded */
+    CHECK_INT_EQ(mt_db_wait_change(lc, 100, buf, sizeof(buf), &err), 0);
+    CHECK_INT_EQ(mt_db_commit(wc, &err), 0);
+    CHECK_INT_EQ(mt_db_wait_change(lc, 5000, buf, sizeof(buf), &err), 1);
+    CHECK_STR_EQ(buf, pg ? "row 1" : "");
+    CHECK_INT_EQ(mt_db_wait_change(lc, 0, buf, sizeof(buf), &err), 0);
+    /* outside a transaction: at once; a small buffer truncates */
+    char small[5];
+    CHECK_INT_EQ(change(wc, "a longer payload", &err), 0);
+    CHECK_INT_EQ(mt_db_wait_change(lc, 5000, small, sizeof(small), &err), 1);
+    CHECK_STR_EQ(small, pg ? "a lo" : "");
+    /* a waiter in poll() wakes when the change lands (bounded by its 10 s) */
+    struct waiter w = {lc, -1, ""};
+    pthread_t t;
+    pthread_create(&t, NULL, wait_thread, &w);
+    struct timespec ts = {0, 100000000L};
+    nanosleep(&ts, NULL);
+    CHECK_INT_EQ(change(wc, "woken", &err), 0);
+    pthread_join(t, NULL);
+    CHECK_INT_EQ(w.rc, 1);
+    CHECK_STR_EQ(w.payload, pg ? "woken" : "");
+    if (pg) {
+        /* a channel nobody listens to is not heard (SQLite hears every commit) */
+        CHECK_INT_EQ(mt_db_notify(wc, "mt_other", "x", &err), 0);
+        CHECK_INT_EQ(mt_db_wait_change(lc, 100, buf, sizeof(buf), &err), 0);
+        /* the session killed under a waiter: an error that says so, not a hang */
+        struct mt_db_param p[] = {MT_DB_INT64(pid)};
+        struct mt_db_rows *r = NULL;
+        CHECK_INT_EQ(mt_db_query(wc, "SELECT pg_terminate_backend($1)", p, 1, &r, &err), 0);
+        mt_db_rows_close(r);
+        CHECK_INT_EQ(mt_db_wait_change(lc, 5000, buf, sizeof(buf), &err), MESHTLS_ESTORE);
+        CHECK(strstr(err.msg, "connection lost") != NULL);
+    }
+    /* released, a connection forgets its channels; the next holder must listen itself */
+    mt_db_release(lc);
+    lc = NULL;
+    CHECK_INT_EQ(mt_db_acquire(db, &lc, &err), 0);
+    if (lc)
+        CHECK_INT_EQ(mt_db_wait_change(lc, 0, buf, sizeof(buf), &err), MESHTLS_EINVAL);
+out:
+    mt_db_release(lc);
+    mt_db_release(wc);
+    clean(db);
+    mt_db_close(db);
+}
+
 static void run_backend(void)
 {
     RUN(migrations_once);
@@ -598,6 +734,7 @@ static void run_backend(void)
     RUN(tx_retries_busy_sqlite);
     RUN(threads_share_a_handle);
     RUN(errors);
+    RUN(notifications);
 }
 
 /* ---- modes for the integration test ------------------------------------------------------- */
