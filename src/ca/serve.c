@@ -51,7 +51,7 @@
 #define CP_CRL_MAX_AGE_S 3600 /* a cached CRL is re-signed after this even without changes */
 #define CP_FEED_WAITERS 16    /* long polls held at once (each holds a pool thread) */
 #define CP_FEED_WAIT_MAX 60   /* seconds a long poll may ask to wait */
-#define CP_FEED_POLL_MS 100   /* how often the store's newest epoch is read */
+#define CP_FEED_POLL_MS 100   /* the newest epoch is read at least this often (see feed_poller) */
 #define CP_FEED_PAGE 1000     /* revocations per answer at most */
 #define CP_OCSP_CACHE 1024    /* cached OCSP responses (direct-mapped by request hash) */
 #define CP_OCSP_CACHE_S 300   /* a cached response is signed again after this */
@@ -1354,12 +1354,19 @@ static int feed_max_epoch(struct mt_db *db, int64_t *out, struct meshtls_err *er
     return rc;
 }
 
+static void feed_advance(struct cp_server *srv, int64_t m);
+
 /* Read the newest epoch now and wake long polls if it moved (after a revocation here). */
 static void feed_poke(struct cp_server *srv)
 {
     int64_t m = 0;
-    if (feed_max_epoch(srv->db, &m, NULL) != 0)
-        return;
+    if (feed_max_epoch(srv->db, &m, NULL) == 0)
+        feed_advance(srv, m);
+}
+
+/* Take a newer epoch `m` (read from the store) and wake the long polls. */
+static void feed_advance(struct cp_server *srv, int64_t m)
+{
     pthread_mutex_lock(&srv->feed_mu);
     if (m > srv->feed_max) {
         srv->feed_max = m;
@@ -1368,32 +1375,62 @@ static void feed_poke(struct cp_server *srv)
     pthread_mutex_unlock(&srv->feed_mu);
 }
 
-/* Wake long polls when the store's newest epoch moves (any server, the command line). */
+/*
+ * Wake long polls (and invalidate the OCSP cache) when the store's newest epoch moves,
+ * whoever revoked: another server, the command line on any host.  On a connection of its
+ * own that LISTENs (src/db change notification): PostgreSQL delivers the NOTIFY the
+ * revoking transaction sends (serve migration 4) at its COMMIT; SQLite reports any commit
+ * to the file.  Each wake, and every CP_FEED_POLL_MS without one, reads the newest epoch:
+ * so a lost notification (a reconnect) costs at most one interval.  When the store is
+ * unreachable the watcher retries every CP_FEED_POLL_MS; it never runs on an event loop.
+ */
 static void *feed_poller(void *arg)
 {
     struct cp_server *srv = arg;
-    pthread_mutex_lock(&srv->feed_mu);
-    while (!srv->stopping) {
-        pthread_mutex_unlock(&srv->feed_mu);
-        int64_t m = 0;
-        struct meshtls_err e = MESHTLS_ERR_INIT;
-        int rc = feed_max_epoch(srv->db, &m, &e);
+    struct mt_db_conn *c = NULL;
+    for (;;) {
         pthread_mutex_lock(&srv->feed_mu);
-        if (!rc && m > srv->feed_max) {
-            srv->feed_max = m;
-            pthread_cond_broadcast(&srv->feed_cv);
+        int stop = srv->stopping;
+        pthread_mutex_unlock(&srv->feed_mu);
+        if (stop)
+            break;
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        if (!c && (mt_db_acquire(srv->db, &c, &e) != 0 ||
+                   mt_db_listen(c, CP_REVOCATION_CHANNEL, &e) != 0)) {
+            mt_db_release(c); /* NULL is fine */
+            c = NULL;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += CP_FEED_POLL_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
+        int64_t m = 0;
+        if (feed_max_epoch(srv->db, &m, NULL) == 0)
+            feed_advance(srv, m);
+        int rc = c ? mt_db_wait_change(c, CP_FEED_POLL_MS, NULL, 0, &e) : -1;
+        if (rc < 0) {
+            if (c) { /* lost (the database restarted): listen again on a fresh one */
+                mt_db_release(c);
+                c = NULL;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += CP_FEED_POLL_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&srv->feed_mu);
+            if (!srv->stopping)
+                pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until);
+            pthread_mutex_unlock(&srv->feed_mu);
         }
-        if (!srv->stopping)
-            pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until);
+        /* drain what else arrived, so that one read answers a burst of revocations */
+        for (int i = 0; c && rc == 1 && i < 64 && (rc = mt_db_wait_change(c, 0, NULL, 0, &e)) == 1;
+             i++)
+            ;
+        if (c && rc < 0) {
+            mt_db_release(c);
+            c = NULL;
+        }
     }
-    pthread_mutex_unlock(&srv->feed_mu);
+    mt_db_release(c);
     return NULL;
 }
 

@@ -152,6 +152,22 @@ static const struct mt_db_migration CP_MIGRATIONS[] = {
      "CREATE TABLE serve_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
      "  until_ms BIGINT NOT NULL);"
      "INSERT INTO serve_leases (name, holder, until_ms) VALUES ('lifecycle', '', 0);"},
+    /* 4: cross-server change notification.  PostgreSQL: the revoking transaction also
+     * notifies channel CP_REVOCATION_CHANNEL with the new epoch, delivered to every server
+     * at COMMIT (serve.c's feed watcher LISTENs), whoever revoked: a server, `meshtls ca
+     * revoke` on any host.  SQLite needs nothing: a listener sees the file's data_version
+     * move (src/db), so its statement is a no-op. */
+    {4, "SELECT 1;",
+     "CREATE OR REPLACE FUNCTION serve_revocation_epoch() RETURNS trigger LANGUAGE plpgsql "
+     "AS $f$"
+     "  DECLARE e BIGINT;"
+     "  BEGIN"
+     "    UPDATE serve_epoch SET value = value + 1 WHERE id = 1 RETURNING value INTO e;"
+     "    INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason)"
+     "      VALUES (e, NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason);"
+     "    PERFORM pg_notify('" CP_REVOCATION_CHANNEL "', e::text);"
+     "    RETURN NEW;"
+     "  END $f$;"},
 };
 
 int cp_db_open(const char *dir, struct mt_db **out, struct meshtls_err *err)

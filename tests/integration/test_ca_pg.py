@@ -243,12 +243,16 @@ def test_three_servers_started_together_migrate_once(pg, cluster):
     root, servers = cluster
     # each migration of each table once, however many servers raced for it
     assert db_rows(pg, "multi", "SELECT version FROM serve_migrations ORDER BY 1") == \
-        ["1", "2", "3"]
+        ["1", "2", "3", "4"]
     assert db_rows(pg, "multi", "SELECT version FROM schema_migrations ORDER BY 1") == ["1", "2"]
     for s in servers:
         assert call(s, root, "GET", "/readyz")[0] == 200
         code, body = call(s, root, "GET", "/api/peers", svc="web")
         assert code == 200, body
+    # each server's revocation watcher LISTENs on a session of its own
+    r = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'multi' "
+               "AND query = 'LISTEN meshtls_ca_revocations'")
+    assert r.stdout.strip() == "3", r.stdout + r.stderr
 
 
 def test_concurrent_sign_at_three_servers_unique_serials(pg, cluster, tmp_path):
