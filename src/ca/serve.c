@@ -738,7 +738,7 @@ static int h_crl(struct mt_http_req *req, void *arg)
 
 /*
  * Read a certificate row / a service from the store through the server's own pool (the
- * PKI's tables; the same columns store_sqlite.c reads), instead of opening the store for
+ * PKI's tables; the same columns store_db.c reads), instead of opening the store for
  * each request.  Strings in *out are new allocations (ca_cert_clear / ca_service_clear).
  */
 static int db_cert_get(struct mt_db *db, const char *serial, struct ca_cert *out,
