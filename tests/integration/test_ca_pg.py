@@ -172,6 +172,15 @@ def test_ca_commands_on_postgres_from_two_hosts(pg, tmp_path):
     p = run("ca", "list", "--store", url.replace(f"{pg.user}@", f"{pg.user}:{pg.password}@"),
             check=True, env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
     assert "revoked keyCompromise" in p.stdout and pg.password not in p.stdout + p.stderr
+    # the server's --check and `ca token` on the second host go through store.url too
+    out = ca_run(pg, "ca", "serve", "--check", "--dir", b, "--listen", "127.0.0.1:0").stdout
+    assert "configuration OK" in out
+    tok = ca_run(pg, "ca", "token", "--dir", b, "web").stdout.strip()
+    assert tok.startswith("mtt_") and db_rows(pg, "cli", "SELECT count(*) FROM serve_tokens") == \
+        ["1"]
+    # without the password the database refuses, and says where it should come from
+    p = run("ca", "list", "--dir", b, env={"PGPASSWORD": "not-the-password"})
+    assert p.returncode != 0 and "~/.pgpass" in p.stderr and "not-the-password" not in p.stderr
     # a second `ca init` on the same database is refused, naming what to copy instead
     c = tmp_path / "c"
     c.mkdir()
