@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,29 @@ static int read_url_file(const char *path, char *url, size_t cap, struct meshtls
     return 0;
 }
 
+/* ca_store_use(): one directory (its realpath) and the URL it keeps its data in */
+static char use_dir[4096], use_url[4200];
+
+int ca_store_use(const char *dir, const char *url, struct meshtls_err *err)
+{
+    OPENSSL_cleanse(use_url, sizeof(use_url));
+    use_dir[0] = use_url[0] = '\0';
+    if (!url)
+        return 0;
+    struct mt_db_url u;
+    int rc = mt_db_url_parse(url, &u, err);
+    if (rc)
+        return rc;
+    if (!realpath(dir, use_dir))
+        return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory %s: %s", dir, strerror(errno));
+    if ((size_t)snprintf(use_url, sizeof(use_url), "%s", url) >= sizeof(use_url)) {
+        OPENSSL_cleanse(use_url, sizeof(use_url));
+        use_dir[0] = use_url[0] = '\0';
+        return meshtls_err_set(err, MESHTLS_EINVAL, "store URL too long");
+    }
+    return 0;
+}
+
 int ca_store_locate(const char *store, char *url, size_t cap, struct meshtls_err *err)
 {
     /* anything with a scheme is a database URL */
@@ -88,6 +112,11 @@ int ca_store_locate(const char *store, char *url, size_t cap, struct meshtls_err
         return 0;
     }
     char f[4200], db[4200];
+    if (use_dir[0] && realpath(store, f) && !strcmp(f, use_dir)) {
+        if ((size_t)snprintf(url, cap, "%s", use_url) >= cap)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "store URL too long");
+        return 0;
+    }
     if ((size_t)snprintf(f, sizeof(f), "%s/" CA_STORE_URL_FILE, store) >= sizeof(f) ||
         (size_t)snprintf(db, sizeof(db), "%s/meshtls.db", store) >= sizeof(db))
         return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory path too long: %.64s...", store);
@@ -115,12 +144,10 @@ int ca_store_open(const char *store, int create, struct ca_store **out, struct m
     if (rc)
         return rc;
     struct mt_db_url u;
-    if (is_dir && !strncmp(url, "sqlite:", 7)) {
-        char f[4200];
-        snprintf(f, sizeof(f), "%s/" CA_STORE_URL_FILE, store);
-        if (access(f, F_OK) != 0) /* no store.url: today's DIR/meshtls.db */
-            return ca_store_sqlite_open(store, create, out, err);
-    }
+    char dbfile[4200];
+    snprintf(dbfile, sizeof(dbfile), "sqlite:%s/meshtls.db", store);
+    if (is_dir && !strcmp(url, dbfile)) /* today's DIR/meshtls.db, with its hints */
+        return ca_store_sqlite_open(store, create, out, err);
     if ((rc = mt_db_url_parse(url, &u, err)) == 0)
         rc = u.backend == MT_DB_SQLITE
                  ? ca_store_sqlite_open_file(u.path, create, out, err)

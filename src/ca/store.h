@@ -120,8 +120,9 @@ int ca_store_open(const char *store, int create, struct ca_store **out, struct m
 
 /**
  * The URL of the store `store` names (a directory or a URL, borrowed) into
- * `url` (cap bytes): a URL as is; a directory: the first line of
- * DIR/store.url if it exists, else sqlite:DIR/meshtls.db.  Refused
+ * `url` (cap bytes): a URL as is; a directory: the URL given to ca_store_use()
+ * for it, else the first line of DIR/store.url if it exists, else
+ * sqlite:DIR/meshtls.db.  Refused
  * (MESHTLS_EINVAL / MESHTLS_EDENIED, naming the file): DIR/store.url beside a
  * DIR/meshtls.db (which store is meant?), an empty or unreadable one, and one
  * whose URL carries a password while others may read the file (put the
@@ -129,6 +130,16 @@ int ca_store_open(const char *store, int create, struct ca_store **out, struct m
  * password: the caller wipes `url` after use (OPENSSL_cleanse).
  */
 int ca_store_locate(const char *store, char *url, size_t cap, struct meshtls_err *err);
+
+/**
+ * For the rest of this process, the CA directory `dir` keeps its data in the store `url`
+ * (both borrowed, copied): what a --store URL flag beside --dir means, without writing
+ * DIR/store.url.  ca_store_locate(), and so ca_store_open() and every ca_* function given
+ * that directory (the same directory however spelled: compared by realpath), use `url`.
+ * One directory at a time (a later call replaces it); `url` NULL forgets it.  Call it
+ * before starting threads.  @return 0, or MESHTLS_EINVAL for a bad URL or directory.
+ */
+int ca_store_use(const char *dir, const char *url, struct meshtls_err *err);
 
 /** The PostgreSQL backend at `url`; `dir` (may be NULL) for hints.  As ca_store_open(). */
 int ca_store_pg_open(const char *url, const char *dir, int create, struct ca_store **out,

@@ -83,6 +83,31 @@ TEST(locate_table)
     CHECK_STR_EQ(url, "sqlite:/a/b.db");
 }
 
+/* --store URL beside --dir DIR: the process's choice wins over the directory's files */
+TEST(use_overrides_the_directory)
+{
+    char url[4200], other[4200], spelled[4200];
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    put("meshtls.db", "", 0600);
+    CHECK_INT_EQ(ca_store_use(dir, "postgres://ca@db.internal/meshtls", &err), 0);
+    snprintf(spelled, sizeof(spelled), "%s/./", dir);
+    CHECK_INT_EQ(ca_store_locate(spelled, url, sizeof(url), &err), 0);
+    CHECK_STR_EQ(url, "postgres://ca@db.internal/meshtls");
+    /* another directory is not affected */
+    snprintf(other, sizeof(other), "%s/other", dir);
+    mkdir(other, 0700);
+    CHECK_INT_EQ(ca_store_locate(other, url, sizeof(url), &err), 0);
+    CHECK(strncmp(url, "sqlite:", 7) == 0 && strstr(url, "/other/meshtls.db") != NULL);
+    rmdir(other);
+    /* refused: a bad URL, a missing directory; NULL forgets */
+    CHECK_INT_EQ(ca_store_use(dir, "mysql://a@b/c", &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(ca_store_use("/nonexistent/meshtls", "postgres://a@b/c", &err), MESHTLS_EINVAL);
+    CHECK_INT_EQ(ca_store_use(dir, NULL, &err), 0);
+    CHECK_INT_EQ(ca_store_locate(dir, url, sizeof(url), &err), 0);
+    CHECK(strncmp(url, "sqlite:", 7) == 0);
+    put("meshtls.db", NULL, 0);
+}
+
 TEST(meta_keys_per_host_only_when_shared)
 {
     char host[256] = "", want[400], out[CA_META_KEY_MAX];
@@ -108,6 +133,7 @@ int main(void)
     if (!dir)
         return 1;
     RUN(locate_table);
+    RUN(use_overrides_the_directory);
     RUN(meta_keys_per_host_only_when_shared);
     rmdir(dir);
     return check_summary();
