@@ -136,6 +136,15 @@ static int pg_connect(struct mt_db *db, struct mt_db_conn **out, struct meshtls_
 static int pg_revive(struct mt_db_conn *c, struct meshtls_err *err)
 {
     struct pg_conn *q = PG(c);
+    /* A server that ended the session while the connection sat idle in the pool (it was
+     * restarted, pg_terminate_backend) left its goodbye and then EOF on the socket: read
+     * them now (without blocking), so that the connection is reset here rather than
+     * failing the caller's first statement after the database came back. */
+    struct pollfd pfd = {.fd = PQsocket(q->h), .events = POLLIN};
+    for (int i = 0; i < 4 && PQstatus(q->h) == CONNECTION_OK && pfd.fd >= 0 &&
+                    poll(&pfd, 1, 0) == 1 && PQconsumeInput(q->h);
+         i++)
+        ;
     if (PQstatus(q->h) == CONNECTION_OK)
         return 0;
     cache_clear(q); /* prepared statements died with the session */
