@@ -362,6 +362,11 @@ def test_revocation_at_one_server_in_the_others_feed_ocsp_and_crl_within_a_secon
         code, body = call(s, root, "GET", f"{FEED}?since=0", svc="web")
         epochs = [r["epoch"] for r in body["revocations"]]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == since + 1
+    # and every CRL any server signed has a number of its own
+    for s in (a, b, c):
+        assert call(s, root, "GET", "/crl")[0] == 200
+    nums = db_rows(pg, "multi", "SELECT detail FROM audit WHERE action = 'crl'")
+    assert len(nums) >= 3 and len(set(nums)) == len(nums), nums
 
 
 def _active(pg, dbname, svc):
