@@ -651,11 +651,6 @@ static int row_to_cert(struct mt_db_rows *r, struct ca_cert *c)
     "serial, service, not_before, not_after, status, out_dir, cert_pem, pubkey_pem, key_held, "    \
     "COALESCE(revoked_at, 0), reason"
 
-/* CAST: PostgreSQL infers no type for a parameter that is only tested for NULL */
-#define CERT_WHERE                                                                                 \
-    "WHERE (CAST($1 AS TEXT) IS NULL OR service = $1) AND (CAST($2 AS TEXT) IS NULL OR status = "  \
-    "$2)"
-
 static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *out,
                        struct meshtls_err *err)
 {
@@ -682,18 +677,33 @@ static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *o
     return rc;
 }
 
+/* cert_list's statements, one per filter and backend (see there) */
+#define CERT_LIST(where, order) "SELECT " CERT_COLS " FROM certificates " where " ORDER BY " order
+#define CERT_LISTS(order)                                                                          \
+    {                                                                                              \
+        CERT_LIST("", order), CERT_LIST("WHERE service = $1", order),                              \
+            CERT_LIST("WHERE status = $1", order),                                                 \
+            CERT_LIST("WHERE service = $1 AND status = $2", order)                                 \
+    }
+
 static int sq_cert_list(struct ca_store *s, const char *service, const char *status,
                         struct ca_cert **out, size_t *n, struct meshtls_err *err)
 {
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(service), MT_DB_TEXT(status)};
-    /* oldest first: by time, then in the order of insertion (SQLite's rowid, our seq) */
-    int rc = mt_db_query(CONN(s),
-                         IS_PG(s) ? "SELECT " CERT_COLS " FROM certificates " CERT_WHERE
-                                    " ORDER BY issued_at, seq"
-                                  : "SELECT " CERT_COLS " FROM certificates " CERT_WHERE
-                                    " ORDER BY issued_at, rowid",
-                         p, 2, &r, err);
+    /* One statement per filter: "($1 IS NULL OR service = $1)" is planned once, without
+     * the index, so every issuance (which lists the service's active certificates) would
+     * scan the whole table; spelled out, both backends use certificates_service.  Oldest
+     * first: by time, then in the order of insertion (SQLite's rowid, PostgreSQL's seq). */
+    static const char *const sq_sql[4] = CERT_LISTS("issued_at, rowid");
+    static const char *const pg_sql[4] = CERT_LISTS("issued_at, seq");
+    struct mt_db_param p[2];
+    size_t np = 0;
+    if (service)
+        p[np++] = MT_DB_TEXT(service);
+    if (status)
+        p[np++] = MT_DB_TEXT(status);
+    int k = (service ? 1 : 0) + (status ? 2 : 0);
+    int rc = mt_db_query(CONN(s), IS_PG(s) ? pg_sql[k] : sq_sql[k], p, np, &r, err);
     if (rc)
         return db_err(s, rc, err, "listing certificates");
     struct ca_cert *v = NULL;
