@@ -155,7 +155,7 @@ int main(int argc, char **argv)
         ns[i] = now_ns() - a;
         codes[lk.code]++;
         struct rt_cached cv = {.code = lk.code};
-        rt_cache_put(&cache, org, user, cid, 0, &cv);
+        rt_cache_put(&cache, org, user, cid, 0, rt_cache_gen(&cache), &cv);
     }
     report("uncached decision (rt_db_lookup)", ns, n);
     printf("  verdicts: ok %d, forbidden %d, not-found %d\n", codes[RT_OK], codes[RT_FORBIDDEN],

@@ -32,11 +32,9 @@ if ! git ls-files -co --exclude-standard '*.c' '*.h' | xargs -r clang-format --d
 fi
 rm -f /tmp/checksrc-format.$$
 # Layers: src/lib <- src/net <- src/http, src/db <- src/proxy, src/ca <- src/cli
-# (docs/ARCHITECTURE.md).  The checker lives beside the repository in this workplace.
-if [ -f ../shared/tools/check-layers.py ]; then
-  if ! python3 ../shared/tools/check-layers.py .; then
-    echo "checksrc: an include goes against the layering (docs/ARCHITECTURE.md)" >&2
-    exit 1
-  fi
+# (docs/ARCHITECTURE.md); the checker is ours, in the repository, so CI enforces it.
+if ! python3 scripts/check-layers.py .; then
+  echo "checksrc: an include goes against the layering (docs/ARCHITECTURE.md)" >&2
+  exit 1
 fi
 echo "checksrc: ok"

@@ -49,8 +49,9 @@ static void proxy_usage(FILE *f, const struct meshtls_config *cfg, int mode)
           "\n"
           "Every flag is also a key: MESHTLS_<KEY> in the environment (MESHTLS_PROXY_MAX_CONNS,\n"
           "GRPC_* aliases) and KEY under its section of --config. Flags beat the environment,\n"
-          "which beats the file. SIGHUP (and a change of a watched file) reloads the TLS context\n"
-          "and the policy; a failed reload keeps the current ones. `meshtls config --keys`\n"
+          "which beats the file. SIGHUP (and a change of a watched file, --config included)\n"
+          "reads the configuration again and rebuilds TLS, policy, target and ALPN for new\n"
+          "connections; a failed reload keeps everything in service. `meshtls config --keys`\n"
           "lists the keys; see docs/PROXY.md and docs/CONFIG.md.\n",
           f);
 }
@@ -82,6 +83,83 @@ static int check(const struct px_config *c, const char *rule_error)
                c->service ? " service=" : "", c->service ? c->service : "",
                c->policy ? meshtls_policy_size(c->policy) : 0);
     printf(" workers=%d\n", c->workers);
+    return 0;
+}
+
+/* The rules a start refuses and a reload refuses alike: required keys, and a policy that
+ * builds (the policy file parses, names --service) and allows someone (fail closed). */
+static int px_config_usable(const struct px_config *c, struct meshtls_err *err)
+{
+    int rc = px_config_check_required(c, err);
+    if (rc || c->mode != PX_MODE_SERVER)
+        return rc;
+    struct meshtls_policy *whole = NULL;
+    if ((rc = px_policy_build(c, &whole, err)) != 0)
+        return rc;
+    size_t nrules = meshtls_policy_size(whole);
+    meshtls_policy_free(whole);
+    if (nrules == 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no access policy: give --allow-all or at least one "
+                               "--allow-cn/-ou/-dns/-uri/-ip/-email/-trust-domain, or --policy "
+                               "FILE (fail closed)");
+    return 0;
+}
+
+/* A configuration read from the sources (argv, environment, the --config file), with the
+ * key store its strings point into. */
+struct loaded {
+    struct px_config c; /* first: px_reread hands out &loaded->c */
+    struct meshtls_config *cfg;
+};
+
+/* What a reload needs to read the configuration again as the start did. */
+struct reread_src {
+    int argc; /* the arguments after the mode */
+    char **argv;
+    const char *mode_name; /* "server" / "client" */
+    enum px_mode mode;
+};
+
+static void reread_release(void *arg, struct px_config *c)
+{
+    (void)arg;
+    struct loaded *ld = (struct loaded *)c;
+    if (!ld)
+        return;
+    px_config_release(&ld->c);
+    meshtls_config_free(ld->cfg);
+    free(ld);
+}
+
+/* px_reread.load: flags again (they have not changed), the environment again (it cannot
+ * change under a running process: read for the same precedence), the --config file again. */
+static int reread_load(void *arg, struct px_config **out, struct meshtls_err *err)
+{
+    const struct reread_src *src = arg;
+    const char *config_file = NULL;
+    int checking = 0, help = 0, rc;
+    struct loaded *ld = calloc(1, sizeof(*ld));
+    if (!ld)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory re-reading the configuration");
+    const struct meshtls_config_opt opts[] = {{"--config", 1, &config_file, NULL},
+                                              {"--check", 0, NULL, &checking},
+                                              {"--help", 0, NULL, &help}};
+    if ((rc = meshtls_config_new(&ld->cfg)) != 0 || (rc = px_config_register(ld->cfg, err)) != 0 ||
+        (rc = meshtls_config_parse_args(ld->cfg, src->argc, src->argv, src->mode_name,
+                                        PX_KEY_MODE(src->mode), opts,
+                                        sizeof(opts) / sizeof(opts[0]), err)) != 0 ||
+        (config_file && (rc = meshtls_config_load_file(ld->cfg, config_file, err)) != 0) ||
+        (rc = meshtls_config_load_env(ld->cfg, NULL, err)) != 0 ||
+        (rc = px_config_from(ld->cfg, src->mode, &ld->c, err)) != 0 ||
+        (rc = px_config_rules(ld->cfg, &ld->c, err)) != 0 ||
+        (rc = px_config_usable(&ld->c, err)) != 0) {
+        if (rc == MESHTLS_ENOMEM && err && !err->msg[0])
+            meshtls_err_set(err, rc, "out of memory re-reading the configuration");
+        reread_release(NULL, &ld->c);
+        return rc;
+    }
+    *out = &ld->c;
     return 0;
 }
 
@@ -152,29 +230,10 @@ int cmd_proxy(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if ((rc = px_config_check_required(&c, &err)) != 0) {
+    if ((rc = px_config_usable(&c, &err)) != 0) {
         cli_print_err(what, &err, rc);
         status = 2;
         goto out;
-    }
-    if (c.mode == PX_MODE_SERVER) {
-        /* the same build every reload runs: a broken file or an unknown --service stops us
-         * here, as it would refuse a reload later */
-        struct meshtls_policy *whole = NULL;
-        if ((rc = px_policy_build(&c, &whole, &err)) != 0) {
-            cli_print_err(what, &err, rc);
-            status = 2;
-            goto out;
-        }
-        size_t nrules = meshtls_policy_size(whole);
-        meshtls_policy_free(whole);
-        if (nrules == 0) {
-            fprintf(stderr, "meshtls proxy server: no access policy: give --allow-all or at least "
-                            "one --allow-cn/-ou/-dns/-uri/-trust-domain, or --policy FILE (fail "
-                            "closed)\n");
-            status = 2;
-            goto out;
-        }
     }
     if (c.mode == PX_MODE_SERVER && c.session_cache_size > 0 &&
         meshtls_session_cache_new(c.session_cache_size, c.session_lifetime_s,
@@ -189,6 +248,12 @@ int cmd_proxy(int argc, char **argv)
     }
     px_metrics_scache = c.tls.session_cache;
     px_metrics_vcache = c.tls.verify_cache;
+    /* a reload reads the same sources again: the arguments, the environment, the file */
+    struct reread_src src = {
+        .argc = argc - 2, .argv = argv + 2, .mode_name = argv[1], .mode = c.mode};
+    const struct px_reread rr = {
+        .load = reread_load, .release = reread_release, .arg = &src, .config_file = config_file};
+    c.reread = &rr;
     /* px_run builds the first snapshot (TLS contexts, policy, target) as every reload does */
     if ((rc = px_run(&c, &err)) != 0) {
         cli_print_err(what, &err, rc);

@@ -25,7 +25,7 @@
 #include "meshtls/x509.h"
 #include "proxy.h"
 
-#define PX_NFILES 9 /* files watched for a reload */
+#define PX_NFILES 10 /* files watched for a reload */
 
 /* An ALPN list in wire format (length-prefixed).  Each context built by px_tls_build gets
  * its own copy, read by alpn_select through the callback argument and freed with the
@@ -324,6 +324,7 @@ static void snap_destroy(struct mt_snap *b)
     SSL_CTX_free(s->base.ctx);
     SSL_CTX_free(s->target_ctx);
     meshtls_policy_free(s->policy);
+    free(s->service);
     free(s);
 }
 
@@ -339,8 +340,14 @@ int px_snap_build(const struct px_config *c, struct px_snap **out, struct meshtl
     s->handshake_timeout_ms = c->handshake_timeout_ms;
     s->connect_timeout_ms = c->connect_timeout_ms;
     s->idle_timeout_ms = c->idle_timeout_ms;
+    s->tls_min_12 = c->tls.min_version == MESHTLS_TLS_MIN_1_2;
     snprintf(s->target_name, sizeof(s->target_name), "%s", c->target ? c->target : "");
-    int rc = mt_resolve(c->target, 0, &s->target, &s->target_len, err);
+    int rc;
+    if (c->service && !(s->service = strdup(c->service))) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory building the configuration");
+        goto fail;
+    }
+    rc = mt_resolve(c->target, 0, &s->target, &s->target_len, err);
     if (rc) {
         rc = meshtls_err_set(err, rc, "--target: %s", err ? err->msg : "");
         goto fail;
@@ -371,29 +378,121 @@ fail:
     return rc;
 }
 
-static void reload(const struct px_config *c, struct mt_snap_holder *h, const char *why,
-                   const char *files)
+/* The main thread's reload state: the configuration the snapshot in service was built from
+ * and the files watched for a change. */
+struct reloader {
+    const struct px_config *start; /* what px_run() was given: the engine-level keys */
+    const struct px_config *cur;   /* `start`, or the last configuration re-read */
+    struct px_config *owned;       /* that re-read one (freed with reread->release), or NULL */
+    struct mt_snap_holder *holder;
+    struct file_stamp files[PX_NFILES];
+};
+
+/* Watch the files `r->cur` names (every file a reload reads, and the --config file). */
+static void watch_setup(struct reloader *r)
+{
+    const struct px_config *c = r->cur;
+    struct file_stamp f[PX_NFILES] = {
+        {.path = c->tls.cert_file, .flag = "--cert"},
+        {.path = c->tls.key_file, .flag = "--key"},
+        {.path = c->tls.ca_file, .flag = "--cacert"},
+        {.path = c->tls.crl_file, .flag = "--crl"},
+        {.path = c->target_opts.cert_file, .flag = "--target-cert"},
+        {.path = c->target_opts.key_file, .flag = "--target-key"},
+        {.path = c->target_opts.ca_file, .flag = "--target-cacert"},
+        {.path = c->target_opts.crl_file, .flag = "--target-crl"},
+        {.path = c->mode == PX_MODE_SERVER ? c->policy_file : NULL, .flag = "--policy"},
+        {.path = r->start->reread ? r->start->reread->config_file : NULL, .flag = "--config"}};
+    memcpy(r->files, f, sizeof(f));
+    for (int i = 0; i < PX_NFILES; i++) {
+        stamp(&r->files[i]);
+        if (r->files[i].path && r->start->watch_files)
+            MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "watch", MESHTLS_LF_S("flag", r->files[i].flag),
+                              MESHTLS_LF_S("path", r->files[i].path));
+    }
+}
+
+static int str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b));
+}
+
+/* Keys the running engine was built with (listeners, threads, caches, the reload machinery
+ * itself): a re-read configuration that changes them is told it needs a restart, each time,
+ * rather than half applied.  Everything else applies to new connections. */
+static void warn_restart_only(const struct px_config *run, const struct px_config *now)
+{
+    const char *k[12];
+    int n = 0;
+    if (str_differs(run->listen, now->listen))
+        k[n++] = "listen";
+    if (str_differs(run->status, now->status))
+        k[n++] = "status";
+    if (run->workers != now->workers)
+        k[n++] = "workers";
+    if (run->max_conns != now->max_conns)
+        k[n++] = "max_conns";
+    if (run->shutdown_timeout_ms != now->shutdown_timeout_ms)
+        k[n++] = "shutdown_timeout";
+    if (run->watch_files != now->watch_files)
+        k[n++] = "watch_files";
+    if (run->reload_interval_s != now->reload_interval_s)
+        k[n++] = "reload_interval";
+    if (run->session_cache_size != now->session_cache_size ||
+        run->session_lifetime_s != now->session_lifetime_s)
+        k[n++] = "session_cache_size/session_lifetime";
+    if (run->verify_cache_size != now->verify_cache_size)
+        k[n++] = "verify_cache_size";
+    for (int i = 0; i < n; i++)
+        meshtls_log(MESHTLS_LOG_WARN,
+                    "reload: proxy.%s changed, but it shapes the running listeners and threads: "
+                    "it takes effect at the next restart (the old value stays in service)",
+                    k[i]);
+}
+
+static void reload(struct reloader *r, const char *why, const char *files)
 {
     struct px_snap *s = NULL;
+    struct px_config *fresh = NULL;
+    const struct px_config *use = r->cur;
+    const struct px_reread *rr = r->start->reread;
     struct meshtls_err e = MESHTLS_ERR_INIT;
-    char what[300];
+    char what[600];
     snprintf(what, sizeof(what), "%s%s%s", why, files && *files ? ": " : "", files ? files : "");
-    if (px_snap_build(c, &s, &e) != 0) {
-        px_count(PX_C_RELOAD_FAIL, px_metrics.main_shard, 1);
-        meshtls_log(MESHTLS_LOG_ERROR,
-                    "reload (%s) failed, keeping the current certificate and policy: %s", what,
-                    e.msg);
-        return;
+    if (rr) { /* the whole configuration again, as the start read it */
+        if (rr->load(rr->arg, &fresh, &e) != 0)
+            goto fail;
+        /* the caches outlive snapshots: the same ones serve every configuration */
+        fresh->tls.session_cache = r->start->tls.session_cache;
+        fresh->tls.verify_cache = r->start->tls.verify_cache;
+        use = fresh;
     }
+    if (px_snap_build(use, &s, &e) != 0)
+        goto fail;
+    if (fresh)
+        warn_restart_only(r->start, fresh);
     char now[400];
     served(s, now, sizeof(now));
-    log_rules(c, s);
-    mt_snap_publish(h, &s->base);
+    log_rules(use, s);
+    mt_snap_publish(r->holder, &s->base);
     px_count(PX_C_RELOAD_OK, px_metrics.main_shard, 1);
     meshtls_log(MESHTLS_LOG_INFO,
-                "reload (%s): now serving %s; new TLS context and policy in service for new "
-                "connections",
-                what, now);
+                "reload (%s): now serving %s, target %s; new TLS context and policy in service "
+                "for new connections",
+                what, now, s->target_name);
+    if (fresh) { /* the snapshot copied what it keeps: the older configuration can go */
+        rr->release(rr->arg, r->owned);
+        r->owned = fresh;
+        r->cur = fresh;
+        watch_setup(r); /* a path may have changed */
+    }
+    return;
+fail:
+    if (fresh)
+        rr->release(rr->arg, fresh);
+    px_count(PX_C_RELOAD_FAIL, px_metrics.main_shard, 1);
+    meshtls_log(MESHTLS_LOG_ERROR,
+                "reload (%s) failed, keeping the current certificate and policy: %s", what, e.msg);
 }
 
 int px_run(const struct px_config *c, struct meshtls_err *err)
@@ -405,6 +504,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
     struct mt_snap_holder holder = MT_SNAP_HOLDER_INIT;
     struct mt_engine *eng = NULL;
     struct mt_listener *l = NULL;
+    struct reloader r = {.start = c, .cur = c, .holder = &holder};
 
     /* Signals go to the main thread only: block them before any thread starts. */
     sigset_t set;
@@ -493,23 +593,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
     printf("listening on %s\n", mt_listener_addr(l));
     fflush(stdout);
 
-    /* every file a reload reads: TLS files both ways, and the policy file */
-    struct file_stamp files[PX_NFILES] = {
-        {.path = c->tls.cert_file, .flag = "--cert"},
-        {.path = c->tls.key_file, .flag = "--key"},
-        {.path = c->tls.ca_file, .flag = "--cacert"},
-        {.path = c->tls.crl_file, .flag = "--crl"},
-        {.path = c->target_opts.cert_file, .flag = "--target-cert"},
-        {.path = c->target_opts.key_file, .flag = "--target-key"},
-        {.path = c->target_opts.ca_file, .flag = "--target-cacert"},
-        {.path = c->target_opts.crl_file, .flag = "--target-crl"},
-        {.path = c->mode == PX_MODE_SERVER ? c->policy_file : NULL, .flag = "--policy"}};
-    for (int i = 0; i < PX_NFILES; i++) {
-        stamp(&files[i]);
-        if (files[i].path && c->watch_files)
-            MESHTLS_LOG_EVENT(MESHTLS_LOG_DEBUG, "watch", MESHTLS_LF_S("flag", files[i].flag),
-                              MESHTLS_LF_S("path", files[i].path));
-    }
+    watch_setup(&r);
     int64_t next_interval = c->reload_interval_s ? mt_now_ms() + c->reload_interval_s * 1000LL : 0;
     atomic_store(&px_metrics.target_up, 1); /* until a /readyz check says otherwise */
     int64_t pending_change = 0;
@@ -526,23 +610,23 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
             break;
         }
         if (sig == SIGHUP)
-            reload(c, &holder, "SIGHUP", NULL);
+            reload(&r, "SIGHUP", NULL);
         int64_t now = mt_now_ms();
         if (c->watch_files) {
             int changed = 0;
             for (int i = 0; i < PX_NFILES; i++)
-                changed |= stamp_changed(&files[i]);
+                changed |= stamp_changed(&r.files[i]);
             if (changed)
                 pending_change = now; /* let the writer finish: settle 500 ms */
             else if (pending_change && now - pending_change >= 500) {
                 pending_change = 0;
                 char names[512];
-                changed_files(files, PX_NFILES, names, sizeof(names));
-                reload(c, &holder, "file change", names);
+                changed_files(r.files, PX_NFILES, names, sizeof(names));
+                reload(&r, "file change", names);
             }
         }
         if (next_interval && now >= next_interval) {
-            reload(c, &holder, "interval", NULL);
+            reload(&r, "interval", NULL);
             next_interval = now + c->reload_interval_s * 1000LL;
         }
     }
@@ -565,5 +649,7 @@ out:
     px_metrics.snap = NULL;
     px_metrics_fini(); /* no worker runs any more: nothing updates or scrapes */
     mt_snap_holder_clear(&holder);
+    if (r.owned) /* no thread reads it any more: the snapshots copied what they keep */
+        c->reread->release(c->reread->arg, r.owned);
     return rc;
 }

@@ -66,6 +66,26 @@ struct px_config {
     size_t session_cache_size; /* server: sessions kept for resumption; 0 = none */
     int session_lifetime_s;    /* server: how long a session may be resumed */
     size_t verify_cache_size;  /* server: verified chains remembered; 0 = none */
+    /* How a reload re-reads the whole configuration (flags, environment, --config file), or
+     * NULL to rebuild from this one (programs that fill a px_config by hand). */
+    const struct px_reread *reread;
+};
+
+/*
+ * A reload re-reads the configuration as the start did, so a changed target, ALPN list,
+ * forwarding mode, timeout, allow rule or file path in the YAML file or the environment
+ * takes effect for new connections (what nginx -s reload and HAProxy's reload do).  The
+ * command that parsed the configuration supplies this: px_run() calls load() on SIGHUP, on a
+ * change of a watched file (the --config file included) and on the reload timer.
+ */
+struct px_reread {
+    /* Parse again into a new configuration, or fail with a message that names the file or
+     * key.  On success *out is new and owned by the caller, freed with release(). */
+    int (*load)(void *arg, struct px_config **out, struct meshtls_err *err);
+    /* Free a configuration load() returned.  NULL is fine. */
+    void (*release)(void *arg, struct px_config *c);
+    void *arg;               /* borrowed by px_run until it returns */
+    const char *config_file; /* the --config file (watched as well), or NULL */
 };
 
 /* Mode bits of the `modes` field of px_config_keys rows: which mode takes the key. */
@@ -92,6 +112,8 @@ struct px_snap {
     int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
     int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
     int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
+    char *service;            /* --service of the configuration it was built from (owned) */
+    int tls_min_12;           /* TLS 1.2 is accepted (classifies a version refusal) */
 };
 
 /* Metric counters (Prometheus names in metrics.c). */

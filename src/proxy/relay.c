@@ -63,11 +63,6 @@ static inline const struct px_snap *S(const struct mt_conn *c)
     return (const struct px_snap *)c->snap;
 }
 
-static inline const struct px_config *CFG(const struct mt_conn *c)
-{
-    return mt_conn_listener_arg(c);
-}
-
 /* The closing reason, formatted (kept to 300 bytes).  Out of memory leaves a fixed one. */
 __attribute__((format(printf, 2, 3))) static void set_why(struct px_conn *p, const char *fmt, ...)
 {
@@ -271,13 +266,13 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         struct meshtls_decision d;
         /* the policy of the snapshot this connection started with (a reload may have
          * published another since); no policy: denied (fail closed) */
-        meshtls_policy_check(s->policy, id, CFG(c)->service, &d);
+        meshtls_policy_check(s->policy, id, s->service, &d);
         p->decision = d.allow ? "allow" : "deny";
         MESHTLS_LOG_EVENT(d.allow ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "audit",
                           MESHTLS_LF_S("action", "policy"), MESHTLS_LF_S("decision", p->decision),
                           MESHTLS_LF_U("conn", c->id), MESHTLS_LF_S("client", c->peer_addr),
                           MESHTLS_LF_S("id", p->who), MESHTLS_LF_S("serial", p->serial),
-                          MESHTLS_LF_S("service", CFG(c)->service), MESHTLS_LF_S("rule", d.rule),
+                          MESHTLS_LF_S("service", s->service), MESHTLS_LF_S("rule", d.rule),
                           MESHTLS_LF_S("reason", d.reason));
         meshtls_identity_free(id);
         if (!d.allow) {
@@ -303,8 +298,7 @@ static void on_tls_error(struct mt_conn *c, struct mt_end *t, int timeout)
         return;
     }
     char msg[MESHTLS_ERR_MSG_MAX];
-    px_handshake_failed(c, t, CFG(c)->tls.min_version == MESHTLS_TLS_MIN_1_2, &p->who, &p->serial,
-                        msg, sizeof(msg));
+    px_handshake_failed(c, t, S(c) && S(c)->tls_min_12, &p->who, &p->serial, msg, sizeof(msg));
     set_why(p, "%s", msg);
 }
 

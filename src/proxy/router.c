@@ -13,6 +13,11 @@
  *   RT_S_CONNECT  non-blocking connect() to the host (deadline: connect_timeout_ms)
  *   RT_S_RELAY    copying bytes both ways (idle deadline: idle_timeout_ms)
  * Every state has a deadline, so every path ends with an answer in bounded time.
+ *
+ * Live relays are re-checked on their own worker, never from another thread: their deadline
+ * comes every RT_LIVE_TICK_MS, and the tick compares the generations of struct rt_live
+ * (moved by the database watcher and by CRL reloads) with the ones the relay last checked:
+ * a data change submits a new decision (a job), a new CRL is looked up at once.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -52,6 +57,10 @@ struct rt_conn {
     int64_t next_check_ms; /* RT_S_RELAY: when the grant is checked again (monotonic) */
     int64_t last_active_ms;
     unsigned long long last_bytes;
+    int64_t next_recheck_ms; /* RT_S_RELAY: the periodic grant check (--recheck-interval) */
+    uint64_t data_gen;       /* rt_live.data_gen when the grant was last decided */
+    uint64_t crl_gen;        /* rt_live.crl_gen when the certificate was last checked */
+    X509 *cert;              /* the client's certificate (for CRL reloads) */
 };
 
 /* One decision: filled on the event loop, `work` runs on a pool thread. */
@@ -66,8 +75,9 @@ struct rt_job {
     socklen_t salen;
     struct rt_cache *cache;
     int stale_max_ms;
-    int stale;   /* the database failed; answered from the cache */
-    int recheck; /* a live relay's periodic check, not a new decision */
+    int stale;          /* the database failed; answered from the cache */
+    int recheck;        /* a live relay's periodic check, not a new decision */
+    uint64_t cache_gen; /* the cache's generation before the lookup (rt_cache_put) */
 };
 
 static inline struct rt_conn *R(struct mt_conn *c)
@@ -164,6 +174,8 @@ static void on_close(struct mt_conn *c, const char *why)
     free(p->user);
     free(p->connect_id);
     free(p->target);
+    X509_free(p->cert);
+    p->cert = NULL;
     p->lb = NULL, p->who = p->org = p->user = p->connect_id = p->target = NULL;
     /* p->job, if any, is freed by its done function (which runs before the free) */
 }
@@ -202,6 +214,7 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
     struct meshtls_err e = MESHTLS_ERR_INIT;
     if (meshtls_tls_peer_identity(t->ssl, &id, &e) == 0)
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
+    p->cert = SSL_get1_peer_certificate(t->ssl);
     int rc = id ? rt_identity_parse(id->spiffe_id, r->cfg->issuer, org, user, &e)
                 : meshtls_err_set(&e, MESHTLS_EINVAL, "no client certificate");
     if (rc == 0 && id && id->n_uris != 1)
@@ -247,6 +260,7 @@ static void job_work(struct mt_job *j)
 {
     struct rt_job *rj = (struct rt_job *)j;
     struct meshtls_err e = MESHTLS_ERR_INIT;
+    rj->cache_gen = rt_cache_gen(rj->cache);
     rj->rc = rt_db_lookup(rj->db, rj->cid, rj->org, rj->user, &rj->res, &e);
     if (rj->rc) {
         struct rt_cached cv;
@@ -279,23 +293,33 @@ static void job_work(struct mt_job *j)
         struct rt_cached cv = {.code = rj->res.code, .sa = rj->sa, .salen = rj->salen};
         memcpy(cv.addr, rj->res.addr, sizeof(cv.addr));
         memcpy(cv.via, rj->res.via, sizeof(cv.via));
-        rt_cache_put(rj->cache, rj->org, rj->user, rj->cid, mt_now_ms(), &cv);
+        rt_cache_put(rj->cache, rj->org, rj->user, rj->cid, mt_now_ms(), rj->cache_gen, &cv);
     }
 }
 
 static void start_connect(struct mt_conn *c, const struct sockaddr_storage *sa, socklen_t salen);
 
-/* A live relay whose grant went away: audit, count, close. */
-static void cut(struct mt_conn *c, enum rt_code code)
+/*
+ * A live relay whose grant went away (`serial` NULL; `code` the new verdict) or whose
+ * certificate is now revoked (`serial` its serial): audit, count, close.
+ */
+static void cut(struct mt_conn *c, enum rt_code code, const char *serial)
 {
     struct rt_conn *p = R(c);
     MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "audit", MESHTLS_LF_S("action", "recheck"),
-                      MESHTLS_LF_S("decision", "deny"), MESHTLS_LF_S("code", rt_code_name(code)),
+                      MESHTLS_LF_S("decision", "deny"),
+                      MESHTLS_LF_S("code", serial ? "revoked" : rt_code_name(code)),
                       MESHTLS_LF_U("conn", c->id), MESHTLS_LF_S("id", p->who),
-                      MESHTLS_LF_S("connect_id", p->connect_id),
-                      MESHTLS_LF_S("reason", "the grant was removed: relay closed"));
+                      MESHTLS_LF_S("org", p->org), MESHTLS_LF_S("user", p->user),
+                      MESHTLS_LF_S("connect_id", p->connect_id), MESHTLS_LF_S("serial", serial),
+                      MESHTLS_LF_S("reason", serial ? "the certificate was revoked: relay closed"
+                                                    : "the grant was removed: relay closed"));
+    struct mt_series *m = serial ? rt_metrics.cut_revoked : rt_metrics.cut_grant;
+    if (m)
+        mt_counter_add(m, mt_conn_shard(c), 1);
     p->result = "revoked";
-    mt_conn_close_clean(c, "the grant was removed during the relay");
+    mt_conn_close_clean(c, serial ? "the certificate was revoked during the relay"
+                                  : "the grant was removed during the relay");
 }
 
 /* The verdict, from a job or the cache: refuse, or count the session and connect. */
@@ -334,7 +358,7 @@ static void job_done(struct mt_job *j)
         p->job = NULL;
     if (rj->recheck) {
         if (!mt_conn_closed(c) && p->sub == RT_S_RELAY && !rj->rc && rj->res.code != RT_OK)
-            cut(c, rj->res.code);
+            cut(c, rj->res.code, NULL);
         /* the database failing keeps live relays: only new decisions fail closed */
         free(rj);
         return;
@@ -415,6 +439,9 @@ static void step_line(struct mt_conn *c)
         refuse(c, lc, "connection attempts over the limit");
         return;
     }
+    /* read before deciding: a change from here on makes the relay check again */
+    if (RT(c)->live)
+        p->data_gen = atomic_load(&RT(c)->live->data_gen);
     struct rt_cached cv;
     if (rt_cache_get(RT(c)->cache, p->org, p->user, p->connect_id, mt_now_ms(),
                      RT(c)->cfg->cache_ttl_ms, &cv)) {
@@ -493,21 +520,45 @@ static int step_connect(struct mt_conn *c)
         mt_gauge_add(rt_metrics.relays, mt_conn_shard(c), 1);
     p->last_active_ms = mt_conn_now_ms(c);
     p->next_check_ms = p->last_active_ms + relay_tick(c);
+    p->next_recheck_ms = p->last_active_ms + RT(c)->cfg->recheck_ms;
     mt_conn_set_timeout(c, relay_tick(c));
     c->down.rd_ready = c->down.wr_ready = c->up.rd_ready = c->up.wr_ready = 1;
     return relay_step(c);
 }
 
 /*
- * The relay's deadline is the next grant check (--recheck-interval) or the idle timeout,
- * whichever comes first: the pipe re-arms it with the time left, so steady traffic does
- * not push the check away.
+ * The relay's deadline is the next look at the generations (RT_LIVE_TICK_MS), the next
+ * grant check (--recheck-interval) or the idle timeout, whichever comes first: the pipe
+ * re-arms it with the time left, so steady traffic does not push the check away.
  */
 static int relay_tick(const struct mt_conn *c)
 {
     const struct rt_config *cfg = RT(c)->cfg;
-    return cfg->recheck_ms > 0 && cfg->recheck_ms < cfg->idle_timeout_ms ? cfg->recheck_ms
-                                                                         : cfg->idle_timeout_ms;
+    int t = cfg->idle_timeout_ms;
+    if (cfg->recheck_ms > 0 && cfg->recheck_ms < t)
+        t = cfg->recheck_ms;
+    if (RT(c)->live && RT_LIVE_TICK_MS < t)
+        t = RT_LIVE_TICK_MS;
+    return t;
+}
+
+/* A new CRL since the last look: is this relay's certificate on it?  (Worker thread; the
+ * snapshot's CRLs are immutable.) */
+static int crl_cut(struct mt_conn *c)
+{
+    struct rt_conn *p = R(c);
+    struct rt_live *lv = RT(c)->live;
+    uint64_t g = lv ? atomic_load(&lv->crl_gen) : 0;
+    if (!lv || g == p->crl_gen)
+        return 0;
+    p->crl_gen = g;
+    struct rt_snap *s = (struct rt_snap *)mt_snap_acquire(lv->snaps);
+    char serial[80];
+    int revoked = s && rt_crl_revoked(s->crls, p->cert, serial, sizeof(serial));
+    mt_snap_release(s ? &s->base : NULL);
+    if (revoked)
+        cut(c, RT_BAD_IDENTITY, serial);
+    return revoked;
 }
 
 static int relay_step(struct mt_conn *c)
@@ -533,16 +584,27 @@ static void relay_timeout(struct mt_conn *c)
     }
     p->next_check_ms = now + relay_tick(c);
     mt_conn_set_timeout(c, relay_tick(c));
-    if (cfg->recheck_ms <= 0 || p->job)
+    if (crl_cut(c))
         return;
+    uint64_t g = RT(c)->live ? atomic_load(&RT(c)->live->data_gen) : 0;
+    int periodic = cfg->recheck_ms > 0 && now >= p->next_recheck_ms;
+    /* a check in flight may have read the old data: the next tick asks again */
+    if ((!periodic && g == p->data_gen) || p->job)
+        return;
+    uint64_t was = p->data_gen;
+    p->data_gen = g;
+    if (cfg->recheck_ms > 0)
+        p->next_recheck_ms = now + cfg->recheck_ms;
     struct rt_cached cv;
     if (rt_cache_get(RT(c)->cache, p->org, p->user, p->connect_id, mt_now_ms(), cfg->cache_ttl_ms,
                      &cv)) {
         if (cv.code != RT_OK)
-            cut(c, cv.code);
+            cut(c, cv.code, NULL);
         return;
     }
     submit(c, 1);
+    if (!p->job && !mt_conn_closed(c))
+        p->data_gen = was; /* the job queue was full: try again at the next tick */
 }
 
 static int on_io(struct mt_conn *c)

@@ -12,7 +12,9 @@
  *                   decision (no I/O: unit-tested as tables)
  *   router_db.c     schema migrations and the lookup queries (blocking: job threads only)
  *   router.c        the protocol on the engine (struct mt_proto_ops)
- *   router_run.c    rt_run: the engine, listeners, signals
+ *   router_run.c    rt_run: the engine, listeners, signals, CRL reloads
+ *   router_watch.c  the watcher thread: database changes flush the decision cache and
+ *                   tell live relays to check again (docs/ROUTER.md, "Invalidation")
  */
 #ifndef MESHTLS_ROUTER_H
 #define MESHTLS_ROUTER_H
@@ -23,11 +25,14 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <openssl/x509.h>
+
 #include "db.h"
 #include "meshtls/config.h"
 #include "meshtls/err.h"
 #include "meshtls/tls.h"
 #include "metrics.h"
+#include "net.h"
 
 #define RT_ID_MAX 128         /* longest org / user / team id accepted from a certificate */
 #define RT_CONNECT_ID_MAX 253 /* longest connect id (bytes, before the newline) */
@@ -149,8 +154,23 @@ int rt_db_lookup(struct mt_db *db, const char *connect_id, const char *org, cons
 
 /** The change counter (router_changes.version): a successful read is also a ping. */
 int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err);
-/** Move the change counter on: running routers drop their decision caches within 100 ms. */
+/** rt_db_version on a connection the caller holds (the watcher's listening one). */
+int rt_db_version_conn(struct mt_db_conn *c, int64_t *out, struct meshtls_err *err);
+/**
+ * Move the change counter on (and, on PostgreSQL, notify RT_DB_CHANNEL): running routers
+ * drop their decision caches and re-check live relays at once (docs/ROUTER.md).
+ */
 int rt_db_bump(struct mt_db *db, struct meshtls_err *err);
+
+/** The PostgreSQL channel the router's triggers notify and the watcher listens to. */
+#define RT_DB_CHANNEL "meshtls_router"
+
+/**
+ * PostgreSQL: the data tables (backend_hosts, teams, users) that lack the router's change
+ * trigger (created by migration 4 when the router's role owns the table), as one
+ * comma-separated list in `missing` ("" when all have it).  SQLite: always "".
+ */
+int rt_db_triggers_missing(struct mt_db *db, char *missing, size_t cap, struct meshtls_err *err);
 
 /** Whether the database answers a trivial query (readiness). */
 int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
@@ -252,6 +272,7 @@ struct rt_cache {
     pthread_mutex_t mu;
     struct rt_cent **b;
     size_t n;
+    uint64_t gen; /* clears so far (under mu) */
 };
 
 int rt_cache_init(struct rt_cache *c);
@@ -259,11 +280,69 @@ void rt_cache_free(struct rt_cache *c);
 /** The verdict for org/user/cid if it is at most `max_age_ms` old at `now_ms` (1), else 0. */
 int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
                  int64_t now_ms, int64_t max_age_ms, struct rt_cached *out);
-/** Forget every verdict (the data changed). */
+/** Forget every verdict (the data changed); moves the generation on. */
 void rt_cache_clear(struct rt_cache *c);
-/** Store (or refresh) the verdict, copied. */
+/** The generation: read it before a lookup and give it to rt_cache_put. */
+uint64_t rt_cache_gen(struct rt_cache *c);
+/**
+ * Store (or refresh) the verdict, copied, unless the cache was cleared since `gen` was read
+ * (a lookup that raced a change must not put its old answer back).
+ */
 void rt_cache_put(struct rt_cache *c, const char *org, const char *user, const char *cid,
-                  int64_t now_ms, const struct rt_cached *v);
+                  int64_t now_ms, uint64_t gen, const struct rt_cached *v);
+
+/* ---- invalidation: what other threads tell live relays (router_watch.c, router_run.c) -- */
+
+/**
+ * Shared by the watcher, the main thread and the workers; only atomics are written after
+ * the engine starts.  A relay remembers both generations when its grant was decided and,
+ * on its next tick (RT_LIVE_TICK_MS), checks again on its own worker when one moved: no
+ * thread ever touches another's connections.
+ */
+struct rt_live {
+    atomic_ullong data_gen;       /* the data changed: the cache was flushed */
+    atomic_ullong crl_gen;        /* a reload published a new CRL */
+    struct mt_snap_holder *snaps; /* the listener's: the current snapshot's CRLs */
+};
+
+/** How often a live relay looks at the generations: the "cut within two seconds" bound. */
+#define RT_LIVE_TICK_MS 250
+
+/** The router's snapshot: the TLS context and the CRLs it was built with (for live relays). */
+struct rt_snap {
+    struct mt_snap base;
+    STACK_OF(X509_CRL) * crls; /* NULL without --crl */
+};
+
+/**
+ * Whether `cert` (its issuer and serial) is listed in one of `crls`.  Pure: any thread.
+ * @param serial if not NULL, receives the serial in hex (for the audit line).
+ */
+int rt_crl_revoked(STACK_OF(X509_CRL) * crls, X509 *cert, char *serial, size_t cap);
+
+/** The watcher thread (router_watch.c). */
+struct rt_watch {
+    pthread_t t;
+    int started;
+    atomic_int stop;
+    struct mt_db *db;        /* its own handle: one connection, never one of the job threads' */
+    struct mt_db_conn *conn; /* listening since rt_watch_start (the thread's from then on) */
+    int64_t seen;            /* the change counter when it started listening */
+    struct rt_cache *cache;
+    struct rt_live *live;
+    atomic_ullong flushes; /* cache flushes for a change (metric) */
+};
+
+/**
+ * Open a one-connection handle on `url` (borrowed), check the triggers, and start the
+ * thread: it listens for changes (PostgreSQL: LISTEN RT_DB_CHANNEL; SQLite: data_version,
+ * then the change counter), flushes `cache`, moves live->data_gen on, and keeps
+ * rt_metrics.db_up.  `cache` and `live` are borrowed until rt_watch_stop.
+ */
+int rt_watch_start(struct rt_watch *w, const char *url, struct rt_cache *cache,
+                   struct rt_live *live, struct meshtls_err *err);
+/** Stop and join the thread, close its handle (a never-started `w` is fine). */
+void rt_watch_stop(struct rt_watch *w);
 
 /** The runtime the protocol reads (the listener's argument). */
 struct rt_router {
@@ -272,6 +351,7 @@ struct rt_router {
     struct rt_connlog *log;   /* NULL: no connection log */
     struct rt_limits *limits; /* NULL: none */
     struct rt_cache *cache;   /* NULL: none */
+    struct rt_live *live;     /* NULL: live relays are re-checked only every recheck_ms */
 };
 
 /*
@@ -282,6 +362,8 @@ struct rt_metrics {
     struct mt_series *decisions[RT_CODE_N]; /* meshtls_router_decisions_total{code} */
     struct mt_series *decision_time;        /* meshtls_router_decision_duration_seconds */
     struct mt_series *relays;               /* meshtls_router_relays_active */
+    struct mt_series *cut_grant;            /* meshtls_router_relays_cut_total{reason="grant"} */
+    struct mt_series *cut_revoked;          /* meshtls_router_relays_cut_total{reason="revoked"} */
     atomic_int db_up;                       /* the last database ping answered */
 };
 extern struct rt_metrics rt_metrics;

@@ -7,6 +7,10 @@
  *     router fails closed with authz-unavailable.
  * Bounded: at RT_CACHE_MAX entries the table is emptied (a burst of misses follows, never
  * unbounded memory).  One mutex; lookups are a hash and a string compare.
+ *
+ * Invalidation (router_watch.c) empties it when the data changes.  A lookup that read the
+ * database before that change and stores its verdict after would put the old answer back:
+ * the generation (one per clear) read before the lookup makes such a put a no-op.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +83,18 @@ void rt_cache_clear(struct rt_cache *c)
         return;
     pthread_mutex_lock(&c->mu);
     clear(c);
+    c->gen++;
     pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t rt_cache_gen(struct rt_cache *c)
+{
+    if (!c || !c->b)
+        return 0;
+    pthread_mutex_lock(&c->mu);
+    uint64_t g = c->gen;
+    pthread_mutex_unlock(&c->mu);
+    return g;
 }
 
 int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const char *cid,
@@ -104,13 +119,17 @@ int rt_cache_get(struct rt_cache *c, const char *org, const char *user, const ch
 }
 
 void rt_cache_put(struct rt_cache *c, const char *org, const char *user, const char *cid,
-                  int64_t now_ms, const struct rt_cached *v)
+                  int64_t now_ms, uint64_t gen, const struct rt_cached *v)
 {
     if (!c || !c->b)
         return;
     char k[2 * RT_ID_MAX + RT_CONNECT_ID_MAX + 3];
     size_t kl = mkkey(k, org, user, cid);
     pthread_mutex_lock(&c->mu);
+    if (gen != c->gen) { /* read before a change: the answer may be the old one */
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
     struct rt_cent **slot = &c->b[hash(k, kl) % NB];
     struct rt_cent *e = *slot;
     while (e && !(e->klen == kl && !memcmp(e->key, k, kl)))

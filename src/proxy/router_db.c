@@ -15,6 +15,14 @@
 
 #include "router.h"
 
+/* SQLite: a change to a data table moves the change counter in the same transaction, so
+ * plain SQL is seen as the `meshtls router` commands are (the watcher reads the counter when
+ * PRAGMA data_version moves; the connection log's inserts move data_version, not this). */
+#define SQ_TRIGGER(t, ev)                                                                          \
+    "CREATE TRIGGER IF NOT EXISTS router_changes_" t "_" ev " AFTER " ev " ON " t                  \
+    " BEGIN UPDATE router_changes SET version = version + 1 WHERE id = 1; END;"
+#define SQ_TRIGGERS(t) SQ_TRIGGER(t, "insert") SQ_TRIGGER(t, "update") SQ_TRIGGER(t, "delete")
+
 #define JSON_ARRAY_CHECK(col) "CHECK (json_valid(" col ") AND json_type(" col ") = 'array')"
 
 static const struct mt_db_migration rt_migrations[] = {
@@ -80,6 +88,28 @@ static const struct mt_db_migration rt_migrations[] = {
      "CREATE TABLE IF NOT EXISTS router_changes (id INTEGER PRIMARY KEY CHECK (id = 1),"
      " version BIGINT NOT NULL);"
      "INSERT INTO router_changes (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;"},
+    /* change notification (docs/ROUTER.md, "Invalidation").  PostgreSQL: one statement-level
+     * trigger per table that only calls pg_notify: it needs no privilege, writes nothing,
+     * and so cannot break an ssh-router's own writes; created only where missing, and
+     * skipped with a warning where the router's role does not own the table (the router
+     * then says so at start and falls back to --cache-ttl and --recheck-interval). */
+    {4, SQ_TRIGGERS("backend_hosts") SQ_TRIGGERS("teams") SQ_TRIGGERS("users"),
+     "CREATE OR REPLACE FUNCTION meshtls_router_changed() RETURNS trigger LANGUAGE plpgsql AS"
+     " $f$ BEGIN PERFORM pg_notify('" RT_DB_CHANNEL "', TG_TABLE_NAME); RETURN NULL; END $f$;"
+     "DO $d$ DECLARE t text; BEGIN"
+     " FOREACH t IN ARRAY ARRAY['backend_hosts', 'teams', 'users', 'router_changes'] LOOP"
+     "  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'meshtls_router_changed'"
+     "                 AND tgrelid = t::regclass) THEN"
+     "   BEGIN"
+     "    EXECUTE format('CREATE TRIGGER meshtls_router_changed AFTER INSERT OR UPDATE OR"
+     " DELETE OR TRUNCATE ON %I FOR EACH STATEMENT EXECUTE FUNCTION meshtls_router_changed()',"
+     " t);"
+     "   EXCEPTION WHEN insufficient_privilege THEN"
+     "    RAISE WARNING 'meshtls router: no change trigger on % (not its owner)', t;"
+     "   END;"
+     "  END IF;"
+     " END LOOP;"
+     "END $d$;"},
 };
 
 /* The columns the router reads, per table: an existing database must have them. */
@@ -294,20 +324,31 @@ out:
     return rc;
 }
 
-int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err)
+int rt_db_version_conn(struct mt_db_conn *c, int64_t *out, struct meshtls_err *err)
 {
-    struct mt_db_conn *c = NULL;
     struct mt_db_rows *r = NULL;
-    int rc = mt_db_acquire(db, &c, err);
-    if (rc == 0 && (rc = mt_db_query(c, "SELECT version FROM router_changes WHERE id = 1", NULL, 0,
-                                     &r, err)) == 0) {
+    int rc = mt_db_query(c, "SELECT version FROM router_changes WHERE id = 1", NULL, 0, &r, err);
+    if (rc == 0) {
         int x = mt_db_row_next(r, err);
         if (x == 1)
             *out = mt_db_col_int64(r, 0);
         else
-            rc = x < 0 ? MESHTLS_ESTORE : meshtls_err_set(err, MESHTLS_ESTORE, "no row");
+            rc = x < 0 ? MESHTLS_ESTORE
+                       : meshtls_err_set(err, MESHTLS_ESTORE,
+                                         "database %s: router_changes has no row 1 (restart the "
+                                         "router to migrate)",
+                                         mt_db_url_safe(mt_db_conn_db(c)));
     }
     mt_db_rows_close(r);
+    return rc;
+}
+
+int rt_db_version(struct mt_db *db, int64_t *out, struct meshtls_err *err)
+{
+    struct mt_db_conn *c = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0)
+        rc = rt_db_version_conn(c, out, err);
     mt_db_release(c);
     return rc;
 }
@@ -319,6 +360,32 @@ int rt_db_bump(struct mt_db *db, struct meshtls_err *err)
     if (rc == 0)
         rc = mt_db_exec(c, "UPDATE router_changes SET version = version + 1 WHERE id = 1", NULL, 0,
                         NULL, err);
+    /* the trigger on router_changes notifies too; this one also reaches routers whose
+     * database lacks it (the counter alone would be seen within a watcher tick) */
+    if (rc == 0)
+        rc = mt_db_notify(c, RT_DB_CHANNEL, "router_changes", err);
+    mt_db_release(c);
+    return rc;
+}
+
+int rt_db_triggers_missing(struct mt_db *db, char *missing, size_t cap, struct meshtls_err *err)
+{
+    if (cap)
+        missing[0] = '\0';
+    if (mt_db_backend(db) != MT_DB_POSTGRES)
+        return 0; /* SQLite: the router that migrated the file made them */
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_acquire(db, &c, err);
+    if (rc == 0)
+        rc = mt_db_query(c,
+                         "SELECT string_agg(t, ', ' ORDER BY t) FROM unnest(ARRAY['backend_hosts', "
+                         "'teams', 'users']) AS t WHERE NOT EXISTS (SELECT 1 FROM pg_trigger WHERE "
+                         "tgname = 'meshtls_router_changed' AND tgrelid = t::regclass)",
+                         NULL, 0, &r, err);
+    if (rc == 0 && mt_db_row_next(r, err) == 1 && !mt_db_col_is_null(r, 0))
+        snprintf(missing, cap, "%s", mt_db_col_text(r, 0));
+    mt_db_rows_close(r);
     mt_db_release(c);
     return rc;
 }

@@ -2,20 +2,25 @@
  * router_run.c - `meshtls proxy router`: opens and migrates the database, builds the TLS
  * context (several CA files trusted at once), runs the engine with the router protocol
  * (router.c) and, optionally, the status listener (/healthz, /readyz, /metrics, as the
- * proxy's), and on the main thread waits for signals: SIGHUP re-reads the TLS files
- * (certificate, key, CAs, CRL) for new connections; SIGTERM/SIGINT drain.
+ * proxy's), starts the database watcher (router_watch.c), and on the main thread waits for
+ * signals: SIGHUP, or a change of the --crl file, re-reads the TLS files (certificate, key,
+ * CAs, CRL) for new connections and has live relays check their certificate against the
+ * new CRL; SIGTERM/SIGINT drain.
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/x509.h>
 
 #include "http_net.h"
 #include "meshtls/log.h"
+#include "meshtls/x509.h"
 #include "proxy.h"
 #include "router.h"
 
@@ -124,7 +129,12 @@ static double db_up_value(void *arg)
     return atomic_load(&rt_metrics.db_up) ? 1.0 : 0.0;
 }
 
-static int metrics_setup(struct meshtls_err *err)
+static double flushes_value(void *arg)
+{
+    return (double)atomic_load((atomic_ullong *)arg);
+}
+
+static int metrics_setup(atomic_ullong *flushes, struct meshtls_err *err)
 {
     static const double bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                     0.025,  0.05,    0.1,    0.25,  1,      3};
@@ -148,9 +158,24 @@ static int metrics_setup(struct meshtls_err *err)
         rc = mt_series_get(f, NULL, &rt_metrics.relays, err);
     if (rc == 0)
         rc = mt_gauge_new(px_metrics.reg, "meshtls_router_database_up",
-                          "1 if the last database ping (every second) answered.", NULL, &f, err);
+                          "1 if the watcher's last read of the database (every 250 ms) answered.",
+                          NULL, &f, err);
     if (rc == 0)
         rc = mt_series_fn(f, NULL, db_up_value, NULL, err);
+    if (rc == 0)
+        rc = mt_counter_new(px_metrics.reg, "meshtls_router_relays_cut_total",
+                            "Live relays closed because the grant went away (grant) or the "
+                            "certificate was revoked (revoked).",
+                            MT_LIST("reason"), &f, err);
+    if (rc == 0)
+        rc = mt_series_get(f, MT_LIST("grant"), &rt_metrics.cut_grant, err);
+    if (rc == 0)
+        rc = mt_series_get(f, MT_LIST("revoked"), &rt_metrics.cut_revoked, err);
+    if (rc == 0)
+        rc = mt_counter_new(px_metrics.reg, "meshtls_router_cache_invalidations_total",
+                            "Decision cache flushes for a change in the database.", NULL, &f, err);
+    if (rc == 0)
+        rc = mt_series_fn(f, NULL, flushes_value, flushes, err);
     return rc;
 }
 
@@ -158,63 +183,100 @@ static void metrics_clear(void)
 {
     memset(rt_metrics.decisions, 0, sizeof(rt_metrics.decisions));
     rt_metrics.decision_time = rt_metrics.relays = NULL;
+    rt_metrics.cut_grant = rt_metrics.cut_revoked = NULL;
 }
 
-/* The database pinger: readiness, once a second, off the event loops. */
-struct pinger {
-    pthread_t t;
-    struct mt_db *db;
-    struct rt_cache *cache;
-    atomic_int stop;
-    int started;
-};
-
-static void *ping_loop(void *arg)
+static void snap_destroy(struct mt_snap *b)
 {
-    struct pinger *pg = arg;
-    int64_t seen = -1;
-    while (!atomic_load(&pg->stop)) {
-        struct meshtls_err e = MESHTLS_ERR_INIT;
-        int64_t v = -1;
-        int up = rt_db_version(pg->db, &v, &e) == 0;
-        if (up != atomic_exchange(&rt_metrics.db_up, up))
-            meshtls_log(up ? MESHTLS_LOG_INFO : MESHTLS_LOG_WARN, "database %s: %s%s",
-                        mt_db_url_safe(pg->db),
-                        up ? "answers again" : "does not answer: ", up ? "" : e.msg);
-        if (up && v != seen) {
-            if (seen >= 0) { /* `meshtls router` changed the data: no stale verdict */
-                rt_cache_clear(pg->cache);
-                meshtls_log(MESHTLS_LOG_DEBUG,
-                            "router data changed (version %lld): decision "
-                            "cache cleared",
-                            (long long)v);
-            }
-            seen = v;
-        }
-        nanosleep(&(struct timespec){0, 100 * 1000000L}, NULL);
-    }
-    return NULL;
-}
-
-static void snap_destroy(struct mt_snap *s)
-{
-    SSL_CTX_free(s->ctx);
+    struct rt_snap *s = (struct rt_snap *)b;
+    SSL_CTX_free(s->base.ctx);
+    sk_X509_CRL_pop_free(s->crls, X509_CRL_free);
     free(s);
 }
 
+/* The TLS context and, with --crl, the CRLs again (read here for live relays: the context's
+ * store is OpenSSL's, not to be walked from other threads). */
 static int snap_build(const struct rt_config *cfg, struct mt_snap **out, struct meshtls_err *err)
 {
-    struct mt_snap *s = calloc(1, sizeof(*s));
+    struct rt_snap *s = calloc(1, sizeof(*s));
     if (!s)
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
-    mt_snap_init(s, snap_destroy);
-    int rc = rt_tls_build(cfg, &s->ctx, &s->not_after, err);
+    mt_snap_init(&s->base, snap_destroy);
+    int rc = rt_tls_build(cfg, &s->base.ctx, &s->base.not_after, err);
+    if (rc == 0 && cfg->tls.crl_file)
+        rc = meshtls_pem_read_crls(cfg->tls.crl_file, &s->crls, err);
     if (rc) {
-        mt_snap_release(s);
+        mt_snap_release(&s->base);
         return rc;
     }
-    *out = s;
+    *out = &s->base;
     return 0;
+}
+
+int rt_crl_revoked(STACK_OF(X509_CRL) * crls, X509 *cert, char *serial, size_t cap)
+{
+    if (!crls || !cert)
+        return 0;
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(cert);
+    const X509_NAME *issuer = X509_get_issuer_name(cert);
+    for (int i = 0; i < sk_X509_CRL_num(crls); i++) {
+        X509_CRL *crl = sk_X509_CRL_value(crls, i);
+        X509_REVOKED *rev = NULL;
+        /* 1: listed; 2: listed as removeFromCRL, i.e. no longer revoked */
+        if (X509_NAME_cmp(X509_CRL_get_issuer(crl), issuer) != 0 ||
+            X509_CRL_get0_by_serial(crl, &rev, sn) != 1)
+            continue;
+        if (serial && cap) {
+            BIGNUM *bn = ASN1_INTEGER_to_BN(sn, NULL);
+            char *hex = bn ? BN_bn2hex(bn) : NULL;
+            snprintf(serial, cap, "%s", hex ? hex : "?");
+            OPENSSL_free(hex);
+            BN_free(bn);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* What the CRL file looks like now: a reload happens when this changes. */
+struct file_id {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    int ok;
+};
+
+static struct file_id file_id_of(const char *path)
+{
+    struct stat sb;
+    struct file_id f = {0};
+    if (path && stat(path, &sb) == 0)
+        f = (struct file_id){sb.st_dev, sb.st_ino, sb.st_size, sb.st_mtim, 1};
+    return f;
+}
+
+static int file_id_eq(const struct file_id *a, const struct file_id *b)
+{
+    return a->ok == b->ok && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+/* SIGHUP, or the CRL file changed: new TLS files for new connections, and live relays
+ * check their certificate against the new CRLs (rt_live.crl_gen). */
+static void reload(const struct rt_config *cfg, struct mt_snap_holder *holder, struct rt_live *live,
+                   const char *why)
+{
+    struct mt_snap *s = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    if (snap_build(cfg, &s, &e) != 0) {
+        meshtls_log(MESHTLS_LOG_ERROR, "reload (%s) failed, keeping the current: %s", why, e.msg);
+        return;
+    }
+    mt_snap_publish(holder, s);
+    atomic_fetch_add(&live->crl_gen, 1);
+    meshtls_log(MESHTLS_LOG_INFO, "reload (%s): new TLS context in service%s", why,
+                cfg->tls.crl_file ? "; live relays checked against the new CRL" : "");
 }
 
 int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
@@ -227,7 +289,12 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     struct mt_listener *l = NULL, *sl = NULL;
     struct rt_router r = {.cfg = cfg};
     struct meshtls_session_cache *scache = NULL;
-    struct pinger pg = {0};
+    struct rt_watch watch;
+    memset(&watch, 0, sizeof(watch));
+    struct rt_live live;
+    memset(&live, 0, sizeof(live));
+    live.snaps = &holder;
+    r.live = &live;
     struct rt_connlog clog;
     memset(&clog, 0, sizeof(clog));
     struct rt_limits lim;
@@ -265,6 +332,9 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     r.limits = &lim;
     if ((cfg->cache_ttl_ms > 0 || cfg->stale_max_ms > 0) && rt_cache_init(&cache) == 0)
         r.cache = &cache;
+    /* before the engine: the watcher is the readiness ping and the cache's invalidation */
+    if ((rc = rt_watch_start(&watch, cfg->store_url, r.cache, &live, err)) != 0)
+        goto out;
     /* TLS session resumption across every context a reload builds (stateful, as the
      * proxy's): a returning user skips the full handshake; the cache is stamped with the
      * trust (CA files, CRL), so a new CRL never resumes an old session */
@@ -297,7 +367,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
             rc = meshtls_err_set(err, rc, "--listen %s: %s", cfg->listen, strerror(errno));
         goto out;
     }
-    if ((rc = px_metrics_init((unsigned)cfg->workers, err)) != 0 || (rc = metrics_setup(err)) != 0)
+    if ((rc = px_metrics_init((unsigned)cfg->workers, err)) != 0 ||
+        (rc = metrics_setup(&watch.flushes, err)) != 0)
         goto out;
     atomic_store(&rt_metrics.db_up, 1); /* it answered the migration just now */
     px_metrics.lstats = mt_listener_stats(l);
@@ -323,10 +394,6 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     }
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
-    pg.db = r.db;
-    pg.cache = r.cache;
-    if (pthread_create(&pg.t, NULL, ping_loop, &pg) == 0)
-        pg.started = 1;
     atomic_store(&px_metrics.listening, 1);
     meshtls_log(MESHTLS_LOG_INFO,
                 "router listening on %s, issuer %s, database %s (%s), %d worker(s), %d job "
@@ -335,6 +402,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
                 cfg->workers, cfg->job_threads);
     printf("listening on %s\n", mt_listener_addr(l));
     fflush(stdout);
+    struct file_id crl_seen = file_id_of(cfg->tls.crl_file);
 
     for (;;) {
         struct timespec to = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
@@ -350,17 +418,12 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
             rt_limits_sweep(&lim, now_ms);
             last_sweep = now_ms;
         }
-        if (sig == SIGHUP) {
-            struct mt_snap *s = NULL;
-            struct meshtls_err e = MESHTLS_ERR_INIT;
-            if (snap_build(cfg, &s, &e) == 0) {
-                mt_snap_publish(&holder, s);
-                meshtls_log(MESHTLS_LOG_INFO, "reload (SIGHUP): new TLS context in service");
-            } else {
-                meshtls_log(MESHTLS_LOG_ERROR, "reload (SIGHUP) failed, keeping the current: %s",
-                            e.msg);
-            }
-        }
+        /* a new CRL file is taken without a signal (checked every 250 ms: a stat) */
+        struct file_id crl_now = file_id_of(cfg->tls.crl_file);
+        int crl_moved = cfg->tls.crl_file && crl_now.ok && !file_id_eq(&crl_now, &crl_seen);
+        crl_seen = crl_now;
+        if (sig == SIGHUP || crl_moved)
+            reload(cfg, &holder, &live, sig == SIGHUP ? "SIGHUP" : "the CRL file changed");
     }
     atomic_store(&px_metrics.listening, 0);
     long long left = 0;
@@ -369,11 +432,8 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     rc = 0;
 out:
     atomic_store(&px_metrics.listening, 0);
-    if (pg.started) {
-        atomic_store(&pg.stop, 1);
-        pthread_join(pg.t, NULL);
-    }
     mt_engine_free(eng);
+    rt_watch_stop(&watch);  /* after the engine: the cache outlives neither */
     rt_connlog_stop(&clog); /* after the engine: no worker pushes any more */
     rt_limits_free(&lim);
     rt_cache_free(&cache);

@@ -26,7 +26,11 @@ def stopped_log(p):
 
 
 def test_log_format_json_from_env(pki):
-    lines = stopped_log(start(pki, env={"MESHTLS_LOG_FORMAT": "json"}))
+    p = start(pki, env={"MESHTLS_LOG_FORMAT": "json"})
+    lines = stopped_log(p)
+    # stdout carries the address announcements (read by Proxy) and nothing else: no log line
+    rest = p.proc.stdout.read()
+    assert rest == "", rest
     assert lines
     for line in lines:
         rec = json.loads(line)  # every line is one JSON object

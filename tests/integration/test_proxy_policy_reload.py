@@ -135,3 +135,35 @@ def test_policy_given_twice_is_refused(pki, tmp_path):
             "--policy", policy, "--policy", policy, timeout=30)
     assert r.returncode == 2
     assert "give one policy file" in r.stderr
+
+
+def test_reload_interval_alone_picks_up_the_policy(pki, procs, echo, tmp_path):
+    # no watch, no signal: only the timer (proxy.reload_interval, 1 s here) sees the change
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, "web")
+    p = start(pki, procs, echo, policy, "--no-watch", "--reload-interval", "1s")
+    evil = ctx_for(pki, "evil")
+    assert not allowed(evil, p.port)
+    write_policy(policy, "web", "evil")
+    wait_for(lambda: allowed(evil, p.port), timeout=15, what="evil allowed by the interval")
+    assert "reload (interval" in p.log(), p.log()
+    assert "file change" not in p.log()
+
+
+def test_open_connection_keeps_the_snapshot_it_started_with(pki, procs, echo, tmp_path):
+    # a reload decides for new connections; one already relaying goes on under the policy
+    # that admitted it (as HAProxy's and ghostunnel's reloads do), until it closes
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, "web")
+    p = start(pki, procs, echo, policy, "--no-watch")
+    web = ctx_for(pki, "web")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with web.wrap_socket(raw, server_hostname="localhost") as held:
+            held.sendall(b"before")
+            assert held.recv(10) == b"before"
+            write_policy(policy, "evil")  # web is no longer allowed
+            p.signal(signal.SIGHUP)
+            wait_for(lambda: p.log().count("reload (SIGHUP") >= 1, what="reload logged")
+            wait_for(lambda: not allowed(web, p.port), what="new web connections refused")
+            held.sendall(b"after")
+            assert held.recv(10) == b"after"

@@ -32,6 +32,16 @@ USERS = {  # name -> SPIFFE ID
 
 NOT_FOUND = b"ERROR: not-found no such host\n"
 
+# 004's DDL as an ssh-router creates it, before meshtls ever ran
+SSH_ROUTER_DDL = (
+    "CREATE TABLE backend_hosts (connect_id TEXT PRIMARY KEY, internal_ip_addr "
+    "TEXT NOT NULL, org_id TEXT NOT NULL, user_ids TEXT[] NOT NULL DEFAULT '{}', "
+    "team_ids TEXT[] NOT NULL DEFAULT '{}', host_user TEXT);"
+    "CREATE TABLE teams (team_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, user_ids "
+    "TEXT[] NOT NULL DEFAULT '{}');"
+    "CREATE TABLE users (user_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, "
+    "public_keys BYTEA[] NOT NULL DEFAULT '{}');")
+
 
 @pytest.fixture(scope="module")
 def pki():
@@ -535,13 +545,7 @@ def test_postgres_existing_ssh_router_database(pki, echo):
     router = None
     try:
         # the ssh-router made these tables (004's DDL) before meshtls ever ran
-        ddl = ("CREATE TABLE backend_hosts (connect_id TEXT PRIMARY KEY, internal_ip_addr "
-               "TEXT NOT NULL, org_id TEXT NOT NULL, user_ids TEXT[] NOT NULL DEFAULT '{}', "
-               "team_ids TEXT[] NOT NULL DEFAULT '{}', host_user TEXT);"
-               "CREATE TABLE teams (team_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, user_ids "
-               "TEXT[] NOT NULL DEFAULT '{}');"
-               "CREATE TABLE users (user_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, "
-               "public_keys BYTEA[] NOT NULL DEFAULT '{}');")
+        ddl = SSH_ROUTER_DDL
         sql = ddl + ";".join(seed_sql(echo.port, free_port(), pg_arr)) + ";"
         r = subprocess.run(["psql", pg.url(), "-v", "ON_ERROR_STOP=1", "-c", sql],
                            capture_output=True, text=True, timeout=30)
@@ -562,7 +566,7 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         r = subprocess.run(["psql", pg.url(), "-Atc",
                             "SELECT max(version) FROM router_schema_migrations"],
                            capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "3", r.stdout + r.stderr
+        assert r.stdout.strip() == "4", r.stdout + r.stderr
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
@@ -596,6 +600,11 @@ def test_postgres_existing_ssh_router_database(pki, echo):
                 break
             time.sleep(0.2)
         assert got.startswith(b"ERROR: forbidden"), got  # a database answer again
+        # the watcher is back too (/readyz): it flushed the cache, as it may have missed
+        # changes meanwhile; what is cached from here on is fresh
+        deadline = time.monotonic() + 10
+        while router.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         # the database goes away: decisions made within --stale-max still answer, anything
         # else gets a bounded authz-unavailable, and after --stale-max everything does
         assert ask(pki, router.port, "alice", b"web-01\n") == b"OK\n"
