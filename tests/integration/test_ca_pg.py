@@ -151,6 +151,23 @@ def db_rows(pg, dbname, query):
     return [l for l in r.stdout.splitlines() if l]
 
 
+# ---- the store itself ----------------------------------------------------------------------
+
+def test_store_unit_tests_on_postgres(pg):
+    """tests/unit/ca/test_ca_store.c on this server (it empties its database: its own)."""
+    from conftest import BUILD_DIR
+    binary = Path(os.environ.get("MESHTLS_BUILD_DIR", BUILD_DIR)) / "test_ca_store"
+    if not binary.exists():
+        pytest.skip(f"{binary} not built")
+    r = pg.sql(f"CREATE DATABASE unit OWNER {pg.user}")
+    assert r.returncode == 0, r.stderr
+    env = env_for(pg)
+    env["MESHTLS_TEST_PG_URL"] = f"postgres://{pg.user}@127.0.0.1:{pg.port}/unit"
+    p = subprocess.run([str(binary)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "0 failures" in p.stdout, p.stdout + p.stderr
+    assert "pg_write_lock_orders_writers_across_connections" in p.stdout
+
+
 # ---- the command line on PostgreSQL ------------------------------------------------------
 
 def test_ca_commands_on_postgres_from_two_hosts(pg, tmp_path):
