@@ -51,7 +51,7 @@
 #define CP_CRL_MAX_AGE_S 3600 /* a cached CRL is re-signed after this even without changes */
 #define CP_FEED_WAITERS 16    /* long polls held at once (each holds a pool thread) */
 #define CP_FEED_WAIT_MAX 60   /* seconds a long poll may ask to wait */
-#define CP_FEED_POLL_MS 100   /* how often the store's newest epoch is read */
+#define CP_FEED_POLL_MS 100   /* the newest epoch is read at least this often (see feed_poller) */
 #define CP_FEED_PAGE 1000     /* revocations per answer at most */
 #define CP_OCSP_CACHE 1024    /* cached OCSP responses (direct-mapped by request hash) */
 #define CP_OCSP_CACHE_S 300   /* a cached response is signed again after this */
@@ -615,7 +615,9 @@ static int meta_exists(struct mt_db *db, const char *key, int *out, struct mesht
 {
     struct mt_db_conn *c = NULL;
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    char k[CA_META_KEY_MAX]; /* as the store names it (per host on PostgreSQL) */
+    ca_store_meta_key(mt_db_backend(db) == MT_DB_POSTGRES, key, k, sizeof(k));
+    struct mt_db_param p[] = {MT_DB_TEXT(k)};
     int rc = mt_db_acquire(db, &c, err);
     if (!rc && !(rc = mt_db_query(c, "SELECT 1 FROM meta WHERE key = $1", p, 1, &r, err))) {
         int row = mt_db_row_next(r, err);
@@ -736,7 +738,7 @@ static int h_crl(struct mt_http_req *req, void *arg)
 
 /*
  * Read a certificate row / a service from the store through the server's own pool (the
- * PKI's tables; the same columns store_sqlite.c reads), instead of opening the store for
+ * PKI's tables; the same columns store_db.c reads), instead of opening the store for
  * each request.  Strings in *out are new allocations (ca_cert_clear / ca_service_clear).
  */
 static int db_cert_get(struct mt_db *db, const char *serial, struct ca_cert *out,
@@ -1352,12 +1354,19 @@ static int feed_max_epoch(struct mt_db *db, int64_t *out, struct meshtls_err *er
     return rc;
 }
 
+static void feed_advance(struct cp_server *srv, int64_t m);
+
 /* Read the newest epoch now and wake long polls if it moved (after a revocation here). */
 static void feed_poke(struct cp_server *srv)
 {
     int64_t m = 0;
-    if (feed_max_epoch(srv->db, &m, NULL) != 0)
-        return;
+    if (feed_max_epoch(srv->db, &m, NULL) == 0)
+        feed_advance(srv, m);
+}
+
+/* Take a newer epoch `m` (read from the store) and wake the long polls. */
+static void feed_advance(struct cp_server *srv, int64_t m)
+{
     pthread_mutex_lock(&srv->feed_mu);
     if (m > srv->feed_max) {
         srv->feed_max = m;
@@ -1366,32 +1375,62 @@ static void feed_poke(struct cp_server *srv)
     pthread_mutex_unlock(&srv->feed_mu);
 }
 
-/* Wake long polls when the store's newest epoch moves (any server, the command line). */
+/*
+ * Wake long polls (and invalidate the OCSP cache) when the store's newest epoch moves,
+ * whoever revoked: another server, the command line on any host.  On a connection of its
+ * own that LISTENs (src/db change notification): PostgreSQL delivers the NOTIFY the
+ * revoking transaction sends (serve migration 4) at its COMMIT; SQLite reports any commit
+ * to the file.  Each wake, and every CP_FEED_POLL_MS without one, reads the newest epoch:
+ * so a lost notification (a reconnect) costs at most one interval.  When the store is
+ * unreachable the watcher retries every CP_FEED_POLL_MS; it never runs on an event loop.
+ */
 static void *feed_poller(void *arg)
 {
     struct cp_server *srv = arg;
-    pthread_mutex_lock(&srv->feed_mu);
-    while (!srv->stopping) {
-        pthread_mutex_unlock(&srv->feed_mu);
-        int64_t m = 0;
-        struct meshtls_err e = MESHTLS_ERR_INIT;
-        int rc = feed_max_epoch(srv->db, &m, &e);
+    struct mt_db_conn *c = NULL;
+    for (;;) {
         pthread_mutex_lock(&srv->feed_mu);
-        if (!rc && m > srv->feed_max) {
-            srv->feed_max = m;
-            pthread_cond_broadcast(&srv->feed_cv);
+        int stop = srv->stopping;
+        pthread_mutex_unlock(&srv->feed_mu);
+        if (stop)
+            break;
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        if (!c && (mt_db_acquire(srv->db, &c, &e) != 0 ||
+                   mt_db_listen(c, CP_REVOCATION_CHANNEL, &e) != 0)) {
+            mt_db_release(c); /* NULL is fine */
+            c = NULL;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += CP_FEED_POLL_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
+        int64_t m = 0;
+        if (feed_max_epoch(srv->db, &m, NULL) == 0)
+            feed_advance(srv, m);
+        int rc = c ? mt_db_wait_change(c, CP_FEED_POLL_MS, NULL, 0, &e) : -1;
+        if (rc < 0) {
+            if (c) { /* lost (the database restarted): listen again on a fresh one */
+                mt_db_release(c);
+                c = NULL;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += CP_FEED_POLL_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&srv->feed_mu);
+            if (!srv->stopping)
+                pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until);
+            pthread_mutex_unlock(&srv->feed_mu);
         }
-        if (!srv->stopping)
-            pthread_cond_timedwait(&srv->feed_cv, &srv->feed_mu, &until);
+        /* drain what else arrived, so that one read answers a burst of revocations */
+        for (int i = 0; c && rc == 1 && i < 64 && (rc = mt_db_wait_change(c, 0, NULL, 0, &e)) == 1;
+             i++)
+            ;
+        if (c && rc < 0) {
+            mt_db_release(c);
+            c = NULL;
+        }
     }
-    pthread_mutex_unlock(&srv->feed_mu);
+    mt_db_release(c);
     return NULL;
 }
 
@@ -1779,6 +1818,41 @@ static void lifecycle_run(struct cp_server *srv)
                       MESHTLS_LF_B("rotate_ok", rc == 0), MESHTLS_LF_B("crl_ok", crc == 0));
 }
 
+/*
+ * PostgreSQL: run the worker only while holding a session advisory lock, so that a run
+ * that outlasts its lease (a slow rotation) never overlaps the next server's run; the
+ * lock goes with the session if this server dies.  SQLite: the lease alone (one host).
+ */
+static void lifecycle_locked_run(struct cp_server *srv)
+{
+    if (mt_db_backend(srv->db) != MT_DB_POSTGRES) {
+        lifecycle_run(srv);
+        return;
+    }
+    struct mt_db_conn *c = NULL;
+    struct mt_db_rows *r = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int got = 0, rc = mt_db_acquire(srv->db, &c, &e);
+    /* the key: FNV-1a of "meshtls:ca-lifecycle" */
+    if (!rc &&
+        !(rc = mt_db_query(c, "SELECT pg_try_advisory_lock(3832509412160895794)", NULL, 0, &r, &e)))
+        got = mt_db_row_next(r, &e) == 1 && mt_db_col_int64(r, 0) == 1;
+    mt_db_rows_close(r);
+    r = NULL;
+    if (rc)
+        meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: lock: %s", e.msg);
+    else if (!got)
+        meshtls_log(MESHTLS_LOG_INFO, "ca serve: lifecycle: another server's run is still going; "
+                                      "skipping this one");
+    if (got) {
+        lifecycle_run(srv);
+        if (!mt_db_query(c, "SELECT pg_advisory_unlock(3832509412160895794)", NULL, 0, &r, NULL))
+            mt_db_row_next(r, NULL);
+        mt_db_rows_close(r);
+    }
+    mt_db_release(c);
+}
+
 static void *lifecycle_main(void *arg)
 {
     struct cp_server *srv = arg;
@@ -1804,7 +1878,7 @@ static void *lifecycle_main(void *arg)
             if (cp_lease_take(srv->db, "lifecycle", holder, wms, wms + iv - iv / 10, &won, &e))
                 meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: lease: %s", e.msg);
             else if (won)
-                lifecycle_run(srv);
+                lifecycle_locked_run(srv);
             pthread_mutex_lock(&srv->feed_mu);
             next.tv_sec += (time_t)(iv / 1000);
             next.tv_nsec += (long)(iv % 1000) * 1000000L;
@@ -1853,8 +1927,9 @@ static void w_metrics(struct cp_job *jb)
     struct mt_db_param p[] = {MT_DB_INT64(now)};
     if (!rc &&
         !(rc = mt_db_query(c,
-                           "SELECT COALESCE(SUM(expires_at > $1), 0), "
-                           "COALESCE(SUM(expires_at <= $1), 0) FROM serve_peers",
+                           "SELECT COALESCE(SUM(CASE WHEN expires_at > $1 THEN 1 ELSE 0 END), 0), "
+                           "COALESCE(SUM(CASE WHEN expires_at <= $1 THEN 1 ELSE 0 END), 0) "
+                           "FROM serve_peers",
                            p, 1, &r, &e)) &&
         (row = mt_db_row_next(r, &e)) > 0) {
         alive = mt_db_col_int64(r, 0);

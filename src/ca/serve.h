@@ -79,6 +79,9 @@ int cp_token_new(char *out, size_t cap, struct meshtls_err *err);
  */
 int cp_token_hash(const char *token, char *hex, size_t cap);
 
+/** The channel every revocation is notified on (PostgreSQL LISTEN/NOTIFY; see serve.c). */
+#define CP_REVOCATION_CHANNEL "meshtls_ca_revocations"
+
 /**
  * Open the control plane's tables in the CA store DIR/meshtls.db (must exist) and apply
  * their migrations (table serve_migrations).  @param out caller closes with mt_db_close().

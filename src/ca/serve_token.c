@@ -2,8 +2,9 @@
  * serve_token.c - the control plane's pure checks and its own tables: bootstrap tokens
  * (format, hash, single use) and the CSR-versus-registration match (see serve.h).
  *
- * The tables live in the CA store's file beside the PKI's (their own migrations table,
- * serve_migrations), so every server on one store sees the same tokens and peers.
+ * The tables live in the CA store beside the PKI's (their own migrations table,
+ * serve_migrations), so every server on one store (one SQLite file, or one PostgreSQL
+ * database shared by several hosts) sees the same tokens, peers and revocation epochs.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -81,7 +82,21 @@ static const struct mt_db_migration CP_MIGRATIONS[] = {
      "  last_seen INTEGER NOT NULL,"
      "  expires_at INTEGER NOT NULL);"
      "CREATE INDEX serve_peers_expires ON serve_peers(expires_at);",
-     NULL},
+     "CREATE TABLE serve_tokens ("
+     "  hash TEXT PRIMARY KEY,"
+     "  service TEXT NOT NULL,"
+     "  created_at BIGINT NOT NULL,"
+     "  expires_at BIGINT NOT NULL,"
+     "  used_at BIGINT,"
+     "  used_by TEXT);"
+     "CREATE TABLE serve_peers ("
+     "  spiffe_id TEXT PRIMARY KEY,"
+     "  serial TEXT NOT NULL,"
+     "  address TEXT NOT NULL,"
+     "  registered_at BIGINT NOT NULL,"
+     "  last_seen BIGINT NOT NULL,"
+     "  expires_at BIGINT NOT NULL);"
+     "CREATE INDEX serve_peers_expires ON serve_peers(expires_at);"},
     /* 2: the revocation feed.  Every revocation gets the next epoch in the transaction
      * that revokes (a trigger on the PKI's certificates table, so ca_revoke through the
      * API, another server or the command line all count); rows are never deleted, so
@@ -100,23 +115,85 @@ static const struct mt_db_migration CP_MIGRATIONS[] = {
      "  FOR EACH ROW WHEN NEW.status = 'revoked' AND OLD.status <> 'revoked' "
      "  BEGIN INSERT INTO serve_revocations (serial, service, revoked_at, reason) "
      "  VALUES (NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason); END;",
-     NULL},
+     /* PostgreSQL: several servers revoke at once, so the next epoch comes from a counter
+      * row updated in the revoking transaction: its row lock, held to COMMIT, orders the
+      * revocations, so epochs are gap-free and become visible in their order (a follower
+      * at epoch N never later finds an N-1 it missed).  The CA's write lock (store_db.c)
+      * already orders them; the counter keeps that true on its own. */
+     "CREATE TABLE serve_revocations ("
+     "  epoch BIGINT PRIMARY KEY,"
+     "  serial TEXT NOT NULL,"
+     "  service TEXT NOT NULL,"
+     "  revoked_at BIGINT NOT NULL,"
+     "  reason TEXT);"
+     "INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason) "
+     "  SELECT row_number() OVER (ORDER BY revoked_at, serial), serial, service, "
+     "  COALESCE(revoked_at, 0), reason FROM certificates WHERE status = 'revoked';"
+     "CREATE TABLE serve_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL);"
+     "INSERT INTO serve_epoch (id, value) "
+     "  SELECT 1, COALESCE(MAX(epoch), 0) FROM serve_revocations;"
+     "CREATE FUNCTION serve_revocation_epoch() RETURNS trigger LANGUAGE plpgsql AS $f$"
+     "  DECLARE e BIGINT;"
+     "  BEGIN"
+     "    UPDATE serve_epoch SET value = value + 1 WHERE id = 1 RETURNING value INTO e;"
+     "    INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason)"
+     "      VALUES (e, NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason);"
+     "    RETURN NEW;"
+     "  END $f$;"
+     "CREATE TRIGGER serve_revocation_epoch AFTER UPDATE OF status ON certificates "
+     "  FOR EACH ROW WHEN (NEW.status = 'revoked' AND OLD.status <> 'revoked') "
+     "  EXECUTE FUNCTION serve_revocation_epoch();"},
     /* 3: leases, so that of several servers on one store one runs the lifecycle worker
      * per interval */
     {3,
      "CREATE TABLE serve_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
      "  until_ms INTEGER NOT NULL);"
      "INSERT INTO serve_leases (name, holder, until_ms) VALUES ('lifecycle', '', 0);",
-     NULL},
+     "CREATE TABLE serve_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+     "  until_ms BIGINT NOT NULL);"
+     "INSERT INTO serve_leases (name, holder, until_ms) VALUES ('lifecycle', '', 0);"},
+    /* 4: cross-server change notification.  PostgreSQL: the revoking transaction also
+     * notifies channel CP_REVOCATION_CHANNEL with the new epoch, delivered to every server
+     * at COMMIT (serve.c's feed watcher LISTENs), whoever revoked: a server, `meshtls ca
+     * revoke` on any host.  SQLite needs nothing: a listener sees the file's data_version
+     * move (src/db), so its statement is a no-op. */
+    {4, "SELECT 1;",
+     "CREATE OR REPLACE FUNCTION serve_revocation_epoch() RETURNS trigger LANGUAGE plpgsql "
+     "AS $f$"
+     "  DECLARE e BIGINT;"
+     "  BEGIN"
+     "    UPDATE serve_epoch SET value = value + 1 WHERE id = 1 RETURNING value INTO e;"
+     "    INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason)"
+     "      VALUES (e, NEW.serial, NEW.service, COALESCE(NEW.revoked_at, 0), NEW.reason);"
+     "    PERFORM pg_notify('" CP_REVOCATION_CHANNEL "', e::text);"
+     "    RETURN NEW;"
+     "  END $f$;"},
 };
 
 int cp_db_open(const char *dir, struct mt_db **out, struct meshtls_err *err)
 {
     char url[4200];
-    snprintf(url, sizeof(url), "sqlite:%s/meshtls.db", dir);
-    struct mt_db_opts o = {.must_exist = 1, .pool_size = 8, .busy_timeout_ms = 5000};
+    int rc = ca_store_locate(dir, url, sizeof(url), err);
+    if (rc)
+        return rc;
+    /* PostgreSQL: bounded waits, so that a database that is down or stuck makes a request
+     * fail (503) within seconds instead of holding a pool thread */
+    struct mt_db_opts o = {.must_exist = 1,
+                           .pool_size = 8,
+                           .busy_timeout_ms = 5000,
+                           .connect_timeout_s = 2,
+                           .statement_timeout_ms = 5000};
     struct mt_db *db = NULL;
-    int rc = mt_db_open(url, &o, &db, err);
+    struct ca_store *st = NULL;
+    /* A database: the CA's own tables first (made by ca init, migrated here), so that a
+     * database without a CA says so rather than failing in our migrations. */
+    if (strncmp(url, "sqlite:", 7) != 0 && (rc = ca_store_open(dir, 0, &st, err)) != 0) {
+        OPENSSL_cleanse(url, sizeof(url));
+        return rc;
+    }
+    ca_store_close(st);
+    rc = mt_db_open(url, &o, &db, err);
+    OPENSSL_cleanse(url, sizeof(url));
     if (rc == MESHTLS_ENOENT)
         return meshtls_err_set(err, rc,
                                "%s/meshtls.db does not exist: create the CA first (meshtls ca "

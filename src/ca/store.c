@@ -1,30 +1,174 @@
 /*
- * store.c - backend-independent part of the CA store (see store.h): picks
- * the backend from the store URL, dispatches through its ops table, frees
- * the row structs.
+ * store.c - backend-independent part of the CA store (see store.h): finds
+ * a directory's store (DIR/store.url or DIR/meshtls.db), picks the backend
+ * from the store URL, dispatches through its ops table, frees the row
+ * structs.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include "db.h"
 #include "store.h"
 
-int ca_store_open(const char *store, int create, struct ca_store **out, struct meshtls_err *err)
+/* Read DIR/store.url into url: its first line that is neither empty nor a # comment. */
+static int read_url_file(const char *path, char *url, size_t cap, struct meshtls_err *err)
 {
-    /* A plain directory (today's --dir) is sqlite:DIR/meshtls.db; anything with a
-     * scheme is a database URL. */
-    if (strncmp(store, "sqlite:", 7) && !strstr(store, "://"))
-        return ca_store_sqlite_open(store, create, out, err);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return meshtls_err_set(err, MESHTLS_EIO, "cannot read %s: %s", path,
+                               fd >= 0 ? "not a regular file" : strerror(e));
+    }
+    char buf[4200];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n < 0 || (size_t)n >= sizeof(buf) - 1) {
+        OPENSSL_cleanse(buf, sizeof(buf));
+        return meshtls_err_set(err, MESHTLS_EINVAL, "%s: %s", path,
+                               n < 0 ? strerror(errno) : "too long (one URL, under 4 KiB)");
+    }
+    buf[n] = '\0';
+    url[0] = '\0';
+    for (char *line = buf, *next; line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        while (*line == ' ' || *line == '\t')
+            line++;
+        size_t l = strlen(line);
+        while (l && (line[l - 1] == ' ' || line[l - 1] == '\t' || line[l - 1] == '\r'))
+            line[--l] = '\0';
+        if (l && line[0] != '#') {
+            snprintf(url, cap, "%s", line);
+            break;
+        }
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+    if (!url[0])
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "%s names no store: write one URL in it (postgres://USER@HOST/DB; "
+                               "the password in ~/.pgpass or PGPASSWORD)",
+                               path);
     struct mt_db_url u;
-    int rc = mt_db_url_parse(store, &u, err);
+    int rc = mt_db_url_parse(url, &u, err);
+    if (rc) {
+        char m[MESHTLS_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err ? err->msg : "");
+        OPENSSL_cleanse(url, cap);
+        return meshtls_err_set(err, rc, "%s: %s", path, m);
+    }
+    /* a password in a file others can read is a password given away: fail closed */
+    if (u.has_password && (st.st_mode & 077)) {
+        OPENSSL_cleanse(url, cap);
+        return meshtls_err_set(err, MESHTLS_EDENIED,
+                               "%s holds a database password and others may read it (mode %03o): "
+                               "chmod 600 it, or better keep the password in ~/.pgpass or "
+                               "PGPASSWORD and write the URL without it",
+                               path, (unsigned)(st.st_mode & 0777));
+    }
+    return 0;
+}
+
+/* ca_store_use(): one directory (its realpath) and the URL it keeps its data in */
+static char use_dir[4096], use_url[4200];
+
+int ca_store_use(const char *dir, const char *url, struct meshtls_err *err)
+{
+    OPENSSL_cleanse(use_url, sizeof(use_url));
+    use_dir[0] = use_url[0] = '\0';
+    if (!url)
+        return 0;
+    struct mt_db_url u;
+    int rc = mt_db_url_parse(url, &u, err);
     if (rc)
         return rc;
-    if (u.backend == MT_DB_SQLITE)
-        return ca_store_sqlite_open_file(u.path, create, out, err);
-    return meshtls_err_set(err, MESHTLS_EINVAL,
-                           "store %s: the CA store on PostgreSQL is not yet supported (it comes "
-                           "with the control plane); use a directory or sqlite:PATH",
-                           u.redacted);
+    if (!realpath(dir, use_dir))
+        return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory %s: %s", dir, strerror(errno));
+    if ((size_t)snprintf(use_url, sizeof(use_url), "%s", url) >= sizeof(use_url)) {
+        OPENSSL_cleanse(use_url, sizeof(use_url));
+        use_dir[0] = use_url[0] = '\0';
+        return meshtls_err_set(err, MESHTLS_EINVAL, "store URL too long");
+    }
+    return 0;
+}
+
+int ca_store_locate(const char *store, char *url, size_t cap, struct meshtls_err *err)
+{
+    /* anything with a scheme is a database URL */
+    if (!strncmp(store, "sqlite:", 7) || strstr(store, "://")) {
+        if ((size_t)snprintf(url, cap, "%s", store) >= cap)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "store URL too long");
+        return 0;
+    }
+    char f[4200], db[4200];
+    if (use_dir[0] && realpath(store, f) && !strcmp(f, use_dir)) {
+        if ((size_t)snprintf(url, cap, "%s", use_url) >= cap)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "store URL too long");
+        return 0;
+    }
+    if ((size_t)snprintf(f, sizeof(f), "%s/" CA_STORE_URL_FILE, store) >= sizeof(f) ||
+        (size_t)snprintf(db, sizeof(db), "%s/meshtls.db", store) >= sizeof(db))
+        return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory path too long: %.64s...", store);
+    if (access(f, F_OK) != 0) {
+        if ((size_t)snprintf(url, cap, "sqlite:%s", db) >= cap)
+            return meshtls_err_set(err, MESHTLS_EINVAL, "CA directory path too long");
+        return 0;
+    }
+    if (access(db, F_OK) == 0)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "%s has both %s and meshtls.db: which store is the CA's? Remove "
+                               "the one that is not (a CA on PostgreSQL keeps only its key files "
+                               "in the directory)",
+                               store, CA_STORE_URL_FILE);
+    return read_url_file(f, url, cap, err);
+}
+
+int ca_store_open(const char *store, int create, struct ca_store **out, struct meshtls_err *err)
+{
+    /* A plain directory is its store.url or DIR/meshtls.db (the historic layout, opened
+     * with the hints that name the directory). */
+    int is_dir = strncmp(store, "sqlite:", 7) && !strstr(store, "://");
+    char url[4200];
+    int rc = ca_store_locate(store, url, sizeof(url), err);
+    if (rc)
+        return rc;
+    struct mt_db_url u;
+    char dbfile[4200];
+    snprintf(dbfile, sizeof(dbfile), "sqlite:%s/meshtls.db", store);
+    if (is_dir && !strcmp(url, dbfile)) /* today's DIR/meshtls.db, with its hints */
+        return ca_store_sqlite_open(store, create, out, err);
+    if ((rc = mt_db_url_parse(url, &u, err)) == 0)
+        rc = u.backend == MT_DB_SQLITE
+                 ? ca_store_sqlite_open_file(u.path, create, out, err)
+                 : ca_store_pg_open(url, is_dir ? store : NULL, create, out, err);
+    OPENSSL_cleanse(url, sizeof(url));
+    return rc;
+}
+
+void ca_store_meta_key(int shared, const char *key, char *out, size_t cap)
+{
+    /* keys whose value is a path on one host */
+    static const char *const local[] = {"crl_out"};
+    char host[256] = "";
+    for (size_t i = 0; shared && i < sizeof(local) / sizeof(local[0]); i++)
+        if (!strcmp(key, local[i])) {
+            if (gethostname(host, sizeof(host) - 1) != 0 || !host[0])
+                snprintf(host, sizeof(host), "localhost");
+            snprintf(out, cap, "%.63s@%.250s", key, host);
+            return;
+        }
+    snprintf(out, cap, "%s", key);
 }
 
 void ca_store_close(struct ca_store *s)

@@ -3,18 +3,22 @@
  * log, behind an ops table so that a second backend (PostgreSQL, for several
  * CA servers sharing state) can be added without touching src/ca/pki.c.
  *
- * Today there is one backend, SQLite (store_sqlite.c): one file,
- * DIR/meshtls.db, numbered migrations, parameterized SQL only, through the
- * database layer (src/db/db.h).  A store is named by a directory (as
- * --dir: DIR/meshtls.db) or a URL: sqlite:PATH; postgres://... is refused
- * as not yet supported until the control plane brings the CA's PostgreSQL
- * schema.
+ * One implementation (store_db.c) on the database layer (src/db/db.h) for
+ * both backends: SQLite, one file (DIR/meshtls.db), and PostgreSQL, one
+ * database shared by several CA servers and commands (docs/CONTROL-PLANE.md).
+ * Numbered migrations, parameterized SQL only.  A store is named by a
+ * directory or a URL (sqlite:PATH, postgres://...).  A directory's store is
+ * the URL in DIR/store.url if that file exists (the CA's key files stay in
+ * DIR on every host; the data is in the database it names), else
+ * DIR/meshtls.db.
  *
  * Rules every backend follows:
  *   - every change runs between begin() and commit(); begin() takes the
- *     write lock at once (SQLite: BEGIN IMMEDIATE), so two CA commands never
- *     interleave; a lock that is not released within ~2 s is MESHTLS_ESTORE
- *     "store ... is locked by another process (...)";
+ *     write lock at once (SQLite: BEGIN IMMEDIATE; PostgreSQL: one advisory
+ *     lock for the whole CA, held to the end of the transaction), so two CA
+ *     commands or servers never interleave; a lock that is not released
+ *     within ~2 s (SQLite) or 5 s (PostgreSQL) is MESHTLS_ESTORE "store ...
+ *     is locked by another process (...)";
  *   - a missing store is MESHTLS_ENOENT, an unreadable or corrupt one
  *     MESHTLS_ESTORE, both naming the file;
  *   - strings passed in are borrowed for the duration of the call; strings
@@ -61,7 +65,7 @@ struct ca_store;
  * ca_store_* wrapper of the same name below.
  */
 struct ca_store_ops {
-    const char *name; /* "sqlite" */
+    const char *name; /* "db" */
     void (*close)(struct ca_store *s);
     int (*begin)(struct ca_store *s, struct meshtls_err *err);
     int (*commit)(struct ca_store *s, struct meshtls_err *err);
@@ -99,18 +103,59 @@ struct ca_store {
     char path[4096]; /* what messages name: a file, or a database URL without password */
 };
 
+/** The file of a CA directory that names its store by URL (one line; see ca_store_locate). */
+#define CA_STORE_URL_FILE "store.url"
+
 /**
- * Open the CA store `store` (borrowed): a CA directory (the store is
- * DIR/meshtls.db, as today) or a store URL (sqlite:PATH; a postgres:// URL
- * is MESHTLS_EINVAL "not yet supported", named without its password).
- * `create` makes it (and applies the migrations); otherwise it must exist.
- * An existing store is migrated to the current schema; a store newer than
- * this meshtls is refused.
+ * Open the CA store `store` (borrowed): a CA directory (its store is the URL
+ * in DIR/store.url, else DIR/meshtls.db) or a store URL (sqlite:PATH,
+ * postgres://...; messages name it without its password).  `create` makes
+ * it (and applies the migrations; a database that already holds a CA is
+ * MESHTLS_EEXIST); otherwise it must exist (MESHTLS_ENOENT).  An existing
+ * store is migrated to the current schema; a store newer than this meshtls
+ * is refused.
  * @param out on success, a new store the caller closes with ca_store_close().
  */
 int ca_store_open(const char *store, int create, struct ca_store **out, struct meshtls_err *err);
 
-/** The SQLite backend: DIR/meshtls.db.  Same contract as ca_store_open(). */
+/**
+ * The URL of the store `store` names (a directory or a URL, borrowed) into
+ * `url` (cap bytes): a URL as is; a directory: the URL given to ca_store_use()
+ * for it, else the first line of DIR/store.url if it exists, else
+ * sqlite:DIR/meshtls.db.  Refused
+ * (MESHTLS_EINVAL / MESHTLS_EDENIED, naming the file): DIR/store.url beside a
+ * DIR/meshtls.db (which store is meant?), an empty or unreadable one, and one
+ * whose URL carries a password while others may read the file (put the
+ * password in ~/.pgpass or PGPASSWORD, or chmod 600 it).  The URL may hold a
+ * password: the caller wipes `url` after use (OPENSSL_cleanse).
+ */
+int ca_store_locate(const char *store, char *url, size_t cap, struct meshtls_err *err);
+
+/**
+ * For the rest of this process, the CA directory `dir` keeps its data in the store `url`
+ * (both borrowed, copied): what a --store URL flag beside --dir means, without writing
+ * DIR/store.url.  ca_store_locate(), and so ca_store_open() and every ca_* function given
+ * that directory (the same directory however spelled: compared by realpath), use `url`.
+ * One directory at a time (a later call replaces it); `url` NULL forgets it.  Call it
+ * before starting threads.  @return 0, or MESHTLS_EINVAL for a bad URL or directory.
+ */
+int ca_store_use(const char *dir, const char *url, struct meshtls_err *err);
+
+/** The PostgreSQL backend at `url`; `dir` (may be NULL) for hints.  As ca_store_open(). */
+int ca_store_pg_open(const char *url, const char *dir, int create, struct ca_store **out,
+                     struct meshtls_err *err);
+
+#define CA_META_KEY_MAX 320
+/**
+ * The stored name of the metadata `key` into `out` (cap bytes, at least
+ * CA_META_KEY_MAX).  In a store `shared` by several hosts (PostgreSQL), keys
+ * whose value is a path on one host (crl_out: where this host publishes the
+ * CRL) are kept per host, as KEY@HOSTNAME; every other key, and every key of
+ * a SQLite store, is itself.
+ */
+void ca_store_meta_key(int shared, const char *key, char *out, size_t cap);
+
+/** The SQLite store DIR/meshtls.db (whatever DIR/store.url says).  As ca_store_open(). */
 int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
                          struct meshtls_err *err);
 

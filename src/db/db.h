@@ -52,6 +52,10 @@ struct mt_db_opts {
     int connect_timeout_s; /**< PostgreSQL: unless the URL or PGCONNECT_TIMEOUT says (default 10) */
     int tx_attempts;       /**< mt_db_tx(): attempts before giving up (default 5) */
     int must_exist;        /**< SQLite: a missing file is MESHTLS_ENOENT, not created */
+    /** PostgreSQL: the server cancels a statement running longer (SET statement_timeout for
+     *  the session, at connect), so a stuck lock or server never holds a thread for long;
+     *  0: the server's setting.  The URL's own options=-c statement_timeout=... wins. */
+    int statement_timeout_ms;
 };
 
 struct mt_db;      /* the shared handle: thread-safe */

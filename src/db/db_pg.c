@@ -98,13 +98,19 @@ static int pg_connect(struct mt_db *db, struct mt_db_conn **out, struct meshtls_
         return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
     q->base.db = db;
     /* Ours first: the URL's own values (expanded from dbname) override them. */
-    const char *kw[4], *val[4];
-    char timeout[16];
+    const char *kw[5], *val[5];
+    char timeout[16], options[48];
     int k = 0;
     if (!getenv("PGCONNECT_TIMEOUT")) {
         snprintf(timeout, sizeof(timeout), "%d", db->opts.connect_timeout_s);
         kw[k] = "connect_timeout";
         val[k++] = timeout;
+    }
+    if (db->opts.statement_timeout_ms > 0) {
+        snprintf(options, sizeof(options), "-c statement_timeout=%d",
+                 db->opts.statement_timeout_ms);
+        kw[k] = "options";
+        val[k++] = options;
     }
     kw[k] = "fallback_application_name";
     val[k++] = "meshtls";
@@ -130,6 +136,15 @@ static int pg_connect(struct mt_db *db, struct mt_db_conn **out, struct meshtls_
 static int pg_revive(struct mt_db_conn *c, struct meshtls_err *err)
 {
     struct pg_conn *q = PG(c);
+    /* A server that ended the session while the connection sat idle in the pool (it was
+     * restarted, pg_terminate_backend) left its goodbye and then EOF on the socket: read
+     * them now (without blocking), so that the connection is reset here rather than
+     * failing the caller's first statement after the database came back. */
+    struct pollfd pfd = {.fd = PQsocket(q->h), .events = POLLIN};
+    for (int i = 0; i < 4 && PQstatus(q->h) == CONNECTION_OK && pfd.fd >= 0 &&
+                    poll(&pfd, 1, 0) == 1 && PQconsumeInput(q->h);
+         i++)
+        ;
     if (PQstatus(q->h) == CONNECTION_OK)
         return 0;
     cache_clear(q); /* prepared statements died with the session */

@@ -178,7 +178,22 @@ class Postgres:
         except OSError:
             return ""
 
+    def halt(self):
+        """Stop the server (fast shutdown) but keep its data: start() brings it back."""
+        self._stop_proc()
+
+    def start(self):
+        """Start a halted server again on its data directory (and port, if still free)."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._launch()
+
     def stop(self):
+        self._stop_proc()
+        if self._logf:
+            self._logf.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _stop_proc(self):
         if self.proc is not None and self.proc.poll() is None:
             pid = self.postmaster_pid()
             if pid:
@@ -197,9 +212,6 @@ class Postgres:
                         os.kill(pid, signal.SIGKILL)
                     self.proc.kill()
                     self.proc.wait(timeout=10)
-        if self._logf:
-            self._logf.close()
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 class PasswordPostgres(Postgres):

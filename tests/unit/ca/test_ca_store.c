@@ -1,9 +1,15 @@
 /*
  * test_ca_store.c - the CA store (src/ca/store*.c) on SQLite: migrations,
  * services, certificates (unique serials, status changes, listing), audit,
- * and the errors a bad or busy store gives.
+ * and the errors a bad or busy store gives.  With MESHTLS_TEST_PG_URL set
+ * (tests/integration/test_ca_pg.py does, on a real server whose database it
+ * may empty), the backend-independent tests run on PostgreSQL instead, plus
+ * its own: a database without a CA, a second CA refused, and the CA-wide
+ * write lock (a second writer waits for the first, then sees its rows; gives
+ * up after 5 s naming the database).
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,16 +19,37 @@
 #include <sqlite3.h>
 
 #include "check.h"
+#include "db.h"
 #include "store.h"
 
 static char tmpl[] = "/tmp/meshtls-store-XXXXXX";
 static const char *dir;
+static const char *pg_url; /* MESHTLS_TEST_PG_URL: the tests run on PostgreSQL */
 
+/* What the tests open: the directory's SQLite store, or the PostgreSQL database. */
+static const char *store(void)
+{
+    return pg_url ? pg_url : dir;
+}
+
+/* No store: the SQLite file removed, or every table of the database dropped. */
 static void rm_db(void)
 {
-    char p[4200];
-    snprintf(p, sizeof(p), "%s/meshtls.db", dir);
-    unlink(p);
+    if (!pg_url) {
+        char p[4200];
+        snprintf(p, sizeof(p), "%s/meshtls.db", dir);
+        unlink(p);
+        return;
+    }
+    struct mt_db *db = NULL;
+    struct mt_db_conn *c = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    if (mt_db_open(pg_url, NULL, &db, &err) || mt_db_acquire(db, &c, &err) ||
+        mt_db_exec(c, "DROP SCHEMA IF EXISTS public CASCADE", NULL, 0, NULL, &err) ||
+        mt_db_exec(c, "CREATE SCHEMA public", NULL, 0, NULL, &err))
+        fprintf(stderr, "emptying the database: %s\n", err.msg);
+    mt_db_release(c);
+    mt_db_close(db);
 }
 
 /* A fresh store with one service "api". */
@@ -31,7 +58,7 @@ static struct ca_store *fresh(void)
     struct ca_store *s = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     rm_db();
-    if (ca_store_open(dir, 1, &s, &err) != 0) {
+    if (ca_store_open(store(), 1, &s, &err) != 0) {
         fprintf(stderr, "open: %s\n", err.msg);
         return NULL;
     }
@@ -269,11 +296,97 @@ TEST(locked_store_names_file)
     sqlite3_close(holder);
 }
 
+/* ---- PostgreSQL only ---- */
+
+TEST(pg_no_ca_and_second_ca)
+{
+    struct ca_store *s = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    rm_db();
+    CHECK_INT_EQ(ca_store_open(pg_url, 0, &s, &err), MESHTLS_ENOENT);
+    CHECK(strstr(err.msg, "no CA in database") != NULL && strstr(err.msg, "ca init") != NULL);
+    s = fresh();
+    CHECK_INT_EQ(ca_store_meta_set(s, "trust_domain", "example.org", &err), 0);
+    ca_store_close(s);
+    s = NULL;
+    CHECK_INT_EQ(ca_store_open(pg_url, 1, &s, &err), MESHTLS_EEXIST);
+    CHECK(strstr(err.msg, "already holds a CA (trust domain example.org)") != NULL);
+    CHECK(strstr(err.msg, "intermediate.key") != NULL);
+    CHECK(s == NULL);
+}
+
+struct second_writer {
+    volatile int first_committed; /* set by the first writer just before its COMMIT */
+    int saw_first_committed, begin_rc, found;
+};
+
+static void *second_writer(void *arg)
+{
+    struct second_writer *w = arg;
+    struct ca_store *s = NULL;
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    if (ca_store_open(pg_url, 0, &s, &err) != 0) {
+        w->begin_rc = -1000;
+        return NULL;
+    }
+    w->begin_rc = ca_store_begin(s, &err); /* waits for the first writer's COMMIT */
+    w->saw_first_committed = w->first_committed;
+    struct ca_cert got = {0};
+    w->found = ca_store_cert_get(s, "0a1", &got, &err) == 0; /* its row, at READ COMMITTED */
+    ca_cert_clear(&got);
+    ca_store_rollback(s);
+    ca_store_close(s);
+    return NULL;
+}
+
+TEST(pg_write_lock_orders_writers_across_connections)
+{
+    struct ca_store *s = fresh();
+    struct meshtls_err err = MESHTLS_ERR_INIT;
+    struct ca_cert a = row("0a1", "active", 5000);
+    struct second_writer w = {0};
+    pthread_t t;
+    CHECK_INT_EQ(ca_store_begin(s, &err), 0);
+    CHECK_INT_EQ(ca_store_cert_insert(s, &a, &err), 0);
+    CHECK(pthread_create(&t, NULL, second_writer, &w) == 0);
+    usleep(300 * 1000); /* the second writer is waiting for the lock by now (if not, it
+                         * still cannot pass it before the commit below) */
+    w.first_committed = 1;
+    CHECK_INT_EQ(ca_store_commit(s, &err), 0);
+    pthread_join(t, NULL);
+    CHECK_INT_EQ(w.begin_rc, 0);
+    CHECK_INT_EQ(w.saw_first_committed, 1);
+    CHECK_INT_EQ(w.found, 1);
+    /* a writer that keeps the lock: the other gives up after 5 s, saying so */
+    struct ca_store *s2 = NULL;
+    CHECK_INT_EQ(ca_store_begin(s, &err), 0);
+    CHECK_INT_EQ(ca_store_open(pg_url, 0, &s2, &err), 0);
+    CHECK_INT_EQ(ca_store_begin(s2, &err), MESHTLS_ESTORE);
+    CHECK(strstr(err.msg, "locked by another process") != NULL);
+    CHECK(strstr(err.msg, "postgres") != NULL);
+    ca_store_close(s2);
+    ca_store_rollback(s);
+    ca_store_close(s);
+}
+
 int main(void)
 {
     dir = mkdtemp(tmpl);
     if (!dir)
         return 1;
+    pg_url = getenv("MESHTLS_TEST_PG_URL");
+    if (pg_url && *pg_url) {
+        RUN(meta_roundtrip);
+        RUN(services);
+        RUN(certificates_and_unique_serials);
+        RUN(rollback_undoes_everything);
+        RUN(pg_no_ca_and_second_ca);
+        RUN(pg_write_lock_orders_writers_across_connections);
+        rm_db();
+        rmdir(dir);
+        return check_summary();
+    }
+    pg_url = NULL;
     RUN(open_missing_says_init);
     RUN(migrations_recorded_and_idempotent);
     RUN(garbage_and_directory_refused);

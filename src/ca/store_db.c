@@ -1,14 +1,26 @@
 /*
- * store_sqlite.c - the SQLite backend of the CA store (see store.h), on the
- * database layer (src/db/db.h).
+ * store_db.c - the CA store (see store.h) on the database layer (src/db/db.h):
+ * one implementation for SQLite and PostgreSQL, with per-backend SQL only where
+ * the two differ (the migrations' types, row order, the write lock).
  *
- * The file format is that of every meshtls.db made so far: the same tables,
- * and schema_migrations (version, applied_at) recording what is applied, so
- * opening an older store upgrades it and opening a newer one is refused
- * (tests/unit/ca/test_ca_store_compat.c opens a store captured from the code
- * before src/db).  The busy timeout is short (2 s): a CA command that finds
- * the store locked by another process says so rather than hanging.  The
- * store keeps one connection for its whole life: a CA command is one thread.
+ * SQLite: the file format is that of every meshtls.db made so far: the same
+ * tables, and schema_migrations (version, applied_at) recording what is
+ * applied, so opening an older store upgrades it and opening a newer one is
+ * refused (tests/unit/ca/test_ca_store_compat.c opens a store captured from
+ * the code before src/db).  The busy timeout is short (2 s): a CA command that
+ * finds the store locked by another process says so rather than hanging.
+ *
+ * PostgreSQL: the same tables (BIGINT times, a BIGSERIAL insertion order for
+ * certificates where SQLite has its rowid), shared by every CA server and
+ * command pointed at the database.  begin() is SQLite's BEGIN IMMEDIATE made
+ * portable: READ COMMITTED plus one transaction-scoped advisory lock, so CA
+ * writes from every host run one after another (serials, CRL numbers and
+ * revocation epochs are allocated under it) and never fail with a
+ * serialization error that pki.c would have to retry.  Waits are bounded: the
+ * lock 5 s (then "locked by another process"), a statement 10 s, a connection
+ * 3 s.
+ *
+ * The store keeps one connection for its whole life: a CA command is one thread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,9 +39,15 @@ struct sq_store {
     struct ca_store base;
     struct mt_db *db;     /* owned */
     struct mt_db_conn *c; /* acquired from db for the store's life */
+    int pg;               /* PostgreSQL (else SQLite) */
 };
 
 #define CONN(s) (((struct sq_store *)(s))->c)
+#define IS_PG(s) (((struct sq_store *)(s))->pg)
+
+/* The key of the CA-wide write lock on PostgreSQL (pg_advisory_xact_lock): FNV-1a of
+ * "meshtls:ca-store-write", so that it does not collide with the migrations' locks. */
+#define PG_WRITE_LOCK "3517158005470668401"
 
 static const struct ca_store_ops SQ_OPS;
 static int sq_service_get(struct ca_store *s, const char *name, struct ca_service *out,
@@ -37,7 +55,7 @@ static int sq_service_get(struct ca_store *s, const char *name, struct ca_servic
 static void sq_close(struct ca_store *s);
 
 static const struct mt_db_migration MIGRATIONS[] = {
-    /* 1: the initial schema.  No PostgreSQL version yet: the control-plane issue adds it. */
+    /* 1: the initial schema */
     {1,
      "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
      "CREATE TABLE services ("
@@ -69,10 +87,44 @@ static const struct mt_db_migration MIGRATIONS[] = {
      "  service TEXT,"
      "  serial TEXT,"
      "  detail TEXT);",
-     NULL},
+     /* PostgreSQL: the same, with 64-bit times and `seq`, the insertion order that
+      * SQLite's rowid gives (cert_list lists oldest first; pki.c takes the last) */
+     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+     "CREATE TABLE services ("
+     "  name TEXT PRIMARY KEY,"
+     "  spiffe_id TEXT NOT NULL UNIQUE,"
+     "  dns TEXT NOT NULL DEFAULT '',"
+     "  ips TEXT NOT NULL DEFAULT '',"
+     "  created_at BIGINT NOT NULL,"
+     "  updated_at BIGINT NOT NULL);"
+     "CREATE TABLE certificates ("
+     "  seq BIGSERIAL UNIQUE,"
+     "  serial TEXT PRIMARY KEY,"
+     "  service TEXT NOT NULL REFERENCES services(name),"
+     "  not_before BIGINT NOT NULL,"
+     "  not_after BIGINT NOT NULL,"
+     "  status TEXT NOT NULL CHECK (status IN ('active','superseded','revoked')),"
+     "  out_dir TEXT,"
+     "  cert_pem TEXT NOT NULL,"
+     "  pubkey_pem TEXT NOT NULL,"
+     "  key_held INTEGER NOT NULL,"
+     "  issued_at BIGINT NOT NULL,"
+     "  revoked_at BIGINT,"
+     "  reason TEXT,"
+     "  replaced_by TEXT);"
+     "CREATE INDEX certificates_service ON certificates(service, status);"
+     "CREATE INDEX certificates_status ON certificates(status);"
+     "CREATE TABLE audit ("
+     "  id BIGSERIAL PRIMARY KEY,"
+     "  at BIGINT NOT NULL,"
+     "  action TEXT NOT NULL,"
+     "  service TEXT,"
+     "  serial TEXT,"
+     "  detail TEXT);"},
     /* 2: `ca unregister` (issue 9).  A service row stays while certificates name it
      * (revoked ones must stay in the CRL until they expire), so unregistering marks it. */
-    {2, "ALTER TABLE services ADD COLUMN unregistered_at INTEGER;", NULL},
+    {2, "ALTER TABLE services ADD COLUMN unregistered_at INTEGER;",
+     "ALTER TABLE services ADD COLUMN unregistered_at BIGINT;"},
 };
 #define N_MIGRATIONS (sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0]))
 
@@ -172,6 +224,74 @@ fail:
     return rc;
 }
 
+/* Whether the CA's tables exist in the database (PostgreSQL), into *out. */
+static int pg_has_tables(struct ca_store *s, int *out, struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    int rc = mt_db_query(CONN(s), "SELECT to_regclass('meta') IS NOT NULL", NULL, 0, &r, err);
+    if (rc)
+        return db_err(s, rc, err, "looking for the CA's tables");
+    int n = mt_db_row_next(r, err);
+    *out = n == 1 && mt_db_col_int64(r, 0) == 1;
+    mt_db_rows_close(r);
+    return n < 0 ? db_err(s, n, err, "looking for the CA's tables") : 0;
+}
+
+int ca_store_pg_open(const char *url, const char *dir, int create, struct ca_store **out,
+                     struct meshtls_err *err)
+{
+    struct mt_db_url u;
+    int rc = mt_db_url_parse(url, &u, err);
+    if (rc)
+        return rc;
+    struct sq_store *q = calloc(1, sizeof(*q));
+    if (!q)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory");
+    struct ca_store *s = &q->base;
+    s->ops = &SQ_OPS;
+    q->pg = 1;
+    snprintf(s->path, sizeof(s->path), "%s", u.redacted);
+    /* bounded waits: a database that is down or stuck is an error within seconds (the
+     * control plane answers 503), never a hung command or server thread */
+    struct mt_db_opts o = {.pool_size = 1, .connect_timeout_s = 3, .statement_timeout_ms = 10000};
+    int exists = 0;
+    char *td = NULL;
+    if ((rc = mt_db_open(url, &o, &q->db, err)) || (rc = mt_db_acquire(q->db, &q->c, err)) ||
+        (rc = pg_has_tables(s, &exists, err)))
+        goto fail;
+    if (!exists && !create) {
+        rc = meshtls_err_set(err, MESHTLS_ENOENT,
+                             "no CA in database %s (no CA tables): create it with 'meshtls ca "
+                             "init --dir %s --trust-domain TD' (with the store named in "
+                             "%s/" CA_STORE_URL_FILE "), or check the URL",
+                             s->path, dir ? dir : "DIR", dir ? dir : "DIR");
+        goto fail;
+    }
+    if ((rc = mt_db_migrate_conn(q->c, "schema_migrations", MIGRATIONS, N_MIGRATIONS, NULL, err))) {
+        rc = db_err(s, rc, err, "applying migrations");
+        goto fail;
+    }
+    if (create && (rc = s->ops->meta_find(s, "trust_domain", &td, err)) == 0 && td) {
+        /* another host made this CA: its key files are what this host needs */
+        rc = meshtls_err_set(
+            err, MESHTLS_EEXIST,
+            "database %s already holds a CA (trust domain %s): refusing to "
+            "create another; to serve it from this host too, copy root.crt, root.crl, "
+            "intermediate.crt, intermediate.key (0600) and ca.crt from the "
+            "first host's CA directory",
+            s->path, td);
+        free(td);
+        goto fail;
+    }
+    if (rc)
+        goto fail;
+    *out = s;
+    return 0;
+fail:
+    sq_close(s);
+    return rc;
+}
+
 int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
                          struct meshtls_err *err)
 {
@@ -200,7 +320,26 @@ static void sq_close(struct ca_store *s)
 static int sq_begin(struct ca_store *s, struct meshtls_err *err)
 {
     int rc = mt_db_begin(CONN(s), err);
-    return rc ? db_err(s, rc, err, "BEGIN IMMEDIATE") : 0;
+    if (rc)
+        return db_err(s, rc, err, "BEGIN IMMEDIATE");
+    if (!IS_PG(s))
+        return 0;
+    /* PostgreSQL: the CA-wide write lock, as SQLite's BEGIN IMMEDIATE takes the file's.
+     * READ COMMITTED (set before the first query, so allowed after BEGIN ... SERIALIZABLE):
+     * under the lock every statement sees the previous writer's committed rows. */
+    struct mt_db_rows *r = NULL;
+    if ((rc = mt_db_exec(CONN(s), "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", NULL, 0, NULL,
+                         err)) ||
+        (rc = mt_db_exec(CONN(s), "SET LOCAL lock_timeout = '5s'", NULL, 0, NULL, err)) ||
+        (rc = mt_db_query(CONN(s), "SELECT pg_advisory_xact_lock(" PG_WRITE_LOCK ")", NULL, 0, &r,
+                          err)) ||
+        (rc = mt_db_row_next(r, err) < 0 ? MESHTLS_ESTORE : 0)) {
+        mt_db_rows_close(r);
+        mt_db_rollback(CONN(s));
+        return db_err(s, rc, err, "taking the CA's write lock");
+    }
+    mt_db_rows_close(r);
+    return 0;
 }
 
 static int sq_commit(struct ca_store *s, struct meshtls_err *err)
@@ -223,7 +362,9 @@ static char *col_dup(struct mt_db_rows *r, int i)
 static int sq_meta_get(struct ca_store *s, const char *key, char **out, struct meshtls_err *err)
 {
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    char k[CA_META_KEY_MAX];
+    ca_store_meta_key(IS_PG(s), key, k, sizeof(k));
+    struct mt_db_param p[] = {MT_DB_TEXT(k)};
     int rc = mt_db_query(CONN(s), "SELECT value FROM meta WHERE key = $1", p, 1, &r, err);
     if (rc)
         return db_err(s, rc, err, "reading meta");
@@ -244,7 +385,9 @@ static int sq_meta_get(struct ca_store *s, const char *key, char **out, struct m
 static int sq_meta_set(struct ca_store *s, const char *key, const char *value,
                        struct meshtls_err *err)
 {
-    struct mt_db_param p[] = {MT_DB_TEXT(key), MT_DB_TEXT(value)};
+    char k[CA_META_KEY_MAX];
+    ca_store_meta_key(IS_PG(s), key, k, sizeof(k));
+    struct mt_db_param p[] = {MT_DB_TEXT(k), MT_DB_TEXT(value)};
     return exec(s,
                 "INSERT INTO meta(key, value) VALUES ($1, $2) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -429,7 +572,9 @@ static int sq_service_unregister(struct ca_store *s, const char *name, struct me
 static int sq_meta_find(struct ca_store *s, const char *key, char **out, struct meshtls_err *err)
 {
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(key)};
+    char k[CA_META_KEY_MAX];
+    ca_store_meta_key(IS_PG(s), key, k, sizeof(k));
+    struct mt_db_param p[] = {MT_DB_TEXT(k)};
     *out = NULL;
     int rc = mt_db_query(CONN(s), "SELECT value FROM meta WHERE key = $1", p, 1, &r, err);
     if (rc)
@@ -479,7 +624,8 @@ static int sq_cert_set_status(struct ca_store *s, const char *serial, const char
     return exec(s,
                 "UPDATE certificates SET status = $1, reason = COALESCE($2, reason), "
                 "replaced_by = COALESCE($3, replaced_by), "
-                "revoked_at = CASE WHEN $4 THEN $5 ELSE revoked_at END WHERE serial = $6",
+                "revoked_at = CASE WHEN $4 = 1 THEN CAST($5 AS BIGINT) ELSE revoked_at END "
+                "WHERE serial = $6",
                 p, 6, "updating the certificate", err);
 }
 
@@ -531,16 +677,33 @@ static int sq_cert_get(struct ca_store *s, const char *serial, struct ca_cert *o
     return rc;
 }
 
+/* cert_list's statements, one per filter and backend (see there) */
+#define CERT_LIST(where, order) "SELECT " CERT_COLS " FROM certificates " where " ORDER BY " order
+#define CERT_LISTS(order)                                                                          \
+    {                                                                                              \
+        CERT_LIST("", order), CERT_LIST("WHERE service = $1", order),                              \
+            CERT_LIST("WHERE status = $1", order),                                                 \
+            CERT_LIST("WHERE service = $1 AND status = $2", order)                                 \
+    }
+
 static int sq_cert_list(struct ca_store *s, const char *service, const char *status,
                         struct ca_cert **out, size_t *n, struct meshtls_err *err)
 {
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(service), MT_DB_TEXT(status)};
-    int rc =
-        mt_db_query(CONN(s),
-                    "SELECT " CERT_COLS " FROM certificates WHERE ($1 IS NULL OR service = $1) "
-                    "AND ($2 IS NULL OR status = $2) ORDER BY issued_at, rowid",
-                    p, 2, &r, err);
+    /* One statement per filter: "($1 IS NULL OR service = $1)" is planned once, without
+     * the index, so every issuance (which lists the service's active certificates) would
+     * scan the whole table; spelled out, both backends use certificates_service.  Oldest
+     * first: by time, then in the order of insertion (SQLite's rowid, PostgreSQL's seq). */
+    static const char *const sq_sql[4] = CERT_LISTS("issued_at, rowid");
+    static const char *const pg_sql[4] = CERT_LISTS("issued_at, seq");
+    struct mt_db_param p[2];
+    size_t np = 0;
+    if (service)
+        p[np++] = MT_DB_TEXT(service);
+    if (status)
+        p[np++] = MT_DB_TEXT(status);
+    int k = (service ? 1 : 0) + (status ? 2 : 0);
+    int rc = mt_db_query(CONN(s), IS_PG(s) ? pg_sql[k] : sq_sql[k], p, np, &r, err);
     if (rc)
         return db_err(s, rc, err, "listing certificates");
     struct ca_cert *v = NULL;
@@ -588,7 +751,7 @@ static int sq_audit(struct ca_store *s, const char *action, const char *service,
 }
 
 static const struct ca_store_ops SQ_OPS = {
-    .name = "sqlite",
+    .name = "db",
     .close = sq_close,
     .begin = sq_begin,
     .commit = sq_commit,
