@@ -52,8 +52,7 @@ static const char USAGE[] =
     "  list (--dir DIR | --store URL) [--service S] [--status active|superseded|revoked|\n"
     "       expired] [--expiring-within DAYS] [--json]\n"
     "        inventory sorted by service: serial, SPIFFE ID, not-after, days left, status;\n"
-    "        --store names the store alone: sqlite:PATH (PATH/.. need not hold the keys);\n"
-    "        postgres:// stores are not yet supported (docs/DATABASE.md)\n"
+    "        --store alone names the store (sqlite:PATH or postgres://...): no key file needed\n"
     "  services --dir DIR [--json]\n"
     "        the registered services: SPIFFE ID, DNS and IP SANs, valid certificates\n"
     "  unregister --dir DIR SERVICE [--revoke]\n"
@@ -324,21 +323,24 @@ static int ca_sub(const struct cli_cmd *c, const char *sub, char **pos, int npos
         return usage_err(sub, "too many --dns or --ip (64 at most)");
     if (store && dir) {
         /* a flag names what this invocation is about: it beats the other key configured in
-         * the environment or a file (MESHTLS_CA_DIR set, `ca list --store URL` given) */
+         * the environment or a file (MESHTLS_CA_DIR set, `ca list --store URL` given); both
+         * from the same place: the keys in DIR, the data at the URL */
         const char *ssrc = NULL, *dsrc = NULL;
         meshtls_config_get(cfg, "ca.store", &ssrc);
         meshtls_config_get(cfg, "ca.dir", &dsrc);
         int sflag = !strncmp(ssrc, "--", 2), dflag = !strncmp(dsrc, "--", 2);
-        if (sflag == dflag)
-            return usage_err(sub, "give --dir DIR or --store URL, not both");
-        if (dflag)
-            store = NULL;
+        if (sflag != dflag) {
+            if (dflag)
+                store = NULL;
+            else
+                dir = NULL;
+        }
     }
-    if (store) /* list alone takes it (its mode bit) */
+    if (store && !dir && !strcmp(sub, "list")) /* list needs no key file: the store alone */
         return do_list(store, "DIR", json, &lf);
-    if (!dir)
-        return usage_err(sub, "--dir DIR is required (the CA directory; or ca.dir, "
-                              "MESHTLS_CA_DIR)");
+    static char dirbuf[4096];
+    if (!(dir = cli_ca_resolve(sub, dir, store, "ca.dir", dirbuf, sizeof(dirbuf))))
+        return 2;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     int rc;
 

@@ -39,20 +39,6 @@ static int usage(const char *sub, const char *msg)
     return 2;
 }
 
-/* --store sqlite:DIR/meshtls.db -> DIR (the keys live beside the store) */
-static int store_dir(const char *url, char *dir, size_t cap)
-{
-    static const char suffix[] = "/meshtls.db";
-    if (strncmp(url, "sqlite:", 7) != 0)
-        return -1;
-    const char *path = url + 7;
-    size_t n = strlen(path), s = sizeof(suffix) - 1;
-    if (n <= s || strcmp(path + n - s, suffix) != 0 || n - s >= cap)
-        return -1;
-    snprintf(dir, cap, "%.*s", (int)(n - s), path);
-    return 0;
-}
-
 /* Split a list (items separated by commas or, from repeated flags, newlines) (in `buf`, modified)
  * into v[0..*n) (at most cap). */
 static int split_list(char *buf, const char **v, size_t *n, size_t cap)
@@ -69,38 +55,12 @@ static int split_list(char *buf, const char **v, size_t *n, size_t cap)
     return 0;
 }
 
-/*
- * The store of `store_key` (a sqlite:DIR/meshtls.db URL) if set, else `dir_key`, into
- * `dirbuf` / the configuration.  @return the CA directory, or NULL after printing why.
- */
-static const char *ca_dir_of(const struct meshtls_config *cfg, const char *sub, const char *dir_key,
-                             const char *store_key, char *dirbuf, size_t cap)
-{
-    const char *store = meshtls_config_get(cfg, store_key, NULL);
-    if (store) {
-        if (store_dir(store, dirbuf, cap) != 0) {
-            usage(sub, "--store: only sqlite:DIR/meshtls.db for now (PostgreSQL stores are not "
-                       "yet supported by the CA); or give --dir DIR");
-            return NULL;
-        }
-        return dirbuf;
-    }
-    const char *dir = meshtls_config_get(cfg, dir_key, NULL);
-    if (!dir) {
-        char m[200];
-        snprintf(m, sizeof(m), "--dir DIR is required (the CA directory; or %s, MESHTLS_%s)",
-                 dir_key, !strcmp(dir_key, "ca.dir") ? "CA_DIR" : "CA_SERVE_DIR");
-        usage(sub, m);
-    }
-    return dir;
-}
-
 /* The ca_serve.* keys into `o`.  @return 0, or 2 after printing what is wrong. */
 static int serve_opts_from(const struct meshtls_config *cfg, struct cp_serve_opts *o)
 {
     static char admins_buf[16384], sans_buf[4096], dirbuf[4096], absdir[PATH_MAX];
     if (!(o->dir =
-              ca_dir_of(cfg, "serve", "ca_serve.dir", "ca_serve.store", dirbuf, sizeof(dirbuf))))
+              cli_ca_dir(cfg, "serve", "ca_serve.dir", "ca_serve.store", dirbuf, sizeof(dirbuf))))
         return 2;
     /* absolute: the CA records where it wrote each certificate, and rotates into it */
     if (realpath(o->dir, absdir))
@@ -229,7 +189,7 @@ int cmd_ca_token(int argc, char **argv)
         meshtls_config_free(c.cfg);
         return rc;
     }
-    const char *dir = ca_dir_of(c.cfg, "token", "ca.dir", "ca.store", dirbuf, sizeof(dirbuf));
+    const char *dir = cli_ca_dir(c.cfg, "token", "ca.dir", "ca.store", dirbuf, sizeof(dirbuf));
     int64_t ttl_ms = cli_int(c.cfg, "ca.token_ttl", 600000);
     rc = !dir       ? 2
          : !service ? usage("token", "give exactly one SERVICE")

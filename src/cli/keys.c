@@ -13,9 +13,12 @@
  * To add a key: a row here, the code that applies it in its command, a row in the tables of
  * tests/integration/test_cli_config.py, then regenerate docs/CONFIG.md's reference.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <limits.h>
 
 #include "ca.h"
 #include "db.h"
@@ -23,6 +26,7 @@
 #include "keys.h"
 #include "proxy.h"
 #include "router.h"
+#include "store.h"
 
 #define P MESHTLS_CFG_PATH
 #define S MESHTLS_CFG_STR
@@ -85,11 +89,12 @@ const char *const cli_mode_names[32] = {"proxy server",
 static const struct meshtls_config_keydef ca_keys[] = {
     /* where the CA is */
     {"ca.dir", P, NULL, NULL, "--dir", NULL, NULL, 0, 0,
-     "the CA directory (keys and meshtls.db); required but with list --store", CA_KEY_OFFLINE | TOK,
-     "DIR", "the CA", 0},
+     "the CA directory (keys, and meshtls.db or store.url); required but with list --store",
+     CA_KEY_OFFLINE | TOK, "DIR", "the CA", 0},
     {"ca.store", S, NULL, NULL, "--store", NULL, NULL, 0, 0,
-     "the store alone: sqlite:PATH (list; token: sqlite:DIR/meshtls.db, the same as --dir DIR)",
-     LST | TOK, "URL", "the CA", MESHTLS_KEY_URL},
+     "where the CA's data is: postgres://... (beside --dir DIR, which keeps the key files) or "
+     "sqlite:PATH; list takes it alone",
+     CA_KEY_OFFLINE | TOK, "URL", "the CA", MESHTLS_KEY_URL},
     /* init */
     {"ca.trust_domain", S, NULL, NULL, "--trust-domain", NULL, NULL, 0, 0,
      "the trust domain of every SPIFFE ID the CA issues (e.g. example.org); required", INIT, "TD",
@@ -159,8 +164,9 @@ static const struct meshtls_config_keydef ca_serve_keys[] = {
     {"ca_serve.dir", P, NULL, NULL, "--dir", NULL, NULL, 0, 0,
      "the CA directory (keys and meshtls.db); required", SRV, "DIR", "ca serve", 0},
     {"ca_serve.store", S, NULL, NULL, "--store", NULL, NULL, 0, 0,
-     "sqlite:DIR/meshtls.db, another way to name --dir (PostgreSQL: not yet)", SRV, "URL",
-     "ca serve", MESHTLS_KEY_URL},
+     "where the CA's data is: postgres://... shared by several servers (beside --dir DIR, "
+     "which keeps the key files), or sqlite:DIR/meshtls.db",
+     SRV, "URL", "ca serve", MESHTLS_KEY_URL},
     {"ca_serve.listen", S, NULL, NULL, "--listen", NULL, NULL, 0, 0,
      "address of the HTTPS API (host:port, [v6]:port, :port); required", SRV, "ADDR", "ca serve",
      0},
@@ -378,4 +384,64 @@ void cli_usage_of(FILE *f, unsigned tables, const char *role, unsigned modes, co
     }
     cli_usage(f, &c, head, NULL);
     meshtls_config_free(c.cfg);
+}
+
+/* --store sqlite:DIR/meshtls.db -> DIR (the keys live beside the store) */
+static int store_dir(const char *url, char *dir, size_t cap)
+{
+    static const char suffix[] = "/meshtls.db";
+    if (strncmp(url, "sqlite:", 7) != 0)
+        return -1;
+    const char *path = url + 7;
+    size_t n = strlen(path), s = sizeof(suffix) - 1;
+    if (n <= s || strcmp(path + n - s, suffix) != 0 || n - s >= cap)
+        return -1;
+    snprintf(dir, cap, "%.*s", (int)(n - s), path);
+    return 0;
+}
+
+const char *cli_ca_dir(const struct meshtls_config *cfg, const char *sub, const char *dir_key,
+                       const char *store_key, char *dirbuf, size_t cap)
+{
+    return cli_ca_resolve(sub, meshtls_config_get(cfg, dir_key, NULL),
+                          meshtls_config_get(cfg, store_key, NULL), dir_key, dirbuf, cap);
+}
+
+const char *cli_ca_resolve(const char *sub, const char *dir, const char *store, const char *dir_key,
+                           char *dirbuf, size_t cap)
+{
+    const char *env = !strcmp(dir_key, "ca.dir") ? "MESHTLS_CA_DIR" : "MESHTLS_CA_SERVE_DIR";
+    if (store && dir) {
+        /* the keys in DIR, the data at the URL: what DIR/store.url says, for this process */
+        char abs[PATH_MAX];
+        struct meshtls_err err = MESHTLS_ERR_INIT;
+        if (!realpath(dir, abs)) {
+            fprintf(stderr,
+                    "meshtls ca %s: --dir %s: %s (the CA directory with the key files; create "
+                    "it with 'meshtls ca init')\n",
+                    sub, dir, strerror(errno));
+            return NULL;
+        }
+        if (ca_store_use(abs, store, &err) != 0) {
+            fprintf(stderr, "meshtls ca %s: --store: %s\n", sub, err.msg);
+            return NULL;
+        }
+        return dir;
+    }
+    if (store) {
+        if (store_dir(store, dirbuf, cap) == 0)
+            return dirbuf; /* sqlite:DIR/meshtls.db: the directory is known */
+        fprintf(stderr,
+                "meshtls ca %s: --store names where the CA's data is; its key files are in a "
+                "directory: give --dir DIR beside it (or put the URL in DIR/store.url and give "
+                "--dir alone; see docs/CONTROL-PLANE.md)\n(run 'meshtls ca %s --help')\n",
+                sub, sub);
+        return NULL;
+    }
+    if (!dir)
+        fprintf(stderr,
+                "meshtls ca %s: --dir DIR is required (the CA directory; or %s, %s)\n(run "
+                "'meshtls ca %s --help')\n",
+                sub, dir_key, env, sub);
+    return dir;
 }

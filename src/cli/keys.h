@@ -111,4 +111,19 @@ void cli_usage_of(FILE *f, unsigned tables, const char *role, unsigned modes, co
  */
 void cli_hide_passwords(int argc, char **argv);
 
+/**
+ * The CA directory of a `meshtls ca` subcommand `sub` from the keys `dir_key` and
+ * `store_key` of `cfg` (borrowed): --dir alone; --store sqlite:DIR/meshtls.db alone (DIR,
+ * into `dirbuf`, cap bytes); or both, when the data lives elsewhere (a postgres:// URL):
+ * the directory then keeps the key files and every ca_* call on it uses the URL for the
+ * rest of the process (ca_store_use).  @return the directory (borrowed from `cfg` or
+ * `dirbuf`), or NULL after printing to stderr what is wrong (exit status 2).
+ */
+const char *cli_ca_dir(const struct meshtls_config *cfg, const char *sub, const char *dir_key,
+                       const char *store_key, char *dirbuf, size_t cap);
+/** As cli_ca_dir(), from the values `dir` and `store` (either may be NULL); `dir_key` names
+ * the directory's key in the hint. */
+const char *cli_ca_resolve(const char *sub, const char *dir, const char *store, const char *dir_key,
+                           char *dirbuf, size_t cap);
+
 #endif

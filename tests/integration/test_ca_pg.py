@@ -265,6 +265,38 @@ def cluster(pg, tmp_path_factory):
         assert pg.password not in log
 
 
+def test_store_flag_beside_dir_on_every_command(pg, tmp_path):
+    # --store postgres://... beside --dir DIR (no DIR/store.url): the key files in DIR, the data
+    # in PostgreSQL, on each subcommand and on `ca serve`; the password given in the URL is
+    # never printed, and DIR gets no meshtls.db
+    r = pg.sql(f"CREATE DATABASE flagstore OWNER {pg.user}")
+    assert r.returncode == 0, r.stderr
+    url = f"postgres://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/flagstore"
+    noenv = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    d = tmp_path / "ca"
+    d.mkdir(mode=0o700)
+
+    def ca(*args, check=True):
+        p = run("ca", *args, "--dir", d, "--store", url, env=noenv, check=check, timeout=60)
+        assert pg.password not in p.stdout + p.stderr
+        return p
+
+    ca("init", "--trust-domain", TD)
+    ca("register", "web")
+    ca("issue", "web", "--out", tmp_path / "certs")
+    assert not (d / "meshtls.db").exists() and not (d / "store.url").exists()
+    assert "web" in ca("list").stdout
+    assert "spiffe://pg.test/svc/web" in ca("services").stdout
+    assert "revoked" in ca("revoke", "web", "--reason", "keyCompromise").stdout
+    assert db_rows(pg, "flagstore", "SELECT count(*) FROM certificates") == ["1"]
+    p = run("ca", "serve", "--dir", d, "--store", url, "--listen", "127.0.0.1:0", "--check",
+            env=noenv, check=True)
+    assert "configuration OK" in p.stdout and pg.password not in p.stdout + p.stderr
+    # --dir alone finds no store: the data is not in the directory
+    p = run("ca", "list", "--dir", d, env=noenv)
+    assert p.returncode != 0 and pg.password not in p.stdout + p.stderr
+
+
 def test_three_servers_started_together_migrate_once(pg, cluster):
     root, servers = cluster
     # each migration of each table once, however many servers raced for it

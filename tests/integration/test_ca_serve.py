@@ -674,7 +674,7 @@ def test_check_and_bad_options(pki, tmp_path):
         (["--dir", pki / "ca", "--listen", "127.0.0.1:0", "--days", "10"], 2, "--rotate-within"),
         (["--dir", pki / "ca"], 2, "--listen ADDR is required"),
         (["--dir", pki / "ca", "--listen", ":0", "--admin", "admin"], 2, "SPIFFE ID"),
-        (["--store", "postgres://u:s3cret@h/db", "--listen", ":0"], 2, "not yet supported"),
+        (["--store", "postgres://u:s3cret@h/db", "--listen", ":0"], 2, "give --dir DIR beside"),
     ]
     for args, rc, text in cases:
         p = run("ca", "serve", *args)
