@@ -78,27 +78,38 @@ int ca_signer_stale(const struct ca_signer *s);
 /** The intermediate's certificate as PEM (borrowed from `s`): the chain after a leaf. */
 const char *ca_signer_inter_pem(const struct ca_signer *s);
 
-/** A certificate ca_sign_csr() issued.  Strings owned; free with ca_signed_clear(). */
+/** A certificate ca_sign_leaf() signed.  Strings owned; free with ca_signed_clear(). */
 struct ca_signed {
     char serial[80]; /* lower-case hex */
+    char *service;   /* the service it is for */
+    char *out_dir;   /* recorded: where a rotation writes the re-issued files */
     char *cert_pem;  /* the leaf */
+    char *pub_pem;   /* its public key (the row keeps it to re-sign on rotation) */
     int64_t not_before, not_after;
 };
 /** Free the strings of `r` and zero it. */
 void ca_signed_clear(struct ca_signed *r);
 
 /**
- * Issue a leaf for the registered service `svc` over the public key of `req` (both
+ * Sign a leaf for the registered service `svc` over the public key of `req` (both
  * borrowed; the caller has matched the CSR against the registration: cp_csr_match()),
  * valid `days` (1 to CA_LEAF_DAYS_MAX, capped at the intermediate's notAfter), with the
- * same extensions as ca_issue().  Signs outside any lock, then records it in `st` in one
- * transaction (supersede the service's active certificates, insert, audit "issue"):
- * no files are written; `out_dir` (borrowed, absolute) is recorded as where a rotation
- * puts the re-issued files.  @param out filled on success (caller clears).
+ * same extensions as ca_issue().  Pure CPU: no store, no lock, no file.  `out_dir`
+ * (borrowed, absolute) is copied into the result for ca_record_signed().
+ * @param out filled on success (caller clears).
  */
-int ca_sign_csr(struct ca_signer *s, struct ca_store *st, const struct ca_service *svc,
-                X509_REQ *req, int days, const char *out_dir, struct ca_signed *out,
-                struct meshtls_err *err);
+int ca_sign_leaf(struct ca_signer *s, const struct ca_service *svc, X509_REQ *req, int days,
+                 const char *out_dir, struct ca_signed *out, struct meshtls_err *err);
+
+/**
+ * Record `n` signed leaves (borrowed) in `st` in one transaction, in order, each as
+ * ca_issue() records a CSR-signed one: the service's active certificates superseded, the
+ * row inserted (key_held 0), an "issue" audit event.  No files are written.  All or
+ * nothing: on failure none is recorded.  One transaction for several leaves is how a
+ * server commits concurrent issuances with one fsync (group commit).
+ */
+int ca_record_signed(struct ca_store *st, const struct ca_signed *const *v, size_t n,
+                     struct meshtls_err *err);
 
 /** Called for each certificate rotate/revoke --replace re-issued. */
 typedef void (*ca_report_fn)(const char *service, const char *old_serial, const char *new_serial,
