@@ -535,12 +535,22 @@ static int sq_cert_list(struct ca_store *s, const char *service, const char *sta
                         struct ca_cert **out, size_t *n, struct meshtls_err *err)
 {
     struct mt_db_rows *r = NULL;
-    struct mt_db_param p[] = {MT_DB_TEXT(service), MT_DB_TEXT(status)};
-    int rc =
-        mt_db_query(CONN(s),
-                    "SELECT " CERT_COLS " FROM certificates WHERE ($1 IS NULL OR service = $1) "
-                    "AND ($2 IS NULL OR status = $2) ORDER BY issued_at, rowid",
-                    p, 2, &r, err);
+    /* One statement per filter: "($1 IS NULL OR service = $1)" is planned once, without
+     * the index, so every issuance (which lists the service's active certificates) scanned
+     * the whole table; with the filter spelled out SQLite uses certificates_service. */
+    static const char *const sql[4] = {
+        "SELECT " CERT_COLS " FROM certificates ORDER BY issued_at, rowid",
+        "SELECT " CERT_COLS " FROM certificates WHERE service = $1 ORDER BY issued_at, rowid",
+        "SELECT " CERT_COLS " FROM certificates WHERE status = $1 ORDER BY issued_at, rowid",
+        "SELECT " CERT_COLS " FROM certificates WHERE service = $1 AND status = $2 "
+        "ORDER BY issued_at, rowid"};
+    struct mt_db_param p[2];
+    size_t np = 0;
+    if (service)
+        p[np++] = MT_DB_TEXT(service);
+    if (status)
+        p[np++] = MT_DB_TEXT(status);
+    int rc = mt_db_query(CONN(s), sql[(service ? 1 : 0) + (status ? 2 : 0)], p, np, &r, err);
     if (rc)
         return db_err(s, rc, err, "listing certificates");
     struct ca_cert *v = NULL;
