@@ -824,7 +824,12 @@ static int store_take(struct cp_server *srv, struct ca_store **out, struct mesht
         *out = st;
         return 0;
     }
-    return ca_store_open(srv->o->dir, 0, out, err);
+    int rc = ca_store_open(srv->o->dir, 0, &st, err);
+    if (!rc && (rc = ca_store_tune_server(st, err)))
+        ca_store_close(st);
+    if (!rc)
+        *out = st;
+    return rc;
 }
 
 /* Give `st` back; after a store error it is closed instead (the next job opens afresh). */
@@ -2410,7 +2415,7 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     }
     {
         struct ca_store *st = NULL;
-        if ((rc = ca_store_open(o->dir, 0, &st, err)))
+        if ((rc = store_take(&srv, &st, err)))
             goto out;
         rc = ca_signer_load(o->dir, st, &srv.signer, err);
         store_give(&srv, st, rc != 0);
