@@ -261,8 +261,11 @@ def main():
                 ["openssl", "ocsp", "-index", str(work / "index.txt"), "-port", str(oport),
                  "-rsigner", str(ca / "intermediate.crt"), "-rkey", str(ca / "intermediate.key"),
                  "-CA", str(ca / "intermediate.crt"), "-nmin", "5"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            wait_port(oport, other, "openssl ocsp")
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                start_new_session=True)
+            # not a probe connection: it serves one connection at a time and would wait on it
+            if not other.stdout.readline().startswith("ACCEPT"):
+                raise SystemExit("openssl ocsp did not start")
             oconn = lambda: http.client.HTTPConnection("127.0.0.1", oport, timeout=10)
             rows.append(run_load("openssl", "ocsp-fresh-conn", other.pid, oconn,
                                  post_ocsp(fresh, oconn, keep=False)))
