@@ -44,6 +44,7 @@
 #include "metrics.h"
 #include "parse.h"
 #include "serve.h"
+#include "serve_body.h"
 #include "serve_ocsp.h"
 #include "store.h"
 
@@ -439,21 +440,24 @@ static const struct cp_peer *need_cert(struct mt_http_req *req, struct cp_server
     return p;
 }
 
-/* Parse the JSON body into *out; on failure reply 400 and return -1. */
-static int body_json(struct mt_http_req *req, const char *route, json_t **out)
+/*
+ * Parse the body of `route` as `kind` (serve_body.c) into *doc and *b; on failure reply 400
+ * with what the body must be, audit the refusal (`short_why` for a wrong field), and
+ * return -1.  `p` is the caller as far as known (for the audit event).
+ */
+static int body_parse(struct mt_http_req *req, const char *route, const struct cp_peer *p,
+                      enum cp_body_kind kind, const char *short_why, json_t **doc,
+                      struct cp_body *b)
 {
-    struct meshtls_err e = MESHTLS_ERR_INIT;
-    json_t *j = NULL;
-    if (mt_http_req_json(req, &j, &e) != 0 || !json_is_object(j)) {
-        char m[700];
-        snprintf(m, sizeof(m), "the body must be a JSON object%s%s", e.msg[0] ? ": " : "", e.msg);
-        audit(route, mt_http_req_client_addr(req), mt_http_req_conn_data(req), "deny", m);
-        json_decref(j);
-        mt_http_reply_error(req, 400, "bad_request", m);
-        return -1;
-    }
-    *out = j;
-    return 0;
+    size_t len = 0;
+    const char *buf = mt_http_req_body(req, &len);
+    char why[700];
+    int rc = cp_body_parse(kind, buf, len, doc, b, why, sizeof(why));
+    if (rc == 0)
+        return 0;
+    audit(route, mt_http_req_client_addr(req), p, "deny", rc == MESHTLS_EINVAL ? short_why : why);
+    mt_http_reply_error(req, 400, "bad_request", why);
+    return -1;
 }
 
 /* ---- /healthz, /readyz ---------------------------------------------------------------- */
@@ -573,17 +577,6 @@ static void w_peers(struct cp_job *jb)
     jb->out = json_pack("{s:o}", "peers", arr);
 }
 
-static int valid_address(const char *a)
-{
-    size_t n = a ? strlen(a) : 0;
-    if (n == 0 || n > 255)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)a[i] <= 0x20 || (unsigned char)a[i] >= 0x7f)
-            return 0;
-    return 1;
-}
-
 static int h_peers(struct mt_http_req *req, void *arg)
 {
     struct cp_server *srv = arg;
@@ -591,18 +584,10 @@ static int h_peers(struct mt_http_req *req, void *arg)
     if (!p)
         return MT_HTTP_DONE;
     json_t *in = NULL;
-    if (!strcmp(mt_http_req_method(req), "POST")) {
-        if (body_json(req, "/api/peers", &in))
-            return MT_HTTP_DONE;
-        if (!valid_address(json_string_value(json_object_get(in, "address")))) {
-            json_decref(in);
-            audit("/api/peers", mt_http_req_client_addr(req), p, "deny", "bad address");
-            mt_http_reply_error(req, 400, "bad_request",
-                                "\"address\" must be the string your peers reach you at "
-                                "(\"host:port\", 1 to 255 printable characters)");
-            return MT_HTTP_DONE;
-        }
-    }
+    struct cp_body b;
+    if (!strcmp(mt_http_req_method(req), "POST") &&
+        body_parse(req, "/api/peers", p, CP_BODY_PEER, "bad address", &in, &b))
+        return MT_HTTP_DONE;
     struct cp_job *jb = job_new(req, srv, "/api/peers", w_peers);
     if (!jb) {
         json_decref(in);
@@ -1124,17 +1109,10 @@ out:
 static int h_sign(struct mt_http_req *req, void *arg)
 {
     json_t *in = NULL;
-    if (body_json(req, "/api/v1/sign", &in))
+    struct cp_body b;
+    if (body_parse(req, "/api/v1/sign", mt_http_req_conn_data(req), CP_BODY_SIGN,
+                   "missing token or csr", &in, &b))
         return MT_HTTP_DONE;
-    if (!json_is_string(json_object_get(in, "token")) ||
-        !json_is_string(json_object_get(in, "csr"))) {
-        json_decref(in);
-        audit("/api/v1/sign", mt_http_req_client_addr(req), NULL, "deny", "missing token or csr");
-        mt_http_reply_error(req, 400, "bad_request",
-                            "the body must be {\"token\": \"mtt_...\", \"csr\": \"-----BEGIN "
-                            "CERTIFICATE REQUEST-----...\"}");
-        return MT_HTTP_DONE;
-    }
     struct cp_job *jb = job_new(req, arg, "/api/v1/sign", w_sign);
     if (!jb) {
         json_decref(in);
@@ -1165,16 +1143,9 @@ static int h_renew(struct mt_http_req *req, void *arg)
     if (!p)
         return MT_HTTP_DONE;
     json_t *in = NULL;
-    if (body_json(req, "/api/v1/renew", &in))
+    struct cp_body b;
+    if (body_parse(req, "/api/v1/renew", p, CP_BODY_RENEW, "missing csr", &in, &b))
         return MT_HTTP_DONE;
-    if (!json_is_string(json_object_get(in, "csr"))) {
-        json_decref(in);
-        audit("/api/v1/renew", mt_http_req_client_addr(req), p, "deny", "missing csr");
-        mt_http_reply_error(
-            req, 400, "bad_request",
-            "the body must be {\"csr\": \"-----BEGIN CERTIFICATE REQUEST-----...\"}");
-        return MT_HTTP_DONE;
-    }
     struct cp_job *jb = job_new(req, arg, "/api/v1/renew", w_renew);
     if (!jb) {
         json_decref(in);
@@ -1433,22 +1404,12 @@ static int admin_action(struct mt_http_req *req, void *arg, const char *route, c
         return MT_HTTP_DONE;
     }
     json_t *in = NULL;
+    struct cp_body b;
     size_t bl = 0;
     mt_http_req_body(req, &bl);
-    if (want_body && bl && body_json(req, route, &in))
+    if (want_body && bl &&
+        body_parse(req, route, p, CP_BODY_ADMIN, "bad reason or replace", &in, &b))
         return MT_HTTP_DONE;
-    if (in) {
-        json_t *rs = json_object_get(in, "reason"), *rp = json_object_get(in, "replace");
-        if ((rs && (!json_is_string(rs) || ca_reason_parse(json_string_value(rs)) < 0)) ||
-            (rp && !json_is_boolean(rp))) {
-            json_decref(in);
-            mt_http_reply_error(req, 400, "bad_request",
-                                "the body is {\"reason\": \"keyCompromise|unspecified|"
-                                "caCompromise|affiliationChanged|superseded|"
-                                "cessationOfOperation\", \"replace\": true|false}");
-            return MT_HTTP_DONE;
-        }
-    }
     struct cp_job *jb = job_new(req, arg, route, fn);
     if (!jb) {
         json_decref(in);
