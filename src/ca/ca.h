@@ -4,8 +4,10 @@
  * A CA directory holds: root.crt, root.key (0400; move it offline),
  * intermediate.crt, intermediate.key (0600), ca.crt (the trust bundle),
  * root.crl (the root's CRL, for whole-chain CRL checks), meshtls.db.
- * Every function opens the store, does its work in one transaction, writes
- * files atomically, and closes.  Errors follow meshtls/err.h.
+ * Every command's function opens the store, does its work in one transaction,
+ * writes files atomically, and closes; a server instead loads the CA once
+ * (struct ca_signer) and records what it signs on store connections it keeps
+ * (ca_sign_leaf, ca_record_signed).  Errors follow meshtls/err.h.
  */
 #ifndef MESHTLS_CA_H
 #define MESHTLS_CA_H
