@@ -17,11 +17,13 @@ latency seen by the client (p50/p99):
                            same keep-alive mTLS client
   meshtls renew-conn       /api/v1/renew with a full mTLS handshake per request
   cfssl   sign-conn        /api/v1/cfssl/sign with a full mTLS handshake per request
+  cfssl+db sign-ka         sign-ka with cfssl's certificate database (-db-config, SQLite):
+                           cfssl then records every certificate, as meshtls does
   meshtls sign             POST /api/v1/sign with a fresh one-time token each, keep-alive
 
 Differences that stay: meshtls checks the CSR against the service's registration, records
 every certificate (SQLite, synchronous commit) and audits it; cfssl 1.2 (Debian) signs what
-the CSR asks without a certificate database (none configured) and drops the SPIFFE URI SAN;
+the CSR asks, records it only in the cfssl+db row, and drops the SPIFFE URI SAN;
 openssl ocsp reads a text index and keeps nothing in a cache.  The ratios printed at the end
 are meshtls / other for the request rate and other / meshtls for CPU per request (> 1:
 meshtls better on both).
@@ -74,6 +76,17 @@ def mt(*args, **kw):
 def cpu_seconds(pid):
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# cfssl's certificate database, SQLite (certdb/sqlite/migrations of cfssl): what
+# `cfssl serve -db-config` writes each signed certificate into
+CFSSL_SCHEMA = """
+CREATE TABLE certificates (serial_number blob NOT NULL, authority_key_identifier blob NOT NULL,
+  ca_label blob, status blob NOT NULL, reason int, expiry timestamp, revoked_at timestamp,
+  pem blob NOT NULL, PRIMARY KEY(serial_number, authority_key_identifier));
+CREATE TABLE ocsp_responses (serial_number blob NOT NULL, authority_key_identifier blob NOT NULL,
+  body blob NOT NULL, expiry timestamp, PRIMARY KEY(serial_number, authority_key_identifier));
+"""
 
 
 def free_port():
@@ -161,6 +174,8 @@ def ratios(rows):
              ("ocsp cached vs openssl fresh", ("meshtls", "ocsp-cached"),
               ("openssl", "ocsp-fresh-conn")),
              ("issuance, keep-alive mTLS", ("meshtls", "renew-ka"), ("cfssl", "sign-ka")),
+             ("issuance, keep-alive, both recording in SQLite", ("meshtls", "renew-ka"),
+              ("cfssl+db", "sign-ka")),
              ("issuance, mTLS handshake each", ("meshtls", "renew-conn"), ("cfssl", "sign-conn"))]
     out = []
     for label, m, o in pairs:
@@ -319,6 +334,26 @@ def main():
                                  post_json("/api/v1/cfssl/sign", cbody, cf, True)))
             rows.append(run_load("cfssl", "sign-conn", other.pid, cf,
                                  post_json("/api/v1/cfssl/sign", cbody, cf, False)))
+            stop(other)
+            other = None
+            # the same with cfssl's certificate database (SQLite, its own schema): it then
+            # records every certificate it signs, as meshtls does
+            db = work / "cfssl-certs.db"
+            subprocess.run(["sqlite3", str(db), CFSSL_SCHEMA], check=True, timeout=30)
+            (work / "cfssl-db.json").write_text(json.dumps({"driver": "sqlite3",
+                                                            "data_source": str(db)}))
+            other = subprocess.Popen(
+                ["cfssl", "serve", "-address", "127.0.0.1", "-port", str(cport),
+                 "-ca", str(ca / "intermediate.crt"), "-ca-key", str(ca / "intermediate.key"),
+                 "-config", str(work / "cfssl.json"),
+                 "-tls-cert", str(work / "cfssl" / "cfssl.crt"),
+                 "-tls-key", str(work / "cfssl" / "cfssl.key"),
+                 "-mutual-tls-ca", str(ca / "ca.crt"), "-db-config", str(work / "cfssl-db.json"),
+                 "-loglevel", "4"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            wait_port(cport, other, "cfssl serve -db-config")
+            rows.append(run_load("cfssl+db", "sign-ka", other.pid, cf,
+                                 post_json("/api/v1/cfssl/sign", cbody, cf, True)))
             stop(other)
             other = None
         rows.append(run_load("meshtls", "renew-conn", proc.pid, api,
