@@ -7,7 +7,7 @@
 # stopped and disabled (via systemctl where there is a systemd, else via the package's own
 # init script).  No other process is touched.
 set -euo pipefail
-PKGS=(haproxy stunnel4 nginx libnginx-mod-stream golang-cfssl openssl libssl-dev gcc make cmake python3)
+PKGS=(haproxy stunnel4 nginx libnginx-mod-stream golang-cfssl openssl sqlite3 libssl-dev gcc make cmake python3)
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 missing=()
@@ -35,6 +35,6 @@ for svc in haproxy nginx stunnel4; do
     $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
   fi
 done
-for b in haproxy nginx stunnel4 cfssl openssl; do
+for b in haproxy nginx stunnel4 cfssl openssl sqlite3; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || { echo "bench/install-deps.sh: $b missing" >&2; exit 1; }
 done
