@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark-only dependencies (Debian packages): the servers meshtls is compared with, and the
-# compiler/OpenSSL headers for bench/loadgen.c.  Idempotent; not part of the test dependencies.
+# Benchmark-only dependencies (Debian packages): the servers meshtls is compared with (HAProxy,
+# nginx, stunnel for bench/run.sh; cfssl and openssl's ocsp responder for bench/ca-run.sh), and
+# the compiler/OpenSSL headers for bench/loadgen.c.  Idempotent; not part of the test dependencies.
 # Debian starts the packaged nginx/haproxy services on install; the benchmark runs its own
 # instances from its own config files on free loopback ports, so the packaged services are
 # stopped and disabled (via systemctl where there is a systemd, else via the package's own
 # init script).  No other process is touched.
 set -euo pipefail
-PKGS=(haproxy stunnel4 nginx libnginx-mod-stream libssl-dev gcc make cmake python3)
+PKGS=(haproxy stunnel4 nginx libnginx-mod-stream golang-cfssl openssl sqlite3 libssl-dev gcc make cmake python3)
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 missing=()
@@ -34,6 +35,6 @@ for svc in haproxy nginx stunnel4; do
     $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
   fi
 done
-for b in haproxy nginx stunnel4; do
+for b in haproxy nginx stunnel4 cfssl openssl sqlite3; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || { echo "bench/install-deps.sh: $b missing" >&2; exit 1; }
 done

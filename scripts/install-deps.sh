@@ -10,7 +10,7 @@ PKGS=(
   libjansson-dev libhttp-parser-dev libpq-dev
   python3 python3-pytest python3-cryptography python3-grpcio
   postgresql postgresql-client redis-server redis-tools curl
-  openssh-server openssh-client
+  openssh-server openssh-client faketime
 )
 
 missing=()

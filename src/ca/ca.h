@@ -4,8 +4,10 @@
  * A CA directory holds: root.crt, root.key (0400; move it offline),
  * intermediate.crt, intermediate.key (0600), ca.crt (the trust bundle),
  * root.crl (the root's CRL, for whole-chain CRL checks), meshtls.db.
- * Every function opens the store, does its work in one transaction, writes
- * files atomically, and closes.  Errors follow meshtls/err.h.
+ * Every command's function opens the store, does its work in one transaction,
+ * writes files atomically, and closes; a server instead loads the CA once
+ * (struct ca_signer) and records what it signs on store connections it keeps
+ * (ca_sign_leaf, ca_record_signed).  Errors follow meshtls/err.h.
  */
 #ifndef MESHTLS_CA_H
 #define MESHTLS_CA_H
@@ -13,7 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/x509.h>
+
 #include "meshtls/err.h"
+#include "store.h"
 #include "x509gen.h"
 
 #define CA_ROOT_DAYS 3650
@@ -44,6 +49,69 @@ int ca_register(const char *dir, const char *name, const char *const *dns, size_
  */
 int ca_issue(const char *dir, const char *service, const char *out_dir, int days,
              const char *csr_path, char *serial_out, struct meshtls_err *err);
+
+/* ---- signing for a server: the CA loaded once (`meshtls ca serve`) ---- */
+
+/**
+ * The signing material of the CA in a directory, parsed once: root.crt, intermediate.crt
+ * (also as PEM, the chain sent with a leaf), intermediate.key, the trust domain and key
+ * type.  Immutable after ca_signer_load(); shared between threads by reference count, so a
+ * server can swap in a new one (after `renew-intermediate`) while requests still sign
+ * with the old one.
+ */
+struct ca_signer;
+
+/**
+ * Load the signer of the CA in `dir` (borrowed), reading the trust domain through the
+ * open store `st` (borrowed).  @param out a new signer with one reference (ca_signer_unref).
+ */
+int ca_signer_load(const char *dir, struct ca_store *st, struct ca_signer **out,
+                   struct meshtls_err *err);
+/** Take one more reference to `s`; returns `s`. */
+struct ca_signer *ca_signer_ref(struct ca_signer *s);
+/** Drop a reference (NULL is fine); the last one frees the signer. */
+void ca_signer_unref(struct ca_signer *s);
+/**
+ * 1 if intermediate.crt or intermediate.key in the signer's directory is no longer the
+ * file it was loaded from (inode, size or modification time), so the caller should load
+ * a new signer; 0 if unchanged (or unreadable: the loaded one goes on signing).
+ */
+int ca_signer_stale(const struct ca_signer *s);
+/** The intermediate's certificate as PEM (borrowed from `s`): the chain after a leaf. */
+const char *ca_signer_inter_pem(const struct ca_signer *s);
+
+/** A certificate ca_sign_leaf() signed.  Strings owned; free with ca_signed_clear(). */
+struct ca_signed {
+    char serial[80]; /* lower-case hex */
+    char *service;   /* the service it is for */
+    char *out_dir;   /* recorded: where a rotation writes the re-issued files */
+    char *cert_pem;  /* the leaf */
+    char *pub_pem;   /* its public key (the row keeps it to re-sign on rotation) */
+    int64_t not_before, not_after;
+};
+/** Free the strings of `r` and zero it. */
+void ca_signed_clear(struct ca_signed *r);
+
+/**
+ * Sign a leaf for the registered service `svc` over the public key of `req` (both
+ * borrowed; the caller has matched the CSR against the registration: cp_csr_match()),
+ * valid `days` (1 to CA_LEAF_DAYS_MAX, capped at the intermediate's notAfter), with the
+ * same extensions as ca_issue().  Pure CPU: no store, no lock, no file.  `out_dir`
+ * (borrowed, absolute) is copied into the result for ca_record_signed().
+ * @param out filled on success (caller clears).
+ */
+int ca_sign_leaf(struct ca_signer *s, const struct ca_service *svc, X509_REQ *req, int days,
+                 const char *out_dir, struct ca_signed *out, struct meshtls_err *err);
+
+/**
+ * Record `n` signed leaves (borrowed) in `st` in one transaction, in order, each as
+ * ca_issue() records a CSR-signed one: the service's active certificates superseded, the
+ * row inserted (key_held 0), an "issue" audit event.  No files are written.  All or
+ * nothing: on failure none is recorded.  One transaction for several leaves is how a
+ * server commits concurrent issuances with one fsync (group commit).
+ */
+int ca_record_signed(struct ca_store *st, const struct ca_signed *const *v, size_t n,
+                     struct meshtls_err *err);
 
 /** Called for each certificate rotate/revoke --replace re-issued. */
 typedef void (*ca_report_fn)(const char *service, const char *old_serial, const char *new_serial,

@@ -163,6 +163,15 @@ int ca_store_sqlite_open(const char *dir, int create, struct ca_store **out,
 int ca_store_sqlite_open_file(const char *path, int create, struct ca_store **out,
                               struct meshtls_err *err);
 
+/**
+ * For a long-running server that commits many small transactions on `s` (borrowed):
+ * on SQLite, journal_mode PERSIST on this connection, so that a commit overwrites the
+ * rollback journal's header instead of creating and deleting the file (on ext4 that
+ * inode churn was half of the kernel time of an issuance); durability is that of the
+ * default mode, and other connections keep theirs.  Nothing to do for other backends.
+ */
+int ca_store_tune_server(struct ca_store *s, struct meshtls_err *err);
+
 /** Close and free `s` (NULL is fine); an open transaction is rolled back. */
 void ca_store_close(struct ca_store *s);
 

@@ -307,6 +307,13 @@ int ca_store_sqlite_open_file(const char *path, int create, struct ca_store **ou
     return open_file(path, NULL, create, out, err);
 }
 
+int ca_store_tune_server(struct ca_store *s, struct meshtls_err *err)
+{
+    if (IS_PG(s)) /* SQLite's journal; PostgreSQL has its own WAL */
+        return 0;
+    return exec(s, "PRAGMA journal_mode = PERSIST", NULL, 0, "PRAGMA journal_mode = PERSIST", err);
+}
+
 static void sq_close(struct ca_store *s)
 {
     if (!s)

@@ -42,14 +42,16 @@ def pki(tmp_path_factory):
 
 
 class Server:
-    """A running `meshtls ca serve`; .port, .status_port, .log()."""
+    """A running `meshtls ca serve`; .port, .status_port, .log().  `env`: extra environment
+    (test_ca_serve_clock.py moves the server's clock with libfaketime)."""
 
-    def __init__(self, pki, *args):
+    def __init__(self, pki, *args, env=None):
         self.errf = open(pki / f"serve-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
             [MESHTLS, "ca", "serve", "--dir", str(pki / "ca"), "--listen", "127.0.0.1:0",
              "--status", "127.0.0.1:0", "--admin", f"spiffe://{TD}/svc/admin", *map(str, args)],
-            stdout=subprocess.PIPE, stderr=self.errf, text=True)
+            stdout=subprocess.PIPE, stderr=self.errf, text=True,
+            env={**os.environ, **env} if env else None)
         self.port = self.status_port = None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (self.port is None or self.status_port is None):

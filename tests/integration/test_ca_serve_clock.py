@@ -1,0 +1,119 @@
+"""`meshtls ca serve`'s lifecycle worker with a moved clock (issue 10 sections 3 and 6): the
+server runs under libfaketime 80 days ahead, so certificates issued today with 90 days come
+within the 14-day window.  One run rotates them, publishes a fresh CRL, drops the expired
+bootstrap token and the stale peer; the runs after it change nothing (idempotent).
+
+The clock is moved for the server only (LD_PRELOAD of Debian's libfaketime, `faketime` in
+scripts/install-deps.sh); the tests and the `meshtls ca` commands keep the real time, so the
+server's own certificate (issued at its start, 80 days ahead) is not yet valid for them: the
+clients here do not verify it (what is tested is the worker, not the handshake)."""
+import datetime
+import json
+import sqlite3
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from conftest import run
+from proxy_util import make_pki
+from test_ca_serve import TD, Server, call, token
+
+FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
+                             Path("/usr/lib/faketime/libfaketimeMT.so.1"))
+                 if p.exists()), None)
+pytestmark = pytest.mark.skipif(FAKETIME is None,
+                                reason="libfaketime missing: scripts/install-deps.sh installs it")
+AHEAD_DAYS = 80
+
+
+def moved(days):
+    """Environment running a child `days` ahead; monotonic time stays real (intervals)."""
+    return {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"+{days}d", "DONT_FAKE_MONOTONIC": "1"}
+
+
+def active(ca, svc):
+    rows = json.loads(run("ca", "list", "--dir", ca, "--json", check=True).stdout)
+    return [r for r in rows if r["service"] == svc and r["status"] == "active"]
+
+
+def rows(ca, sql):
+    with sqlite3.connect(f"file:{ca / 'meshtls.db'}?mode=ro", uri=True, timeout=10) as db:
+        return db.execute(sql).fetchall()
+
+
+def unverified(pki, svc=None):
+    """A client context with our certificate that does not check the server's (see above)."""
+    c = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    if svc:
+        c.load_cert_chain(str(pki / "certs" / f"{svc}.crt"), str(pki / "certs" / f"{svc}.key"))
+    return c
+
+
+def events(server, name):
+    return [l for l in server.log().splitlines() if f" {name} " in l]
+
+
+def test_worker_with_a_moved_clock_rotates_publishes_sweeps_once(tmp_path):
+    pki = make_pki(tmp_path)
+    ca = pki / "ca"
+    old_web = active(ca, "web")[0]["serial"]
+    # a registered peer and an unused token, both made in real time
+    s = Server(pki, "--lifecycle-interval", "off", "--peer-ttl", "60s")
+    try:
+        code, _ = call(s, pki, "POST", "/api/peers", body={"address": "10.0.0.7:8443"}, svc="web")
+        assert code == 200
+    finally:
+        assert s.stop() == 0
+    token(pki, "evil", ttl="10m")
+    assert len(rows(ca, "SELECT * FROM serve_peers")) == 1
+    assert len(rows(ca, "SELECT * FROM serve_tokens")) == 1
+
+    s = Server(pki, "--lifecycle-interval", "1s", env=moved(AHEAD_DAYS))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and active(ca, "web")[0]["serial"] == old_web:
+            time.sleep(0.2)
+        new = active(ca, "web")[0]
+        assert new["serial"] != old_web, s.log()
+        # issued on the moved clock: valid 90 days from 80 days ahead
+        real = datetime.datetime.now(datetime.timezone.utc)
+        end = datetime.datetime.strptime(new["not_after"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc)
+        assert end - real > datetime.timedelta(days=AHEAD_DAYS + 80), new
+        # the rotated files are where `ca issue` put the old ones
+        leaf = x509.load_pem_x509_certificate((pki / "certs" / "web.crt").read_bytes())
+        assert format(leaf.serial_number, "x") == new["serial"]
+        # a fresh CRL, made on the moved clock
+        code, der = call(s, pki, "GET", "/crl", context=unverified(pki))
+        assert code == 200
+        crl = x509.load_der_x509_crl(der)
+        made = crl.last_update.replace(tzinfo=datetime.timezone.utc)  # naive UTC
+        assert made - real > datetime.timedelta(days=AHEAD_DAYS - 1), made
+        # the token (10 minutes) and the peer (60 s) are long expired 80 days ahead: swept
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (rows(ca, "SELECT * FROM serve_tokens") or
+                                               rows(ca, "SELECT * FROM serve_peers")):
+            time.sleep(0.2)
+        assert rows(ca, "SELECT * FROM serve_tokens") == []
+        assert rows(ca, "SELECT * FROM serve_peers") == []
+        # the renewed certificate talks to the server ahead of time (it is 80 days younger)
+        code, body = call(s, pki, "GET", "/api/peers", svc="web", context=unverified(pki, "web"))
+        assert code == 200 and body["peers"] == [], body
+        # idempotent: two more runs rotate nothing more
+        runs = len(events(s, "lifecycle"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(events(s, "lifecycle")) < runs + 2:
+            time.sleep(0.2)
+        assert len(events(s, "lifecycle")) >= runs + 2, s.log()
+        assert active(ca, "web")[0]["serial"] == new["serial"]
+        rotated = [l for l in events(s, "rotate") if "service=web" in l]
+        assert len(rotated) == 1, rotated
+        last = events(s, "lifecycle")[-1]
+        assert "rotated=0" in last, last
+    finally:
+        assert s.stop() == 0
