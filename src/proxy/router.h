@@ -300,7 +300,7 @@ struct rt_limits {
     size_t entries;
     struct rt_lim_others *others; /* the other routers' sums (under mu; NULL: none known) */
     atomic_ullong syncs;          /* publish + read rounds that succeeded (metric) */
-    atomic_int peers;             /* other live routers whose counts are added (metric) */
+    atomic_int peers;             /* other live routers (heartbeat within the expiry; metric) */
 };
 
 int rt_limits_init(struct rt_limits *l, const struct rt_limit_opts *o);
@@ -361,7 +361,7 @@ int rt_lim_others_add(struct rt_lim_others *o, const struct rt_lim_row *row, con
 /** The sums for org/user (`user` NULL: the organisation's); zeros when absent. */
 void rt_lim_others_get(const struct rt_lim_others *o, const char *org, const char *user,
                        int64_t *active, int64_t *attempts);
-/** Routers whose rows were added (the peers metric). */
+/** The distinct routers whose rows were added. */
 size_t rt_lim_others_routers(const struct rt_lim_others *o);
 /**
  * Put `o` (taken; NULL: local counts only) in service.  @return the table it replaces, for

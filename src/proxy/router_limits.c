@@ -48,7 +48,7 @@ struct oth_ent {
 
 struct rt_lim_others {
     struct oth_ent *b[ONB];
-    char (*routers)[RT_LIM_ROUTER_MAX + 1]; /* distinct routers added (the peers metric) */
+    char (*routers)[RT_LIM_ROUTER_MAX + 1]; /* distinct routers added */
     size_t n_routers, cap_routers;
 };
 
@@ -417,7 +417,6 @@ struct rt_lim_others *rt_limits_set_others(struct rt_limits *l, struct rt_lim_ot
     struct rt_lim_others *old = l->others;
     l->others = o;
     pthread_mutex_unlock(&l->mu);
-    atomic_store(&l->peers, (int)rt_lim_others_routers(o));
     return old;
 }
 

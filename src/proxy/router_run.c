@@ -196,8 +196,8 @@ static int metrics_setup(atomic_ullong *flushes, struct rt_limits *lim, struct m
         rc = mt_series_fn(f, NULL, lim_syncs_value, lim, err);
     if (rc == 0)
         rc = mt_gauge_new(px_metrics.reg, "meshtls_router_limit_peers",
-                          "Other routers whose sessions and attempts the limits add (0: this "
-                          "router's own counts only).",
+                          "Other live routers on the database whose counts the limits add (0: "
+                          "this router counts alone).",
                           NULL, &f, err);
     if (rc == 0)
         rc = mt_series_fn(f, NULL, lim_peers_value, lim, err);

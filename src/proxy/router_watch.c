@@ -92,6 +92,7 @@ static int lim_sync(struct rt_watch *w, struct mt_db_conn *c, int64_t now, struc
     size_t live = 0;
     if ((rc = rt_db_lim_instances(c, w->router_id, RT_LIM_EXPIRE_MS, &fp, &live, e)) != 0)
         return rc;
+    atomic_store(&l->peers, (int)live);
     if (!w->lim_read || fp != w->lim_fp) {
         struct rt_lim_others *o = NULL;
         if (live && (rc = rt_db_lim_read(c, w->router_id, RT_LIM_EXPIRE_MS, &o, e)) != 0)
@@ -139,6 +140,7 @@ static void lim_tick(struct rt_watch *w, struct mt_db_conn *c)
     }
     if (w->lim_state == RT_LIM_KEEPING && !rt_lim_keep_others(now - w->lim_ok_ms, RT_LIM_KEEP_MS)) {
         rt_lim_others_free(rt_limits_set_others(l, NULL));
+        atomic_store(&l->peers, 0);
         w->lim_read = 0;
         meshtls_log(MESHTLS_LOG_WARN,
                     "limits: no count from the other routers for %d ms: every limit now counts "
