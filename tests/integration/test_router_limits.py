@@ -62,22 +62,32 @@ class Store:
         return [tuple(line.split("|")) for line in r.stdout.splitlines()]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path, echo):
-    pg = request.getfixturevalue("pg") if request.param == "postgres" else None
-    s = Store(request.param, tmp_path, pg)
+def seeded(kind, tmp_path, echo, pg=None):
+    """A store with host h of acme, granted to alice and bob."""
+    s = Store(kind, tmp_path, pg)
     for a in (("hosts", "add", "h", "--org", "acme", "--addr", f"127.0.0.1:{echo.port}"),
               ("grant", "h", "--user", "alice"), ("grant", "h", "--user", "bob")):
         run("router", "--store", s.url, *a, check=True)
     return s
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path, echo):
+    pg = request.getfixturevalue("pg") if request.param == "postgres" else None
+    return seeded(request.param, tmp_path, echo, pg)
+
+
 def routers(pki, store, *limits):
-    """Two routers on `store` with only the limits given (the others off)."""
+    """Two routers on `store` with only the limits given (the others off), then any other
+    flags given after "--"."""
+    extra = ()
+    if "--" in limits:
+        i = limits.index("--")
+        limits, extra = limits[:i], limits[i + 1:]
     off = {"--user-rate": "0", "--org-rate": "0", "--user-sessions": "0", "--org-sessions": "0"}
     args = dict(off)
     args.update(dict(zip(limits[::2], limits[1::2])))
-    flat = [x for kv in args.items() for x in kv]
+    flat = [x for kv in args.items() for x in kv] + list(extra)
     a = Router(pki, "--store", store.url, *flat)
     try:
         b = Router(pki, "--store", store.url, *flat)
@@ -217,4 +227,42 @@ def test_killed_router_stops_counting(pki, store):
         assert int(left[0][0]) >= 1
         assert metric(a, "meshtls_router_limit_peers") == 0
     finally:
+        stop_all(a, b)
+
+
+def wait_log(router, text, count=1, limit_s=20):
+    deadline = time.monotonic() + limit_s
+    while router.log().count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n" + router.log()[-3000:]
+        time.sleep(0.1)
+
+
+def test_database_down_keeps_then_drops_the_others(pki, echo, pg, tmp_path):
+    """The database refuses the routers: a keeps b's last counts for RT_LIM_KEEP_MS (5 s),
+    then counts alone (the cache still answers the decision); back, it adds b's again."""
+    store = seeded("postgres", tmp_path, echo, pg)
+    a, b = routers(pki, store, "--user-sessions", "2", "--", "--stale-max", "60s")
+    try:
+        lives = [relay(pki, b.port, "alice", "h"), relay(pki, b.port, "alice", "h")]
+        synced(a, b)
+        assert ask(pki, a.port, "alice", b"h\n") == TOO_MANY  # the verdict is cached now
+        r = pg.sql(f"ALTER ROLE {pg.user} NOLOGIN; SELECT pg_terminate_backend(pid) FROM "
+                   f"pg_stat_activity WHERE usename = '{pg.user}'")
+        assert r.returncode == 0, r.stderr
+        # refused while b's last counts are kept, then let in on a's own count
+        lives.append(relay_when_allowed(pki, a, "alice", limit_s=30))
+        log = a.log()
+        assert "limits: cannot share counts" in log, log[-3000:]
+        assert "every limit now counts this router's sessions and attempts alone" in log
+        assert metric(a, "meshtls_router_limit_peers") == 0
+        assert pg.sql(f"ALTER ROLE {pg.user} LOGIN").returncode == 0
+        wait_log(a, "limits: shared through database", count=2)
+        synced(a, b)
+        # b's 2 and a's 1 are counted together again
+        assert ask(pki, a.port, "alice", b"h\n") == TOO_MANY
+        assert ask(pki, b.port, "alice", b"h\n") == TOO_MANY
+        for s in lives:
+            s.close()
+    finally:
+        pg.sql(f"ALTER ROLE {pg.user} LOGIN")
         stop_all(a, b)
