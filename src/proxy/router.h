@@ -284,8 +284,9 @@ void rt_connlog_stop(struct rt_connlog *l);
  * routers' sums back into an immutable table (struct rt_lim_others) that it swaps in under
  * the limits' mutex.  The check on the event loop reads memory only: local + others.  As
  * HAProxy's stick-table peers, the sharing is eventually consistent: the others' counts are
- * at most one tick plus one query old, so the routers together may admit beyond a limit by
- * what the other routers admitted in that time, never more.
+ * at most two ticks plus two queries old (their write at their tick, our read at ours), so
+ * the routers together may admit beyond a limit by what the other routers admitted in that
+ * time, never more.
  */
 #define RT_LIM_SLOT_MS 5000  /* attempts are counted in slots this wide ... */
 #define RT_LIM_SLOTS 13      /* ... this many: the current one and the 60 s before it */
