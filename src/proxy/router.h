@@ -180,7 +180,7 @@ int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
  * docs/DATABASE.md).  All on the watcher's connection `c`; times are the database's clock.
  * `self` is this router's instance id.
  */
-#define RT_LIM_ROWS_MAX 1000000 /* rows of other routers read at most per round */
+#define RT_LIM_ROWS_MAX 200000 /* rows of other routers read at most per round */
 
 struct rt_lim_row;
 struct rt_lim_others;

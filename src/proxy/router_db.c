@@ -522,9 +522,10 @@ int rt_db_lim_read(struct mt_db_conn *c, const char *self, int64_t expire_ms,
     while (!rc && (x = mt_db_row_next(r, err)) == 1) {
         if (++rows > RT_LIM_ROWS_MAX) {
             rc = meshtls_err_set(err, MESHTLS_ESTORE,
-                                 "database %s: router_limit_counts holds more than %d rows of "
-                                 "live routers; limits stay this router's own (look for routers "
-                                 "counting keys that are not users)",
+                                 "database %s: router_limit_counts holds more than %d rows of the "
+                                 "other live routers, more than users and organisations in use: "
+                                 "not read; look for rows no router wrote (docs/DATABASE.md "
+                                 "shows who counts what) and delete them",
                                  mt_db_url_safe(mt_db_conn_db(c)), RT_LIM_ROWS_MAX);
             break;
         }

@@ -27,7 +27,7 @@
 #include "router.h"
 
 #define NB 4096  /* hash buckets of the local table */
-#define ONB 1024 /* hash buckets of an others' table */
+#define ONB 4096 /* hash buckets of an others' table (32 KiB; two alive during a swap) */
 
 struct lim_ent {
     struct lim_ent *next;
