@@ -14,7 +14,10 @@
  *   router.c        the protocol on the engine (struct mt_proto_ops)
  *   router_run.c    rt_run: the engine, listeners, signals, CRL reloads
  *   router_watch.c  the watcher thread: database changes flush the decision cache and
- *                   tell live relays to check again (docs/ROUTER.md, "Invalidation")
+ *                   tell live relays to check again (docs/ROUTER.md, "Invalidation"); it
+ *                   also shares the limits' counts with the other routers
+ *   router_limits.c per-user and per-organisation limits, counted here and added to the
+ *                   other routers' sums (docs/ROUTER.md, "Limits")
  */
 #ifndef MESHTLS_ROUTER_H
 #define MESHTLS_ROUTER_H
