@@ -14,7 +14,10 @@
  *   router.c        the protocol on the engine (struct mt_proto_ops)
  *   router_run.c    rt_run: the engine, listeners, signals, CRL reloads
  *   router_watch.c  the watcher thread: database changes flush the decision cache and
- *                   tell live relays to check again (docs/ROUTER.md, "Invalidation")
+ *                   tell live relays to check again (docs/ROUTER.md, "Invalidation"); it
+ *                   also shares the limits' counts with the other routers
+ *   router_limits.c per-user and per-organisation limits, counted here and added to the
+ *                   other routers' sums (docs/ROUTER.md, "Limits")
  */
 #ifndef MESHTLS_ROUTER_H
 #define MESHTLS_ROUTER_H
@@ -175,6 +178,44 @@ int rt_db_triggers_missing(struct mt_db *db, char *missing, size_t cap, struct m
 /** Whether the database answers a trivial query (readiness). */
 int rt_db_ping(struct mt_db *db, struct meshtls_err *err);
 
+/*
+ * Limits shared between routers (migration 5: router_limit_instances, router_limit_counts;
+ * docs/DATABASE.md).  All on the watcher's connection `c`; times are the database's clock.
+ * `self` is this router's instance id.
+ */
+#define RT_LIM_ROWS_MAX 200000 /* rows of other routers read at most per round */
+
+struct rt_lim_row;
+struct rt_lim_others;
+
+/**
+ * Write this router's heartbeat (with `seq`, which moves whenever its counts are written)
+ * and `rows` (borrowed; both counts 0: delete the row), in one transaction; with `resync`,
+ * every count of this router is deleted first (then `rows` are all of them).
+ */
+int rt_db_lim_publish(struct mt_db_conn *c, const char *self, int64_t seq,
+                      const struct rt_lim_row *rows, size_t n, int resync, struct meshtls_err *err);
+/**
+ * The other routers whose heartbeat is at most `expire_ms` old: how many (`*live`) and a
+ * fingerprint of their ids and seqs (`*fp`): while it stays the same, their counts did not
+ * change and need not be read again.
+ */
+int rt_db_lim_instances(struct mt_db_conn *c, const char *self, int64_t expire_ms, uint64_t *fp,
+                        size_t *live, struct meshtls_err *err);
+/**
+ * The other live routers' counts summed per organisation and user (rt_lim_others_add).
+ * @param out a new table the caller owns (rt_limits_set_others takes it).
+ */
+int rt_db_lim_read(struct mt_db_conn *c, const char *self, int64_t expire_ms,
+                   struct rt_lim_others **out, struct meshtls_err *err);
+/**
+ * `self` not NULL: delete this router's heartbeat and counts (a clean stop: the others stop
+ * counting them at once).  `self` NULL: delete the rows of routers silent for longer than
+ * `older_than_ms` (dead ones, long after they stopped counting).
+ */
+int rt_db_lim_forget(struct mt_db_conn *c, const char *self, int64_t older_than_ms,
+                     struct meshtls_err *err);
+
 /* ---- the router (router.c, router_run.c) ------------------------------------------------ */
 
 /** 0 = no limit.  Rates are attempts per minute (bursts up to the same number). */
@@ -239,23 +280,107 @@ void rt_connlog_stop(struct rt_connlog *l);
 
 /* ---- limits (router_limits.c) ---------------------------------------------------------- */
 
+/*
+ * Limits across several routers (docs/ROUTER.md, "Limits"): each router counts its own
+ * sessions and attempts in memory, as one router alone does, and its watcher thread
+ * (router_watch.c) publishes them to router_limit_counts every tick and reads the other
+ * routers' sums back into an immutable table (struct rt_lim_others) that it swaps in under
+ * the limits' mutex.  The check on the event loop reads memory only: local + others.  As
+ * HAProxy's stick-table peers, the sharing is eventually consistent: the others' counts are
+ * at most two ticks plus two queries old (their write at their tick, our read at ours), so
+ * the routers together may admit beyond a limit by what the other routers admitted in that
+ * time, never more.
+ */
+#define RT_LIM_SLOT_MS 5000  /* attempts are counted in slots this wide ... */
+#define RT_LIM_SLOTS 13      /* ... this many: the current one and the 60 s before it */
+#define RT_LIM_ROUTER_MAX 95 /* longest router instance id (hostname:pid:random) */
+
+struct rt_lim_others;
+
 struct rt_limits {
     struct rt_limit_opts o;
     pthread_mutex_t mu;
     struct lim_ent **b;
     size_t entries;
+    struct rt_lim_others *others; /* the other routers' sums (under mu; NULL: none known) */
+    atomic_ullong syncs;          /* publish + read rounds that succeeded (metric) */
+    atomic_int peers;             /* other live routers (heartbeat within the expiry; metric) */
 };
 
 int rt_limits_init(struct rt_limits *l, const struct rt_limit_opts *o);
+/** Free the entries and the others' table (the watcher must be stopped). */
 void rt_limits_free(struct rt_limits *l);
-/** Take one attempt token for org/user at `now_ms` (monotonic).  RT_OK or RT_RATE_LIMITED. */
+/** Whether any limit is on (else nothing is counted, published or read). */
+int rt_limits_on(const struct rt_limits *l);
+/**
+ * Count one attempt for org/user at `now_ms` (monotonic) unless the attempts of the last
+ * minute, this router's plus the others', reach the rate.  RT_OK or RT_RATE_LIMITED (a
+ * refused attempt is not counted).
+ */
 enum rt_code rt_limits_attempt(struct rt_limits *l, const char *org, const char *user,
                                int64_t now_ms);
-/** Open one session (RT_OK, RT_TOO_MANY_SESSIONS); rt_limits_release after an RT_OK. */
+/**
+ * Open one session unless this router's plus the others' open sessions reach the limit
+ * (RT_OK, RT_TOO_MANY_SESSIONS); rt_limits_release after an RT_OK.
+ */
 enum rt_code rt_limits_acquire(struct rt_limits *l, const char *org, const char *user);
 void rt_limits_release(struct rt_limits *l, const char *org, const char *user);
-/** Forget idle entries; @return the entries left. */
+/** Forget idle entries (nothing open, counted or left published); @return the entries left. */
 size_t rt_limits_sweep(struct rt_limits *l, int64_t now_ms);
+
+/**
+ * One row of router_limit_counts: a user's counts at one router, or the organisation's
+ * (user ""), as published and as read back.
+ */
+struct rt_lim_row {
+    char router[RT_LIM_ROUTER_MAX + 1]; /* the router instance that counted */
+    char org[RT_ID_MAX + 1];
+    char user[RT_ID_MAX + 1]; /* "" for the organisation's row */
+    int64_t active;           /* open sessions */
+    int64_t attempts;         /* attempts admitted in the last minute */
+    int64_t age_ms;           /* read: time since its router's heartbeat (database clock) */
+};
+
+/**
+ * The counts that differ from what was last published (with `all`, every count that is not
+ * zero: a full resync), as a new array `*out` of `*n` rows (router ""), and mark them as
+ * published.  A row with both counts 0 means "delete mine".  Called by the watcher only.
+ * @return 0 or MESHTLS_ENOMEM (nothing marked).
+ */
+int rt_limits_changes(struct rt_limits *l, int64_t now_ms, int all, struct rt_lim_row **out,
+                      size_t *n);
+/** After a failed publish: the next rt_limits_changes must resync (`all`). */
+void rt_limits_unpublish(struct rt_limits *l);
+
+/** A new, empty others' table; NULL when out of memory. */
+struct rt_lim_others *rt_lim_others_new(void);
+void rt_lim_others_free(struct rt_lim_others *o);
+/**
+ * Add `row` to the sums unless it is this router's own (router == `self`) or its router's
+ * heartbeat is older than `expire_ms` (a router that stopped or died).  Pure.
+ * @return 1 added, 0 skipped, MESHTLS_ENOMEM.
+ */
+int rt_lim_others_add(struct rt_lim_others *o, const struct rt_lim_row *row, const char *self,
+                      int64_t expire_ms);
+/** The sums for org/user (`user` NULL: the organisation's); zeros when absent. */
+void rt_lim_others_get(const struct rt_lim_others *o, const char *org, const char *user,
+                       int64_t *active, int64_t *attempts);
+/** The distinct routers whose rows were added. */
+size_t rt_lim_others_routers(const struct rt_lim_others *o);
+/**
+ * Put `o` (taken; NULL: local counts only) in service.  @return the table it replaces, for
+ * the caller to free outside the lock.
+ */
+struct rt_lim_others *rt_limits_set_others(struct rt_limits *l, struct rt_lim_others *o);
+
+/**
+ * What the watcher does with the others' counts it has, `since_ok_ms` after the last
+ * successful read, when this round's read failed: keep them while they are younger than
+ * `keep_ms`, then drop them (local counts only).  Pure.  @return 1 keep, 0 drop.
+ */
+int rt_lim_keep_others(int64_t since_ok_ms, int64_t keep_ms);
+/** Fold one live router (`id`, `seq`) into fingerprint `h` (FNV-1a; start: its offset). */
+uint64_t rt_lim_fingerprint(uint64_t h, const char *id, int64_t seq);
 
 /* ---- the decision cache (router_cache.c) ------------------------------------------------ */
 
@@ -320,6 +445,16 @@ struct rt_snap {
  */
 int rt_crl_revoked(STACK_OF(X509_CRL) * crls, X509 *cert, char *serial, size_t cap);
 
+/* The others' counts a router adds (router_watch.c): the bounds of docs/ROUTER.md "Limits". */
+#define RT_LIM_EXPIRE_MS 2000 /* a router silent this long (8 ticks) stops counting */
+#define RT_LIM_KEEP_MS 5000   /* the database unreachable: the last sums count this long */
+
+enum rt_lim_state {
+    RT_LIM_LOCAL = 0, /* this router's counts alone (before the first round, or after KEEP) */
+    RT_LIM_SHARED,    /* the last round succeeded */
+    RT_LIM_KEEPING,   /* rounds fail: the last sums are kept until RT_LIM_KEEP_MS */
+};
+
 /** The watcher thread (router_watch.c). */
 struct rt_watch {
     pthread_t t;
@@ -331,16 +466,28 @@ struct rt_watch {
     struct rt_cache *cache;
     struct rt_live *live;
     atomic_ullong flushes; /* cache flushes for a change (metric) */
+    /* limits shared with the other routers (the thread's own from rt_watch_start on) */
+    struct rt_limits *limits;              /* NULL or all off: nothing shared */
+    char router_id[RT_LIM_ROUTER_MAX + 1]; /* this router's rows: hostname:pid:random */
+    int64_t lim_seq;                       /* moves whenever our counts are written */
+    int64_t lim_next;                      /* monotonic ms of the next round */
+    int64_t lim_ok_ms;                     /* the last round that succeeded */
+    uint64_t lim_fp;                       /* the live others when their counts were read */
+    uint64_t lim_rounds;                   /* rounds that succeeded (dead rows' clean-up) */
+    int lim_read;                          /* lim_fp is valid */
+    int lim_resync;                        /* write all our counts, not the changes */
+    enum rt_lim_state lim_state;           /* what the log said last */
 };
 
 /**
  * Open a one-connection handle on `url` (borrowed), check the triggers, and start the
  * thread: it listens for changes (PostgreSQL: LISTEN RT_DB_CHANNEL; SQLite: data_version,
  * then the change counter), flushes `cache`, moves live->data_gen on, and keeps
- * rt_metrics.db_up.  `cache` and `live` are borrowed until rt_watch_stop.
+ * rt_metrics.db_up; with `limits` on, it shares their counts every tick.  `cache`, `live`
+ * and `limits` (NULL: none) are borrowed until rt_watch_stop.
  */
 int rt_watch_start(struct rt_watch *w, const char *url, struct rt_cache *cache,
-                   struct rt_live *live, struct meshtls_err *err);
+                   struct rt_live *live, struct rt_limits *limits, struct meshtls_err *err);
 /** Stop and join the thread, close its handle (a never-started `w` is fine). */
 void rt_watch_stop(struct rt_watch *w);
 

@@ -110,6 +110,20 @@ static const struct mt_db_migration rt_migrations[] = {
      "  END IF;"
      " END LOOP;"
      "END $d$;"},
+    /* limits shared by the routers on this database (docs/ROUTER.md, "Limits"): each
+     * router's heartbeat, and its counts per organisation (user_id '') and per user.  No
+     * change trigger: these writes are not data changes, and must not flush any cache. */
+    {5,
+     "CREATE TABLE IF NOT EXISTS router_limit_instances (router_id TEXT PRIMARY KEY,"
+     " seq INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);"
+     "CREATE TABLE IF NOT EXISTS router_limit_counts (router_id TEXT NOT NULL,"
+     " org_id TEXT NOT NULL, user_id TEXT NOT NULL, active INTEGER NOT NULL,"
+     " attempts INTEGER NOT NULL, PRIMARY KEY (router_id, org_id, user_id));",
+     "CREATE TABLE IF NOT EXISTS router_limit_instances (router_id TEXT PRIMARY KEY,"
+     " seq BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);"
+     "CREATE TABLE IF NOT EXISTS router_limit_counts (router_id TEXT NOT NULL,"
+     " org_id TEXT NOT NULL, user_id TEXT NOT NULL, active BIGINT NOT NULL,"
+     " attempts BIGINT NOT NULL, PRIMARY KEY (router_id, org_id, user_id));"},
 };
 
 /* The columns the router reads, per table: an existing database must have them. */
@@ -401,4 +415,162 @@ int rt_db_ping(struct mt_db *db, struct meshtls_err *err)
     mt_db_rows_close(r);
     mt_db_release(c);
     return rc;
+}
+
+/* ---- limits shared between routers (the watcher's connection only) ------------------------- */
+
+/* The database's clock in Unix ms: every router's heartbeat is written and aged by the same
+ * clock, so the hosts' clocks may disagree without a live router looking dead. */
+#define PG_NOW "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"
+#define SQ_NOW "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+#define BY_BACKEND(c, pg, sq) (mt_db_backend(mt_db_conn_db(c)) == MT_DB_POSTGRES ? (pg) : (sq))
+
+#define BEAT_SQL(now)                                                                              \
+    "INSERT INTO router_limit_instances (router_id, seq, updated_at_ms) VALUES ($1, $2, " now      \
+    ") ON CONFLICT (router_id) DO UPDATE SET seq = excluded.seq, updated_at_ms = "                 \
+    "excluded.updated_at_ms"
+#define INSTANCES_SQL(now)                                                                         \
+    "SELECT router_id, seq, " now " - updated_at_ms FROM router_limit_instances"                   \
+    " WHERE router_id <> $1 ORDER BY router_id"
+#define COUNTS_SQL(now)                                                                            \
+    "SELECT c.router_id, c.org_id, c.user_id, c.active, c.attempts, " now " - i.updated_at_ms"     \
+    " FROM router_limit_counts c JOIN router_limit_instances i ON i.router_id = c.router_id"       \
+    " WHERE c.router_id <> $1 AND i.updated_at_ms >= " now " - $2"
+#define STALE_COUNTS_SQL(now)                                                                      \
+    "DELETE FROM router_limit_counts WHERE router_id IN (SELECT router_id FROM "                   \
+    "router_limit_instances WHERE updated_at_ms < " now " - $1)"
+#define STALE_INSTANCES_SQL(now)                                                                   \
+    "DELETE FROM router_limit_instances WHERE updated_at_ms < " now " - $1"
+
+static const char upsert_count_sql[] =
+    "INSERT INTO router_limit_counts (router_id, org_id, user_id, active, attempts) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (router_id, org_id, user_id) DO UPDATE SET "
+    "active = excluded.active, attempts = excluded.attempts";
+static const char delete_count_sql[] =
+    "DELETE FROM router_limit_counts WHERE router_id = $1 AND org_id = $2 AND user_id = $3";
+static const char delete_mine_sql[] = "DELETE FROM router_limit_counts WHERE router_id = $1";
+static const char delete_me_sql[] = "DELETE FROM router_limit_instances WHERE router_id = $1";
+
+int rt_db_lim_publish(struct mt_db_conn *c, const char *self, int64_t seq,
+                      const struct rt_lim_row *rows, size_t n, int resync, struct meshtls_err *err)
+{
+    struct mt_db_param beat[2] = {MT_DB_TEXT(self), MT_DB_INT64(seq)};
+    const char *beat_sql = BY_BACKEND(c, BEAT_SQL(PG_NOW), BEAT_SQL(SQ_NOW));
+    if (!n && !resync) /* the heartbeat alone: one statement, no transaction */
+        return mt_db_exec(c, beat_sql, beat, 2, NULL, err);
+    int rc = mt_db_begin(c, err);
+    if (rc)
+        return rc;
+    struct mt_db_param mine[1] = {MT_DB_TEXT(self)};
+    if (resync)
+        rc = mt_db_exec(c, delete_mine_sql, mine, 1, NULL, err);
+    for (size_t i = 0; i < n && !rc; i++) {
+        const struct rt_lim_row *r = &rows[i];
+        struct mt_db_param p[5] = {MT_DB_TEXT(self), MT_DB_TEXT(r->org), MT_DB_TEXT(r->user),
+                                   MT_DB_INT64(r->active), MT_DB_INT64(r->attempts)};
+        if (r->active || r->attempts)
+            rc = mt_db_exec(c, upsert_count_sql, p, 5, NULL, err);
+        else if (!resync)
+            rc = mt_db_exec(c, delete_count_sql, p, 3, NULL, err);
+    }
+    if (!rc)
+        rc = mt_db_exec(c, beat_sql, beat, 2, NULL, err);
+    if (!rc)
+        rc = mt_db_commit(c, err);
+    if (rc)
+        mt_db_rollback(c);
+    return rc;
+}
+
+int rt_db_lim_instances(struct mt_db_conn *c, const char *self, int64_t expire_ms, uint64_t *fp,
+                        size_t *live, struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    struct mt_db_param p[1] = {MT_DB_TEXT(self)};
+    int rc =
+        mt_db_query(c, BY_BACKEND(c, INSTANCES_SQL(PG_NOW), INSTANCES_SQL(SQ_NOW)), p, 1, &r, err);
+    uint64_t h = 1469598103934665603ULL;
+    size_t n = 0;
+    int x = 0;
+    while (!rc && (x = mt_db_row_next(r, err)) == 1) {
+        const char *id = mt_db_col_text(r, 0);
+        if (!id || mt_db_col_int64(r, 2) > expire_ms)
+            continue;
+        h = rt_lim_fingerprint(h, id, mt_db_col_int64(r, 1));
+        n++;
+    }
+    if (!rc && x < 0)
+        rc = MESHTLS_ESTORE;
+    mt_db_rows_close(r);
+    if (!rc)
+        *fp = h, *live = n;
+    return rc;
+}
+
+int rt_db_lim_read(struct mt_db_conn *c, const char *self, int64_t expire_ms,
+                   struct rt_lim_others **out, struct meshtls_err *err)
+{
+    struct mt_db_rows *r = NULL;
+    struct rt_lim_others *o = rt_lim_others_new();
+    if (!o)
+        return meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory for the other routers' counts");
+    struct mt_db_param p[2] = {MT_DB_TEXT(self), MT_DB_INT64(expire_ms)};
+    int rc = mt_db_query(c, BY_BACKEND(c, COUNTS_SQL(PG_NOW), COUNTS_SQL(SQ_NOW)), p, 2, &r, err);
+    int x = 0;
+    size_t rows = 0;
+    struct rt_lim_row row;
+    while (!rc && (x = mt_db_row_next(r, err)) == 1) {
+        if (++rows > RT_LIM_ROWS_MAX) {
+            rc = meshtls_err_set(err, MESHTLS_ESTORE,
+                                 "database %s: router_limit_counts holds more than %d rows of the "
+                                 "other live routers, more than users and organisations in use: "
+                                 "not read; look for rows no router wrote (docs/DATABASE.md "
+                                 "shows who counts what) and delete them",
+                                 mt_db_url_safe(mt_db_conn_db(c)), RT_LIM_ROWS_MAX);
+            break;
+        }
+        const char *id = mt_db_col_text(r, 0), *org = mt_db_col_text(r, 1),
+                   *user = mt_db_col_text(r, 2);
+        /* a row no router of ours could have written (too long) is not counted */
+        if (!id || !org || !user || strlen(id) > RT_LIM_ROUTER_MAX || strlen(org) > RT_ID_MAX ||
+            strlen(user) > RT_ID_MAX)
+            continue;
+        memset(&row, 0, sizeof(row));
+        memcpy(row.router, id, strlen(id));
+        memcpy(row.org, org, strlen(org));
+        memcpy(row.user, user, strlen(user));
+        row.active = mt_db_col_int64(r, 3);
+        row.attempts = mt_db_col_int64(r, 4);
+        row.age_ms = mt_db_col_int64(r, 5);
+        if (rt_lim_others_add(o, &row, self, expire_ms) == MESHTLS_ENOMEM)
+            rc =
+                meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory for the other routers' counts");
+    }
+    if (!rc && x < 0)
+        rc = MESHTLS_ESTORE;
+    mt_db_rows_close(r);
+    if (rc) {
+        rt_lim_others_free(o);
+        return rc;
+    }
+    *out = o;
+    return 0;
+}
+
+int rt_db_lim_forget(struct mt_db_conn *c, const char *self, int64_t older_than_ms,
+                     struct meshtls_err *err)
+{
+    int rc;
+    if (self) {
+        struct mt_db_param p[1] = {MT_DB_TEXT(self)};
+        if ((rc = mt_db_exec(c, delete_mine_sql, p, 1, NULL, err)) != 0)
+            return rc;
+        return mt_db_exec(c, delete_me_sql, p, 1, NULL, err);
+    }
+    struct mt_db_param p[1] = {MT_DB_INT64(older_than_ms)};
+    if ((rc = mt_db_exec(c, BY_BACKEND(c, STALE_COUNTS_SQL(PG_NOW), STALE_COUNTS_SQL(SQ_NOW)), p, 1,
+                         NULL, err)) != 0)
+        return rc;
+    return mt_db_exec(c, BY_BACKEND(c, STALE_INSTANCES_SQL(PG_NOW), STALE_INSTANCES_SQL(SQ_NOW)), p,
+                      1, NULL, err);
 }

@@ -134,7 +134,17 @@ static double flushes_value(void *arg)
     return (double)atomic_load((atomic_ullong *)arg);
 }
 
-static int metrics_setup(atomic_ullong *flushes, struct meshtls_err *err)
+static double lim_syncs_value(void *arg)
+{
+    return (double)atomic_load(&((struct rt_limits *)arg)->syncs);
+}
+
+static double lim_peers_value(void *arg)
+{
+    return (double)atomic_load(&((struct rt_limits *)arg)->peers);
+}
+
+static int metrics_setup(atomic_ullong *flushes, struct rt_limits *lim, struct meshtls_err *err)
 {
     static const double bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                     0.025,  0.05,    0.1,    0.25,  1,      3};
@@ -176,6 +186,21 @@ static int metrics_setup(atomic_ullong *flushes, struct meshtls_err *err)
                             "Decision cache flushes for a change in the database.", NULL, &f, err);
     if (rc == 0)
         rc = mt_series_fn(f, NULL, flushes_value, flushes, err);
+    /* limits shared with the other routers (docs/ROUTER.md "Limits") */
+    if (rc == 0)
+        rc = mt_counter_new(px_metrics.reg, "meshtls_router_limit_syncs_total",
+                            "Rounds (every 250 ms) that published this router's limit counts "
+                            "and read the other routers'.",
+                            NULL, &f, err);
+    if (rc == 0)
+        rc = mt_series_fn(f, NULL, lim_syncs_value, lim, err);
+    if (rc == 0)
+        rc = mt_gauge_new(px_metrics.reg, "meshtls_router_limit_peers",
+                          "Other live routers on the database whose counts the limits add (0: "
+                          "this router counts alone).",
+                          NULL, &f, err);
+    if (rc == 0)
+        rc = mt_series_fn(f, NULL, lim_peers_value, lim, err);
     return rc;
 }
 
@@ -333,7 +358,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
     if ((cfg->cache_ttl_ms > 0 || cfg->stale_max_ms > 0) && rt_cache_init(&cache) == 0)
         r.cache = &cache;
     /* before the engine: the watcher is the readiness ping and the cache's invalidation */
-    if ((rc = rt_watch_start(&watch, cfg->store_url, r.cache, &live, err)) != 0)
+    if ((rc = rt_watch_start(&watch, cfg->store_url, r.cache, &live, &lim, err)) != 0)
         goto out;
     /* TLS session resumption across every context a reload builds (stateful, as the
      * proxy's): a returning user skips the full handshake; the cache is stamped with the
@@ -368,7 +393,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
         goto out;
     }
     if ((rc = px_metrics_init((unsigned)cfg->workers, err)) != 0 ||
-        (rc = metrics_setup(&watch.flushes, err)) != 0)
+        (rc = metrics_setup(&watch.flushes, &lim, err)) != 0)
         goto out;
     atomic_store(&rt_metrics.db_up, 1); /* it answered the migration just now */
     px_metrics.lstats = mt_listener_stats(l);

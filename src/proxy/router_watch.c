@@ -18,16 +18,30 @@
  * meanwhile, the first answer after it counts as a change.  While the database is down
  * nothing is flushed: the cache answers within --stale-max, as documented.
  *
+ * Limits (docs/ROUTER.md, "Limits"): every tick the same thread also shares this router's
+ * counts with the other routers on the database (lim_tick): it writes its heartbeat and the
+ * counts that changed to router_limit_counts, reads the other live routers' sums when any of
+ * them wrote, and swaps them into the limits (rt_limits_set_others).  Only this thread talks
+ * to the database for it; the check on the event loop reads memory.  The database down: the
+ * last sums are kept for RT_LIM_KEEP_MS, then dropped (each router limits alone), and put
+ * back by the first round that succeeds.
+ *
  * Blocking: this thread only (database calls, bounded waits); never an event loop.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
 
 #include "meshtls/log.h"
 #include "router.h"
 
 #define WATCH_TICK_MS 250
+#define LIM_FORGET_EVERY 240 /* rounds between two clean-ups of dead routers' rows (a minute) */
+#define LIM_FORGET_MS 60000  /* a router silent this long is deleted from the tables */
 
 /* Flush: no stale verdict is answered, and relays check again. */
 static void changed(struct rt_watch *w, const char *what)
@@ -53,6 +67,98 @@ static void pause_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* One round of sharing: publish what changed (everything after a failure), then read the
+ * others' sums if any of them wrote since the last read. */
+static int lim_sync(struct rt_watch *w, struct mt_db_conn *c, int64_t now, struct meshtls_err *e)
+{
+    struct rt_limits *l = w->limits;
+    struct rt_lim_row *rows = NULL;
+    size_t n = 0;
+    int resync = w->lim_resync;
+    if (rt_limits_changes(l, now, resync, &rows, &n) != 0)
+        return meshtls_err_set(e, MESHTLS_ENOMEM, "out of memory for the limits' changes");
+    int64_t seq = w->lim_seq + (n || resync ? 1 : 0);
+    int rc = rt_db_lim_publish(c, w->router_id, seq, rows, n, resync, e);
+    free(rows);
+    if (rc) {
+        /* what the database has from us is unknown now: write all of it next round */
+        rt_limits_unpublish(l);
+        w->lim_resync = 1;
+        return rc;
+    }
+    w->lim_seq = seq;
+    w->lim_resync = 0;
+    uint64_t fp = 0;
+    size_t live = 0;
+    if ((rc = rt_db_lim_instances(c, w->router_id, RT_LIM_EXPIRE_MS, &fp, &live, e)) != 0)
+        return rc;
+    atomic_store(&l->peers, (int)live);
+    if (!w->lim_read || fp != w->lim_fp) {
+        struct rt_lim_others *o = NULL;
+        if (live && (rc = rt_db_lim_read(c, w->router_id, RT_LIM_EXPIRE_MS, &o, e)) != 0)
+            return rc;
+        rt_lim_others_free(rt_limits_set_others(l, o));
+        w->lim_fp = fp;
+        w->lim_read = 1;
+    }
+    if (++w->lim_rounds % LIM_FORGET_EVERY == 0) {
+        struct meshtls_err fe = MESHTLS_ERR_INIT;
+        if (rt_db_lim_forget(c, NULL, LIM_FORGET_MS, &fe) != 0)
+            meshtls_log(MESHTLS_LOG_DEBUG, "limits: dead routers' rows not deleted: %s", fe.msg);
+    }
+    return 0;
+}
+
+/* Share the limits' counts once per tick; `c` NULL: the database is unreachable. */
+static void lim_tick(struct rt_watch *w, struct mt_db_conn *c)
+{
+    struct rt_limits *l = w->limits;
+    int64_t now = mt_now_ms();
+    if (!rt_limits_on(l) || now < w->lim_next)
+        return;
+    w->lim_next = now + WATCH_TICK_MS;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    int rc = c ? lim_sync(w, c, now, &e)
+               : meshtls_err_set(&e, MESHTLS_ESTORE, "the database does not answer");
+    if (rc == 0) {
+        atomic_fetch_add(&l->syncs, 1);
+        w->lim_ok_ms = now;
+        if (w->lim_state != RT_LIM_SHARED)
+            meshtls_log(MESHTLS_LOG_INFO,
+                        "limits: shared through database %s as router %s (%d other router(s) "
+                        "counted)",
+                        mt_db_url_safe(w->db), w->router_id, atomic_load(&l->peers));
+        w->lim_state = RT_LIM_SHARED;
+        return;
+    }
+    if (w->lim_state == RT_LIM_SHARED) {
+        meshtls_log(MESHTLS_LOG_WARN,
+                    "limits: cannot share counts through database %s: %s; the other routers' "
+                    "last counts stay in use for %d ms, then each limit counts this router alone",
+                    mt_db_url_safe(w->db), e.msg, RT_LIM_KEEP_MS);
+        w->lim_state = RT_LIM_KEEPING;
+    }
+    if (w->lim_state == RT_LIM_KEEPING && !rt_lim_keep_others(now - w->lim_ok_ms, RT_LIM_KEEP_MS)) {
+        rt_lim_others_free(rt_limits_set_others(l, NULL));
+        atomic_store(&l->peers, 0);
+        w->lim_read = 0;
+        meshtls_log(MESHTLS_LOG_WARN,
+                    "limits: no count from the other routers for %d ms: every limit now counts "
+                    "this router's sessions and attempts alone, until the database answers (%s)",
+                    RT_LIM_KEEP_MS, e.msg);
+        w->lim_state = RT_LIM_LOCAL;
+    }
+}
+
+/* How long the next wait for a change may be: up to the tick, less when limits are due. */
+static int wait_ms(const struct rt_watch *w)
+{
+    if (!rt_limits_on(w->limits))
+        return WATCH_TICK_MS;
+    int64_t left = w->lim_next - mt_now_ms();
+    return left <= 0 ? 0 : left > WATCH_TICK_MS ? WATCH_TICK_MS : (int)left;
+}
+
 static void *watch_loop(void *arg)
 {
     struct rt_watch *w = arg;
@@ -67,17 +173,19 @@ static void *watch_loop(void *arg)
             c = NULL;
             set_up(w, 0, e.msg);
             missed = 1;
+            lim_tick(w, NULL);
             pause_ms(WATCH_TICK_MS);
             continue;
         }
         char payload[64];
-        int got = mt_db_wait_change(c, WATCH_TICK_MS, payload, sizeof(payload), &e);
+        int got = mt_db_wait_change(c, wait_ms(w), payload, sizeof(payload), &e);
         int64_t v = -1;
         if (got < 0 || rt_db_version_conn(c, &v, &e) != 0) {
             mt_db_release(c); /* the pool resets a broken PostgreSQL session on acquire */
             c = NULL;
             set_up(w, 0, e.msg);
             missed = 1;
+            lim_tick(w, NULL);
             pause_ms(WATCH_TICK_MS);
             continue;
         }
@@ -94,18 +202,47 @@ static void *watch_loop(void *arg)
         seen = v;
         missed = 0;
         set_up(w, 1, NULL); /* after the flush: "ready" means no verdict from before a gap */
+        lim_tick(w, c);
+    }
+    /* a clean stop: the other routers stop counting this one's sessions at once */
+    if (c && rt_limits_on(w->limits)) {
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        if (rt_db_lim_forget(c, w->router_id, 0, &e) != 0)
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "limits: router %s's counts stay in %s until they expire (%d ms): %s",
+                        w->router_id, mt_db_url_safe(w->db), RT_LIM_EXPIRE_MS, e.msg);
     }
     mt_db_release(c);
     return NULL;
 }
 
+/* hostname:pid:random, unique among the routers on one database (a restart is a new one) */
+static void make_router_id(char *out, size_t cap)
+{
+    char host[65] = "";
+    unsigned char rnd[4] = {0};
+    if (gethostname(host, sizeof(host) - 1) != 0 || !host[0])
+        snprintf(host, sizeof(host), "router");
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        /* only ever a tie-break beside host and pid: the clock will do */
+        uint64_t t = (uint64_t)mt_now_ms();
+        memcpy(rnd, &t, sizeof(rnd));
+    }
+    snprintf(out, cap, "%s:%ld:%02x%02x%02x%02x", host, (long)getpid(), rnd[0], rnd[1], rnd[2],
+             rnd[3]);
+}
+
 int rt_watch_start(struct rt_watch *w, const char *url, struct rt_cache *cache,
-                   struct rt_live *live, struct meshtls_err *err)
+                   struct rt_live *live, struct rt_limits *limits, struct meshtls_err *err)
 {
     /* bounded waits: a dead server is noticed within a tick or two, never a hang */
     struct mt_db_opts o = {.pool_size = 1, .acquire_timeout_ms = 1000, .connect_timeout_s = 2};
     w->cache = cache;
     w->live = live;
+    w->limits = limits;
+    w->lim_resync = 1; /* our first round writes everything (and clears nothing of others') */
+    w->lim_state = RT_LIM_LOCAL;
+    make_router_id(w->router_id, sizeof(w->router_id));
     int rc = mt_db_open(url, &o, &w->db, err);
     if (rc)
         return rc;

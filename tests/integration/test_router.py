@@ -566,7 +566,7 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         r = subprocess.run(["psql", pg.url(), "-Atc",
                             "SELECT max(version) FROM router_schema_migrations"],
                            capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "4", r.stdout + r.stderr
+        assert r.stdout.strip() == "5", r.stdout + r.stderr
         # the data commands work on the ssh-router's TEXT[] columns too
         data_commands(pg.url(), echo.port)
         assert ask(pki, router.port, "alice", b"app-01\n") == b"OK\n"
