@@ -384,30 +384,30 @@ static int bad_general_name(GENERAL_NAMES *gens, char *buf, size_t cap)
 static int r_san(const struct pcert *c, char *buf, size_t cap)
 {
     int crit;
-    char what[200] = "";
+    char bad[160] = "";
+    const char *what = NULL;
     int empty_subject = X509_NAME_entry_count(X509_get_subject_name(c->x)) == 0;
     GENERAL_NAMES *gens = X509_get_ext_d2i(c->x, NID_subject_alt_name, &crit, NULL);
-    if (ext_index(c->x, NID_subject_alt_name) < 0) {
-        if (empty_subject)
-            snprintf(what, sizeof(what), "its subject is empty and it has no subjectAltName");
-    } else if (!gens) {
-        snprintf(what, sizeof(what), "its subjectAltName cannot be decoded");
-    } else if (sk_GENERAL_NAME_num(gens) == 0) {
-        snprintf(what, sizeof(what), "its subjectAltName holds no name");
-    } else if (empty_subject && crit != 1) {
-        snprintf(what, sizeof(what),
-                 "its subject is empty and its subjectAltName is not "
-                 "critical");
-    } else if (bad_general_name(gens, what, sizeof(what))) {
-        /* `what` names the entry */
-    }
+    if (ext_index(c->x, NID_subject_alt_name) < 0)
+        what = empty_subject ? "its subject is empty and it has no subjectAltName: reissue it "
+                               "with a name in a critical subjectAltName"
+                             : NULL;
+    else if (!gens)
+        what = "its subjectAltName cannot be decoded: reissue it";
+    else if (sk_GENERAL_NAME_num(gens) == 0)
+        what = "its subjectAltName holds no name: reissue it with one, or without the extension";
+    else if (empty_subject && crit != 1)
+        what = "its subject is empty and its subjectAltName is not critical: reissue it with the "
+               "subjectAltName marked critical";
+    else if (bad_general_name(gens, bad, sizeof(bad)))
+        what = bad;
     GENERAL_NAMES_free(gens);
-    if (!what[0])
+    if (!what)
         return 0;
-    snprintf(buf, cap,
-             "%s; the profile wants at least one well-formed name, and a critical "
-             "subjectAltName when the subject is empty: reissue it",
-             what);
+    if (what == bad)
+        snprintf(buf, cap, "in its subjectAltName the %s: reissue it with well-formed names", bad);
+    else
+        snprintf(buf, cap, "%s", what);
     return 1;
 }
 
