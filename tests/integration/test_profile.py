@@ -10,7 +10,6 @@ GeneralizedTime before 2050) is made by editing the DER of the to-be-signed part
 signing it again with the issuer's key, so OpenSSL still verifies the chain.
 """
 import datetime
-import signal
 import socket
 import ssl
 import subprocess
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, ObjectIdentifier
 
 from conftest import MESHTLS, run
-from proxy_util import EchoServer, Proxy, make_pki, wait_for
+from proxy_util import Proxy, echo, make_pki, procs, wait_for  # noqa: F401 (fixtures)
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 PEM = serialization.Encoding.PEM
@@ -271,21 +270,6 @@ def cases(pki):
 
 
 # ---- the proxy and a client ------------------------------------------------------------
-
-@pytest.fixture
-def echo():
-    s = EchoServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop(signal.SIGKILL)
-
 
 def server(procs, echo, crt, key, ca, *extra):
     p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", crt, "--key", key,
