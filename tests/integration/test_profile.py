@@ -10,6 +10,7 @@ GeneralizedTime before 2050) is made by editing the DER of the to-be-signed part
 signing it again with the issuer's key, so OpenSSL still verifies the chain.
 """
 import datetime
+import signal
 import socket
 import ssl
 import subprocess
@@ -453,3 +454,19 @@ def test_a_conforming_crl_loads_and_off_takes_a_bad_one(procs, echo, tmp_path):
     q = server(procs, echo, tmp_path / "server.crt", tmp_path / "server.key",
                tmp_path / "root.crt", "--crl", bad, "--verify-profile", "off")
     assert attempt(q.port, *pki.leaf("good2")) == b"ping\n", q.log()
+
+
+def test_a_reload_to_a_crl_that_breaks_the_profile_keeps_the_old_one(procs, echo, tmp_path):
+    pki = Pki(tmp_path)
+    path = tmp_path / "crl.pem"
+    path.write_bytes(crl(pki, tmp_path, "good").read_bytes())
+    p = server(procs, echo, tmp_path / "server.crt", tmp_path / "server.key",
+               tmp_path / "root.crt", "--crl", path, "--no-watch")
+    client = pki.leaf("client")
+    assert attempt(p.port, *client) == b"ping\n", p.log()
+    path.write_bytes(crl(pki, tmp_path, "bad", with_aki=False).read_bytes())
+    p.signal(signal.SIGHUP)
+    wait_for(lambda: p.metrics()['meshtls_reloads_total{result="failure"}'] == 1,
+             what="reload refused")
+    assert "rfc5280-crl-authority-key-id" in p.log() and "keeping the current" in p.log()
+    assert attempt(p.port, *client) == b"ping\n", p.log()
