@@ -470,3 +470,71 @@ def test_a_reload_to_a_crl_that_breaks_the_profile_keeps_the_old_one(procs, echo
              what="reload refused")
     assert "rfc5280-crl-authority-key-id" in p.log() and "keeping the current" in p.log()
     assert attempt(p.port, *client) == b"ping\n", p.log()
+
+
+class BadServer:
+    """A TLS echo server on loopback presenting `crt`/`key`; serves until closed."""
+
+    def __init__(self, crt, key):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(crt), str(key))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.done = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.done:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                continue
+            raw.settimeout(5)
+            try:
+                with self.ctx.wrap_socket(raw, server_side=True) as s:
+                    data = s.recv(100)
+                    if data:
+                        s.sendall(data)
+            except (ssl.SSLError, OSError):
+                pass
+
+    def close(self):
+        self.done = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def through(port):
+    """b"ping\\n" through a `proxy client` on `port`, or what came back instead."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"ping\n")
+            return s.recv(10)
+    except OSError as e:
+        return str(e)
+
+
+def test_proxy_client_refuses_a_server_chain_that_breaks_the_profile(procs, tmp_path):
+    pki = Pki(tmp_path)
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost")])
+    srv = BadServer(*pki.leaf("bad-server", cn="localhost", san=san, with_aki=False))
+    try:
+        client = pki.leaf("client")
+        args = ("--target", f"127.0.0.1:{srv.port}", "--cert", client[0], "--key", client[1],
+                "--cacert", tmp_path / "root.crt", "--server-name", "localhost")
+        on = Proxy("client", *args)
+        procs.append(on)
+        off = Proxy("client", *args, "--verify-profile", "off")
+        procs.append(off)
+        assert through(off.port) == b"ping\n", off.log()
+        assert through(on.port) != b"ping\n"
+        wait_for(lambda: "rule=rfc5280-authority-key-id" in on.log(), what="refusal logged")
+        assert "TLS handshake with target failed" in on.log()
+        assert reasons(on)["profile"] == 1
+    finally:
+        srv.close()
