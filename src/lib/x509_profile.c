@@ -260,13 +260,11 @@ static int r_keycertsign_non_ca(const struct pcert *c, char *buf, size_t cap)
 
 static int r_pathlen(const struct pcert *c, char *buf, size_t cap)
 {
-    int crit;
-    BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(c->x, NID_basic_constraints, &crit, NULL);
-    int bad = bc && bc->pathlen &&
-              (!bc->ca || !(X509_get_extension_flags(c->x) & EXFLAG_KUSAGE) ||
-               !(X509_get_key_usage(c->x) & KU_KEY_CERT_SIGN));
-    BASIC_CONSTRAINTS_free(bc);
-    if (!bad)
+    /* OpenSSL's cache keeps the path length (-1: none) and marks a non-CA's non-zero one
+     * invalid, but lets a non-CA's pathLenConstraint of 0 through */
+    if (X509_get_pathlen(c->x) < 0 ||
+        (is_ca_flagged(c->x) && (X509_get_extension_flags(c->x) & EXFLAG_KUSAGE) &&
+         (X509_get_key_usage(c->x) & KU_KEY_CERT_SIGN)))
         return 0;
     snprintf(buf, cap,
              "its basicConstraints has a pathLenConstraint without cA=TRUE and "
