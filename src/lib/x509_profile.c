@@ -59,7 +59,8 @@ static int ext_critical(X509 *x, int nid)
     return i >= 0 && X509_EXTENSION_get_critical(X509_get_ext(x, i)) == 1;
 }
 
-/* Is `a` a non-negative INTEGER of at most 20 content octets?  2: negative, 3: too long. */
+/* Does `a` fit RFC 5280's INTEGER serials and CRL numbers (non-negative, at most 20 DER
+ * content octets)?  @return 0 if so, 2 if negative, 3 if too long; *zero set if it is 0. */
 static int integer_profile(const ASN1_INTEGER *a, int *zero)
 {
     int len = a ? ASN1_STRING_length(a) : 0;
@@ -84,14 +85,19 @@ static int time_misencoded(const ASN1_TIME *t)
     return ASN1_TIME_to_tm(t, &tm) == 1 && tm.tm_year + 1900 < 2050;
 }
 
-/* The first OID that appears twice among `exts`, or NULL. */
-static const ASN1_OBJECT *repeated_oid(const STACK_OF(X509_EXTENSION) * exts)
+/* Most extensions compared pairwise: a real certificate carries about ten.  A peer could
+ * send thousands (a Certificate message is allowed ~100 KB), so past this the check refuses
+ * rather than spend quadratic time or pass what it did not look at. */
+#define MAX_EXTS 256
+
+/* The first OID that appears twice among `exts`, or NULL; *too_many set past MAX_EXTS. */
+static const ASN1_OBJECT *repeated_oid(const STACK_OF(X509_EXTENSION) * exts, int *too_many)
 {
     int n = sk_X509_EXTENSION_num(exts);
-    /* quadratic, on a list a certificate keeps short (tens); bounded all the same */
-    for (int i = 0; i < n && i < 256; i++) {
+    *too_many = n > MAX_EXTS;
+    for (int i = 0; i < n && !*too_many; i++) {
         const ASN1_OBJECT *o = X509_EXTENSION_get_object(sk_X509_EXTENSION_value(exts, i));
-        for (int j = i + 1; j < n && j < 256; j++)
+        for (int j = i + 1; j < n; j++)
             if (OBJ_cmp(o, X509_EXTENSION_get_object(sk_X509_EXTENSION_value(exts, j))) == 0)
                 return o;
     }
@@ -172,13 +178,15 @@ static int r_time_encoding(const struct pcert *c, char *buf, size_t cap)
 
 static int r_ext_repeated(const struct pcert *c, char *buf, size_t cap)
 {
-    const ASN1_OBJECT *o = repeated_oid(X509_get0_extensions(c->x));
-    if (!o)
-        return 0;
+    int too_many;
+    const ASN1_OBJECT *o = repeated_oid(X509_get0_extensions(c->x), &too_many);
     char oid[80];
-    OBJ_obj2txt(oid, sizeof(oid), o, 0);
-    snprintf(buf, cap, "it carries the extension %s more than once: reissue it with one", oid);
-    return 1;
+    if (too_many)
+        snprintf(buf, cap, "it carries more than %d extensions, too many to check: reissue it",
+                 MAX_EXTS);
+    else if (o && OBJ_obj2txt(oid, sizeof(oid), o, 0) >= 0)
+        snprintf(buf, cap, "it carries the extension %s more than once: reissue it with one", oid);
+    return too_many || o;
 }
 
 static int r_ca_subject(const struct pcert *c, char *buf, size_t cap)
@@ -518,7 +526,8 @@ int meshtls_x509_profile_check_crl(X509_CRL *crl, const char *what,
     char buf[200];
     int crit = 0, zero = 0;
     const STACK_OF(X509_EXTENSION) *exts = X509_CRL_get0_extensions(crl);
-    const ASN1_OBJECT *dup = repeated_oid(exts);
+    int too_many;
+    const ASN1_OBJECT *dup = repeated_oid(exts, &too_many);
     int entry_exts = 0;
     STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
     for (int i = 0; i < sk_X509_REVOKED_num(revoked) && !entry_exts; i++)
@@ -544,6 +553,9 @@ int meshtls_x509_profile_check_crl(X509_CRL *crl, const char *what,
                time_misencoded(X509_CRL_get0_nextUpdate(crl))) {
         rule = "rfc5280-crl-time-encoding", section = "5.1.2.4";
         problem = "a date before 2050 is encoded as GeneralizedTime, not UTCTime";
+    } else if (too_many) {
+        rule = "rfc5280-crl-extension-repeated", section = "5.2";
+        problem = "it carries too many extensions to check";
     } else if (dup) {
         char oid[80];
         OBJ_obj2txt(oid, sizeof(oid), dup, 0);

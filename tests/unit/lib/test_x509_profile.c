@@ -125,6 +125,21 @@ static void ski_twice(X509 *x)
 {
     X509_add_ext(x, X509_get_ext(x, X509_get_ext_by_NID(x, NID_subject_key_identifier, -1)), -1);
 }
+static void many_extensions(X509 *x) /* all different, more than the check compares */
+{
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    ASN1_OCTET_STRING_set(os, (const unsigned char *)"\x05\x00", 2);
+    for (int i = 0; i < 300; i++) {
+        char oid[64];
+        snprintf(oid, sizeof(oid), "1.3.6.1.4.1.55555.%d", i);
+        ASN1_OBJECT *o = OBJ_txt2obj(oid, 1);
+        X509_EXTENSION *e = X509_EXTENSION_create_by_OBJ(NULL, o, 0, os);
+        X509_add_ext(x, e, -1);
+        X509_EXTENSION_free(e);
+        ASN1_OBJECT_free(o);
+    }
+    ASN1_OCTET_STRING_free(os);
+}
 static void bc_not_critical(X509 *x)
 {
     set_ext(x, NID_basic_constraints, "CA:TRUE");
@@ -264,6 +279,7 @@ static const struct tcase {
     {"GeneralizedTime in 2030", LEAF, 1, generalized_2030, "rfc5280-time-encoding"},
     {"GeneralizedTime in 2051", LEAF, 1, generalized_2051, NULL},
     {"an extension twice", INTER, 1, ski_twice, "rfc5280-extension-repeated"},
+    {"300 extensions", LEAF, 1, many_extensions, "rfc5280-extension-repeated"},
     {"CA subject empty", INTER, 1, subject_empty, "rfc5280-ca-subject"},
     {"CA basicConstraints not critical", INTER, 1, bc_not_critical, "rfc5280-ca-basic-constraints"},
     {"CA without basicConstraints", INTER, 1, bc_absent, "rfc5280-ca-basic-constraints"},
