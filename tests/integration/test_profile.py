@@ -24,6 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, Ob
 from conftest import MESHTLS, run
 from proxy_util import Proxy, echo, make_pki, procs, wait_for  # noqa: F401 (fixtures)
 
+# cryptography warns when it parses the negative serial this file makes on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Parsed a negative serial number")
+
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 PEM = serialization.Encoding.PEM
 
@@ -295,6 +298,22 @@ def attempt(port, crt, key):
         return str(e)
 
 
+def alert_of(port, crt, key):
+    """The error a client presenting `crt`/`key` reads after its handshake.  It sends
+    nothing: bytes the server never reads would make its close a reset, which can overtake
+    the alert."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(crt), str(key))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw) as s:
+            try:
+                return repr(s.recv(10))
+            except ssl.SSLError as e:
+                return str(e)
+
+
 def reasons(p):
     return {k.split('"')[1]: v for k, v in p.metrics().items()
             if k.startswith("meshtls_tls_handshake_errors_total")}
@@ -320,6 +339,8 @@ def test_each_rule_broken_once_is_refused_and_off_accepts_it(procs, echo, tmp_pa
     assert reasons(off)["profile"] == 0
     m = on.metrics()
     assert m['meshtls_cert_validation_failures_total{reason="profile"}'] == len(made)
+    # the alert says what is wrong: the certificate (not "handshake failure")
+    assert "ALERT_BAD_CERTIFICATE" in alert_of(on.port, *made[0][2])
     log = on.log()
     line = next(ln for ln in log.splitlines() if "rule=rfc5280-ca-key-id" in ln)
     assert 'the CA certificate (subject \\"CN=bad intermediate\\"' in line or \
