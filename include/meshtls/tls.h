@@ -15,6 +15,7 @@
 #include "meshtls/err.h"
 #include "meshtls/export.h"
 #include "meshtls/identity.h"
+#include "meshtls/x509.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +25,13 @@ extern "C" {
 enum meshtls_tls_min {
     MESHTLS_TLS_MIN_1_3 = 0, /**< default */
     MESHTLS_TLS_MIN_1_2 = 1, /**< opt-in, for peers that cannot do 1.3 */
+};
+
+/** Checks run after OpenSSL has verified the peer's chain. */
+enum meshtls_tls_profile {
+    MESHTLS_TLS_PROFILE_OPENSSL = 0, /**< OpenSSL's verification only (the library's default) */
+    MESHTLS_TLS_PROFILE_RFC5280 = 1, /**< also RFC 5280's certificate and CRL profile
+                                          (meshtls_x509_profile_check(); the proxy's default) */
 };
 
 /**
@@ -53,11 +61,16 @@ struct meshtls_tls_opts {
     struct meshtls_verify_cache *verify_cache; /**< server: skip re-verifying a chain verified
                                                     before under the same trust (borrowed; the
                                                     context takes a reference); NULL = off */
-    int partial_chain; /**< accept a chain ending at any certificate in the bundle (e.g.
-                            the intermediate), not only at a root; opt-in: the root's
-                            validity and constraints are then not checked */
-    int verify_depth;  /**< most intermediates allowed between the peer's certificate and a
-                            trust anchor; 0 = the default (4) */
+    int partial_chain;  /**< accept a chain ending at any certificate in the bundle (e.g.
+                             the intermediate), not only at a root; opt-in: the root's
+                             validity and constraints are then not checked */
+    int verify_depth;   /**< most intermediates allowed between the peer's certificate and a
+                             trust anchor; 0 = the default (4) */
+    int verify_profile; /**< enum meshtls_tls_profile.  With RFC5280 a peer chain that breaks
+                             the profile fails the handshake (alert bad_certificate,
+                             meshtls_tls_profile_violation() says which rule), a CRL file that
+                             breaks it fails the build, and the verified-chain and session
+                             caches keep only chains that passed it */
 };
 
 /**
@@ -147,6 +160,13 @@ MESHTLS_API int meshtls_tls_peer_identity(SSL *ssl, struct meshtls_identity **ou
  * refused leaf is kept for the logs), or NULL if the peer sent none.
  */
 MESHTLS_API X509 *meshtls_tls_presented_cert(SSL *ssl);
+
+/**
+ * The RFC 5280 profile rule the peer's chain broke on `ssl` (a context built with
+ * verify_profile = MESHTLS_TLS_PROFILE_RFC5280), or NULL if it broke none or was not
+ * checked.  Borrowed: valid while `ssl` lives.
+ */
+MESHTLS_API const struct meshtls_x509_violation *meshtls_tls_profile_violation(SSL *ssl);
 
 /**
  * After a failed handshake, a sentence on why peer verification failed

@@ -98,6 +98,43 @@ MESHTLS_API int meshtls_verify_chain(STACK_OF(X509) * chain, STACK_OF(X509) * an
                                      struct meshtls_err *err);
 
 /**
+ * What a certificate or CRL breaks of RFC 5280's profile, as found by
+ * meshtls_x509_profile_check() or meshtls_x509_profile_check_crl().  Caller-owned
+ * (usually on the stack); written only when a rule is broken.
+ */
+struct meshtls_x509_violation {
+    const char *rule;              /**< static rule id, e.g. "rfc5280-serial-positive" */
+    const char *section;           /**< static RFC 5280 section, e.g. "4.1.2.2" */
+    int depth;                     /**< chain position of the certificate (0: leaf); -1: a CRL */
+    char msg[MESHTLS_ERR_MSG_MAX]; /**< names the certificate or CRL (subject or issuer,
+                                        serial), says what is wrong and what to do */
+};
+
+/**
+ * Check a chain that OpenSSL has verified against the MUST-level rules of RFC 5280's
+ * certificate profile that OpenSSL does not enforce (the rule table is in
+ * src/lib/x509_profile.c and docs/PKI.md).  Pure: no I/O, no allocation but OpenSSL's
+ * own extension decoding.
+ * @param chain   leaf first, then each issuer (X509_STORE_CTX_get0_chain()); borrowed
+ * @param anchors how many certificates at the end of `chain` are trust anchors: they
+ *                are the operator's choice (RFC 5280 6.1.1 takes them as input) and are
+ *                not checked, only used as issuers
+ * @param v       out: the first rule broken (leaf first); may be NULL
+ * @return 0, or MESHTLS_EUNTRUSTED with `v` filled.
+ */
+MESHTLS_API int meshtls_x509_profile_check(STACK_OF(X509) * chain, int anchors,
+                                           struct meshtls_x509_violation *v);
+
+/**
+ * Check `crl` (borrowed) against the CRL profile of RFC 5280 (version, issuer,
+ * nextUpdate, authorityKeyIdentifier, cRLNumber, time encodings, repeated extensions).
+ * @param what names the CRL in the message (e.g. "CRL 2 of /etc/mesh/crl.pem")
+ * @return 0, or MESHTLS_EUNTRUSTED with `v` (may be NULL) filled and v->depth == -1.
+ */
+MESHTLS_API int meshtls_x509_profile_check_crl(X509_CRL *crl, const char *what,
+                                               struct meshtls_x509_violation *v);
+
+/**
  * Write `len` bytes to `path` atomically: a temporary file in the same
  * directory, created with `mode`, fsync'd, then renamed over `path`.  On any
  * failure nothing is left behind and `path` is unchanged.

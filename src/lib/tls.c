@@ -59,6 +59,7 @@ struct server_info {
     struct meshtls_session_cache *cache; /* one reference, or NULL */
     struct meshtls_verify_cache *vcache; /* one reference, or NULL */
     int64_t crl_expires;                 /* earliest CRL nextUpdate (0: no CRL) */
+    int profile;                         /* enum meshtls_tls_profile */
 };
 
 static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
@@ -85,7 +86,8 @@ static void server_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int id
 static CRYPTO_ONCE ex_once = CRYPTO_ONCE_STATIC_INIT;
 static int expect_idx = -1;
 static int server_idx = -1;
-static int rejected_idx = -1; /* SSL ex_data: the leaf a failed verification refused */
+static int rejected_idx = -1;  /* SSL ex_data: the leaf a failed verification refused */
+static int violation_idx = -1; /* SSL ex_data: the RFC 5280 rule the peer's chain broke */
 
 static void rejected_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
                           void *argp)
@@ -94,18 +96,26 @@ static void rejected_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, 
     X509_free(ptr);
 }
 
+static void violation_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                           void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
 static void ex_indexes_init(void)
 {
     expect_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, expect_free);
     server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_info_free);
     rejected_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, rejected_free);
+    violation_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, violation_free);
 }
 
 /* @return 1 once the ex_data indexes exist (created on the first call), 0 if they cannot be. */
 static int ex_indexes_ready(void)
 {
     return CRYPTO_THREAD_run_once(&ex_once, ex_indexes_init) && expect_idx >= 0 &&
-           server_idx >= 0 && rejected_idx >= 0;
+           server_idx >= 0 && rejected_idx >= 0 && violation_idx >= 0;
 }
 
 /*
@@ -151,6 +161,49 @@ X509 *meshtls_tls_presented_cert(SSL *ssl)
     if (peer)
         return peer;
     return ex_indexes_ready() ? SSL_get_ex_data(ssl, rejected_idx) : NULL;
+}
+
+const struct meshtls_x509_violation *meshtls_tls_profile_violation(SSL *ssl)
+{
+    return ssl && ex_indexes_ready() ? SSL_get_ex_data(ssl, violation_idx) : NULL;
+}
+
+/*
+ * RFC 5280's profile over the chain OpenSSL has just verified in `sctx` (the trust anchor,
+ * last, is the operator's choice and is not checked).  @return 1 if it passes; 0 if it
+ * breaks a rule: the store context then reports X509_V_ERR_CERT_REJECTED at the offending
+ * certificate (libssl sends the bad_certificate alert for it), and the rule is kept on the
+ * SSL (meshtls_tls_profile_violation) with the leaf (meshtls_tls_presented_cert) for the
+ * log line that names both.
+ */
+static int profile_passes(X509_STORE_CTX *sctx)
+{
+    struct meshtls_x509_violation v;
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(sctx);
+    if (meshtls_x509_profile_check(chain, 1, &v) == 0)
+        return 1;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct meshtls_x509_violation *kept = ssl ? malloc(sizeof(*kept)) : NULL;
+    if (kept) {
+        *kept = v;
+        if (!ex_indexes_ready() || SSL_get_ex_data(ssl, violation_idx) ||
+            SSL_set_ex_data(ssl, violation_idx, kept) != 1)
+            free(kept); /* refused all the same; only the log loses the rule */
+    }
+    keep_rejected(sctx);
+    X509_STORE_CTX_set_error(sctx, X509_V_ERR_CERT_REJECTED);
+    X509_STORE_CTX_set_error_depth(sctx, v.depth);
+    X509_STORE_CTX_set_current_cert(sctx, sk_X509_value(chain, v.depth));
+    return 0;
+}
+
+/* Client contexts with the profile on: OpenSSL's verification (client_verify_cb included),
+ * then the profile. */
+static int profile_verify_cb(X509_STORE_CTX *sctx, void *arg)
+{
+    (void)arg;
+    int rc = X509_verify_cert(sctx);
+    return rc == 1 && !profile_passes(sctx) ? 0 : rc;
 }
 
 /* Like ex_indexes_ready(), for context builders.  @return 0, or MESHTLS_ENOMEM (with `err`). */
@@ -237,38 +290,44 @@ static int64_t asn1_unix(const ASN1_TIME *t)
 }
 
 /*
- * Server-side chain verification through the verified-chain cache: the key
- * is the trust digest plus the DER of every certificate the client sent, in
- * order.  A hit within the entry's validity skips X509_verify_cert(); a miss
- * runs it and remembers a success.
+ * Server-side chain verification: through the verified-chain cache when there is one, then
+ * the RFC 5280 profile when it is on.  The cache key is the trust digest (which covers the
+ * profile setting) plus the DER of every certificate the client sent, in order.  A hit
+ * within the entry's validity skips X509_verify_cert() and the profile: only chains that
+ * passed both are ever added.
  */
-static int cached_verify_cb(X509_STORE_CTX *sctx, void *arg)
+static int server_cert_verify_cb(X509_STORE_CTX *sctx, void *arg)
 {
     struct server_info *si = arg;
     unsigned char key[32];
     unsigned int klen = 0;
     int64_t now = (int64_t)time(NULL);
-    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
-    STACK_OF(X509) *untrusted = X509_STORE_CTX_get0_untrusted(sctx);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = md && leaf && EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
+    int ok = 0;
+    if (si->vcache) {
+        X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+        STACK_OF(X509) *untrusted = X509_STORE_CTX_get0_untrusted(sctx);
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        ok = md && leaf && EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
              EVP_DigestUpdate(md, si->trust, 32);
-    for (int i = -1; ok && i < (untrusted ? sk_X509_num(untrusted) : 0); i++) {
-        X509 *x = i < 0 ? leaf : sk_X509_value(untrusted, i);
-        if (i >= 0 && x == leaf)
-            continue; /* libssl passes the whole peer chain, leaf first: hash it once */
-        unsigned char *der = NULL;
-        int n = i2d_X509(x, &der);
-        ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
-        OPENSSL_free(der);
-    }
-    ok = ok && EVP_DigestFinal_ex(md, key, &klen) && klen == 32;
-    EVP_MD_CTX_free(md);
-    if (ok && mt_verify_cache_hit(si->vcache, key, now)) {
-        X509_STORE_CTX_set_error(sctx, X509_V_OK);
-        return 1;
+        for (int i = -1; ok && i < (untrusted ? sk_X509_num(untrusted) : 0); i++) {
+            X509 *x = i < 0 ? leaf : sk_X509_value(untrusted, i);
+            if (i >= 0 && x == leaf)
+                continue; /* libssl passes the whole peer chain, leaf first: hash it once */
+            unsigned char *der = NULL;
+            int n = i2d_X509(x, &der);
+            ok = n > 0 && EVP_DigestUpdate(md, der, (size_t)n);
+            OPENSSL_free(der);
+        }
+        ok = ok && EVP_DigestFinal_ex(md, key, &klen) && klen == 32;
+        EVP_MD_CTX_free(md);
+        if (ok && mt_verify_cache_hit(si->vcache, key, now)) {
+            X509_STORE_CTX_set_error(sctx, X509_V_OK);
+            return 1;
+        }
     }
     int rc = X509_verify_cert(sctx);
+    if (rc == 1 && si->profile == MESHTLS_TLS_PROFILE_RFC5280 && !profile_passes(sctx))
+        return 0; /* never cached: the next connection with this chain is refused again */
     if (rc == 1 && ok) {
         STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(sctx);
         int64_t nb = 0, exp = si->crl_expires ? si->crl_expires : INT64_MAX;
@@ -364,13 +423,18 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
             goto out;
         SSL_CTX_set_verify(ctx, mode, server_verify_cb);
         SSL_CTX_set_session_id_context(ctx, SID_CTX, sizeof(SID_CTX) - 1);
-        if (o->session_cache || o->verify_cache) {
+        int profile = o->verify_profile == MESHTLS_TLS_PROFILE_RFC5280;
+        if (o->session_cache || o->verify_cache || profile) {
             /* State shared across contexts (so a reload keeps it), stamped with the trust
              * it was built under. */
             if ((rc = ex_indexes(err)) != 0)
                 goto out;
             struct server_info *si = calloc(1, sizeof(*si));
-            if (!si || trust_digest(m->anchors, m->crls, o->partial_chain, si->trust) != 0 ||
+            /* the profile is part of the trust: a chain verified without it is not
+             * remembered (or resumed) as verified with it */
+            if (!si ||
+                trust_digest(m->anchors, m->crls, (o->partial_chain ? 1 : 0) | (profile ? 2 : 0),
+                             si->trust) != 0 ||
                 !SSL_CTX_set_ex_data(ctx, server_idx, si)) {
                 free(si);
                 rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot set up the TLS caches");
@@ -393,12 +457,14 @@ static int build_ctx(int server, const struct meshtls_tls_opts *o, const struct 
                 SSL_CTX_sess_set_get_cb(ctx, sess_get_cb);
                 SSL_CTX_sess_set_remove_cb(ctx, sess_remove_cb);
             }
+            si->profile = o->verify_profile;
             if (o->verify_cache) {
                 mt_verify_cache_up_ref(o->verify_cache);
                 si->vcache = o->verify_cache;
                 mt_verify_cache_attach(o->verify_cache, si->trust);
-                SSL_CTX_set_cert_verify_callback(ctx, cached_verify_cb, si);
             }
+            if (o->verify_cache || profile)
+                SSL_CTX_set_cert_verify_callback(ctx, server_cert_verify_cb, si);
         }
         if (o->num_tickets < 0)
             SSL_CTX_set_num_tickets(ctx, 0);
@@ -477,6 +543,19 @@ static int load_material(const char *role, const struct meshtls_tls_opts *o, str
     if (o->crl_file && *o->crl_file &&
         (rc = meshtls_pem_read_crls(o->crl_file, &m->crls, err)) != 0)
         goto out;
+    /* The CRLs are ours to load, not a peer's to send: one that breaks the profile fails
+     * the build (a reload keeps the old context) rather than each handshake. */
+    for (int i = 0; o->verify_profile == MESHTLS_TLS_PROFILE_RFC5280 && m->crls &&
+                    i < sk_X509_CRL_num(m->crls);
+         i++) {
+        struct meshtls_x509_violation v;
+        char what[300];
+        snprintf(what, sizeof(what), "CRL %d of %.250s", i + 1, o->crl_file);
+        if ((rc = meshtls_x509_profile_check_crl(sk_X509_CRL_value(m->crls, i), what, &v)) != 0) {
+            meshtls_err_set(err, rc, "%s (or turn the RFC 5280 profile check off)", v.msg);
+            goto out;
+        }
+    }
     rc = 0;
 out:
     sk_X509_pop_free(certs, X509_free);
@@ -590,6 +669,8 @@ int meshtls_tls_client_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **ou
     if ((rc = build_ctx(0, opts, &m, &ctx, err)) != 0)
         goto out;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, client_verify_cb);
+    if (opts->verify_profile == MESHTLS_TLS_PROFILE_RFC5280)
+        SSL_CTX_set_cert_verify_callback(ctx, profile_verify_cb, NULL);
     if ((rc = set_expect(ctx, name, sid, td, err)) != 0)
         goto out;
     *out = ctx;
@@ -651,6 +732,11 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
         if (SSL_is_server(ssl) && e && ERR_GET_LIB(e) == ERR_LIB_SSL &&
             ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
             snprintf(buf, cap, "the client sent no certificate");
+        return;
+    }
+    const struct meshtls_x509_violation *pv = meshtls_tls_profile_violation(ssl);
+    if (pv) {
+        snprintf(buf, cap, "%s", pv->msg);
         return;
     }
     if (v == X509_V_ERR_APPLICATION_VERIFICATION) {

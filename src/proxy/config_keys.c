@@ -114,6 +114,10 @@ const struct meshtls_config_keydef px_config_keys[] = {
      "trust chains ending at any certificate of the CA bundle (opt-in: the root is then not "
      "checked)",
      0, NULL, "handshake", 0},
+    {"proxy.verify_profile", E, "rfc5280", NULL, "--verify-profile", NULL, "rfc5280|off", 0, 0,
+     "after OpenSSL's verification, refuse peer chains and CRLs that break RFC 5280's profile "
+     "(docs/PKI.md lists the rules; off: OpenSSL's checks only)",
+     0, NULL, "handshake", 0},
     /* engine */
     {"proxy.workers", I, NULL, NULL, "--workers", NULL, NULL, 1, 256,
      "worker threads (default: one per core)", 0, NULL, "engine", 0},

@@ -27,7 +27,7 @@ static const char *const hse_names[PX_HSE_N] = {
     [PX_HSE_BAD_NAME] = "bad_identity",    [PX_HSE_PROTOCOL] = "protocol",
     [PX_HSE_TIMEOUT] = "timeout",          [PX_HSE_OTHER] = "other",
     [PX_HSE_PLAINTEXT] = "plaintext",      [PX_HSE_VERSION] = "version",
-    [PX_HSE_TOO_LARGE] = "cert_too_large",
+    [PX_HSE_TOO_LARGE] = "cert_too_large", [PX_HSE_PROFILE] = "profile",
 };
 
 const char *px_hse_name(enum px_hs_error k)
@@ -77,6 +77,8 @@ static enum px_hs_error classify_verify(long v)
 enum px_hs_error px_metrics_classify_ssl(SSL *ssl)
 {
     long v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK && meshtls_tls_profile_violation(ssl))
+        return PX_HSE_PROFILE;
     if (v != X509_V_OK)
         return classify_verify(v);
     unsigned long e = ERR_peek_last_error();
@@ -100,7 +102,7 @@ void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, cha
 {
     enum px_hs_error kind = px_metrics_classify_ssl(t->ssl);
     px_count_hs_error(kind, mt_conn_shard(c));
-    char why[256];
+    char why[MESHTLS_ERR_MSG_MAX]; /* a profile refusal names certificate, rule and fix */
     struct meshtls_err e = MESHTLS_ERR_INIT;
     meshtls_tls_verify_failure(t->ssl, why, sizeof(why));
     if (!why[0] && kind == PX_HSE_NO_CERT)
@@ -119,9 +121,11 @@ void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, cha
     meshtls_err_set_ssl(&e, MESHTLS_ETLS, "TLS handshake with %s failed%s%s",
                         t->is_down ? "client" : "target", why[0] ? ": " : "", why);
     snprintf(msg, cap, "%s", e.msg);
+    const struct meshtls_x509_violation *pv = meshtls_tls_profile_violation(t->ssl);
     MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "refused", MESHTLS_LF_U("conn", c->id),
                       MESHTLS_LF_S("client", c->peer_addr),
-                      MESHTLS_LF_S("reason", px_hse_name(kind)), MESHTLS_LF_S("error", e.msg),
+                      MESHTLS_LF_S("reason", px_hse_name(kind)),
+                      MESHTLS_LF_S("rule", pv ? pv->rule : NULL), MESHTLS_LF_S("error", e.msg),
                       MESHTLS_LF_S("id", id ? id->spiffe_id : NULL),
                       MESHTLS_LF_S("subject", id ? id->subject : NULL),
                       MESHTLS_LF_S("serial", id ? id->serial : NULL),

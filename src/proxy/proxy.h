@@ -129,6 +129,7 @@ enum px_hs_error {
     PX_HSE_PLAINTEXT, /* not TLS at all: an HTTP request, random bytes */
     PX_HSE_VERSION,   /* a TLS version below the minimum */
     PX_HSE_TOO_LARGE, /* a certificate message over OpenSSL's limit */
+    PX_HSE_PROFILE,   /* a verified chain that breaks RFC 5280's profile (x509_profile.c) */
     PX_HSE_N
 };
 

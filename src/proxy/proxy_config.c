@@ -137,6 +137,9 @@ int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct p
     c.tls.min_version = v && !strcmp(v, "1.2") ? MESHTLS_TLS_MIN_1_2 : MESHTLS_TLS_MIN_1_3;
     if ((rc = get_bool(cfg, "proxy.partial_chain", &c.tls.partial_chain, err)) != 0)
         goto fail;
+    v = val(cfg, "proxy.verify_profile");
+    c.tls.verify_profile =
+        v && !strcmp(v, "off") ? MESHTLS_TLS_PROFILE_OPENSSL : MESHTLS_TLS_PROFILE_RFC5280;
     if (server) {
         if ((rc = get_bool(cfg, "server.require_client_cert", &b, err)) != 0)
             goto fail;
@@ -211,6 +214,7 @@ int px_config_from(const struct meshtls_config *cfg, enum px_mode mode, struct p
             c.target_opts.ca_file = c.tls.ca_file;
         c.target_opts.min_version = c.tls.min_version;
     }
+    c.target_opts.verify_profile = c.tls.verify_profile; /* the target's chain too */
     c.policy_file = val(cfg, "proxy.policy_file");
     c.service = val(cfg, "proxy.service");
     if ((v = val(cfg, "proxy.forward_identity"))) {

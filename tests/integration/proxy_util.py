@@ -12,6 +12,8 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from conftest import MESHTLS, run, read_child_log
 
 
@@ -98,6 +100,23 @@ class Proxy:
         for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
             assert bad not in log, f"sanitizer report in proxy log:\n{log[-4000:]}"
         return self.proc.returncode
+
+
+@pytest.fixture
+def echo():
+    """An EchoServer for one test (import the fixture: `from proxy_util import echo`)."""
+    s = EchoServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def procs():
+    """Proxies a test appends here are killed, by PID, when it ends."""
+    started = []
+    yield started
+    for p in started:
+        p.stop(signal.SIGKILL)
 
 
 def wait_for(pred, timeout=10.0, what="condition"):

@@ -268,9 +268,13 @@ def stale_crls(ca, out, revoked_serial):
     for name, serials in (("root", []), ("intermediate", [revoked_serial])):
         key = serialization.load_pem_private_key((ca / f"{name}.key").read_bytes(), None)
         crt = x509.load_pem_x509_certificate((ca / f"{name}.crt").read_bytes())
+        # conforming (RFC 5280 5.2.1, 5.2.3: the proxy refuses a CRL without these)
         b = (x509.CertificateRevocationListBuilder().issuer_name(crt.subject)
              .last_update(now - datetime.timedelta(days=10))
-             .next_update(now - datetime.timedelta(days=1)))
+             .next_update(now - datetime.timedelta(days=1))
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 key.public_key()), False)
+             .add_extension(x509.CRLNumber(2), False))
         for sn in serials:
             b = b.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(int(sn, 16))

@@ -84,6 +84,7 @@ static const struct row ROWS[] = {
     {"proxy.verify_depth", SRV, "2", "3", "5", "2", "3", "5"},
     {"proxy.verify_cache_size", SRV, "0", "5", "6", "0", "5", "6"},
     {"proxy.partial_chain", CLI, NULL, "false", "true", "1", "0", "1"},
+    {"proxy.verify_profile", SRV, "off", "rfc5280", "off", "0", "1", "0"},
     {"proxy.workers", SRV, "3", "4", "5", "3", "4", "5"},
     {"proxy.max_conns", CLI, "3", "4", "5", "3", "4", "5"},
     {"proxy.handshake_timeout", SRV, "500ms", "2s", "1m", "500", "2000", "60000"},
@@ -224,6 +225,8 @@ static int field(const struct px_config *c, const struct row *r, char *buf, size
         n = (long)c->verify_cache_size;
     else if (!strcmp(k, "proxy.partial_chain"))
         n = t->partial_chain;
+    else if (!strcmp(k, "proxy.verify_profile"))
+        n = t->verify_profile;
     else if (!strcmp(k, "proxy.workers"))
         n = c->workers;
     else if (!strcmp(k, "proxy.max_conns"))
