@@ -161,6 +161,13 @@ def test_plaintext_and_garbage_on_tls_port(pki, procs, echo):
                 pass
     wait_for(lambda: p.metrics()['meshtls_tls_handshakes_total{result="failure"}'] >= 3,
              what="failures counted")
+    m = p.metrics()
+    # each counted as what it was: the HTTP request and the random bytes as plaintext, the
+    # oversized record as protocol; none of them fires the certificate alert
+    assert m['meshtls_tls_handshake_errors_total{reason="plaintext"}'] == 2
+    assert m['meshtls_tls_handshake_errors_total{reason="protocol"}'] == 1
+    assert m['meshtls_tls_handshake_errors_total{reason="no_client_cert"}'] == 0
+    assert m['meshtls_cert_validation_failures_total{reason="no_client_cert"}'] == 0
     assert echo.connections == 0
     assert roundtrip(tls_client(pki), p.port) == b"ping\n"  # still serving
 

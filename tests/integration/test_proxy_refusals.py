@@ -172,6 +172,8 @@ def test_revoked_client_is_named(procs, echo, tmp_path):
     wait_for(lambda: "certificate revoked" in p.log(), what="revoked logged")
     line = next(ln for ln in p.log().splitlines() if "certificate revoked" in ln)
     assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
+    # whose certificate, like the untrusted and expired ones: subject and issuer too
+    assert 'subject="CN=web' in line and 'issuer="' in line and "Intermediate" in line, line
 
 
 @pytest.mark.skipif(not shutil.which("psql"), reason="psql not installed")
