@@ -6,6 +6,8 @@
   `no_client_cert`, and none of the others moves `meshtls_cert_validation_failures_total`;
 - a refused client certificate (untrusted, expired, revoked) is logged with its subject,
   SPIFFE ID, serial and issuer, taken from the certificate even though it failed;
+- a `proxy client` refused by its server (revoked certificate: a TLS alert; policy: close_notify
+  right after the handshake) says so in its close line;
 - PostgreSQL's SSLRequest is answered with 'S' and then mutual TLS: psql with
   sslmode=verify-full and a client certificate talks to the proxy server directly.
 """
@@ -304,3 +306,64 @@ def test_stale_crl_keeps_refusing_what_it_lists_and_no_one_else(procs, echo, tmp
     assert m["meshtls_crl_stale"] == 2
     assert m["meshtls_crl_next_update_seconds"] < 0
     assert "meshtls ca crl --out" in p.log()
+
+
+# ---- client side: a `proxy client` refused by its server says why ---------------------------
+
+def client(pki, procs, server_port, who="web", certs="certs"):
+    c, k = pki / "certs", pki / certs
+    p = Proxy("client", "--target", f"127.0.0.1:{server_port}", "--cert", k / f"{who}.crt",
+              "--key", k / f"{who}.key", "--cacert", c / "ca.crt", "--verify-spiffe-id",
+              "spiffe://test.local/svc/api")
+    procs.append(p)
+    return p
+
+
+def through(p):
+    """One plaintext exchange through client proxy `p`: what came back (b"" if refused)."""
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"ping\n")
+            return s.recv(10)
+    except OSError:
+        return b""
+
+
+def close_line(p):
+    wait_for(lambda: " close conn=" in p.log(), what="the client's close line")
+    return next(ln for ln in p.log().splitlines() if " close conn=" in ln)
+
+
+def test_client_denied_by_policy_says_so(pki, procs, echo):
+    c = pki / "certs"
+    srv = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+                c / "api.key", "--cacert", c / "ca.crt", "--allow-uri",
+                "spiffe://test.local/svc/orders")
+    procs.append(srv)
+    cli = client(pki, procs, srv.port)
+    assert through(cli) == b""
+    line = close_line(cli)
+    # no alert to report: a server denies by policy after the handshake, with close_notify
+    # (docs/PROXY.md), so the client says what that means
+    assert "the server closed without sending anything" in line, line
+    assert "its policy may deny our identity (see its audit log)" in line, line
+    assert 'reason="done"' not in line and "reason=done" not in line, line
+    assert "target connection error" not in cli.log(), cli.log()
+    assert echo.connections == 0
+
+
+def test_client_with_revoked_certificate_says_so(procs, echo, tmp_path):
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    run("ca", "revoke", "--dir", d / "ca", "--serial", serial_of(d / "certs" / "web.crt"),
+        check=True)
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", d / "ca", "--out", crl, check=True)
+    srv = server(d, procs, echo.port, "--crl", crl)
+    cli = client(d, procs, srv.port)
+    assert through(cli) == b""
+    line = close_line(cli)
+    assert "TLS alert 'certificate revoked'" in line, cli.log()
+    assert "our certificate is revoked" in line, line
+    assert "reason=done" not in line and "target connection error" not in cli.log(), cli.log()
+    assert echo.connections == 0
