@@ -278,6 +278,24 @@ static void served(const struct px_snap *s, char *buf, size_t cap)
     meshtls_identity_free(id);
 }
 
+/* Our certificate in a few words, kept with the snapshot so /readyz can name it without
+ * decoding the certificate again on every probe. */
+static void self_describe(struct px_snap *s)
+{
+    X509 *leaf = s->base.ctx ? SSL_CTX_get0_certificate(s->base.ctx) : NULL;
+    struct meshtls_identity *id = NULL;
+    if (!leaf || meshtls_identity_from_x509(leaf, &id, NULL) != 0) {
+        snprintf(s->self_desc, sizeof(s->self_desc), "(unreadable)");
+        return;
+    }
+    snprintf(s->self_desc, sizeof(s->self_desc), "%s, serial %s",
+             id->spiffe_id ? id->spiffe_id
+             : id->subject ? id->subject
+                           : "?",
+             id->serial ? id->serial : "?");
+    meshtls_identity_free(id);
+}
+
 /* The CRLs a context checks with: the soonest nextUpdate, how many, how many stale; and a
  * warning for each one stale or due within 7 days, naming its issuer and the fix. */
 static void crl_survey(struct px_snap *s, const char *file)
@@ -356,6 +374,8 @@ int px_snap_build(const struct px_config *c, struct px_snap **out, struct meshtl
     }
     if ((rc = px_tls_build(c, &s->base.ctx, &s->base.not_after, err)) != 0)
         goto fail;
+    s->cert_file = c->tls.cert_file;
+    self_describe(s);
     if (c->mode == PX_MODE_SERVER && (rc = px_policy_build(c, &s->policy, err)) != 0)
         goto fail;
     if (c->tls.crl_file)

@@ -90,6 +90,8 @@ struct px_snap {
     enum px_mode mode;
     int forward_pp2, forward_http;
     int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
+    const char *cert_file;    /* our certificate's file (borrowed from the px_config) */
+    char self_desc[300];      /* our certificate, for /readyz: "spiffe://… (serial …)" */
     int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
     int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
 };

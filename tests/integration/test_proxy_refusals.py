@@ -367,3 +367,24 @@ def test_client_with_revoked_certificate_says_so(procs, echo, tmp_path):
     assert "our certificate is revoked" in line, line
     assert "reason=done" not in line and "target connection error" not in cli.log(), cli.log()
     assert echo.connections == 0
+
+
+def test_oversized_client_certificate_is_cert_too_large(pki, procs, echo, tmp_path):
+    """A Certificate message over OpenSSL's limit (SSL_CTX_set_max_cert_list, 100 KiB by
+    default) is counted as what it is, not as a protocol error or a missing certificate."""
+    from cryptography import x509
+    blob = b"\x04\x83" + (120000).to_bytes(3, "big") + b"A" * 120000  # an OCTET STRING
+    big = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), blob)
+    forged = forge_client_cert(pki, tmp_path / "big", extensions=[(big, False)])
+    assert (forged / "web.crt").stat().st_size > 150000
+    p = server(pki, procs, echo.port)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["cert_too_large"] == 1, what="cert_too_large counted")
+    hs, cert = errors(p)
+    assert cert["cert_too_large"] == 1, cert
+    assert hs["no_client_cert"] == 0 and hs["protocol"] == 0, hs
+    wait_for(lambda: "reason=cert_too_large" in p.log(), what="logged")
+    assert echo.connections == 0
