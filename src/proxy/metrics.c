@@ -69,6 +69,7 @@ static enum px_hs_error classify_verify(long v)
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
     case X509_V_ERR_INVALID_PURPOSE:
+    case X509_V_ERR_CERT_CHAIN_TOO_LONG: /* more intermediates than --verify-depth */
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: return PX_HSE_UNTRUSTED;
     default: return PX_HSE_OTHER;
     }
@@ -108,6 +109,13 @@ void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, cha
     else if (!why[0] && kind == PX_HSE_VERSION)
         snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
                  min_tls12 ? "TLS 1.2" : "TLS 1.3");
+    else if (SSL_get_verify_result(t->ssl) == X509_V_ERR_CERT_CHAIN_TOO_LONG) {
+        size_t n = strlen(why);
+        snprintf(why + n, sizeof(why) - n,
+                 " (more intermediates than the verify depth allows: %d, --verify-depth of "
+                 "proxy server; raise it only for a PKI with more levels)",
+                 SSL_get_verify_depth(t->ssl));
+    }
     X509 *x = meshtls_tls_presented_cert(t->ssl);
     struct meshtls_identity *id = NULL;
     if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {

@@ -388,3 +388,76 @@ def test_oversized_client_certificate_is_cert_too_large(pki, procs, echo, tmp_pa
     assert hs["no_client_cert"] == 0 and hs["protocol"] == 0, hs
     wait_for(lambda: "reason=cert_too_large" in p.log(), what="logged")
     assert echo.connections == 0
+
+
+def deep_chain(out, intermediates=2):
+    """root -> int1 -> ... -> leaf `web` (spiffe://deep.local/svc/web), with no path length
+    limits: out/root.crt, out/web.crt (leaf + intermediates, leaf first), out/web.key."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    now = datetime.datetime.utcnow()
+
+    def cert(cn, key, issuer_cn, issuer_key, ca):
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+             .add_extension(ski, False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 issuer_key.public_key()), False))
+        if ca:
+            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                              False, False), True)
+        else:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://deep.local/svc/web")]), False)
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    out.mkdir(parents=True, exist_ok=True)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    (out / "root.crt").write_bytes(pem(cert("deep root", root_key, "deep root", root_key, True)))
+    chain, issuer_cn, issuer_key = [], "deep root", root_key
+    for i in range(1, intermediates + 1):
+        k = ec.generate_private_key(ec.SECP256R1())
+        chain.insert(0, cert(f"deep int{i}", k, issuer_cn, issuer_key, True))
+        issuer_cn, issuer_key = f"deep int{i}", k
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert("web", leaf_key, issuer_cn, issuer_key, False)
+    (out / "web.crt").write_bytes(b"".join(pem(c) for c in [leaf] + chain))
+    (out / "web.key").write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return out
+
+
+@pytest.mark.parametrize("depth,accepted", [(None, True), ("2", True), ("1", False)])
+def test_verify_depth_counts_intermediates(pki, procs, echo, tmp_path, depth, accepted):
+    """--verify-depth N: at most N intermediates between the client's certificate and the
+    trusted root.  Two (root -> int1 -> int2 -> leaf) pass the default (4) and 2, not 1."""
+    d = deep_chain(tmp_path / "deep")
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", d / "root.crt", "--allow-trust-domain", "deep.local",
+              *(("--verify-depth", depth) if depth else ()))
+    procs.append(p)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(c / "ca.crt"))
+    ctx.load_cert_chain(str(d / "web.crt"), str(d / "web.key"))
+    if accepted:
+        assert attempt(ctx, p.port) == b"ping\n", p.log()
+        return
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["untrusted"] == 1, what="counted as untrusted")
+    wait_for(lambda: "certificate chain too long" in p.log(), what="logged")
+    line = next(ln for ln in p.log().splitlines() if "certificate chain too long" in ln)
+    assert "verify depth allows: 1, --verify-depth" in line and "id=spiffe://deep.local/svc/web" in line, line
+    assert echo.connections == 0
