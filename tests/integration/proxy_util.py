@@ -177,10 +177,11 @@ class HttpServer(http.server.ThreadingHTTPServer):
 
 
 def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False,
-                      seconds_left=None, extensions=()):
+                      seconds_left=None, extensions=(), starts_in=None):
     """A client certificate signed by pki's intermediate CA (so the chain is
     trusted) but expired, with EKU serverAuth only, valid for only `seconds_left`
-    more seconds, or with extra `extensions` ((extension, critical) pairs): things
+    more seconds, valid only `starts_in` seconds from now, or with extra
+    `extensions` ((extension, critical) pairs): things
     `meshtls ca` refuses to make.  Writes out/NAME.crt (leaf + intermediate) and
     NAME.key."""
     import datetime
@@ -197,6 +198,8 @@ def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False
         else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30))
     if seconds_left is not None:
         na = now + datetime.timedelta(seconds=seconds_left)
+    if starts_in is not None:
+        nb = now + datetime.timedelta(seconds=starts_in)
     eku = [ExtendedKeyUsageOID.SERVER_AUTH] if eku_server_only else \
         [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     b = (x509.CertificateBuilder()

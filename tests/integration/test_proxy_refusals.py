@@ -11,6 +11,8 @@
 - PostgreSQL's SSLRequest is answered with 'S' and then mutual TLS: psql with
   sslmode=verify-full and a client certificate talks to the proxy server directly.
 """
+import datetime
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +21,7 @@ import subprocess
 import time
 
 import pytest
+from cryptography import x509
 
 from conftest import run
 from proxy_util import EchoServer, Proxy, forge_client_cert, make_pki, wait_for
@@ -71,6 +74,14 @@ def attempt(ctx, port):
                 return s.recv(10)
     except (ssl.SSLError, OSError):
         return b""
+
+
+def presenting(pki, d, name="web"):
+    """A client context trusting pki's CA and presenting d/NAME.crt."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(d / f"{name}.crt"), str(d / f"{name}.key"))
+    return ctx
 
 
 def errors(p):
@@ -134,10 +145,7 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
     ctx.load_cert_chain(str(pki / "intruder" / "web.crt"), str(pki / "intruder" / "web.key"))
     assert attempt(ctx, p.port) == b""
     forged = forge_client_cert(pki, tmp_path / "expired", expired=True)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
-    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
-    assert attempt(ctx, p.port) == b""
+    assert attempt(presenting(pki, forged), p.port) == b""
     wait_for(lambda: errors(p)[0]["untrusted"] == 1 and errors(p)[0]["expired"] == 1,
              what="both refusals counted")
     # counted just before logged, closed after: wait for both close lines
@@ -151,6 +159,9 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
         assert line, f"no refusal line names serial {serial}:\n{log}"
         assert f"id=spiffe://{td}/svc/web" in line and 'subject="CN=web' in line, line
         assert "issuer=" in line
+        if td == "test.local":  # the expired one: when, from its notAfter
+            na = x509.load_pem_x509_certificate(crt.read_bytes()).not_valid_after
+            assert f"certificate expired at {na:%Y-%m-%dT%H:%M:%SZ}" in line, line
         # the close line carries the identity too, not id=- serial=-
         assert any(f"serial={serial}" in ln and f"id=spiffe://{td}/svc/web" in ln
                    for ln in log.splitlines() if " close conn=" in ln), log
@@ -176,6 +187,12 @@ def test_revoked_client_is_named(procs, echo, tmp_path):
     assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
     # whose certificate, like the untrusted and expired ones: subject and issuer too
     assert 'subject="CN=web' in line and 'issuer="' in line and "Intermediate" in line, line
+    # and when and why, from the CRL entry
+    m = re.search(r"certificate revoked at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) "
+                  r"\(reason keyCompromise\)", line)
+    assert m, line
+    when = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ")
+    assert abs((datetime.datetime.utcnow() - when).total_seconds()) < 3600, line
 
 
 @pytest.mark.skipif(not shutil.which("psql"), reason="psql not installed")
@@ -372,16 +389,12 @@ def test_client_with_revoked_certificate_says_so(procs, echo, tmp_path):
 def test_oversized_client_certificate_is_cert_too_large(pki, procs, echo, tmp_path):
     """A Certificate message over OpenSSL's limit (SSL_CTX_set_max_cert_list, 100 KiB by
     default) is counted as what it is, not as a protocol error or a missing certificate."""
-    from cryptography import x509
     blob = b"\x04\x83" + (120000).to_bytes(3, "big") + b"A" * 120000  # an OCTET STRING
     big = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), blob)
     forged = forge_client_cert(pki, tmp_path / "big", extensions=[(big, False)])
     assert (forged / "web.crt").stat().st_size > 150000
     p = server(pki, procs, echo.port)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
-    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
-    assert attempt(ctx, p.port) == b""
+    assert attempt(presenting(pki, forged), p.port) == b""
     wait_for(lambda: errors(p)[0]["cert_too_large"] == 1, what="cert_too_large counted")
     hs, cert = errors(p)
     assert cert["cert_too_large"] == 1, cert
@@ -461,3 +474,15 @@ def test_verify_depth_counts_intermediates(pki, procs, echo, tmp_path, depth, ac
     line = next(ln for ln in p.log().splitlines() if "certificate chain too long" in ln)
     assert "verify depth allows: 1, --verify-depth" in line and "id=spiffe://deep.local/svc/web" in line, line
     assert echo.connections == 0
+
+
+def test_not_yet_valid_client_says_until_when(pki, procs, echo, tmp_path):
+    forged = forge_client_cert(pki, tmp_path / "future", starts_in=3600)
+    nb = x509.load_pem_x509_certificate((forged / "web.crt").read_bytes()).not_valid_before
+    p = server(pki, procs, echo.port)
+    assert attempt(presenting(pki, forged), p.port) == b""
+    wait_for(lambda: errors(p)[0]["expired"] == 1, what="counted as expired")
+    wait_for(lambda: "not yet valid until" in p.log(), what="logged")
+    line = next(ln for ln in p.log().splitlines() if "not yet valid until" in ln)
+    assert f"certificate not yet valid until {nb:%Y-%m-%dT%H:%M:%SZ}" in line, line
+    assert "reason=expired" in line and "id=spiffe://test.local/svc/web" in line, line
