@@ -130,12 +130,53 @@ fail:
     return rc;
 }
 
+static int empty(const char *s)
+{
+    return !s || !*s;
+}
+
+/*
+ * What the library needs in our TLS options, said with the names a proxy user has (flag,
+ * key, variable): the library names only the fields of struct meshtls_tls_opts, since a C
+ * program that links it has no flags.  @return 0 or MESHTLS_EINVAL.
+ */
+static int tls_opts_given(const struct px_config *c, struct meshtls_err *err)
+{
+    const struct meshtls_tls_opts *o = &c->tls;
+    int srv = c->mode == PX_MODE_SERVER;
+    const char *role = srv ? "server" : "client";
+    if (empty(o->cert_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no certificate: give --cert FILE (%s.cert_file in --config, or "
+                               "%s)",
+                               role, srv ? "GRPC_SERVER_CERT_PATH" : "GRPC_CLIENT_CERT_PATH");
+    if (empty(o->key_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no private key: give --key FILE (%s.key_file in --config, or %s)",
+                               role, srv ? "GRPC_SERVER_KEY_PATH" : "GRPC_CLIENT_KEY_PATH");
+    if (empty(o->ca_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no CA bundle: give --cacert FILE (%s.ca_file in --config, or %s): "
+                               "mutual TLS needs one to verify peers",
+                               role, srv ? "GRPC_CLIENT_CA_CERT_PATH" : "GRPC_SERVER_CA_CERT_PATH");
+    if (!srv && empty(o->server_name) && empty(o->verify_spiffe_id) &&
+        empty(o->verify_trust_domain))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "give the server's expected identity: a server name "
+                               "(--server-name, or GRPC_SERVER_DOMAIN), a SPIFFE ID "
+                               "(--verify-spiffe-id) or a trust domain (--verify-trust-domain)");
+    return 0;
+}
+
 int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err)
 {
     SSL_CTX *ctx = NULL;
-    int rc = c->mode == PX_MODE_SERVER ? meshtls_tls_server_ctx_new(&c->tls, &ctx, err)
-                                       : meshtls_tls_client_ctx_new(&c->tls, &ctx, err);
+    int rc = tls_opts_given(c, err);
+    if (rc)
+        return rc;
+    rc = c->mode == PX_MODE_SERVER ? meshtls_tls_server_ctx_new(&c->tls, &ctx, err)
+                                   : meshtls_tls_client_ctx_new(&c->tls, &ctx, err);
     if (rc)
         return rc;
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -166,6 +207,12 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
 
 int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls_err *err)
 {
+    const struct meshtls_tls_opts *o = &c->target_opts;
+    /* the files default to our own (px_config_from); the identity has no default */
+    if (empty(o->server_name) && empty(o->verify_spiffe_id))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "give the target's expected identity: --target-server-name or "
+                               "--target-verify-spiffe-id");
     int rc = meshtls_tls_client_ctx_new(&c->target_opts, out, err);
     if (rc == 0) {
         SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);

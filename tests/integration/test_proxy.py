@@ -414,6 +414,13 @@ def test_startup_errors_fail_closed(pki, tmp_path):
     r = run("proxy", "client", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
             "--cert", c / "web.crt", "--key", c / "web.key", "--cacert", c / "ca.crt")
     assert r.returncode == 1 and "server name" in r.stderr
+    # the proxy names its own flags; the library (for C programs) only the option fields
+    assert "--server-name" in r.stderr and "--verify-spiffe-id" in r.stderr, r.stderr
+    r = run(*base[:-2], "--allow-all")
+    assert r.returncode == 1 and "give --cacert FILE" in r.stderr, r.stderr
+    assert "server.ca_file" in r.stderr and "GRPC_CLIENT_CA_CERT_PATH" in r.stderr, r.stderr
+    r = run(*base, "--allow-all", "--target-tls")
+    assert r.returncode == 1 and "--target-server-name" in r.stderr, r.stderr
     assert run("proxy", "--help").returncode == 0
 
 
