@@ -261,14 +261,17 @@ static double scache_size(void *arg)
     return (double)meshtls_session_cache_size(arg);
 }
 
-static double crl_next_update(void *arg)
+/* One sample per CRL of the snapshot in service: a reload that changes the CRLs changes the
+ * series at the next scrape. */
+static void crl_next_update(void *arg, struct mt_emit *e)
 {
     (void)arg;
     struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
     const struct px_snap *ps = (const struct px_snap *)s;
-    double v = ps && ps->crl_next_update ? (double)(ps->crl_next_update - (int64_t)time(NULL)) : 0;
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; ps && i < ps->n_crls; i++)
+        mt_emit(e, MT_LIST(ps->crls[i].issuer), (double)(ps->crls[i].next_update - now));
     mt_snap_release(s);
-    return v;
 }
 
 static double crl_stale(void *arg)
@@ -383,10 +386,10 @@ int px_metrics_add_crl(struct meshtls_err *err)
     if (!px_metrics.reg)
         return meshtls_err_set(err, MESHTLS_EINVAL, "metrics are not registered");
     if ((rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_next_update_seconds",
-                           "Seconds until the soonest nextUpdate of the CRLs in use (negative: "
-                           "stale; the last CRL still refuses what it lists).",
-                           NULL, &f, err)) != 0 ||
-        (rc = mt_series_fn(f, NULL, crl_next_update, NULL, err)) != 0 ||
+                           "Seconds until the nextUpdate of each CRL in use, by issuer "
+                           "(negative: stale; the last CRL still refuses what it lists).",
+                           MT_LIST("issuer"), &f, err)) != 0 ||
+        (rc = mt_family_collect(f, crl_next_update, NULL, err)) != 0 ||
         (rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_stale",
                            "CRLs in use that are past their nextUpdate.", NULL, &f, err)) != 0)
         return rc;

@@ -343,6 +343,18 @@ static void self_describe(struct px_snap *s)
     meshtls_identity_free(id);
 }
 
+/* `n` as RFC 2253 text into `buf` (truncated), as src/lib/identity.c prints issuers. */
+static void name_rfc2253(const X509_NAME *n, char *buf, size_t cap)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL;
+    long len = 0;
+    if (b && X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0)
+        len = BIO_get_mem_data(b, &data);
+    snprintf(buf, cap, "%.*s", len > 0 ? (int)(len < 4096 ? len : 4096) : 1, len > 0 ? data : "?");
+    BIO_free(b);
+}
+
 /* The CRLs a context checks with: the soonest nextUpdate, how many, how many stale; and a
  * warning for each one stale or due within 7 days, naming its issuer and the fix. */
 static void crl_survey(struct px_snap *s, const char *file)
@@ -350,6 +362,9 @@ static void crl_survey(struct px_snap *s, const char *file)
     X509_STORE *st = s->base.ctx ? SSL_CTX_get_cert_store(s->base.ctx) : NULL;
     STACK_OF(X509_OBJECT) *objs = st ? X509_STORE_get0_objects(st) : NULL;
     int64_t now = (int64_t)time(NULL);
+    int nobj = objs ? sk_X509_OBJECT_num(objs) : 0;
+    /* out of memory: no per-CRL gauges, the rest stands */
+    s->crls = nobj > 0 ? calloc((size_t)nobj, sizeof(*s->crls)) : NULL;
     for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
         X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
         const ASN1_TIME *nu = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
@@ -362,6 +377,11 @@ static void crl_survey(struct px_snap *s, const char *file)
         int64_t t = (int64_t)timegm(&tm);
         if (!s->crl_next_update || t < s->crl_next_update)
             s->crl_next_update = t;
+        if (s->crls) {
+            struct px_crl *pc = &s->crls[s->n_crls++];
+            pc->next_update = t;
+            name_rfc2253(X509_CRL_get_issuer(crl), pc->issuer, sizeof(pc->issuer));
+        }
         if (t > now + 7 * 86400)
             continue;
         char issuer[256] = "?", when[32] = "?";
@@ -389,6 +409,7 @@ static void snap_destroy(struct mt_snap *b)
     SSL_CTX_free(s->base.ctx);
     SSL_CTX_free(s->target_ctx);
     meshtls_policy_free(s->policy);
+    free(s->crls);
     free(s);
 }
 

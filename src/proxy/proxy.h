@@ -94,6 +94,14 @@ struct px_snap {
     char self_desc[300];      /* our certificate, for /readyz: "spiffe://… (serial …)" */
     int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
     int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
+    struct px_crl *crls;      /* each CRL with a nextUpdate, n_crls of them (owned) */
+    size_t n_crls;
+};
+
+/* One CRL the snapshot checks with, for meshtls_crl_next_update_seconds{issuer}. */
+struct px_crl {
+    char issuer[256]; /* RFC 2253, as the refused lines print issuers */
+    int64_t next_update;
 };
 
 /* Metric counters (Prometheus names in metrics.c). */

@@ -321,7 +321,13 @@ def test_stale_crl_keeps_refusing_what_it_lists_and_no_one_else(procs, echo, tmp
              what="revoked counted")
     m = p.metrics()
     assert m["meshtls_crl_stale"] == 2
-    assert m["meshtls_crl_next_update_seconds"] < 0
+    # one gauge per CRL, labelled by its issuer: which one is late
+    per_crl = {k: v for k, v in m.items() if k.startswith("meshtls_crl_next_update_seconds{")}
+    assert len(per_crl) == 2 and all(v < 0 for v in per_crl.values()), per_crl
+    issuers = {k.split('issuer="', 1)[1].rstrip('"}') for k in per_crl}
+    for name in ("root", "intermediate"):
+        crt = x509.load_pem_x509_certificate((d / "ca" / f"{name}.crt").read_bytes())
+        assert crt.subject.rfc4514_string() in issuers, (issuers, crt.subject)
     assert "meshtls ca crl --out" in p.log()
 
 
@@ -486,3 +492,26 @@ def test_not_yet_valid_client_says_until_when(pki, procs, echo, tmp_path):
     line = next(ln for ln in p.log().splitlines() if "not yet valid until" in ln)
     assert f"certificate not yet valid until {nb:%Y-%m-%dT%H:%M:%SZ}" in line, line
     assert "reason=expired" in line and "id=spiffe://test.local/svc/web" in line, line
+
+
+def test_crl_gauges_follow_a_reload(procs, echo, tmp_path):
+    """meshtls_crl_next_update_seconds{issuer} is computed from the CRLs in service: fresh ones
+    from `ca crl` count down from the future; after the file is replaced by stale ones (a
+    reload on file change) the same issuers read negative."""
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", d / "ca", "--out", crl, check=True)
+    p = server(d, procs, echo.port, "--crl", crl)
+
+    def per_crl():
+        return {k: v for k, v in p.metrics().items()
+                if k.startswith("meshtls_crl_next_update_seconds{")}
+    before = per_crl()
+    assert len(before) == 2 and all(v > 0 for v in before.values()), before
+    assert p.metrics()["meshtls_crl_stale"] == 0
+    stale_crls(d / "ca", tmp_path / "stale.pem", serial_of(d / "certs" / "web.crt"))
+    (tmp_path / "stale.pem").replace(crl)
+    wait_for(lambda: all(v < 0 for v in per_crl().values()), timeout=20,
+             what="the reload's CRLs in the gauges")
+    assert per_crl().keys() == before.keys()
