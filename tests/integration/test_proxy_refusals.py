@@ -9,7 +9,10 @@
 - a `proxy client` refused by its server (revoked certificate: a TLS alert; policy: close_notify
   right after the handshake) says so in its close line;
 - PostgreSQL's SSLRequest is answered with 'S' and then mutual TLS: psql with
-  sslmode=verify-full and a client certificate talks to the proxy server directly.
+  sslmode=verify-full and a client certificate talks to the proxy server directly;
+  PostgreSQL 17's direct TLS gets ALPN `postgresql` with `--alpn postgresql` (only then);
+- refusals say when (revoked at, expired at, not yet valid until), --verify-depth, an
+  oversized certificate, per-CRL nextUpdate gauges.
 """
 import datetime
 import re
@@ -515,3 +518,19 @@ def test_crl_gauges_follow_a_reload(procs, echo, tmp_path):
     wait_for(lambda: all(v < 0 for v in per_crl().values()), timeout=20,
              what="the reload's CRLs in the gauges")
     assert per_crl().keys() == before.keys()
+
+
+@pytest.mark.parametrize("alpn,selected", [(None, None), ("postgresql", "postgresql"),
+                                           ("h2,postgresql", "postgresql")])
+def test_postgres17_direct_tls_alpn(pki, procs, echo, alpn, selected):
+    """PostgreSQL 17's direct TLS (sslnegotiation=direct) offers ALPN `postgresql` and libpq
+    refuses a server that selects none.  The proxy selects it only when told to (--alpn):
+    without a list it selects nothing, on purpose (docs/PROXY.md)."""
+    p = server(pki, procs, echo.port, *(("--alpn", alpn) if alpn else ()))
+    ctx = presenting(pki, pki / "certs")
+    ctx.set_alpn_protocols(["postgresql"])
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert s.selected_alpn_protocol() == selected
+            s.sendall(b"ping\n")
+            assert s.recv(10) == b"ping\n"
