@@ -546,7 +546,8 @@ def test_expired_and_wrong_eku_clients_refused(pki, procs, echo, tmp_path, kind,
     wait_for(lambda: p.metrics()[f'meshtls_tls_handshake_errors_total{{reason="{reason}"}}'] == 1,
              what=f"{reason} metric")
     assert echo.connections == 0
-    want = "certificate has expired" if kind == "expired" else "unsuitable certificate purpose"
+    # the refusal says when: "certificate expired at <notAfter>"
+    want = "certificate expired at 20" if kind == "expired" else "unsuitable certificate purpose"
     wait_for(lambda: want in p.log(), what="logged")
 
 
