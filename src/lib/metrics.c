@@ -58,6 +58,8 @@ struct mt_family {
     size_t stride; /* bytes per shard slot, a multiple of LINE */
     size_t nseries, max_series;
     struct mt_series *series, **series_tail;
+    void (*collect)(void *arg, struct mt_emit *e); /* mt_family_collect(), or NULL */
+    void *collect_arg;
     struct mt_family *next; /* registration order */
 };
 
@@ -468,6 +470,23 @@ int mt_series_fn(struct mt_family *f, const char *const *values, double (*fn)(vo
     return rc;
 }
 
+int mt_family_collect(struct mt_family *f, void (*fn)(void *arg, struct mt_emit *e), void *arg,
+                      struct meshtls_err *err)
+{
+    if (f->type == MT_HISTOGRAM || !fn)
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "metric %s: a collector needs a counter or gauge and a function",
+                               f->name);
+    int rc = 0;
+    pthread_mutex_lock(&f->reg->mu);
+    if (f->collect)
+        rc = meshtls_err_set(err, MESHTLS_EINVAL, "metric %s has a collector already", f->name);
+    else
+        f->collect = fn, f->collect_arg = arg;
+    pthread_mutex_unlock(&f->reg->mu);
+    return rc;
+}
+
 /* ---- rendering ------------------------------------------------------------------------- */
 
 /* A growable output buffer, bounded by MT_RENDER_MAX. */
@@ -546,11 +565,11 @@ static void fmt_value(char *num, size_t cap, double v)
         snprintf(num, cap, "%.15g", v);
 }
 
-/* `name{l1="v1",...,extra}` for series `s` (`extra`, e.g. `le="0.5"`, may be NULL). */
-static void put_sample_name(struct obuf *b, struct mt_series *s, const char *suffix,
-                            const char *extra)
+/* `name{l1="v1",...,extra}` for label values `values` of `f` (`extra`, e.g. `le="0.5"`, may
+ * be NULL). */
+static void put_name(struct obuf *b, struct mt_family *f, const char *const *values,
+                     const char *suffix, const char *extra)
 {
-    struct mt_family *f = s->fam;
     puts_(b, f->name);
     if (suffix)
         puts_(b, suffix);
@@ -562,7 +581,7 @@ static void put_sample_name(struct obuf *b, struct mt_series *s, const char *suf
             put(b, ",", 1);
         puts_(b, f->labels[i]);
         put(b, "=\"", 2);
-        put_escaped(b, s->values[i], 1);
+        put_escaped(b, values[i], 1);
         put(b, "\"", 1);
     }
     if (extra) {
@@ -573,11 +592,41 @@ static void put_sample_name(struct obuf *b, struct mt_series *s, const char *suf
     put(b, "}", 1);
 }
 
+static void put_sample_name(struct obuf *b, struct mt_series *s, const char *suffix,
+                            const char *extra)
+{
+    put_name(b, s->fam, (const char *const *)s->values, suffix, extra);
+}
+
 static void put_line_end(struct obuf *b, const char *num)
 {
     put(b, " ", 1);
     puts_(b, num);
     put(b, "\n", 1);
+}
+
+/* A collector's view of the page being rendered (mt_family_collect). */
+struct mt_emit {
+    struct obuf *b;
+    struct mt_family *f;
+    size_t n; /* samples emitted so far this scrape */
+};
+
+int mt_emit(struct mt_emit *e, const char *const *values, double v)
+{
+    struct mt_family *f = e->f;
+    size_t n = 0;
+    for (; values && values[n]; n++)
+        if (strlen(values[n]) > MT_LABEL_VALUE_MAX)
+            return -1;
+    if (n != f->nlabels || e->n >= f->max_series)
+        return -1;
+    e->n++;
+    char num[64];
+    fmt_value(num, sizeof(num), v);
+    put_name(e->b, f, values, NULL, NULL);
+    put_line_end(e->b, num);
+    return 0;
 }
 
 static void render_histogram(struct obuf *b, struct mt_series *s)
@@ -638,6 +687,10 @@ int mt_metrics_render(struct mt_metrics *r, char **out, size_t *len, struct mesh
                 fmt_value(num, sizeof(num), mt_series_value(s));
             put_sample_name(&b, s, NULL, NULL);
             put_line_end(&b, num);
+        }
+        if (f->collect) {
+            struct mt_emit e = {&b, f, f->nseries};
+            f->collect(f->collect_arg, &e);
         }
     }
     pthread_mutex_unlock(&r->mu);

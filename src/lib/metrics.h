@@ -117,6 +117,33 @@ int mt_series_get(struct mt_family *f, const char *const *values, struct mt_seri
 int mt_series_fn(struct mt_family *f, const char *const *values, double (*fn)(void *arg), void *arg,
                  struct meshtls_err *err);
 
+/**
+ * Emitting series at scrape time, for a family whose label values change while the program
+ * runs (one series per CRL in use, labelled by issuer): mt_family_collect() gives the family
+ * a collector that the renderer calls under the registry mutex with an emitter, and each
+ * mt_emit() call writes one sample.  Nothing is stored between scrapes, so a value that went
+ * away (a CRL no longer loaded) simply stops being rendered.
+ */
+struct mt_emit;
+
+/**
+ * Let `fn(arg, e)` add samples to the counter or gauge family `f` at each scrape, after the
+ * family's stored series.  `fn` runs under the registry mutex (the same rules as
+ * mt_series_fn()); `arg` is borrowed and must outlive the registry or the last scrape.  At
+ * most the family's bound on series (MT_SERIES_MAX by default) are rendered per scrape.
+ * @return 0, or MESHTLS_EINVAL for a histogram, a NULL `fn` or a second collector.
+ */
+int mt_family_collect(struct mt_family *f, void (*fn)(void *arg, struct mt_emit *e), void *arg,
+                      struct meshtls_err *err);
+
+/**
+ * From a collector: one sample of the family with the label values `values` (as many as the
+ * family has labels, each at most MT_LABEL_VALUE_MAX bytes; copied into the page) and value
+ * `v`.  A wrong count, a value too long or a sample past the bound is skipped.
+ * @return 0, or -1 when skipped.
+ */
+int mt_emit(struct mt_emit *e, const char *const *values, double v);
+
 /* ---- the hot path: no lock, no allocation; `shard` >= the registry's count is taken as the
  * last shard.  Calls on a series of another type do nothing. ---- */
 

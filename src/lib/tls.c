@@ -501,17 +501,17 @@ static int load_material(const char *role, const struct meshtls_tls_opts *o, str
     if (!o->cert_file || !*o->cert_file)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "TLS %s: no certificate file given "
-                               "(--cert / cert_file)",
+                               "(cert_file)",
                                role);
     if (!o->key_file || !*o->key_file)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "TLS %s: no private key file given "
-                               "(--key / key_file)",
+                               "(key_file)",
                                role);
     if (!o->ca_file || !*o->ca_file)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "TLS %s: no CA bundle given "
-                               "(--cacert / ca_file): mutual TLS needs one to verify peers",
+                               "(ca_file): mutual TLS needs one to verify peers",
                                role);
 
     if ((rc = meshtls_pem_read_certs(o->cert_file, &certs, err)) != 0)
@@ -657,8 +657,8 @@ int meshtls_tls_client_ctx_new(const struct meshtls_tls_opts *opts, SSL_CTX **ou
     if (!name && !sid && !td)
         return meshtls_err_set(err, MESHTLS_EINVAL,
                                "TLS client: give the server's expected identity: a server name "
-                               "(--server-name / GRPC_SERVER_DOMAIN), a SPIFFE ID "
-                               "(--verify-spiffe-id) or a trust domain (--verify-trust-domain)");
+                               "(server_name), a SPIFFE ID (verify_spiffe_id) or a trust domain "
+                               "(verify_trust_domain)");
     struct meshtls_spiffe_id parsed;
     if (sid && (rc = meshtls_spiffe_parse(sid, strlen(sid), &parsed, err)) != 0)
         return rc;

@@ -8,7 +8,9 @@
 #include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include "meshtls/log.h"
 #include "meshtls/x509.h"
@@ -69,6 +71,7 @@ static enum px_hs_error classify_verify(long v)
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
     case X509_V_ERR_INVALID_PURPOSE:
+    case X509_V_ERR_CERT_CHAIN_TOO_LONG: /* more intermediates than --verify-depth */
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: return PX_HSE_UNTRUSTED;
     default: return PX_HSE_OTHER;
     }
@@ -97,6 +100,73 @@ enum px_hs_error px_metrics_classify_ssl(SSL *ssl)
     }
 }
 
+/* `t` as 2026-12-02T16:40:50Z into `buf` ("?" if it does not parse). */
+static void iso_time(const ASN1_TIME *t, char *buf, size_t cap)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1 || !strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(buf, cap, "?");
+}
+
+/* The CRL entry that revokes `x`, from the CRLs of the verify store of `ssl`'s context (the
+ * snapshot's; immutable once built, so reading its objects needs no lock).  NULL if none
+ * lists it (it may be an intermediate of the chain that was revoked). */
+static X509_REVOKED *revocation_of(SSL *ssl, X509 *x)
+{
+    X509_STORE *st = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
+    STACK_OF(X509_OBJECT) *objs = st ? X509_STORE_get0_objects(st) : NULL;
+    for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+        X509_REVOKED *rev = NULL;
+        if (crl && X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_issuer_name(x)) == 0 &&
+            X509_CRL_get0_by_serial(crl, &rev, X509_get0_serialNumber(x)) == 1)
+            return rev;
+    }
+    return NULL;
+}
+
+/* RFC 5280 5.3.1 CRLReason names (7 is unused). */
+static const char *crl_reason_name(long r)
+{
+    static const char *const n[] = {
+        "unspecified",   "keyCompromise",        "cACompromise",    "affiliationChanged",
+        "superseded",    "cessationOfOperation", "certificateHold", NULL,
+        "removeFromCRL", "privilegeWithdrawn",   "aACompromise"};
+    return r >= 0 && r < (long)(sizeof(n) / sizeof(n[0])) && n[r] ? n[r] : "unknown";
+}
+
+/*
+ * The reason in words with its date, when the presented certificate `x` is the one that
+ * failed: "certificate revoked at <date> (reason keyCompromise)", "certificate expired at
+ * <notAfter>", "certificate not yet valid until <notBefore>".  Leaves `why` alone when the
+ * leaf is not the culprit (an intermediate expired or was revoked): OpenSSL's words stand.
+ */
+static void reason_with_date(SSL *ssl, X509 *x, char *why, size_t cap)
+{
+    long v = SSL_get_verify_result(ssl);
+    char when[32];
+    time_t now = time(NULL);
+    if (!x)
+        return;
+    if (v == X509_V_ERR_CERT_REVOKED) {
+        X509_REVOKED *rev = revocation_of(ssl, x);
+        if (!rev)
+            return;
+        iso_time(X509_REVOKED_get0_revocationDate(rev), when, sizeof(when));
+        ASN1_ENUMERATED *e = X509_REVOKED_get_ext_d2i(rev, NID_crl_reason, NULL, NULL);
+        snprintf(why, cap, "certificate revoked at %s (reason %s)", when,
+                 e ? crl_reason_name(ASN1_ENUMERATED_get(e)) : "not given");
+        ASN1_ENUMERATED_free(e);
+    } else if (v == X509_V_ERR_CERT_HAS_EXPIRED && X509_cmp_time(X509_get0_notAfter(x), &now) < 0) {
+        iso_time(X509_get0_notAfter(x), when, sizeof(when));
+        snprintf(why, cap, "certificate expired at %s", when);
+    } else if (v == X509_V_ERR_CERT_NOT_YET_VALID &&
+               X509_cmp_time(X509_get0_notBefore(x), &now) > 0) {
+        iso_time(X509_get0_notBefore(x), when, sizeof(when));
+        snprintf(why, cap, "certificate not yet valid until %s (check the clocks)", when);
+    }
+}
+
 void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, char **who,
                          char **serial, char *msg, size_t cap)
 {
@@ -110,7 +180,15 @@ void px_handshake_failed(struct mt_conn *c, struct mt_end *t, int min_tls12, cha
     else if (!why[0] && kind == PX_HSE_VERSION)
         snprintf(why, sizeof(why), "the peer offered no TLS version we accept (minimum %s)",
                  min_tls12 ? "TLS 1.2" : "TLS 1.3");
+    else if (SSL_get_verify_result(t->ssl) == X509_V_ERR_CERT_CHAIN_TOO_LONG) {
+        size_t n = strlen(why);
+        snprintf(why + n, sizeof(why) - n,
+                 " (more intermediates than the verify depth allows: %d, --verify-depth of "
+                 "proxy server; raise it only for a PKI with more levels)",
+                 SSL_get_verify_depth(t->ssl));
+    }
     X509 *x = meshtls_tls_presented_cert(t->ssl);
+    reason_with_date(t->ssl, x, why, sizeof(why));
     struct meshtls_identity *id = NULL;
     if (x && meshtls_identity_from_x509(x, &id, NULL) == 0) {
         if (!*who)
@@ -187,14 +265,17 @@ static double scache_size(void *arg)
     return (double)meshtls_session_cache_size(arg);
 }
 
-static double crl_next_update(void *arg)
+/* One sample per CRL of the snapshot in service: a reload that changes the CRLs changes the
+ * series at the next scrape. */
+static void crl_next_update(void *arg, struct mt_emit *e)
 {
     (void)arg;
     struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
     const struct px_snap *ps = (const struct px_snap *)s;
-    double v = ps && ps->crl_next_update ? (double)(ps->crl_next_update - (int64_t)time(NULL)) : 0;
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; ps && i < ps->n_crls; i++)
+        mt_emit(e, MT_LIST(ps->crls[i].issuer), (double)(ps->crls[i].next_update - now));
     mt_snap_release(s);
-    return v;
 }
 
 static double crl_stale(void *arg)
@@ -309,10 +390,10 @@ int px_metrics_add_crl(struct meshtls_err *err)
     if (!px_metrics.reg)
         return meshtls_err_set(err, MESHTLS_EINVAL, "metrics are not registered");
     if ((rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_next_update_seconds",
-                           "Seconds until the soonest nextUpdate of the CRLs in use (negative: "
-                           "stale; the last CRL still refuses what it lists).",
-                           NULL, &f, err)) != 0 ||
-        (rc = mt_series_fn(f, NULL, crl_next_update, NULL, err)) != 0 ||
+                           "Seconds until the nextUpdate of each CRL in use, by issuer "
+                           "(negative: stale; the last CRL still refuses what it lists).",
+                           MT_LIST("issuer"), &f, err)) != 0 ||
+        (rc = mt_family_collect(f, crl_next_update, NULL, err)) != 0 ||
         (rc = mt_gauge_new(px_metrics.reg, "meshtls_crl_stale",
                            "CRLs in use that are past their nextUpdate.", NULL, &f, err)) != 0)
         return rc;

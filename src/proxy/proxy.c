@@ -130,12 +130,53 @@ fail:
     return rc;
 }
 
+static int empty(const char *s)
+{
+    return !s || !*s;
+}
+
+/*
+ * What the library needs in our TLS options, said with the names a proxy user has (flag,
+ * key, variable): the library names only the fields of struct meshtls_tls_opts, since a C
+ * program that links it has no flags.  @return 0 or MESHTLS_EINVAL.
+ */
+static int tls_opts_given(const struct px_config *c, struct meshtls_err *err)
+{
+    const struct meshtls_tls_opts *o = &c->tls;
+    int srv = c->mode == PX_MODE_SERVER;
+    const char *role = srv ? "server" : "client";
+    if (empty(o->cert_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no certificate: give --cert FILE (%s.cert_file in --config, or "
+                               "%s)",
+                               role, srv ? "GRPC_SERVER_CERT_PATH" : "GRPC_CLIENT_CERT_PATH");
+    if (empty(o->key_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no private key: give --key FILE (%s.key_file in --config, or %s)",
+                               role, srv ? "GRPC_SERVER_KEY_PATH" : "GRPC_CLIENT_KEY_PATH");
+    if (empty(o->ca_file))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "no CA bundle: give --cacert FILE (%s.ca_file in --config, or %s): "
+                               "mutual TLS needs one to verify peers",
+                               role, srv ? "GRPC_CLIENT_CA_CERT_PATH" : "GRPC_SERVER_CA_CERT_PATH");
+    if (!srv && empty(o->server_name) && empty(o->verify_spiffe_id) &&
+        empty(o->verify_trust_domain))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "give the server's expected identity: a server name "
+                               "(--server-name, or GRPC_SERVER_DOMAIN), a SPIFFE ID "
+                               "(--verify-spiffe-id) or a trust domain (--verify-trust-domain)");
+    return 0;
+}
+
 int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err)
 {
     SSL_CTX *ctx = NULL;
-    int rc = c->mode == PX_MODE_SERVER ? meshtls_tls_server_ctx_new(&c->tls, &ctx, err)
-                                       : meshtls_tls_client_ctx_new(&c->tls, &ctx, err);
+    int rc = tls_opts_given(c, err);
+    if (rc)
+        return rc;
+    rc = c->mode == PX_MODE_SERVER ? meshtls_tls_server_ctx_new(&c->tls, &ctx, err)
+                                   : meshtls_tls_client_ctx_new(&c->tls, &ctx, err);
     if (rc)
         return rc;
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -166,6 +207,12 @@ int px_tls_build(const struct px_config *c, SSL_CTX **out, int64_t *not_after,
 
 int px_target_tls_build(const struct px_config *c, SSL_CTX **out, struct meshtls_err *err)
 {
+    const struct meshtls_tls_opts *o = &c->target_opts;
+    /* the files default to our own (px_config_from); the identity has no default */
+    if (empty(o->server_name) && empty(o->verify_spiffe_id))
+        return meshtls_err_set(err, MESHTLS_EINVAL,
+                               "give the target's expected identity: --target-server-name or "
+                               "--target-verify-spiffe-id");
     int rc = meshtls_tls_client_ctx_new(&c->target_opts, out, err);
     if (rc == 0) {
         SSL_CTX_set_mode(*out, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -278,6 +325,36 @@ static void served(const struct px_snap *s, char *buf, size_t cap)
     meshtls_identity_free(id);
 }
 
+/* Our certificate in a few words, kept with the snapshot so /readyz can name it without
+ * decoding the certificate again on every probe. */
+static void self_describe(struct px_snap *s)
+{
+    X509 *leaf = s->base.ctx ? SSL_CTX_get0_certificate(s->base.ctx) : NULL;
+    struct meshtls_identity *id = NULL;
+    if (!leaf || meshtls_identity_from_x509(leaf, &id, NULL) != 0) {
+        snprintf(s->self_desc, sizeof(s->self_desc), "(unreadable)");
+        return;
+    }
+    snprintf(s->self_desc, sizeof(s->self_desc), "%s, serial %s",
+             id->spiffe_id ? id->spiffe_id
+             : id->subject ? id->subject
+                           : "?",
+             id->serial ? id->serial : "?");
+    meshtls_identity_free(id);
+}
+
+/* `n` as RFC 2253 text into `buf` (truncated), as src/lib/identity.c prints issuers. */
+static void name_rfc2253(const X509_NAME *n, char *buf, size_t cap)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL;
+    long len = 0;
+    if (b && X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0)
+        len = BIO_get_mem_data(b, &data);
+    snprintf(buf, cap, "%.*s", len > 0 ? (int)(len < 4096 ? len : 4096) : 1, len > 0 ? data : "?");
+    BIO_free(b);
+}
+
 /* The CRLs a context checks with: the soonest nextUpdate, how many, how many stale; and a
  * warning for each one stale or due within 7 days, naming its issuer and the fix. */
 static void crl_survey(struct px_snap *s, const char *file)
@@ -285,6 +362,9 @@ static void crl_survey(struct px_snap *s, const char *file)
     X509_STORE *st = s->base.ctx ? SSL_CTX_get_cert_store(s->base.ctx) : NULL;
     STACK_OF(X509_OBJECT) *objs = st ? X509_STORE_get0_objects(st) : NULL;
     int64_t now = (int64_t)time(NULL);
+    int nobj = objs ? sk_X509_OBJECT_num(objs) : 0;
+    /* out of memory: no per-CRL gauges, the rest stands */
+    s->crls = nobj > 0 ? calloc((size_t)nobj, sizeof(*s->crls)) : NULL;
     for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
         X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
         const ASN1_TIME *nu = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
@@ -297,6 +377,11 @@ static void crl_survey(struct px_snap *s, const char *file)
         int64_t t = (int64_t)timegm(&tm);
         if (!s->crl_next_update || t < s->crl_next_update)
             s->crl_next_update = t;
+        if (s->crls) {
+            struct px_crl *pc = &s->crls[s->n_crls++];
+            pc->next_update = t;
+            name_rfc2253(X509_CRL_get_issuer(crl), pc->issuer, sizeof(pc->issuer));
+        }
         if (t > now + 7 * 86400)
             continue;
         char issuer[256] = "?", when[32] = "?";
@@ -325,6 +410,8 @@ static void snap_destroy(struct mt_snap *b)
     SSL_CTX_free(s->target_ctx);
     meshtls_policy_free(s->policy);
     free(s->service);
+    free(s->crls);
+    free(s->cert_file);
     free(s);
 }
 
@@ -363,6 +450,11 @@ int px_snap_build(const struct px_config *c, struct px_snap **out, struct meshtl
     }
     if ((rc = px_tls_build(c, &s->base.ctx, &s->base.not_after, err)) != 0)
         goto fail;
+    if (c->tls.cert_file && !(s->cert_file = strdup(c->tls.cert_file))) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "out of memory building the configuration");
+        goto fail;
+    }
+    self_describe(s);
     if (c->mode == PX_MODE_SERVER && (rc = px_policy_build(c, &s->policy, err)) != 0)
         goto fail;
     if (c->tls.crl_file)

@@ -110,10 +110,20 @@ struct px_snap {
     enum px_mode mode;
     int forward_pp2, forward_http;
     int handshake_timeout_ms, connect_timeout_ms, idle_timeout_ms;
+    char *cert_file;          /* our certificate's file (owned: a reload frees configurations) */
+    char self_desc[300];      /* our certificate, for /readyz: "spiffe://… (serial …)" */
     int64_t crl_next_update;  /* the soonest nextUpdate of the CRLs we check with (0: none) */
     int crl_count, crl_stale; /* CRLs loaded, and those past their nextUpdate */
     char *service;            /* --service of the configuration it was built from (owned) */
     int tls_min_12;           /* TLS 1.2 is accepted (classifies a version refusal) */
+    struct px_crl *crls;      /* each CRL with a nextUpdate, n_crls of them (owned) */
+    size_t n_crls;
+};
+
+/* One CRL the snapshot checks with, for meshtls_crl_next_update_seconds{issuer}. */
+struct px_crl {
+    char issuer[256]; /* RFC 2253, as the refused lines print issuers */
+    int64_t next_update;
 };
 
 /* Metric counters (Prometheus names in metrics.c). */

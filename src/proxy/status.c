@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -17,13 +18,30 @@
 #include "meshtls/log.h"
 #include "proxy.h"
 
-/* Listening, and our certificate still valid? */
-static int ready(void)
+/* Listening, and our certificate still valid?  When not, why (naming the certificate and
+ * the fix) into `why`.  @return 1 if ready. */
+static int ready(char *why, size_t cap)
 {
-    if (!atomic_load(&px_metrics.listening))
+    if (!atomic_load(&px_metrics.listening)) {
+        snprintf(why, cap, "not ready: not listening\n");
         return 0;
+    }
     struct mt_snap *s = px_metrics.snap ? mt_snap_acquire(px_metrics.snap) : NULL;
+    const struct px_snap *ps = (const struct px_snap *)s;
     int ok = s && s->ctx && s->not_after > (int64_t)time(NULL);
+    if (!s || !s->ctx) {
+        snprintf(why, cap, "not ready: no TLS context\n");
+    } else if (!ok) {
+        char when[32] = "?";
+        time_t na = (time_t)s->not_after;
+        struct tm tm;
+        if (gmtime_r(&na, &tm))
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        snprintf(why, cap,
+                 "not ready: our certificate %s (%s) expired at %s: peers refuse it; renew "
+                 "the file (the proxy reloads it when it changes, or on SIGHUP)\n",
+                 ps->cert_file ? ps->cert_file : "(none)", ps->self_desc, when);
+    }
     mt_snap_release(s);
     return ok;
 }
@@ -85,9 +103,9 @@ static void check_work(struct mt_job *j)
 
 static void reply_ready(struct mt_http_req *req)
 {
-    if (!ready()) {
-        static const char b[] = "not ready: not listening or our certificate expired\n";
-        mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
+    char why[600];
+    if (!ready(why, sizeof(why))) {
+        mt_http_reply(req, 503, "text/plain", why, strlen(why));
     } else if (!atomic_load(&px_metrics.target_up)) {
         static const char b[] = "not ready: the target does not answer\n";
         mt_http_reply(req, 503, "text/plain", b, sizeof(b) - 1);
@@ -118,8 +136,9 @@ static int readyz(struct mt_http_req *req, void *arg)
     (void)arg;
     struct mt_conn *c = mt_http_req_conn(req);
     struct target_check *t = NULL;
-    if (!ready() || mt_now_ms() - atomic_load(&last_check_ms) < 1000 || !c || !px_metrics.snap ||
-        !(t = calloc(1, sizeof(*t)))) {
+    char why[600];
+    if (!ready(why, sizeof(why)) || mt_now_ms() - atomic_load(&last_check_ms) < 1000 || !c ||
+        !px_metrics.snap || !(t = calloc(1, sizeof(*t)))) {
         reply_ready(req);
         return MT_HTTP_DONE;
     }

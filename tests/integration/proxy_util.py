@@ -195,10 +195,14 @@ class HttpServer(http.server.ThreadingHTTPServer):
         self.server_close()
 
 
-def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False):
+def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False,
+                      seconds_left=None, extensions=(), starts_in=None):
     """A client certificate signed by pki's intermediate CA (so the chain is
-    trusted) but expired, or with EKU serverAuth only: things `meshtls ca`
-    refuses to make.  Writes out/NAME.crt (leaf + intermediate) and NAME.key."""
+    trusted) but expired, with EKU serverAuth only, valid for only `seconds_left`
+    more seconds, valid only `starts_in` seconds from now, or with extra
+    `extensions` ((extension, critical) pairs): things
+    `meshtls ca` refuses to make.  Writes out/NAME.crt (leaf + intermediate) and
+    NAME.key."""
     import datetime
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -211,17 +215,23 @@ def forge_client_cert(pki, out, name="web", expired=False, eku_server_only=False
     now = datetime.datetime.utcnow()
     nb, na = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) if expired \
         else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30))
+    if seconds_left is not None:
+        na = now + datetime.timedelta(seconds=seconds_left)
+    if starts_in is not None:
+        nb = now + datetime.timedelta(seconds=starts_in)
     eku = [ExtendedKeyUsageOID.SERVER_AUTH] if eku_server_only else \
         [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(icert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(nb).not_valid_after(na)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://test.local/svc/{name}")]), False)
-            .add_extension(x509.ExtendedKeyUsage(eku), False)
-            .sign(ikey, hashes.SHA256()))
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+         .issuer_name(icert.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(nb).not_valid_after(na)
+         .add_extension(x509.SubjectAlternativeName(
+             [x509.UniformResourceIdentifier(f"spiffe://test.local/svc/{name}")]), False)
+         .add_extension(x509.ExtendedKeyUsage(eku), False))
+    for ext, critical in extensions:
+        b = b.add_extension(ext, critical)
+    cert = b.sign(ikey, hashes.SHA256())
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
                                       icert.public_bytes(serialization.Encoding.PEM))

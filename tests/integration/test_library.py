@@ -118,6 +118,8 @@ def test_client_verifies_spiffe_id_and_trust_domain(pki, server):
     r = client(pki, s.port, "--verify-spiffe-id", "spiffe://test.local/svc/billing")
     assert r.returncode == 1
     assert "SPIFFE ID does not match spiffe://test.local/svc/billing" in r.stderr
+    # and names what the server actually presented: the fix is on one side or the other
+    assert "it presented spiffe://test.local/svc/api with subject CN=api" in r.stderr, r.stderr
     r = client(pki, s.port, "--verify-trust-domain", "other.local")
     assert r.returncode == 1 and "does not match" in r.stderr
 

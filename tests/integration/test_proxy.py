@@ -161,6 +161,13 @@ def test_plaintext_and_garbage_on_tls_port(pki, procs, echo):
                 pass
     wait_for(lambda: p.metrics()['meshtls_tls_handshakes_total{result="failure"}'] >= 3,
              what="failures counted")
+    m = p.metrics()
+    # each counted as what it was: the HTTP request and the random bytes as plaintext, the
+    # oversized record as protocol; none of them fires the certificate alert
+    assert m['meshtls_tls_handshake_errors_total{reason="plaintext"}'] == 2
+    assert m['meshtls_tls_handshake_errors_total{reason="protocol"}'] == 1
+    assert m['meshtls_tls_handshake_errors_total{reason="no_client_cert"}'] == 0
+    assert m['meshtls_cert_validation_failures_total{reason="no_client_cert"}'] == 0
     assert echo.connections == 0
     assert roundtrip(tls_client(pki), p.port) == b"ping\n"  # still serving
 
@@ -407,6 +414,13 @@ def test_startup_errors_fail_closed(pki, tmp_path):
     r = run("proxy", "client", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
             "--cert", c / "web.crt", "--key", c / "web.key", "--cacert", c / "ca.crt")
     assert r.returncode == 1 and "server name" in r.stderr
+    # the proxy names its own flags; the library (for C programs) only the option fields
+    assert "--server-name" in r.stderr and "--verify-spiffe-id" in r.stderr, r.stderr
+    r = run(*base[:-2], "--allow-all")
+    assert r.returncode == 1 and "give --cacert FILE" in r.stderr, r.stderr
+    assert "server.ca_file" in r.stderr and "GRPC_CLIENT_CA_CERT_PATH" in r.stderr, r.stderr
+    r = run(*base, "--allow-all", "--target-tls")
+    assert r.returncode == 1 and "--target-server-name" in r.stderr, r.stderr
     assert run("proxy", "--help").returncode == 0
 
 
@@ -532,7 +546,8 @@ def test_expired_and_wrong_eku_clients_refused(pki, procs, echo, tmp_path, kind,
     wait_for(lambda: p.metrics()[f'meshtls_tls_handshake_errors_total{{reason="{reason}"}}'] == 1,
              what=f"{reason} metric")
     assert echo.connections == 0
-    want = "certificate has expired" if kind == "expired" else "unsuitable certificate purpose"
+    # the refusal says when: "certificate expired at <notAfter>"
+    want = "certificate expired at 20" if kind == "expired" else "unsuitable certificate purpose"
     wait_for(lambda: want in p.log(), what="logged")
 
 

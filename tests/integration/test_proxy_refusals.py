@@ -6,9 +6,16 @@
   `no_client_cert`, and none of the others moves `meshtls_cert_validation_failures_total`;
 - a refused client certificate (untrusted, expired, revoked) is logged with its subject,
   SPIFFE ID, serial and issuer, taken from the certificate even though it failed;
+- a `proxy client` refused by its server (revoked certificate: a TLS alert; policy: close_notify
+  right after the handshake) says so in its close line;
 - PostgreSQL's SSLRequest is answered with 'S' and then mutual TLS: psql with
-  sslmode=verify-full and a client certificate talks to the proxy server directly.
+  sslmode=verify-full and a client certificate talks to the proxy server directly;
+  PostgreSQL 17's direct TLS gets ALPN `postgresql` with `--alpn postgresql` (only then);
+- refusals say when (revoked at, expired at, not yet valid until), --verify-depth, an
+  oversized certificate, per-CRL nextUpdate gauges.
 """
+import datetime
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +24,7 @@ import subprocess
 import time
 
 import pytest
+from cryptography import x509
 
 from conftest import run
 from proxy_util import EchoServer, Proxy, forge_client_cert, make_pki, wait_for
@@ -69,6 +77,14 @@ def attempt(ctx, port):
                 return s.recv(10)
     except (ssl.SSLError, OSError):
         return b""
+
+
+def presenting(pki, d, name="web"):
+    """A client context trusting pki's CA and presenting d/NAME.crt."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
+    ctx.load_cert_chain(str(d / f"{name}.crt"), str(d / f"{name}.key"))
+    return ctx
 
 
 def errors(p):
@@ -132,10 +148,7 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
     ctx.load_cert_chain(str(pki / "intruder" / "web.crt"), str(pki / "intruder" / "web.key"))
     assert attempt(ctx, p.port) == b""
     forged = forge_client_cert(pki, tmp_path / "expired", expired=True)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(pki / "certs" / "ca.crt"))
-    ctx.load_cert_chain(str(forged / "web.crt"), str(forged / "web.key"))
-    assert attempt(ctx, p.port) == b""
+    assert attempt(presenting(pki, forged), p.port) == b""
     wait_for(lambda: errors(p)[0]["untrusted"] == 1 and errors(p)[0]["expired"] == 1,
              what="both refusals counted")
     # counted just before logged, closed after: wait for both close lines
@@ -149,6 +162,9 @@ def test_refused_certificates_are_named(pki, procs, echo, tmp_path):
         assert line, f"no refusal line names serial {serial}:\n{log}"
         assert f"id=spiffe://{td}/svc/web" in line and 'subject="CN=web' in line, line
         assert "issuer=" in line
+        if td == "test.local":  # the expired one: when, from its notAfter
+            na = x509.load_pem_x509_certificate(crt.read_bytes()).not_valid_after
+            assert f"certificate expired at {na:%Y-%m-%dT%H:%M:%SZ}" in line, line
         # the close line carries the identity too, not id=- serial=-
         assert any(f"serial={serial}" in ln and f"id=spiffe://{td}/svc/web" in ln
                    for ln in log.splitlines() if " close conn=" in ln), log
@@ -172,6 +188,14 @@ def test_revoked_client_is_named(procs, echo, tmp_path):
     wait_for(lambda: "certificate revoked" in p.log(), what="revoked logged")
     line = next(ln for ln in p.log().splitlines() if "certificate revoked" in ln)
     assert f"serial={serial}" in line and "id=spiffe://test.local/svc/web" in line, line
+    # whose certificate, like the untrusted and expired ones: subject and issuer too
+    assert 'subject="CN=web' in line and 'issuer="' in line and "Intermediate" in line, line
+    # and when and why, from the CRL entry
+    m = re.search(r"certificate revoked at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) "
+                  r"\(reason keyCompromise\)", line)
+    assert m, line
+    when = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ")
+    assert abs((datetime.datetime.utcnow() - when).total_seconds()) < 3600, line
 
 
 @pytest.mark.skipif(not shutil.which("psql"), reason="psql not installed")
@@ -304,5 +328,213 @@ def test_stale_crl_keeps_refusing_what_it_lists_and_no_one_else(procs, echo, tmp
              what="revoked counted")
     m = p.metrics()
     assert m["meshtls_crl_stale"] == 2
-    assert m["meshtls_crl_next_update_seconds"] < 0
+    # one gauge per CRL, labelled by its issuer: which one is late
+    per_crl = {k: v for k, v in m.items() if k.startswith("meshtls_crl_next_update_seconds{")}
+    assert len(per_crl) == 2 and all(v < 0 for v in per_crl.values()), per_crl
+    issuers = {k.split('issuer="', 1)[1].rstrip('"}') for k in per_crl}
+    for name in ("root", "intermediate"):
+        crt = x509.load_pem_x509_certificate((d / "ca" / f"{name}.crt").read_bytes())
+        assert crt.subject.rfc4514_string() in issuers, (issuers, crt.subject)
     assert "meshtls ca crl --out" in p.log()
+
+
+# ---- client side: a `proxy client` refused by its server says why ---------------------------
+
+def client(pki, procs, server_port, who="web", certs="certs"):
+    c, k = pki / "certs", pki / certs
+    p = Proxy("client", "--target", f"127.0.0.1:{server_port}", "--cert", k / f"{who}.crt",
+              "--key", k / f"{who}.key", "--cacert", c / "ca.crt", "--verify-spiffe-id",
+              "spiffe://test.local/svc/api")
+    procs.append(p)
+    return p
+
+
+def through(p):
+    """One plaintext exchange through client proxy `p`: what came back (b"" if refused)."""
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"ping\n")
+            return s.recv(10)
+    except OSError:
+        return b""
+
+
+def close_line(p):
+    wait_for(lambda: " close conn=" in p.log(), what="the client's close line")
+    return next(ln for ln in p.log().splitlines() if " close conn=" in ln)
+
+
+def test_client_denied_by_policy_says_so(pki, procs, echo):
+    c = pki / "certs"
+    srv = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+                c / "api.key", "--cacert", c / "ca.crt", "--allow-uri",
+                "spiffe://test.local/svc/orders")
+    procs.append(srv)
+    cli = client(pki, procs, srv.port)
+    assert through(cli) == b""
+    line = close_line(cli)
+    # no alert to report: a server denies by policy after the handshake, with close_notify
+    # (docs/PROXY.md), so the client says what that means
+    assert "the server closed without sending anything" in line, line
+    assert "its policy may deny our identity (see its audit log)" in line, line
+    assert 'reason="done"' not in line and "reason=done" not in line, line
+    assert "target connection error" not in cli.log(), cli.log()
+    assert echo.connections == 0
+
+
+def test_client_with_revoked_certificate_says_so(procs, echo, tmp_path):
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    run("ca", "revoke", "--dir", d / "ca", "--serial", serial_of(d / "certs" / "web.crt"),
+        check=True)
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", d / "ca", "--out", crl, check=True)
+    srv = server(d, procs, echo.port, "--crl", crl)
+    cli = client(d, procs, srv.port)
+    assert through(cli) == b""
+    line = close_line(cli)
+    assert "TLS alert 'certificate revoked'" in line, cli.log()
+    assert "our certificate is revoked" in line, line
+    assert "reason=done" not in line and "target connection error" not in cli.log(), cli.log()
+    assert echo.connections == 0
+
+
+def test_oversized_client_certificate_is_cert_too_large(pki, procs, echo, tmp_path):
+    """A Certificate message over OpenSSL's limit (SSL_CTX_set_max_cert_list, 100 KiB by
+    default) is counted as what it is, not as a protocol error or a missing certificate."""
+    blob = b"\x04\x83" + (120000).to_bytes(3, "big") + b"A" * 120000  # an OCTET STRING
+    big = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), blob)
+    forged = forge_client_cert(pki, tmp_path / "big", extensions=[(big, False)])
+    assert (forged / "web.crt").stat().st_size > 150000
+    p = server(pki, procs, echo.port)
+    assert attempt(presenting(pki, forged), p.port) == b""
+    wait_for(lambda: errors(p)[0]["cert_too_large"] == 1, what="cert_too_large counted")
+    hs, cert = errors(p)
+    assert cert["cert_too_large"] == 1, cert
+    assert hs["no_client_cert"] == 0 and hs["protocol"] == 0, hs
+    wait_for(lambda: "reason=cert_too_large" in p.log(), what="logged")
+    assert echo.connections == 0
+
+
+def deep_chain(out, intermediates=2):
+    """root -> int1 -> ... -> leaf `web` (spiffe://deep.local/svc/web), with no path length
+    limits: out/root.crt, out/web.crt (leaf + intermediates, leaf first), out/web.key."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    now = datetime.datetime.utcnow()
+
+    def cert(cn, key, issuer_cn, issuer_key, ca):
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+             .add_extension(ski, False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 issuer_key.public_key()), False))
+        if ca:
+            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                              False, False), True)
+        else:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://deep.local/svc/web")]), False)
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    out.mkdir(parents=True, exist_ok=True)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    (out / "root.crt").write_bytes(pem(cert("deep root", root_key, "deep root", root_key, True)))
+    chain, issuer_cn, issuer_key = [], "deep root", root_key
+    for i in range(1, intermediates + 1):
+        k = ec.generate_private_key(ec.SECP256R1())
+        chain.insert(0, cert(f"deep int{i}", k, issuer_cn, issuer_key, True))
+        issuer_cn, issuer_key = f"deep int{i}", k
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert("web", leaf_key, issuer_cn, issuer_key, False)
+    (out / "web.crt").write_bytes(b"".join(pem(c) for c in [leaf] + chain))
+    (out / "web.key").write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return out
+
+
+@pytest.mark.parametrize("depth,accepted", [(None, True), ("2", True), ("1", False)])
+def test_verify_depth_counts_intermediates(pki, procs, echo, tmp_path, depth, accepted):
+    """--verify-depth N: at most N intermediates between the client's certificate and the
+    trusted root.  Two (root -> int1 -> int2 -> leaf) pass the default (4) and 2, not 1."""
+    d = deep_chain(tmp_path / "deep")
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", d / "root.crt", "--allow-trust-domain", "deep.local",
+              *(("--verify-depth", depth) if depth else ()))
+    procs.append(p)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(c / "ca.crt"))
+    ctx.load_cert_chain(str(d / "web.crt"), str(d / "web.key"))
+    if accepted:
+        assert attempt(ctx, p.port) == b"ping\n", p.log()
+        return
+    assert attempt(ctx, p.port) == b""
+    wait_for(lambda: errors(p)[0]["untrusted"] == 1, what="counted as untrusted")
+    wait_for(lambda: "certificate chain too long" in p.log(), what="logged")
+    line = next(ln for ln in p.log().splitlines() if "certificate chain too long" in ln)
+    assert "verify depth allows: 1, --verify-depth" in line and "id=spiffe://deep.local/svc/web" in line, line
+    assert echo.connections == 0
+
+
+def test_not_yet_valid_client_says_until_when(pki, procs, echo, tmp_path):
+    forged = forge_client_cert(pki, tmp_path / "future", starts_in=3600)
+    nb = x509.load_pem_x509_certificate((forged / "web.crt").read_bytes()).not_valid_before
+    p = server(pki, procs, echo.port)
+    assert attempt(presenting(pki, forged), p.port) == b""
+    wait_for(lambda: errors(p)[0]["expired"] == 1, what="counted as expired")
+    wait_for(lambda: "not yet valid until" in p.log(), what="logged")
+    line = next(ln for ln in p.log().splitlines() if "not yet valid until" in ln)
+    assert f"certificate not yet valid until {nb:%Y-%m-%dT%H:%M:%SZ}" in line, line
+    assert "reason=expired" in line and "id=spiffe://test.local/svc/web" in line, line
+
+
+def test_crl_gauges_follow_a_reload(procs, echo, tmp_path):
+    """meshtls_crl_next_update_seconds{issuer} is computed from the CRLs in service: fresh ones
+    from `ca crl` count down from the future; after the file is replaced by stale ones (a
+    reload on file change) the same issuers read negative."""
+    (tmp_path / "pki").mkdir()
+    d = make_pki(tmp_path / "pki")
+    crl = tmp_path / "crl.pem"
+    run("ca", "crl", "--dir", d / "ca", "--out", crl, check=True)
+    p = server(d, procs, echo.port, "--crl", crl)
+
+    def per_crl():
+        return {k: v for k, v in p.metrics().items()
+                if k.startswith("meshtls_crl_next_update_seconds{")}
+    before = per_crl()
+    assert len(before) == 2 and all(v > 0 for v in before.values()), before
+    assert p.metrics()["meshtls_crl_stale"] == 0
+    stale_crls(d / "ca", tmp_path / "stale.pem", serial_of(d / "certs" / "web.crt"))
+    (tmp_path / "stale.pem").replace(crl)
+    wait_for(lambda: all(v < 0 for v in per_crl().values()), timeout=20,
+             what="the reload's CRLs in the gauges")
+    assert per_crl().keys() == before.keys()
+
+
+@pytest.mark.parametrize("alpn,selected", [(None, None), ("postgresql", "postgresql"),
+                                           ("h2,postgresql", "postgresql")])
+def test_postgres17_direct_tls_alpn(pki, procs, echo, alpn, selected):
+    """PostgreSQL 17's direct TLS (sslnegotiation=direct) offers ALPN `postgresql` and libpq
+    refuses a server that selects none.  The proxy selects it only when told to (--alpn):
+    without a list it selects nothing, on purpose (docs/PROXY.md)."""
+    p = server(pki, procs, echo.port, *(("--alpn", alpn) if alpn else ()))
+    ctx = presenting(pki, pki / "certs")
+    ctx.set_alpn_protocols(["postgresql"])
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert s.selected_alpn_protocol() == selected
+            s.sendall(b"ping\n")
+            assert s.recv(10) == b"ping\n"

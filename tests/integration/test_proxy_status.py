@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from proxy_util import EchoServer, Proxy, make_pki
+from proxy_util import EchoServer, Proxy, forge_client_cert, make_pki
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,37 @@ def test_readyz_follows_the_target_healthz_does_not(pki):
         if backend:
             backend.terminate()
             backend.wait(10)
+
+
+def get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_readyz_follows_our_certificate(pki, tmp_path):
+    """/readyz turns 503 once our own certificate expires, and names it (file, identity,
+    when) with the fix; /healthz stays 200: a restart would not help."""
+    forged = forge_client_cert(pki, tmp_path / "short", name="api", seconds_left=6)
+    echo = EchoServer()
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", forged / "api.crt",
+              "--key", forged / "api.key", "--cacert", c / "ca.crt", "--allow-all")
+    try:
+        deadline = time.monotonic() + 30  # bounded: the certificate has 6 s left
+        while get(p.status_port, "/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, body = get(p.status_port, "/readyz")
+        assert status == 503, body
+        text = body.decode()
+        assert f"our certificate {forged / 'api.crt'}" in text, text
+        assert "spiffe://test.local/svc/api" in text and "expired at" in text, text
+        assert "renew" in text, text
+        assert get(p.status_port, "/healthz") == (200, b"ok\n")
+    finally:
+        p.stop(signal.SIGKILL)
+        echo.close()

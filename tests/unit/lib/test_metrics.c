@@ -196,6 +196,61 @@ TEST(derived_series)
     mt_metrics_free(r);
 }
 
+/* A collector: one sample per entry of a table that changes between scrapes (as the CRLs
+ * of a reloaded snapshot), plus samples it must skip. */
+struct crl_row {
+    const char *issuer;
+    double secs;
+};
+static struct crl_row crl_rows[4];
+static size_t crl_nrows;
+
+static void collect_crls(void *arg, struct mt_emit *e)
+{
+    (void)arg;
+    for (size_t i = 0; i < crl_nrows; i++)
+        mt_emit(e, MT_LIST(crl_rows[i].issuer), crl_rows[i].secs);
+    CHECK_INT_EQ(mt_emit(e, NULL, 1), -1);              /* wrong number of label values */
+    CHECK_INT_EQ(mt_emit(e, MT_LIST("a", "b"), 1), -1); /* likewise */
+}
+
+TEST(collected_series)
+{
+    struct mt_metrics *r = NULL;
+    struct mt_family *f = NULL, *h = NULL;
+    struct meshtls_err e = MESHTLS_ERR_INIT;
+    static const double b1[] = {1.0};
+    CHECK_INT_EQ(mt_metrics_new(2, &r, &e), 0);
+    CHECK_INT_EQ(mt_gauge_new(r, "crl_next_update_seconds", "s", MT_LIST("issuer"), &f, &e), 0);
+    CHECK_INT_EQ(mt_family_collect(f, collect_crls, NULL, &e), 0);
+    CHECK_INT_EQ(mt_family_collect(f, collect_crls, NULL, &e), MESHTLS_EINVAL); /* one only */
+    CHECK_INT_EQ(mt_histogram_new(r, "h", "h", NULL, b1, 1, &h, &e), 0);
+    CHECK_INT_EQ(mt_family_collect(h, collect_crls, NULL, &e), MESHTLS_EINVAL);
+    crl_rows[0] = (struct crl_row){"CN=Root", 86400};
+    crl_rows[1] = (struct crl_row){"CN=Int \"2\"", -5.5};
+    crl_nrows = 2;
+    char *page = render(r);
+    CHECK(strstr(page, "# TYPE crl_next_update_seconds gauge\n"
+                       "crl_next_update_seconds{issuer=\"CN=Root\"} 86400\n"
+                       "crl_next_update_seconds{issuer=\"CN=Int \\\"2\\\"\"} -5.5\n") != NULL);
+    free(page);
+    /* the next scrape sees the table as it is now: a row gone is gone from the page */
+    crl_rows[0] = (struct crl_row){"CN=Other", 10};
+    crl_nrows = 1;
+    page = render(r);
+    CHECK(strstr(page, "crl_next_update_seconds{issuer=\"CN=Other\"} 10\n") != NULL);
+    CHECK(strstr(page, "CN=Root") == NULL);
+    free(page);
+    /* bounded by the family's series bound */
+    mt_family_set_max_series(f, 1);
+    crl_rows[1] = (struct crl_row){"CN=Second", 20};
+    crl_nrows = 2;
+    page = render(r);
+    CHECK(strstr(page, "CN=Other") != NULL && strstr(page, "CN=Second") == NULL);
+    free(page);
+    mt_metrics_free(r);
+}
+
 /* ---- threads ------------------------------------------------------------------------------ */
 
 #define WORKERS 4
@@ -354,6 +409,7 @@ int main(void)
     RUN(render_page);
     RUN(escaping);
     RUN(derived_series);
+    RUN(collected_series);
     RUN(threads_exact_totals);
     RUN(bounds);
     return check_summary();

@@ -177,38 +177,57 @@ struct file_case {
     const char *yaml;
     int rc;
     const char *errhas;  /* substring of the message ("" = success) */
-    const char *service; /* then check: does peer orders reach this service? */
+    const char *service; /* then check: does the peer reach this service? */
     int allow;
+    int web; /* the peer: 0 orders (SPIFFE ID only), 1 web (IP and email SANs) */
 };
 
 static const struct file_case file_cases[] = {
-    {"allow:\n  - uri: spiffe://acme.org/svc/orders\n", 0, "", "any", 1},
-    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "billing", 1},
-    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "inventory", 0},
-    {"allow:\n  - allow-all: true\n", 0, "", "x", 1},
-    {"allow:\n  - trust-domain: other.org\n", 0, "", "x", 0},
-    {"", MESHTLS_EPARSE, "p.yaml:1: expected a YAML document", NULL, 0},
-    {"allow: []\n", MESHTLS_EINVAL, "no rules", NULL, 0},
-    {"alow:\n  - cn: x\n", MESHTLS_EINVAL, "p.yaml:1: unknown key 'alow'", NULL, 0},
+    {"allow:\n  - uri: spiffe://acme.org/svc/orders\n", 0, "", "any", 1, 0},
+    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "billing", 1, 0},
+    {"services:\n  billing:\n    allow:\n      - cn: orders\n", 0, "", "inventory", 0, 0},
+    {"allow:\n  - allow-all: true\n", 0, "", "x", 1, 0},
+    {"allow:\n  - trust-domain: other.org\n", 0, "", "x", 0, 0},
+    {"", MESHTLS_EPARSE, "p.yaml:1: expected a YAML document", NULL, 0, 0},
+    {"allow: []\n", MESHTLS_EINVAL, "no rules", NULL, 0, 0},
+    {"alow:\n  - cn: x\n", MESHTLS_EINVAL, "p.yaml:1: unknown key 'alow'", NULL, 0, 0},
     {"allow:\n  - cn: a\n  - color: red\n", MESHTLS_EINVAL, "p.yaml:3: unknown rule 'color'", NULL,
+     0, 0},
+    {"allow:\n  - uri: http://x/*\n", MESHTLS_EINVAL, "p.yaml:2: rule uri", NULL, 0, 0},
+    {"allow:\n  - trust-domain: Bad.Org\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0, 0},
+    {"allow:\n  - allow-all: yes please\n", MESHTLS_EINVAL, "takes the value true", NULL, 0, 0},
+    {"allow:\n  - cn: a\n    ou: b\n", MESHTLS_EPARSE, "one key per rule", NULL, 0, 0},
+    {"allow: &a\n  - cn: a\nservices:\n  x:\n    allow: *a\n", MESHTLS_EPARSE, "aliases", NULL, 0,
      0},
-    {"allow:\n  - uri: http://x/*\n", MESHTLS_EINVAL, "p.yaml:2: rule uri", NULL, 0},
-    {"allow:\n  - trust-domain: Bad.Org\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0},
-    {"allow:\n  - allow-all: yes please\n", MESHTLS_EINVAL, "takes the value true", NULL, 0},
-    {"allow:\n  - cn: a\n    ou: b\n", MESHTLS_EPARSE, "one key per rule", NULL, 0},
-    {"allow: &a\n  - cn: a\nservices:\n  x:\n    allow: *a\n", MESHTLS_EPARSE, "aliases", NULL, 0},
-    {"allow:\n  - cn: [unclosed\n", MESHTLS_EPARSE, "p.yaml:2: expected a value", NULL, 0},
-    {"allow:\n  - cn: \"unterminated\n", MESHTLS_EPARSE, "YAML syntax error", NULL, 0},
+    {"allow:\n  - cn: [unclosed\n", MESHTLS_EPARSE, "p.yaml:2: expected a value", NULL, 0, 0},
+    {"allow:\n  - cn: \"unterminated\n", MESHTLS_EPARSE, "YAML syntax error", NULL, 0, 0},
     {"services:\n  billing:\n    deny:\n      - cn: x\n", MESHTLS_EINVAL,
-     "p.yaml:3: unknown key under service 'billing'", NULL, 0},
-    {"allow:\n  - cn: a\n---\nallow:\n  - cn: b\n", MESHTLS_EPARSE, "single YAML document", NULL,
+     "p.yaml:3: unknown key under service 'billing'", NULL, 0, 0},
+    {"allow:\n  - cn: a\n---\nallow:\n  - cn: b\n", MESHTLS_EPARSE, "single YAML document", NULL, 0,
      0},
-    {"- cn: a\n", MESHTLS_EPARSE, "p.yaml:1: expected a mapping", NULL, 0},
+    {"- cn: a\n", MESHTLS_EPARSE, "p.yaml:1: expected a mapping", NULL, 0, 0},
+    /* ip (address or CIDR, IPv4 and IPv6) and email rules, as --allow-ip / --allow-email */
+    {"allow:\n  - ip: 10.0.0.0/8\n", 0, "", "x", 1, 1},
+    {"allow:\n  - ip: 10.1.2.3\n", 0, "", "x", 1, 1},
+    {"allow:\n  - ip: 192.168.0.0/16\n", 0, "", "x", 0, 1},
+    {"allow:\n  - ip: 10.0.0.0/8\n", 0, "", "x", 0, 0}, /* no IP SAN: no match */
+    {"services:\n  billing:\n    allow:\n      - ip: 2001:db8::/32\n", 0, "", "billing", 1, 1},
+    {"services:\n  billing:\n    allow:\n      - ip: 2001:db8::/32\n", 0, "", "other", 0, 1},
+    {"allow:\n  - email: ops@acme.org\n", 0, "", "x", 1, 1},
+    {"allow:\n  - email: dev@acme.org\n", 0, "", "x", 0, 1},
+    {"allow:\n  - cn: a\n  - ip: 10.0.0.0/33\n", MESHTLS_EINVAL, "p.yaml:3: rule ip", NULL, 0, 0},
+    {"allow:\n  - ip: 10.0.0.300\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0, 0},
+    {"allow:\n  - email: nobody\n", MESHTLS_EINVAL, "p.yaml:2:", NULL, 0, 0},
 };
 
 TEST(policy_files)
 {
     struct meshtls_identity orders = peer("orders", "", NULL, 0, uri_orders, 1, "acme.org");
+    struct meshtls_identity web = peer("web", "", NULL, 0, uri_https, 1, NULL);
+    web.ips = ips_web;
+    web.n_ips = 2;
+    web.emails = emails_web;
+    web.n_emails = 1;
     for (size_t i = 0; i < sizeof(file_cases) / sizeof(file_cases[0]); i++) {
         const struct file_case *c = &file_cases[i];
         struct meshtls_policy *p = NULL;
@@ -221,7 +240,9 @@ TEST(policy_files)
         CHECK(strstr(err.msg, c->errhas) != NULL);
         if (rc == 0 && c->service) {
             struct meshtls_decision d;
-            meshtls_policy_check(p, &orders, c->service, &d);
+            meshtls_policy_check(p, c->web ? &web : &orders, c->service, &d);
+            if (d.allow != c->allow)
+                fprintf(stderr, "  file case %zu: allow=%d reason='%s'\n", i, d.allow, d.reason);
             CHECK_INT_EQ(d.allow, c->allow);
         }
         meshtls_policy_free(p);

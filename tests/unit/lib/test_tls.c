@@ -115,18 +115,26 @@ TEST(options_fail_closed)
     SSL_CTX *ctx = NULL;
     struct meshtls_err err = MESHTLS_ERR_INIT;
     struct meshtls_tls_opts o = {0};
+    /* the library names the option fields, never a command's flags: a C program has none */
     CHECK_INT_EQ(meshtls_tls_server_ctx_new(&o, &ctx, &err), MESHTLS_EINVAL);
-    CHECK(strstr(err.msg, "certificate") != NULL);
+    CHECK(strstr(err.msg, "certificate") != NULL && strstr(err.msg, "(cert_file)") != NULL);
+    CHECK(strstr(err.msg, "--") == NULL);
     o.cert_file = "tests/data/identity_spiffe.pem";
+    CHECK_INT_EQ(meshtls_tls_server_ctx_new(&o, &ctx, &err), MESHTLS_EINVAL);
+    CHECK(strstr(err.msg, "(key_file)") != NULL && strstr(err.msg, "--") == NULL);
     o.key_file = "tests/data/missing.key";
     CHECK_INT_EQ(meshtls_tls_server_ctx_new(&o, &ctx, &err), MESHTLS_EINVAL);
-    CHECK(strstr(err.msg, "CA bundle") != NULL);
+    CHECK(strstr(err.msg, "CA bundle") != NULL && strstr(err.msg, "(ca_file)") != NULL);
+    CHECK(strstr(err.msg, "--") == NULL);
     o.ca_file = "tests/data/identity_ca.pem";
     CHECK_INT_EQ(meshtls_tls_server_ctx_new(&o, &ctx, &err), MESHTLS_ENOENT);
     CHECK(strstr(err.msg, "tests/data/missing.key") != NULL);
     /* a client must say whom it expects */
     CHECK_INT_EQ(meshtls_tls_client_ctx_new(&o, &ctx, &err), MESHTLS_EINVAL);
     CHECK(strstr(err.msg, "server name") != NULL);
+    CHECK(strstr(err.msg, "server_name") && strstr(err.msg, "verify_spiffe_id") &&
+          strstr(err.msg, "verify_trust_domain"));
+    CHECK(strstr(err.msg, "--") == NULL && strstr(err.msg, "GRPC_") == NULL);
     o.verify_spiffe_id = "spiffe://Bad/x";
     CHECK_INT_EQ(meshtls_tls_client_ctx_new(&o, &ctx, &err), MESHTLS_EINVAL);
     CHECK(ctx == NULL);
