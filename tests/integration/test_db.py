@@ -175,5 +175,10 @@ def test_ca_list_store_url_same_as_dir(tmp_path):
     assert by_dir == by_url and '"api"' in by_dir
     r = run("ca", "list", "--store", f"sqlite:{tmp_path}/none.db")
     assert r.returncode != 0 and "none.db" in r.stderr, r.stderr
-    r = run("ca", "issue", "--store", f"sqlite:{ca}/meshtls.db", "api", "--out", tmp_path / "o2")
-    assert r.returncode == 2 and "--store" in r.stderr
+    # every subcommand takes it: sqlite:DIR/meshtls.db names DIR (the key files beside it)
+    run("ca", "issue", "--store", f"sqlite:{ca}/meshtls.db", "api", "--out", tmp_path / "o2",
+        check=True)
+    assert (tmp_path / "o2" / "api.crt").exists()
+    # a database URL alone does not say where the key files are
+    r = run("ca", "issue", "--store", "postgres://u:s3cret@127.0.0.1:1/db", "api")
+    assert r.returncode == 2 and "give --dir DIR beside it" in r.stderr and "s3cret" not in r.stderr
