@@ -490,3 +490,18 @@ def test_new_subcommands_have_help():
         r = run("ca", sub, "--help")
         assert r.returncode == 0 and sub in r.stdout, sub
     assert "STALE" in run("cert", "--help").stdout
+
+
+def test_intermediate_near_its_end_is_warned(ca, tmp_path):
+    # docs/PKI.md: `ca crl` and `ca rotate` warn from 90 days before the intermediate's end,
+    # naming the ceremony; a renewal for 60 days puts it inside that window, 400 days outside
+    key = offline_root(ca, tmp_path)
+    run("ca", "renew-intermediate", "--dir", ca, "--root-key", key, "--days", "400", check=True)
+    for sub in (["crl", "--out", tmp_path / "crl.pem"], ["rotate"]):
+        r = run("ca", *sub[:1], "--dir", ca, *sub[1:], check=True)
+        assert "intermediate CA" not in r.stderr, r.stderr
+    run("ca", "renew-intermediate", "--dir", ca, "--root-key", key, "--days", "60", check=True)
+    for sub in (["crl", "--out", tmp_path / "crl.pem"], ["rotate"]):
+        r = run("ca", *sub[:1], "--dir", ca, *sub[1:], check=True)
+        assert "intermediate CA" in r.stderr and "expires on" in r.stderr, r.stderr
+        assert "renew-intermediate --dir" in r.stderr

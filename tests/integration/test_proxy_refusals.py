@@ -538,3 +538,64 @@ def test_postgres17_direct_tls_alpn(pki, procs, echo, alpn, selected):
             assert s.selected_alpn_protocol() == selected
             s.sendall(b"ping\n")
             assert s.recv(10) == b"ping\n"
+
+
+def test_gssenc_request_gets_n_then_ssl_request_gets_tls(pki, procs, echo):
+    # libpq with gssencmode=prefer asks for GSSAPI encryption first: the sidecar answers 'N'
+    # (not supported) on the same connection, and the SSLRequest that follows gets 'S' and
+    # then the mutual-TLS handshake, as a PostgreSQL server without GSSAPI does
+    import struct
+    p = server(pki, procs, echo.port)
+    gssenc = struct.pack("!II", 8, 80877104)
+    sslreq = struct.pack("!II", 8, 80877103)
+    c = pki / "certs"
+    ctx = presenting(pki, c)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+        raw.sendall(gssenc)
+        assert raw.recv(1) == b"N"
+        raw.sendall(sslreq)
+        assert raw.recv(1) == b"S"
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"after both\n")
+            assert s.recv(20) == b"after both\n"
+    wait_for(lambda: "decision=allow" in p.log(), what="allowed")
+
+
+def test_allow_email_and_non_spiffe_uri_let_their_holder_in(pki, procs, echo, tmp_path):
+    # --allow-email matches an email SAN exactly; --allow-uri takes any URI SAN for an exact
+    # match (ghostunnel's semantics); a near miss of either stays out
+    d = tmp_path / "others"
+    # leaves with only an email or a URN SAN, signed by the test CA with openssl, as another
+    # CA or a person's tooling would make them
+    ca = pki / "ca"
+    for name, san in (("mailer", "email:ops@example.org"),
+                      ("urn", "URI:urn:example:billing-batch"),
+                      ("near", "email:ops@example.org.evil")):
+        key, csr, crt = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt"
+        d.mkdir(exist_ok=True)
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
+                        str(csr), "-subj", f"/CN={name}"], check=True, capture_output=True,
+                       timeout=30)
+        ext = d / f"{name}.ext"
+        ext.write_text(f"subjectAltName = {san}\nextendedKeyUsage = clientAuth\n"
+                       "keyUsage = critical, digitalSignature\n"
+                       "authorityKeyIdentifier = keyid\nsubjectKeyIdentifier = hash\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA",
+                        str(ca / "intermediate.crt"), "-CAkey", str(ca / "intermediate.key"),
+                        "-set_serial", str(1000 + len(name)), "-days", "2", "-extfile", str(ext),
+                        "-out", str(crt)], check=True, capture_output=True, timeout=30)
+        crt.write_bytes(crt.read_bytes() + (ca / "intermediate.crt").read_bytes())
+    c = pki / "certs"
+    p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt", "--key",
+              c / "api.key", "--cacert", c / "ca.crt", "--allow-email", "ops@example.org",
+              "--allow-uri", "urn:example:billing-batch")
+    procs.append(p)
+    assert attempt(presenting(pki, d, "mailer"), p.port) == b"ping\n"
+    assert attempt(presenting(pki, d, "urn"), p.port) == b"ping\n"
+    assert attempt(presenting(pki, d, "near"), p.port) == b""
+    assert attempt(presenting(pki, c), p.port) == b""  # web: a SPIFFE ID no rule names
+    wait_for(lambda: p.log().count("decision=deny") >= 2, what="two denials")
+    log = p.log()
+    assert 'rule="email ops@example.org"' in log or "email ops@example.org" in log, log
+    assert "urn:example:billing-batch" in log
