@@ -334,6 +334,7 @@ static int insert_then_fail(struct mt_db_conn *c, void *arg, struct meshtls_err 
 /* Fails with a real retryable database error on the first `*arg` calls. */
 struct flaky {
     int fail_first, calls;
+    const char *fail_sql; /* what raises the retryable error; NULL: 40001 */
 };
 
 static int flaky_fn(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
@@ -346,7 +347,7 @@ static int flaky_fn(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
         return rc;
     /* PostgreSQL raises 40001 itself; SQLite has no such statement, so the busy case is
      * shown in tx_retries_busy_sqlite with a real lock. */
-    return mt_db_exec(c, "SELECT mt_fail_40001()", NULL, 0, NULL, err);
+    return mt_db_exec(c, f->fail_sql ? f->fail_sql : "SELECT mt_fail_40001()", NULL, 0, NULL, err);
 }
 
 TEST(transactions)
@@ -415,6 +416,23 @@ TEST(transactions)
         CHECK(strstr(err.msg, "after 3 attempts") != NULL);
         mt_db_close(db3);
         CHECK_INT_EQ(scalar(db, "SELECT COUNT(*) FROM mt_t2"), 0);
+        /* a lock timeout (55P03, lock_timeout) and a deadlock (40P01) are retried too:
+         * another transaction held the row; this one's work is redone */
+        static const char *const states[] = {"55P03", "40P01"};
+        for (size_t i = 0; i < 2; i++) {
+            char sql[300];
+            snprintf(sql, sizeof(sql),
+                     "CREATE OR REPLACE FUNCTION mt_fail_state() RETURNS int LANGUAGE plpgsql "
+                     "AS 'BEGIN RAISE EXCEPTION ''injected'' USING ERRCODE = ''%s''; END'",
+                     states[i]);
+            CHECK_INT_EQ(run(db, sql, NULL, 0, &err), 0);
+            f = (struct flaky){.fail_first = 1, .fail_sql = "SELECT mt_fail_state()"};
+            CHECK_INT_EQ(mt_db_tx(db, flaky_fn, &f, &err), 0);
+            CHECK_INT_EQ(f.calls, 2);
+            CHECK_INT_EQ(scalar(db, "SELECT v FROM mt_t2"), 2);
+            CHECK_INT_EQ(run(db, "DELETE FROM mt_t2", NULL, 0, &err), 0);
+        }
+        run(db, "DROP FUNCTION mt_fail_state()", NULL, 0, NULL);
         run(db, "DROP FUNCTION mt_fail_40001()", NULL, 0, NULL);
     }
     clean(db);
