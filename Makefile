@@ -38,8 +38,11 @@ test-fuzz:
 check-src:
 	@scripts/checksrc.sh
 
+# the main job (the sidecar accepts a trusted service, refuses an untrusted one), then the
+# control plane (issue 10: bootstrap with a token, a revocation in CRL, OCSP and the feed)
 demo: build
 	@scripts/demo.sh
+	@scripts/demo-control-plane.sh
 
 # the control plane (issue 10): bootstrap with a token, revocation in CRL, OCSP and feed
 demo-control-plane: build
