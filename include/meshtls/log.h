@@ -149,6 +149,13 @@ MESHTLS_API int meshtls_log_level_parse(const char *s);
 /** Write JSON lines instead of text when `json` is non-zero. */
 MESHTLS_API void meshtls_log_set_json(int json);
 /**
+ * Tell a script on stdout that a listener is bound (the log goes to stderr): the line
+ * `WHAT on ADDR` ("listening on 127.0.0.1:8443"), or in JSON mode one JSON object
+ * `{"announce":"WHAT","addr":"ADDR"}`, so that stdout carries nothing but JSON then.
+ * `what` and `addr` are borrowed.  Flushes stdout.
+ */
+MESHTLS_API void meshtls_log_announce(const char *what, const char *addr);
+/**
  * Send messages to `fn` instead of stderr (NULL restores stderr).  Free text arrives as
  * formatted; an event arrives as its text form without time and level
  * ("close client=127.0.0.1:5000 bytes_up=12"), whatever the format setting, unless a

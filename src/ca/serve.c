@@ -2555,10 +2555,9 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
         goto out;
     meshtls_log(MESHTLS_LOG_INFO, "ca serve: listening on %s (%zu admin identit%s)",
                 mt_listener_addr(l), o->n_admins, o->n_admins == 1 ? "y" : "ies");
-    printf("listening on %s\n", mt_listener_addr(l));
+    meshtls_log_announce("listening", mt_listener_addr(l));
     if (sl)
-        printf("status on %s\n", mt_listener_addr(sl));
-    fflush(stdout);
+        meshtls_log_announce("status", mt_listener_addr(sl));
     for (;;) {
         struct timespec to = {.tv_sec = 1, .tv_nsec = 0};
         int sig = sigtimedwait(&set, NULL, &to);

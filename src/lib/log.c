@@ -68,6 +68,24 @@ void meshtls_log_set_json(int json)
     atomic_store_explicit(&log_json, json ? 1 : 0, memory_order_relaxed);
 }
 
+void meshtls_log_announce(const char *what, const char *addr)
+{
+    if (atomic_load_explicit(&log_json, memory_order_relaxed)) {
+        json_t *o = json_object();
+        if (o && !json_object_set_new(o, "announce", mt_json_string(what)) &&
+            !json_object_set_new(o, "addr", mt_json_string(addr))) {
+            char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            if (txt)
+                printf("%s\n", txt);
+            free(txt);
+        }
+        json_decref(o);
+    } else {
+        printf("%s on %s\n", what, addr);
+    }
+    fflush(stdout);
+}
+
 void meshtls_log_set_sink(meshtls_log_fn fn, void *arg)
 {
     log_sink = fn;

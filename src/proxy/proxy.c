@@ -672,8 +672,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                 rc = meshtls_err_set(err, rc, "--status %s: %s", c->status, strerror(errno));
             goto out;
         }
-        printf("status on %s\n", mt_listener_addr(sl));
-        fflush(stdout);
+        meshtls_log_announce("status", mt_listener_addr(sl));
     }
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
@@ -682,8 +681,7 @@ int px_run(const struct px_config *c, struct meshtls_err *err)
                 c->mode == PX_MODE_SERVER ? "server" : "client", mt_listener_addr(l), c->target,
                 c->workers);
     /* A machine-readable line for scripts and tests. */
-    printf("listening on %s\n", mt_listener_addr(l));
-    fflush(stdout);
+    meshtls_log_announce("listening", mt_listener_addr(l));
 
     watch_setup(&r);
     int64_t next_interval = c->reload_interval_s ? mt_now_ms() + c->reload_interval_s * 1000LL : 0;

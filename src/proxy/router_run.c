@@ -414,8 +414,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
                 rc = meshtls_err_set(err, rc, "--status %s: %s", cfg->status, strerror(errno));
             goto out;
         }
-        printf("status on %s\n", mt_listener_addr(sl));
-        fflush(stdout);
+        meshtls_log_announce("status", mt_listener_addr(sl));
     }
     if ((rc = mt_engine_start(eng, err)) != 0)
         goto out;
@@ -425,8 +424,7 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err)
                 "thread(s)",
                 mt_listener_addr(l), cfg->issuer, mt_db_url_safe(r.db), mt_db_backend_name(r.db),
                 cfg->workers, cfg->job_threads);
-    printf("listening on %s\n", mt_listener_addr(l));
-    fflush(stdout);
+    meshtls_log_announce("listening", mt_listener_addr(l));
     struct file_id crl_seen = file_id_of(cfg->tls.crl_file);
 
     for (;;) {

@@ -55,13 +55,17 @@ class Proxy:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
                                      text=True, env=dict(os.environ, **(env or {})))
         self.port = self.status_port = None
+        self.stdout_lines = []  # what start-up read from stdout
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and (self.port is None or
                                                (status and self.status_port is None)):
             line = self.proc.stdout.readline()
             if not line:
                 break
-            m = re.match(r"(listening|status) on .*:(\d+)$", line.strip())
+            # "listening on ADDR", or in JSON mode {"announce":"listening","addr":"ADDR"}
+            m = re.match(r"(listening|status) on .*:(\d+)$", line.strip()) or \
+                re.match(r'\{"announce":"(listening|status)","addr":".*:(\d+)"\}$', line.strip())
+            self.stdout_lines.append(line)
             if m and m.group(1) == "listening":
                 self.port = int(m.group(2))
             elif m:

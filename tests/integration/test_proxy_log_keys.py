@@ -28,9 +28,13 @@ def stopped_log(p):
 def test_log_format_json_from_env(pki):
     p = start(pki, env={"MESHTLS_LOG_FORMAT": "json"})
     lines = stopped_log(p)
-    # stdout carries the address announcements (read by Proxy) and nothing else: no log line
+    # stdout carries the address announcements, as JSON too, and nothing else: no log line
     rest = p.proc.stdout.read()
     assert rest == "", rest
+    assert len(p.stdout_lines) == 2
+    announced = [json.loads(x) for x in p.stdout_lines]
+    assert {a["announce"] for a in announced} == {"listening", "status"}
+    assert f"127.0.0.1:{p.port}" in [a["addr"] for a in announced]
     assert lines
     for line in lines:
         rec = json.loads(line)  # every line is one JSON object
