@@ -13,16 +13,19 @@ with plain SQL (docs/ROUTER.md) to issue 11's size: 100 organisations, 10,000 us
 teams, 10,000 hosts with 100,000 grants.  The router's limits are set to their maximum (the
 bookkeeping runs, nothing is refused); the connection log is on (the default).
 
-Servers: `proxy` (meshtls proxy server --allow-all), `router` (its defaults: decisions cached
-500 ms), `router-nocache` (--cache-ttl 0: every decision a query on a job thread).
+Servers (BENCH_ROUTER_SERVERS, default the first three): `proxy` (meshtls proxy server
+--allow-all), `router` (its defaults: decisions cached 500 ms), `router-nocache` (--cache-ttl
+0: every decision a query on a job thread), `router-nolog` and `router-nolog-nocache` (the
+same with --no-connection-log: what the connection log costs).
 
 Per round (each server started afresh, rotated order), for each server: full mTLS
 connections (router: + connect-id line and OK), resumed ones, bulk each way; for the routers
 also refusals (`ERROR: forbidden`, no backend connect).  Server CPU is utime+stime of the
 server (all threads, /proc/PID/stat) before/after, divided by the operations; ratios
 router/proxy are taken within a round, then the median and min..max over the rounds.
-Line-to-verdict: loadgen's time from writing the line to having the answer (client side) and
-the router's own `decision_us` from its connection log (line complete -> verdict).  Idle:
+Line-to-verdict: loadgen's time from writing the line to having the answer (client side),
+with one client on resumed connections (nothing to queue behind) and under the 4-client
+load, and the router's own `decision_us` from its connection log (line complete -> verdict).  Idle:
 RSS growth with K relays open (each with an 8-byte echo so the backend leg exists) / K, and
 the server's CPU while they sit idle.
 
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -58,7 +62,9 @@ FILL = os.environ.get("BENCH_ROUTER_FILL", "1") != "0"
 TD = "bench.local"
 ORG, USER = "org0", "alice"
 ALLOWED, FORBIDDEN = "echo-01", "closed-01"  # granted to alice through team ops / not at all
-SERVERS = ["proxy", "router", "router-nocache"]
+ALL = ["proxy", "router", "router-nocache", "router-nolog", "router-nolog-nocache"]
+SERVERS = [s for s in os.environ.get("BENCH_ROUTER_SERVERS", ",".join(ALL[:3])).split(",")
+           if s in ALL]
 MAX = "10000000"  # the limits' maximum: counted, never reached
 MAX_CONNS = "9950"  # 2 descriptors a relay under ulimit -n 20,000
 
@@ -132,8 +138,10 @@ def argv(name, d, p, port, echo_port, s):
          "--cacert", str(p / "ca.crt"), "--issuer", TD, "--store", s, "--workers", "1",
          "--max-conns", MAX_CONNS, "--log-level", "warn", "--user-rate", MAX, "--org-rate", MAX,
          "--user-sessions", MAX, "--org-sessions", MAX]
-    if name == "router-nocache":
+    if "nocache" in name:
         a += ["--cache-ttl", "0"]
+    if "nolog" in name:
+        a += ["--no-connection-log"]
     return a
 
 
@@ -208,6 +216,14 @@ def measure_round(name, d, p, echo_port, s, db):
                              "cpu_us": (rp.cpu_seconds(sid) - c0) / ops * 1e6,
                              "fails": int(r["fails"]), "line_p50": float(r["line_p50_us"]),
                              "line_p99": float(r["line_p99_us"])}
+            # line to verdict without queueing: one client, resumed handshakes (cheap), so
+            # the event loop is idle when the line arrives
+            for key, extra in (("lat_ok", ["-L", ALLOWED]),
+                               ("lat_refuse", ["-L", FORBIDDEN, "-A", "ERROR: forbidden"])):
+                r = rp.loadgen("resume", port, p, "-t", 1, "-d", SECONDS / 2, *extra)
+                out[key] = {"n": int(r["line_n"]), "fails": int(r["fails"]),
+                            "line_p50": float(r["line_p50_us"]),
+                            "line_p99": float(r["line_p99_us"])}
         for mode in ("up", "down"):
             c0 = rp.cpu_seconds(sid)
             r = rp.loadgen(mode, port, p, "-m", BULK_MIB, "-d", max(SECONDS * 3, 10), *lo)
@@ -297,41 +313,47 @@ ROWS = [  # label, path, format, goal (router / proxy)
 
 def report(rounds, idle, meta):
     names = SERVERS
-    L = ["| measure (median (min..max) of %d rounds) | " % REPS + " | ".join(names) +
-         " | router / proxy | router-nocache / proxy | goal |",
-         "| --- |" + " ---: |" * (len(names) + 3)]
+    routers = [n for n in names if n != "proxy"]
+    L = ["| measure (median (min..max) of %d rounds) | " % REPS + " | ".join(names) + " | " +
+         " | ".join(f"{n} / proxy" for n in routers) + " | goal (router / proxy) |",
+         "| --- |" + " ---: |" * (len(names) + len(routers) + 1)]
     for label, path, f, goal in ROWS:
         cells = [fmt3(rp.med(rounds[n], *path), f) for n in names]
+        rs = [ratios(rounds, n, "proxy", *path) for n in routers]
         r1 = ratios(rounds, "router", "proxy", *path)
-        r2 = ratios(rounds, "router-nocache", "proxy", *path)
         g = "–"
         if goal and r1:
             g = f"≤ {goal:g}× " + ("met" if r1[0] <= goal else "**not met**")
-        L.append(f"| {label} | " + " | ".join(cells) +
-                 f" | {fmt3(r1, '{:.2f}')} | {fmt3(r2, '{:.2f}')} | {g} |")
-    I = ["| idle relays | " + " | ".join(names[:2]) + " | router / proxy | goal |",
-         "| --- | ---: | ---: | ---: | --- |"]
+        L.append(f"| {label} | " + " | ".join(cells) + " | " +
+                 " | ".join(fmt3(r, "{:.2f}") for r in rs) + f" | {g} |")
+    inames = [n for n in ("proxy", "router") if n in idle]
+    I = ["| idle relays | " + " | ".join(inames) + " | router / proxy | goal |",
+         "| --- |" + " ---: |" * (len(inames) + 1) + " --- |"]
     for k in IDLE:
         for label, key, f in (("RSS KiB per relay", "kib_per_conn", "{:.1f}"),
-                              ("server CPU ms/s while idle", "idle_cpu_ms_per_s", "{:.1f}")):
-            cells = [fmt3(rp.med(idle.get(n, {}).get(k, []), key), f) for n in names[:2]]
-            rr = ratios({n: idle.get(n, {}).get(k, []) for n in names[:2]}, "router", "proxy",
-                        key)
+                              ("server CPU ms/s while idle", "idle_cpu_ms_per_s", "{:.1f}"),
+                              ("relays open", "open", "{:.0f}")):
+            cells = [fmt3(rp.med(idle[n][k], key), f) for n in inames]
+            rr = ratios({n: idle[n][k] for n in inames}, "router", "proxy", key)
             g = "–"
-            if key == "kib_per_conn":
-                m = rp.med(idle.get("router", {}).get(k, []), key)
+            if key == "kib_per_conn" and "router" in idle:
+                m = rp.med(idle["router"][k], key)
                 g = f"≤ 64 KiB {'met' if m and m[0] <= 64 else '**not met**'}" if m else "–"
-            L2 = f"| {label}, {k:,} open | " + " | ".join(cells) + f" | {fmt3(rr, '{:.2f}')} | {g} |"
-            I.append(L2)
-    D = ["| line → verdict (µs) | p50 | p99 |", "| --- | ---: | ---: |"]
-    for n in ("router", "router-nocache"):
+            I.append(f"| {label}, {k:,} | " + " | ".join(cells) +
+                     f" | {fmt3(rr, '{:.2f}')} | {g} |")
+    D = ["| line → verdict (µs; median (min..max) over the rounds) | p50 | p99 |",
+         "| --- | ---: | ---: |"]
+    for n in routers:
         for label, path in ((f"{n}: client, line written → `OK` read (includes the backend "
-                             "connect)", "full"),
-                            (f"{n}: client, line written → `ERROR: forbidden` read", "refuse")):
+                             "connect), 1 client", "lat_ok"),
+                            (f"{n}: client, line written → `ERROR: forbidden` read, 1 client",
+                             "lat_refuse"),
+                            (f"{n}: the same → `OK`, 4 clients making full handshakes "
+                             "(queueing behind them)", "full")):
             D.append(f"| {label} | {fmt3(rp.med(rounds[n], path, 'line_p50'), '{:.0f}')} | "
                      f"{fmt3(rp.med(rounds[n], path, 'line_p99'), '{:.0f}')} |")
         for res in ("ok", "forbidden"):
-            D.append(f"| {n}: router's own `decision_us` (connection log), result {res} | "
+            D.append(f"| {n}: the router's own `decision_us` (connection log), {res} | "
                      f"{fmt3(rp.med(rounds[n], f'decision_{res}', 'p50'), '{:.0f}')} | "
                      f"{fmt3(rp.med(rounds[n], f'decision_{res}', 'p99'), '{:.0f}')} |")
     return ("### Router and proxy server side by side\n\n" + "\n".join(L) +
@@ -343,6 +365,10 @@ def report(rounds, idle, meta):
 def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: (rp.stop_all(), sys.exit(130)))
+    # 9,900 idle relays need ~19,800 descriptors in the router (client + host side); the
+    # servers and loadgen inherit the limit
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536) if hard > 0 else 65536, hard))
     d = Path(tempfile.mkdtemp(prefix="meshtls-routerbench-"))
     t0 = time.monotonic()
     try:
@@ -365,10 +391,11 @@ def main():
                     rp.log(f"   {name} failed: {e} "
                            f"{err.read_text()[-400:] if err.exists() else ''}")
                     rounds[name].append({})  # keeps the rounds paired for the ratios
-        idle = {n: {k: [] for k in IDLE} for n in SERVERS[:2]}
+        inames = [n for n in ("proxy", "router") if n in SERVERS]
+        idle = {n: {k: [] for k in IDLE} for n in inames}
         for rep in range(IDLE_REPS):
             for k in IDLE:
-                for name in (SERVERS[:2] if rep % 2 == 0 else SERVERS[1::-1]):
+                for name in (inames if rep % 2 == 0 else inames[::-1]):
                     rp.log(f"== idle {rep + 1}/{IDLE_REPS}: {name}, {k} relays")
                     try:
                         r = measure_idle(name, d, p, echo_port, s, k)
