@@ -412,7 +412,8 @@ def main():
         meta = (f"Commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
                 f"{os.cpu_count()} cores (shared); {SECONDS:g} s per timed measurement, "
                 f"{REPS} rounds ({IDLE_REPS} for idle), bulk {BULK_MIB} MiB each way; "
-                f"store {'filled to 100 orgs / 10,000 users / 1,000 teams / 100,000 grants' if FILL else 'benchmark rows only'}; "
+                "store " + ("filled to 100 orgs / 10,000 users / 1,000 teams / 100,000 "
+                            "grants" if FILL else "with the benchmark's rows only") + "; "
                 f"ulimit -n {ulimit}; {rp.version(['openssl', 'version'])}. "
                 f"Whole run: {time.monotonic() - t0:.0f} s.")
         text = report(rounds, idle, meta)
