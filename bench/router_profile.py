@@ -2,14 +2,18 @@
 
     /usr/bin/python3 bench/router_profile.py [N] [SERVER ...]
 
-SERVER is a name of bench/router.py (default: proxy router router-nolog router-nolog-nocache);
-N full mTLS connections (default 300; the routers' with the connect-id line) from 2 client
-threads.  Each server runs under `valgrind --tool=callgrind` twice, fresh: with the workload
-and with none (start and stop only); the difference divided by N is the instruction count per
-connection, in total and per function (own cost).  Prints the totals and, for each router,
-the functions whose cost per connection differs most from the proxy server's.  Needs
+SERVER is a name of bench/router.py (default: proxy router router-nolog router-nolog-nocache).
+Workloads: N full mTLS connections (default 300; the routers' with the connect-id line) from
+2 client threads, and one bulk transfer each way of BENCH_PROFILE_BULK_MIB MiB (default 64).
+Each server runs under `valgrind --tool=callgrind` fresh for each workload and once with none
+(start and stop only); the difference divided by the connections (or GB) is the instruction
+count per connection (per GB), in total and per function (own cost; Debian's libcrypto has
+no symbols for its internals, so those are summed per library).  Prints the totals and, for
+each router, the functions whose cost differs most from the proxy server's.  User space
+only: the kernel's share (system calls, fsync) is not counted here.  Needs
 build-bench/ (bench/run.sh or bench/router.sh).  Writes bench/router-profile-latest.md.
 """
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +25,7 @@ import router as rb  # noqa: E402  (bench/router.py: PKI, store, server command 
 import run as rp  # noqa: E402
 
 
+BULK_MIB = int(os.environ.get("BENCH_PROFILE_BULK_MIB", "64"))
 INCLUSIVE = ["X509_verify_cert", "cached_verify_cb", "rt_db_lookup", "sqlite3_step",
              "rt_connlog_push", "step_line"]
 
@@ -48,22 +53,32 @@ def own_costs(path):
     return (int(total.group(1).replace(",", "")) if total else 0), costs
 
 
-def cg_run(name, d, p, echo_port, s, n):
+def cg_run(name, d, p, echo_port, s, work):
+    """A fresh server under callgrind: `work` is ("full", N), ("bulk", MIB) or None."""
     port = rp.free_port()
-    out = d / f"cg.{name}.{n}"
+    out = d / f"cg.{name}.{work[0] if work else 'none'}"
     proc = rp.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] +
                     rb.argv(name, d, p, port, echo_port, s),
                     stdout=subprocess.DEVNULL, stderr=open(d / f"{name}.vg", "a"))
-    r = {}
+    done, fails = 0, 0
     try:
         rp.wait_port(port, proc, timeout=120)
-        if n:
-            r = rp.loadgen("full", port, p, "-t", 2, "-n", n, "-d", 600, *rb.line_opts(name),
-                           timeout=700)
+        if work and work[0] == "full":
+            r = rp.loadgen("full", port, p, "-t", 2, "-n", work[1], "-d", 600,
+                           *rb.line_opts(name), timeout=700)
+            done, fails = int(r["ops"]), int(r["fails"])
+        elif work:
+            for mode in ("up", "down"):
+                r = rp.loadgen(mode, port, p, "-m", work[1], "-d", 600, *rb.line_opts(name),
+                               timeout=700)
+                done += int(r["bytes"])
+                fails += int(r["fails"]) + (1 - int(r["complete"]))
     finally:
         rp.stop(proc)  # SIGTERM: callgrind writes its file as the server exits
+    if fails:
+        rp.log(f"   {name} {work}: {fails} failure(s)")
     tot, costs = own_costs(out)
-    return tot, costs, r
+    return tot, costs, done
 
 
 def main():
@@ -76,30 +91,37 @@ def main():
         echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
         echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
         s, _ = rb.store(d, echo_port)
-        per, fns = {}, {}
+        per, fns = {"full": {}, "bulk": {}}, {"full": {}, "bulk": {}}
         for name in names:
             rp.log(f"== {name}")
-            t0, c0, _ = cg_run(name, d, p, echo_port, s, 0)
-            t1, c1, r = cg_run(name, d, p, echo_port, s, n)
-            done = int(r.get("ops", 0)) or n
-            if int(r.get("fails", 0)):
-                rp.log(f"   {r.get('fails')} connection(s) failed")
-            per[name] = (t1 - t0) / done
-            fns[name] = {f: (c1.get(f, 0) - c0.get(f, 0)) / done for f in set(c0) | set(c1)}
-            rp.log(f"   {per[name] / 1e6:.3f} M instructions per connection")
-        text = ("| server | instructions per connection | / proxy |\n| --- | ---: | ---: |\n" +
-                "".join(f"| {x} | {per[x] / 1e6:.3f} M | "
-                        f"{per[x] / per['proxy'] if 'proxy' in per else float('nan'):.2f} |\n"
-                        for x in names))
-        for name in names:
-            if name == "proxy" or "proxy" not in fns:
-                continue
-            delta = {f: fns[name].get(f, 0) - fns["proxy"].get(f, 0)
-                     for f in set(fns[name]) | set(fns["proxy"])}
-            top = sorted(delta.items(), key=lambda x: -abs(x[1]))[:25]
-            text += (f"\n{name} minus proxy, own instructions per connection (K), the 25 "
-                     "largest differences:\n\n" + "\n".join(
-                         f"    {v / 1e3:+9.1f} K  {f}" for f, v in top) + "\n")
+            t0, c0, _ = cg_run(name, d, p, echo_port, s, None)
+            for key, amount, unit in (("full", n, 1), ("bulk", BULK_MIB, 1e9)):
+                t1, c1, done = cg_run(name, d, p, echo_port, s, (key, amount))
+                done = (done or 1) / unit  # connections, or GB both ways together
+                per[key][name] = (t1 - t0) / done
+                fns[key][name] = {f: (c1.get(f, 0) - c0.get(f, 0)) / done
+                                  for f in set(c0) | set(c1)}
+                rp.log(f"   {key}: {per[key][name] / 1e6:.3f} M instructions per "
+                       f"{'connection' if key == 'full' else 'GB'}")
+        text = ("| server | instructions per full connection | / proxy | instructions per GB "
+                "of bulk (both ways) | / proxy |\n| --- | ---: | ---: | ---: | ---: |\n")
+        for x in names:
+            cells = []
+            for key in ("full", "bulk"):
+                base = per[key].get("proxy")
+                cells += [f"{per[key][x] / 1e6:.3f} M",
+                          f"{per[key][x] / base:.2f}" if base else "–"]
+            text += f"| {x} | " + " | ".join(cells) + " |\n"
+        for key, unit in (("full", "per connection"), ("bulk", "per GB")):
+            for name in names:
+                if name == "proxy" or "proxy" not in fns[key]:
+                    continue
+                a, b = fns[key][name], fns[key]["proxy"]
+                delta = {f: a.get(f, 0) - b.get(f, 0) for f in set(a) | set(b)}
+                top = sorted(delta.items(), key=lambda x: -abs(x[1]))[:15]
+                text += (f"\n{name} minus proxy, {key}: instructions {unit} (K), the 15 "
+                         "largest differences (own cost unless marked inclusive):\n\n" +
+                         "\n".join(f"    {v / 1e3:+11.1f} K  {f}" for f, v in top) + "\n")
         print(text)
         (rp.ROOT / "bench" / "router-profile-latest.md").write_text(text)
         rp.log(f"(raw callgrind files in {d})")
