@@ -16,7 +16,8 @@ bookkeeping runs, nothing is refused); the connection log is on (the default).
 Servers (BENCH_ROUTER_SERVERS, default the first three): `proxy` (meshtls proxy server
 --allow-all), `router` (its defaults: decisions cached 500 ms), `router-nocache` (--cache-ttl
 0: every decision a query on a job thread), `router-nolog` and `router-nolog-nocache` (the
-same with --no-connection-log: what the connection log costs).
+same with --no-connection-log: what the connection log costs), `proxy-noverifycache` (the
+proxy server with --verify-cache-size 0, as the router verifies every full handshake).
 
 Per round (each server started afresh, rotated order), for each server: full mTLS
 connections (router: + connect-id line and OK), resumed ones, bulk each way; for the routers
@@ -62,7 +63,8 @@ FILL = os.environ.get("BENCH_ROUTER_FILL", "1") != "0"
 TD = "bench.local"
 ORG, USER = "org0", "alice"
 ALLOWED, FORBIDDEN = "echo-01", "closed-01"  # granted to alice through team ops / not at all
-ALL = ["proxy", "router", "router-nocache", "router-nolog", "router-nolog-nocache"]
+ALL = ["proxy", "router", "router-nocache", "router-nolog", "router-nolog-nocache",
+       "proxy-noverifycache"]
 SERVERS = [s for s in os.environ.get("BENCH_ROUTER_SERVERS", ",".join(ALL[:3])).split(",")
            if s in ALL]
 MAX = "10000000"  # the limits' maximum: counted, never reached
@@ -129,10 +131,10 @@ def fill(db):
 
 
 def argv(name, d, p, port, echo_port, s):
-    if name == "proxy":
+    if name.startswith("proxy"):
         a = rp.server_argv("meshtls", d, p, port, echo_port)
         a[a.index("--max-conns") + 1] = MAX_CONNS
-        return a
+        return a + (["--verify-cache-size", "0"] if "noverify" in name else [])
     a = [str(rp.MESHTLS), "proxy", "router", "--listen", f"127.0.0.1:{port}",
          "--cert", str(p / "server.crt"), "--key", str(p / "server.key"),
          "--cacert", str(p / "ca.crt"), "--issuer", TD, "--store", s, "--workers", "1",
@@ -159,7 +161,7 @@ def launch(name, d, p, echo_port, s):
 
 
 def line_opts(name, cid=ALLOWED):
-    return [] if name == "proxy" else ["-L", cid]
+    return [] if name.startswith("proxy") else ["-L", cid]
 
 
 def connlog(db, after, n_max=200000):
@@ -207,7 +209,7 @@ def measure_round(name, d, p, echo_port, s, db):
                          "reused_share": int(r["reused"]) / ops, "fails": int(r["fails"]),
                          "line_p50": float(r.get("line_p50_us", "nan")),
                          "line_p99": float(r.get("line_p99_us", "nan"))}
-        if name != "proxy":
+        if not name.startswith("proxy"):
             c0 = rp.cpu_seconds(sid)
             r = rp.loadgen("full", port, p, "-t", 4, "-d", SECONDS / 2, "-L", FORBIDDEN,
                            "-A", "ERROR: forbidden")
@@ -234,7 +236,7 @@ def measure_round(name, d, p, echo_port, s, db):
             time.sleep(0.2)
     finally:
         rp.stop(proc)  # SIGTERM: the connection log's last batch is written on the way out
-    if name != "proxy":
+    if not name.startswith("proxy"):
         log = connlog(db, mark)
         for res, v in log.items():
             out[f"decision_{res}"] = {"n": len(v), "p50": pct(v, 0.5), "p99": pct(v, 0.99)}
@@ -313,7 +315,7 @@ ROWS = [  # label, path, format, goal (router / proxy)
 
 def report(rounds, idle, meta):
     names = SERVERS
-    routers = [n for n in names if n != "proxy"]
+    routers = [n for n in names if n != "proxy"]  # the ratio columns
     L = ["| measure (median (min..max) of %d rounds) | " % REPS + " | ".join(names) + " | " +
          " | ".join(f"{n} / proxy" for n in routers) + " | goal (router / proxy) |",
          "| --- |" + " ---: |" * (len(names) + len(routers) + 1)]
@@ -343,7 +345,7 @@ def report(rounds, idle, meta):
                      f" | {fmt3(rr, '{:.2f}')} | {g} |")
     D = ["| line → verdict (µs; median (min..max) over the rounds) | p50 | p99 |",
          "| --- | ---: | ---: |"]
-    for n in routers:
+    for n in (x for x in routers if not x.startswith("proxy")):
         for label, path in ((f"{n}: client, line written → `OK` read (includes the backend "
                              "connect), 1 client", "lat_ok"),
                             (f"{n}: client, line written → `ERROR: forbidden` read, 1 client",
@@ -352,12 +354,12 @@ def report(rounds, idle, meta):
                              "(queueing behind them)", "full")):
             D.append(f"| {label} | {fmt3(rp.med(rounds[n], path, 'line_p50'), '{:.0f}')} | "
                      f"{fmt3(rp.med(rounds[n], path, 'line_p99'), '{:.0f}')} |")
-        for res in ("ok", "forbidden"):
+        for res in (() if "nolog" in n else ("ok", "forbidden")):
             D.append(f"| {n}: the router's own `decision_us` (connection log), {res} | "
                      f"{fmt3(rp.med(rounds[n], f'decision_{res}', 'p50'), '{:.0f}')} | "
                      f"{fmt3(rp.med(rounds[n], f'decision_{res}', 'p99'), '{:.0f}')} |")
     return ("### Router and proxy server side by side\n\n" + "\n".join(L) +
-            "\n\n### Idle relays\n\n" + "\n".join(I) +
+            ("\n\n### Idle relays\n\n" + "\n".join(I) if IDLE and inames else "") +
             "\n\n### Line to verdict through the engine\n\n" + "\n".join(D) + "\n\n" +
             meta + "\n")
 
@@ -411,7 +413,7 @@ def main():
                                 capture_output=True, text=True).stdout.strip()
         meta = (f"Commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
                 f"{os.cpu_count()} cores (shared); {SECONDS:g} s per timed measurement, "
-                f"{REPS} rounds ({IDLE_REPS} for idle), bulk {BULK_MIB} MiB each way; "
+                f"{REPS} rounds ({IDLE_REPS if IDLE else 'no'} for idle), bulk {BULK_MIB} MiB each way; "
                 "store " + ("filled to 100 orgs / 10,000 users / 1,000 teams / 100,000 "
                             "grants" if FILL else "with the benchmark's rows only") + "; "
                 f"ulimit -n {ulimit}; {rp.version(['openssl', 'version'])}. "
