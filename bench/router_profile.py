@@ -1,6 +1,7 @@
 """Where the router's instructions go, against the proxy server's (counted, not timed).
 
     /usr/bin/python3 bench/router_profile.py [N] [SERVER ...]
+    /usr/bin/python3 bench/router_profile.py strace [SERVER ...]
 
 SERVER is a name of bench/router.py (default: proxy router router-nolog router-nolog-nocache).
 Workloads: N full mTLS connections (default 300; the routers' with the connect-id line) from
@@ -10,14 +11,18 @@ Each server runs under `valgrind --tool=callgrind` fresh for each workload and o
 count per connection (per GB), in total and per function (own cost; Debian's libcrypto has
 no symbols for its internals, so those are summed per library).  Prints the totals and, for
 each router, the functions whose cost differs most from the proxy server's.  User space
-only: the kernel's share (system calls, fsync) is not counted here.  Needs
+only: the kernel's share (system calls, fsync) is not counted here; the `strace` form counts
+system calls per connection instead (`strace -c -f` on each server, no valgrind, over 500
+resumed connections from 2 threads after 50 warm-up ones).  Needs
 build-bench/ (bench/run.sh or bench/router.sh).  Writes bench/router-profile-latest.md.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,8 +86,49 @@ def cg_run(name, d, p, echo_port, s, work):
     return tot, costs, done
 
 
+def syscalls(names):
+    """`strace -c` per server over a fixed number of resumed connections."""
+    d = Path(tempfile.mkdtemp(prefix="meshtls-routerstrace-"))
+    try:
+        p = rb.pki(d)
+        echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
+        echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
+        s, _ = rb.store(d, echo_port)
+        text = ""
+        for name in names:
+            proc, port = rb.launch(name, d, p, echo_port, s)
+            try:
+                rp.loadgen("full", port, p, "-t", 2, "-n", 50, "-d", 20, *rb.line_opts(name))
+                st = rp.start(["strace", "-c", "-f", "-p", str(proc.pid), "-o",
+                               str(d / f"strace.{name}")], stderr=subprocess.DEVNULL)
+                time.sleep(1)  # attached to every thread
+                r = rp.loadgen("resume", port, p, "-t", 2, "-n", 500, "-d", 60,
+                               *rb.line_opts(name))
+                time.sleep(1)  # the connection log's last batch
+                os.kill(st.pid, signal.SIGINT)  # strace detaches and writes its summary
+                st.wait(30)
+                rp.STARTED.remove(st)
+            finally:
+                rp.stop(proc)
+            done = int(r.get("ops", 0)) or 500
+            calls = {}
+            for line in (d / f"strace.{name}").read_text().splitlines():
+                m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+                if m and m.group(2) != "total":
+                    calls[m.group(2)] = int(m.group(1)) / done
+            text += (f"{name}: {sum(calls.values()):.1f} system calls per resumed connection: " +
+                     ", ".join(f"{k} {v:.2f}" for k, v in
+                               sorted(calls.items(), key=lambda x: -x[1])) + "\n\n")
+        print(text)
+    finally:
+        rp.stop_all()
+
+
 def main():
     args = sys.argv[1:]
+    if args and args[0] == "strace":
+        syscalls(args[1:] or ["proxy", "router", "router-nolog"])
+        return
     n = int(args.pop(0)) if args and args[0].isdigit() else 300
     names = args or ["proxy", "router", "router-nolog", "router-nolog-nocache"]
     d = Path(tempfile.mkdtemp(prefix="meshtls-routerprof-"))
