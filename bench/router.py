@@ -107,6 +107,15 @@ def store(d, echo_port):
     return s, db
 
 
+def setup(d):
+    """PKI, a running bench/echo, the store: (pki dir, echo Popen, echo port, URL, db path)."""
+    p = pki(d)
+    echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
+    echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
+    s, db = store(d, echo_port)
+    return p, echo, echo_port, s, db
+
+
 def fill(db):
     """Issue 11's size, the shape of bench/routerbench.c: 100 organisations x (100 users,
     10 teams of 10 members, 100 hosts with 5 users + 5 teams each) = 100,000 grants."""
@@ -374,10 +383,7 @@ def main():
     d = Path(tempfile.mkdtemp(prefix="meshtls-routerbench-"))
     t0 = time.monotonic()
     try:
-        p = pki(d)
-        echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
-        echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
-        s, db = store(d, echo_port)
+        p, echo, echo_port, s, db = setup(d)
         rp.log(f"PKI and store ready in {time.monotonic() - t0:.0f} s; work dir {d}")
         rounds = {n: [] for n in SERVERS}
         for rep in range(REPS):

@@ -90,10 +90,7 @@ def syscalls(names):
     """`strace -c` per server over a fixed number of resumed connections."""
     d = Path(tempfile.mkdtemp(prefix="meshtls-routerstrace-"))
     try:
-        p = rb.pki(d)
-        echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
-        echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
-        s, _ = rb.store(d, echo_port)
+        p, _, echo_port, s, _ = rb.setup(d)
         text = ""
         for name in names:
             proc, port = rb.launch(name, d, p, echo_port, s)
@@ -133,10 +130,7 @@ def main():
     names = args or ["proxy", "router", "router-nolog", "router-nolog-nocache"]
     d = Path(tempfile.mkdtemp(prefix="meshtls-routerprof-"))
     try:
-        p = rb.pki(d)
-        echo = rp.start([str(rp.TOOLS / "echo")], stdout=subprocess.PIPE, text=True)
-        echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
-        s, _ = rb.store(d, echo_port)
+        p, _, echo_port, s, _ = rb.setup(d)
         per, fns = {"full": {}, "bulk": {}}, {"full": {}, "bulk": {}}
         for name in names:
             rp.log(f"== {name}")
