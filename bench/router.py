@@ -26,8 +26,8 @@ server (all threads, /proc/PID/stat) before/after, divided by the operations; ra
 router/proxy are taken within a round, then the median and min..max over the rounds.
 Line-to-verdict: loadgen's time from writing the line to having the answer (client side),
 with one client on resumed connections (nothing to queue behind) and under the 4-client
-load, and the router's own `decision_us` from its connection log (line complete -> verdict).  Idle:
-RSS growth with K relays open (each with an 8-byte echo so the backend leg exists) / K, and
+load, and the router's own `decision_us` from its connection log (line complete ->
+verdict).  Idle: RSS growth with K relays open (each with an 8-byte echo so the backend leg exists) / K, and
 the server's CPU while they sit idle.
 
 Environment: BENCH_SECONDS (per timed measurement, default 4), BENCH_REPS (rounds, 3),
