@@ -27,8 +27,8 @@ router/proxy are taken within a round, then the median and min..max over the rou
 Line-to-verdict: loadgen's time from writing the line to having the answer (client side),
 with one client on resumed connections (nothing to queue behind) and under the 4-client
 load, and the router's own `decision_us` from its connection log (line complete ->
-verdict).  Idle: RSS growth with K relays open (each with an 8-byte echo so the backend leg exists) / K, and
-the server's CPU while they sit idle.
+verdict).  Idle: RSS growth with K relays open (each with an 8-byte echo so the backend
+leg exists) / K, and the server's CPU while they sit idle.
 
 Environment: BENCH_SECONDS (per timed measurement, default 4), BENCH_REPS (rounds, 3),
 BENCH_IDLE (relay counts, default 1000,9900: 10,000 relays need 20,000+ descriptors in one
@@ -419,7 +419,8 @@ def main():
                                 capture_output=True, text=True).stdout.strip()
         meta = (f"Commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
                 f"{os.cpu_count()} cores (shared); {SECONDS:g} s per timed measurement, "
-                f"{REPS} rounds ({IDLE_REPS if IDLE else 'no'} for idle), bulk {BULK_MIB} MiB each way; "
+                f"{REPS} rounds ({IDLE_REPS if IDLE else 'no'} for idle), "
+                f"bulk {BULK_MIB} MiB each way; "
                 "store " + ("filled to 100 orgs / 10,000 users / 1,000 teams / 100,000 "
                             "grants" if FILL else "with the benchmark's rows only") + "; "
                 f"ulimit -n {ulimit}; {rp.version(['openssl', 'version'])}. "
