@@ -24,8 +24,17 @@
  *            -n MAXCONNS (full/resume, default 10000000)  -c CONNS (rr, 64)
  *            -s BYTES (rr, 1024)  -m MIB (up/down, 256)  -k N (idle, 1000)
  *            -C TLS13SUITES (default TLS_AES_128_GCM_SHA256, the same for every server)
+ *            -L CONNECT_ID  the router's protocol (docs/ROUTER.md), every mode: after the
+ *                           handshake send "CONNECT_ID\n" and read the answer line; it must
+ *                           be "OK" before the mode goes on (else the connection fails and
+ *                           the first wrong answer goes to stderr)
+ *            -A ANSWER      with -L (full/resume): expect a refusal instead, an answer line
+ *                           starting with ANSWER (e.g. "ERROR: forbidden"); the connection
+ *                           ends there and counts as one operation
  *
- * Output: one line of key=value pairs (ops, secs, rate, fails, ...) on stdout.
+ * Output: one line of key=value pairs (ops, secs, rate, fails, ...) on stdout.  With -L the
+ * full/resume line also has line_n, line_p50_us, line_p99_us, line_p999_us: the time from
+ * writing the connect-id line to having the whole answer line, per connection.
  * The backend is bench/echo.c.
  */
 #include <arpa/inet.h>
@@ -58,6 +67,16 @@ static atomic_int stop_flag;
 static char negotiated[96] = "none"; /* cipher/group of the first connection */
 static atomic_int have_negotiated;
 
+/* -L / -A: the router's connect-id line and the answer it must get */
+static char line_out[300];
+static size_t line_out_len;
+static const char *line_expect = "OK";
+static int line_refusal; /* -A given: the answer ends the connection */
+static atomic_int line_complained;
+static double *line_lat; /* line written -> answer read, seconds */
+static size_t line_cap = 2000000;
+static atomic_size_t line_n;
+
 static double now(void)
 {
     struct timespec ts;
@@ -78,6 +97,45 @@ static int new_session(SSL *ssl, SSL_SESSION *sess)
     SSL_SESSION_free(tl_ticket);
     tl_ticket = sess; /* the callback's reference is ours now */
     return 1;
+}
+
+static int cmp_dbl(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* Send the connect-id line and read the answer (one line, bounded); 0 if it is the one
+ * expected.  The socket's 10 s timeouts bound the wait. */
+static int router_line(SSL *ssl)
+{
+    char ans[512];
+    size_t n = 0;
+    double t0 = now();
+    if (SSL_write(ssl, line_out, (int)line_out_len) != (int)line_out_len)
+        return -1;
+    while (n + 1 < sizeof(ans) && (n == 0 || ans[n - 1] != '\n')) {
+        int r = SSL_read(ssl, ans + n, 1); /* byte by byte: nothing after the line is ours */
+        if (r <= 0)
+            break;
+        n++;
+    }
+    double t = now();
+    ans[n] = 0;
+    size_t want = strlen(line_expect);
+    int ok = n > 0 && ans[n - 1] == '\n' &&
+             (line_refusal ? strncmp(ans, line_expect, want) == 0 : strcmp(ans, "OK\n") == 0);
+    if (!ok) {
+        if (atomic_exchange(&line_complained, 1) == 0)
+            fprintf(stderr, "loadgen: the answer to the connect-id line was \"%.*s\", not %s%s\n",
+                    (int)(n && ans[n - 1] == '\n' ? n - 1 : n), ans, line_expect,
+                    line_refusal ? "..." : "");
+        return -1;
+    }
+    size_t i = atomic_fetch_add(&line_n, 1);
+    if (i < line_cap)
+        line_lat[i] = t - t0;
+    return 0;
 }
 
 static SSL *dial(SSL_SESSION *sess)
@@ -112,6 +170,13 @@ static SSL *dial(SSL_SESSION *sess)
         int g = SSL_get_negotiated_group(ssl);
         snprintf(negotiated, sizeof(negotiated), "%s/%s", SSL_get_cipher_name(ssl),
                  g ? OBJ_nid2sn(g) : "?");
+    }
+    if (line_out_len && router_line(ssl) != 0) {
+        int lfd = SSL_get_fd(ssl);
+        SSL_free(ssl);
+        close(lfd);
+        ERR_clear_error();
+        return NULL;
     }
     return ssl;
 }
@@ -158,6 +223,11 @@ static void *conn_loop(void *arg)
     memset(msg, 'x', sizeof(msg));
     while (!time_up() && atomic_fetch_add(&started, 1) < max_ops) {
         SSL *ssl = dial(resume_mode ? tl_ticket : NULL);
+        if (ssl && line_refusal) { /* the refusal was the whole exchange */
+            atomic_fetch_add(&ops, 1);
+            hangup(ssl);
+            continue;
+        }
         if (!ssl || write_all(ssl, msg, sizeof(msg)) || read_n(ssl, in, sizeof(in))) {
             atomic_fetch_add(&fails, 1);
             if (ssl)
@@ -182,12 +252,6 @@ struct rrc {
     size_t sent, got;
     double t0;
 };
-
-static int cmp_dbl(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
 
 static int run_rr(int conns, size_t msg_size)
 {
@@ -366,7 +430,8 @@ int main(int argc, char **argv)
 {
     if (argc < 6) {
         fprintf(stderr, "usage: loadgen full|resume|rr|up|down|idle HOST:PORT CERT KEY CA "
-                        "[-t N] [-d S] [-n N] [-c N] [-s B] [-m MIB] [-k N] [-C SUITES]\n");
+                        "[-t N] [-d S] [-n N] [-c N] [-s B] [-m MIB] [-k N] [-C SUITES] "
+                        "[-L CONNECT_ID [-A ANSWER]]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -392,6 +457,18 @@ int main(int argc, char **argv)
             idle_n = atoi(v);
         else if (!strcmp(o, "-C"))
             suites = v;
+        else if (!strcmp(o, "-L")) {
+            size_t l = strlen(v);
+            if (l < 1 || l + 1 >= sizeof(line_out) || strchr(v, '\n')) {
+                fprintf(stderr, "loadgen: -L wants a connect id of 1..%zu bytes, no newline\n",
+                        sizeof(line_out) - 2);
+                return 2;
+            }
+            memcpy(line_out, v, l);
+            line_out[l] = '\n';
+            line_out_len = l + 1;
+        } else if (!strcmp(o, "-A"))
+            line_expect = v, line_refusal = 1;
         else {
             fprintf(stderr, "loadgen: unknown option %s\n", o);
             return 2;
@@ -401,6 +478,14 @@ int main(int argc, char **argv)
         duration <= 0) {
         fprintf(stderr, "loadgen: option out of range\n");
         return 2;
+    }
+    if (line_refusal && (!line_out_len || (strcmp(mode, "full") && strcmp(mode, "resume")))) {
+        fprintf(stderr, "loadgen: -A needs -L and mode full or resume\n");
+        return 2;
+    }
+    if (line_out_len && !(line_lat = malloc(sizeof(double) * line_cap))) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        return 1;
     }
     char host[64];
     const char *colon = strrchr(argv[2], ':');
@@ -450,9 +535,17 @@ int main(int argc, char **argv)
         for (int i = 0; i < threads; i++)
             pthread_join(th[i], NULL);
         double secs = now() - t_start;
-        printf("ops=%llu secs=%.3f rate=%.1f reused=%llu fails=%llu tls=%s\n",
+        printf("ops=%llu secs=%.3f rate=%.1f reused=%llu fails=%llu tls=%s",
                (unsigned long long)ops, secs, (double)ops / secs, (unsigned long long)reused,
                (unsigned long long)fails, negotiated);
+        if (line_out_len) {
+            size_t ln = atomic_load(&line_n) < line_cap ? atomic_load(&line_n) : line_cap;
+            qsort(line_lat, ln, sizeof(double), cmp_dbl);
+            printf(" line_n=%zu line_p50_us=%.1f line_p99_us=%.1f line_p999_us=%.1f", ln,
+                   ln ? line_lat[ln / 2] * 1e6 : 0, ln ? line_lat[ln * 99 / 100] * 1e6 : 0,
+                   ln ? line_lat[ln * 999 / 1000] * 1e6 : 0);
+        }
+        printf("\n");
     } else if (!strcmp(mode, "rr")) {
         return run_rr(conns, (size_t)msg_size);
     } else if (!strcmp(mode, "up") || !strcmp(mode, "down")) {
