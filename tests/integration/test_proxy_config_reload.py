@@ -92,3 +92,44 @@ def test_reload_rereads_target_alpn_and_rules(pki, tmp_path):
         p.stop(signal.SIGKILL)
         a.close()
         b.close()
+
+
+def test_reload_switches_the_forwarding_mode(pki, tmp_path):
+    # proxy.forward_identity from the file: off, then proxy-v2 after SIGHUP (the echo backend
+    # sends back the PROXY v2 header the proxy put before the client's bytes), then off again
+    echo = EchoServer()
+    conf = tmp_path / "proxy.yaml"
+    write_yaml(conf, echo.port, "allow_uri: spiffe://test.local/svc/web")
+    c = pki / "certs"
+    p = Proxy("server", "--cert", c / "api.crt", "--key", c / "api.key", "--cacert",
+              c / "ca.crt", "--config", conf, "--no-watch")
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"  # the PROXY protocol v2 signature
+
+    def received():
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+            with client_ctx(pki, "web").wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"ping")
+                got = b""
+                while not got.endswith(b"ping"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got
+    try:
+        assert received() == b"ping"
+        write_yaml(conf, echo.port, "allow_uri: spiffe://test.local/svc/web",
+                   "forward_identity: proxy-v2")
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.log().count("reload (SIGHUP)") >= 1, what="reload")
+        got = received()
+        assert got.startswith(sig) and got.endswith(b"ping"), got[:40]
+        assert b"spiffe://test.local/svc/web" in got  # the identity TLV
+        write_yaml(conf, echo.port, "allow_uri: spiffe://test.local/svc/web")
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.log().count("reload (SIGHUP)") >= 2, what="second reload")
+        assert received() == b"ping"
+        assert "failed" not in p.log()
+    finally:
+        p.stop(signal.SIGKILL)
+        echo.close()
