@@ -319,9 +319,14 @@ static void served(const struct px_snap *s, char *buf, size_t cap)
     char rules[48] = ""; /* client mode has no policy */
     if (s->policy)
         snprintf(rules, sizeof(rules), ", %zu rule(s)", meshtls_policy_size(s->policy));
-    snprintf(buf, cap, "%s (serial %s, valid until %s)%s",
-             id->spiffe_id ? id->spiffe_id : id->subject, id->serial ? id->serial : "?", until,
-             rules);
+    /* the SPIFFE ID is what peers' policies name, the subject what an operator's inventory
+     * lists: both, so either finds the certificate */
+    if (id->spiffe_id)
+        snprintf(buf, cap, "%s subject \"%s\" (serial %s, valid until %s)%s", id->spiffe_id,
+                 id->subject ? id->subject : "", id->serial ? id->serial : "?", until, rules);
+    else
+        snprintf(buf, cap, "subject \"%s\" (serial %s, valid until %s)%s",
+                 id->subject ? id->subject : "", id->serial ? id->serial : "?", until, rules);
     meshtls_identity_free(id);
 }
 

@@ -277,7 +277,8 @@ def test_debug_log_says_something_useful(pki, procs, echo, tmp_path):
     pol.write_text(pol.read_text() + "      - cn: web\n")
     wait_for(lambda: "reload (file change: --policy" in p.log(), timeout=15, what="reload")
     line = next(ln for ln in p.log().splitlines() if "reload (file change: --policy" in ln)
-    assert "now serving spiffe://test.local/svc/api (serial " in line and "valid until" in line
+    assert 'now serving spiffe://test.local/svc/api subject "CN=api' in line, line
+    assert "(serial " in line and "valid until" in line
     assert "3 rule(s)" in line, line
 
 
