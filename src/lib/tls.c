@@ -760,6 +760,29 @@ void meshtls_tls_verify_failure(SSL *ssl, char *buf, size_t cap)
         meshtls_identity_free(id);
         return;
     }
+    if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+        /* name the names the certificate carries, so the fix (another server_name, or a
+         * certificate with this name) is plain */
+        struct client_expect *e = expect_of(SSL_get_SSL_CTX(ssl));
+        struct meshtls_identity *id = NULL;
+        X509 *x = meshtls_tls_presented_cert(ssl);
+        if (x)
+            meshtls_identity_from_x509(x, &id, NULL);
+        char names[512] = "";
+        size_t used = 0;
+        for (size_t i = 0; id && i < id->n_dns + id->n_ips && used + 1 < sizeof(names); i++) {
+            int w = snprintf(names + used, sizeof(names) - used, "%s%s:%s", used ? ", " : "",
+                             i < id->n_dns ? "DNS" : "IP",
+                             i < id->n_dns ? id->dns[i] : id->ips[i - id->n_dns]);
+            used = w > 0 && (size_t)w < sizeof(names) - used ? used + (size_t)w : sizeof(names) - 1;
+        }
+        snprintf(buf, cap, "the server's certificate does not name %s: it presented %s%s%s",
+                 e && e->server_name ? e->server_name : "the expected server",
+                 *names ? names : "no DNS or IP name", id && id->subject ? " with subject " : "",
+                 id && id->subject ? id->subject : "");
+        meshtls_identity_free(id);
+        return;
+    }
     snprintf(buf, cap, "%s", X509_verify_cert_error_string(v));
 }
 

@@ -338,6 +338,10 @@ def test_client_proxy_refuses_wrong_server_identity(pki, procs, echo, flag, valu
             pass  # closed with our unread bytes pending: a reset
     wait_for(lambda: "TLS handshake with target failed" in cli.log(), what="client log")
     assert echo.connections == 0
+    # the line names what was expected and what the server presented (issue 9 section 3)
+    log = cli.log()
+    assert value in log, log
+    assert "presented" in log and ("spiffe://test.local/svc/api" in log or "DNS:localhost" in log)
 
 
 def test_max_conns_logged_once_and_recovers(pki, procs, echo):
