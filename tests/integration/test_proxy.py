@@ -172,6 +172,25 @@ def test_plaintext_and_garbage_on_tls_port(pki, procs, echo):
     assert roundtrip(tls_client(pki), p.port) == b"ping\n"  # still serving
 
 
+def test_truncated_handshake_is_protocol(pki, procs, echo):
+    # a ClientHello record that announces 512 bytes and ends after 40 (the peer closes): a
+    # broken handshake, counted as protocol, not as a missing certificate
+    p = server_proxy(pki, procs, echo.port, "--allow-all")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + bytes(34))
+        s.shutdown(socket.SHUT_WR)
+        try:
+            s.recv(100)
+        except OSError:
+            pass
+    wait_for(lambda: p.metrics()['meshtls_tls_handshakes_total{result="failure"}'] >= 1,
+             what="failure counted")
+    m = p.metrics()
+    assert m['meshtls_tls_handshake_errors_total{reason="protocol"}'] == 1, m
+    assert m['meshtls_tls_handshake_errors_total{reason="no_client_cert"}'] == 0
+    assert m['meshtls_tls_handshake_errors_total{reason="plaintext"}'] == 0
+
+
 def test_silent_connections_do_not_stall_others(pki, procs, echo):
     p = server_proxy(pki, procs, echo.port, "--allow-all")
     silent = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(300)]
