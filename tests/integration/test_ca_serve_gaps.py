@@ -61,3 +61,87 @@ def test_store_sqlite_url_alone_serves_and_checks(tmp_path):
         assert body["serial"] in serials
     finally:
         assert s.stop() == 0
+
+
+# ---- tokens are stored hashed -----------------------------------------------------------------
+
+def test_tokens_are_stored_hashed_never_in_plaintext(tmp_path):
+    pki = make_pki(tmp_path)
+    ca = pki / "ca"
+    t = token(pki, "web")
+    secret = t[len("mtt_"):]
+    db = ca / "meshtls.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as c:
+        rows = c.execute("SELECT hash, service FROM serve_tokens").fetchall()
+        # no column of any table holds the token or its secret part
+        dump = "\n".join(c.iterdump())
+    assert rows == [(hashlib.sha256(t.encode()).hexdigest(), "web")], rows
+    assert t not in dump and secret not in dump
+    # nor do the bytes of the database file and its journal (a row once written and
+    # overwritten could linger in a free page or in the WAL)
+    for f in ca.glob("meshtls.db*"):
+        raw = f.read_bytes()
+        assert secret.encode() not in raw, f
+    # the token still works: the server hashes what it is given and finds the row
+    s = Server(pki)
+    try:
+        csr, _ = make_csr(tmp_path, "web", sans=[f"URI:spiffe://{TD}/svc/web"])
+        code, body = call(s, pki, "POST", "/api/v1/sign", body={"token": t, "csr": csr})
+        assert code == 200, body
+    finally:
+        assert s.stop() == 0
+    for f in ca.glob("meshtls.db*"):
+        assert secret.encode() not in f.read_bytes(), f
+
+
+# ---- /metrics: token failures by reason, stale peers --------------------------------------------
+
+TOK = 'meshtls_ca_token_redemptions_total{{result="{}"}}'
+PEERS = 'meshtls_ca_peers{{state="{}"}}'
+
+
+def test_metrics_count_token_failures_by_reason_and_stale_peers(tmp_path):
+    pki = make_pki(tmp_path)
+    # no worker run: the stale peer stays in the table until we look
+    s = Server(pki, "--peer-ttl", "1s", "--lifecycle-interval", "off")
+    try:
+        before = metrics(s)
+        for r in ("success", "invalid", "expired", "used", "csr_mismatch"):
+            assert TOK.format(r) in before, r
+        csr, _ = make_csr(tmp_path, "web", sans=[f"URI:spiffe://{TD}/svc/web"])
+        other, _ = make_csr(tmp_path, "evil", sans=[f"URI:spiffe://{TD}/svc/evil"])
+        sign = lambda t, c=csr: call(s, pki, "POST", "/api/v1/sign", body={"token": t, "csr": c})
+        # unknown: well formed, never issued; invalid: not even a token
+        assert sign("mtt_" + "B" * 43)[1]["error"]["code"] == "invalid_token"
+        assert sign("nope")[1]["error"]["code"] == "invalid_token"
+        # a CSR for another identity than the token's service
+        t = token(pki, "web")
+        code, body = sign(t, other)
+        assert code in (400, 403) and body["error"]["code"] != "invalid_token", body
+        # success, then the same token again
+        t = token(pki, "web")
+        assert sign(t)[0] == 200
+        assert sign(t)[1]["error"]["code"] == "token_used"
+        # expired (1 second; the server and `ca token` share the real clock)
+        t = token(pki, "web", ttl="1s")
+        time.sleep(2.1)
+        assert sign(t)[1]["error"]["code"] == "token_expired"
+        after = metrics(s)
+        delta = {r: after[TOK.format(r)] - before[TOK.format(r)]
+                 for r in ("success", "invalid", "expired", "used", "csr_mismatch")}
+        assert delta == {"success": 1, "invalid": 2, "expired": 1, "used": 1,
+                         "csr_mismatch": 1}, delta
+
+        # peers: one registered is alive, and stale once its TTL has passed without a heartbeat
+        assert after[PEERS.format("alive")] == 0 and after[PEERS.format("stale")] == 0, after
+        code, _ = call(s, pki, "POST", "/api/peers", body={"address": "10.0.0.9:1"}, svc="evil")
+        assert code == 200
+        m = metrics(s)
+        assert (m[PEERS.format("alive")], m[PEERS.format("stale")]) == (1, 0), m
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and metrics(s)[PEERS.format("stale")] != 1:
+            time.sleep(0.2)
+        m = metrics(s)
+        assert (m[PEERS.format("alive")], m[PEERS.format("stale")]) == (0, 1), m
+    finally:
+        assert s.stop() == 0
