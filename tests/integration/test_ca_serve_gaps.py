@@ -145,3 +145,47 @@ def test_metrics_count_token_failures_by_reason_and_stale_peers(tmp_path):
         assert (m[PEERS.format("alive")], m[PEERS.format("stale")]) == (0, 1), m
     finally:
         assert s.stop() == 0
+
+
+# ---- /api/peers: a heartbeat extends the TTL ---------------------------------------------------
+
+def test_heartbeat_keeps_a_peer_live_past_its_first_ttl(tmp_path):
+    pki = make_pki(tmp_path)
+    ttl = 2
+    s = Server(pki, "--peer-ttl", f"{ttl}s", "--lifecycle-interval", "off")
+    web, evil = f"spiffe://{TD}/svc/web", f"spiffe://{TD}/svc/evil"
+
+    def beat(svc):
+        code, body = call(s, pki, "POST", "/api/peers", body={"address": "10.0.0.1:1"}, svc=svc)
+        assert code == 200, body
+        return body["expires_at"]
+
+    def live():
+        code, body = call(s, pki, "GET", "/api/peers", svc="api")
+        assert code == 200
+        return {p["spiffe_id"] for p in body["peers"]}
+
+    try:
+        t0 = time.monotonic()
+        first = beat("web")
+        beat("evil")
+        assert live() >= {web, evil}
+        # web heartbeats every 0.4 s, evil never again: evil drops out after its TTL, web stays
+        last = first
+        seen = live()
+        deadline = t0 + ttl + 8
+        while time.monotonic() < deadline and (evil in seen or time.monotonic() < t0 + ttl + 1):
+            time.sleep(0.4)
+            last = beat("web")
+            seen = live()
+        assert evil not in seen, seen
+        assert web in seen, seen
+        assert time.monotonic() - t0 > ttl + 1  # well past web's first expiry
+        assert last >= first + ttl, (first, last)  # each heartbeat pushed its expiry on
+        # and once web stops, it drops out too
+        deadline = time.monotonic() + ttl + 8
+        while time.monotonic() < deadline and web in live():
+            time.sleep(0.3)
+        assert web not in live()
+    finally:
+        assert s.stop() == 0
