@@ -8,6 +8,7 @@ import http.client
 import re
 import socket
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
@@ -188,4 +189,72 @@ def test_heartbeat_keeps_a_peer_live_past_its_first_ttl(tmp_path):
             time.sleep(0.3)
         assert web not in live()
     finally:
+        assert s.stop() == 0
+
+
+# ---- a slow request: 408, closed, and the others are served meanwhile ---------------------------
+
+def test_head_dribbled_slower_than_the_head_timeout_gets_408_and_is_closed(tmp_path):
+    pki = make_pki(tmp_path)
+    s = Server(pki, "--lifecycle-interval", "off")
+    served, stop = [], threading.Event()
+
+    def other_client():
+        # a second client on its own connections while the slow one hangs on
+        while not stop.is_set() and len(served) < 200:
+            code, _ = call(s, pki, "GET", "/api/peers", svc="web")
+            served.append((time.monotonic(), code))
+            stop.wait(0.5)
+
+    try:
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        t = ctx(pki, "api").wrap_socket(raw, server_hostname="localhost")
+        t.sendall(b"GET /api/peers HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        th = threading.Thread(target=other_client)
+        th.start()
+        # one header line a second, never the blank line that ends the head; the server's
+        # head timeout is 10 s (docs/CONTROL-PLANE.md), so well within 30 lines it answers
+        out = b""
+        for i in range(30):
+            try:
+                t.sendall(b"X-Slow-%d: y\r\n" % i)
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                break  # closed after the answer: read what it sent
+            try:
+                t.settimeout(1.0)
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out:
+                    break
+            except socket.timeout:
+                continue
+        answered = time.monotonic()
+        assert out.startswith(b"HTTP/1.1 408 "), out[:200]
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert b"application/json" in head and b"connection: close" in head.lower(), head
+        # then the server closes: EOF (or a reset), within a bounded wait
+        t.settimeout(5)
+        rest = b""
+        try:
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                rest += chunk
+                assert len(rest) < 65536
+        except OSError:
+            pass  # a reset after the answer is a close too
+        t.close()
+        stop.set()
+        th.join(timeout=30)
+        assert not th.is_alive()
+        # the other client was answered while the slow one was still being read
+        during = [code for at, code in served if started < at < answered]
+        assert during and all(code == 200 for code in during), served
+        assert "timeout" in (body + rest).decode(errors="replace"), body
+    finally:
+        stop.set()
         assert s.stop() == 0
