@@ -6,8 +6,13 @@ bootstrap token and the stale peer; the runs after it change nothing (idempotent
 The clock is moved for the server only (LD_PRELOAD of Debian's libfaketime, `faketime` in
 scripts/install-deps.sh); the tests and the `meshtls ca` commands keep the real time, so the
 server's own certificate (issued at its start, 80 days ahead) is not yet valid for them: the
-clients here do not verify it (what is tested is the worker, not the handshake)."""
+clients here do not verify it (what is tested is the worker, not the handshake).
+
+The tests below move the clock while the server runs (`movable`: libfaketime reads the offset
+from a file the test rewrites): cached OCSP answers are signed again past the 5-minute cap,
+long before their nextUpdate."""
 import datetime
+import http.client
 import json
 import sqlite3
 import ssl
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from conftest import run
 from proxy_util import make_pki
@@ -115,5 +122,76 @@ def test_worker_with_a_moved_clock_rotates_publishes_sweeps_once(tmp_path):
         assert len(rotated) == 1, rotated
         last = events(s, "lifecycle")[-1]
         assert "rotated=0" in last, last
+    finally:
+        assert s.stop() == 0
+
+
+# ---- a clock moved while the server runs ---------------------------------------------------
+
+def movable(tmp_path, offset="+0"):
+    """Environment whose clock the test moves while the child runs: libfaketime re-reads
+    the offset from a file at every call (FAKETIME_NO_CACHE); monotonic time stays real."""
+    f = tmp_path / "faketime.rc"
+    f.write_text(offset + "\n")
+    return f, {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(f),
+               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+
+
+def status_metric(s, name):
+    conn = http.client.HTTPConnection("127.0.0.1", s.status_port, timeout=10)
+    conn.request("GET", "/metrics")
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_cached_ocsp_responses_are_refreshed_before_they_go_stale(tmp_path):
+    pki = make_pki(tmp_path)
+    leaf = x509.load_pem_x509_certificate((pki / "certs" / "web.crt").read_bytes())
+    inter = x509.load_pem_x509_certificate((pki / "ca" / "intermediate.crt").read_bytes())
+    req = ocsp.OCSPRequestBuilder().add_certificate(leaf, inter, hashes.SHA1()).build()
+    der_req = req.public_bytes(serialization.Encoding.DER)
+    clock, env = movable(tmp_path)
+    s = Server(pki, "--lifecycle-interval", "off", env=env)
+
+    def ask():
+        conn = http.client.HTTPConnection("127.0.0.1", s.status_port, timeout=10)
+        conn.request("POST", "/ocsp", body=der_req,
+                     headers={"Content-Type": "application/ocsp-request"})
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200
+        resp = ocsp.load_der_ocsp_response(body)
+        assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
+        utc = datetime.timezone.utc
+        return resp.this_update.replace(tzinfo=utc), resp.next_update.replace(tzinfo=utc)
+
+    def served_now(offset):
+        return datetime.datetime.now(datetime.timezone.utc) + offset
+
+    try:
+        hits = status_metric(s, "meshtls_ca_ocsp_cache_hits_total")
+        first = ask()
+        assert ask() == first  # the cached answer
+        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 1
+        # 4 minutes on: still the cached answer, still far from its nextUpdate
+        clock.write_text("+240\n")
+        assert ask() == first
+        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
+        left = first[1] - served_now(datetime.timedelta(seconds=240))
+        assert left > datetime.timedelta(minutes=50), left
+        # past the 5-minute cap: signed again on the moved clock, not served from the cache
+        clock.write_text("+310\n")
+        again = ask()
+        assert again[0] - first[0] >= datetime.timedelta(seconds=300), (first, again)
+        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
+        # 50 minutes on (the first answer had 10 minutes left): what is served is fresh
+        clock.write_text("+3000\n")
+        late = ask()
+        now = served_now(datetime.timedelta(seconds=3000))
+        assert late[0] > first[0] + datetime.timedelta(minutes=45), (first, late)
+        assert late[1] - now > datetime.timedelta(minutes=50), (late, now)
     finally:
         assert s.stop() == 0
