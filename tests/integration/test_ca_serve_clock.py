@@ -26,7 +26,7 @@ from cryptography.x509 import ocsp
 
 from conftest import run
 from proxy_util import make_pki
-from test_ca_serve import TD, Server, call, token
+from test_ca_serve import TD, Server, _metric, call, token
 
 FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
                              Path("/usr/lib/faketime/libfaketimeMT.so.1"))
@@ -137,15 +137,6 @@ def movable(tmp_path, offset="+0"):
                "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
 
 
-def status_metric(s, name):
-    conn = http.client.HTTPConnection("127.0.0.1", s.status_port, timeout=10)
-    conn.request("GET", "/metrics")
-    for line in conn.getresponse().read().decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def test_cached_ocsp_responses_are_refreshed_before_they_go_stale(tmp_path):
     pki = make_pki(tmp_path)
     leaf = x509.load_pem_x509_certificate((pki / "certs" / "web.crt").read_bytes())
@@ -172,21 +163,21 @@ def test_cached_ocsp_responses_are_refreshed_before_they_go_stale(tmp_path):
         return datetime.datetime.now(datetime.timezone.utc) + offset
 
     try:
-        hits = status_metric(s, "meshtls_ca_ocsp_cache_hits_total")
+        hits = _metric(s, "meshtls_ca_ocsp_cache_hits_total")
         first = ask()
         assert ask() == first  # the cached answer
-        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 1
+        assert _metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 1
         # 4 minutes on: still the cached answer, still far from its nextUpdate
         clock.write_text("+240\n")
         assert ask() == first
-        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
+        assert _metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
         left = first[1] - served_now(datetime.timedelta(seconds=240))
         assert left > datetime.timedelta(minutes=50), left
         # past the 5-minute cap: signed again on the moved clock, not served from the cache
         clock.write_text("+310\n")
         again = ask()
         assert again[0] - first[0] >= datetime.timedelta(seconds=300), (first, again)
-        assert status_metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
+        assert _metric(s, "meshtls_ca_ocsp_cache_hits_total") == hits + 2
         # 50 minutes on (the first answer had 10 minutes left): what is served is fresh
         clock.write_text("+3000\n")
         late = ask()
