@@ -10,10 +10,12 @@ clients here do not verify it (what is tested is the worker, not the handshake).
 
 The tests below move the clock while the server runs (`movable`: libfaketime reads the offset
 from a file the test rewrites): cached OCSP answers are signed again past the 5-minute cap,
-long before their nextUpdate."""
+long before their nextUpdate; the server's own certificate is renewed by the worker and
+presented to new connections without a restart."""
 import datetime
 import http.client
 import json
+import socket
 import sqlite3
 import ssl
 import time
@@ -184,5 +186,67 @@ def test_cached_ocsp_responses_are_refreshed_before_they_go_stale(tmp_path):
         now = served_now(datetime.timedelta(seconds=3000))
         assert late[0] > first[0] + datetime.timedelta(minutes=45), (first, late)
         assert late[1] - now > datetime.timedelta(minutes=50), (late, now)
+    finally:
+        assert s.stop() == 0
+
+
+def served_serial(s, pki, svc="web"):
+    """The serial of the certificate the server presents (not verified: see the top)."""
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        with unverified(pki, svc).wrap_socket(raw, server_hostname="localhost") as t:
+            return x509.load_der_x509_certificate(t.getpeercert(binary_form=True))
+
+
+def test_server_renews_its_own_certificate_while_running(tmp_path):
+    pki = make_pki(tmp_path)
+    ca = pki / "ca"
+    clock, env = movable(tmp_path)
+    s = Server(pki, "--lifecycle-interval", "1s", env=env)
+    try:
+        # at the start: a certificate for the server from its own CA (call() verifies it)
+        first = served_serial(s, pki)
+        code, _ = call(s, pki, "GET", "/api/peers", svc="web")
+        assert code == 200
+        assert active(ca, "meshtls-ca")[0]["serial"] == format(first.serial_number, "x")
+        # a kept-alive connection from before the renewal
+        kept = http.client.HTTPSConnection("localhost", s.port, timeout=20,
+                                           context=unverified(pki, "web"))
+        kept.request("GET", "/api/peers")
+        r = kept.getresponse()
+        assert r.status == 200
+        r.read()
+        # 80 days on, the server's certificate is within the 14-day window: the worker
+        # renews it and the server presents the new one to new connections, no restart
+        clock.write_text(f"+{AHEAD_DAYS}d\n")
+        deadline = time.monotonic() + 30
+        now = first
+        while time.monotonic() < deadline and now.serial_number == first.serial_number:
+            time.sleep(0.3)
+            now = served_serial(s, pki)
+        assert now.serial_number != first.serial_number, s.log()
+        assert active(ca, "meshtls-ca")[0]["serial"] == format(now.serial_number, "x")
+        assert now.issuer == first.issuer and now.subject == first.subject
+        san = now.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "localhost" in san.get_values_for_type(x509.DNSName)
+        # issued on the moved clock, for the server's usual lifetime
+        real = datetime.datetime.now(datetime.timezone.utc)
+        nb = now.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+        assert nb - real > datetime.timedelta(days=AHEAD_DAYS - 1), nb
+        assert [l for l in events(s, "rotate") if "service=meshtls-ca" in l], s.log()
+        # clients keep connecting: a new connection with the (renewed) client certificate,
+        # and the one kept alive from before
+        code, _ = call(s, pki, "GET", "/api/peers", svc="web", context=unverified(pki, "web"))
+        assert code == 200
+        kept.request("GET", "/api/peers")
+        r = kept.getresponse()
+        assert r.status == 200
+        r.read()
+        kept.close()
+        # once renewed, later runs leave it alone (the new one is 90 days from the moved now)
+        runs = len(events(s, "lifecycle"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(events(s, "lifecycle")) < runs + 2:
+            time.sleep(0.2)
+        assert served_serial(s, pki).serial_number == now.serial_number
     finally:
         assert s.stop() == 0
