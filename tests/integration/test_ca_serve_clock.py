@@ -28,7 +28,7 @@ from cryptography.x509 import ocsp
 
 from conftest import run
 from proxy_util import make_pki
-from test_ca_serve import TD, Server, _metric, call, token
+from test_ca_serve import TD, Server, _metric, call, make_csr, token
 
 FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
                              Path("/usr/lib/faketime/libfaketimeMT.so.1"))
@@ -248,5 +248,94 @@ def test_server_renews_its_own_certificate_while_running(tmp_path):
         while time.monotonic() < deadline and len(events(s, "lifecycle")) < runs + 2:
             time.sleep(0.2)
         assert served_serial(s, pki).serial_number == now.serial_number
+    finally:
+        assert s.stop() == 0
+
+
+# ---- what the worker cannot rotate is flagged ------------------------------------------------
+
+ADMIN_LIST = "/api/admin/security/certificates"
+
+
+def test_worker_flags_what_only_its_holder_can_renew(tmp_path):
+    pki = make_pki(tmp_path)
+    ca = pki / "ca"
+    run("ca", "register", "--dir", ca, "admin", check=True)
+    run("ca", "issue", "--dir", ca, "admin", "--out", pki / "certs", check=True)
+    run("ca", "register", "--dir", ca, "boot", check=True)
+    run("ca", "register", "--dir", ca, "kept", check=True)
+    # boot bootstraps through the API (its key stays with it; it took the certificate from
+    # the answer); kept was issued from a CSR by the operator into a directory it reads
+    s = Server(pki, "--lifecycle-interval", "off")
+    try:
+        csr, key = make_csr(tmp_path, "boot", sans=[f"URI:spiffe://{TD}/svc/boot"])
+        code, body = call(s, pki, "POST", "/api/v1/sign",
+                          body={"token": token(pki, "boot"), "csr": csr})
+        assert code == 200, body
+    finally:
+        assert s.stop() == 0
+    boot = body["serial"]
+    (tmp_path / "boot.crt").write_text(body["chain"])
+    make_csr(tmp_path, "kept")
+    run("ca", "issue", "--dir", ca, "kept", "--csr", tmp_path / "kept.csr", "--out",
+        tmp_path / "kept", check=True)
+    kept = active(ca, "kept")[0]["serial"]
+    web = active(ca, "web")[0]["serial"]
+
+    s = Server(pki, "--lifecycle-interval", "1s", env=moved(AHEAD_DAYS))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not events(s, "rotation_needed"):
+            time.sleep(0.2)
+        # flagged: a warning naming the service, the serial and the expiry, and what to do
+        flag = [l for l in events(s, "rotation_needed") if "service=boot" in l]
+        assert flag, s.log()
+        end = datetime.datetime.fromtimestamp(body["not_after"], datetime.timezone.utc)
+        assert f"serial={boot}" in flag[0] and end.strftime("%Y-%m-%dT%H:%M:%SZ") in flag[0]
+        assert "/api/v1/renew" in flag[0]
+        assert any("rotation_needed=1" in l for l in events(s, "lifecycle")), s.log()
+        # an audit row in the store, and no re-issue: boot's certificate is the one it holds
+        audit = rows(ca, "SELECT service, serial, detail FROM audit "
+                         "WHERE action = 'rotation-needed'")
+        assert ("boot", boot, "not_after=" + end.strftime("%Y-%m-%dT%H:%M:%SZ")) in audit, audit
+        assert active(ca, "boot")[0]["serial"] == boot
+        # the others were rotated as before: a new key for web, kept's key re-signed into
+        # the directory it reads
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (active(ca, "web")[0]["serial"] == web or
+                                               active(ca, "kept")[0]["serial"] == kept):
+            time.sleep(0.2)
+        assert active(ca, "web")[0]["serial"] != web
+        assert active(ca, "kept")[0]["serial"] != kept
+        assert not [l for l in events(s, "rotation_needed") if "service=boot" not in l]
+        # /metrics: boot needs a rotation, the rotated ones do not
+        assert _metric(s, 'meshtls_cert_rotation_needed{service="boot"}') == 1
+        assert _metric(s, 'meshtls_cert_rotation_needed{service="web"}') == 0
+        assert _metric(s, 'meshtls_cert_rotation_needed{service="kept"}') == 0
+        # the admin inventory says it per certificate
+        code, inv = call(s, pki, "GET", f"{ADMIN_LIST}?status=active", svc="admin",
+                         context=unverified(pki, "admin"))
+        assert code == 200, inv
+        need = {c["service"]: c["rotation_needed"] for c in inv["certificates"]}
+        assert need["boot"] is True and need["web"] is False and need["kept"] is False, need
+        # the service renews with a new key: nothing is flagged any more
+        csr2, key2 = make_csr(tmp_path, "boot2", cn="boot", sans=[f"URI:spiffe://{TD}/svc/boot"])
+        c = unverified(pki)
+        c.load_cert_chain(str(tmp_path / "boot.crt"), str(key))
+        code, body2 = call(s, pki, "POST", "/api/v1/renew", body={"csr": csr2}, context=c)
+        assert code == 200, body2
+        assert _metric(s, 'meshtls_cert_rotation_needed{service="boot"}') == 0
+        code, inv = call(s, pki, "GET", f"{ADMIN_LIST}?service=boot", svc="admin",
+                         context=unverified(pki, "admin"))
+        assert code == 200
+        assert {(c["serial"], c["status"], c["rotation_needed"]) for c in inv["certificates"]} \
+            == {(boot, "superseded", False), (body2["serial"], "active", False)}, inv
+        n = len(events(s, "rotation_needed"))
+        runs = len(events(s, "lifecycle"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(events(s, "lifecycle")) < runs + 2:
+            time.sleep(0.2)
+        assert len(events(s, "rotation_needed")) == n
+        assert "rotation_needed=0" in events(s, "lifecycle")[-1]
     finally:
         assert s.stop() == 0
