@@ -5,7 +5,6 @@ live, and a request whose head is dribbled slower than the head timeout (408) wh
 client is served."""
 import hashlib
 import http.client
-import re
 import socket
 import sqlite3
 import ssl
