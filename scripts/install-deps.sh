@@ -9,7 +9,7 @@ PKGS=(
   libssl-dev openssl libmimalloc-dev libsqlite3-dev sqlite3 libyaml-dev libcmocka-dev
   libjansson-dev libhttp-parser-dev libpq-dev
   python3 python3-pytest python3-cryptography python3-grpcio
-  postgresql postgresql-client redis-server redis-tools curl
+  postgresql postgresql-client redis-server redis-tools curl jq
   openssh-server openssh-client faketime
 )
 

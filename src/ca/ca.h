@@ -130,6 +130,15 @@ struct ca_rotate_opts {
     size_t n;
     ca_report_fn report; /* optional */
     ca_warn_fn warn;     /* optional */
+    /*
+     * Optional: asked about each due certificate before it is re-issued (borrowed).  A
+     * non-zero answer means re-issuing it would not help (ca serve: a CSR-issued one whose
+     * holder took its certificate from the API answer and reads no directory): it is left
+     * as it is and recorded as a "rotation-needed" audit event (detail: its expiry), and
+     * counted in *flagged.  The callback reports it to the operator.
+     */
+    int (*flag)(const struct ca_cert *c, void *arg);
+    int *flagged; /* optional: how many `flag` claimed */
     void *arg;
 };
 

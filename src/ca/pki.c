@@ -1081,6 +1081,26 @@ int ca_rotate(const char *dir, const struct ca_rotate_opts *o, int *count, int *
             wanted |= !strcmp(o->services[j], v[i].service);
         if (!wanted || !ca_rotate_due(v[i].not_after, now, o->within_days, o->force))
             continue;
+        if (o->flag && o->flag(&v[i], o->arg)) {
+            /* recorded at every run while it stays due: the audit log shows how long the
+             * holder was told and did not renew */
+            char detail[80];
+            struct tm tm;
+            time_t na = (time_t)v[i].not_after;
+            gmtime_r(&na, &tm);
+            strftime(detail, sizeof(detail), "not_after=%Y-%m-%dT%H:%M:%SZ", &tm);
+            if ((rc = ca_store_begin(ca.store, err)))
+                goto out;
+            if ((rc = ca_store_audit(ca.store, "rotation-needed", v[i].service, v[i].serial, detail,
+                                     err)) ||
+                (rc = ca_store_commit(ca.store, err))) {
+                ca_store_rollback(ca.store);
+                goto out;
+            }
+            if (o->flagged)
+                (*o->flagged)++;
+            continue;
+        }
         char serial[80], abs[4096];
         int migrate = 0;
         struct meshtls_err e2 = MESHTLS_ERR_INIT;

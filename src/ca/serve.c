@@ -139,7 +139,7 @@ struct cp_server {
         *peers_registered, *refused;
     struct mt_series *tokens[CP_TOK_NRESULTS]; /* redemptions by result */
     struct mt_metrics *metrics;
-    struct mt_family *f_handshake, *f_days, *f_peers, *f_crl_age, *f_crl_next;
+    struct mt_family *f_handshake, *f_days, *f_peers, *f_crl_age, *f_crl_next, *f_needed;
     int64_t inter_not_after, root_not_after;
     char self_id[512]; /* our SPIFFE ID: the `to` of meshtls_handshake_total */
 };
@@ -1201,6 +1201,31 @@ static const struct cp_peer *need_admin(struct mt_http_req *req, struct cp_serve
     return p;
 }
 
+/*
+ * Whether `c` is a certificate only its holder can renew: issued from a CSR through
+ * /api/v1/sign or /renew (the key is the service's; DIR/served/SERVICE is where the API
+ * recorded it, a directory the service never reads: it took its certificate from the
+ * answer).  Re-signing it there would change nothing the service uses while the store
+ * showed a fresh certificate, so the worker flags it instead.  The suffix, not this
+ * host's path: with PostgreSQL, another host's server may have issued it.
+ */
+static int renew_only(const struct ca_cert *c)
+{
+    if (c->key_held || !c->out_dir)
+        return 0;
+    size_t ol = strlen(c->out_dir), sl = strlen(c->service);
+    return ol >= sl + 8 && !strcmp(c->out_dir + ol - sl, c->service) &&
+           !strncmp(c->out_dir + ol - sl - 8, "/served/", 8);
+}
+
+/* An active certificate the worker cannot usefully rotate and that is due: the field
+ * rotation_needed of the admin inventory, the series of meshtls_cert_rotation_needed. */
+static int rotation_needed(const struct cp_serve_opts *o, const struct ca_cert *c, int64_t now)
+{
+    return !strcmp(c->status, "active") && renew_only(c) &&
+           ca_rotate_due(c->not_after, now, o->rotate_within_days, 0);
+}
+
 static void w_admin_list(struct cp_job *jb)
 {
     struct meshtls_err e = MESHTLS_ERR_INIT;
@@ -1237,6 +1262,9 @@ static void w_admin_list(struct cp_job *jb)
                       v[i].service, "status", shown, "not_before", (json_int_t)v[i].not_before,
                       "not_after", (json_int_t)v[i].not_after, "days_until_expiry",
                       (json_int_t)((v[i].not_after - now) / 86400), "key_held", v[i].key_held);
+        if (o)
+            json_object_set_new(o, "rotation_needed",
+                                json_boolean(rotation_needed(jb->srv->o, &v[i], now)));
         if (o && v[i].revoked_at) {
             json_object_set_new(o, "revoked_at", json_integer(v[i].revoked_at));
             json_object_set_new(o, "reason", mt_json_string(v[i].reason ? v[i].reason : ""));
@@ -1881,6 +1909,28 @@ static int h_ocsp_get(struct mt_http_req *req, void *arg)
 static int build_snap(const struct cp_serve_opts *o, struct mt_snap_holder *h,
                       struct meshtls_err *err);
 
+/* ca_rotate's flag: a due renew-only certificate is not re-issued; tell the operator. */
+static int on_due(const struct ca_cert *c, void *arg)
+{
+    (void)arg;
+    if (!renew_only(c))
+        return 0;
+    char when[32];
+    struct tm tm;
+    time_t na = (time_t)c->not_after;
+    gmtime_r(&na, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t left = c->not_after - (int64_t)time(NULL);
+    MESHTLS_LOG_EVENT(MESHTLS_LOG_WARN, "rotation_needed", MESHTLS_LF_S("service", c->service),
+                      MESHTLS_LF_S("serial", c->serial), MESHTLS_LF_S("not_after", when),
+                      MESHTLS_LF_I("days_left", left / 86400),
+                      MESHTLS_LF_S("action", left > 0 ? "the service must renew through POST "
+                                                        "/api/v1/renew (its key is its own)"
+                                                      : "expired: the service needs a new "
+                                                        "bootstrap token (meshtls ca token)"));
+    return 1;
+}
+
 static void on_rotated(const char *service, const char *old_serial, const char *new_serial,
                        const char *out_dir, void *arg)
 {
@@ -1901,21 +1951,24 @@ static int sweep_fn(struct mt_db_conn *c, void *arg, struct meshtls_err *err)
 }
 
 /*
- * One run: rotate what expires within the window (every certificate the CA can re-issue:
- * a new key where it holds the key, the same public key re-signed for a CSR-issued one,
- * whose service should still renew with a new key), publish a fresh CRL, drop expired
- * tokens and stale peers, and pick up the server's own certificate if it was rotated.
+ * One run: rotate what expires within the window (every certificate the CA can re-issue
+ * usefully: a new key where it holds the key, the same public key re-signed for one issued
+ * from a CSR into a directory its service reads), flag the CSR-issued ones of the API that
+ * only their holder can renew (on_due), publish a fresh CRL, drop expired tokens and stale
+ * peers, and pick up the server's own certificate if it was rotated.
  * Idempotent: a second run finds nothing to rotate (new certificates outlive the window).
  */
 static void lifecycle_run(struct cp_server *srv)
 {
     const struct cp_serve_opts *o = srv->o;
     struct meshtls_err e = MESHTLS_ERR_INIT;
-    int rotated = 0, failed = 0;
+    int rotated = 0, failed = 0, flagged = 0;
     struct ca_rotate_opts ro = {.within_days = o->rotate_within_days,
                                 .days = o->leaf_days,
                                 .report = on_rotated,
-                                .warn = crl_warn};
+                                .warn = crl_warn,
+                                .flag = on_due,
+                                .flagged = &flagged};
     int rc = ca_rotate(o->dir, &ro, &rotated, &failed, &e);
     if (rc)
         meshtls_log(MESHTLS_LOG_WARN, "ca serve: lifecycle: rotate (%d skipped): %s", failed,
@@ -1937,7 +1990,8 @@ static void lifecycle_run(struct cp_server *srv)
     bump(srv->lifecycle_runs, 1);
     bump(srv->lifecycle_rotated, (uint64_t)rotated);
     MESHTLS_LOG_EVENT(MESHTLS_LOG_INFO, "lifecycle", MESHTLS_LF_I("rotated", rotated),
-                      MESHTLS_LF_B("rotate_ok", rc == 0), MESHTLS_LF_B("crl_ok", crc == 0));
+                      MESHTLS_LF_I("rotation_needed", flagged), MESHTLS_LF_B("rotate_ok", rc == 0),
+                      MESHTLS_LF_B("crl_ok", crc == 0));
 }
 
 /*
@@ -2025,13 +2079,18 @@ static void w_metrics(struct cp_job *jb)
     struct mt_db_conn *c = NULL;
     struct mt_db_rows *r = NULL;
     int64_t now = (int64_t)time(NULL);
-    /* days until the expiry of each service's newest active certificate (002's gauge) */
+    /* days until the expiry of each service's newest active certificate (002's gauge),
+     * and how many of its active certificates are due but only their holder can renew
+     * (rotation_needed(): CSR-issued, recorded in .../served/SERVICE) */
     int rc = mt_db_acquire(srv->db, &c, &e);
+    struct mt_db_param due[] = {MT_DB_INT64(now + (int64_t)srv->o->rotate_within_days * 86400)};
     if (!rc)
         rc = mt_db_query(c,
-                         "SELECT service, MAX(not_after) FROM certificates WHERE status = "
-                         "'active' GROUP BY service",
-                         NULL, 0, &r, &e);
+                         "SELECT service, MAX(not_after), COALESCE(SUM(CASE WHEN key_held = 0 "
+                         "AND not_after <= $1 AND out_dir LIKE ('%/served/' || service) "
+                         "THEN 1 ELSE 0 END), 0) FROM certificates WHERE status = 'active' "
+                         "GROUP BY service",
+                         due, 1, &r, &e);
     int row;
     while (!rc && (row = mt_db_row_next(r, &e)) != 0) {
         struct mt_series *se = NULL;
@@ -2042,6 +2101,8 @@ static void w_metrics(struct cp_job *jb)
         const char *svc = mt_db_col_text(r, 0);
         if (svc && mt_series_get(srv->f_days, MT_LIST(svc), &se, NULL) == 0)
             mt_gauge_set(se, (double)(mt_db_col_int64(r, 1) - now) / 86400.0);
+        if (svc && mt_series_get(srv->f_needed, MT_LIST(svc), &se, NULL) == 0)
+            mt_gauge_set(se, (double)mt_db_col_int64(r, 2));
     }
     mt_db_rows_close(r);
     r = NULL;
@@ -2178,6 +2239,11 @@ static int metrics_setup(struct cp_server *srv, struct meshtls_err *err)
         (rc = mt_gauge_new(m, "meshtls_cert_days_until_expiry",
                            "Days until the newest active certificate of each service expires.",
                            MT_LIST("service"), &srv->f_days, err)) ||
+        (rc = mt_gauge_new(m, "meshtls_cert_rotation_needed",
+                           "Active certificates of each service within the rotation window "
+                           "that the lifecycle worker cannot rotate (issued from a CSR through "
+                           "the API): the service must renew them itself.",
+                           MT_LIST("service"), &srv->f_needed, err)) ||
         (rc = mt_gauge_new(m, "meshtls_ca_peers", "Registrations in /api/peers by state.",
                            MT_LIST("state"), &srv->f_peers, err)) ||
         (rc = mt_gauge_new(m, "meshtls_ca_crl_age_seconds",
@@ -2189,6 +2255,7 @@ static int metrics_setup(struct cp_server *srv, struct meshtls_err *err)
         return rc;
     mt_family_set_max_series(srv->f_handshake, 512);
     mt_family_set_max_series(srv->f_days, 4096);
+    mt_family_set_max_series(srv->f_needed, 4096);
     struct mt_family *fi = NULL, *fr = NULL, *fe = NULL;
     if ((rc = mt_gauge_new(m, "meshtls_ca_intermediate_expiry_seconds",
                            "Seconds until the intermediate CA certificate expires.", MT_LIST("ca"),

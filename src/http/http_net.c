@@ -274,7 +274,11 @@ static void on_timeout(struct mt_conn *c)
         mt_conn_close(c, "response not read in time");
         return;
     }
-    if (mt_http_session_timeout(h->s, mt_conn_now_ms(c)) != 0 || flush(c) != 0)
+    /* A fired bound queues a 408 (head or body too slow) or marks an idle connection
+     * closing: flush sends it and then closes.  Returning before the flush would leave
+     * the 408 unsent and the next sweep would drop the connection without a word. */
+    mt_http_session_timeout(h->s, mt_conn_now_ms(c));
+    if (flush(c) != 0)
         return;
     if (!mt_conn_closed(c))
         arm_timer(c);

@@ -353,6 +353,35 @@ def test_token_presented_to_two_servers_at_once_redeemed_once(pg, cluster, tmp_p
         assert loser["error"]["code"] == "token_used"
 
 
+def test_rotation_needed_for_an_api_issued_certificate_on_postgres(pg, cluster, tmp_path):
+    """The /metrics query and the inventory field of test_ca_serve_clock.py's flagged
+    certificates, on PostgreSQL: a certificate /sign issued for 2 days (a fourth server with
+    --days 2) is due for the others (14 days) and only its holder can renew it."""
+    root, servers = cluster
+    ca_run(pg, "ca", "register", "--dir", root / "a", "brief")
+    short = Server(pg, root / "a", "--days", "2", "--rotate-within", "1",
+                   "--lifecycle-interval", "off")
+    try:
+        code, body = call(short, root, "POST", "/api/v1/sign",
+                          body={"token": token(pg, root / "a", "brief"),
+                                "csr": make_csr(tmp_path, "brief")})
+        assert code == 200, body
+    finally:
+        assert short.stop() == 0
+    conn = http.client.HTTPConnection("127.0.0.1", servers[1].status_port, timeout=10)
+    conn.request("GET", "/metrics")
+    r = conn.getresponse()
+    text = r.read().decode()
+    assert r.status == 200, text
+    assert 'meshtls_cert_rotation_needed{service="brief"} 1' in text
+    assert 'meshtls_cert_rotation_needed{service="admin"} 0' in text
+    code, inv = call(servers[2], root, "GET",
+                     "/api/admin/security/certificates?service=brief", svc="admin")
+    assert code == 200, inv
+    assert [(c["serial"], c["rotation_needed"]) for c in inv["certificates"]] == \
+        [(body["serial"], True)], inv
+
+
 def _ocsp(server, root, cert):
     d = server.dir
     p = subprocess.run(["openssl", "ocsp", "-issuer", str(d / "intermediate.crt"), "-cert",

@@ -43,12 +43,14 @@ def pki(tmp_path_factory):
 
 class Server:
     """A running `meshtls ca serve`; .port, .status_port, .log().  `env`: extra environment
-    (test_ca_serve_clock.py moves the server's clock with libfaketime)."""
+    (test_ca_serve_clock.py moves the server's clock with libfaketime); `where`: how the CA is
+    named (default --dir PKI/ca; test_ca_serve_gaps.py gives --store sqlite:…)."""
 
-    def __init__(self, pki, *args, env=None):
+    def __init__(self, pki, *args, env=None, where=None):
         self.errf = open(pki / f"serve-{time.monotonic_ns()}.log", "w+")
+        where = where or ["--dir", str(pki / "ca")]
         self.proc = subprocess.Popen(
-            [MESHTLS, "ca", "serve", "--dir", str(pki / "ca"), "--listen", "127.0.0.1:0",
+            [MESHTLS, "ca", "serve", *map(str, where), "--listen", "127.0.0.1:0",
              "--status", "127.0.0.1:0", "--admin", f"spiffe://{TD}/svc/admin", *map(str, args)],
             stdout=subprocess.PIPE, stderr=self.errf, text=True,
             env={**os.environ, **env} if env else None)
