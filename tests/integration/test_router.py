@@ -413,41 +413,85 @@ def test_limits(pki, echo, tmp_path):
         router.stop()
 
 
-def test_revoked_certificate(pki, echo, tmp_path):
-    """--crl: a revoked user certificate is refused at the handshake, at once."""
+REVOKED = b"ERROR: revoked the client certificate has been revoked; ask for a new one\n"
+
+
+def test_revoked_certificate(pki, tmp_path):
+    """--crl: a revoked user certificate completes the handshake and gets `ERROR: revoked`
+    (after its line, or at --line-timeout without one), never a relayed byte; audited,
+    counted, logged in router_connections.  Any other failure still fails the handshake."""
     ca = pki / "ca"
     run("ca", "register", "--dir", ca, "rev", "--spiffe-id", f"spiffe://{TD}/orgs/acme/users/rev",
         check=True)
     run("ca", "issue", "--dir", ca, "rev", "--out", tmp_path, check=True)
     run("ca", "revoke", "--dir", ca, "rev", check=True)
     run("ca", "crl", "--dir", ca, "--out", tmp_path / "crl.pem", check=True)
-    store = f"sqlite:{tmp_path / 'rev.db'}"
+    db = tmp_path / "rev.db"
+    store = f"sqlite:{db}"
+    echo = EchoServer()  # its own: no other test's bytes in its count
     run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
         f"127.0.0.1:{echo.port}", check=True)
     run("router", "--store", store, "grant", "h", "--user", "rev", check=True)
     run("router", "--store", store, "grant", "h", "--user", "alice", check=True)
-    router = Router(pki, "--store", store, "--crl", tmp_path / "crl.pem")
+    router = Router(pki, "--store", store, "--crl", tmp_path / "crl.pem", "--line-timeout", "1s")
     try:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(pki / "certs" / "ca.crt")
         ctx.load_cert_chain(tmp_path / "rev.crt", tmp_path / "rev.key")
+
+        def revoked_conn():
+            raw = socket.create_connection(("127.0.0.1", router.port), timeout=5)
+            return ctx.wrap_socket(raw, server_hostname="localhost")
+
+        with revoked_conn() as s:  # the line, with bytes meant for the host after it
+            s.sendall(b"h\nnot for the host")
+            assert read_line(s) == REVOKED
+            assert s.recv(100) == b""  # closed: nothing relayed back
         t0 = time.monotonic()
-        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", router.port), timeout=5),
-                                 server_hostname="localhost") as s:
-                s.sendall(b"h\n")
-                if not s.recv(100):
-                    raise ConnectionResetError("closed")
-        assert time.monotonic() - t0 < 5
+        with revoked_conn() as s:  # no line at all: the answer comes at --line-timeout
+            assert read_line(s) == REVOKED
+        assert time.monotonic() - t0 < 4
+        # a resumed session of a revoked certificate: still refused
+        with revoked_conn() as s:
+            s.sendall(b"h\n")
+            assert read_line(s) == REVOKED
+            session = s.session
+        raw = socket.create_connection(("127.0.0.1", router.port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"h\n")
+            assert read_line(s) == REVOKED
+            assert s.session_reused  # no verification ran: the router's CRL lookup refused
         p = subprocess.run([MESHTLS, "connect", "--proxy", f"localhost:{router.port}",
                             "--cert", tmp_path / "rev.crt", "--key", tmp_path / "rev.key",
                             "--cacert", pki / "certs" / "ca.crt", "--connect-id", "h"],
-                           capture_output=True, text=True, timeout=20)
-        assert p.returncode == 1 and "revoked" in p.stderr, p.stderr
+                           input=b"hello", capture_output=True, timeout=20)
+        assert p.returncode == 1 and p.stderr == REVOKED and p.stdout == b"", p.stderr
+        assert echo.connections == 0  # the host never saw a byte of theirs
         assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"
-        assert "revoked" in router.log()
+        # anything else still fails the handshake: an expired certificate
+        forge(pki, tmp_path / "forged", "expired", [USERS["alice"]], expired=True)
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            got = ask(pki, router.port, "expired", b"h\n", certs=tmp_path / "forged")
+            if not got:
+                raise ConnectionResetError("closed without an answer")
+        log = router.log()
+        assert re.search(r'"code":"revoked".*"reason":"the client certificate \(serial '
+                         r'[0-9A-Fa-f:]+\) is revoked', log) or "code=revoked" in log, log[-3000:]
+        code, body = router.get("/metrics")
+        m = re.search(r'^meshtls_router_decisions_total\{code="revoked"\} (\d+)', body, re.M)
+        assert m and int(m.group(1)) >= 5, body
+        rows = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(rows) < 5:
+            con = sqlite3.connect(db, timeout=5)
+            rows = con.execute("SELECT org_id, user_id, result, bytes_up, bytes_down FROM "
+                               "router_connections WHERE user_id = 'rev'").fetchall()
+            con.close()
+            time.sleep(0.1)
+        assert len(rows) >= 5 and all(r == ("acme", "rev", "revoked", 0, 0) for r in rows), rows
     finally:
         router.stop()
+        echo.close()
 
 
 def test_config_file_and_environment(pki, tmp_path):
