@@ -349,25 +349,67 @@ def test_status_endpoints(pki, sqlite_router):
     assert re.search(r"^meshtls_router_database_up 1", body, re.M)
 
 
+def metric_value(router, pattern):
+    """The value of the /metrics line matching `pattern` (a regex of the name and labels)."""
+    code, body = router.get("/metrics")
+    assert code == 200
+    m = re.search(r"^" + pattern + r" (\d+(?:\.\d+)?(?:e[+-]?\d+)?)$", body, re.M)
+    assert m, f"{pattern} not in /metrics:\n{body[-3000:]}"
+    return float(m.group(1))
+
+
 def test_connection_log(pki, sqlite_router):
-    assert ask(pki, sqlite_router.port, "bob", b"web-01\n") == b"OK\n"
+    """router_connections: who, which host, result, bytes each way, started_at, duration,
+    decision time; and /metrics' byte counters move by the relayed bytes."""
+    up_before = metric_value(sqlite_router, r'meshtls_bytes_total\{direction="upstream"\}')
+    down_before = metric_value(sqlite_router, r'meshtls_bytes_total\{direction="downstream"\}')
+    payload = b"0123456789" * 700  # 7000 bytes each way through the echo
+    t_start = int(time.time() * 1000)
+    with tls_conn(pki, sqlite_router.port, "bob") as s:
+        s.sendall(b"web-01\n")
+        assert read_line(s) == b"OK\n"
+        s.sendall(payload)
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        assert got == payload
+        time.sleep(0.3)  # the relay lives at least this long: a floor for duration_ms
+    t_end = int(time.time() * 1000)
     assert ask(pki, sqlite_router.port, "carol", b"web-01\n").startswith(b"ERROR: forbidden")
     db = pki / "router.db"
     rows = []
+    q = ("SELECT org_id, user_id, connect_id, result, bytes_up, bytes_down, started_at_ms, "
+         "duration_ms, decision_us, target FROM router_connections WHERE (user_id = 'bob' AND "
+         "bytes_up = ?) OR (user_id = 'carol' AND started_at_ms >= ?)")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         con = sqlite3.connect(db, timeout=5)
-        rows = con.execute("SELECT org_id, user_id, connect_id, result, bytes_up, "
-                           "decision_us FROM router_connections WHERE user_id IN "
-                           "('bob', 'carol')").fetchall()
+        rows = con.execute(q, (len(payload), t_start)).fetchall()
         con.close()
         if {r[1] for r in rows} >= {"bob", "carol"}:
             break
         time.sleep(0.1)
-    got = {(r[0], r[1], r[2], r[3]) for r in rows}
-    assert ("acme", "bob", "web-01", "ok") in got
-    assert ("acme", "carol", "web-01", "forbidden") in got
-    assert all(r[5] >= 0 for r in rows)  # 0 when the cache answered within a microsecond
+    bob = [r for r in rows if r[1] == "bob"]
+    carol = [r for r in rows if r[1] == "carol"]
+    assert len(bob) == 1 and carol, rows
+    org, user, cid, result, up, down, at, dur, dec, target = bob[0]
+    assert (org, user, cid, result) == ("acme", "bob", "web-01", "ok")
+    assert up == len(payload) and down == len(payload)  # the OK line is not relayed bytes
+    assert t_start - 1000 <= at <= t_end, (t_start, at, t_end)
+    assert dur >= 300 and at + dur <= t_end + 1000, (at, dur, t_end)
+    assert 0 <= dec <= dur * 1000  # 0 when the cache answered within a microsecond
+    assert target and target.startswith("127.0.0.1:")
+    c = carol[-1]
+    assert (c[0], c[2], c[3], c[4], c[5]) == ("acme", "web-01", "forbidden", 0, 0), c
+    assert c[8] >= 0 and c[7] >= 0
+    assert metric_value(sqlite_router,
+                        r'meshtls_bytes_total\{direction="upstream"\}') - up_before >= len(payload)
+    assert metric_value(sqlite_router, r'meshtls_bytes_total\{direction="downstream"\}') - \
+        down_before >= len(payload)
     out = run("router", "--store", f"sqlite:{db}", "connections", "--org", "acme").stdout
     assert "carol" in out and "forbidden" in out
 
