@@ -773,3 +773,23 @@ def test_ssh_through_the_router(pki, tmp_path):
             router.stop()
         sshd.terminate()
         sshd.wait(timeout=10)
+
+
+def test_router_demo_script():
+    """scripts/demo-router.sh (`make demo-router`): an ssh session through the router (or the
+    echo host without sshd) and mallory's refusal, in its output."""
+    from conftest import SOURCE_DIR
+    env = {**os.environ, "MESHTLS_BIN": MESHTLS}
+    if os.geteuid() == 0 and not Path("/run/sshd").exists():
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # as test_ssh_through_the_router
+    p = subprocess.run([str(SOURCE_DIR / "scripts" / "demo-router.sh")], capture_output=True,
+                       text=True, timeout=120, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    if Path(SSHD).exists() and shutil.which("ssh"):
+        assert re.search(r"^hello from \S+ over ssh through the router$", p.stdout, re.M), out
+    else:
+        assert "hello through the router" in p.stdout, out
+    assert NOT_FOUND.decode() in p.stderr, out  # mallory, as if box did not exist
+    assert re.search(r"\bmallory\b.*\bnot-found\b", p.stdout), out  # the connection log
+    assert p.stdout.rstrip().endswith("demo: ok"), out
