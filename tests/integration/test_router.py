@@ -65,7 +65,8 @@ def pki():
 
 
 class Router:
-    """A running `meshtls proxy router`; .port, .log(), stopped by PID."""
+    """A running `meshtls proxy router`; .port, .log(), stopped by PID.  env: variables to
+    set over the test's, None to unset one."""
 
     def __init__(self, pki, *args, env=None):
         c = pki / "certs"
@@ -74,9 +75,9 @@ class Router:
                 "--cacert", f"{c / 'ca.crt'},{pki / 'other-certs' / 'ca.crt'}",
                 "--issuer", TD, "--workers", "2", "--status", "127.0.0.1:0", *args]
         self.logfile = tempfile.TemporaryFile("w+")
+        full_env = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}
         self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                                     stderr=self.logfile, text=True,
-                                     env=dict(os.environ, **(env or {})))
+                                     stderr=self.logfile, text=True, env=full_env)
         self.port = self.status_port = None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.port is None:
@@ -717,6 +718,78 @@ def test_postgres_existing_ssh_router_database(pki, echo):
     finally:
         if router:
             router.stop()
+        pg.stop()
+
+
+def test_check_unreachable_postgres(pki):
+    """--check against a PostgreSQL nobody answers: exit 1, the database named, the password
+    not; bounded by the router's 5 s connect timeout."""
+    # refused at once; TEST-NET-1: unroutable (refused or silent, by the network)
+    for host in ("127.0.0.1", "192.0.2.1"):
+        port = free_port() if host == "127.0.0.1" else 5432
+        url = f"postgres://router:s3cret-pw@{host}:{port}/nodb"
+        t0 = time.monotonic()
+        p = run("proxy", "router", "--listen", "127.0.0.1:0", "--cert", pki / "certs/router.crt",
+                "--key", pki / "certs/router.key", "--cacert", pki / "certs/ca.crt", "--issuer",
+                TD, "--store", url, "--check", timeout=30)
+        assert p.returncode == 1, (host, p.returncode, p.stderr)
+        assert time.monotonic() - t0 < 20
+        assert "cannot connect to database" in p.stderr, p.stderr
+        assert host in p.stderr and "nodb" in p.stderr, p.stderr
+        assert "s3cret-pw" not in p.stderr + p.stdout
+
+
+@pytest.mark.skipif(pg_skip_reason() is not None, reason=str(pg_skip_reason()))
+def test_postgres_password_from_pgpassword_and_pgpass(pki, echo, tmp_path):
+    """A URL without a password: libpq takes it from PGPASSWORD, or from ~/.pgpass (HOME a
+    temporary directory); without either the router is refused, naming the database."""
+    pg = PasswordPostgres()
+    url = pg.url(password=False)
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text(f"127.0.0.1:{pg.port}:{pg.dbname}:{pg.user}:{pg.password}\n")
+    (home / ".pgpass").chmod(0o600)
+    base = {"PGPASSWORD": None, "PGPASSFILE": None, "HOME": str(empty_home)}
+    c = pki / "certs"
+    check = ("proxy", "router", "--listen", "127.0.0.1:0", "--cert", c / "router.crt", "--key",
+             c / "router.key", "--cacert", c / "ca.crt", "--issuer", TD, "--store", url,
+             "--check")
+
+    def meshtls(*args, env):
+        full = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+        return subprocess.run([MESHTLS, *map(str, args)], capture_output=True, text=True,
+                              env=full, timeout=60)
+
+    routers = []
+    try:
+        p = meshtls(*check, env=base)
+        assert p.returncode == 1 and pg.dbname in p.stderr, p.stderr
+        assert pg.password not in p.stderr
+        with_env = dict(base, PGPASSWORD=pg.password)
+        with_file = dict(base, HOME=str(home))
+        for env in (with_env, with_file):
+            p = meshtls(*check, env=env)
+            assert p.returncode == 0 and "reachable" in p.stdout, p.stderr
+            assert pg.password not in p.stdout + p.stderr
+        p = meshtls("router", "--store", url, "hosts", "add", "h", "--org", "acme", "--addr",
+                    f"127.0.0.1:{echo.port}", env=with_file)
+        assert p.returncode == 0, p.stderr
+        p = meshtls("router", "--store", url, "grant", "h", "--user", "alice", env=with_env)
+        assert p.returncode == 0, p.stderr
+        for env in (with_env, with_file):
+            r = Router(pki, "--store", url, env=env)
+            routers.append(r)
+            got = connect(pki, r.port, "alice", "h", data=b"pw from the environment\n")
+            assert got.returncode == 0, got.stderr + r.log().encode()
+            assert got.stdout == b"pw from the environment\n"
+            assert ask(pki, r.port, "bob", b"h\n").startswith(b"ERROR: forbidden")
+            assert pg.password not in r.log()
+            assert pg.password.encode() not in Path(f"/proc/{r.proc.pid}/cmdline").read_bytes()
+    finally:
+        for r in routers:
+            r.stop()
         pg.stop()
 
 
