@@ -866,3 +866,72 @@ def test_router_demo_script():
     assert NOT_FOUND.decode() in p.stderr, out  # mallory, as if box did not exist
     assert re.search(r"\bmallory\b.*\bnot-found\b", p.stdout), out  # the connection log
     assert p.stdout.rstrip().endswith("demo: ok"), out
+
+
+def test_connect_timeout_idle_timeout_and_keepalives(pki, echo, tmp_path):
+    """A host that never completes the TCP handshake (a listener whose backlog is full)
+    gets `backend-unavailable` at --connect-timeout; a silent relay is closed at
+    --idle-timeout; both sockets of a relay carry TCP keepalive timers (ss -tnoip)."""
+    store = f"sqlite:{tmp_path / 't.db'}"
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)  # never accepted: once its queue is full, SYNs are dropped
+    fillers = []
+    router = None
+    try:
+        for _ in range(8):  # fill the accept queue (bounded)
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(stuck.getsockname())
+            fillers.append(f)
+        time.sleep(0.2)
+        for cid, port in (("stuck", stuck.getsockname()[1]), ("h", echo.port)):
+            run("router", "--store", store, "hosts", "add", cid, "--org", "acme", "--addr",
+                f"127.0.0.1:{port}", check=True)
+            run("router", "--store", store, "grant", cid, "--user", "alice", check=True)
+        router = Router(pki, "--store", store, "--connect-timeout", "1s", "--idle-timeout", "2s")
+        t0 = time.monotonic()
+        assert ask(pki, router.port, "alice", b"stuck\n") == (
+            b"ERROR: backend-unavailable the host did not accept the connection\n")
+        assert time.monotonic() - t0 < 6  # 1 s connect timeout, with room for a slow machine
+        assert "timeout connecting to the host" in router.log()
+
+        s = tls_conn(pki, router.port, "alice")
+        s.sendall(b"h\nping")
+        assert read_line(s) == b"OK\n"
+        assert s.recv(4) == b"ping"
+        # keepalive timers on the router's two sockets of this relay: the client's (local
+        # port: the router's) and the host's (peer port: the echo's)
+        seen = ""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ss = subprocess.run(["ss", "-tnoipH", "state", "established"], capture_output=True,
+                                text=True, timeout=10).stdout
+            lines = [ln for ln in ss.split("\n") if f"pid={router.proc.pid}," in ln]
+            down = [ln for ln in lines if f"127.0.0.1:{router.port} " in ln]
+            up = [ln for ln in lines if f"127.0.0.1:{echo.port} " in ln.split("users:")[0]]
+            seen = "\n".join(lines)
+            if down and up and all("timer:(keepalive" in ln for ln in down + up):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no keepalive timers on the relay's sockets:\n{seen}\n{ss}")
+        # silent from here on: closed by --idle-timeout (2 s), bounded wait
+        s.settimeout(10)
+        t0 = time.monotonic()
+        try:
+            assert s.recv(100) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        assert time.monotonic() - t0 < 9
+        s.close()
+        deadline = time.monotonic() + 5
+        while "idle timeout" not in router.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "idle timeout" in router.log()
+    finally:
+        if router:
+            router.stop()
+        for f in fillers:
+            f.close()
+        stuck.close()
