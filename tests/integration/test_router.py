@@ -796,26 +796,38 @@ def test_postgres_password_from_pgpassword_and_pgpass(pki, echo, tmp_path):
 SSHD = Path("/usr/sbin/sshd")
 
 
-@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
-                    reason="/usr/sbin/sshd missing: install openssh-server")
-def test_ssh_through_the_router(pki, tmp_path):
-    hk = tmp_path / "host_key"
+def ssh_keys(tmp_path):
+    """(user key) and its authorized_keys, for sshds started by start_sshd."""
     uk = tmp_path / "user_key"
-    for k in (hk, uk):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
-    auth = tmp_path / "authorized_keys"
-    shutil.copy(uk.with_suffix(".pub"), auth)
-    os.chmod(auth, 0o600)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", uk], check=True)
+    shutil.copy(uk.with_suffix(".pub"), tmp_path / "authorized_keys")
+    os.chmod(tmp_path / "authorized_keys", 0o600)
+    return uk
+
+
+def start_sshd(tmp_path, name):
+    """A real sshd on a free loopback port with its own host key, accepting ssh_keys'
+    key; (process, port).  The caller stops it by its PID (terminate)."""
+    hk = tmp_path / f"{name}_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hk], check=True)
     port = free_port()
     if os.geteuid() == 0 and not Path("/run/sshd").exists():
         # sshd as root wants its privilege-separation directory (the Debian service makes it
         # at boot; a container or CI runner may not have run the service)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
-                             "-h", hk, "-o", f"AuthorizedKeysFile={auth}", "-o",
-                             "StrictModes=no", "-o", "PasswordAuthentication=no",
-                             "-o", f"PidFile={tmp_path / 'sshd.pid'}"],
+                             "-h", hk, "-o", f"AuthorizedKeysFile={tmp_path / 'authorized_keys'}",
+                             "-o", "StrictModes=no", "-o", "PasswordAuthentication=no",
+                             "-o", f"PidFile={tmp_path / f'{name}.pid'}"],
                             stderr=subprocess.PIPE)
+    return sshd, port
+
+
+@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
+                    reason="/usr/sbin/sshd missing: install openssh-server")
+def test_ssh_through_the_router(pki, tmp_path):
+    uk = ssh_keys(tmp_path)
+    sshd, port = start_sshd(tmp_path, "sshd")
     db = tmp_path / "r.db"
     router = None
     try:
@@ -846,6 +858,61 @@ def test_ssh_through_the_router(pki, tmp_path):
             router.stop()
         sshd.terminate()
         sshd.wait(timeout=10)
+
+
+@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
+                    reason="/usr/sbin/sshd missing: install openssh-server")
+def test_ssh_proxyjump_chain_through_the_router(pki, tmp_path):
+    """An ~/.ssh/config chain: the first hop (jump) reaches sshd 1 through `meshtls connect`
+    as its ProxyCommand, the second (`ProxyJump jump`) goes on from there to sshd 2; the
+    command runs on sshd 2, which sees the connection come through sshd 1."""
+    uk = ssh_keys(tmp_path)
+    sshd1, port1 = start_sshd(tmp_path, "sshd1")
+    sshd2, port2 = start_sshd(tmp_path, "sshd2")
+    store = f"sqlite:{tmp_path / 'r.db'}"
+    router = None
+    try:
+        wait_port(port1, proc=sshd1)
+        wait_port(port2, proc=sshd2)
+        run("router", "--store", store, "hosts", "add", "jump", "--org", "acme", "--addr",
+            f"127.0.0.1:{port1}", check=True)
+        run("router", "--store", store, "grant", "jump", "--user", "alice", check=True)
+        router = Router(pki, "--store", store)
+        c = pki / "certs"
+        user = os.environ.get("USER") or "root"
+        common = (f"  User {user}\n  IdentityFile {uk}\n  BatchMode yes\n"
+                  f"  StrictHostKeyChecking no\n  UserKnownHostsFile {tmp_path / 'kh'}\n")
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(
+            "Host jump\n"
+            f"  ProxyCommand {MESHTLS} connect --proxy localhost:{router.port} --cert "
+            f"{c}/alice.crt --key {c}/alice.key --cacert {c}/ca.crt --connect-id %h\n"
+            + common +
+            f"Host inner\n  HostName 127.0.0.1\n  Port {port2}\n  ProxyJump jump\n" + common)
+        p = subprocess.run(["ssh", "-F", cfg, "inner", "echo via-chain $SSH_CONNECTION"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr + router.log()
+        words = p.stdout.split()
+        # SSH_CONNECTION on sshd 2: client ip, client port, server ip, server port
+        assert words[0] == "via-chain" and words[-1] == str(port2), p.stdout
+        rows = run("router", "--store", store, "connections").stdout
+        assert "jump" in rows and "alice" in rows, rows
+        # refused at the first hop: the chain fails with the router's line on stderr
+        run("router", "--store", store, "revoke", "jump", "--user", "alice", check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            p = subprocess.run(["ssh", "-F", cfg, "inner", "true"], capture_output=True,
+                               text=True, timeout=60)
+            if p.returncode != 0:
+                break
+            time.sleep(0.2)
+        assert p.returncode != 0 and "ERROR: forbidden" in p.stderr, p.stderr
+    finally:
+        if router:
+            router.stop()
+        for d in (sshd1, sshd2):
+            d.terminate()
+            d.wait(timeout=10)
 
 
 def test_router_demo_script():
