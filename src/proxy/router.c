@@ -261,10 +261,14 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
         mt_conn_close(c, "out of memory");
         return;
     }
-    p->org = strdup(rc == 0 ? org : "-");
-    p->user = strdup(rc == 0 ? user : "-");
+    /* a revoked certificate that names no user is logged without org and user, like a
+     * refused identity */
+    if (rc == 0) {
+        p->org = strdup(org);
+        p->user = strdup(user);
+    }
     p->lb = calloc(1, sizeof(*p->lb));
-    if (!p->org || !p->user || !p->lb) {
+    if ((rc == 0 && (!p->org || !p->user)) || !p->lb) {
         mt_conn_close(c, "out of memory");
         return;
     }
