@@ -7,7 +7,9 @@
  * `ERROR: <code> <message>\n` lines and closes.
  *
  * Sub-states in the engine's MT_CONN_PROTO (struct rt_conn.sub):
- *   RT_S_LINE     reading the connect-id line (deadline: line_timeout_ms)
+ *   RT_S_LINE     reading the connect-id line (deadline: line_timeout_ms); a revoked
+ *                 certificate (let through the handshake by router_run.c's verify
+ *                 callback) waits here too, then gets `ERROR: revoked` and never relays
  *   RT_S_AUTHZ    a job decides (deadline: authz_timeout_ms; past it the answer is
  *                 authz-unavailable and the job's late result is dropped)
  *   RT_S_CONNECT  non-blocking connect() to the host (deadline: connect_timeout_ms)
