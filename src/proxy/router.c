@@ -7,7 +7,9 @@
  * `ERROR: <code> <message>\n` lines and closes.
  *
  * Sub-states in the engine's MT_CONN_PROTO (struct rt_conn.sub):
- *   RT_S_LINE     reading the connect-id line (deadline: line_timeout_ms)
+ *   RT_S_LINE     reading the connect-id line (deadline: line_timeout_ms); a revoked
+ *                 certificate (let through the handshake by router_run.c's verify
+ *                 callback) waits here too, then gets `ERROR: revoked` and never relays
  *   RT_S_AUTHZ    a job decides (deadline: authz_timeout_ms; past it the answer is
  *                 authz-unavailable and the job's late result is dropped)
  *   RT_S_CONNECT  non-blocking connect() to the host (deadline: connect_timeout_ms)
@@ -61,6 +63,7 @@ struct rt_conn {
     uint64_t data_gen;       /* rt_live.data_gen when the grant was last decided */
     uint64_t crl_gen;        /* rt_live.crl_gen when the certificate was last checked */
     X509 *cert;              /* the client's certificate (for CRL reloads) */
+    char *revoked;           /* the serial of a revoked certificate: answer RT_REVOKED */
 };
 
 /* One decision: filled on the event loop, `work` runs on a pool thread. */
@@ -130,6 +133,15 @@ static void refuse(struct mt_conn *c, enum rt_code code, const char *reason)
     mt_conn_close_clean(c, reason);
 }
 
+/* A revoked certificate: `ERROR: revoked`, with its serial in the audit line. */
+static void refuse_revoked(struct mt_conn *c)
+{
+    char why[160];
+    snprintf(why, sizeof(why), "the client certificate (serial %s) is revoked (--crl)",
+             R(c)->revoked);
+    refuse(c, RT_REVOKED, why);
+}
+
 static void on_close(struct mt_conn *c, const char *why)
 {
     struct rt_conn *p = R(c);
@@ -176,6 +188,8 @@ static void on_close(struct mt_conn *c, const char *why)
     free(p->target);
     X509_free(p->cert);
     p->cert = NULL;
+    free(p->revoked);
+    p->revoked = NULL;
     p->lb = NULL, p->who = p->org = p->user = p->connect_id = p->target = NULL;
     /* p->job, if any, is freed by its done function (which runs before the free) */
 }
@@ -201,6 +215,24 @@ static void step_line(struct mt_conn *c);
 static int relay_tick(const struct mt_conn *c);
 static int relay_step(struct mt_conn *c);
 
+/*
+ * Whether the client's certificate is revoked: marked by the router's verify callback
+ * (router_run.c: the handshake let it through for this answer), or listed in the current
+ * CRLs, for a resumed session, which skips verification.  @param serial gets its serial.
+ */
+static int leaf_revoked(struct mt_conn *c, SSL *ssl, char *serial, size_t cap)
+{
+    struct rt_conn *p = R(c);
+    struct rt_live *lv = RT(c)->live;
+    int revoked = 0;
+    if (lv && p->cert) {
+        struct rt_snap *s = (struct rt_snap *)mt_snap_acquire(lv->snaps);
+        revoked = s && rt_crl_revoked(s->crls, p->cert, serial, cap);
+        mt_snap_release(s ? &s->base : NULL);
+    }
+    return revoked || rt_tls_leaf_revoked(ssl);
+}
+
 static void on_tls_done(struct mt_conn *c, struct mt_end *t)
 {
     struct rt_conn *p = R(c);
@@ -215,20 +247,30 @@ static void on_tls_done(struct mt_conn *c, struct mt_end *t)
     if (meshtls_tls_peer_identity(t->ssl, &id, &e) == 0)
         p->who = strdup(id->spiffe_id ? id->spiffe_id : id->subject ? id->subject : "-");
     p->cert = SSL_get1_peer_certificate(t->ssl);
+    char serial[80] = "-";
+    int revoked = leaf_revoked(c, t->ssl, serial, sizeof(serial));
     int rc = id ? rt_identity_parse(id->spiffe_id, r->cfg->issuer, org, user, &e)
                 : meshtls_err_set(&e, MESHTLS_EINVAL, "no client certificate");
     if (rc == 0 && id && id->n_uris != 1)
         rc = meshtls_err_set(&e, MESHTLS_EINVAL, "the certificate has %zu URI SANs, not one",
                              id->n_uris);
     meshtls_identity_free(id);
-    if (rc != 0) {
+    if (rc != 0 && !revoked) {
         refuse(c, RT_BAD_IDENTITY, e.msg);
         return;
     }
-    p->org = strdup(org);
-    p->user = strdup(user);
+    if (revoked && !(p->revoked = strdup(serial))) {
+        mt_conn_close(c, "out of memory");
+        return;
+    }
+    /* a revoked certificate that names no user is logged without org and user, like a
+     * refused identity */
+    if (rc == 0) {
+        p->org = strdup(org);
+        p->user = strdup(user);
+    }
     p->lb = calloc(1, sizeof(*p->lb));
-    if (!p->org || !p->user || !p->lb) {
+    if ((rc == 0 && (!p->org || !p->user)) || !p->lb) {
         mt_conn_close(c, "out of memory");
         return;
     }
@@ -420,10 +462,17 @@ static void step_line(struct mt_conn *c)
         return;
     if (lr == MT_LINE_EOF || lr == MT_LINE_ERROR) {
         p->result = "closed";
-        mt_conn_close(c, "the client closed before sending a connect id");
+        mt_conn_close(c, p->revoked ? "a revoked certificate's client closed before its answer"
+                                    : "the client closed before sending a connect id");
         return;
     }
     char cid[RT_CONNECT_ID_MAX + 1];
+    if (p->revoked) { /* answered once the line is in, so the close does not reset it */
+        if (lr == MT_LINE_DONE && rt_connect_id_check(p->lb->buf, p->lb->len - 1, cid) == RT_OK)
+            p->connect_id = strdup(cid); /* for the logs only */
+        refuse_revoked(c);
+        return;
+    }
     if (lr == MT_LINE_TOO_LONG || rt_connect_id_check(p->lb->buf, p->lb->len - 1, cid) != RT_OK) {
         refuse(c, RT_BAD_REQUEST,
                lr == MT_LINE_TOO_LONG ? "the connect id line is too long"
@@ -622,7 +671,12 @@ static void on_timeout(struct mt_conn *c)
 {
     struct rt_conn *p = R(c);
     switch (p->sub) {
-    case RT_S_LINE: refuse(c, RT_TIMEOUT, "no connect id line in time"); break;
+    case RT_S_LINE:
+        if (p->revoked)
+            refuse_revoked(c);
+        else
+            refuse(c, RT_TIMEOUT, "no connect id line in time");
+        break;
     case RT_S_AUTHZ:
         p->decision_us = mt_now_us() - p->line_us;
         refuse(c, RT_AUTHZ_UNAVAILABLE, "the database did not answer in time");

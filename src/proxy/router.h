@@ -59,6 +59,7 @@ enum rt_code {
     RT_BUSY,                /* the router is overloaded (job queue full) */
     RT_RATE_LIMITED,        /* too many connection attempts by this user or organisation */
     RT_TOO_MANY_SESSIONS,   /* too many open sessions of this user or organisation */
+    RT_REVOKED,             /* the client certificate is on the CRL (--crl) */
     RT_CODE_N
 };
 
@@ -536,5 +537,12 @@ int rt_run(const struct rt_config *cfg, struct meshtls_err *err);
  */
 int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err);
+
+/**
+ * Whether the handshake of `ssl` (on a context from rt_tls_build) let a revoked client
+ * certificate through, its revocation being the only failure: the connection must then be
+ * refused with RT_REVOKED and never relay.  `ssl` is borrowed.
+ */
+int rt_tls_leaf_revoked(SSL *ssl);
 
 #endif

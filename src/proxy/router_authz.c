@@ -22,6 +22,7 @@ static const char *const code_names[RT_CODE_N] = {
     [RT_BUSY] = "busy",
     [RT_RATE_LIMITED] = "rate-limited",
     [RT_TOO_MANY_SESSIONS] = "too-many-sessions",
+    [RT_REVOKED] = "revoked",
 };
 
 /* Fixed lines: nothing from the request or the database is ever echoed back. */
@@ -42,6 +43,8 @@ static const char *const code_lines[RT_CODE_N] = {
     [RT_RATE_LIMITED] = "ERROR: rate-limited too many connection attempts; try again later\n",
     [RT_TOO_MANY_SESSIONS] = "ERROR: too-many-sessions too many open sessions; close one "
                              "first\n",
+    [RT_REVOKED] = "ERROR: revoked the client certificate has been revoked; ask for a new "
+                   "one\n",
 };
 
 const char *rt_code_name(enum rt_code c)

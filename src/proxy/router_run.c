@@ -8,6 +8,7 @@
  * new CRL; SIGTERM/SIGINT drain.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,61 @@
 #include "meshtls/x509.h"
 #include "proxy.h"
 #include "router.h"
+
+/*
+ * A revoked leaf completes the handshake on the router (issue 11 section 3: a revoked
+ * certificate gets its `ERROR: revoked` line, not a TLS alert the user cannot read), and
+ * only on the router: the library's verify callback, which the proxy server keeps, refuses
+ * it.  The wrapper below lets through exactly X509_V_ERR_CERT_REVOKED at depth 0 and marks
+ * the SSL; every other failure (an expired or untrusted chain, a revoked intermediate) goes
+ * to the library's callback, which still fails the handshake.  OpenSSL goes on checking
+ * after an accepted error, so a leaf that is revoked AND broken otherwise is still refused.
+ */
+static int ctx_cb_idx = -1, ssl_revoked_idx = -1;
+static pthread_once_t revoked_once = PTHREAD_ONCE_INIT;
+
+static void revoked_index_init(void)
+{
+    ctx_cb_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    ssl_revoked_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static int router_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    SSL_CTX *ctx = ssl ? SSL_get_SSL_CTX(ssl) : NULL;
+    SSL_verify_cb lib = NULL;
+    void *as_data = ctx ? SSL_CTX_get_ex_data(ctx, ctx_cb_idx) : NULL;
+    if (as_data)
+        memcpy(&lib, &as_data, sizeof(lib));
+    if (!ok && ssl && X509_STORE_CTX_get_error(sctx) == X509_V_ERR_CERT_REVOKED &&
+        X509_STORE_CTX_get_error_depth(sctx) == 0 &&
+        SSL_set_ex_data(ssl, ssl_revoked_idx, (void *)1) == 1)
+        return 1; /* marked: router.c answers `ERROR: revoked` and never relays */
+    return lib ? lib(ok, sctx) : ok;
+}
+
+int rt_tls_leaf_revoked(SSL *ssl)
+{
+    return ssl_revoked_idx >= 0 && SSL_get_ex_data(ssl, ssl_revoked_idx) != NULL;
+}
+
+static int revoked_hook(SSL_CTX *ctx, struct meshtls_err *err)
+{
+    if (pthread_once(&revoked_once, revoked_index_init) != 0 || ctx_cb_idx < 0 ||
+        ssl_revoked_idx < 0)
+        return meshtls_err_set(err, MESHTLS_ENOMEM,
+                               "out of memory for the router's TLS verification state");
+    /* the function pointer travels as data: POSIX guarantees the round trip */
+    SSL_verify_cb lib = SSL_CTX_get_verify_callback(ctx);
+    void *as_data;
+    memcpy(&as_data, &lib, sizeof(as_data));
+    if (SSL_CTX_set_ex_data(ctx, ctx_cb_idx, as_data) != 1)
+        return meshtls_err_set(err, MESHTLS_ENOMEM,
+                               "out of memory for the router's TLS verification state");
+    SSL_CTX_set_verify(ctx, SSL_CTX_get_verify_mode(ctx), router_verify_cb);
+    return 0;
+}
 
 int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
                  struct meshtls_err *err)
@@ -41,6 +97,10 @@ int rt_tls_build(const struct rt_config *cfg, SSL_CTX **out, int64_t *not_after,
                                    "(PEM expected)",
                                    cfg->ca_files[i]);
         }
+    }
+    if ((rc = revoked_hook(ctx, err)) != 0) {
+        SSL_CTX_free(ctx);
+        return rc;
     }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);

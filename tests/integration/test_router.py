@@ -65,7 +65,8 @@ def pki():
 
 
 class Router:
-    """A running `meshtls proxy router`; .port, .log(), stopped by PID."""
+    """A running `meshtls proxy router`; .port, .log(), stopped by PID.  env: variables to
+    set over the test's, None to unset one."""
 
     def __init__(self, pki, *args, env=None):
         c = pki / "certs"
@@ -74,9 +75,9 @@ class Router:
                 "--cacert", f"{c / 'ca.crt'},{pki / 'other-certs' / 'ca.crt'}",
                 "--issuer", TD, "--workers", "2", "--status", "127.0.0.1:0", *args]
         self.logfile = tempfile.TemporaryFile("w+")
+        full_env = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}
         self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                                     stderr=self.logfile, text=True,
-                                     env=dict(os.environ, **(env or {})))
+                                     stderr=self.logfile, text=True, env=full_env)
         self.port = self.status_port = None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.port is None:
@@ -349,25 +350,67 @@ def test_status_endpoints(pki, sqlite_router):
     assert re.search(r"^meshtls_router_database_up 1", body, re.M)
 
 
+def metric_value(router, pattern):
+    """The value of the /metrics line matching `pattern` (a regex of the name and labels)."""
+    code, body = router.get("/metrics")
+    assert code == 200
+    m = re.search(r"^" + pattern + r" (\d+(?:\.\d+)?(?:e[+-]?\d+)?)$", body, re.M)
+    assert m, f"{pattern} not in /metrics:\n{body[-3000:]}"
+    return float(m.group(1))
+
+
 def test_connection_log(pki, sqlite_router):
-    assert ask(pki, sqlite_router.port, "bob", b"web-01\n") == b"OK\n"
+    """router_connections: who, which host, result, bytes each way, started_at, duration,
+    decision time; and /metrics' byte counters move by the relayed bytes."""
+    up_before = metric_value(sqlite_router, r'meshtls_bytes_total\{direction="upstream"\}')
+    down_before = metric_value(sqlite_router, r'meshtls_bytes_total\{direction="downstream"\}')
+    payload = b"0123456789" * 700  # 7000 bytes each way through the echo
+    t_start = int(time.time() * 1000)
+    with tls_conn(pki, sqlite_router.port, "bob") as s:
+        s.sendall(b"web-01\n")
+        assert read_line(s) == b"OK\n"
+        s.sendall(payload)
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        assert got == payload
+        time.sleep(0.3)  # the relay lives at least this long: a floor for duration_ms
+    t_end = int(time.time() * 1000)
     assert ask(pki, sqlite_router.port, "carol", b"web-01\n").startswith(b"ERROR: forbidden")
     db = pki / "router.db"
     rows = []
+    q = ("SELECT org_id, user_id, connect_id, result, bytes_up, bytes_down, started_at_ms, "
+         "duration_ms, decision_us, target FROM router_connections WHERE (user_id = 'bob' AND "
+         "bytes_up = ?) OR (user_id = 'carol' AND started_at_ms >= ?)")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         con = sqlite3.connect(db, timeout=5)
-        rows = con.execute("SELECT org_id, user_id, connect_id, result, bytes_up, "
-                           "decision_us FROM router_connections WHERE user_id IN "
-                           "('bob', 'carol')").fetchall()
+        rows = con.execute(q, (len(payload), t_start)).fetchall()
         con.close()
         if {r[1] for r in rows} >= {"bob", "carol"}:
             break
         time.sleep(0.1)
-    got = {(r[0], r[1], r[2], r[3]) for r in rows}
-    assert ("acme", "bob", "web-01", "ok") in got
-    assert ("acme", "carol", "web-01", "forbidden") in got
-    assert all(r[5] >= 0 for r in rows)  # 0 when the cache answered within a microsecond
+    bob = [r for r in rows if r[1] == "bob"]
+    carol = [r for r in rows if r[1] == "carol"]
+    assert len(bob) == 1 and carol, rows
+    org, user, cid, result, up, down, at, dur, dec, target = bob[0]
+    assert (org, user, cid, result) == ("acme", "bob", "web-01", "ok")
+    assert up == len(payload) and down == len(payload)  # the OK line is not relayed bytes
+    assert t_start - 1000 <= at <= t_end, (t_start, at, t_end)
+    assert dur >= 300 and at + dur <= t_end + 1000, (at, dur, t_end)
+    assert 0 <= dec <= dur * 1000  # 0 when the cache answered within a microsecond
+    assert target and target.startswith("127.0.0.1:")
+    c = carol[-1]
+    assert (c[0], c[2], c[3], c[4], c[5]) == ("acme", "web-01", "forbidden", 0, 0), c
+    assert c[8] >= 0 and c[7] >= 0
+    assert metric_value(sqlite_router,
+                        r'meshtls_bytes_total\{direction="upstream"\}') - up_before >= len(payload)
+    assert metric_value(sqlite_router, r'meshtls_bytes_total\{direction="downstream"\}') - \
+        down_before >= len(payload)
     out = run("router", "--store", f"sqlite:{db}", "connections", "--org", "acme").stdout
     assert "carol" in out and "forbidden" in out
 
@@ -413,41 +456,85 @@ def test_limits(pki, echo, tmp_path):
         router.stop()
 
 
-def test_revoked_certificate(pki, echo, tmp_path):
-    """--crl: a revoked user certificate is refused at the handshake, at once."""
+REVOKED = b"ERROR: revoked the client certificate has been revoked; ask for a new one\n"
+
+
+def test_revoked_certificate(pki, tmp_path):
+    """--crl: a revoked user certificate completes the handshake and gets `ERROR: revoked`
+    (after its line, or at --line-timeout without one), never a relayed byte; audited,
+    counted, logged in router_connections.  Any other failure still fails the handshake."""
     ca = pki / "ca"
     run("ca", "register", "--dir", ca, "rev", "--spiffe-id", f"spiffe://{TD}/orgs/acme/users/rev",
         check=True)
     run("ca", "issue", "--dir", ca, "rev", "--out", tmp_path, check=True)
     run("ca", "revoke", "--dir", ca, "rev", check=True)
     run("ca", "crl", "--dir", ca, "--out", tmp_path / "crl.pem", check=True)
-    store = f"sqlite:{tmp_path / 'rev.db'}"
+    db = tmp_path / "rev.db"
+    store = f"sqlite:{db}"
+    echo = EchoServer()  # its own: no other test's bytes in its count
     run("router", "--store", store, "hosts", "add", "h", "--org", "acme", "--addr",
         f"127.0.0.1:{echo.port}", check=True)
     run("router", "--store", store, "grant", "h", "--user", "rev", check=True)
     run("router", "--store", store, "grant", "h", "--user", "alice", check=True)
-    router = Router(pki, "--store", store, "--crl", tmp_path / "crl.pem")
+    router = Router(pki, "--store", store, "--crl", tmp_path / "crl.pem", "--line-timeout", "1s")
     try:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(pki / "certs" / "ca.crt")
         ctx.load_cert_chain(tmp_path / "rev.crt", tmp_path / "rev.key")
+
+        def revoked_conn():
+            raw = socket.create_connection(("127.0.0.1", router.port), timeout=5)
+            return ctx.wrap_socket(raw, server_hostname="localhost")
+
+        with revoked_conn() as s:  # the line, with bytes meant for the host after it
+            s.sendall(b"h\nnot for the host")
+            assert read_line(s) == REVOKED
+            assert s.recv(100) == b""  # closed: nothing relayed back
         t0 = time.monotonic()
-        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", router.port), timeout=5),
-                                 server_hostname="localhost") as s:
-                s.sendall(b"h\n")
-                if not s.recv(100):
-                    raise ConnectionResetError("closed")
-        assert time.monotonic() - t0 < 5
+        with revoked_conn() as s:  # no line at all: the answer comes at --line-timeout
+            assert read_line(s) == REVOKED
+        assert time.monotonic() - t0 < 4
+        # a resumed session of a revoked certificate: still refused
+        with revoked_conn() as s:
+            s.sendall(b"h\n")
+            assert read_line(s) == REVOKED
+            session = s.session
+        raw = socket.create_connection(("127.0.0.1", router.port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"h\n")
+            assert read_line(s) == REVOKED
+            assert s.session_reused  # no verification ran: the router's CRL lookup refused
         p = subprocess.run([MESHTLS, "connect", "--proxy", f"localhost:{router.port}",
                             "--cert", tmp_path / "rev.crt", "--key", tmp_path / "rev.key",
                             "--cacert", pki / "certs" / "ca.crt", "--connect-id", "h"],
-                           capture_output=True, text=True, timeout=20)
-        assert p.returncode == 1 and "revoked" in p.stderr, p.stderr
+                           input=b"hello", capture_output=True, timeout=20)
+        assert p.returncode == 1 and p.stderr == REVOKED and p.stdout == b"", p.stderr
+        assert echo.connections == 0  # the host never saw a byte of theirs
         assert ask(pki, router.port, "alice", b"h\n") == b"OK\n"
-        assert "revoked" in router.log()
+        # anything else still fails the handshake: an expired certificate
+        forge(pki, tmp_path / "forged", "expired", [USERS["alice"]], expired=True)
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            got = ask(pki, router.port, "expired", b"h\n", certs=tmp_path / "forged")
+            if not got:
+                raise ConnectionResetError("closed without an answer")
+        log = router.log()
+        assert re.search(r'"code":"revoked".*"reason":"the client certificate \(serial '
+                         r'[0-9A-Fa-f:]+\) is revoked', log) or "code=revoked" in log, log[-3000:]
+        code, body = router.get("/metrics")
+        m = re.search(r'^meshtls_router_decisions_total\{code="revoked"\} (\d+)', body, re.M)
+        assert m and int(m.group(1)) >= 5, body
+        rows = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(rows) < 5:
+            con = sqlite3.connect(db, timeout=5)
+            rows = con.execute("SELECT org_id, user_id, result, bytes_up, bytes_down FROM "
+                               "router_connections WHERE user_id = 'rev'").fetchall()
+            con.close()
+            time.sleep(0.1)
+        assert len(rows) >= 5 and all(r == ("acme", "rev", "revoked", 0, 0) for r in rows), rows
     finally:
         router.stop()
+        echo.close()
 
 
 def test_config_file_and_environment(pki, tmp_path):
@@ -634,29 +721,113 @@ def test_postgres_existing_ssh_router_database(pki, echo):
         pg.stop()
 
 
+def test_check_unreachable_postgres(pki):
+    """--check against a PostgreSQL nobody answers: exit 1, the database named, the password
+    not; bounded by the router's 5 s connect timeout."""
+    # refused at once; TEST-NET-1: unroutable (refused or silent, by the network)
+    for host in ("127.0.0.1", "192.0.2.1"):
+        port = free_port() if host == "127.0.0.1" else 5432
+        url = f"postgres://router:s3cret-pw@{host}:{port}/nodb"
+        t0 = time.monotonic()
+        p = run("proxy", "router", "--listen", "127.0.0.1:0", "--cert", pki / "certs/router.crt",
+                "--key", pki / "certs/router.key", "--cacert", pki / "certs/ca.crt", "--issuer",
+                TD, "--store", url, "--check", timeout=30)
+        assert p.returncode == 1, (host, p.returncode, p.stderr)
+        assert time.monotonic() - t0 < 20
+        assert "cannot connect to database" in p.stderr, p.stderr
+        assert host in p.stderr and "nodb" in p.stderr, p.stderr
+        assert "s3cret-pw" not in p.stderr + p.stdout
+
+
+@pytest.mark.skipif(pg_skip_reason() is not None, reason=str(pg_skip_reason()))
+def test_postgres_password_from_pgpassword_and_pgpass(pki, echo, tmp_path):
+    """A URL without a password: libpq takes it from PGPASSWORD, or from ~/.pgpass (HOME a
+    temporary directory); without either the router is refused, naming the database."""
+    pg = PasswordPostgres()
+    url = pg.url(password=False)
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text(f"127.0.0.1:{pg.port}:{pg.dbname}:{pg.user}:{pg.password}\n")
+    (home / ".pgpass").chmod(0o600)
+    base = {"PGPASSWORD": None, "PGPASSFILE": None, "HOME": str(empty_home)}
+    c = pki / "certs"
+    check = ("proxy", "router", "--listen", "127.0.0.1:0", "--cert", c / "router.crt", "--key",
+             c / "router.key", "--cacert", c / "ca.crt", "--issuer", TD, "--store", url,
+             "--check")
+
+    def meshtls(*args, env):
+        full = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+        return subprocess.run([MESHTLS, *map(str, args)], capture_output=True, text=True,
+                              env=full, timeout=60)
+
+    routers = []
+    try:
+        p = meshtls(*check, env=base)
+        assert p.returncode == 1 and pg.dbname in p.stderr, p.stderr
+        assert pg.password not in p.stderr
+        with_env = dict(base, PGPASSWORD=pg.password)
+        with_file = dict(base, HOME=str(home))
+        for env in (with_env, with_file):
+            p = meshtls(*check, env=env)
+            assert p.returncode == 0 and "reachable" in p.stdout, p.stderr
+            assert pg.password not in p.stdout + p.stderr
+        p = meshtls("router", "--store", url, "hosts", "add", "h", "--org", "acme", "--addr",
+                    f"127.0.0.1:{echo.port}", env=with_file)
+        assert p.returncode == 0, p.stderr
+        p = meshtls("router", "--store", url, "grant", "h", "--user", "alice", env=with_env)
+        assert p.returncode == 0, p.stderr
+        for env in (with_env, with_file):
+            r = Router(pki, "--store", url, env=env)
+            routers.append(r)
+            got = connect(pki, r.port, "alice", "h", data=b"pw from the environment\n")
+            assert got.returncode == 0, got.stderr + r.log().encode()
+            assert got.stdout == b"pw from the environment\n"
+            assert ask(pki, r.port, "bob", b"h\n").startswith(b"ERROR: forbidden")
+            assert pg.password not in r.log()
+            assert pg.password.encode() not in Path(f"/proc/{r.proc.pid}/cmdline").read_bytes()
+    finally:
+        for r in routers:
+            r.stop()
+        pg.stop()
+
+
 SSHD = Path("/usr/sbin/sshd")
 
 
-@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
-                    reason="/usr/sbin/sshd missing: install openssh-server")
-def test_ssh_through_the_router(pki, tmp_path):
-    hk = tmp_path / "host_key"
+def ssh_keys(tmp_path):
+    """(user key) and its authorized_keys, for sshds started by start_sshd."""
     uk = tmp_path / "user_key"
-    for k in (hk, uk):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
-    auth = tmp_path / "authorized_keys"
-    shutil.copy(uk.with_suffix(".pub"), auth)
-    os.chmod(auth, 0o600)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", uk], check=True)
+    shutil.copy(uk.with_suffix(".pub"), tmp_path / "authorized_keys")
+    os.chmod(tmp_path / "authorized_keys", 0o600)
+    return uk
+
+
+def start_sshd(tmp_path, name):
+    """A real sshd on a free loopback port with its own host key, accepting ssh_keys'
+    key; (process, port).  The caller stops it by its PID (terminate)."""
+    hk = tmp_path / f"{name}_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hk], check=True)
     port = free_port()
     if os.geteuid() == 0 and not Path("/run/sshd").exists():
         # sshd as root wants its privilege-separation directory (the Debian service makes it
         # at boot; a container or CI runner may not have run the service)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
-                             "-h", hk, "-o", f"AuthorizedKeysFile={auth}", "-o",
-                             "StrictModes=no", "-o", "PasswordAuthentication=no",
-                             "-o", f"PidFile={tmp_path / 'sshd.pid'}"],
+                             "-h", hk, "-o", f"AuthorizedKeysFile={tmp_path / 'authorized_keys'}",
+                             "-o", "StrictModes=no", "-o", "PasswordAuthentication=no",
+                             "-o", f"PidFile={tmp_path / f'{name}.pid'}"],
                             stderr=subprocess.PIPE)
+    return sshd, port
+
+
+@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
+                    reason="/usr/sbin/sshd missing: install openssh-server")
+def test_ssh_through_the_router(pki, tmp_path):
+    uk = ssh_keys(tmp_path)
+    sshd, port = start_sshd(tmp_path, "sshd")
     db = tmp_path / "r.db"
     router = None
     try:
@@ -687,3 +858,153 @@ def test_ssh_through_the_router(pki, tmp_path):
             router.stop()
         sshd.terminate()
         sshd.wait(timeout=10)
+
+
+@pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh"),
+                    reason="/usr/sbin/sshd missing: install openssh-server")
+def test_ssh_proxyjump_chain_through_the_router(pki, tmp_path):
+    """An ~/.ssh/config chain: the first hop (jump) reaches sshd 1 through `meshtls connect`
+    as its ProxyCommand, the second (`ProxyJump jump`) goes on from there to sshd 2; the
+    command runs on sshd 2, which sees the connection come through sshd 1."""
+    uk = ssh_keys(tmp_path)
+    sshd1, port1 = start_sshd(tmp_path, "sshd1")
+    sshd2, port2 = start_sshd(tmp_path, "sshd2")
+    store = f"sqlite:{tmp_path / 'r.db'}"
+    router = None
+    try:
+        wait_port(port1, proc=sshd1)
+        wait_port(port2, proc=sshd2)
+        run("router", "--store", store, "hosts", "add", "jump", "--org", "acme", "--addr",
+            f"127.0.0.1:{port1}", check=True)
+        run("router", "--store", store, "grant", "jump", "--user", "alice", check=True)
+        router = Router(pki, "--store", store)
+        c = pki / "certs"
+        user = os.environ.get("USER") or "root"
+        common = (f"  User {user}\n  IdentityFile {uk}\n  BatchMode yes\n"
+                  f"  StrictHostKeyChecking no\n  UserKnownHostsFile {tmp_path / 'kh'}\n")
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(
+            "Host jump\n"
+            f"  ProxyCommand {MESHTLS} connect --proxy localhost:{router.port} --cert "
+            f"{c}/alice.crt --key {c}/alice.key --cacert {c}/ca.crt --connect-id %h\n"
+            + common +
+            f"Host inner\n  HostName 127.0.0.1\n  Port {port2}\n  ProxyJump jump\n" + common)
+        p = subprocess.run(["ssh", "-F", cfg, "inner", "echo via-chain $SSH_CONNECTION"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr + router.log()
+        words = p.stdout.split()
+        # SSH_CONNECTION on sshd 2: client ip, client port, server ip, server port
+        assert words[0] == "via-chain" and words[-1] == str(port2), p.stdout
+        deadline = time.monotonic() + 10  # the log is written in batches: poll, bounded
+        while True:
+            rows = run("router", "--store", store, "connections").stdout
+            if ("jump" in rows and "alice" in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert "jump" in rows and "alice" in rows, rows
+        # refused at the first hop: the chain fails with the router's line on stderr
+        run("router", "--store", store, "revoke", "jump", "--user", "alice", check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            p = subprocess.run(["ssh", "-F", cfg, "inner", "true"], capture_output=True,
+                               text=True, timeout=60)
+            if p.returncode != 0:
+                break
+            time.sleep(0.2)
+        assert p.returncode != 0 and "ERROR: forbidden" in p.stderr, p.stderr
+    finally:
+        if router:
+            router.stop()
+        for d in (sshd1, sshd2):
+            d.terminate()
+            d.wait(timeout=10)
+
+
+def test_router_demo_script():
+    """scripts/demo-router.sh (`make demo-router`): an ssh session through the router (or the
+    echo host without sshd) and mallory's refusal, in its output.  (Not its closing
+    `connections` listing: the log is written asynchronously, so mallory's row may not be
+    there yet when the script lists it.)"""
+    from conftest import SOURCE_DIR
+    env = {**os.environ, "MESHTLS_BIN": MESHTLS}
+    if os.geteuid() == 0 and not Path("/run/sshd").exists():
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # as test_ssh_through_the_router
+    p = subprocess.run([str(SOURCE_DIR / "scripts" / "demo-router.sh")], capture_output=True,
+                       text=True, timeout=120, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    if Path(SSHD).exists() and shutil.which("ssh"):
+        assert re.search(r"^hello from \S+ over ssh through the router$", p.stdout, re.M), out
+    else:
+        assert "hello through the router" in p.stdout, out
+    assert NOT_FOUND.decode() in p.stderr, out  # mallory, as if box did not exist
+    assert p.stdout.rstrip().endswith("demo: ok"), out
+
+
+def test_connect_timeout_idle_timeout_and_keepalives(pki, echo, tmp_path):
+    """A host that never completes the TCP handshake (a listener whose backlog is full)
+    gets `backend-unavailable` at --connect-timeout; a silent relay is closed at
+    --idle-timeout; both sockets of a relay carry TCP keepalive timers (ss -tnoip)."""
+    store = f"sqlite:{tmp_path / 't.db'}"
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)  # never accepted: once its queue is full, SYNs are dropped
+    fillers = []
+    router = None
+    try:
+        for _ in range(8):  # fill the accept queue (bounded)
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(stuck.getsockname())
+            fillers.append(f)
+        time.sleep(0.2)
+        for cid, port in (("stuck", stuck.getsockname()[1]), ("h", echo.port)):
+            run("router", "--store", store, "hosts", "add", cid, "--org", "acme", "--addr",
+                f"127.0.0.1:{port}", check=True)
+            run("router", "--store", store, "grant", cid, "--user", "alice", check=True)
+        router = Router(pki, "--store", store, "--connect-timeout", "1s", "--idle-timeout", "2s")
+        t0 = time.monotonic()
+        assert ask(pki, router.port, "alice", b"stuck\n") == (
+            b"ERROR: backend-unavailable the host did not accept the connection\n")
+        assert time.monotonic() - t0 < 6  # 1 s connect timeout, with room for a slow machine
+        assert "timeout connecting to the host" in router.log()
+
+        s = tls_conn(pki, router.port, "alice")
+        s.sendall(b"h\nping")
+        assert read_line(s) == b"OK\n"
+        assert s.recv(4) == b"ping"
+        # keepalive timers on the router's two sockets of this relay: the client's (local
+        # port: the router's) and the host's (peer port: the echo's)
+        seen = ""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ss = subprocess.run(["ss", "-tnoipH", "state", "established"], capture_output=True,
+                                text=True, timeout=10).stdout
+            lines = [ln for ln in ss.split("\n") if f"pid={router.proc.pid}," in ln]
+            down = [ln for ln in lines if f"127.0.0.1:{router.port} " in ln]
+            up = [ln for ln in lines if f"127.0.0.1:{echo.port} " in ln.split("users:")[0]]
+            seen = "\n".join(lines)
+            if down and up and all("timer:(keepalive" in ln for ln in down + up):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no keepalive timers on the relay's sockets:\n{seen}\n{ss}")
+        # silent from here on: closed by --idle-timeout (2 s), bounded wait
+        s.settimeout(10)
+        t0 = time.monotonic()
+        try:
+            assert s.recv(100) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        assert time.monotonic() - t0 < 9
+        s.close()
+        deadline = time.monotonic() + 5
+        while "idle timeout" not in router.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "idle timeout" in router.log()
+    finally:
+        if router:
+            router.stop()
+        for f in fillers:
+            f.close()
+        stuck.close()

@@ -251,6 +251,10 @@ TEST(codes)
         CHECK(l[strlen(l) - 1] == '\n');
     }
     CHECK_STR_EQ(rt_code_line(RT_OK), "OK\n");
+    /* docs/ROUTER.md's table, for the one code answered after a completed handshake */
+    CHECK_STR_EQ(rt_code_name(RT_REVOKED), "revoked");
+    CHECK_STR_EQ(rt_code_line(RT_REVOKED),
+                 "ERROR: revoked the client certificate has been revoked; ask for a new one\n");
 }
 
 int main(void)
