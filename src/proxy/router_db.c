@@ -150,6 +150,15 @@ int rt_db_migrate(struct mt_db *db, struct meshtls_err *err)
     struct mt_db_conn *c = NULL;
     if ((rc = mt_db_acquire(db, &c, err)) != 0)
         return rc;
+    /* SQLite: WAL, so the decisions' reads never wait for the connection log's writer (nor
+     * for `meshtls router` commands) and a commit is one sync of the log, not a journal
+     * created and deleted.  A property of the file: set once, kept; the change watcher's
+     * data_version works the same. */
+    if (mt_db_backend(db) == MT_DB_SQLITE &&
+        (rc = mt_db_exec(c, "PRAGMA journal_mode = WAL", NULL, 0, NULL, err)) != 0) {
+        mt_db_release(c);
+        return rc;
+    }
     for (size_t i = 0; i < sizeof(probe_sql) / sizeof(probe_sql[0]) && !rc; i++) {
         struct mt_db_rows *r = NULL;
         struct meshtls_err qe = MESHTLS_ERR_INIT;

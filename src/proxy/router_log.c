@@ -13,6 +13,7 @@
 #include "router.h"
 
 #define RT_LOG_BATCH 256
+#define RT_LOG_GATHER_MS 50 /* how long a batch may gather */
 
 struct rt_logrec {
     struct rt_logrec *next;
@@ -99,6 +100,21 @@ static void *writer(void *arg)
             pthread_mutex_unlock(&l->mu);
             break;
         }
+        /* Let a batch gather before committing: each commit costs a sync of the file, and
+         * at hundreds of connections a second a commit per wake-up (a few rows) made the log
+         * most of the router's CPU and held the database lock against the decisions' reads
+         * (docs/PERFORMANCE.md, "Router").  Bounded: a row reaches the table within
+         * RT_LOG_GATHER_MS of its connection's end, or at once when a batch is full. */
+        if (!l->stop && l->n < RT_LOG_BATCH) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += RT_LOG_GATHER_MS * 1000000L;
+            until.tv_sec += until.tv_nsec / 1000000000L;
+            until.tv_nsec %= 1000000000L;
+            while (!l->stop && l->n < RT_LOG_BATCH &&
+                   pthread_cond_timedwait(&l->cv, &l->mu, &until) == 0)
+                ;
+        }
         /* take up to a batch */
         struct rt_logrec *b = l->head, *t = b;
         size_t n = 1;
@@ -137,7 +153,12 @@ int rt_connlog_start(struct rt_connlog *l, struct mt_db *db, size_t max, struct 
 {
     memset(l, 0, sizeof(*l));
     pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->cv, NULL);
+    /* the gathering wait is on the monotonic clock: a moved wall clock must not stretch it */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->cv, &ca);
+    pthread_condattr_destroy(&ca);
     l->db = db;
     l->max = max;
     if (pthread_create(&l->t, NULL, writer, l) != 0)
