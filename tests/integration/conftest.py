@@ -30,6 +30,21 @@ def run(*args, check=False, env=None, timeout=60, input=None):
     return p
 
 
+# Debian's libfaketime, for tests that move a child's clock (installed by install-deps.sh)
+FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
+                             Path("/usr/lib/faketime/libfaketimeMT.so.1")) if p.exists()), None)
+
+
+def faketime_env(**settings):
+    """The environment that runs a child under libfaketime with `settings` (FAKETIME=..., or
+    FAKETIME_TIMESTAMP_FILE=...); monotonic time stays real (timeouts, intervals).  In the
+    sanitizer build the ASan runtime must then not insist on coming first among the
+    preloaded libraries: libfaketime only wraps time calls."""
+    asan = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"), "verify_asan_link_order=0"]))
+    return {"LD_PRELOAD": str(FAKETIME), "DONT_FAKE_MONOTONIC": "1", "ASAN_OPTIONS": asan,
+            **settings}
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -19,20 +19,16 @@ import socket
 import sqlite3
 import ssl
 import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from conftest import run
+from conftest import FAKETIME, faketime_env, run
 from proxy_util import make_pki
 from test_ca_serve import TD, Server, _metric, call, make_csr, token
 
-FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
-                             Path("/usr/lib/faketime/libfaketimeMT.so.1"))
-                 if p.exists()), None)
 pytestmark = pytest.mark.skipif(FAKETIME is None,
                                 reason="libfaketime missing: scripts/install-deps.sh installs it")
 AHEAD_DAYS = 80
@@ -40,7 +36,7 @@ AHEAD_DAYS = 80
 
 def moved(days):
     """Environment running a child `days` ahead; monotonic time stays real (intervals)."""
-    return {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"+{days}d", "DONT_FAKE_MONOTONIC": "1"}
+    return faketime_env(FAKETIME=f"+{days}d")
 
 
 def active(ca, svc):
@@ -135,8 +131,7 @@ def movable(tmp_path, offset="+0"):
     the offset from a file at every call (FAKETIME_NO_CACHE); monotonic time stays real."""
     f = tmp_path / "faketime.rc"
     f.write_text(offset + "\n")
-    return f, {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(f),
-               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+    return f, faketime_env(FAKETIME_TIMESTAMP_FILE=str(f), FAKETIME_NO_CACHE="1")
 
 
 def test_cached_ocsp_responses_are_refreshed_before_they_go_stale(tmp_path):

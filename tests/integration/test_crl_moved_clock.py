@@ -5,19 +5,15 @@ CRL still decides (a certificate it lists stays refused, any other is let in), l
 (a warning naming the late CRL, meshtls_crl_stale, one negative
 meshtls_crl_next_update_seconds{issuer} per late CRL).  Leaves are issued for 500 days so
 that only the CRLs age."""
-import os
 import signal
 import socket
 import ssl
-from pathlib import Path
 
 import pytest
 
-from conftest import run
+from conftest import FAKETIME, faketime_env, run
 from proxy_util import EchoServer, Proxy, wait_for
 
-FAKETIME = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
-                             Path("/usr/lib/faketime/libfaketimeMT.so.1")) if p.exists()), None)
 pytestmark = pytest.mark.skipif(FAKETIME is None,
                                 reason="libfaketime missing: scripts/install-deps.sh installs it")
 
@@ -56,10 +52,7 @@ def attempt(pki, who, port):
 def test_crls_past_next_update_with_the_clock_moved(pki, days, stale):
     echo = EchoServer()
     c = pki / "certs"
-    env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"+{days}d", "DONT_FAKE_MONOTONIC": "1",
-           # the sanitizer build: libfaketime preloaded ahead of the ASan runtime is fine
-           "ASAN_OPTIONS": ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
-                                                  "verify_asan_link_order=0"]))}
+    env = faketime_env(FAKETIME=f"+{days}d")
     p = Proxy("server", "--target", f"127.0.0.1:{echo.port}", "--cert", c / "api.crt",
               "--key", c / "api.key", "--cacert", c / "ca.crt", "--allow-all", "--crl",
               pki / "crl.pem", env=env)
