@@ -288,6 +288,11 @@ def test_worker_flags_what_only_its_holder_can_renew(tmp_path):
         end = datetime.datetime.fromtimestamp(body["not_after"], datetime.timezone.utc)
         assert f"serial={boot}" in flag[0] and end.strftime("%Y-%m-%dT%H:%M:%SZ") in flag[0]
         assert "/api/v1/renew" in flag[0]
+        # the run's summary line comes after its flags and rotations: wait for it (bounded)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and \
+                not any("rotation_needed=1" in l for l in events(s, "lifecycle")):
+            time.sleep(0.2)
         assert any("rotation_needed=1" in l for l in events(s, "lifecycle")), s.log()
         # an audit row in the store, and no re-issue: boot's certificate is the one it holds
         audit = rows(ca, "SELECT service, serial, detail FROM audit "

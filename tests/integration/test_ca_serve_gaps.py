@@ -136,8 +136,10 @@ def test_metrics_count_token_failures_by_reason_and_stale_peers(tmp_path):
         assert after[PEERS.format("alive")] == 0 and after[PEERS.format("stale")] == 0, after
         code, _ = call(s, pki, "POST", "/api/peers", body={"address": "10.0.0.9:1"}, svc="evil")
         assert code == 200
+        # counted at once: alive, or already stale when the scrape came after its short TTL
+        # (a slow machine, the sanitizer build)
         m = metrics(s)
-        assert (m[PEERS.format("alive")], m[PEERS.format("stale")]) == (1, 0), m
+        assert m[PEERS.format("alive")] + m[PEERS.format("stale")] == 1, m
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and metrics(s)[PEERS.format("stale")] != 1:
             time.sleep(0.2)
