@@ -290,10 +290,10 @@ def startup(ca, certs, token, *args):
     return s, r
 
 
-def wait_lifecycle(s, timeout=300):
+def wait_lifecycle(s, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        t = s.seen("lifecycle")
+        t = s.seen("rotate_ok")  # the run's closing event (serve.c lifecycle_run)
         if t is not None:
             return t
         time.sleep(0.05)
@@ -325,22 +325,39 @@ def get_crl(s, ca, certs, n=2):
     out = []
     for _ in range(n):
         c = http.client.HTTPSConnection("localhost", s.port, timeout=120, context=ctx)
+        seen = len(s.lines)
         t0 = time.perf_counter()
         st, body = request(c, "GET", "/crl")
+        # on an error, what the server logged about it (the answer itself is generic)
+        why = [l.strip()[-300:] for _, l in s.lines[seen:] if "/crl" in l and "WARN" in l.upper()]
         out.append({"status": st, "ms": (time.perf_counter() - t0) * 1e3, "bytes": len(body),
-                    "body": body[:200].decode(errors="replace") if st != 200 else ""})
+                    "body": body[:200].decode(errors="replace") if st != 200 else "",
+                    "log": why[:2]})
         c.close()
     return out
 
 
-def crl_out(ca, remove=False):
+def crl_out(ca, remove=False, set_to=None):
+    """The CRL's remembered path (meta crl_out): read, removed or set."""
     db = sqlite3.connect(ca / "meshtls.db", timeout=30)
     v = db.execute("SELECT value FROM meta WHERE key = 'crl_out'").fetchone()
     if remove:
         db.execute("DELETE FROM meta WHERE key = 'crl_out'")
-        db.commit()
+    if set_to:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_out', ?)",
+                   (str(set_to),))
+    db.commit()
     db.close()
     return v[0] if v else None
+
+
+def free_lease(ca):
+    """As on a CA's first start: the lifecycle lease free.  A server restarted within the
+    interval finds the previous one's lease and skips the start-up run (as deployed)."""
+    db = sqlite3.connect(ca / "meshtls.db", timeout=30)
+    db.execute("UPDATE serve_leases SET holder = '', until_ms = 0 WHERE name = 'lifecycle'")
+    db.commit()
+    db.close()
 
 
 def part_scale(work, results):
@@ -358,17 +375,22 @@ def part_scale(work, results):
         for mode, args in (("lifecycle-on", ()), ("lifecycle-off",
                                                   ("--lifecycle-interval", "off"))):
             crl_out(ca, remove=True)  # as the fill left it: no CRL published yet
+            free_lease(ca)
             tok = run("ca", "token", "--dir", ca, "svc").strip()
             s, r = startup(ca, certs, tok, *args)
             try:
                 if mode == "lifecycle-on":
                     r["lifecycle_done_s"] = wait_lifecycle(s)
                     r["crl_out_after_lifecycle"] = crl_out(ca) is not None
-                    # phase 1: the CRL's path is remembered: each revoke re-signs the CRL
+                    r["lifecycle_log"] = [l.strip()[-300:] for _, l in s.lines
+                                          if "lifecycle" in l][:4]
+                    # phase 1: the CRL's path is remembered (the start-up run's CRL sets it;
+                    # `ca crl --out` would): each revoke re-signs the CRL
+                    crl_out(ca, set_to=ca / "crl.pem")
                     row["revoke_crl_in_request"] = revokes(
                         ca, certs, s, order[used:used + REVOKES_CRL])
                     used += REVOKES_CRL
-                    row["crl_after_revokes_crl"] = get_crl(s, ca, certs)
+                    row["crl_after_revokes_crl"] = get_crl(s, ca, certs, 1)
                     # phase 2: no remembered path: the revocation alone
                     crl_out(ca, remove=True)
                     row["revoke_no_crl"] = revokes(ca, certs, s, order[used:used + REVOKES])
