@@ -41,6 +41,7 @@ bench/ca-scale-results-latest.json and .md.  Every server is stopped by its PID.
   BENCH_SECONDS    seconds per issuance row (3); BENCH_THREADS client threads (4)
   BENCH_TOKENS     tokens per /sign row (600)
   BENCH_PARTS      which parts: scale,pg (default both)
+  BENCH_OUT        results path without suffix (bench/ca-scale-results-latest)
 """
 import http.client
 import json
@@ -319,6 +320,37 @@ def revokes(ca, certs, s, services):
             "max_ms": max(lat), "cpu_ms_per_req": cpu / len(lat) * 1e3}
 
 
+class RenewProbe:
+    """/api/v1/renew one after another (a connection each) while something else runs: what
+    issuance sees meanwhile (statuses and latencies)."""
+
+    def __init__(self, ca, certs, s):
+        self.ctx, self.port, self.out = tls_ctx(ca, certs, "svc"), s.port, []
+        self.body, self.done = {"csr": csr_for("svc")}, threading.Event()
+        self.t = threading.Thread(target=self._run)
+        self.t.start()
+
+    def _run(self):
+        while not self.done.is_set() and len(self.out) < 10000:
+            c = http.client.HTTPSConnection("localhost", self.port, timeout=120, context=self.ctx)
+            t0 = time.perf_counter()
+            try:
+                st, _ = request(c, "POST", "/api/v1/renew", self.body)
+            except OSError:
+                st = 0
+            self.out.append((st, (time.perf_counter() - t0) * 1e3))
+            c.close()
+
+    def result(self):
+        self.done.set()
+        self.t.join()
+        bad = [ms for st, ms in self.out if st != 200]
+        return {"n": len(self.out), "ok": len(self.out) - len(bad), "failed": len(bad),
+                "statuses": sorted({st for st, _ in self.out}),
+                "failed_ms_median": pct(bad, 0.5),
+                "p50_ms": pct([ms for _, ms in self.out], 0.5)}
+
+
 def get_crl(s, ca, certs, n=2):
     """GET /crl n times over mTLS: [(status, ms, bytes)]."""
     ctx = tls_ctx(ca, certs, "svc")
@@ -387,8 +419,10 @@ def part_scale(work, results):
                     # phase 1: the CRL's path is remembered (the start-up run's CRL sets it;
                     # `ca crl --out` would): each revoke re-signs the CRL
                     crl_out(ca, set_to=ca / "crl.pem")
+                    probe = RenewProbe(ca, certs, s)
                     row["revoke_crl_in_request"] = revokes(
                         ca, certs, s, order[used:used + REVOKES_CRL])
+                    row["renew_during_crl_revokes"] = probe.result()
                     used += REVOKES_CRL
                     row["crl_after_revokes_crl"] = get_crl(s, ca, certs, 1)
                     # phase 2: no remembered path: the revocation alone
@@ -557,6 +591,12 @@ def markdown(res, when):
             g = lambda f: med([r[k][f] for r in sc])
             L.append(f"| {label} | {sc[0][k]['n']} | {g('p50_ms')} | {g('p99_ms')} | "
                      f"{g('max_ms')} | {g('cpu_ms_per_req')} |")
+        pr = [r["renew_during_crl_revokes"] for r in sc if "renew_during_crl_revokes" in r]
+        if pr:
+            L += ["", f"/renew meanwhile (one at a time): {sum(p['n'] for p in pr)} requests, "
+                  f"{sum(p['failed'] for p in pr)} failed (statuses "
+                  f"{sorted({x for p in pr for x in p['statuses']})}), failures answered after "
+                  f"{med([p['failed_ms_median'] for p in pr])} ms (median)"]
         L += ["", "| GET /crl after | status | ms | bytes |", "| --- | --- | --- | --- |"]
         for k in ("crl_after_revokes_crl", "crl_after_revokes"):
             for i in range(len(sc[0][k])):
@@ -599,7 +639,7 @@ def main():
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = ROOT / "bench" / "ca-scale-results-latest"
+    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "ca-scale-results-latest"))
     out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res, when)
     out.with_suffix(".md").write_text(md)
