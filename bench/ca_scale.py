@@ -40,9 +40,11 @@ bench/ca-scale-results-latest.json and .md.  Every server is stopped by its PID.
   BENCH_REVOKES_CRL  revokes per round with the CRL re-signed in the request (5: seconds each)
   BENCH_SECONDS    seconds per issuance row (3); BENCH_THREADS client threads (4)
   BENCH_TOKENS     tokens per /sign row (600)
-  BENCH_PARTS      which parts: scale,pg (default both)
+  BENCH_PARTS      which parts: scale,pg (default both); pgscale: start-up and revoke
+                   (without the CRL) on PostgreSQL, the same store through COPY
   BENCH_OUT        results path without suffix (bench/ca-scale-results-latest)
 """
+import csv
 import http.client
 import json
 import os
@@ -170,6 +172,35 @@ def make_ca(work, env=None, pg_url=None):
 def fill(ca):
     """ROWS certificate rows over SERVICES services into ca/meshtls.db (see the top)."""
     t0 = time.monotonic()
+    services, rows, revs = gen_rows(ca)
+    db = sqlite3.connect(ca / "meshtls.db")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO services (name, spiffe_id, dns, ips, created_at, updated_at) "
+                   "VALUES (?, ?, '', '', ?, ?)", services)
+    db.executemany("INSERT INTO certificates (serial, service, not_before, not_after, status, "
+                   "out_dir, cert_pem, pubkey_pem, key_held, issued_at, revoked_at, reason) "
+                   "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 0, ?, ?, ?)", rows)
+    # the feed's epochs, as the trigger would have numbered them, after what is there
+    base = db.execute("SELECT COALESCE(MAX(epoch), 0) FROM serve_revocations").fetchone()[0]
+    db.executemany("INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason) "
+                   "VALUES (?, ?, ?, ?, ?)", epochs(revs, base))
+    db.execute("COMMIT")
+    db.close()
+    size = (ca / "meshtls.db").stat().st_size
+    print(f"filled {ROWS:,} rows ({REVOKED:,} revoked, {SERVICES} services) in "
+          f"{time.monotonic() - t0:.0f} s; store {size / 1e6:,.0f} MB", file=sys.stderr,
+          flush=True)
+
+
+def epochs(revs, base):
+    revs.sort()
+    return [(base + e + 1, s, n, r, w) for e, (r, s, n, w) in enumerate(revs)]
+
+
+def gen_rows(ca):
+    """(services, a generator of certificate rows, revs): revs is filled as the rows are
+    consumed with (revoked_at, serial, service, reason)."""
     inter = x509.load_pem_x509_certificate((ca / "intermediate.crt").read_bytes())
     ikey = serialization.load_pem_private_key((ca / "intermediate.key").read_bytes(), None)
     now = int(time.time())
@@ -177,13 +208,8 @@ def fill(ca):
     rnd = random.Random(10)
     # never the newest of a service: that one is its active certificate
     revoked = set(rnd.sample([n for n in range(per * SERVICES) if n % per != per - 1], REVOKED))
-    db = sqlite3.connect(ca / "meshtls.db")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("BEGIN")
-    db.executemany("INSERT INTO services (name, spiffe_id, dns, ips, created_at, updated_at) "
-                   "VALUES (?, ?, '', '', ?, ?)",
-                   [(f"s{i:05d}", f"spiffe://{TD}/svc/s{i:05d}", now - per * INTERVAL,
-                     now - per * INTERVAL) for i in range(SERVICES)])
+    services = [(f"s{i:05d}", f"spiffe://{TD}/svc/s{i:05d}", now - per * INTERVAL,
+                 now - per * INTERVAL) for i in range(SERVICES)]
     revs = []
 
     def rows():
@@ -216,22 +242,7 @@ def fill(ca):
                 yield (serial, name, issued - 300, issued + 90 * 86400, st, pem, pub.decode(),
                        issued, rat, why)
 
-    db.executemany("INSERT INTO certificates (serial, service, not_before, not_after, status, "
-                   "out_dir, cert_pem, pubkey_pem, key_held, issued_at, revoked_at, reason) "
-                   "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 0, ?, ?, ?)", rows())
-    # the feed's epochs, as the trigger would have numbered them, after what is there
-    base = db.execute("SELECT COALESCE(MAX(epoch), 0) FROM serve_revocations").fetchone()[0]
-    revs.sort()
-    db.executemany("INSERT INTO serve_revocations (epoch, serial, service, revoked_at, reason) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   [(base + e + 1, s, n, r, w) for e, (r, s, n, w) in enumerate(revs)])
-    db.execute("COMMIT")
-    db.execute("ANALYZE") if os.environ.get("BENCH_ANALYZE") == "1" else None
-    db.close()
-    size = (ca / "meshtls.db").stat().st_size
-    print(f"filled {ROWS:,} rows ({REVOKED:,} revoked, {SERVICES} services) in "
-          f"{time.monotonic() - t0:.0f} s; store {size / 1e6:,.0f} MB", file=sys.stderr,
-          flush=True)
+    return services, rows(), revs
 
 
 def query_plans(ca):
@@ -259,9 +270,9 @@ def query_plans(ca):
 
 # ---- start-up and revoke --------------------------------------------------------------------
 
-def startup(ca, certs, token, *args):
+def startup(ca, certs, token, *args, env=None):
     """Start a server; seconds to listening, first /healthz 200, first /sign 200."""
-    s = Serve(ca, *args)
+    s = Serve(ca, *args, env=env)
     r = {"listen_s": s.t_listen}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -527,23 +538,10 @@ def issuance(backend, work, env=None, pg_url=None):
 
 
 def part_pg(work, results):
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from servers import PasswordPostgres, pg_skip_reason  # noqa: E402  (conftest beside it)
-    why = pg_skip_reason()
-    if why:
-        print(f"PostgreSQL part skipped: {why}", file=sys.stderr)
+    pg, env = start_pg(results)
+    if not pg:
         return
-    pg = PasswordPostgres()
     try:
-        # the helper runs tests with fsync off; a benchmark of durable issuance needs it on
-        for q in ("ALTER SYSTEM SET fsync = on", "ALTER SYSTEM SET synchronous_commit = on",
-                  "SELECT pg_reload_conf()"):
-            r = pg.sql(q)
-            assert r.returncode == 0, r.stderr
-        time.sleep(0.5)
-        results["pg_settings"] = pg.sql("SHOW fsync").stdout.strip().splitlines()[-3:]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["PGPASSWORD"] = pg.password
         for rnd in range(ROUNDS):
             for backend in ("sqlite", "postgres") if rnd % 2 == 0 else ("postgres", "sqlite"):
                 d = work / f"iss-{backend}-{rnd}"
@@ -557,6 +555,97 @@ def part_pg(work, results):
                 for r in issuance(backend, d, env=env, pg_url=url):
                     r["round"] = rnd + 1
                     results["issuance"].append(r)
+    finally:
+        pg.stop()
+
+
+def start_pg(results):
+    """PasswordPostgres (tests/integration/servers.py) with fsync and synchronous commit on,
+    and the environment a meshtls needs for it (the password in PGPASSWORD only)."""
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    from servers import PasswordPostgres, pg_skip_reason  # noqa: E402  (conftest beside it)
+    why = pg_skip_reason()
+    if why:
+        print(f"PostgreSQL parts skipped: {why}", file=sys.stderr)
+        return None, None
+    pg = PasswordPostgres()
+    # the helper runs tests with fsync off; a benchmark of durable commits needs it on
+    for q in ("ALTER SYSTEM SET fsync = on", "ALTER SYSTEM SET synchronous_commit = on",
+              "SELECT pg_reload_conf()"):
+        r = pg.sql(q)
+        assert r.returncode == 0, r.stderr
+    time.sleep(0.5)
+    results["pg_settings"] = pg.sql("SHOW fsync").stdout.strip().splitlines()[-3:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = pg.password
+    return pg, env
+
+
+def pg_run(url, env, sql=None, copy=None, rows=()):
+    """psql on url: one statement, or \\copy TABLE (COLS) of rows as CSV (None: NULL)."""
+    cmd = ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c",
+           sql if sql else f"\\copy {copy} FROM STDIN WITH (FORMAT csv)"]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    if copy:
+        w = csv.writer(p.stdin)
+        for r in rows:
+            w.writerow(r)
+    p.stdin.close()
+    out = p.stdout.read()
+    if p.wait(timeout=900) != 0:
+        raise SystemExit(f"psql failed: {sql or copy}")
+    return out.strip()
+
+
+def part_pgscale(work, results):
+    """Start-up and revoke (without the CRL) on PostgreSQL, the store filled the same way
+    (COPY through psql)."""
+    pg, env = start_pg(results)
+    if not pg:
+        return
+    try:
+        r = pg.sql(f"CREATE DATABASE scale OWNER {pg.user}")
+        assert r.returncode == 0, r.stderr
+        url = f"postgres://{pg.user}@127.0.0.1:{pg.port}/scale"
+        ca, run = make_ca(work, env=env, pg_url=url)
+        certs = work / "certs"
+        s = Serve(ca, "--lifecycle-interval", "off", env=env)  # the server's tables
+        s.stop()
+        t0 = time.monotonic()
+        services, rows, revs = gen_rows(ca)
+        pg_run(url, env, copy="services (name, spiffe_id, created_at, updated_at)",
+               rows=services)
+        pg_run(url, env, copy="certificates (serial, service, not_before, not_after, status, "
+               "cert_pem, pubkey_pem, key_held, issued_at, revoked_at, reason)",
+               rows=((a, b, c, d, e, f, g, 0, h, i, j) for a, b, c, d, e, f, g, h, i, j in rows))
+        base = int(pg_run(url, env, "SELECT COALESCE(MAX(epoch), 0) FROM serve_revocations"))
+        pg_run(url, env, copy="serve_revocations (epoch, serial, service, revoked_at, reason)",
+               rows=epochs(revs, base))
+        pg_run(url, env, "UPDATE serve_epoch SET value = (SELECT MAX(epoch) FROM "
+               "serve_revocations) WHERE id = 1")
+        pg_run(url, env, "ANALYZE")
+        print(f"filled PostgreSQL in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        order = [f"s{i:05d}" for i in range(SERVICES)][::-1]  # other services than part scale
+        out = {}
+        for mode, args in (("lifecycle-on", ()), ("lifecycle-off",
+                                                  ("--lifecycle-interval", "off"))):
+            pg_run(url, env, "DELETE FROM meta WHERE key LIKE 'crl_out%'")
+            pg_run(url, env, "UPDATE serve_leases SET holder = '', until_ms = 0 "
+                   "WHERE name = 'lifecycle'")
+            tok = run("ca", "token", "--dir", ca, "svc").strip()
+            s, r = startup(ca, certs, tok, *args, env=env)
+            try:
+                if mode == "lifecycle-on":
+                    r["lifecycle_done_s"] = wait_lifecycle(s)
+                    r["lifecycle_log"] = [l.strip()[-300:] for _, l in s.lines
+                                          if "lifecycle" in l][:4]
+                    pg_run(url, env, "DELETE FROM meta WHERE key LIKE 'crl_out%'")
+                    out["revoke_no_crl"] = revokes(ca, certs, s, order[:REVOKES])
+            finally:
+                s.stop()
+            out[f"start_{mode}"] = r
+        print(json.dumps(out), flush=True)
+        results["pgscale"] = out
     finally:
         pg.stop()
 
@@ -607,6 +696,18 @@ def markdown(res, when):
         L += ["", "| statement (SQLite) | EXPLAIN QUERY PLAN | ms (Python sqlite3, warm) |",
               "| --- | --- | --- |"]
         L += [f"| {k} | {v['plan']} | {v['ms']:,.0f} |" for k, v in res["plans"].items()]
+    ps = res.get("pgscale")
+    if ps:
+        g = lambda m, k: med([ps[f"start_{m}"].get(k)])
+        L += ["", "PostgreSQL, the same store (one round):", "",
+              "| start-up | listening s | first /healthz 200 s | first /sign 200 s "
+              "| lifecycle run done s |", "| --- | --- | --- | --- | --- |"]
+        L += [f"| {m} | {g(m, 'listen_s')} | {g(m, 'healthz_s')} | {g(m, 'sign_s')} | "
+              f"{g(m, 'lifecycle_done_s')} |" for m in ("lifecycle-on", "lifecycle-off")]
+        rv = ps["revoke_no_crl"]
+        L += ["", f"Revoke without the CRL: n {rv['n']}, p50 {rv['p50_ms']:.1f} ms, p99 "
+              f"{rv['p99_ms']:.1f} ms, max {rv['max_ms']:.1f} ms, server CPU "
+              f"{rv['cpu_ms_per_req']:.1f} ms/revoke"]
     iss = res["issuance"]
     if iss:
         L += ["", f"Issuance, {cs.SECONDS:g} s per row, {cs.THREADS} client threads "
@@ -636,6 +737,9 @@ def main():
         if "pg" in PARTS:
             (work / "pg").mkdir()
             part_pg(work / "pg", res)
+        if "pgscale" in PARTS:
+            (work / "pgscale").mkdir()
+            part_pgscale(work / "pgscale", res)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
