@@ -623,7 +623,7 @@ def part_pgscale(work, results):
                rows=epochs(revs, base))
         pg_run(url, env, "UPDATE serve_epoch SET value = (SELECT MAX(epoch) FROM "
                "serve_revocations) WHERE id = 1")
-        pg_run(url, env, "ANALYZE")
+        pg_run(url, env, "ANALYZE services, certificates, serve_revocations")
         print(f"filled PostgreSQL in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
         order = [f"s{i:05d}" for i in range(SERVICES)][::-1]  # other services than part scale
         out = {}
