@@ -664,7 +664,8 @@ def med(v):
 
 def markdown(res, when):
     L = [f"`bench/ca_scale.py`, {when}: {ROWS:,} certificate rows, {REVOKED:,} revoked, "
-         f"{SERVICES} services; {ROUNDS} round(s); median (min–max).", ""]
+         f"{SERVICES} services; {len(res['scale'])} round(s) of the SQLite part, "
+         f"{len({r['round'] for r in res['issuance']})} of issuance; median (min–max).", ""]
     sc = res["scale"]
     if sc:
         L += ["| start-up | listening s | first /healthz 200 s | first /sign 200 s "
