@@ -35,7 +35,8 @@ seconds of its rows; every server started is stopped by its PID.
 
   BENCH_SECONDS  seconds per measurement (default 3)
   BENCH_THREADS  client threads (default 4)
-  BENCH_TOKENS   one-time tokens made for the sign row (default 300)
+  BENCH_TOKENS   one-time tokens made for the sign row (default 300); the row ends when
+                 they are used up (its rate is over the time they lasted)
   BENCH_OTHERS   0: meshtls rows only (default 1: cfssl and openssl too, if installed)
   MESHTLS_BIN    the meshtls binary (default build/meshtls)
 Writes bench/ca-serve-results-latest.json and .md.
@@ -130,6 +131,8 @@ def run_load(server, name, pid, make_conn, one, n_threads=THREADS):
             t0 = time.perf_counter()
             try:
                 conn = one(conn)
+            except StopIteration:  # nothing left to send (the sign row's tokens)
+                break
             except Exception:  # count and go on with a new connection
                 errors[0] += 1
                 conn = make_conn()
@@ -367,9 +370,8 @@ def main():
 
         def sign(c):
             with tok_lock:
-                if not tokens:
-                    time.sleep(0.01)
-                    return c
+                if not tokens:  # used up: this thread stops (not a request: not counted)
+                    raise StopIteration
                 t = tokens.pop()
             return post_json("/api/v1/sign", json.dumps({"token": t, "csr": csr}), anon, True)(c)
 
