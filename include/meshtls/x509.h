@@ -23,8 +23,14 @@
 extern "C" {
 #endif
 
-/** Upper bound on any PEM/DER file meshtls reads (bounded input). */
+/** Upper bound on any PEM/DER file meshtls reads (bounded input), CRL files excepted. */
 #define MESHTLS_PEM_FILE_MAX (4u * 1024u * 1024u)
+/**
+ * Upper bound on a CRL file: a CRL grows by about 65 bytes (PEM) per revoked certificate, so
+ * 4 MiB would stop at some 63,000 revocations -- a CA of that size is ordinary.  64 MiB holds
+ * about a million; still a bound, and the file is the operator's, not a peer's.
+ */
+#define MESHTLS_CRL_FILE_MAX (64u * 1024u * 1024u)
 
 /**
  * Read every certificate in the PEM file `path`, in file order (a chain file

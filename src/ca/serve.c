@@ -668,7 +668,7 @@ static int crl_refresh(struct cp_server *srv, struct meshtls_err *err)
     snprintf(path, sizeof(path), "%s/crl.pem", srv->o->dir);
     if ((rc = ca_crl(srv->o->dir, have_out ? NULL : path, &n, written, sizeof(written), crl_warn,
                      NULL, err)) ||
-        (rc = meshtls_read_file(written, MESHTLS_PEM_FILE_MAX, &pem, &len, err)))
+        (rc = meshtls_read_file(written, MESHTLS_CRL_FILE_MAX, &pem, &len, err)))
         return rc;
     BIO *b = BIO_new_mem_buf(pem, (int)len);
     X509_CRL *crl = b ? PEM_read_bio_X509_CRL(b, NULL, NULL, NULL) : NULL;

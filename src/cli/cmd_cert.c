@@ -220,7 +220,7 @@ static int is_crl_file(const char *path)
 {
     char *buf = NULL;
     size_t len = 0;
-    if (meshtls_read_file(path, MESHTLS_PEM_FILE_MAX, &buf, &len, NULL) != 0)
+    if (meshtls_read_file(path, MESHTLS_CRL_FILE_MAX, &buf, &len, NULL) != 0)
         return 0;
     int crl = strstr(buf, "-----BEGIN X509 CRL-----") && !strstr(buf, "-----BEGIN CERTIFICATE");
     free(buf);

@@ -221,7 +221,7 @@ int meshtls_pem_read_crls(const char *path, STACK_OF(X509_CRL) * *out, struct me
     STACK_OF(X509_CRL) *crls = NULL;
     X509_CRL *c = NULL;
 
-    if ((rc = meshtls_read_file(path, MESHTLS_PEM_FILE_MAX, &buf, &len, err)) != 0)
+    if ((rc = meshtls_read_file(path, MESHTLS_CRL_FILE_MAX, &buf, &len, err)) != 0)
         return rc;
     ERR_clear_error();
     bio = BIO_new_mem_buf(buf, (int)len);
