@@ -169,10 +169,11 @@ struct ca_revoke_opts {
     ca_serial_fn revoked; /* each serial revoked (optional) */
     ca_warn_fn warn;      /* optional */
     void *arg;
+    int no_publish; /* leave the CRL to the caller (ca serve re-signs it in the background) */
 };
 
 /**
- * Revoke, then write the CRL where the CA publishes it (see ca_crl(): the
+ * Revoke, then write the CRL where the CA publishes it (unless o->no_publish) (see ca_crl(): the
  * path remembered from `ca crl --out` or `init --crl-out`).  `crl_written`
  * (cap bytes) gets that path, or "" when none is remembered.  A failure to
  * write the CRL after the revocation committed returns the error with

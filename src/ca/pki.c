@@ -1281,7 +1281,8 @@ int ca_revoke(const char *dir, const struct ca_revoke_opts *o, int *count, char 
             o->revoked(v[i].service, v[i].serial, o->arg);
     if (o->report && o->replace && last)
         o->report(last->service, last->serial, new_serial, abs, o->arg);
-    rc = publish_crl(&ca, crl_written, cap, o->warn, o->arg, err);
+    if (!o->no_publish)
+        rc = publish_crl(&ca, crl_written, cap, o->warn, o->arg, err);
 out:
     ca_cert_list_free(v, nv);
     ca_close(&ca);

@@ -108,6 +108,11 @@ struct cp_server {
     char *crl_pem;
     size_t crl_pem_len;
     int64_t crl_count, crl_last, crl_made;
+    /* a revocation asks for a new CRL; the publisher thread signs it (crl_mu guards these) */
+    pthread_cond_t crl_cv;
+    int crl_dirty, crl_stop;
+    pthread_t crl_thread;
+    int crl_started;
     /* the revocation feed: the newest epoch in the store, watched by a poller thread;
      * long-polling jobs wait on feed_cv (bounded: at most CP_FEED_WAITERS at once) */
     pthread_mutex_t feed_mu;
@@ -1399,6 +1404,42 @@ static void w_admin_rotate(struct cp_job *jb)
 
 static void feed_poke(struct cp_server *srv);
 
+/*
+ * The CRL publisher: re-signs and publishes the CRL after revocations, off the request path.
+ * A CRL lists every revoked certificate and took seconds at 100,000 (docs/PERFORMANCE.md);
+ * signing it inside the revoke made the revoke that slow.  Revocations that arrive while it
+ * signs are folded into the next run (one flag, not a queue).  GET /crl still re-signs on
+ * demand when the store's revocations changed, so it never serves a CRL that misses one.
+ */
+static void *crl_publisher(void *arg)
+{
+    struct cp_server *srv = arg;
+    pthread_mutex_lock(&srv->crl_mu);
+    for (;;) {
+        while (!srv->crl_dirty && !srv->crl_stop)
+            pthread_cond_wait(&srv->crl_cv, &srv->crl_mu);
+        if (srv->crl_stop)
+            break;
+        srv->crl_dirty = 0;
+        struct meshtls_err e = MESHTLS_ERR_INIT;
+        if (crl_refresh(srv, &e) != 0)
+            meshtls_log(MESHTLS_LOG_WARN,
+                        "ca serve: the CRL was not re-signed after a revocation (%s); GET /crl "
+                        "and the lifecycle worker try again",
+                        e.msg);
+    }
+    pthread_mutex_unlock(&srv->crl_mu);
+    return NULL;
+}
+
+static void crl_publish_soon(struct cp_server *srv)
+{
+    pthread_mutex_lock(&srv->crl_mu);
+    srv->crl_dirty = 1;
+    pthread_cond_signal(&srv->crl_cv);
+    pthread_mutex_unlock(&srv->crl_mu);
+}
+
 static void w_admin_revoke(struct cp_job *jb)
 {
     struct cp_server *srv = jb->srv;
@@ -1414,7 +1455,8 @@ static void w_admin_revoke(struct cp_job *jb)
                                 .replace = replace,
                                 .report = on_replaced,
                                 .warn = crl_warn,
-                                .arg = &r};
+                                .arg = &r,
+                                .no_publish = 1};
     int rc = ca_revoke(srv->o->dir, &ro, &count, crl_written, sizeof(crl_written), &e);
     if (rc && count > 0) {
         /* revoked and committed; only publishing the CRL file failed: GET /crl re-signs */
@@ -1436,6 +1478,8 @@ static void w_admin_revoke(struct cp_job *jb)
     }
     bump(srv->revocations, (uint64_t)count);
     feed_poke(srv); /* the feed and the OCSP cache see it now, not at the next poll */
+    if (count > 0)
+        crl_publish_soon(srv); /* the CRL file and GET /crl: re-signed in the background */
     jb->status = 200;
     jb->out = json_pack("{s:s, s:i, s:s, s:o}", "service", jb->param, "revoked", count, "reason",
                         reason ? reason : "unspecified", "replacements", r.arr);
@@ -2494,6 +2538,7 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
     int rc = 0;
     struct cp_server srv = {.o = o};
     pthread_mutex_init(&srv.crl_mu, NULL);
+    pthread_cond_init(&srv.crl_cv, NULL);
     pthread_mutex_init(&srv.feed_mu, NULL);
     pthread_mutex_init(&srv.ocsp_mu, NULL);
     pthread_mutex_init(&srv.issue_mu, NULL);
@@ -2610,6 +2655,11 @@ int cp_serve_run(const struct cp_serve_opts *o, struct meshtls_err *err)
         goto out;
     }
     srv.poller_started = 1;
+    if (pthread_create(&srv.crl_thread, NULL, crl_publisher, &srv) != 0) {
+        rc = meshtls_err_set(err, MESHTLS_ENOMEM, "cannot start the CRL publisher thread");
+        goto out;
+    }
+    srv.crl_started = 1;
     srv.api_snap = &api_snap;
     if (o->lifecycle_ms > 0) {
         if (pthread_create(&srv.lifecycle, NULL, lifecycle_main, &srv) != 0) {
@@ -2652,6 +2702,13 @@ out:
         pthread_join(srv.poller, NULL);
     if (srv.lifecycle_started)
         pthread_join(srv.lifecycle, NULL);
+    if (srv.crl_started) { /* after the engine: no revoke asks for a CRL any more */
+        pthread_mutex_lock(&srv.crl_mu);
+        srv.crl_stop = 1;
+        pthread_cond_signal(&srv.crl_cv);
+        pthread_mutex_unlock(&srv.crl_mu);
+        pthread_join(srv.crl_thread, NULL);
+    }
     mt_http_router_free(router);
     mt_http_router_free(srouter);
     mt_snap_holder_clear(&api_snap);
@@ -2667,6 +2724,7 @@ out:
     free(srv.ca_pem);
     free(srv.crl_pem);
     OPENSSL_free(srv.crl_der);
+    pthread_cond_destroy(&srv.crl_cv);
     pthread_mutex_destroy(&srv.crl_mu);
     pthread_mutex_destroy(&srv.feed_mu);
     for (size_t i = 0; srv.ocsp_cache && i < CP_OCSP_CACHE; i++)

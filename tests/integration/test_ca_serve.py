@@ -435,6 +435,30 @@ def test_admin_rotate_and_revoke_show_in_crl(server, pki):
     assert code == 200 and pem.startswith(b"-----BEGIN X509 CRL-----")
 
 
+def test_revoke_publishes_the_crl_in_the_background(server, pki, tmp_path):
+    # the revoke answers without signing the CRL (it took seconds at 100,000 entries); the
+    # server's publisher re-signs it and writes the published file soon after, with no GET /crl
+    out = tmp_path / "published.crl"
+    run("ca", "crl", "--dir", pki / "ca", "--out", out, check=True)  # remembered from now on
+    run("ca", "register", "--dir", pki / "ca", "victim2", check=True)
+    run("ca", "issue", "--dir", pki / "ca", "victim2", "--out", pki / "victim2", check=True)
+    serial = subprocess.run(["openssl", "x509", "-in", str(pki / "victim2" / "victim2.crt"),
+                             "-noout", "-serial"], capture_output=True, text=True, timeout=30,
+                            check=True).stdout.strip().split("=", 1)[1].lower()
+    code, body = call(server, pki, "POST", f"{ADMIN}/victim2/revoke",
+                      body={"reason": "keyCompromise", "replace": False}, svc="admin")
+    assert code == 200 and body["revoked"] == 1, body
+
+    def listed():
+        text = subprocess.run(["openssl", "crl", "-in", str(out), "-noout", "-text"],
+                              capture_output=True, text=True, timeout=30).stdout.lower()
+        return serial in text.replace(":", "")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not listed():
+        time.sleep(0.1)
+    assert listed(), server.log()
+
+
 # ---- the revocation feed --------------------------------------------------------------------
 
 FEED = "/api/v1/revocations"
