@@ -19,8 +19,9 @@ import time
 import pytest
 
 from conftest import run
-from proxy_util import (OPTIMIZATIONS_OFF, EchoServer, HttpServer, Proxy, forge_client_cert,
+from proxy_util import (OPTIMIZATIONS_OFF, HttpServer, Proxy, forge_client_cert,
                         make_pki, wait_for)
+from proxy_util import echo, procs  # noqa: F401  (pytest fixtures, shared)
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +30,10 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture
-def echo():
-    s = EchoServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def http():
     s = HttpServer()
     yield s
     s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop(signal.SIGKILL)
 
 
 def server_proxy(pki, procs, target_port, *extra):

@@ -9,27 +9,13 @@ import time
 
 import pytest
 
-from proxy_util import EchoServer, Proxy, make_pki, wait_for
+from proxy_util import Proxy, make_pki, wait_for
+from proxy_util import echo, procs  # noqa: F401  (pytest fixtures, shared)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def echo():
-    s = EchoServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop(signal.SIGKILL)
 
 
 def server_proxy(pki, procs, target_port, *extra):

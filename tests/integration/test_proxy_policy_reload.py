@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from conftest import run
-from proxy_util import EchoServer, Proxy, make_pki, wait_for
+from proxy_util import Proxy, make_pki, wait_for
+from proxy_util import echo, procs  # noqa: F401  (pytest fixtures, shared)
 
 TD = "spiffe://test.local/svc"
 
@@ -19,21 +20,6 @@ TD = "spiffe://test.local/svc"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def echo():
-    s = EchoServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop(signal.SIGKILL)
 
 
 def write_policy(path, *callers):

@@ -27,7 +27,8 @@ import pytest
 from cryptography import x509
 
 from conftest import run
-from proxy_util import EchoServer, Proxy, forge_client_cert, make_pki, wait_for
+from proxy_util import Proxy, forge_client_cert, make_pki, wait_for
+from proxy_util import echo, procs  # noqa: F401  (pytest fixtures, shared)
 from servers import Postgres
 
 
@@ -38,21 +39,6 @@ def pki(tmp_path_factory):
         check=True)
     run("ca", "issue", "--dir", d / "ca", "db", "--out", d / "db", check=True)
     return d
-
-
-@pytest.fixture
-def echo():
-    s = EchoServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop(signal.SIGKILL)
 
 
 def server(pki, procs, port, *extra):
